@@ -1,0 +1,92 @@
+// Device: a byte-addressable memory range that poise lays a filesystem on, and the
+// only path by which the filesystem stores to it.
+//
+// Loads go straight through data() (that is the point of DAX). Stores go through
+// write()/fill(), which store and write back the touched cache lines but do not
+// wait; drain() is the fence after which everything written back is durable. A
+// caller that stored through data() directly must flush() the range itself.
+// Keeping every store behind this seam is what lets the crash-simulating device
+// drop exactly what a power cut would.
+//
+// Backends: an emulated device on a regular file (sparse, mapped shared), a
+// device-dax character device (/dev/daxX.Y, mapped with libpmem2), and in-memory
+// devices for tests (src/device/memory_device.h, crash_device.h).
+//
+// Thread-safety: write, fill, flush and drain may be called from any thread for
+// disjoint ranges; the filesystem orders overlapping stores itself.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "poise/result.h"
+
+namespace poise {
+
+// Where a store becomes durable (see DESIGN.md, "Persistence domains").
+enum class PersistenceDomain : uint8_t {
+  CpuCache,          // eADR: caches are flushed on power loss
+  MemoryController,  // ADR: stores need a cache-line flush and a fence
+  PageCache,         // emulated on a regular file: needs sync() for a machine crash
+};
+
+const char* to_string(PersistenceDomain domain);
+
+// A stretch of the device that the hardware reports as unreadable.
+struct BadRange {
+  uint64_t offset_bytes = 0;
+  uint64_t length_bytes = 0;
+};
+
+class Device {
+ public:
+  virtual ~Device() = default;
+
+  virtual uint64_t size_bytes() const = 0;
+  virtual PersistenceDomain domain() const = 0;
+  // The alignment the device needs for mappings (4 KiB for files, 2 MiB or 1 GiB
+  // for some device-dax namespaces).
+  virtual uint64_t alignment_bytes() const = 0;
+  virtual std::string describe() const = 0;
+
+  // The whole device, mapped. Valid for the life of the Device.
+  virtual const std::byte* data() const = 0;
+  virtual std::byte* data() = 0;
+
+  // Copies bytes out. The seam through which poisoned memory will become EIO.
+  // REQUIRES: offset + length <= size_bytes().
+  virtual Result<void> read(uint64_t offset, void* dst, size_t length) const;
+
+  // Stores and writes back; durable after the next drain().
+  // REQUIRES: offset + length <= size_bytes().
+  virtual void write(uint64_t offset, const void* src, size_t length) = 0;
+  virtual void fill(uint64_t offset, int byte, size_t length) = 0;
+  // Writes back cache lines the caller stored to through data().
+  virtual void flush(uint64_t offset, size_t length) = 0;
+  // Waits until everything written back so far is durable.
+  virtual void drain() = 0;
+  // Full durability, including the backing file of an emulated device.
+  virtual Result<void> sync() = 0;
+
+  // The hardware's list of bad ranges (empty on a healthy device).
+  virtual Result<std::vector<BadRange>> bad_ranges() const = 0;
+};
+
+inline constexpr uint64_t kDeviceSizeMin = 16ull << 20;
+
+enum class CreateMode : uint8_t { OpenExisting, CreateIfMissing };
+
+struct OpenDeviceOptions {
+  CreateMode create = CreateMode::OpenExisting;
+  uint64_t size_bytes = 0;  // for a new or growing emulated device; 0 keeps the size
+};
+
+// Opens a device by path: a character device is device-dax, anything else is an
+// emulated device on a regular file. The file is locked against a second opener.
+Result<std::unique_ptr<Device>> open_device(const std::string& path,
+                                            const OpenDeviceOptions& options = {});
+
+}  // namespace poise

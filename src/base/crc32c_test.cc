@@ -1,0 +1,36 @@
+#include "base/crc32c.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "base/random.h"
+
+namespace poise {
+namespace {
+
+TEST(Crc32c, KnownVectors) {
+  // RFC 3720 (iSCSI) test vectors.
+  std::vector<uint8_t> zeros(32, 0), ones(32, 0xFF), inc(32);
+  for (int i = 0; i < 32; ++i) inc[i] = static_cast<uint8_t>(i);
+  EXPECT_EQ(crc32c(zeros.data(), 32), 0x8A9136AAu);
+  EXPECT_EQ(crc32c(ones.data(), 32), 0x62A8AB43u);
+  EXPECT_EQ(crc32c(inc.data(), 32), 0x46DD794Eu);
+  EXPECT_EQ(crc32c("123456789", 9), 0xE3069283u);
+}
+
+TEST(Crc32c, HardwareMatchesPortableAndExtends) {
+  Rng rng(test_seed("Crc32c.HardwareMatchesPortableAndExtends"));
+  std::vector<uint8_t> buf(1000);
+  for (auto& b : buf) b = static_cast<uint8_t>(rng.next());
+  for (size_t len : {0, 1, 7, 8, 9, 63, 64, 999, 1000}) {
+    EXPECT_EQ(crc32c(buf.data(), len), crc32c_extend_portable(0, buf.data(), len)) << len;
+  }
+  size_t split = rng.below(buf.size());
+  EXPECT_EQ(crc32c_extend(crc32c(buf.data(), split), buf.data() + split, buf.size() - split),
+            crc32c(buf.data(), buf.size()));
+}
+
+}  // namespace
+}  // namespace poise

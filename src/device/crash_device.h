@@ -1,0 +1,72 @@
+// CrashDevice: an in-memory device that knows what a power cut would keep.
+//
+// It holds two images: the live one that loads see, and the durable one. A
+// flush() (or the write-back inside write()/fill()) snapshots the touched cache
+// lines as they are at that moment; drain() makes the snapshots durable. Stores
+// never flushed are lost at a crash. Each drain() is a numbered flush point.
+//
+// Arming it at flush point K captures, at the K-th drain, the durable image plus a
+// seeded random subset of the lines written back but not yet fenced: exactly the
+// states real hardware could leave behind. Tests run a workload once to count the
+// flush points, then once per point, mounting each captured image
+// (LevelDB's fault_injection_test is the model).
+//
+// Thread-safety: all members are safe to call concurrently.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "device/memory_device.h"
+#include "poise/device.h"
+
+namespace poise {
+
+class CrashDevice final : public Device {
+ public:
+  explicit CrashDevice(uint64_t size_bytes);
+  ~CrashDevice() override;
+
+  // Capture the crash state at the `flush_point`-th drain (1-based).
+  void arm(uint64_t flush_point, uint64_t seed);
+  uint64_t flush_points() const;
+  bool crashed() const;
+  // The state captured when the armed flush point was reached.
+  // REQUIRES: crashed().
+  std::unique_ptr<MemoryDevice> crash_image() const;
+  // What would survive a crash right now, ignoring unfenced write-backs.
+  std::unique_ptr<MemoryDevice> durable_image() const;
+
+  uint64_t size_bytes() const override { return size_; }
+  PersistenceDomain domain() const override { return PersistenceDomain::MemoryController; }
+  uint64_t alignment_bytes() const override { return 4096; }
+  std::string describe() const override { return "crash-simulating memory device"; }
+  const std::byte* data() const override { return live_; }
+  std::byte* data() override { return live_; }
+  void write(uint64_t offset, const void* src, size_t length) override;
+  void fill(uint64_t offset, int byte, size_t length) override;
+  void flush(uint64_t offset, size_t length) override;
+  void drain() override;
+  Result<void> sync() override;
+  Result<std::vector<BadRange>> bad_ranges() const override { return std::vector<BadRange>{}; }
+
+ private:
+  static constexpr uint64_t kLine = 64;
+  struct PendingLine {
+    uint64_t offset;
+    std::byte bytes[kLine];
+  };
+
+  uint64_t size_;
+  std::byte* live_;
+  std::byte* durable_;
+  mutable std::mutex mutex_;
+  std::vector<PendingLine> pending_;
+  uint64_t drains_ = 0;
+  uint64_t crash_at_ = 0;  // 0: not armed
+  uint64_t seed_ = 0;
+  std::byte* captured_ = nullptr;
+};
+
+}  // namespace poise

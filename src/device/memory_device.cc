@@ -1,0 +1,48 @@
+#include "device/memory_device.h"
+
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cstring>
+
+namespace poise {
+
+std::byte* map_anonymous(uint64_t size_bytes) {
+  void* p = ::mmap(nullptr, size_bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  POISE_ASSERT(p != MAP_FAILED);
+  return static_cast<std::byte*>(p);
+}
+
+void unmap_anonymous(std::byte* base, uint64_t size_bytes) { ::munmap(base, size_bytes); }
+
+MemoryDevice::MemoryDevice(uint64_t size_bytes) : base_(nullptr), size_(size_bytes) {
+  POISE_ASSERT(size_bytes % 4096 == 0);
+  base_ = map_anonymous(size_bytes);
+}
+
+std::unique_ptr<MemoryDevice> MemoryDevice::copy_of(const std::byte* image, uint64_t size_bytes) {
+  auto device = std::make_unique<MemoryDevice>(size_bytes);
+  std::memcpy(device->base_, image, size_bytes);
+  return device;
+}
+
+MemoryDevice::~MemoryDevice() { unmap_anonymous(base_, size_); }
+
+std::string MemoryDevice::describe() const {
+  return "memory device of " + std::to_string(size_) + " bytes";
+}
+
+void MemoryDevice::write(uint64_t offset, const void* src, size_t length) {
+  POISE_ASSERT(offset <= size_ && length <= size_ - offset);
+  std::memcpy(base_ + offset, src, length);
+}
+
+void MemoryDevice::fill(uint64_t offset, int byte, size_t length) {
+  POISE_ASSERT(offset <= size_ && length <= size_ - offset);
+  std::memset(base_ + offset, byte, length);
+}
+
+void MemoryDevice::drain() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
+}  // namespace poise

@@ -1,0 +1,45 @@
+// MemoryDevice: a device in anonymous memory, for tests and benchmarks. Reserved
+// with MAP_NORESERVE, so a 1 TiB device costs only the pages touched. Stores are
+// plain copies; drain() is a fence. Nothing survives the process.
+// Thread-safety: as poise/device.h.
+#pragma once
+
+#include <memory>
+
+#include "poise/device.h"
+
+namespace poise {
+
+class MemoryDevice final : public Device {
+ public:
+  // REQUIRES: size_bytes is a multiple of 4096.
+  explicit MemoryDevice(uint64_t size_bytes);
+  // A device holding a copy of `image` (for mounting a captured crash state).
+  static std::unique_ptr<MemoryDevice> copy_of(const std::byte* image, uint64_t size_bytes);
+  ~MemoryDevice() override;
+  MemoryDevice(const MemoryDevice&) = delete;
+  MemoryDevice& operator=(const MemoryDevice&) = delete;
+
+  uint64_t size_bytes() const override { return size_; }
+  PersistenceDomain domain() const override { return PersistenceDomain::CpuCache; }
+  uint64_t alignment_bytes() const override { return 4096; }
+  std::string describe() const override;
+  const std::byte* data() const override { return base_; }
+  std::byte* data() override { return base_; }
+  void write(uint64_t offset, const void* src, size_t length) override;
+  void fill(uint64_t offset, int byte, size_t length) override;
+  void flush(uint64_t, size_t) override {}
+  void drain() override;
+  Result<void> sync() override { return {}; }
+  Result<std::vector<BadRange>> bad_ranges() const override { return std::vector<BadRange>{}; }
+
+ private:
+  std::byte* base_;
+  uint64_t size_;
+};
+
+// Anonymous, zero-filled, lazily backed memory; aborts if the address space is gone.
+std::byte* map_anonymous(uint64_t size_bytes);
+void unmap_anonymous(std::byte* base, uint64_t size_bytes);
+
+}  // namespace poise

@@ -1,0 +1,86 @@
+// The checkpoint: the whole metadata state (inodes, directory entries, extents)
+// written to free blocks, then made current by the superblocks. Its root block
+// lists, per section, the extents of blocks holding the records; each section
+// block is a SectionBlockHeader and whole records.
+//
+// SectionWriter packs records into block images and hands each to the caller,
+// who seals and stores it; read_section() verifies and walks them back.
+// Thread-safety: SectionWriter is single-threaded; the rest are pure functions.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "format/ondisk.h"
+#include "poise/result.h"
+
+namespace poise::format {
+
+enum SectionId : uint32_t { kSectionInodes = 0, kSectionDirents = 1, kSectionExtents = 2 };
+uint32_t section_block_kind(SectionId id);
+
+struct BlockRun {
+  uint64_t start_block = 0;
+  uint64_t block_count = 0;
+};
+
+struct SectionInfo {
+  uint64_t records = 0;
+  std::vector<BlockRun> runs;
+  uint64_t blocks() const;
+};
+
+struct CheckpointRootInfo {
+  uint64_t generation = 0;
+  uint64_t next_ino = 0;
+  uint64_t inode_count = 0;
+  uint64_t dirent_count = 0;
+  uint64_t extent_count = 0;
+  SectionInfo sections[kSectionCount];
+};
+
+void encode_checkpoint_root(const CheckpointRootInfo& root, uint64_t self_block, std::byte* block);
+// Verifies the block and that every section run lies inside [data_start, data_end).
+Result<CheckpointRootInfo> decode_checkpoint_root(const std::byte* block, uint64_t self_block,
+                                                  uint64_t generation, uint64_t data_start,
+                                                  uint64_t data_end);
+
+inline constexpr size_t kSectionPayloadBytes = 4096 - sizeof(SectionBlockHeader);
+
+// Blocks a section of `records` fixed-size records needs.
+uint64_t fixed_section_blocks(uint64_t records, size_t record_bytes);
+
+class SectionWriter {
+ public:
+  // Called with each finished block image (payload and SectionBlockHeader index
+  // and record count filled in); the callee seals and stores it.
+  using Emit = std::function<void(uint32_t index, std::byte* block, uint32_t used_bytes)>;
+  explicit SectionWriter(Emit emit);
+  // REQUIRES: bytes <= kSectionPayloadBytes.
+  void add(const void* record, size_t bytes);
+  void finish();
+  uint32_t blocks() const { return index_; }
+  uint64_t records() const { return records_total_; }
+
+ private:
+  void flush_block();
+  Emit emit_;
+  alignas(64) std::byte block_[4096];
+  size_t used_ = sizeof(SectionBlockHeader);
+  uint32_t records_in_block_ = 0;
+  uint32_t index_ = 0;
+  uint64_t records_total_ = 0;
+};
+
+// Reads one block of the device into `out` (the poison-aware seam).
+using ReadBlock = std::function<Result<void>(uint64_t block, std::byte* out)>;
+// Called per verified block with its payload and record count.
+using VisitPayload = std::function<Result<void>(const unsigned char* payload, size_t bytes,
+                                                uint32_t records)>;
+
+Result<void> read_section(const ReadBlock& read, const SectionInfo& section, SectionId id,
+                          uint64_t generation, const VisitPayload& visit);
+
+}  // namespace poise::format

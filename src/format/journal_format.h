@@ -1,0 +1,46 @@
+// Journal transactions on media. A transaction is a TxHeader, its records and
+// zero padding to 64 bytes; it is valid only if its checksum matches and it
+// carries the expected generation, sequence number (lsn) and own offset, which is
+// how replay finds the end of the log and never mistakes an older transaction
+// left in the region for a new one.
+// Thread-safety: TxEncoder is single-threaded; decode_tx is a pure function.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "format/records.h"
+#include "poise/result.h"
+
+namespace poise::format {
+
+class TxEncoder {
+ public:
+  void add(const JournalRecord& record);
+  bool empty() const { return count_ == 0; }
+  uint32_t record_count() const { return count_; }
+  // Bytes the sealed transaction takes in the journal (a multiple of 64).
+  size_t sealed_bytes() const;
+  // The sealed transaction image.
+  std::vector<std::byte> seal(uint64_t generation, uint64_t lsn, uint64_t self_offset) const;
+  void clear();
+
+ private:
+  std::vector<unsigned char> payload_;
+  uint32_t count_ = 0;
+};
+
+struct DecodedTx {
+  uint64_t lsn = 0;
+  uint64_t sealed_bytes = 0;
+  std::vector<JournalRecord> records;
+};
+
+// Decodes the transaction at `offset` of a journal region of `region_bytes`.
+// ENODATA: no valid transaction here (the end of the log: a torn or stale tail).
+// EUCLEAN: the checksum matches but the contents are malformed (corruption).
+Result<DecodedTx> decode_tx(const std::byte* region, uint64_t region_bytes, uint64_t offset,
+                            uint64_t generation, uint64_t lsn);
+
+}  // namespace poise::format

@@ -1,0 +1,204 @@
+// The on-media structures of poise, byte for byte. docs/format.md explains them;
+// ondisk_asserts.cc pins every size and important offset.
+//
+// Rules: fixed-width little-endian fields only (Le16/Le32/Le64, byte arrays), no
+// padding the compiler could add (all alignment 1), no bool, enum, pointer or
+// host-endian integer. Every metadata block starts with a BlockHeader that names
+// its kind and its own location and carries a crc32c of the whole block.
+//
+// Layout of a device of N blocks (4 KiB each):
+//   block 0            primary superblock
+//   blocks 1 .. J      the journal (J from the superblock)
+//   blocks J+1 .. N-2  data and checkpoint blocks, allocated as needed
+//   block N-1          secondary superblock
+//
+// Thread-safety: plain data.
+#pragma once
+
+#include <bit>
+#include <cstdint>
+#include <cstring>
+
+namespace poise::format {
+
+static_assert(std::endian::native == std::endian::little || std::endian::native == std::endian::big);
+
+template <class T>
+struct Le {
+  unsigned char bytes[sizeof(T)];
+  T get() const {
+    T v;
+    std::memcpy(&v, bytes, sizeof v);
+    if constexpr (std::endian::native == std::endian::big) v = swap(v);
+    return v;
+  }
+  void set(T v) {
+    if constexpr (std::endian::native == std::endian::big) v = swap(v);
+    std::memcpy(bytes, &v, sizeof v);
+  }
+
+ private:
+  static T swap(T v) {
+    T out = 0;
+    for (unsigned i = 0; i < sizeof(T); ++i) out = T((out << 8) | ((v >> (8 * i)) & 0xFF));
+    return out;
+  }
+};
+using Le16 = Le<uint16_t>;
+using Le32 = Le<uint32_t>;
+using Le64 = Le<uint64_t>;
+
+inline constexpr uint32_t kMagic = 0x53494F50;    // "POIS"
+inline constexpr uint32_t kTxMagic = 0x5854504A;  // "JPTX"
+inline constexpr uint32_t kFormatVersion = 1;
+
+// Feature bits. An unknown incompatible bit refuses the mount; an unknown
+// read-only-compatible bit allows only a read-only mount.
+inline constexpr uint64_t kIncompatReflink = 1ull << 0;
+inline constexpr uint64_t kIncompatKnown = kIncompatReflink;
+inline constexpr uint64_t kRoCompatKnown = 0;
+
+enum BlockKind : uint32_t {
+  kBlockSuperblock = 1,
+  kBlockCheckpointRoot = 3,
+  kBlockInodeSection = 4,
+  kBlockDirentSection = 5,
+  kBlockExtentSection = 6,
+};
+
+struct BlockHeader {
+  Le32 magic;
+  Le32 crc;          // crc32c of the whole 4 KiB block with this field zero
+  Le64 self_block;   // where the block belongs: catches misdirected writes
+  Le64 generation;   // checkpoint generation the block was written for
+  Le32 kind;         // BlockKind
+  Le32 used_bytes;   // bytes of the block in use, header included
+};
+
+struct Superblock {
+  BlockHeader header;
+  Le32 version;
+  Le32 block_size;
+  Le64 size_blocks;
+  Le64 feature_compat;
+  Le64 feature_ro_compat;
+  Le64 feature_incompat;
+  unsigned char uuid[16];
+  Le64 sequence;  // bumped at every write; the valid copy with the highest wins
+  Le64 journal_start_block;
+  Le64 journal_blocks;
+  Le64 checkpoint_root_block;
+  Le64 created_ns;
+  Le64 written_ns;
+};
+
+// The checkpoint: a root block naming where its three sections live.
+inline constexpr uint32_t kSectionCount = 3;  // inodes, directory entries, extents
+inline constexpr uint32_t kSectionExtentsMax = 64;
+
+struct SectionExtent {
+  Le64 start_block;
+  Le64 block_count;
+};
+
+struct SectionDescriptor {
+  Le64 records;
+  Le32 extent_count;
+  Le32 reserved;
+  SectionExtent extents[kSectionExtentsMax];
+};
+
+struct CheckpointRoot {
+  BlockHeader header;
+  Le64 next_ino;
+  Le64 inode_count;
+  Le64 dirent_count;
+  Le64 extent_count;
+  SectionDescriptor sections[kSectionCount];
+};
+
+// Every block of a section: a header, then whole records (none crosses a block).
+struct SectionBlockHeader {
+  BlockHeader header;
+  Le32 index;    // position of this block within its section
+  Le32 records;  // records in this block
+};
+
+struct DiskInode {
+  Le64 ino;
+  Le32 mode;  // POSIX type and permission bits
+  Le32 nlink;
+  Le32 uid;
+  Le32 gid;
+  Le64 size_bytes;
+  Le64 atime_ns;
+  Le64 mtime_ns;
+  Le64 ctime_ns;
+  Le64 flags;  // none defined yet; must be zero
+};
+
+inline constexpr uint32_t kExtentUnwritten = 1u << 0;  // allocated, reads as zeros
+inline constexpr uint32_t kExtentFlagsKnown = kExtentUnwritten;
+
+struct DiskExtent {
+  Le64 ino;
+  Le64 file_block;
+  Le64 dev_block;
+  Le32 block_count;
+  Le32 flags;
+};
+
+// Followed by name_len bytes of name, then zeros to a multiple of 8 bytes.
+struct DiskDirent {
+  Le64 dir;
+  Le64 child;
+  Le16 name_len;
+  unsigned char reserved[6];
+};
+
+// The journal: a byte stream of transactions from the start of the journal
+// region, each a TxHeader, its records, and zeros to a multiple of 64 bytes.
+struct TxHeader {
+  Le32 magic;
+  Le32 crc;           // crc32c of header (this field zero) and payload
+  Le64 generation;    // the checkpoint generation this transaction follows
+  Le64 lsn;           // 1, 2, 3, ... within a generation
+  Le64 self_offset;   // byte offset of this header within the journal
+  Le32 payload_bytes;
+  Le32 record_count;
+};
+
+enum RecordType : uint16_t {
+  kRecordInodeSet = 1,
+  kRecordInodeFree = 2,
+  kRecordDirentAdd = 3,
+  kRecordDirentRemove = 4,
+  kRecordExtentSet = 5,
+  kRecordExtentClear = 6,
+};
+
+// Each record: this header, then `length` bytes of body, then zeros to 8 bytes.
+struct RecordHeader {
+  Le16 type;
+  Le16 reserved;
+  Le32 length;
+};
+
+struct DiskInodeFree {
+  Le64 ino;
+};
+
+struct DiskExtentClear {
+  Le64 ino;
+  Le64 file_block;
+  Le64 block_count;
+};
+
+// Limits of the format.
+inline constexpr uint32_t kNameBytesMax = 255;
+inline constexpr uint32_t kTxAlign = 64;
+inline constexpr uint32_t kTxBytesMax = 64 * 1024;
+inline constexpr uint64_t kJournalBlocksMin = 256;     // 1 MiB
+inline constexpr uint64_t kJournalBlocksMax = 16384;   // 64 MiB
+
+}  // namespace poise::format

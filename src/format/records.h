@@ -1,0 +1,87 @@
+// Host-side forms of what the checkpoint sections and journal records hold, and
+// their encoders and verifying decoders. A decoder checks every field it can
+// (type bits, flags, ranges, name length) and names the check that failed.
+// Thread-safety: pure functions.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "format/ondisk.h"
+#include "poise/result.h"
+
+namespace poise::format {
+
+struct InodeCore {
+  uint64_t ino = 0;
+  uint32_t mode = 0;  // POSIX S_IFREG/S_IFDIR plus permission bits
+  uint32_t nlink = 0;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint64_t size_bytes = 0;
+  int64_t atime_ns = 0;
+  int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
+  bool operator==(const InodeCore&) const = default;
+};
+
+struct ExtentRecord {
+  uint64_t ino = 0;
+  uint64_t file_block = 0;
+  uint64_t dev_block = 0;
+  uint32_t block_count = 0;
+  uint32_t flags = 0;
+  bool operator==(const ExtentRecord&) const = default;
+};
+
+struct DirentRecord {
+  uint64_t dir = 0;
+  uint64_t child = 0;
+  std::string name;
+  bool operator==(const DirentRecord&) const = default;
+};
+
+struct InodeFreeRecord {
+  uint64_t ino = 0;
+  bool operator==(const InodeFreeRecord&) const = default;
+};
+
+struct DirentRemoveRecord {
+  uint64_t dir = 0;
+  std::string name;
+  bool operator==(const DirentRemoveRecord&) const = default;
+};
+
+struct ExtentClearRecord {
+  uint64_t ino = 0;
+  uint64_t file_block = 0;
+  uint64_t block_count = 0;
+  bool operator==(const ExtentClearRecord&) const = default;
+};
+
+// One journal record: what a transaction changes, replayed in order at mount.
+using JournalRecord = std::variant<InodeCore, InodeFreeRecord, DirentRecord, DirentRemoveRecord,
+                                   ExtentRecord, ExtentClearRecord>;
+
+constexpr uint32_t kModeTypeMask = 0170000;
+constexpr uint32_t kModeRegular = 0100000;
+constexpr uint32_t kModeDirectory = 0040000;
+constexpr uint32_t kModePermMask = 07777;
+
+void encode_inode(const InodeCore& in, DiskInode& out);
+Result<InodeCore> decode_inode(const DiskInode& in);
+void encode_extent(const ExtentRecord& in, DiskExtent& out);
+Result<ExtentRecord> decode_extent(const DiskExtent& in);
+
+// Bytes a directory entry takes on media (header, name, padding to 8).
+size_t dirent_bytes(size_t name_len);
+void encode_dirent(const DirentRecord& in, unsigned char* out);
+// Decodes the entry at `in`, reading at most `available` bytes.
+Result<DirentRecord> decode_dirent(const unsigned char* in, size_t available, size_t* consumed);
+
+// A name is valid when it is 1..255 bytes, not "." or "..", with no '/' or NUL.
+bool valid_name(const std::string& name);
+
+}  // namespace poise::format
