@@ -19,3 +19,12 @@ uint64_t test_seed(const char* test_name) {
 }
 
 }  // namespace poise
+
+#include <random>
+
+namespace poise {
+void fill_random(unsigned char* out, size_t length) {
+  std::random_device source;
+  for (size_t i = 0; i < length; ++i) out[i] = static_cast<unsigned char>(source());
+}
+}  // namespace poise

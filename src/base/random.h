@@ -24,3 +24,8 @@ class Rng {
 };
 
 }  // namespace poise
+
+namespace poise {
+// Fills with bytes from the operating system's random source (for UUIDs).
+void fill_random(unsigned char* out, size_t length);
+}  // namespace poise

@@ -197,7 +197,7 @@ struct DiskExtentClear {
 // Limits of the format.
 inline constexpr uint32_t kNameBytesMax = 255;
 inline constexpr uint32_t kTxAlign = 64;
-inline constexpr uint32_t kTxBytesMax = 64 * 1024;
+inline constexpr uint32_t kTxBytesMax = 256 * 1024;
 inline constexpr uint64_t kJournalBlocksMin = 256;     // 1 MiB
 inline constexpr uint64_t kJournalBlocksMax = 16384;   // 64 MiB
 

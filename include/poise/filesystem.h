@@ -1,0 +1,169 @@
+// poise's public filesystem API: format a device, mount it, and work with files
+// and directories by path or by inode number; reflink and clone ranges; ask the
+// reverse map who owns any stretch of the device (fsmap); check consistency.
+//
+// Paths are absolute within the filesystem ("/a/b"; a missing leading slash is
+// allowed), components are 1..255 bytes with no '/' or NUL, and "." and ".."
+// are resolved. Errors are errno values: ENOENT, EEXIST, ENOTDIR, EISDIR,
+// ENOTEMPTY, EINVAL, ENAMETOOLONG, ENOSPC, EFBIG, EIO, EUCLEAN (corrupt
+// metadata, with the check that failed), EBADMSG (bad checksum), ENOTSUP
+// (newer format), EROFS (read-only mount), EBUSY.
+//
+// Durability: every namespace and metadata operation is atomic and durable
+// when it returns (its journal transaction is fenced). Data written in place
+// to existing blocks is durable after fsync() or sync(); data written into new
+// blocks is durable with the operation that maps them.
+//
+// Thread-safety: a Filesystem may be used from any number of threads;
+// operations on different files run in parallel. A File is used by one thread
+// at a time; close it before unmounting.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "poise/device.h"
+#include "poise/result.h"
+#include "poise/types.h"
+
+namespace poise {
+
+class Clock;
+class Filesystem;
+
+struct FormatOptions {
+  uint64_t journal_blocks = 0;  // 0: 1/64 of the device, 1..64 MiB
+  Clock* clock = nullptr;       // nullptr: the real clock
+};
+
+enum class MountMode : uint8_t { ReadWrite, ReadOnly };
+
+struct MountOptions {
+  MountMode mode = MountMode::ReadWrite;
+  Clock* clock = nullptr;  // nullptr: the real clock
+  uint32_t uid = 0;        // owner of new files
+  uint32_t gid = 0;
+};
+
+enum class OpenFlags : uint32_t { None = 0, Create = 1, Exclusive = 2, Truncate = 4 };
+constexpr OpenFlags operator|(OpenFlags a, OpenFlags b) {
+  return OpenFlags(uint32_t(a) | uint32_t(b));
+}
+constexpr bool has(OpenFlags set, OpenFlags flag) { return (uint32_t(set) & uint32_t(flag)) != 0; }
+
+enum class FallocateMode : uint8_t { ExtendSize, KeepSize };
+
+// The checker's findings: `problems` are inconsistencies; `notes` are things a
+// later write repairs by itself (a stale superblock copy after a crash).
+struct CheckReport {
+  std::vector<std::string> problems;
+  std::vector<std::string> notes;
+  uint64_t inodes = 0;
+  uint64_t directories = 0;
+  uint64_t extents = 0;
+  uint64_t used_blocks = 0;
+  uint64_t shared_blocks = 0;  // blocks with more than one owner
+  uint64_t free_blocks = 0;
+  bool clean() const { return problems.empty(); }
+};
+
+// An open regular file. It keeps the file alive after its last name is unlinked;
+// the blocks are freed when the last File closes.
+class File {
+ public:
+  File() = default;
+  File(Filesystem* fs, InodeNumber ino) : fs_(fs), ino_(ino) {}
+  File(File&& o) noexcept : fs_(o.fs_), ino_(o.ino_) { o.fs_ = nullptr; }
+  File& operator=(File&& o) noexcept;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+  ~File() { close(); }
+
+  InodeNumber ino() const { return ino_; }
+  bool is_open() const { return fs_ != nullptr; }
+  Result<size_t> read(uint64_t offset, std::span<std::byte> out);
+  Result<size_t> write(uint64_t offset, std::span<const std::byte> in);
+  Result<void> truncate(uint64_t size_bytes);
+  Result<void> fsync();
+  Result<Stat> stat();
+  void close();
+
+ private:
+  Filesystem* fs_ = nullptr;
+  InodeNumber ino_;
+};
+
+class Filesystem {
+ public:
+  // Lays a new, empty filesystem on the device (destroys what was there).
+  static Result<void> format(Device& device, const FormatOptions& options = {});
+  // Mounts: verifies the superblocks and checkpoint, replays the journal and
+  // rebuilds the reverse map. The device must outlive the Filesystem.
+  static Result<std::unique_ptr<Filesystem>> mount(Device& device,
+                                                   const MountOptions& options = {});
+  // Verifies an unmounted device without writing to it.
+  static Result<CheckReport> check_device(Device& device);
+
+  virtual ~Filesystem() = default;
+  // Writes a checkpoint and syncs. The Filesystem is unusable afterwards.
+  virtual Result<void> unmount() = 0;
+  // Stops at once: waits for operations in flight, then writes nothing more;
+  // every later call fails with EIO. What was committed stays, as after a crash.
+  virtual void shutdown() = 0;
+
+  // The namespace.
+  virtual Result<InodeNumber> lookup(std::string_view path) = 0;
+  virtual Result<InodeNumber> create(std::string_view path, uint32_t mode = 0644) = 0;
+  virtual Result<InodeNumber> mkdir(std::string_view path, uint32_t mode = 0755) = 0;
+  virtual Result<void> unlink(std::string_view path) = 0;
+  virtual Result<void> rmdir(std::string_view path) = 0;
+  // Replaces an existing destination of the same kind (an empty directory for a
+  // directory), as rename(2) does.
+  virtual Result<void> rename(std::string_view from, std::string_view to) = 0;
+  virtual Result<void> link(std::string_view existing, std::string_view new_path) = 0;
+  virtual Result<std::vector<DirEntry>> readdir(std::string_view path) = 0;
+  virtual Result<Stat> stat(std::string_view path) = 0;
+  virtual Result<Stat> stat(InodeNumber ino) = 0;
+  virtual Result<File> open(std::string_view path, OpenFlags flags = OpenFlags::None,
+                            uint32_t mode = 0644) = 0;
+  // One path that names the inode (for reports).
+  virtual Result<std::string> path_of(InodeNumber ino) = 0;
+
+  // File data, by inode number. Reads past the end return fewer bytes; holes
+  // read as zeros.
+  virtual Result<size_t> read(InodeNumber ino, uint64_t offset, std::span<std::byte> out) = 0;
+  virtual Result<size_t> write(InodeNumber ino, uint64_t offset,
+                               std::span<const std::byte> in) = 0;
+  virtual Result<void> truncate(InodeNumber ino, uint64_t size_bytes) = 0;
+  virtual Result<void> fallocate(InodeNumber ino, uint64_t offset, uint64_t length,
+                                 FallocateMode mode) = 0;
+  virtual Result<void> punch_hole(InodeNumber ino, uint64_t offset, uint64_t length) = 0;
+  virtual Result<void> fsync(InodeNumber ino) = 0;
+  virtual Result<void> sync() = 0;
+
+  // Makes dst share all of src's blocks (dst's old content is dropped), like
+  // FICLONE. No data is copied; a later write to either copies the block first.
+  virtual Result<void> reflink(InodeNumber src, InodeNumber dst) = 0;
+  // Shares src's blocks [src_offset, +length) at dst_offset, like FICLONERANGE.
+  // Offsets must be block aligned; length too unless it reaches src's end.
+  virtual Result<void> clone_range(InodeNumber src, uint64_t src_offset, InodeNumber dst,
+                                   uint64_t dst_offset, uint64_t length) = 0;
+
+  // Every owner of every block in [offset, +length) of the device, in device
+  // order, free stretches included: one record per owner.
+  virtual Result<std::vector<FsmapRecord>> fsmap(uint64_t offset, uint64_t length) = 0;
+  virtual FsInfo info() = 0;
+  // Checks every invariant of the mounted filesystem, pausing operations meanwhile.
+  virtual CheckReport check() = 0;
+
+  // Internal: called by File.
+  virtual void release(InodeNumber ino) = 0;
+  virtual Result<void> retain(InodeNumber ino) = 0;
+};
+
+}  // namespace poise

@@ -1,0 +1,142 @@
+// The checker: every invariant of the metadata, verified on a quiet filesystem.
+// Offline (check_device) it runs the full mount verification read-only first:
+// superblocks, checkpoint checksums and structure, journal replay, and that no
+// file claims metadata blocks; then the same invariant walk as online.
+#include <algorithm>
+#include <unordered_set>
+
+#include "fs/fs_impl.h"
+
+namespace poise {
+
+namespace {
+constexpr size_t kProblemsMax = 1000;  // a badly damaged image still gives a readable report
+}
+
+CheckReport FsImpl::check() {
+  std::unique_lock quiet(gate_);
+  return check_locked(true);
+}
+
+CheckReport FsImpl::check_locked(bool compare_incremental) {
+  std::shared_lock ns(ns_mutex_);
+  CheckReport report;
+  report.notes = superblock_notes_;
+  auto problem = [&](std::string text) {
+    if (report.problems.size() < kProblemsMax) report.problems.push_back(std::move(text));
+  };
+
+  // The directory tree: every entry names a live inode, every directory has one
+  // parent entry, and everything with a link is reachable from the root.
+  std::unordered_map<uint64_t, uint32_t> references;
+  std::unordered_map<uint64_t, uint32_t> subdirs;
+  std::unordered_set<uint64_t> reached{kRootInode.value()};
+  std::vector<InodePtr> queue{find_inode(kRootInode)};
+  while (!queue.empty()) {
+    InodePtr dir = queue.back();
+    queue.pop_back();
+    for (const auto& [name, child_ino] : *dir->entries) {
+      InodePtr child = find_inode(child_ino);
+      if (child == nullptr) {
+        problem("directory " + std::to_string(dir->ino.value()) + " entry '" + name + "' names missing inode " +
+                std::to_string(child_ino.value()));
+        continue;
+      }
+      ++references[child_ino.value()];
+      if (!child->is_dir()) continue;
+      ++subdirs[dir->ino.value()];
+      if (!reached.insert(child_ino.value()).second) {
+        problem("directory " + std::to_string(child_ino.value()) + " is linked more than once (or in a cycle)");
+        continue;
+      }
+      if (child->parent != dir->ino) {
+        problem("directory " + std::to_string(child_ino.value()) + " records the wrong parent");
+      }
+      queue.push_back(child);
+    }
+  }
+  for (const auto& [ino, inode] : inodes_) {
+    ++report.inodes;
+    report.extents += inode->extents.extent_count();
+    std::string who = "inode " + std::to_string(ino);
+    if (inode->is_dir()) {
+      ++report.directories;
+      if (reached.count(ino) == 0) problem(who + ": directory not reachable from the root");
+      uint32_t expected = 2 + subdirs[ino];
+      if (inode->core.nlink != expected) {
+        problem(who + ": directory link count " + std::to_string(inode->core.nlink) + ", expected " +
+                std::to_string(expected));
+      }
+      if (!inode->extents.empty()) problem(who + ": directory maps data blocks");
+      continue;
+    }
+    uint32_t refs = references[ino];
+    if (inode->core.nlink == 0 && refs == 0) {
+      report.notes.push_back(who + ": unlinked but still open (freed at last close or next mount)");
+    } else if (inode->core.nlink != refs) {
+      problem(who + ": link count " + std::to_string(inode->core.nlink) + ", but " + std::to_string(refs) +
+              " directory entries name it");
+    }
+    uint64_t size_blocks = (inode->core.size_bytes + kBlockSize - 1) / kBlockSize;
+    inode->extents.for_each([&](const Mapping& m) {
+      if (m.dev_block.value() < data_start_ || m.dev_block.value() + m.block_count > data_end_) {
+        problem(who + ": extent at file block " + std::to_string(m.file_block.value()) + " lies outside the data area");
+      }
+      bool past_end = m.file_block.value() + m.block_count > size_blocks;
+      if (past_end && (m.flags & format::kExtentUnwritten) == 0) {
+        problem(who + ": written extent past the end of the file at file block " +
+                std::to_string(m.file_block.value()));
+      }
+    });
+  }
+  if (next_ino_ <= std::max_element(inodes_.begin(), inodes_.end(),
+                                    [](const auto& a, const auto& b) { return a.first < b.first; })->first) {
+    problem("next inode number is not above every inode in use");
+  }
+
+  // Refcounts, reverse map and free space, rebuilt from the extent maps.
+  OwnershipMap rebuilt;
+  FreeSpace rebuilt_free;
+  auto built = rebuild_space(&rebuilt, &rebuilt_free);
+  if (!built.has_value()) {
+    problem(built.error().message);
+    return report;
+  }
+  rebuilt.visit(DevRun{DevBlock(0), sb_.size_blocks}, [&](DevRun r, const std::vector<Owner>& owners) {
+    report.used_blocks += r.count;
+    if (owners.size() > 1) report.shared_blocks += r.count;
+  });
+  report.free_blocks = rebuilt_free.free_blocks();
+  if (report.used_blocks + report.free_blocks != sb_.size_blocks) {
+    problem("used (" + std::to_string(report.used_blocks) + ") and free (" + std::to_string(report.free_blocks) +
+            ") blocks do not add up to the device's " + std::to_string(sb_.size_blocks));
+  }
+  if (compare_incremental) {
+    std::lock_guard lock(space_mutex_);
+    std::string diff = ownership_.first_difference(rebuilt);
+    if (!diff.empty()) problem("reverse map out of step with the extent maps: " + diff);
+    if (!(free_ == rebuilt_free)) {
+      problem("free space out of step with the extent maps: " + std::to_string(free_.free_blocks()) +
+              " free blocks tracked, " + std::to_string(rebuilt_free.free_blocks()) + " derived");
+    }
+    if (reserved_blocks_ != 0) problem("blocks still reserved with no operation in flight");
+  }
+  return report;
+}
+
+Result<CheckReport> Filesystem::check_device(Device& device) {
+  MountOptions options;
+  options.mode = MountMode::ReadOnly;
+  FsImpl fs(device, options);
+  auto loaded = fs.load();
+  if (!loaded.has_value()) {
+    const Error& e = loaded.error();
+    if (e.code != EUCLEAN && e.code != EBADMSG) return Unexpected<Error>(e);
+    CheckReport report;
+    report.problems.push_back(e.message);
+    return report;
+  }
+  return fs.check_locked(false);
+}
+
+}  // namespace poise

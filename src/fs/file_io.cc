@@ -1,0 +1,368 @@
+// File data: read, write (allocating holes, copying shared blocks first,
+// converting unwritten ones), truncate, punch-hole, fallocate, fsync and sync.
+#include <algorithm>
+#include <cstring>
+
+#include "fs/fs_impl.h"
+
+namespace poise {
+
+namespace {
+constexpr uint64_t kFileSizeMax = 1ull << 50;  // 1 PiB
+constexpr uint64_t kChunkBytes = 4ull << 20;   // one transaction's worth: <= 1024 blocks
+constexpr uint64_t kChunkTxBytes = 64 * 1024;  // 1024 extent records of 40 bytes, plus the inode
+constexpr uint64_t kSmallTxBytes = 8 * 1024;
+
+uint64_t ceil_blocks(uint64_t bytes) { return (bytes + kBlockSize - 1) / kBlockSize; }
+
+// How many bytes from `pos` (inside a run of `run_blocks` starting at pos's
+// block) the run covers, capped at `left`. run_blocks may be "infinite".
+uint64_t run_bytes(uint64_t pos, uint64_t run_blocks, uint64_t left) {
+  if (run_blocks > left / kBlockSize + 1) return left;
+  return std::min(left, run_blocks * kBlockSize - pos % kBlockSize);
+}
+}  // namespace
+
+Result<InodePtr> FsImpl::writable_file(InodeNumber ino) {
+  InodePtr inode = TRY(get_inode(ino));
+  if (inode->is_dir()) return fail(EISDIR, "inode " + std::to_string(ino.value()) + " is a directory");
+  return inode;
+}
+
+Result<size_t> FsImpl::read(InodeNumber ino, uint64_t offset, std::span<std::byte> out) {
+  InodePtr inode = TRY(get_inode(ino));
+  std::shared_lock lock(inode->lock);
+  if (inode->freed) return fail(ENOENT, "file was deleted");
+  if (inode->is_dir()) return fail(EISDIR, "inode " + std::to_string(ino.value()) + " is a directory");
+  uint64_t size = inode->core.size_bytes;
+  if (offset >= size || out.empty()) return size_t{0};
+  uint64_t n = std::min<uint64_t>(out.size(), size - offset);
+  uint64_t pos = offset;
+  std::byte* dst = out.data();
+  while (pos < offset + n) {
+    Lookup lk = inode->extents.lookup(FileBlock(pos / kBlockSize));
+    uint64_t len = run_bytes(pos, lk.mapped ? lk.mapping.block_count : lk.hole_blocks, offset + n - pos);
+    if (lk.mapped && (lk.mapping.flags & format::kExtentUnwritten) == 0) {
+      TRY(device_.read(lk.mapping.dev_block.value() * kBlockSize + pos % kBlockSize, dst, len));
+    } else {
+      std::memset(dst, 0, len);
+    }
+    pos += len;
+    dst += len;
+  }
+  return static_cast<size_t>(n);
+}
+
+uint64_t FsImpl::blocks_needed_for_store(const Inode& inode, FileBlock first, uint64_t count) {
+  uint64_t need = 0;
+  uint64_t pos = first.value();
+  uint64_t end = pos + count;
+  while (pos < end) {
+    Lookup lk = inode.extents.lookup(FileBlock(pos));
+    if (!lk.mapped) {
+      uint64_t n = std::min(lk.hole_blocks, end - pos);
+      need += n;
+      pos += n;
+      continue;
+    }
+    uint64_t n = std::min(lk.mapping.block_count, end - pos);
+    std::lock_guard lock(space_mutex_);
+    ownership_.visit(DevRun{lk.mapping.dev_block, n}, [&](DevRun r, const std::vector<Owner>& owners) {
+      if (owners.size() > 1) need += r.count;
+    });
+    pos += n;
+  }
+  return need;
+}
+
+void FsImpl::store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offset,
+                       const std::byte* src, size_t length, Fill fill, DevBlock old) {
+  uint64_t run_start = fb.value() * kBlockSize;
+  uint64_t run_end = run_start + count * kBlockSize;
+  uint64_t a = std::max(offset, run_start);
+  uint64_t b = std::min(offset + length, run_end);
+  POISE_ASSERT(a < b);
+  auto dev_at = [&](uint64_t file_byte) { return dev.value() * kBlockSize + (file_byte - run_start); };
+  auto gap = [&](uint64_t from, uint64_t to) {
+    if (from >= to || fill == Fill::InPlace) return;
+    POISE_ASSERT(to - from < kBlockSize);
+    if (fill == Fill::Zero) {
+      device_.fill(dev_at(from), 0, to - from);
+      return;
+    }
+    alignas(64) std::byte buf[kBlockSize];
+    auto copied = device_.read(old.value() * kBlockSize + (from - run_start), buf, to - from);
+    POISE_ASSERT(copied.has_value());
+    device_.write(dev_at(from), buf, to - from);
+  };
+  gap(run_start, a);
+  if (src != nullptr) {
+    device_.write(dev_at(a), src + (a - offset), b - a);
+  } else {
+    device_.fill(dev_at(a), 0, b - a);
+  }
+  gap(b, run_end);
+}
+
+uint64_t FsImpl::store_locked(Inode& inode, uint64_t offset, const std::byte* src, size_t length,
+                              Records* records, bool* fresh) {
+  const uint64_t ino = inode.ino.value();
+  uint64_t pos = offset / kBlockSize;
+  const uint64_t end = ceil_blocks(offset + length);
+  uint64_t allocated = 0;
+  std::optional<DevBlock> hint;
+  if (pos > 0) {
+    Lookup before = inode.extents.lookup(FileBlock(pos - 1));
+    if (before.mapped) hint = before.mapping.dev_block + 1;
+  }
+  auto allocate_into = [&](uint64_t fb, uint64_t count, Fill fill, DevBlock old) {
+    for (uint64_t done = 0; done < count;) {
+      DevRun run = allocate_reserved(count - done, hint);
+      store_run(run.start, FileBlock(fb + done), run.count, offset, src, length, fill, old + done);
+      records->push_back(format::ExtentRecord{ino, fb + done, run.start.value(),
+                                              static_cast<uint32_t>(run.count), 0});
+      allocated += run.count;
+      hint = run.end();
+      done += run.count;
+    }
+    *fresh = true;
+  };
+  while (pos < end) {
+    Lookup lk = inode.extents.lookup(FileBlock(pos));
+    if (!lk.mapped) {
+      uint64_t n = std::min(lk.hole_blocks, end - pos);
+      allocate_into(pos, n, Fill::Zero, DevBlock(0));
+      pos += n;
+      continue;
+    }
+    const Mapping m = lk.mapping;
+    const uint64_t n = std::min(m.block_count, end - pos);
+    const bool unwritten = (m.flags & format::kExtentUnwritten) != 0;
+    std::vector<std::pair<DevRun, size_t>> parts;
+    {
+      std::lock_guard lock(space_mutex_);
+      ownership_.visit(DevRun{m.dev_block, n}, [&](DevRun r, const std::vector<Owner>& owners) {
+        parts.emplace_back(r, owners.size());
+      });
+    }
+    uint64_t covered = 0;
+    for (const auto& [r, owners] : parts) {
+      uint64_t fb = pos + (r.start - m.dev_block);
+      covered += r.count;
+      if (owners > 1) {  // shared by reflink: copy on write
+        allocate_into(fb, r.count, unwritten ? Fill::Zero : Fill::CopyFrom, r.start);
+      } else if (unwritten) {
+        store_run(r.start, FileBlock(fb), r.count, offset, src, length, Fill::Zero, DevBlock(0));
+        records->push_back(format::ExtentRecord{ino, fb, r.start.value(), static_cast<uint32_t>(r.count), 0});
+        *fresh = true;
+      } else {
+        store_run(r.start, FileBlock(fb), r.count, offset, src, length, Fill::InPlace, DevBlock(0));
+      }
+    }
+    POISE_ASSERT(covered == n);  // every mapped block has an owner
+    hint = m.dev_block + n;
+    pos += n;
+  }
+  return allocated;
+}
+
+Result<size_t> FsImpl::for_each_chunk(uint64_t offset, uint64_t length,
+                                      const std::function<Result<void>(uint64_t, uint64_t)>& fn) {
+  uint64_t done = 0;
+  while (done < length) {
+    uint64_t pos = offset + done;
+    uint64_t chunk = std::min(length - done, kChunkBytes - pos % kChunkBytes);
+    auto r = fn(pos, chunk);
+    if (!r.has_value()) {
+      if (done == 0) return Unexpected<Error>(std::move(r).error());
+      break;  // a short operation: what was done is committed and consistent
+    }
+    done += chunk;
+  }
+  return static_cast<size_t>(done);
+}
+
+Result<size_t> FsImpl::write(InodeNumber ino, uint64_t offset, std::span<const std::byte> in) {
+  TRY(check_writable());
+  if (in.empty()) return size_t{0};
+  if (offset > kFileSizeMax || in.size() > kFileSizeMax - offset) {
+    return fail(EFBIG, "write beyond the 1 PiB file size limit");
+  }
+  {  // ENOSPC before anything changes when the whole write cannot fit
+    InodePtr inode = TRY(writable_file(ino));
+    std::shared_lock lock(inode->lock);
+    uint64_t first = offset / kBlockSize;
+    TRY(expect_space(blocks_needed_for_store(*inode, FileBlock(first), ceil_blocks(offset + in.size()) - first),
+                     "write"));
+  }
+  return for_each_chunk(offset, in.size(), [&](uint64_t pos, uint64_t len) -> Result<void> {
+    TRY(write_chunk(ino, pos, in.data() + (pos - offset), len));
+    return {};
+  });
+}
+
+Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length) {
+  auto op = TRY(begin_op(kChunkTxBytes));
+  InodePtr inode = TRY(writable_file(ino));
+  std::unique_lock lock(inode->lock);
+  if (inode->freed) return fail(ENOENT, "file was deleted");
+  uint64_t first = offset / kBlockSize;
+  uint64_t need = blocks_needed_for_store(*inode, FileBlock(first), ceil_blocks(offset + length) - first);
+  TRY(reserve_blocks(need));
+  Records records;
+  bool fresh = false;
+  uint64_t used = store_locked(*inode, offset, src, length, &records, &fresh);
+  POISE_ASSERT(used <= need);
+  unreserve_blocks(need - used);
+  format::InodeCore core = inode->core;
+  core.size_bytes = std::max<uint64_t>(core.size_bytes, offset + length);
+  core.mtime_ns = core.ctime_ns = now();
+  records.push_back(core);
+  if (fresh) device_.drain();  // new blocks' data is durable before the records that map it
+  commit(op, records, {inode.get()});
+  return length;
+}
+
+Result<void> FsImpl::zero_partial_block(Inode& inode, uint64_t offset, uint64_t length,
+                                        Records* records, bool* fresh) {
+  POISE_ASSERT(offset / kBlockSize == (offset + length - 1) / kBlockSize);
+  Lookup lk = inode.extents.lookup(FileBlock(offset / kBlockSize));
+  if (!lk.mapped || (lk.mapping.flags & format::kExtentUnwritten) != 0) return {};  // reads as zeros
+  uint64_t need = blocks_needed_for_store(inode, FileBlock(offset / kBlockSize), 1);
+  TRY(reserve_blocks(need));
+  uint64_t used = store_locked(inode, offset, nullptr, length, records, fresh);
+  unreserve_blocks(need - used);
+  return {};
+}
+
+Result<void> FsImpl::truncate(InodeNumber ino, uint64_t size_bytes) {
+  TRY(check_writable());
+  if (size_bytes > kFileSizeMax) return fail(EFBIG, "size beyond the 1 PiB file size limit");
+  auto op = TRY(begin_op(kSmallTxBytes));
+  InodePtr inode = TRY(writable_file(ino));
+  std::unique_lock lock(inode->lock);
+  if (inode->freed) return fail(ENOENT, "file was deleted");
+  Records records;
+  bool fresh = false;
+  if (size_bytes < inode->core.size_bytes) {
+    // Bytes past the end stay zero, so a later extension reads zeros.
+    if (size_bytes % kBlockSize != 0) {
+      TRY(zero_partial_block(*inode, size_bytes, kBlockSize - size_bytes % kBlockSize, &records, &fresh));
+    }
+    uint64_t keep = ceil_blocks(size_bytes);
+    uint64_t end = inode->extents.end().value();
+    if (end > keep) records.push_back(format::ExtentClearRecord{ino.value(), keep, end - keep});
+  }
+  format::InodeCore core = inode->core;
+  core.size_bytes = size_bytes;
+  core.mtime_ns = core.ctime_ns = now();
+  records.push_back(core);
+  if (fresh) device_.drain();
+  commit(op, records, {inode.get()});
+  return {};
+}
+
+Result<void> FsImpl::punch_hole(InodeNumber ino, uint64_t offset, uint64_t length) {
+  TRY(check_writable());
+  if (length == 0) return fail(EINVAL, "punch of zero bytes");
+  if (offset > kFileSizeMax || length > kFileSizeMax - offset) return fail(EFBIG, "range beyond 1 PiB");
+  auto op = TRY(begin_op(kSmallTxBytes));
+  InodePtr inode = TRY(writable_file(ino));
+  std::unique_lock lock(inode->lock);
+  if (inode->freed) return fail(ENOENT, "file was deleted");
+  Records records;
+  bool fresh = false;
+  uint64_t end = offset + length;
+  uint64_t first_full = ceil_blocks(offset);
+  uint64_t last_full = end / kBlockSize;  // one past
+  if (first_full < last_full) {
+    records.push_back(format::ExtentClearRecord{ino.value(), first_full, last_full - first_full});
+  }
+  if (offset / kBlockSize == (end - 1) / kBlockSize && (offset % kBlockSize != 0 || end % kBlockSize != 0)) {
+    TRY(zero_partial_block(*inode, offset, length, &records, &fresh));  // within one block
+  } else {
+    if (offset % kBlockSize != 0) {
+      TRY(zero_partial_block(*inode, offset, kBlockSize - offset % kBlockSize, &records, &fresh));
+    }
+    if (end % kBlockSize != 0) {
+      TRY(zero_partial_block(*inode, end - end % kBlockSize, end % kBlockSize, &records, &fresh));
+    }
+  }
+  format::InodeCore core = inode->core;
+  core.mtime_ns = core.ctime_ns = now();
+  records.push_back(core);
+  if (fresh) device_.drain();
+  commit(op, records, {inode.get()});
+  return {};
+}
+
+Result<void> FsImpl::fallocate(InodeNumber ino, uint64_t offset, uint64_t length, FallocateMode mode) {
+  TRY(check_writable());
+  if (length == 0) return fail(EINVAL, "fallocate of zero bytes");
+  if (offset > kFileSizeMax || length > kFileSizeMax - offset) return fail(EFBIG, "range beyond 1 PiB");
+  {
+    InodePtr inode = TRY(writable_file(ino));
+    std::shared_lock lock(inode->lock);
+    uint64_t first = offset / kBlockSize;
+    uint64_t holes = 0;
+    for (uint64_t pos = first, end = ceil_blocks(offset + length); pos < end;) {
+      Lookup lk = inode->extents.lookup(FileBlock(pos));
+      uint64_t n = std::min(lk.mapped ? lk.mapping.block_count : lk.hole_blocks, end - pos);
+      if (!lk.mapped) holes += n;
+      pos += n;
+    }
+    TRY(expect_space(holes, "fallocate"));
+  }
+  TRY(for_each_chunk(offset, length, [&](uint64_t pos, uint64_t len) {
+    return fallocate_chunk(ino, pos, len, mode);
+  }));
+  return {};
+}
+
+Result<void> FsImpl::fallocate_chunk(InodeNumber ino, uint64_t offset, uint64_t length, FallocateMode mode) {
+  auto op = TRY(begin_op(kChunkTxBytes));
+  InodePtr inode = TRY(writable_file(ino));
+  std::unique_lock lock(inode->lock);
+  if (inode->freed) return fail(ENOENT, "file was deleted");
+  Records records;
+  std::optional<DevBlock> hint;
+  for (uint64_t pos = offset / kBlockSize, end = ceil_blocks(offset + length); pos < end;) {
+    Lookup lk = inode->extents.lookup(FileBlock(pos));
+    if (lk.mapped) {
+      uint64_t n = std::min(lk.mapping.block_count, end - pos);
+      hint = lk.mapping.dev_block + n;
+      pos += n;
+      continue;
+    }
+    uint64_t n = std::min(lk.hole_blocks, end - pos);
+    TRY(reserve_blocks(n));
+    for (uint64_t done = 0; done < n;) {
+      DevRun run = allocate_reserved(n - done, hint);
+      records.push_back(format::ExtentRecord{ino.value(), pos + done, run.start.value(),
+                                             static_cast<uint32_t>(run.count), format::kExtentUnwritten});
+      hint = run.end();
+      done += run.count;
+    }
+    pos += n;
+  }
+  format::InodeCore core = inode->core;
+  if (mode == FallocateMode::ExtendSize) core.size_bytes = std::max(core.size_bytes, offset + length);
+  core.ctime_ns = now();
+  records.push_back(core);
+  commit(op, records, {inode.get()});
+  return {};
+}
+
+Result<void> FsImpl::fsync(InodeNumber ino) {
+  TRY(get_inode(ino));
+  if (options_.mode == MountMode::ReadWrite) journal_->make_durable();
+  return {};
+}
+
+Result<void> FsImpl::sync() {
+  TRY(check_writable());
+  journal_->make_durable();
+  return device_.sync();
+}
+
+}  // namespace poise

@@ -1,0 +1,251 @@
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <thread>
+
+#include "fs/test_util.h"
+
+namespace poise {
+namespace {
+using namespace poise::testing;
+
+TEST_F(FsTest, FreshFilesystemIsEmptyAndClean) {
+  auto entries = fs_->readdir("/");
+  ASSERT_OK(entries);
+  EXPECT_TRUE(entries->empty());
+  FsInfo info = fs_->info();
+  EXPECT_EQ(info.size_bytes, 64ull << 20);
+  EXPECT_EQ(info.files, 1u);
+  EXPECT_GT(info.free_bytes, 60ull << 20);
+  EXPECT_EQ(info.used_bytes + info.free_bytes, info.size_bytes);
+  expect_clean();
+}
+
+TEST_F(FsTest, WriteReadAtOffsetsWithHolesSurvivesRemount) {
+  write_file(*fs_, "/a", "hello");
+  write_file(*fs_, "/a", "world", 10000);  // leaves a hole, crosses into block 2
+  std::string expected = "hello" + std::string(10000 - 5, '\0') + "world";
+  EXPECT_EQ(read_file(*fs_, "/a"), expected);
+  auto st = fs_->stat("/a");
+  ASSERT_OK(st);
+  EXPECT_EQ(st->size_bytes, 10005u);
+  EXPECT_EQ(st->blocks, 2u) << "the hole in block 1 takes no space";
+  remount();
+  EXPECT_EQ(read_file(*fs_, "/a"), expected);
+  crash_and_mount();
+  EXPECT_EQ(read_file(*fs_, "/a"), expected);
+  expect_clean();
+}
+
+TEST_F(FsTest, LargeWritesUseFewAlignedExtents) {
+  std::string data(8 << 20, 'x');
+  for (size_t i = 0; i < data.size(); i += 4096) data[i] = static_cast<char>(i / 4096);
+  write_file(*fs_, "/big", data);
+  EXPECT_EQ(read_file(*fs_, "/big"), data);
+  auto map = fs_->fsmap(0, 64ull << 20);
+  ASSERT_OK(map);
+  int extents = 0;
+  for (const auto& r : *map) {
+    if (r.owner != OwnerKind::File) continue;
+    ++extents;
+    EXPECT_EQ(r.device_offset_bytes % (2 << 20), 0u) << "large files start 2 MiB aligned";
+  }
+  EXPECT_LE(extents, 2);
+  expect_clean();
+}
+
+TEST_F(FsTest, NamespaceOperations) {
+  ASSERT_OK(fs_->mkdir("/d"));
+  ASSERT_OK(fs_->mkdir("/d/e"));
+  write_file(*fs_, "/d/e/f", "data");
+  EXPECT_EQ(fs_->stat("/d")->nlink, 3u);
+  ASSERT_OK(fs_->link("/d/e/f", "/g"));
+  EXPECT_EQ(fs_->stat("/g")->nlink, 2u);
+  EXPECT_EQ(read_file(*fs_, "/g"), "data");
+  EXPECT_ERRNO(fs_->rmdir("/d"), ENOTEMPTY);
+  EXPECT_ERRNO(fs_->unlink("/d"), EISDIR);
+  EXPECT_ERRNO(fs_->rmdir("/g"), ENOTDIR);
+  EXPECT_ERRNO(fs_->rename("/d", "/d/e/inside"), EINVAL);
+  EXPECT_ERRNO(fs_->mkdir("/d"), EEXIST);
+  EXPECT_ERRNO(fs_->stat("/missing"), ENOENT);
+  EXPECT_ERRNO(fs_->create("/g/x"), ENOTDIR);
+  EXPECT_ERRNO(fs_->create("/" + std::string(256, 'n')), ENAMETOOLONG);
+  EXPECT_ERRNO(fs_->link("/d", "/d2"), EPERM);
+  // rename over an existing file replaces it
+  write_file(*fs_, "/h", "old");
+  ASSERT_OK(fs_->rename("/g", "/h"));
+  EXPECT_EQ(read_file(*fs_, "/h"), "data");
+  EXPECT_ERRNO(fs_->stat("/g"), ENOENT);
+  EXPECT_EQ(fs_->stat("/h")->nlink, 2u);
+  // a directory moves between parents, link counts follow
+  ASSERT_OK(fs_->rename("/d/e", "/e"));
+  EXPECT_EQ(fs_->stat("/d")->nlink, 2u);
+  EXPECT_EQ(fs_->stat("/")->nlink, 4u);
+  EXPECT_EQ(read_file(*fs_, "/e/f"), "data");
+  std::string name = *fs_->path_of(*fs_->lookup("/e/f"));
+  EXPECT_TRUE(name == "/e/f" || name == "/h") << name << " names the inode";
+  EXPECT_EQ(*fs_->path_of(*fs_->lookup("/d")), "/d");
+  ASSERT_OK(fs_->unlink("/h"));
+  ASSERT_OK(fs_->unlink("/e/f"));
+  ASSERT_OK(fs_->rmdir("/e"));
+  auto names = fs_->readdir("/");
+  ASSERT_OK(names);
+  ASSERT_EQ(names->size(), 1u);
+  EXPECT_EQ((*names)[0].name, "d");
+  expect_clean();
+  remount();
+  expect_clean();
+  EXPECT_EQ(fs_->readdir("/")->size(), 1u);
+}
+
+TEST_F(FsTest, UnlinkFreesBlocksAndOpenFilesOutliveTheirName) {
+  uint64_t free_before = fs_->info().free_bytes;
+  auto file = fs_->open("/f", OpenFlags::Create);
+  ASSERT_OK(file);
+  std::string data(100000, 'q');
+  ASSERT_OK(file->write(0, as_bytes(data)));
+  EXPECT_LT(fs_->info().free_bytes, free_before);
+  ASSERT_OK(fs_->unlink("/f"));
+  std::string back(data.size(), '\0');
+  auto n = file->read(0, {reinterpret_cast<std::byte*>(back.data()), back.size()});
+  ASSERT_OK(n);
+  EXPECT_EQ(back, data) << "an open file keeps its data after unlink";
+  expect_clean();
+  file->close();
+  EXPECT_EQ(fs_->info().free_bytes, free_before) << "last close frees the blocks";
+  expect_clean();
+}
+
+TEST_F(FsTest, OrphanLeftByACrashIsFreedAtMount) {
+  uint64_t free_before = fs_->info().free_bytes;
+  auto file = fs_->open("/f", OpenFlags::Create);
+  ASSERT_OK(file);
+  ASSERT_OK(file->write(0, as_bytes(std::string(50000, 'z'))));
+  ASSERT_OK(fs_->unlink("/f"));
+  fs_->shutdown();
+  *file = File();  // closing after shutdown writes nothing
+  fs_.reset();
+  mount();
+  EXPECT_EQ(fs_->info().free_bytes, free_before);
+  EXPECT_EQ(fs_->info().files, 1u);
+  expect_clean();
+}
+
+TEST_F(FsTest, TruncatePunchAndFallocate) {
+  std::string data(20000, 'a');
+  write_file(*fs_, "/t", data);
+  InodeNumber ino = *fs_->lookup("/t");
+  ASSERT_OK(fs_->truncate(ino, 5000));
+  EXPECT_EQ(read_file(*fs_, "/t"), std::string(5000, 'a'));
+  EXPECT_EQ(fs_->stat(ino)->blocks, 2u);
+  ASSERT_OK(fs_->truncate(ino, 9000));
+  EXPECT_EQ(read_file(*fs_, "/t"), std::string(5000, 'a') + std::string(4000, '\0'))
+      << "bytes past the old end read as zeros";
+  write_file(*fs_, "/p", std::string(5 * 4096, 'p'));
+  InodeNumber p = *fs_->lookup("/p");
+  ASSERT_OK(fs_->punch_hole(p, 100, 3 * 4096));
+  std::string expect(5 * 4096, 'p');
+  std::memset(expect.data() + 100, 0, 3 * 4096);
+  EXPECT_EQ(read_file(*fs_, "/p"), expect);
+  EXPECT_EQ(fs_->stat(p)->blocks, 3u) << "two whole blocks were deallocated";
+  InodeNumber f = *fs_->create("/fa");
+  ASSERT_OK(fs_->fallocate(f, 0, 1 << 20, FallocateMode::KeepSize));
+  EXPECT_EQ(fs_->stat(f)->size_bytes, 0u);
+  EXPECT_EQ(fs_->stat(f)->blocks, 256u);
+  ASSERT_OK(fs_->fallocate(f, 0, 8192, FallocateMode::ExtendSize));
+  EXPECT_EQ(read_file(*fs_, "/fa"), std::string(8192, '\0')) << "unwritten blocks read as zeros";
+  write_file(*fs_, "/fa", "xy", 4095);
+  EXPECT_EQ(read_file(*fs_, "/fa"), std::string(4095, '\0') + "xy" + std::string(8192 - 4097, '\0'));
+  expect_clean();
+  remount();
+  EXPECT_EQ(read_file(*fs_, "/fa"), std::string(4095, '\0') + "xy" + std::string(8192 - 4097, '\0'));
+  EXPECT_EQ(fs_->stat("/fa")->blocks, 256u);
+  expect_clean();
+}
+
+TEST_F(FsTest, FullDeviceGivesEnospcAndKeepsEverythingConsistent) {
+  write_file(*fs_, "/keep", "committed before the device filled");
+  std::string chunk(1 << 20, 'f');
+  int written = 0;
+  for (;; ++written) {
+    ASSERT_LT(written, 100) << "a 64 MiB device cannot take 100 MiB";
+    auto ino = fs_->create("/fill" + std::to_string(written));
+    if (!ino) {
+      EXPECT_EQ(ino.error().code, ENOSPC);
+      break;
+    }
+    auto n = fs_->write(*ino, 0, as_bytes(chunk));
+    if (!n) {
+      EXPECT_EQ(n.error().code, ENOSPC);
+      EXPECT_EQ(fs_->stat(*ino)->size_bytes, 0u) << "a failed write changes nothing";
+      break;
+    }
+  }
+  EXPECT_GT(written, 40);
+  expect_clean();
+  EXPECT_EQ(read_file(*fs_, "/keep"), "committed before the device filled");
+  remount();  // the checkpoint still fits: its space was held back
+  expect_clean();
+  ASSERT_OK(fs_->unlink("/fill0"));
+  write_file(*fs_, "/after", std::string(1 << 20, 'a'));
+  EXPECT_EQ(read_file(*fs_, "/keep"), "committed before the device filled");
+}
+
+TEST_F(FsTest, ManyFilesForceCheckpointsAndSurviveCrash) {
+  // A 1 MiB journal fills after a few thousand creates: checkpoints happen.
+  uint64_t generation = fs_->info().checkpoint_generation;
+  for (int i = 0; i < 6000; ++i) ASSERT_OK(fs_->create("/n" + std::to_string(i)));
+  EXPECT_GT(fs_->info().checkpoint_generation, generation);
+  crash_and_mount();
+  EXPECT_EQ(fs_->readdir("/")->size(), 6000u);
+  expect_clean();
+}
+
+TEST_F(FsTest, ConcurrentWritersOnDifferentFiles) {
+  constexpr int kThreads = 4;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::string name = "/w" + std::to_string(t);
+      auto ino = fs_->create(name);
+      ASSERT_TRUE(ino.has_value());
+      for (int i = 0; i < 200; ++i) {
+        std::string piece(3000, static_cast<char>('a' + t));
+        ASSERT_TRUE(fs_->write(*ino, uint64_t(i) * 3000, as_bytes(piece)).has_value());
+        if (i % 50 == 0) ASSERT_TRUE(fs_->create(name + "_" + std::to_string(i)).has_value());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(read_file(*fs_, "/w" + std::to_string(t)), std::string(600000, static_cast<char>('a' + t)));
+  }
+  expect_clean();
+}
+
+TEST_F(FsTest, ShutdownStopsEveryCall) {
+  write_file(*fs_, "/x", "x");
+  InodeNumber ino = *fs_->lookup("/x");
+  fs_->shutdown();
+  EXPECT_ERRNO(fs_->create("/y"), EIO);
+  EXPECT_ERRNO(fs_->write(ino, 0, as_bytes("z")), EIO);
+  EXPECT_ERRNO(fs_->stat("/x"), EIO);
+  fs_.reset();
+  mount();
+  EXPECT_EQ(read_file(*fs_, "/x"), "x");
+}
+
+TEST_F(FsTest, ReadOnlyMountRefusesWrites) {
+  write_file(*fs_, "/r", "r");
+  ASSERT_OK(fs_->unmount());
+  MountOptions ro;
+  ro.mode = MountMode::ReadOnly;
+  auto fs = Filesystem::mount(*device_, ro);
+  ASSERT_OK(fs);
+  EXPECT_EQ(read_file(**fs, "/r"), "r");
+  EXPECT_ERRNO((*fs)->create("/s"), EROFS);
+  fs_ = std::move(*fs);
+}
+
+}  // namespace
+}  // namespace poise

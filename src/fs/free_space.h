@@ -1,0 +1,53 @@
+// FreeSpace: the free device blocks as coalesced runs, indexed by start (for
+// neighbours and fsmap) and by length (for best fit). The allocation policy lives
+// here: continue at the caller's hint when possible, give large requests 2 MiB
+// aligned runs, best-fit small ones.
+//
+// Thread-safety: none; the filesystem's space lock guards it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <utility>
+
+#include "poise/types.h"
+
+namespace poise {
+
+struct DevRun {
+  DevBlock start;
+  uint64_t count = 0;
+  DevBlock end() const { return start + count; }
+  bool operator==(const DevRun&) const = default;
+};
+
+class FreeSpace {
+ public:
+  // REQUIRES: none of the range is free already.
+  void add(DevRun run);
+  // REQUIRES: all of the range is free.
+  void remove(DevRun run);
+  // Up to `want` blocks (at least one), or nothing when no block is free.
+  std::optional<DevRun> allocate(uint64_t want, std::optional<DevBlock> hint);
+
+  uint64_t free_blocks() const { return free_blocks_; }
+  uint64_t run_count() const { return by_start_.size(); }
+  bool is_free(DevRun run) const;
+  // The free runs overlapping [start, +count), clipped to it, in order.
+  void visit(DevRun range, const std::function<void(DevRun)>& fn) const;
+  bool operator==(const FreeSpace& o) const { return by_start_ == o.by_start_; }
+
+ private:
+  void insert_run(uint64_t start, uint64_t count);
+  void erase_run(std::map<uint64_t, uint64_t>::iterator it);
+  DevRun take(uint64_t run_start, uint64_t from, uint64_t count);
+
+  std::map<uint64_t, uint64_t> by_start_;          // start -> count
+  std::set<std::pair<uint64_t, uint64_t>> by_size_; // (count, start)
+  uint64_t free_blocks_ = 0;
+};
+
+}  // namespace poise

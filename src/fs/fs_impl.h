@@ -1,0 +1,217 @@
+// FsImpl: the mounted filesystem. All metadata lives in memory (inodes, directory
+// entries, extent maps) together with two derived indexes, the ownership map
+// (refcounts + reverse map) and the free space. Every change is first expressed
+// as journal records, committed durably, then applied to memory through the same
+// functions that replay uses at mount — so the running state and the replayed
+// state cannot drift apart.
+//
+// Locks, always taken in this order:
+//   gate_        shared by every modifying operation; exclusive for checkpoint
+//                and check() (which need a quiet filesystem);
+//   ns_mutex_    the namespace: the inode table and every directory's entries;
+//   Inode::lock  one file's attributes and extent map (ascending inode order
+//                when two are needed);
+//   space_mutex_ ownership map and free space;
+//   the journal's own mutex.
+// Reads take ns_mutex_ shared only to resolve a path, then the inode's lock.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "base/clock.h"
+#include "format/checkpoint_format.h"
+#include "format/records.h"
+#include "format/superblock.h"
+#include "fs/extent_map.h"
+#include "fs/free_space.h"
+#include "fs/journal.h"
+#include "fs/ownership.h"
+#include "poise/filesystem.h"
+
+namespace poise {
+
+struct Inode {
+  explicit Inode(InodeNumber n) : ino(n) {}
+  const InodeNumber ino;
+  mutable std::shared_mutex lock;
+  format::InodeCore core;  // guarded by `lock` (directories: by ns_mutex_)
+  ExtentMap extents;       // guarded by `lock`
+  InodeNumber parent;      // guarded by ns_mutex_: the directory of its latest name
+  // Directories only, guarded by ns_mutex_.
+  std::unique_ptr<std::unordered_map<std::string, InodeNumber>> entries;
+  std::atomic<uint32_t> open_count{0};
+  bool freed = false;  // guarded by `lock`
+
+  bool is_dir() const { return (core.mode & format::kModeTypeMask) == format::kModeDirectory; }
+};
+using InodePtr = std::shared_ptr<Inode>;
+using Records = std::vector<format::JournalRecord>;
+
+// Appends extent records for a mapping, split to fit the 32-bit on-media count.
+void append_extent_records(InodeNumber ino, const Mapping& m, Records* out);
+
+class FsImpl final : public Filesystem {
+ public:
+  FsImpl(Device& device, MountOptions options);
+  ~FsImpl() override;
+
+  // Mount steps (mount.cc).
+  Result<void> load();
+  Result<void> format_new(const FormatOptions& options);
+  CheckReport check_locked(bool compare_incremental);
+
+  Result<void> unmount() override;
+  void shutdown() override;
+  Result<InodeNumber> lookup(std::string_view path) override;
+  Result<InodeNumber> create(std::string_view path, uint32_t mode) override;
+  Result<InodeNumber> mkdir(std::string_view path, uint32_t mode) override;
+  Result<void> unlink(std::string_view path) override;
+  Result<void> rmdir(std::string_view path) override;
+  Result<void> rename(std::string_view from, std::string_view to) override;
+  Result<void> link(std::string_view existing, std::string_view new_path) override;
+  Result<std::vector<DirEntry>> readdir(std::string_view path) override;
+  Result<Stat> stat(std::string_view path) override;
+  Result<Stat> stat(InodeNumber ino) override;
+  Result<File> open(std::string_view path, OpenFlags flags, uint32_t mode) override;
+  Result<std::string> path_of(InodeNumber ino) override;
+  Result<size_t> read(InodeNumber ino, uint64_t offset, std::span<std::byte> out) override;
+  Result<size_t> write(InodeNumber ino, uint64_t offset, std::span<const std::byte> in) override;
+  Result<void> truncate(InodeNumber ino, uint64_t size_bytes) override;
+  Result<void> fallocate(InodeNumber ino, uint64_t offset, uint64_t length,
+                         FallocateMode mode) override;
+  Result<void> punch_hole(InodeNumber ino, uint64_t offset, uint64_t length) override;
+  Result<void> fsync(InodeNumber ino) override;
+  Result<void> sync() override;
+  Result<void> reflink(InodeNumber src, InodeNumber dst) override;
+  Result<void> clone_range(InodeNumber src, uint64_t src_offset, InodeNumber dst,
+                           uint64_t dst_offset, uint64_t length) override;
+  Result<std::vector<FsmapRecord>> fsmap(uint64_t offset, uint64_t length) override;
+  FsInfo info() override;
+  CheckReport check() override;
+  void release(InodeNumber ino) override;
+  Result<void> retain(InodeNumber ino) override;
+
+ private:
+  // An operation in flight: holds the gate shared and a journal reservation.
+  class Op {
+   public:
+    Op(FsImpl* fs, uint64_t reserved) : fs_(fs), reserved_(reserved) {}
+    Op(Op&& o) noexcept : fs_(o.fs_), reserved_(o.reserved_) { o.fs_ = nullptr; }
+    Op(const Op&) = delete;
+    ~Op();
+    uint64_t reserved() const { return reserved_; }
+    void consumed() { reserved_ = 0; }
+
+   private:
+    FsImpl* fs_;
+    uint64_t reserved_;
+  };
+
+  // transaction.cc: begin, commit and apply.
+  Result<Op> begin_op(uint64_t tx_bytes_max);
+  Result<void> check_writable() const;
+  // Commits the records durably and applies them. `locked` are inodes the caller
+  // holds exclusively; any other inode touched needs ns_mutex_ held exclusively.
+  void commit(Op& op, const Records& records, std::initializer_list<Inode*> locked);
+  // Applies one record to memory. Replay feeds it media contents, so it verifies
+  // everything and reports corruption; at run time it must succeed.
+  Result<void> apply(const format::JournalRecord& record, std::initializer_list<Inode*> locked);
+  Inode* find_for_apply(uint64_t ino, std::initializer_list<Inode*> locked);
+  Result<void> apply_extent_set(Inode& inode, const format::ExtentRecord& r);
+  void apply_extent_clear(Inode& inode, FileBlock start, uint64_t count);
+  void release_blocks(Inode& inode, const std::vector<Mapping>& removed);
+  int64_t now() { return clock_->now_ns(); }
+
+  // namespace.cc: path resolution (REQUIRES ns_mutex_ held).
+  Result<InodePtr> resolve(std::string_view path);
+  Result<InodePtr> resolve_parent(std::string_view path, std::string* leaf);
+  InodePtr find_inode(InodeNumber ino) const;
+  Result<InodePtr> get_inode(InodeNumber ino);
+  Result<InodeNumber> make_node(std::string_view path, uint32_t mode, FileType type);
+  Result<void> remove_name(std::string_view path, FileType type);
+  // Records that free the inode once its link count is nlink_after, if that is
+  // zero and nobody has it open.
+  void free_inode_records(const Inode& inode, uint32_t nlink_after, Records* records);
+  Stat stat_of(const Inode& inode) const;
+
+  // space.cc: allocation with the checkpoint reserve kept back.
+  Result<void> reserve_blocks(uint64_t count);
+  void unreserve_blocks(uint64_t count);
+  DevRun allocate_reserved(uint64_t want, std::optional<DevBlock> hint);
+  void return_blocks(DevRun run);
+  uint64_t checkpoint_reserve_blocks() const;
+  uint64_t available_blocks_locked() const;  // REQUIRES: space_mutex_ held
+  // ENOSPC unless `count` more blocks could be allocated now.
+  Result<void> expect_space(uint64_t count, const char* what);
+  // Runs fn over [offset, +length) in chunks that each fit one transaction.
+  Result<size_t> for_each_chunk(uint64_t offset, uint64_t length,
+                                const std::function<Result<void>(uint64_t, uint64_t)>& fn);
+
+  // file_io.cc
+  enum class Fill : uint8_t { InPlace, Zero, CopyFrom };
+  Result<size_t> write_chunk(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length);
+  Result<void> fallocate_chunk(InodeNumber ino, uint64_t offset, uint64_t length, FallocateMode mode);
+  // Blocks a store into [first, +count) must allocate: holes and shared blocks.
+  uint64_t blocks_needed_for_store(const Inode& inode, FileBlock first, uint64_t count);
+  // Stores [offset, +length) of src (nullptr: zeros) into the file: allocates
+  // holes, copies shared blocks before writing them, converts unwritten ones.
+  // Appends the mapping records; sets *fresh when new blocks hold data that must
+  // be fenced before the records commit. REQUIRES: inode.lock held exclusively,
+  // enough blocks reserved.
+  // Returns the blocks it allocated from the reservation.
+  uint64_t store_locked(Inode& inode, uint64_t offset, const std::byte* src, size_t length,
+                        Records* records, bool* fresh);
+  void store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offset, const std::byte* src,
+                 size_t length, Fill fill, DevBlock old);
+  // Zeroes [offset, +length) inside one block if it is mapped and written.
+  Result<void> zero_partial_block(Inode& inode, uint64_t offset, uint64_t length, Records* records,
+                                  bool* fresh);
+  Result<InodePtr> writable_file(InodeNumber ino);
+
+  // checkpoint.cc
+  Result<void> write_checkpoint();
+  Result<void> load_checkpoint(const format::SuperblockInfo& sb);
+  // Derives ownership and free space from the superblocks, journal, checkpoint
+  // and every extent map; EUCLEAN if a file claims metadata blocks.
+  Result<void> rebuild_space(OwnershipMap* ownership, FreeSpace* free) const;
+  void add_checkpoint_owners(const format::CheckpointRootInfo& root, uint64_t root_block,
+                             OwnershipMap* ownership) const;
+  Result<void> read_block(uint64_t block, std::byte* out) const;
+  Result<void> write_superblocks(uint64_t root_block, uint64_t generation);
+
+  Device& device_;
+  MountOptions options_;
+  Clock* clock_;
+  std::atomic<bool> mounted_{false};
+
+  format::SuperblockInfo sb_;
+  std::unique_ptr<Journal> journal_;
+  format::CheckpointRootInfo checkpoint_;  // the current checkpoint's sections
+  uint64_t checkpoint_root_block_ = 0;
+  std::vector<std::string> superblock_notes_;  // a stale or damaged copy, for check()
+  uint64_t data_start_ = 0;                // first block after the journal
+  uint64_t data_end_ = 0;                  // the secondary superblock
+
+  std::shared_mutex gate_;
+  std::shared_mutex ns_mutex_;
+  std::unordered_map<uint64_t, InodePtr> inodes_;
+  uint64_t next_ino_ = 2;
+  std::atomic<uint64_t> inode_count_{0};
+  std::atomic<uint64_t> dirent_count_{0};
+  std::atomic<uint64_t> extent_count_{0};
+  std::atomic<uint64_t> name_bytes_{0};
+  bool replaying_ = false;
+
+  mutable std::mutex space_mutex_;
+  OwnershipMap ownership_;
+  FreeSpace free_;
+  uint64_t reserved_blocks_ = 0;  // promised to operations in flight
+};
+
+}  // namespace poise

@@ -1,0 +1,62 @@
+// Journal: appends sealed transactions to the journal region and replays them.
+//
+// Each commit stores the transaction and fences, so a committed operation is
+// durable when it returns and a crash can tear at most the last transaction:
+// replay never meets a valid transaction after an invalid one.
+// Space is reserved before an operation starts, so a commit never finds the
+// region full; when a reservation does not fit, the caller checkpoints, which
+// empties the journal by starting a new generation.
+//
+// Thread-safety: all members are safe to call concurrently.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <mutex>
+
+#include "format/journal_format.h"
+#include "poise/device.h"
+
+namespace poise {
+
+class Journal {
+ public:
+  Journal(Device& device, uint64_t start_block, uint64_t blocks);
+
+  // Reads transactions of `generation` from the start of the region, in order,
+  // handing each to `apply`, and positions the journal after the last one.
+  // Returns the number replayed. EUCLEAN if a checksummed transaction is malformed.
+  Result<uint64_t> replay(uint64_t generation,
+                          const std::function<Result<void>(const format::DecodedTx&)>& apply);
+
+  // Starts an empty journal for a new generation (after a checkpoint).
+  void reset(uint64_t generation);
+
+  // Reserves room for a transaction of up to `bytes`; false when the journal
+  // needs a checkpoint first.
+  bool reserve(uint64_t bytes);
+  void unreserve(uint64_t bytes);
+  // Stores the transaction durably; returns its lsn. REQUIRES: a reservation covers it.
+  uint64_t commit(const format::TxEncoder& tx, uint64_t reserved_bytes);
+  // Fences: everything written back before (file data too) is durable.
+  uint64_t make_durable();
+
+  uint64_t generation() const;
+  uint64_t committed_lsn() const;
+  uint64_t durable_lsn() const;
+  uint64_t used_bytes() const;
+  uint64_t capacity_bytes() const { return capacity_; }
+
+ private:
+  Device& device_;
+  const uint64_t base_offset_;
+  const uint64_t capacity_;
+  mutable std::mutex mutex_;
+  uint64_t generation_ = 0;
+  uint64_t next_lsn_ = 1;
+  uint64_t write_offset_ = 0;
+  uint64_t reserved_ = 0;
+  uint64_t durable_lsn_ = 0;
+};
+
+}  // namespace poise

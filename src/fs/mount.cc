@@ -1,0 +1,167 @@
+// Format, mount and unmount: choosing the superblock, loading the checkpoint,
+// replaying the journal, rebuilding the reverse map, freeing orphans.
+#include <cstring>
+
+#include "base/random.h"
+#include "fs/fs_impl.h"
+
+namespace poise {
+
+FsImpl::FsImpl(Device& device, MountOptions options)
+    : device_(device), options_(options), clock_(options.clock != nullptr ? options.clock : &real_clock()) {}
+
+FsImpl::~FsImpl() {
+  if (mounted_) (void)unmount();
+}
+
+Result<std::unique_ptr<Filesystem>> Filesystem::mount(Device& device, const MountOptions& options) {
+  auto fs = std::make_unique<FsImpl>(device, options);
+  TRY(fs->load());
+  return std::unique_ptr<Filesystem>(std::move(fs));
+}
+
+Result<void> Filesystem::format(Device& device, const FormatOptions& options) {
+  MountOptions mount_options;
+  mount_options.clock = options.clock;
+  FsImpl fs(device, mount_options);
+  return fs.format_new(options);
+}
+
+Result<void> FsImpl::format_new(const FormatOptions& options) {
+  uint64_t blocks = device_.size_bytes() / kBlockSize;
+  if (device_.size_bytes() < kDeviceSizeMin) {
+    return fail(EINVAL, "device is " + std::to_string(device_.size_bytes()) + " bytes; poise needs at least 16 MiB");
+  }
+  uint64_t journal_blocks = options.journal_blocks != 0 ? options.journal_blocks
+                                                        : format::default_journal_blocks(blocks);
+  if (journal_blocks < format::kJournalBlocksMin || journal_blocks > format::kJournalBlocksMax ||
+      journal_blocks > blocks / 4) {
+    return fail(EINVAL, "journal of " + std::to_string(journal_blocks) + " blocks does not fit 1 MiB..64 MiB "
+                        "and a quarter of the device");
+  }
+  sb_ = format::SuperblockInfo{};
+  sb_.version = format::kFormatVersion;
+  sb_.size_blocks = blocks;
+  sb_.feature_incompat = format::kIncompatReflink;
+  fill_random(sb_.uuid.data(), sb_.uuid.size());
+  sb_.journal_start_block = 1;
+  sb_.journal_blocks = journal_blocks;
+  sb_.created_ns = now();
+  data_start_ = 1 + journal_blocks;
+  data_end_ = blocks - 1;
+  // A zeroed journal: nothing left by an earlier filesystem can replay.
+  device_.fill(kBlockSize, 0, journal_blocks * kBlockSize);
+  journal_ = std::make_unique<Journal>(device_, 1, journal_blocks);
+  int64_t t = now();
+  format::InodeCore root{kRootInode.value(), format::kModeDirectory | 0755, 2, options_.uid, options_.gid, 0, t, t, t};
+  TRY(apply(root, {}));
+  find_inode(kRootInode)->parent = kRootInode;
+  TRY(rebuild_space(&ownership_, &free_));
+  TRY(write_checkpoint());
+  TRY(device_.sync());
+  return {};
+}
+
+Result<void> FsImpl::load() {
+  const uint64_t device_blocks = device_.size_bytes() / kBlockSize;
+  if (device_.size_bytes() < kDeviceSizeMin) {
+    return fail(EUCLEAN, "device is " + std::to_string(device_.size_bytes()) +
+                             " bytes, smaller than any poise filesystem (16 MiB)");
+  }
+  alignas(64) std::byte block[kBlockSize];
+  auto read_sb = [&](uint64_t at, const char* which) -> Result<format::SuperblockInfo> {
+    TRY(read_block(at, block));
+    return format::decode_superblock(block, at, which);
+  };
+  auto primary = read_sb(format::primary_superblock_block(), "primary superblock");
+  if (primary.has_value() && primary->size_blocks > device_blocks) {
+    return fail(EUCLEAN, "image is truncated: the superblock describes " +
+                             std::to_string(primary->size_blocks * kBlockSize) + " bytes but the device has " +
+                             std::to_string(device_.size_bytes()));
+  }
+  uint64_t secondary_at = format::secondary_superblock_block(primary.has_value() ? primary->size_blocks : device_blocks);
+  auto secondary = read_sb(secondary_at, "secondary superblock");
+  if (!primary.has_value() && !secondary.has_value()) {
+    int code = primary.error().code == ENOTSUP || secondary.error().code == ENOTSUP ? ENOTSUP
+                                                                                     : primary.error().code;
+    if (primary.error().message.find("bad magic") != std::string::npos &&
+        secondary.error().message.find("bad magic") != std::string::npos) {
+      return fail(EUCLEAN, "not a poise filesystem (no superblock magic at the first or last block)");
+    }
+    return fail(code, "no valid superblock: " + primary.error().message + "; " + secondary.error().message);
+  }
+  superblock_notes_.clear();
+  if (!primary.has_value()) {
+    sb_ = *secondary;
+    superblock_notes_.push_back(primary.error().message + " (using the secondary copy)");
+  } else if (!secondary.has_value()) {
+    sb_ = *primary;
+    superblock_notes_.push_back(secondary.error().message + " (using the primary copy)");
+  } else {
+    sb_ = primary->sequence >= secondary->sequence ? *primary : *secondary;
+    if (primary->sequence != secondary->sequence) {
+      superblock_notes_.push_back("superblock copies differ in sequence (" + std::to_string(primary->sequence) +
+                                  " vs " + std::to_string(secondary->sequence) + "); the newer is used");
+    }
+  }
+  if (sb_.size_blocks > device_blocks) {
+    return fail(EUCLEAN, "image is truncated: the superblock describes " +
+                             std::to_string(sb_.size_blocks * kBlockSize) + " bytes but the device has " +
+                             std::to_string(device_.size_bytes()));
+  }
+  if (options_.mode == MountMode::ReadWrite && (sb_.feature_ro_compat & ~format::kRoCompatKnown) != 0) {
+    return fail(EROFS, "image has read-only-compatible features this poise does not know; mount read-only");
+  }
+  data_start_ = sb_.journal_start_block + sb_.journal_blocks;
+  data_end_ = format::secondary_superblock_block(sb_.size_blocks);
+  journal_ = std::make_unique<Journal>(device_, sb_.journal_start_block, sb_.journal_blocks);
+
+  replaying_ = true;
+  TRY(load_checkpoint(sb_));
+  uint64_t replayed = TRY(journal_->replay(checkpoint_.generation, [&](const format::DecodedTx& tx) -> Result<void> {
+    for (const auto& record : tx.records) TRY(apply(record, {}));
+    return {};
+  }));
+  replaying_ = false;
+  TRY(rebuild_space(&ownership_, &free_));
+  mounted_ = true;
+  if (options_.mode == MountMode::ReadOnly) return {};
+
+  // Files unlinked while open when the filesystem last stopped: free them now.
+  std::vector<InodePtr> orphans;
+  for (const auto& [ino, inode] : inodes_) {
+    if (!inode->is_dir() && inode->core.nlink == 0) orphans.push_back(inode);
+  }
+  for (const InodePtr& orphan : orphans) {
+    Records records;
+    free_inode_records(*orphan, 0, &records);
+    for (const auto& r : records) POISE_ASSERT(apply(r, {orphan.get()}).has_value());
+  }
+  if (replayed > 0 || !orphans.empty() || !superblock_notes_.empty()) {
+    std::unique_lock quiet(gate_);
+    TRY(write_checkpoint());  // a fresh generation: the replayed journal is retired
+  }
+  return {};
+}
+
+Result<void> FsImpl::unmount() {
+  if (!mounted_) return fail(EIO, "filesystem is not mounted");
+  if (options_.mode == MountMode::ReadWrite) {
+    std::unique_lock quiet(gate_);
+    TRY(write_checkpoint());
+    TRY(device_.sync());
+  }
+  mounted_ = false;
+  return {};
+}
+
+}  // namespace poise
+
+namespace poise {
+
+void FsImpl::shutdown() {
+  std::unique_lock quiet(gate_);
+  mounted_ = false;
+}
+
+}  // namespace poise

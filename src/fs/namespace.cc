@@ -1,0 +1,422 @@
+// The namespace: path resolution, create, mkdir, unlink, rmdir, rename, link,
+// readdir, stat, open and the last-close teardown of unlinked files.
+#include <algorithm>
+
+#include "fs/fs_impl.h"
+
+namespace poise {
+
+namespace {
+constexpr size_t kPathBytesMax = 4096;
+constexpr uint32_t kLinksMax = 65000;
+constexpr uint64_t kDirEntriesMax = 1ull << 26;
+constexpr uint64_t kNamespaceTxBytes = 4096;
+constexpr int kPathComponentsMax = 2048;
+
+// Splits a path into its components, dropping empty ones and ".".
+Result<std::vector<std::string_view>> split_path(std::string_view path) {
+  if (path.size() > kPathBytesMax) return fail(ENAMETOOLONG, "path longer than 4096 bytes");
+  std::vector<std::string_view> parts;
+  size_t pos = 0;
+  while (pos <= path.size()) {
+    size_t slash = path.find('/', pos);
+    if (slash == std::string_view::npos) slash = path.size();
+    std::string_view part = path.substr(pos, slash - pos);
+    if (!part.empty() && part != ".") {
+      if (part.size() > format::kNameBytesMax) {
+        return fail(ENAMETOOLONG, "path component longer than 255 bytes");
+      }
+      if (static_cast<int>(parts.size()) == kPathComponentsMax) return fail(ENAMETOOLONG, "path too deep");
+      parts.push_back(part);
+    }
+    pos = slash + 1;
+  }
+  return parts;
+}
+
+uint32_t type_bits(FileType type) {
+  return type == FileType::Directory ? format::kModeDirectory : format::kModeRegular;
+}
+}  // namespace
+
+InodePtr FsImpl::find_inode(InodeNumber ino) const {
+  auto it = inodes_.find(ino.value());
+  return it == inodes_.end() ? nullptr : it->second;
+}
+
+Result<InodePtr> FsImpl::get_inode(InodeNumber ino) {
+  if (!mounted_) return fail(EIO, "filesystem is not mounted");
+  std::shared_lock ns(ns_mutex_);
+  InodePtr inode = find_inode(ino);
+  if (inode == nullptr) return fail(ENOENT, "no inode " + std::to_string(ino.value()));
+  return inode;
+}
+
+Result<InodePtr> FsImpl::resolve(std::string_view path) {
+  if (!mounted_) return fail(EIO, "filesystem is not mounted");
+  auto parts = TRY(split_path(path));
+  InodePtr cur = find_inode(kRootInode);
+  POISE_ASSERT(cur != nullptr);
+  for (std::string_view part : parts) {
+    if (!cur->is_dir()) return fail(ENOTDIR, std::string(path) + ": a component is not a directory");
+    if (part == "..") {
+      cur = find_inode(cur->ino == kRootInode ? kRootInode : cur->parent);
+      POISE_ASSERT(cur != nullptr);
+      continue;
+    }
+    auto it = cur->entries->find(std::string(part));
+    if (it == cur->entries->end()) return fail(ENOENT, std::string(path) + ": no such file or directory");
+    cur = find_inode(it->second);
+    POISE_ASSERT(cur != nullptr);
+  }
+  return cur;
+}
+
+Result<InodePtr> FsImpl::resolve_parent(std::string_view path, std::string* leaf) {
+  auto parts = TRY(split_path(path));
+  if (parts.empty()) return fail(EINVAL, std::string(path) + ": names the root directory");
+  if (parts.back() == "..") return fail(EINVAL, std::string(path) + ": ends in '..'");
+  size_t cut = path.rfind(parts.back());
+  *leaf = std::string(parts.back());
+  InodePtr parent = TRY(resolve(path.substr(0, cut)));
+  if (!parent->is_dir()) return fail(ENOTDIR, std::string(path) + ": parent is not a directory");
+  return parent;
+}
+
+Stat FsImpl::stat_of(const Inode& inode) const {
+  Stat st;
+  st.ino = inode.ino;
+  st.type = inode.is_dir() ? FileType::Directory : FileType::Regular;
+  st.mode = inode.core.mode & format::kModePermMask;
+  st.nlink = inode.core.nlink;
+  st.uid = inode.core.uid;
+  st.gid = inode.core.gid;
+  st.size_bytes = inode.is_dir() ? inode.entries->size() : inode.core.size_bytes;
+  st.blocks = inode.extents.mapped_blocks();
+  st.atime_ns = inode.core.atime_ns;
+  st.mtime_ns = inode.core.mtime_ns;
+  st.ctime_ns = inode.core.ctime_ns;
+  return st;
+}
+
+Result<InodeNumber> FsImpl::lookup(std::string_view path) {
+  std::shared_lock ns(ns_mutex_);
+  return TRY(resolve(path))->ino;
+}
+
+Result<InodeNumber> FsImpl::make_node(std::string_view path, uint32_t mode, FileType type) {
+  auto op = TRY(begin_op(kNamespaceTxBytes));
+  std::unique_lock ns(ns_mutex_);
+  std::string leaf;
+  InodePtr parent = TRY(resolve_parent(path, &leaf));
+  if (parent->entries->count(leaf) != 0) return fail(EEXIST, std::string(path) + ": already exists");
+  if (parent->entries->size() >= kDirEntriesMax) return fail(ENOSPC, "directory is full");
+  TRY(expect_space(1, "create"));  // room for the inode in the next checkpoint
+  if (type == FileType::Directory && parent->core.nlink >= kLinksMax) {
+    return fail(EMLINK, "too many subdirectories");
+  }
+  int64_t t = now();
+  format::InodeCore core{next_ino_, type_bits(type) | (mode & format::kModePermMask),
+                         type == FileType::Directory ? 2u : 1u, options_.uid, options_.gid, 0, t, t, t};
+  format::InodeCore parent_core = parent->core;
+  parent_core.mtime_ns = parent_core.ctime_ns = t;
+  if (type == FileType::Directory) ++parent_core.nlink;
+  commit(op, {core, format::DirentRecord{parent->ino.value(), core.ino, leaf}, parent_core}, {});
+  return InodeNumber(core.ino);
+}
+
+Result<InodeNumber> FsImpl::create(std::string_view path, uint32_t mode) {
+  return make_node(path, mode, FileType::Regular);
+}
+
+Result<InodeNumber> FsImpl::mkdir(std::string_view path, uint32_t mode) {
+  return make_node(path, mode, FileType::Directory);
+}
+
+void FsImpl::free_inode_records(const Inode& inode, uint32_t nlink_after, Records* records) {
+  if (nlink_after != 0 || inode.open_count.load() != 0) return;
+  if (!inode.extents.empty()) {
+    records->push_back(format::ExtentClearRecord{inode.ino.value(), 0, inode.extents.end().value()});
+  }
+  records->push_back(format::InodeFreeRecord{inode.ino.value()});
+}
+
+Result<void> FsImpl::remove_name(std::string_view path, FileType type) {
+  auto op = TRY(begin_op(kNamespaceTxBytes));
+  std::unique_lock ns(ns_mutex_);
+  std::string leaf;
+  InodePtr parent = TRY(resolve_parent(path, &leaf));
+  auto it = parent->entries->find(leaf);
+  if (it == parent->entries->end()) return fail(ENOENT, std::string(path) + ": no such file or directory");
+  InodePtr child = find_inode(it->second);
+  int64_t t = now();
+  format::InodeCore parent_core = parent->core;
+  parent_core.mtime_ns = parent_core.ctime_ns = t;
+  Records records{format::DirentRemoveRecord{parent->ino.value(), leaf}};
+  if (type == FileType::Directory) {
+    if (!child->is_dir()) return fail(ENOTDIR, std::string(path) + ": not a directory");
+    if (!child->entries->empty()) return fail(ENOTEMPTY, std::string(path) + ": directory not empty");
+    --parent_core.nlink;
+    records.push_back(parent_core);
+    records.push_back(format::InodeFreeRecord{child->ino.value()});
+    commit(op, records, {});
+    return {};
+  }
+  if (child->is_dir()) return fail(EISDIR, std::string(path) + ": is a directory (use rmdir)");
+  std::unique_lock file_lock(child->lock);
+  format::InodeCore core = child->core;
+  --core.nlink;
+  core.ctime_ns = t;
+  records.push_back(parent_core);
+  records.push_back(core);
+  free_inode_records(*child, core.nlink, &records);
+  commit(op, records, {child.get()});
+  return {};
+}
+
+Result<void> FsImpl::unlink(std::string_view path) { return remove_name(path, FileType::Regular); }
+Result<void> FsImpl::rmdir(std::string_view path) { return remove_name(path, FileType::Directory); }
+
+Result<void> FsImpl::rename(std::string_view from, std::string_view to) {
+  auto op = TRY(begin_op(kNamespaceTxBytes));
+  std::unique_lock ns(ns_mutex_);
+  std::string src_leaf, dst_leaf;
+  InodePtr src_dir = TRY(resolve_parent(from, &src_leaf));
+  InodePtr dst_dir = TRY(resolve_parent(to, &dst_leaf));
+  auto src_it = src_dir->entries->find(src_leaf);
+  if (src_it == src_dir->entries->end()) return fail(ENOENT, std::string(from) + ": no such file or directory");
+  InodePtr src = find_inode(src_it->second);
+  if (src->is_dir()) {  // a directory may not move below itself
+    for (InodePtr up = dst_dir;; up = find_inode(up->parent)) {
+      if (up->ino == src->ino) {
+        return fail(EINVAL, std::string(to) + ": cannot move a directory into itself");
+      }
+      if (up->ino == kRootInode) break;
+    }
+  }
+  InodePtr victim;
+  if (auto dst_it = dst_dir->entries->find(dst_leaf); dst_it != dst_dir->entries->end()) {
+    victim = find_inode(dst_it->second);
+    if (victim->ino == src->ino) return {};  // both names already link the same inode
+    if (src->is_dir() && !victim->is_dir()) return fail(ENOTDIR, std::string(to) + ": not a directory");
+    if (!src->is_dir() && victim->is_dir()) return fail(EISDIR, std::string(to) + ": is a directory");
+    if (victim->is_dir() && !victim->entries->empty()) {
+      return fail(ENOTEMPTY, std::string(to) + ": directory not empty");
+    }
+  }
+  // Lock the regular files whose attributes change, in inode order.
+  std::vector<Inode*> files;
+  if (!src->is_dir()) files.push_back(src.get());
+  if (victim && !victim->is_dir()) files.push_back(victim.get());
+  std::sort(files.begin(), files.end(), [](Inode* a, Inode* b) { return a->ino < b->ino; });
+  std::vector<std::unique_lock<std::shared_mutex>> locks;
+  for (Inode* f : files) locks.emplace_back(f->lock);
+
+  int64_t t = now();
+  format::InodeCore src_parent_core = src_dir->core;
+  format::InodeCore dst_parent_core = dst_dir->core;
+  Records records{format::DirentRemoveRecord{src_dir->ino.value(), src_leaf}};
+  if (victim) {
+    records.push_back(format::DirentRemoveRecord{dst_dir->ino.value(), dst_leaf});
+    if (victim->is_dir()) --dst_parent_core.nlink;
+  }
+  records.push_back(format::DirentRecord{dst_dir->ino.value(), src->ino.value(), dst_leaf});
+  if (src->is_dir() && src_dir->ino != dst_dir->ino) {
+    --src_parent_core.nlink;
+    ++dst_parent_core.nlink;
+  }
+  src_parent_core.mtime_ns = src_parent_core.ctime_ns = t;
+  dst_parent_core.mtime_ns = dst_parent_core.ctime_ns = t;
+  if (src_dir->ino == dst_dir->ino) {
+    records.push_back(dst_parent_core);  // one directory: only the victim changed its nlink
+  } else {
+    records.push_back(src_parent_core);
+    records.push_back(dst_parent_core);
+  }
+  format::InodeCore src_core = src->core;
+  src_core.ctime_ns = t;
+  records.push_back(src_core);
+  if (victim && victim->is_dir()) {
+    records.push_back(format::InodeFreeRecord{victim->ino.value()});
+  } else if (victim) {
+    format::InodeCore vcore = victim->core;
+    --vcore.nlink;
+    vcore.ctime_ns = t;
+    records.push_back(vcore);
+    free_inode_records(*victim, vcore.nlink, &records);
+  }
+  if (files.size() == 2) {
+    commit(op, records, {files[0], files[1]});
+  } else if (files.size() == 1) {
+    commit(op, records, {files[0]});
+  } else {
+    commit(op, records, {});
+  }
+  return {};
+}
+
+Result<void> FsImpl::link(std::string_view existing, std::string_view new_path) {
+  auto op = TRY(begin_op(kNamespaceTxBytes));
+  std::unique_lock ns(ns_mutex_);
+  InodePtr target = TRY(resolve(existing));
+  if (target->is_dir()) return fail(EPERM, std::string(existing) + ": cannot hard-link a directory");
+  std::string leaf;
+  InodePtr dir = TRY(resolve_parent(new_path, &leaf));
+  if (dir->entries->count(leaf) != 0) return fail(EEXIST, std::string(new_path) + ": already exists");
+  std::unique_lock file_lock(target->lock);
+  if (target->core.nlink >= kLinksMax) return fail(EMLINK, std::string(existing) + ": too many links");
+  int64_t t = now();
+  format::InodeCore core = target->core;
+  ++core.nlink;
+  core.ctime_ns = t;
+  format::InodeCore dir_core = dir->core;
+  dir_core.mtime_ns = dir_core.ctime_ns = t;
+  commit(op, {format::DirentRecord{dir->ino.value(), target->ino.value(), leaf}, core, dir_core},
+         {target.get()});
+  return {};
+}
+
+Result<std::vector<DirEntry>> FsImpl::readdir(std::string_view path) {
+  std::shared_lock ns(ns_mutex_);
+  InodePtr dir = TRY(resolve(path));
+  if (!dir->is_dir()) return fail(ENOTDIR, std::string(path) + ": not a directory");
+  std::vector<DirEntry> out;
+  out.reserve(dir->entries->size());
+  for (const auto& [name, ino] : *dir->entries) {
+    InodePtr child = find_inode(ino);
+    out.push_back(DirEntry{name, ino, child->is_dir() ? FileType::Directory : FileType::Regular});
+  }
+  std::sort(out.begin(), out.end(), [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+  return out;
+}
+
+Result<Stat> FsImpl::stat(std::string_view path) {
+  std::shared_lock ns(ns_mutex_);
+  InodePtr inode = TRY(resolve(path));
+  std::shared_lock lock(inode->lock);
+  return stat_of(*inode);
+}
+
+Result<Stat> FsImpl::stat(InodeNumber ino) {
+  std::shared_lock ns(ns_mutex_);
+  InodePtr inode = find_inode(ino);
+  if (inode == nullptr) return fail(ENOENT, "no inode " + std::to_string(ino.value()));
+  std::shared_lock lock(inode->lock);
+  return stat_of(*inode);
+}
+
+Result<File> FsImpl::open(std::string_view path, OpenFlags flags, uint32_t mode) {
+  InodeNumber ino;
+  for (int attempt = 0;; ++attempt) {
+    POISE_ASSERT(attempt < 3);  // a lost create race resolves on the next try
+    auto found = lookup(path);
+    if (found.has_value()) {
+      if (has(flags, OpenFlags::Create) && has(flags, OpenFlags::Exclusive)) {
+        return fail(EEXIST, std::string(path) + ": already exists");
+      }
+      ino = *found;
+      break;
+    }
+    if (found.error().code != ENOENT || !has(flags, OpenFlags::Create)) {
+      return Unexpected<Error>(std::move(found).error());
+    }
+    auto made = create(path, mode);
+    if (made.has_value()) {
+      ino = *made;
+      break;
+    }
+    if (made.error().code != EEXIST) return Unexpected<Error>(std::move(made).error());
+  }
+  TRY(retain(ino));
+  File file(this, ino);
+  auto st = TRY(stat(ino));
+  if (st.type == FileType::Directory) return fail(EISDIR, std::string(path) + ": is a directory");
+  if (has(flags, OpenFlags::Truncate) && st.size_bytes != 0) TRY(truncate(ino, 0));
+  return file;
+}
+
+Result<void> FsImpl::retain(InodeNumber ino) {
+  std::shared_lock ns(ns_mutex_);
+  InodePtr inode = find_inode(ino);
+  if (inode == nullptr) return fail(ENOENT, "no inode " + std::to_string(ino.value()));
+  inode->open_count.fetch_add(1);
+  return {};
+}
+
+void FsImpl::release(InodeNumber ino) {
+  InodePtr inode;
+  {
+    std::shared_lock ns(ns_mutex_);
+    inode = find_inode(ino);
+  }
+  if (inode == nullptr) return;
+  if (inode->open_count.fetch_sub(1) != 1) return;
+  if (!mounted_ || options_.mode == MountMode::ReadOnly) return;
+  auto op = begin_op(kNamespaceTxBytes);
+  if (!op.has_value()) return;  // left as an orphan; the next mount frees it
+  std::unique_lock ns(ns_mutex_);
+  std::unique_lock lock(inode->lock);
+  if (inode->freed) return;
+  Records records;
+  free_inode_records(*inode, inode->core.nlink, &records);
+  commit(*op, records, {inode.get()});
+}
+
+Result<std::string> FsImpl::path_of(InodeNumber ino) {
+  std::shared_lock ns(ns_mutex_);
+  InodePtr inode = find_inode(ino);
+  if (inode == nullptr) return fail(ENOENT, "no inode " + std::to_string(ino.value()));
+  std::vector<std::string> names;
+  constexpr int kDepthMax = 4096;
+  for (int depth = 0; inode->ino != kRootInode; ++depth) {
+    if (depth == kDepthMax) return fail(ELOOP, "directory chain too deep");
+    InodePtr parent = find_inode(inode->parent);
+    if (parent == nullptr || !parent->is_dir()) return fail(ENOENT, "inode has no name");
+    auto it = std::find_if(parent->entries->begin(), parent->entries->end(),
+                           [&](const auto& e) { return e.second == inode->ino; });
+    if (it == parent->entries->end()) return fail(ENOENT, "inode has no name (unlinked)");
+    names.push_back(it->first);
+    inode = parent;
+  }
+  std::string path;
+  for (auto it = names.rbegin(); it != names.rend(); ++it) path += "/" + *it;
+  return path.empty() ? std::string("/") : path;
+}
+
+File& File::operator=(File&& o) noexcept {
+  if (this != &o) {
+    close();
+    fs_ = o.fs_;
+    ino_ = o.ino_;
+    o.fs_ = nullptr;
+  }
+  return *this;
+}
+
+void File::close() {
+  if (fs_ != nullptr) fs_->release(ino_);
+  fs_ = nullptr;
+}
+
+Result<size_t> File::read(uint64_t offset, std::span<std::byte> out) {
+  POISE_ASSERT(fs_ != nullptr);
+  return fs_->read(ino_, offset, out);
+}
+Result<size_t> File::write(uint64_t offset, std::span<const std::byte> in) {
+  POISE_ASSERT(fs_ != nullptr);
+  return fs_->write(ino_, offset, in);
+}
+Result<void> File::truncate(uint64_t size_bytes) {
+  POISE_ASSERT(fs_ != nullptr);
+  return fs_->truncate(ino_, size_bytes);
+}
+Result<void> File::fsync() {
+  POISE_ASSERT(fs_ != nullptr);
+  return fs_->fsync(ino_);
+}
+Result<Stat> File::stat() {
+  POISE_ASSERT(fs_ != nullptr);
+  return fs_->stat(ino_);
+}
+
+}  // namespace poise

@@ -1,0 +1,151 @@
+// Reflink and clone-range: the destination's extents point at the source's
+// device blocks, and the ownership map gains the destination as an owner of
+// each; no data moves. A later write to either copy goes through
+// store_locked(), which copies a shared block before writing it.
+#include <algorithm>
+
+#include "fs/fs_impl.h"
+
+namespace poise {
+
+namespace {
+// Per extent: a record header and a DiskExtent; plus the inode and a clear.
+constexpr uint64_t kExtentTxBytes = 48;
+constexpr uint64_t kCloneFixedTxBytes = 512;
+}  // namespace
+
+Result<void> FsImpl::reflink(InodeNumber src, InodeNumber dst) {
+  TRY(check_writable());
+  if (src == dst) return fail(EINVAL, "reflink of a file onto itself");
+  InodePtr s = TRY(writable_file(src));
+  InodePtr d = TRY(writable_file(dst));
+  auto op = TRY(begin_op(format::kTxBytesMax));
+  Inode* first = s->ino < d->ino ? s.get() : d.get();
+  Inode* second = s->ino < d->ino ? d.get() : s.get();
+  std::unique_lock lock_a(first->lock);
+  std::unique_lock lock_b(second->lock);
+  if (s->freed || d->freed) return fail(ENOENT, "file was deleted");
+  uint64_t extents = s->extents.extent_count();
+  if (extents * kExtentTxBytes + kCloneFixedTxBytes > format::kTxBytesMax) {
+    return fail(E2BIG, "source has " + std::to_string(extents) +
+                           " extents; one reflink transaction holds at most " +
+                           std::to_string((format::kTxBytesMax - kCloneFixedTxBytes) / kExtentTxBytes));
+  }
+  Records records;
+  if (!d->extents.empty()) {
+    records.push_back(format::ExtentClearRecord{dst.value(), 0, d->extents.end().value()});
+  }
+  s->extents.for_each([&](const Mapping& m) { append_extent_records(dst, m, &records); });
+  format::InodeCore core = d->core;
+  core.size_bytes = s->core.size_bytes;
+  core.mtime_ns = core.ctime_ns = now();
+  records.push_back(core);
+  commit(op, records, {s.get(), d.get()});
+  return {};
+}
+
+Result<void> FsImpl::clone_range(InodeNumber src, uint64_t src_offset, InodeNumber dst,
+                                 uint64_t dst_offset, uint64_t length) {
+  TRY(check_writable());
+  if (length == 0) return {};
+  if (src_offset % kBlockSize != 0 || dst_offset % kBlockSize != 0) {
+    return fail(EINVAL, "clone offsets must be multiples of 4096");
+  }
+  InodePtr s = TRY(writable_file(src));
+  InodePtr d = TRY(writable_file(dst));
+  auto op = TRY(begin_op(format::kTxBytesMax));
+  std::unique_lock lock_a(std::min(s->ino, d->ino) == s->ino ? s->lock : d->lock);
+  std::unique_lock<std::shared_mutex> lock_b;
+  if (s != d) lock_b = std::unique_lock(std::min(s->ino, d->ino) == s->ino ? d->lock : s->lock);
+  if (s->freed || d->freed) return fail(ENOENT, "file was deleted");
+  uint64_t src_size = s->core.size_bytes;
+  if (src_offset >= src_size) return fail(EINVAL, "clone source range starts past the end of the file");
+  if (length > src_size - src_offset) length = src_size - src_offset;
+  else if (length % kBlockSize != 0) {
+    return fail(EINVAL, "clone length must be a multiple of 4096 unless it reaches the source's end");
+  }
+  if (dst_offset > (1ull << 50) - length) return fail(EFBIG, "clone beyond the 1 PiB file size limit");
+  if (s == d && src_offset < dst_offset + length && dst_offset < src_offset + length) {
+    return fail(EINVAL, "clone source and destination ranges overlap");
+  }
+  uint64_t blocks = (length + kBlockSize - 1) / kBlockSize;
+  std::vector<Mapping> pieces = s->extents.range(FileBlock(src_offset / kBlockSize), blocks);
+  if (pieces.size() * kExtentTxBytes + kCloneFixedTxBytes > format::kTxBytesMax) {
+    return fail(E2BIG, "source range has too many extents for one clone transaction");
+  }
+  Records records{format::ExtentClearRecord{dst.value(), dst_offset / kBlockSize, blocks}};
+  for (Mapping m : pieces) {
+    m.file_block = FileBlock(dst_offset / kBlockSize + (m.file_block.value() - src_offset / kBlockSize));
+    append_extent_records(dst, m, &records);
+  }
+  format::InodeCore core = d->core;
+  core.size_bytes = std::max(core.size_bytes, dst_offset + length);
+  core.mtime_ns = core.ctime_ns = now();
+  records.push_back(core);
+  if (s == d) {
+    commit(op, records, {s.get()});
+  } else {
+    commit(op, records, {s.get(), d.get()});
+  }
+  return {};
+}
+
+Result<std::vector<FsmapRecord>> FsImpl::fsmap(uint64_t offset, uint64_t length) {
+  if (!mounted_) return fail(EIO, "filesystem is not mounted");
+  uint64_t device_bytes = sb_.size_blocks * kBlockSize;
+  std::vector<FsmapRecord> out;
+  if (offset >= device_bytes || length == 0) return out;
+  length = std::min(length, device_bytes - offset);
+  uint64_t first = offset / kBlockSize;
+  uint64_t end = (offset + length + kBlockSize - 1) / kBlockSize;
+  DevRun range{DevBlock(first), end - first};
+  std::vector<FsmapRecord> free_records;
+  std::lock_guard lock(space_mutex_);
+  ownership_.visit(range, [&](DevRun r, const std::vector<Owner>& owners) {
+    for (const Owner& o : owners) {
+      FsmapRecord rec;
+      rec.device_offset_bytes = r.start.value() * kBlockSize;
+      rec.length_bytes = r.count * kBlockSize;
+      rec.refcount = static_cast<uint32_t>(owners.size());
+      if (o.is_metadata()) {
+        rec.owner = OwnerKind::Metadata;
+        rec.metadata_kind = static_cast<MetadataKind>(o.id & 0xFF);
+      } else {
+        rec.owner = OwnerKind::File;
+        rec.ino = InodeNumber(o.id);
+        rec.file_offset_bytes = o.offset_blocks * kBlockSize;
+      }
+      out.push_back(rec);
+    }
+  });
+  free_.visit(range, [&](DevRun r) {
+    FsmapRecord rec;
+    rec.device_offset_bytes = r.start.value() * kBlockSize;
+    rec.length_bytes = r.count * kBlockSize;
+    rec.owner = OwnerKind::Free;
+    free_records.push_back(rec);
+  });
+  std::vector<FsmapRecord> merged;
+  merged.reserve(out.size() + free_records.size());
+  std::merge(out.begin(), out.end(), free_records.begin(), free_records.end(), std::back_inserter(merged),
+             [](const FsmapRecord& a, const FsmapRecord& b) {
+               return a.device_offset_bytes < b.device_offset_bytes;
+             });
+  return merged;
+}
+
+FsInfo FsImpl::info() {
+  FsInfo i;
+  i.size_bytes = sb_.size_blocks * kBlockSize;
+  {
+    std::lock_guard lock(space_mutex_);
+    i.free_bytes = free_.free_blocks() * kBlockSize;
+  }
+  i.used_bytes = i.size_bytes - i.free_bytes;
+  i.files = inode_count_.load();
+  i.journal_bytes = sb_.journal_blocks * kBlockSize;
+  i.checkpoint_generation = checkpoint_.generation;
+  return i;
+}
+
+}  // namespace poise

@@ -1,0 +1,189 @@
+// Operations: begin (gate + journal reservation, checkpointing when the journal
+// is full), commit (durable journal transaction) and apply (the one code path
+// that changes in-memory metadata, used at run time and by replay).
+#include <algorithm>
+
+#include "fs/fs_impl.h"
+
+namespace poise {
+
+namespace {
+constexpr int kCheckpointAttemptsMax = 4;
+}  // namespace
+
+void append_extent_records(InodeNumber ino, const Mapping& m, Records* out) {
+  constexpr uint64_t kExtentRecordBlocksMax = 1ull << 31;
+  for (uint64_t done = 0; done < m.block_count;) {
+    uint64_t n = std::min(kExtentRecordBlocksMax, m.block_count - done);
+    out->push_back(format::ExtentRecord{ino.value(), m.file_block.value() + done,
+                                        m.dev_block.value() + done, static_cast<uint32_t>(n), m.flags});
+    done += n;
+  }
+}
+
+FsImpl::Op::~Op() {
+  if (fs_ == nullptr) return;
+  if (reserved_ > 0) fs_->journal_->unreserve(reserved_);
+  fs_->gate_.unlock_shared();
+}
+
+Result<void> FsImpl::check_writable() const {
+  if (!mounted_) return fail(EIO, "filesystem is not mounted");
+  if (options_.mode == MountMode::ReadOnly) return fail(EROFS, "filesystem is mounted read-only");
+  return {};
+}
+
+Result<FsImpl::Op> FsImpl::begin_op(uint64_t tx_bytes_max) {
+  TRY(check_writable());
+  tx_bytes_max = std::min<uint64_t>(tx_bytes_max, format::kTxBytesMax);
+  for (int attempt = 0; attempt < kCheckpointAttemptsMax; ++attempt) {
+    gate_.lock_shared();
+    if (!mounted_) {  // shut down while we waited
+      gate_.unlock_shared();
+      return fail(EIO, "filesystem has shut down");
+    }
+    if (journal_->reserve(tx_bytes_max)) return Op(this, tx_bytes_max);
+    gate_.unlock_shared();
+    std::unique_lock quiet(gate_);
+    if (journal_->reserve(tx_bytes_max)) {  // someone else checkpointed meanwhile
+      journal_->unreserve(tx_bytes_max);
+      continue;
+    }
+    TRY(write_checkpoint());
+  }
+  return fail(ENOSPC, "journal stays full after checkpointing");
+}
+
+void FsImpl::commit(Op& op, const Records& records, std::initializer_list<Inode*> locked) {
+  if (records.empty()) return;
+  format::TxEncoder tx;
+  for (const auto& r : records) tx.add(r);
+  journal_->commit(tx, op.reserved());
+  op.consumed();
+  for (const auto& r : records) {
+    auto applied = apply(r, locked);
+    POISE_ASSERT(applied.has_value());
+  }
+}
+
+Inode* FsImpl::find_for_apply(uint64_t ino, std::initializer_list<Inode*> locked) {
+  for (Inode* inode : locked) {
+    if (inode->ino.value() == ino) return inode;
+  }
+  auto it = inodes_.find(ino);
+  return it == inodes_.end() ? nullptr : it->second.get();
+}
+
+Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer_list<Inode*> locked) {
+  using namespace format;
+  if (const auto* core = std::get_if<InodeCore>(&record)) {
+    Inode* inode = find_for_apply(core->ino, locked);
+    if (inode == nullptr) {
+      auto fresh = std::make_shared<Inode>(InodeNumber(core->ino));
+      if ((core->mode & kModeTypeMask) == kModeDirectory) {
+        fresh->entries = std::make_unique<std::unordered_map<std::string, InodeNumber>>();
+      }
+      inode = fresh.get();
+      inodes_.emplace(core->ino, std::move(fresh));
+      ++inode_count_;
+      next_ino_ = std::max(next_ino_, core->ino + 1);
+    } else if ((inode->core.mode & kModeTypeMask) != (core->mode & kModeTypeMask)) {
+      return fail(EUCLEAN, "journal changes the file type of inode " + std::to_string(core->ino));
+    }
+    inode->core = *core;
+    return {};
+  }
+  if (const auto* r = std::get_if<InodeFreeRecord>(&record)) {
+    auto it = inodes_.find(r->ino);
+    if (it == inodes_.end()) return fail(EUCLEAN, "journal frees unknown inode " + std::to_string(r->ino));
+    Inode& inode = *it->second;
+    if (!inode.extents.empty()) return fail(EUCLEAN, "journal frees inode " + std::to_string(r->ino) + " that still maps blocks");
+    if (inode.entries && !inode.entries->empty()) return fail(EUCLEAN, "journal frees a non-empty directory");
+    inode.freed = true;
+    inodes_.erase(it);
+    --inode_count_;
+    return {};
+  }
+  if (const auto* r = std::get_if<DirentRecord>(&record)) {
+    Inode* dir = find_for_apply(r->dir, locked);
+    Inode* child = find_for_apply(r->child, locked);
+    if (dir == nullptr || !dir->is_dir() || child == nullptr) {
+      return fail(EUCLEAN, "directory entry '" + r->name + "' links missing inodes");
+    }
+    if (!dir->entries->emplace(r->name, InodeNumber(r->child)).second) {
+      return fail(EUCLEAN, "directory " + std::to_string(r->dir) + " has '" + r->name + "' twice");
+    }
+    child->parent = dir->ino;
+    ++dirent_count_;
+    name_bytes_ += r->name.size();
+    return {};
+  }
+  if (const auto* r = std::get_if<DirentRemoveRecord>(&record)) {
+    Inode* dir = find_for_apply(r->dir, locked);
+    if (dir == nullptr || !dir->is_dir() || dir->entries->erase(r->name) != 1) {
+      return fail(EUCLEAN, "journal removes missing entry '" + r->name + "'");
+    }
+    --dirent_count_;
+    name_bytes_ -= r->name.size();
+    return {};
+  }
+  if (const auto* r = std::get_if<ExtentRecord>(&record)) {
+    Inode* inode = find_for_apply(r->ino, locked);
+    if (inode == nullptr || inode->is_dir()) {
+      return fail(EUCLEAN, "extent for missing or non-regular inode " + std::to_string(r->ino));
+    }
+    return apply_extent_set(*inode, *r);
+  }
+  const auto& r = std::get<ExtentClearRecord>(record);
+  Inode* inode = find_for_apply(r.ino, locked);
+  if (inode == nullptr || inode->is_dir()) {
+    return fail(EUCLEAN, "extent clear for missing or non-regular inode " + std::to_string(r.ino));
+  }
+  apply_extent_clear(*inode, FileBlock(r.file_block), r.block_count);
+  return {};
+}
+
+Result<void> FsImpl::apply_extent_set(Inode& inode, const format::ExtentRecord& r) {
+  if (r.dev_block < data_start_ || r.dev_block + r.block_count > data_end_) {
+    return fail(EUCLEAN, "extent of inode " + std::to_string(r.ino) + " at device block " +
+                             std::to_string(r.dev_block) + " lies outside the data area");
+  }
+  std::vector<Mapping> removed;
+  uint64_t before = inode.extents.extent_count();
+  Mapping m{FileBlock(r.file_block), DevBlock(r.dev_block), r.block_count, r.flags};
+  inode.extents.set(m, &removed);
+  extent_count_ += inode.extents.extent_count();
+  extent_count_ -= before;
+  if (replaying_) return {};
+  std::lock_guard lock(space_mutex_);
+  // Add first: a block remapped onto itself (unwritten -> written) never looks free.
+  ownership_.add(DevRun{m.dev_block, m.block_count}, file_owner(inode.ino, m.file_block));
+  std::vector<DevRun> orphaned;
+  for (const Mapping& old : removed) {
+    ownership_.remove(DevRun{old.dev_block, old.block_count}, file_owner(inode.ino, old.file_block),
+                      &orphaned);
+  }
+  for (const DevRun& run : orphaned) free_.add(run);
+  return {};
+}
+
+void FsImpl::apply_extent_clear(Inode& inode, FileBlock start, uint64_t count) {
+  std::vector<Mapping> removed;
+  uint64_t before = inode.extents.extent_count();
+  inode.extents.clear(start, count, &removed);
+  extent_count_ += inode.extents.extent_count();
+  extent_count_ -= before;
+  if (!replaying_) release_blocks(inode, removed);
+}
+
+void FsImpl::release_blocks(Inode& inode, const std::vector<Mapping>& removed) {
+  std::lock_guard lock(space_mutex_);
+  std::vector<DevRun> orphaned;
+  for (const Mapping& old : removed) {
+    ownership_.remove(DevRun{old.dev_block, old.block_count}, file_owner(inode.ino, old.file_block),
+                      &orphaned);
+  }
+  for (const DevRun& run : orphaned) free_.add(run);
+}
+
+}  // namespace poise
