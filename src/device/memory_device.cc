@@ -23,7 +23,12 @@ MemoryDevice::MemoryDevice(uint64_t size_bytes) : base_(nullptr), size_(size_byt
 
 std::unique_ptr<MemoryDevice> MemoryDevice::copy_of(const std::byte* image, uint64_t size_bytes) {
   auto device = std::make_unique<MemoryDevice>(size_bytes);
-  std::memcpy(device->base_, image, size_bytes);
+  // Fresh anonymous memory reads as zeros: copy only pages that hold something,
+  // so a mostly empty image costs no page faults.
+  static const std::byte kZeros[4096] = {};
+  for (uint64_t off = 0; off < size_bytes; off += 4096) {
+    if (std::memcmp(image + off, kZeros, 4096) != 0) std::memcpy(device->base_ + off, image + off, 4096);
+  }
   return device;
 }
 
