@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# End-to-end tests of the poise command: every command, its exact output where
+# other tooling depends on it, and the documented exit codes for bad input.
+# Usage: cli_test.sh PATH_TO_POISE
+set -u
+POISE=${1:?usage: cli_test.sh PATH_TO_POISE}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/poise-cli-test.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+IMG=$WORK/test.img
+passed=0
+failed=0
+
+ok() { passed=$((passed + 1)); }
+bad() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
+
+# expect CODE CMD...: runs CMD, checks its exit code.
+expect() {
+  local want=$1; shift
+  "$@" >"$WORK/out" 2>"$WORK/err"
+  local got=$?
+  if [ "$got" -eq "$want" ]; then ok; else bad "$* exited $got, expected $want: $(head -c 300 "$WORK/err")"; fi
+}
+# contains FILE TEXT
+contains() { if grep -qF -- "$2" "$1"; then ok; else bad "$1 lacks '$2': $(head -c 300 "$1")"; fi; }
+
+# --- usage and help
+expect 0 "$POISE" --help
+contains "$WORK/out" "Exit codes:"
+expect 2 "$POISE"
+expect 2 "$POISE" frobnicate
+for c in mkfs info ls stat mkdir put get cat rm mv ln reflink truncate fsmap check demo; do
+  expect 0 "$POISE" "$c" --help
+done
+expect 2 "$POISE" mkfs "$IMG" --size banana
+expect 2 "$POISE" mkfs "$WORK/missing.img"
+
+# --- mkfs and info
+expect 0 "$POISE" mkfs "$IMG" --size 64M
+contains "$WORK/out" "64.0 MiB"
+expect 7 "$POISE" mkfs "$IMG" --size 64M
+contains "$WORK/err" "--force"
+expect 0 "$POISE" mkfs "$IMG" --size 64M --force
+expect 0 "$POISE" info "$IMG" --json
+python3 - "$WORK/out" <<'PY' && ok || bad "info --json fields"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["size_bytes"] == 64 << 20 and d["block_size"] == 4096 and d["files"] == 1
+assert d["used_bytes"] + d["free_bytes"] == d["size_bytes"]
+PY
+
+# --- put/get/cat round trip, stdin and stdout
+head -c 3000000 /dev/urandom >"$WORK/blob"
+expect 0 "$POISE" mkdir "$IMG" /a/b/c -p
+expect 0 "$POISE" put "$IMG" "$WORK/blob" /a/b/c/blob
+expect 0 "$POISE" get "$IMG" /a/b/c/blob "$WORK/blob.back"
+cmp -s "$WORK/blob" "$WORK/blob.back" && ok || bad "get returned different bytes"
+echo "hello from stdin" | "$POISE" put "$IMG" - /hello && ok || bad "put from stdin"
+expect 0 "$POISE" cat "$IMG" /hello
+[ "$(cat "$WORK/out")" = "hello from stdin" ] && ok || bad "cat output"
+expect 0 "$POISE" cat "$IMG" /hello --offset 6 --length 4
+[ "$(cat "$WORK/out")" = "from" ] && ok || bad "cat --offset --length"
+"$POISE" get "$IMG" /hello - >"$WORK/stdout.copy" && ok || bad "get to stdout"
+[ "$(cat "$WORK/stdout.copy")" = "hello from stdin" ] && ok || bad "get - content"
+
+# --- ls / stat
+expect 0 "$POISE" ls "$IMG"
+contains "$WORK/out" "a/"
+contains "$WORK/out" "hello"
+expect 0 "$POISE" ls "$IMG" /a/b/c -l
+contains "$WORK/out" "3000000"
+expect 0 "$POISE" ls "$IMG" / --json
+python3 -c "import json,sys; d=json.load(open('$WORK/out')); assert sorted(e['name'] for e in d)==['a','hello']" && ok || bad "ls --json"
+expect 0 "$POISE" stat "$IMG" /a/b/c/blob --json
+python3 -c "import json; d=json.load(open('$WORK/out')); assert d['size_bytes']==3000000 and d['nlink']==1 and d['type']=='file' and d['blocks']==733" && ok || bad "stat --json"
+
+# --- reflink, fsmap --json shows every owner of shared blocks
+expect 0 "$POISE" reflink "$IMG" /a/b/c/blob /copy1
+expect 0 "$POISE" reflink "$IMG" /a/b/c/blob /copy2
+expect 0 "$POISE" fsmap "$IMG" --json
+python3 - "$WORK/out" <<'PY' && ok || bad "fsmap --json sharing"
+import json, sys
+recs = json.load(open(sys.argv[1]))
+for r in recs:
+    assert set(r) >= {"device_offset", "length", "owner", "shared", "refcount"}
+    assert r["owner"] in ("file", "metadata", "free", "bad")
+files = [r for r in recs if r["owner"] == "file"]
+paths = {r["path"] for r in files}
+assert paths == {"/a/b/c/blob", "/copy1", "/copy2", "/hello"}, paths
+shared = [r for r in files if r["shared"]]
+assert all(r["refcount"] == 3 for r in shared)
+# each shared stretch appears once per owner
+by_offset = {}
+for r in shared: by_offset.setdefault(r["device_offset"], []).append(r["path"])
+assert all(sorted(v) == ["/a/b/c/blob", "/copy1", "/copy2"] for v in by_offset.values())
+kinds = {r["kind"] for r in recs if r["owner"] == "metadata"}
+assert {"superblock", "journal", "checkpoint_root", "inode_table", "directory"} <= kinds, kinds
+total = sum(r["length"] for r in recs if r["owner"] in ("metadata", "free")) + \
+        sum(length for _, length in {(r["device_offset"], r["length"]) for r in files})
+assert total == 64 << 20, total
+PY
+expect 0 "$POISE" fsmap "$IMG" --offset 0 --length 4096
+contains "$WORK/out" "superblock"
+
+# --- mv, ln, truncate, rm
+expect 0 "$POISE" mv "$IMG" /copy1 /a/moved
+expect 0 "$POISE" ln "$IMG" /a/moved /a/linked
+expect 0 "$POISE" stat "$IMG" /a/linked --json
+python3 -c "import json; assert json.load(open('$WORK/out'))['nlink']==2" && ok || bad "ln link count"
+expect 0 "$POISE" truncate "$IMG" /a/moved 10K
+expect 0 "$POISE" stat "$IMG" /a/moved --json
+python3 -c "import json; assert json.load(open('$WORK/out'))['size_bytes']==10240" && ok || bad "truncate size"
+expect 0 "$POISE" get "$IMG" /copy2 "$WORK/copy2"
+cmp -s "$WORK/blob" "$WORK/copy2" && ok || bad "reflinked copy changed by truncate of another"
+expect 8 "$POISE" rm "$IMG" /a
+expect 0 "$POISE" rm "$IMG" /a -r
+expect 3 "$POISE" stat "$IMG" /a/linked
+expect 0 "$POISE" check "$IMG"
+contains "$WORK/out" "clean"
+
+# --- bad input: distinct exit codes, nothing lost
+expect 3 "$POISE" cat "$IMG" /nope
+expect 3 "$POISE" info "$WORK/no-such.img"
+expect 7 "$POISE" mkdir "$IMG" /copy2
+expect 8 "$POISE" mkdir "$IMG" "/$(printf 'n%.0s' $(seq 300))"
+expect 8 "$POISE" mv "$IMG" / /x
+expect 0 "$POISE" mkdir "$IMG" /d1
+expect 8 "$POISE" mv "$IMG" /d1 /d1/inside
+expect 8 "$POISE" cat "$IMG" /d1
+head -c 70000000 /dev/zero >"$WORK/too-big"
+expect 6 "$POISE" put "$IMG" "$WORK/too-big" /big
+expect 0 "$POISE" check "$IMG"
+expect 0 "$POISE" get "$IMG" /copy2 "$WORK/copy2.after"
+cmp -s "$WORK/blob" "$WORK/copy2.after" && ok || bad "committed data changed by ENOSPC"
+
+# a foreign file, a corrupt image, a truncated image, a newer format
+head -c $((32 << 20)) /dev/zero | tr '\0' 'x' >"$WORK/foreign.img"
+expect 5 "$POISE" info "$WORK/foreign.img"
+contains "$WORK/err" "not a poise filesystem"
+cp "$IMG" "$WORK/corrupt.img"
+printf 'garbage!' | dd of="$WORK/corrupt.img" bs=1 seek=200 conv=notrunc status=none
+printf 'garbage!' | dd of="$WORK/corrupt.img" bs=1 seek=$(((64 << 20) - 4096 + 200)) conv=notrunc status=none
+expect 5 "$POISE" ls "$WORK/corrupt.img"
+contains "$WORK/err" "checksum mismatch"
+expect 5 "$POISE" check "$WORK/corrupt.img"
+cp "$IMG" "$WORK/short.img"
+truncate -s 32M "$WORK/short.img"
+expect 5 "$POISE" info "$WORK/short.img"
+contains "$WORK/err" "truncated"
+truncate -s 1M "$WORK/tiny.img"
+expect 8 "$POISE" info "$WORK/tiny.img"
+contains "$WORK/err" "16 MiB"
+
+# --- the image is locked against a second process
+( exec 9<"$IMG"; flock -x 9; sleep 2 ) &
+sleep 0.5
+expect 9 "$POISE" info "$IMG"
+wait
+
+# --- demo
+expect 0 "$POISE" demo
+contains "$WORK/out" "clean"
+contains "$WORK/out" "unchanged (verified)"
+
+echo "cli: $passed passed, $failed failed"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

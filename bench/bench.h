@@ -1,0 +1,44 @@
+// Shared pieces of the benchmarks: a clock, a results table that prints poise
+// beside the peer measured in the same run, and the benchmark entry points.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace poise::bench {
+
+inline double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct Row {
+  std::string metric;
+  std::string poise;   // the figure for poise
+  std::string peer;    // the peer's figure in the same run ("-" when none)
+  std::string ratio;   // how poise compares
+  std::string target;  // the target from the issue
+  bool met = false;
+};
+
+class Table {
+ public:
+  void add(Row row) { rows_.push_back(std::move(row)); }
+  void print() const;
+  bool all_met() const;
+
+ private:
+  std::vector<Row> rows_;
+};
+
+struct Options {
+  bool quick = false;  // smaller sizes, for a smoke run
+};
+
+void namespace_bench(const Options& o, Table* t);
+void io_bench(const Options& o, Table* t);
+void mount_bench(const Options& o, Table* t);
+void reflink_bench(const Options& o, Table* t);
+
+}  // namespace poise::bench

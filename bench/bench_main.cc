@@ -1,0 +1,68 @@
+// poise_bench: runs every benchmark and prints one table.
+// Usage: poise_bench [--quick] [namespace|io|mount|reflink ...]
+#include <fmt/format.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+
+#include "bench/bench.h"
+
+namespace poise::bench {
+
+void Table::print() const {
+  size_t w[5] = {6, 5, 4, 5, 6};
+  for (const Row& r : rows_) {
+    w[0] = std::max(w[0], r.metric.size());
+    w[1] = std::max(w[1], r.poise.size());
+    w[2] = std::max(w[2], r.peer.size());
+    w[3] = std::max(w[3], r.ratio.size());
+    w[4] = std::max(w[4], r.target.size());
+  }
+  auto line = [&](const std::string& a, const std::string& b, const std::string& c, const std::string& d,
+                  const std::string& e, const std::string& f) {
+    fmt::print("| {:<{}} | {:>{}} | {:>{}} | {:>{}} | {:<{}} | {} |\n", a, w[0], b, w[1], c, w[2], d, w[3], e, w[4], f);
+  };
+  line("metric", "poise", "peer", "ratio", "target", "met");
+  fmt::print("|{}|{}:|{}:|{}:|{}|---|\n", std::string(w[0] + 2, '-'), std::string(w[1] + 1, '-'),
+             std::string(w[2] + 1, '-'), std::string(w[3] + 1, '-'), std::string(w[4] + 2, '-'));
+  for (const Row& r : rows_) line(r.metric, r.poise, r.peer, r.ratio, r.target, r.met ? "yes" : "NO");
+}
+
+bool Table::all_met() const {
+  return std::all_of(rows_.begin(), rows_.end(), [](const Row& r) { return r.met; });
+}
+
+}  // namespace poise::bench
+
+int main(int argc, char** argv) {
+  using namespace poise::bench;
+  Options options;
+  std::vector<std::string> only;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) options.quick = true;
+    else only.push_back(argv[i]);
+  }
+  auto want = [&](const char* name) { return only.empty() || std::find(only.begin(), only.end(), name) != only.end(); };
+  utsname u{};
+  uname(&u);
+  std::string cpu;
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string l; std::getline(cpuinfo, l);) {
+    if (l.rfind("model name", 0) == 0) {
+      cpu = l.substr(l.find(':') + 2);
+      break;
+    }
+  }
+  fmt::print("poise benchmarks on {} ({} cores, {} {}){}\n\n", cpu, sysconf(_SC_NPROCESSORS_ONLN), u.sysname,
+             u.release, options.quick ? " [quick run: small sizes]" : "");
+  Table table;
+  if (want("namespace")) namespace_bench(options, &table);
+  if (want("io")) io_bench(options, &table);
+  if (want("mount")) mount_bench(options, &table);
+  if (want("reflink")) reflink_bench(options, &table);
+  table.print();
+  return table.all_met() ? 0 : 1;
+}

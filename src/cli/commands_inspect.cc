@@ -1,0 +1,288 @@
+// Commands that only look: info, ls, stat, get, cat, fsmap, check. They mount
+// read-only, so they never write to the image.
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "cli/cli.h"
+#include "cli/exit_codes.h"
+#include "cli/sizes.h"
+
+namespace poise::cli {
+
+namespace {
+
+using nlohmann::json;
+constexpr size_t kCopyChunkBytes = 1 << 20;
+
+struct Args {
+  std::string image, path, local;
+  bool json = false;
+  bool long_format = false;
+  uint64_t offset = 0;
+  std::optional<uint64_t> length;
+};
+
+int with_ro(const Args& args, const std::function<int(Filesystem&)>& fn) {
+  Session session;
+  if (int code = open_session(args.image, MountMode::ReadOnly, &session); code != kExitOk) return code;
+  int code = fn(*session.fs);
+  session.fs.reset();  // read-only: nothing to write back
+  return code;
+}
+
+std::string mode_string(const Stat& st) {
+  std::string s = st.type == FileType::Directory ? "d" : "-";
+  const char* rwx = "rwxrwxrwx";
+  for (int i = 0; i < 9; ++i) s += (st.mode & (0400u >> i)) ? rwx[i] : '-';
+  return s;
+}
+
+std::string time_string(int64_t ns) {
+  std::time_t t = static_cast<std::time_t>(ns / 1'000'000'000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+json stat_json(const Stat& st) {
+  return json{{"ino", st.ino.value()},
+              {"type", st.type == FileType::Directory ? "directory" : "file"},
+              {"mode", fmt::format("{:04o}", st.mode)},
+              {"nlink", st.nlink},
+              {"uid", st.uid},
+              {"gid", st.gid},
+              {"size_bytes", st.size_bytes},
+              {"blocks", st.blocks},
+              {"atime_ns", st.atime_ns},
+              {"mtime_ns", st.mtime_ns},
+              {"ctime_ns", st.ctime_ns}};
+}
+
+int info(const Args& a) {
+  return with_ro(a, [&](Filesystem& fs) {
+    FsInfo i = fs.info();
+    if (a.json) {
+      fmt::print("{}\n", json{{"size_bytes", i.size_bytes}, {"block_size", i.block_size},
+                              {"used_bytes", i.used_bytes}, {"free_bytes", i.free_bytes},
+                              {"files", i.files}, {"journal_bytes", i.journal_bytes},
+                              {"checkpoint_generation", i.checkpoint_generation}}
+                             .dump(2));
+      return int(kExitOk);
+    }
+    fmt::print("size:       {} ({} bytes)\nblock size: {}\nused:       {} ({} bytes)\nfree:       {} ({} bytes)\n"
+               "files:      {} (directories included)\njournal:    {}\ncheckpoint: generation {}\n",
+               human_size(i.size_bytes), i.size_bytes, i.block_size, human_size(i.used_bytes), i.used_bytes,
+               human_size(i.free_bytes), i.free_bytes, i.files, human_size(i.journal_bytes), i.checkpoint_generation);
+    return int(kExitOk);
+  });
+}
+
+int ls(const Args& a) {
+  return with_ro(a, [&](Filesystem& fs) {
+    std::string path = a.path.empty() ? "/" : a.path;
+    auto st = fs.stat(path);
+    if (!st.has_value()) return report("ls " + path, st.error());
+    std::vector<std::pair<std::string, Stat>> rows;
+    if (st->type == FileType::Regular) {
+      rows.emplace_back(path, *st);
+    } else {
+      auto entries = fs.readdir(path);
+      if (!entries.has_value()) return report("ls " + path, entries.error());
+      for (const auto& e : *entries) {
+        auto s = fs.stat(e.ino);
+        if (s.has_value()) rows.emplace_back(e.name, *s);
+      }
+    }
+    if (a.json) {
+      json out = json::array();
+      for (const auto& [name, s] : rows) {
+        json j = stat_json(s);
+        j["name"] = name;
+        out.push_back(j);
+      }
+      fmt::print("{}\n", out.dump(2));
+      return int(kExitOk);
+    }
+    for (const auto& [name, s] : rows) {
+      if (a.long_format) {
+        fmt::print("{} {:>3} {:>5} {:>5} {:>12} {} {}{}\n", mode_string(s), s.nlink, s.uid, s.gid, s.size_bytes,
+                   time_string(s.mtime_ns), name, s.type == FileType::Directory ? "/" : "");
+      } else {
+        fmt::print("{}{}\n", name, s.type == FileType::Directory ? "/" : "");
+      }
+    }
+    return int(kExitOk);
+  });
+}
+
+int stat_cmd(const Args& a) {
+  return with_ro(a, [&](Filesystem& fs) {
+    auto st = fs.stat(a.path);
+    if (!st.has_value()) return report("stat " + a.path, st.error());
+    if (a.json) {
+      json j = stat_json(*st);
+      j["path"] = a.path;
+      fmt::print("{}\n", j.dump(2));
+      return int(kExitOk);
+    }
+    fmt::print("  path: {}\n inode: {}\n  type: {}\n  mode: {} ({:04o})\n links: {}\n   uid: {}  gid: {}\n"
+               "  size: {} bytes\nblocks: {} (4 KiB)\nmodify: {} UTC\nchange: {} UTC\n",
+               a.path, st->ino.value(), st->type == FileType::Directory ? "directory" : "regular file",
+               mode_string(*st), st->mode, st->nlink, st->uid, st->gid, st->size_bytes, st->blocks,
+               time_string(st->mtime_ns), time_string(st->ctime_ns));
+    return int(kExitOk);
+  });
+}
+
+// Copies [offset, +length) of PATH to `out`.
+int copy_out(Filesystem& fs, const std::string& path, uint64_t offset, std::optional<uint64_t> length,
+             std::FILE* out) {
+  auto st = fs.stat(path);
+  if (!st.has_value()) return report(path, st.error());
+  if (st->type == FileType::Directory) {
+    fmt::print(stderr, "poise: {}: is a directory\n", path);
+    return kExitInvalid;
+  }
+  uint64_t end = st->size_bytes;
+  if (length) end = std::min(end, offset + *length);
+  std::vector<std::byte> buf(kCopyChunkBytes);
+  for (uint64_t pos = offset; pos < end;) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), end - pos));
+    auto n = fs.read(st->ino, pos, {buf.data(), want});
+    if (!n.has_value()) {
+      return report(fmt::format("{}: bytes {}..{} cannot be read", path, pos, pos + want), n.error());
+    }
+    if (*n == 0) break;
+    if (std::fwrite(buf.data(), 1, *n, out) != *n) {
+      fmt::print(stderr, "poise: writing output failed: {}\n", std::strerror(errno));
+      return kExitFailure;
+    }
+    pos += *n;
+  }
+  return kExitOk;
+}
+
+int get(const Args& a) {
+  return with_ro(a, [&](Filesystem& fs) {
+    std::FILE* out = a.local == "-" ? stdout : std::fopen(a.local.c_str(), "wb");
+    if (out == nullptr) {
+      fmt::print(stderr, "poise: get: cannot create {}: {}\n", a.local, std::strerror(errno));
+      return int(kExitFailure);
+    }
+    int code = copy_out(fs, a.path, 0, std::nullopt, out);
+    if (out != stdout && std::fclose(out) != 0 && code == kExitOk) code = kExitFailure;
+    return code;
+  });
+}
+
+int cat(const Args& a) {
+  return with_ro(a, [&](Filesystem& fs) { return copy_out(fs, a.path, a.offset, a.length, stdout); });
+}
+
+int fsmap(const Args& a) {
+  return with_ro(a, [&](Filesystem& fs) {
+    uint64_t length = a.length.value_or(fs.info().size_bytes);
+    auto records = fs.fsmap(a.offset, length);
+    if (!records.has_value()) return report("fsmap", records.error());
+    std::map<uint64_t, std::string> paths;
+    for (const auto& r : *records) {
+      if (r.owner != OwnerKind::File || paths.count(r.ino.value())) continue;
+      auto p = fs.path_of(r.ino);
+      paths[r.ino.value()] = p.has_value() ? *p : "";
+    }
+    if (a.json) {
+      json out = json::array();
+      for (const auto& r : *records) {
+        json j{{"device_offset", r.device_offset_bytes}, {"length", r.length_bytes}, {"owner", to_string(r.owner)},
+               {"shared", r.shared()}, {"refcount", r.refcount}};
+        if (r.owner == OwnerKind::Metadata) j["kind"] = to_string(r.metadata_kind);
+        if (r.owner == OwnerKind::File) {
+          j["inode"] = r.ino.value();
+          j["file_offset"] = r.file_offset_bytes;
+          if (!paths[r.ino.value()].empty()) j["path"] = paths[r.ino.value()];
+        }
+        out.push_back(j);
+      }
+      fmt::print("{}\n", out.dump(2));
+      return int(kExitOk);
+    }
+    fmt::print("{:>14} {:>12} {:<9} {:<16} {:>12} {:>4}\n", "DEVICE_OFFSET", "LENGTH", "OWNER", "WHAT", "FILE_OFFSET",
+               "REFS");
+    for (const auto& r : *records) {
+      std::string what = r.owner == OwnerKind::Metadata ? to_string(r.metadata_kind)
+                         : r.owner == OwnerKind::File   ? (paths[r.ino.value()].empty()
+                                                               ? fmt::format("inode {}", r.ino.value())
+                                                               : paths[r.ino.value()])
+                                                        : "";
+      std::string file_offset = r.owner == OwnerKind::File ? std::to_string(r.file_offset_bytes) : "";
+      fmt::print("{:>14} {:>12} {:<9} {:<16} {:>12} {:>4}\n", r.device_offset_bytes, r.length_bytes,
+                 to_string(r.owner), what, file_offset, r.refcount);
+    }
+    return int(kExitOk);
+  });
+}
+
+int check(const Args& a) {
+  auto device = open_device(a.image);
+  if (!device.has_value()) return report("check", device.error());
+  auto result = Filesystem::check_device(**device);
+  if (!result.has_value()) return report("check " + a.image, result.error());
+  const CheckReport& r = *result;
+  if (a.json) {
+    fmt::print("{}\n", json{{"clean", r.clean()}, {"problems", r.problems}, {"notes", r.notes},
+                            {"inodes", r.inodes}, {"directories", r.directories}, {"extents", r.extents},
+                            {"used_blocks", r.used_blocks}, {"shared_blocks", r.shared_blocks},
+                            {"free_blocks", r.free_blocks}}
+                           .dump(2));
+  } else {
+    for (const auto& p : r.problems) fmt::print("problem: {}\n", p);
+    for (const auto& n : r.notes) fmt::print("note: {}\n", n);
+    fmt::print("{}: {} inodes ({} directories), {} extents, {} blocks used ({} shared), {} free\n",
+               r.clean() ? "clean" : fmt::format("{} problems", r.problems.size()), r.inodes, r.directories,
+               r.extents, r.used_blocks, r.shared_blocks, r.free_blocks);
+  }
+  return r.clean() ? kExitOk : kExitCorrupt;
+}
+
+}  // namespace
+
+void add_inspect_commands(CLI::App& app, std::function<int()>* run) {
+  auto args = std::make_shared<Args>();
+  auto add = [&](const char* name, const char* help, int (*body)(const Args&)) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    sub->callback([run, args, body] { *run = [args, body] { return body(*args); }; });
+    sub->add_option("IMAGE", args->image, "Image file or /dev/daxX.Y")->required();
+    return sub;
+  };
+  add("info", "Show size, usage and file count", info)->add_flag("--json", args->json, "Machine-readable output");
+  auto* ls_cmd = add("ls", "List a directory (or show one file)", ls);
+  ls_cmd->add_option("PATH", args->path, "Directory or file (default /)");
+  ls_cmd->add_flag("-l", args->long_format, "Long format: mode, links, owner, size, time");
+  ls_cmd->add_flag("--json", args->json, "Machine-readable output");
+  auto* stat_c = add("stat", "Show a file's attributes", stat_cmd);
+  stat_c->add_option("PATH", args->path)->required();
+  stat_c->add_flag("--json", args->json, "Machine-readable output");
+  auto* get_cmd = add("get", "Copy a file out of the image (LOCAL - is stdout)", get);
+  get_cmd->add_option("PATH", args->path)->required();
+  get_cmd->add_option("LOCAL", args->local, "Local file, or - for standard output")->required();
+  auto* cat_cmd = add("cat", "Write a file (or a byte range of it) to stdout", cat);
+  cat_cmd->add_option("PATH", args->path)->required();
+  cat_cmd->add_option("--offset", args->offset, "First byte to write");
+  cat_cmd->add_option("--length", args->length, "How many bytes to write");
+  auto* fsmap_cmd = add("fsmap", "Show who owns each stretch of the device (the reverse map)", fsmap);
+  fsmap_cmd->add_option("--offset", args->offset, "Device byte offset to start at");
+  fsmap_cmd->add_option("--length", args->length, "Bytes to cover (default: to the end)");
+  fsmap_cmd->add_flag("--json", args->json, "Machine-readable output: one record per owner");
+  add("check", "Verify every invariant of an unmounted image (exit 5 if any fails)", check)
+      ->add_flag("--json", args->json, "Machine-readable output");
+}
+
+}  // namespace poise::cli

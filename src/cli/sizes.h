@@ -1,0 +1,13 @@
+// Parsing and printing sizes: "64M", "4G", "1T", "16MiB", "4096" (binary units).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace poise::cli {
+
+std::optional<uint64_t> parse_size(const std::string& text);
+std::string human_size(uint64_t bytes);  // "1.5 GiB"
+
+}  // namespace poise::cli
