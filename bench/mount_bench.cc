@@ -1,0 +1,96 @@
+// Mount of an image holding many files, the DRAM its metadata index takes, and
+// fsmap of one block on a small and a large image. Every file holds one 4 KiB
+// block (allocated with fallocate, so the benchmark does not touch gigabytes of
+// data pages), in directories of 1000 files.
+#include <fmt/format.h>
+#include <malloc.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "base/random.h"
+#include "bench/bench.h"
+#include "device/memory_device.h"
+#include "poise/filesystem.h"
+
+namespace poise::bench {
+
+namespace {
+
+struct Image {
+  std::unique_ptr<MemoryDevice> device;
+  double build_seconds = 0;
+};
+
+Image build(uint64_t files) {
+  Image image;
+  image.device = std::make_unique<MemoryDevice>(files * 4096 + (1ull << 30));
+  double t0 = now_seconds();
+  (void)Filesystem::format(*image.device);
+  auto fs = std::move(*Filesystem::mount(*image.device));
+  for (uint64_t i = 0; i < files; ++i) {
+    if (i % 1000 == 0) (void)fs->mkdir("/d" + std::to_string(i / 1000));
+    auto ino = fs->create("/d" + std::to_string(i / 1000) + "/f" + std::to_string(i % 1000));
+    if (ino) (void)fs->fallocate(*ino, 0, 4096, FallocateMode::ExtendSize);
+  }
+  (void)fs->unmount();
+  image.build_seconds = now_seconds() - t0;
+  return image;
+}
+
+// Median latency of fsmap over one random data block.
+double fsmap_median_seconds(Filesystem& fs, uint64_t seed) {
+  Rng rng(seed);
+  FsInfo info = fs.info();
+  uint64_t blocks = info.size_bytes / 4096;
+  std::vector<double> samples;
+  constexpr int kSamples = 20001;
+  samples.reserve(kSamples);
+  for (int i = 0; i < kSamples; ++i) {
+    uint64_t block = rng.below(blocks);
+    double t0 = now_seconds();
+    auto records = fs.fsmap(block * 4096, 4096);
+    samples.push_back(now_seconds() - t0);
+    if (!records || records->empty()) fmt::print(stderr, "fsmap returned nothing\n");
+  }
+  std::nth_element(samples.begin(), samples.begin() + kSamples / 2, samples.end());
+  return samples[kSamples / 2];
+}
+
+}  // namespace
+
+void mount_bench(const Options& o, Table* t) {
+  const uint64_t large = o.quick ? 20000 : 1000000;
+  const uint64_t small = 1000;
+  Image big = build(large);
+  malloc_trim(0);
+  size_t heap_before = mallinfo2().uordblks;
+  double t0 = now_seconds();
+  auto mounted = Filesystem::mount(*big.device);
+  double mount_seconds = now_seconds() - t0;
+  if (!mounted) {
+    fmt::print(stderr, "mount failed: {}\n", mounted.error().message);
+    return;
+  }
+  auto fs = std::move(*mounted);
+  size_t heap_after = mallinfo2().uordblks;
+  double bytes_per_file = double(heap_after - heap_before) / double(large);
+  double big_fsmap = fsmap_median_seconds(*fs, 1);
+  fs.reset();
+
+  Image little = build(small);
+  auto small_fs = std::move(*Filesystem::mount(*little.device));
+  double small_fsmap = fsmap_median_seconds(*small_fs, 1);
+  small_fs.reset();
+
+  t->add({fmt::format("mount of an image with {} files (built in {:.1f} s)", large, big.build_seconds),
+          fmt::format("{:.2f} s", mount_seconds), "-", "-", "<= 3 s", mount_seconds <= 3});
+  t->add({"DRAM of the metadata index per file", fmt::format("{:.0f} B", bytes_per_file), "-", "-", "<= 512 B",
+          bytes_per_file <= 512});
+  double ratio = big_fsmap / small_fsmap;
+  t->add({fmt::format("fsmap of one block, median ({} vs {} files)", large, small),
+          fmt::format("{:.2f} us", big_fsmap * 1e6), fmt::format("{:.2f} us", small_fsmap * 1e6),
+          fmt::format("{:.2f}x", ratio), "<= 2 us, within 2x", big_fsmap <= 2e-6 && ratio <= 2});
+}
+
+}  // namespace poise::bench
