@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <source_location>
 #include <string>
 #include <utility>
@@ -89,17 +90,22 @@ class [[nodiscard]] Result<void> {
  public:
   using value_type = void;
   Result() = default;
-  Result(Unexpected<Error> e) : error_(std::move(e).error()), failed_(true) {}
+  Result(Unexpected<Error> e) : error_(std::make_unique<Error>(std::move(e).error())) {}
+  Result(const Result& o) : error_(o.error_ ? std::make_unique<Error>(*o.error_) : nullptr) {}
+  Result(Result&&) noexcept = default;
+  Result& operator=(Result o) noexcept {
+    error_ = std::move(o.error_);
+    return *this;
+  }
 
-  bool has_value() const { return !failed_; }
+  bool has_value() const { return error_ == nullptr; }
   explicit operator bool() const { return has_value(); }
   void value() const { POISE_ASSERT(has_value()); }
-  const Error& error() const& { POISE_ASSERT(failed_); return error_; }
-  Error&& error() && { POISE_ASSERT(failed_); return std::move(error_); }
+  const Error& error() const& { POISE_ASSERT(!has_value()); return *error_; }
+  Error&& error() && { POISE_ASSERT(!has_value()); return std::move(*error_); }
 
  private:
-  Error error_;
-  bool failed_ = false;
+  std::unique_ptr<Error> error_;  // success costs one null pointer
 };
 
 namespace detail {

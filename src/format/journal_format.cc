@@ -19,6 +19,23 @@ void pad_to(std::vector<unsigned char>& out, size_t align) {
   out.resize((out.size() + align - 1) / align * align, 0);
 }
 
+void append_record_header(std::vector<unsigned char>& out, RecordType type, size_t length) {
+  RecordHeader h;
+  h.type.set(type);
+  h.reserved.set(0);
+  h.length.set(static_cast<uint32_t>(length));
+  append(out, h);
+}
+
+// A directory entry record, encoded straight into the payload.
+void append_dirent_record(std::vector<unsigned char>& out, RecordType type, const DirentRecord& d) {
+  size_t length = dirent_bytes(d.name.size());
+  append_record_header(out, type, length);
+  size_t at = out.size();
+  out.resize(at + length);
+  encode_dirent(d, out.data() + at);
+}
+
 void append_record(std::vector<unsigned char>& out, RecordType type, const void* body,
                    size_t length) {
   RecordHeader h;
@@ -102,14 +119,9 @@ void TxEncoder::add(const JournalRecord& record) {
           d.ino.set(r.ino);
           append_record(payload_, kRecordInodeFree, &d, sizeof d);
         } else if constexpr (std::is_same_v<T, DirentRecord>) {
-          std::vector<unsigned char> body(dirent_bytes(r.name.size()));
-          encode_dirent(r, body.data());
-          append_record(payload_, kRecordDirentAdd, body.data(), body.size());
+          append_dirent_record(payload_, kRecordDirentAdd, r);
         } else if constexpr (std::is_same_v<T, DirentRemoveRecord>) {
-          DirentRecord as_dirent{r.dir, r.dir, r.name};
-          std::vector<unsigned char> body(dirent_bytes(r.name.size()));
-          encode_dirent(as_dirent, body.data());
-          append_record(payload_, kRecordDirentRemove, body.data(), body.size());
+          append_dirent_record(payload_, kRecordDirentRemove, DirentRecord{r.dir, r.dir, r.name});
         } else if constexpr (std::is_same_v<T, ExtentRecord>) {
           DiskExtent d;
           encode_extent(r, d);
@@ -130,8 +142,8 @@ size_t TxEncoder::sealed_bytes() const {
   return (sizeof(TxHeader) + payload_.size() + kTxAlign - 1) / kTxAlign * kTxAlign;
 }
 
-std::vector<std::byte> TxEncoder::seal(uint64_t generation, uint64_t lsn,
-                                       uint64_t self_offset) const {
+void TxEncoder::seal(uint64_t generation, uint64_t lsn, uint64_t self_offset,
+                     std::vector<std::byte>* out) const {
   POISE_ASSERT(sealed_bytes() <= kTxBytesMax);
   TxHeader h;
   std::memset(&h, 0, sizeof h);
@@ -142,10 +154,9 @@ std::vector<std::byte> TxEncoder::seal(uint64_t generation, uint64_t lsn,
   h.payload_bytes.set(static_cast<uint32_t>(payload_.size()));
   h.record_count.set(count_);
   h.crc.set(tx_crc(h, payload_.data(), payload_.size()));
-  std::vector<std::byte> out(sealed_bytes(), std::byte{0});
-  std::memcpy(out.data(), &h, sizeof h);
-  std::memcpy(out.data() + sizeof h, payload_.data(), payload_.size());
-  return out;
+  out->assign(sealed_bytes(), std::byte{0});
+  std::memcpy(out->data(), &h, sizeof h);
+  std::memcpy(out->data() + sizeof h, payload_.data(), payload_.size());
 }
 
 void TxEncoder::clear() {

@@ -22,8 +22,13 @@ class TxEncoder {
   uint32_t record_count() const { return count_; }
   // Bytes the sealed transaction takes in the journal (a multiple of 64).
   size_t sealed_bytes() const;
-  // The sealed transaction image.
-  std::vector<std::byte> seal(uint64_t generation, uint64_t lsn, uint64_t self_offset) const;
+  // The sealed transaction image, written into *out (reused across calls).
+  void seal(uint64_t generation, uint64_t lsn, uint64_t self_offset, std::vector<std::byte>* out) const;
+  std::vector<std::byte> seal(uint64_t generation, uint64_t lsn, uint64_t self_offset) const {
+    std::vector<std::byte> out;
+    seal(generation, lsn, self_offset, &out);
+    return out;
+  }
   void clear();
 
  private:

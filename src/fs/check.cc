@@ -35,7 +35,8 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
   while (!queue.empty()) {
     InodePtr dir = queue.back();
     queue.pop_back();
-    for (const auto& [name, child_ino] : *dir->entries) {
+    for (const auto& [name, child_inode] : *dir->entries) {
+      InodeNumber child_ino = child_inode->ino;
       InodePtr child = find_inode(child_ino);
       if (child == nullptr) {
         problem("directory " + std::to_string(dir->ino.value()) + " entry '" + name + "' names missing inode " +

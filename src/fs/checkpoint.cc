@@ -154,7 +154,7 @@ Result<void> FsImpl::write_checkpoint() {
     inode_writer.add(&d, sizeof d);
     if (!inode->is_dir()) continue;
     for (const auto& [name, child] : *inode->entries) {
-      format::DirentRecord r{ino, child.value(), name};
+      format::DirentRecord r{ino, child->ino.value(), name};
       size_t bytes = format::dirent_bytes(name.size());
       format::encode_dirent(r, scratch.data());
       dirent_writer.add(scratch.data(), bytes);
@@ -226,6 +226,7 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   InodePtr root = find_inode(kRootInode);
   if (root == nullptr || !root->is_dir()) return fail(EUCLEAN, "the root directory (inode 1) is missing");
   root->parent = kRootInode;
+  root_ = root.get();
   TRY(format::read_section(read, checkpoint_.sections[format::kSectionDirents], format::kSectionDirents,
                            checkpoint_.generation,
                            [&](const unsigned char* p, size_t bytes, uint32_t records) -> Result<void> {

@@ -21,7 +21,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
-#include <unordered_map>
+#include <absl/container/flat_hash_map.h>
 #include <vector>
 
 #include "base/clock.h"
@@ -36,6 +36,12 @@
 
 namespace poise {
 
+struct Inode;
+// A directory's names, each pointing at its inode (which the inode table owns;
+// ns_mutex_ guards both). Swiss-table storage keeps short names inline: one
+// lookup per path component, few cache misses, little memory.
+using DirEntries = absl::flat_hash_map<std::string, Inode*>;
+
 struct Inode {
   explicit Inode(InodeNumber n) : ino(n) {}
   const InodeNumber ino;
@@ -44,7 +50,8 @@ struct Inode {
   ExtentMap extents;       // guarded by `lock`
   InodeNumber parent;      // guarded by ns_mutex_: the directory of its latest name
   // Directories only, guarded by ns_mutex_.
-  std::unique_ptr<std::unordered_map<std::string, InodeNumber>> entries;
+  std::unique_ptr<DirEntries> entries;
+  uint32_t entry_count = 0;  // directory entries naming it; guarded by ns_mutex_
   std::atomic<uint32_t> open_count{0};
   bool freed = false;  // guarded by `lock`
 
@@ -130,6 +137,7 @@ class FsImpl final : public Filesystem {
 
   // namespace.cc: path resolution (REQUIRES ns_mutex_ held).
   Result<InodePtr> resolve(std::string_view path);
+  Result<Inode*> resolve_locked(std::string_view path);  // no reference taken
   Result<InodePtr> resolve_parent(std::string_view path, std::string* leaf);
   InodePtr find_inode(InodeNumber ino) const;
   Result<InodePtr> get_inode(InodeNumber ino);
@@ -200,7 +208,8 @@ class FsImpl final : public Filesystem {
 
   std::shared_mutex gate_;
   std::shared_mutex ns_mutex_;
-  std::unordered_map<uint64_t, InodePtr> inodes_;
+  absl::flat_hash_map<uint64_t, InodePtr> inodes_;
+  Inode* root_ = nullptr;  // inode 1, for path walks
   uint64_t next_ino_ = 2;
   std::atomic<uint64_t> inode_count_{0};
   std::atomic<uint64_t> dirent_count_{0};

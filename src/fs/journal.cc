@@ -61,9 +61,9 @@ uint64_t Journal::commit(const format::TxEncoder& tx, uint64_t reserved_bytes) {
   POISE_ASSERT(reserved_ >= reserved_bytes);
   POISE_ASSERT(write_offset_ + tx.sealed_bytes() <= capacity_);
   uint64_t lsn = next_lsn_++;
-  auto image = tx.seal(generation_, lsn, write_offset_);
-  device_.write(base_offset_ + write_offset_, image.data(), image.size());
-  write_offset_ += image.size();
+  tx.seal(generation_, lsn, write_offset_, &image_);
+  device_.write(base_offset_ + write_offset_, image_.data(), image_.size());
+  write_offset_ += image_.size();
   reserved_ -= reserved_bytes;
   device_.drain();
   durable_lsn_ = lsn;

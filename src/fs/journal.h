@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <vector>
 
 #include "format/journal_format.h"
 #include "poise/device.h"
@@ -57,6 +58,7 @@ class Journal {
   uint64_t write_offset_ = 0;
   uint64_t reserved_ = 0;
   uint64_t durable_lsn_ = 0;
+  std::vector<std::byte> image_;  // the sealed transaction being stored, reused
 };
 
 }  // namespace poise

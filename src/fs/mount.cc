@@ -55,7 +55,8 @@ Result<void> FsImpl::format_new(const FormatOptions& options) {
   int64_t t = now();
   format::InodeCore root{kRootInode.value(), format::kModeDirectory | 0755, 2, options_.uid, options_.gid, 0, t, t, t};
   TRY(apply(root, {}));
-  find_inode(kRootInode)->parent = kRootInode;
+  root_ = find_inode(kRootInode).get();
+  root_->parent = kRootInode;
   TRY(rebuild_space(&ownership_, &free_));
   TRY(write_checkpoint());
   TRY(device_.sync());

@@ -2,6 +2,8 @@
 // readdir, stat, open and the last-close teardown of unlinked files.
 #include <algorithm>
 
+#include <absl/strings/string_view.h>
+
 #include "fs/fs_impl.h"
 
 namespace poise {
@@ -13,25 +15,24 @@ constexpr uint64_t kDirEntriesMax = 1ull << 26;
 constexpr uint64_t kNamespaceTxBytes = 4096;
 constexpr int kPathComponentsMax = 2048;
 
-// Splits a path into its components, dropping empty ones and ".".
-Result<std::vector<std::string_view>> split_path(std::string_view path) {
+// Calls fn for each component of the path, skipping empty ones and ".", without
+// allocating (path lookup is on the stat and create fast paths).
+template <class Fn>
+Result<void> for_each_component(std::string_view path, Fn&& fn) {
   if (path.size() > kPathBytesMax) return fail(ENAMETOOLONG, "path longer than 4096 bytes");
-  std::vector<std::string_view> parts;
+  int components = 0;
   size_t pos = 0;
   while (pos <= path.size()) {
     size_t slash = path.find('/', pos);
     if (slash == std::string_view::npos) slash = path.size();
     std::string_view part = path.substr(pos, slash - pos);
-    if (!part.empty() && part != ".") {
-      if (part.size() > format::kNameBytesMax) {
-        return fail(ENAMETOOLONG, "path component longer than 255 bytes");
-      }
-      if (static_cast<int>(parts.size()) == kPathComponentsMax) return fail(ENAMETOOLONG, "path too deep");
-      parts.push_back(part);
-    }
     pos = slash + 1;
+    if (part.empty() || part == ".") continue;
+    if (part.size() > format::kNameBytesMax) return fail(ENAMETOOLONG, "path component longer than 255 bytes");
+    if (++components > kPathComponentsMax) return fail(ENAMETOOLONG, "path too deep");
+    TRY(fn(part));
   }
-  return parts;
+  return {};
 }
 
 uint32_t type_bits(FileType type) {
@@ -52,34 +53,42 @@ Result<InodePtr> FsImpl::get_inode(InodeNumber ino) {
   return inode;
 }
 
-Result<InodePtr> FsImpl::resolve(std::string_view path) {
+Result<Inode*> FsImpl::resolve_locked(std::string_view path) {
   if (!mounted_) return fail(EIO, "filesystem is not mounted");
-  auto parts = TRY(split_path(path));
-  InodePtr cur = find_inode(kRootInode);
-  POISE_ASSERT(cur != nullptr);
-  for (std::string_view part : parts) {
+  // Plain pointers: ns_mutex_ is held, so no entry or inode can go away.
+  Inode* cur = root_;
+  TRY(for_each_component(path, [&](std::string_view part) -> Result<void> {
     if (!cur->is_dir()) return fail(ENOTDIR, std::string(path) + ": a component is not a directory");
     if (part == "..") {
-      cur = find_inode(cur->ino == kRootInode ? kRootInode : cur->parent);
-      POISE_ASSERT(cur != nullptr);
-      continue;
+      if (cur != root_) cur = find_inode(cur->parent).get();
+      return {};
     }
-    auto it = cur->entries->find(std::string(part));
+    auto it = cur->entries->find(absl::string_view(part.data(), part.size()));
     if (it == cur->entries->end()) return fail(ENOENT, std::string(path) + ": no such file or directory");
-    cur = find_inode(it->second);
-    POISE_ASSERT(cur != nullptr);
-  }
+    cur = it->second;
+    return {};
+  }));
   return cur;
 }
 
+Result<InodePtr> FsImpl::resolve(std::string_view path) {
+  Inode* found = TRY(resolve_locked(path));
+  return find_inode(found->ino);
+}
+
 Result<InodePtr> FsImpl::resolve_parent(std::string_view path, std::string* leaf) {
-  auto parts = TRY(split_path(path));
-  if (parts.empty()) return fail(EINVAL, std::string(path) + ": names the root directory");
-  if (parts.back() == "..") return fail(EINVAL, std::string(path) + ": ends in '..'");
-  size_t cut = path.rfind(parts.back());
-  *leaf = std::string(parts.back());
-  InodePtr parent = TRY(resolve(path.substr(0, cut)));
+  if (path.size() > kPathBytesMax) return fail(ENAMETOOLONG, "path longer than 4096 bytes");
+  size_t end = path.size();
+  while (end > 0 && path[end - 1] == '/') --end;
+  size_t slash = end == 0 ? std::string_view::npos : path.rfind('/', end - 1);
+  size_t start = slash == std::string_view::npos ? 0 : slash + 1;
+  std::string_view name = path.substr(start, end - start);
+  if (name.empty()) return fail(EINVAL, std::string(path) + ": names the root directory");
+  if (name == "." || name == "..") return fail(EINVAL, std::string(path) + ": ends in '.' or '..'");
+  if (name.size() > format::kNameBytesMax) return fail(ENAMETOOLONG, "name longer than 255 bytes");
+  InodePtr parent = TRY(resolve(path.substr(0, start)));
   if (!parent->is_dir()) return fail(ENOTDIR, std::string(path) + ": parent is not a directory");
+  *leaf = std::string(name);
   return parent;
 }
 
@@ -101,7 +110,7 @@ Stat FsImpl::stat_of(const Inode& inode) const {
 
 Result<InodeNumber> FsImpl::lookup(std::string_view path) {
   std::shared_lock ns(ns_mutex_);
-  return TRY(resolve(path))->ino;
+  return TRY(resolve_locked(path))->ino;
 }
 
 Result<InodeNumber> FsImpl::make_node(std::string_view path, uint32_t mode, FileType type) {
@@ -148,7 +157,7 @@ Result<void> FsImpl::remove_name(std::string_view path, FileType type) {
   InodePtr parent = TRY(resolve_parent(path, &leaf));
   auto it = parent->entries->find(leaf);
   if (it == parent->entries->end()) return fail(ENOENT, std::string(path) + ": no such file or directory");
-  InodePtr child = find_inode(it->second);
+  InodePtr child = find_inode(it->second->ino);
   int64_t t = now();
   format::InodeCore parent_core = parent->core;
   parent_core.mtime_ns = parent_core.ctime_ns = t;
@@ -185,7 +194,7 @@ Result<void> FsImpl::rename(std::string_view from, std::string_view to) {
   InodePtr dst_dir = TRY(resolve_parent(to, &dst_leaf));
   auto src_it = src_dir->entries->find(src_leaf);
   if (src_it == src_dir->entries->end()) return fail(ENOENT, std::string(from) + ": no such file or directory");
-  InodePtr src = find_inode(src_it->second);
+  InodePtr src = find_inode(src_it->second->ino);
   if (src->is_dir()) {  // a directory may not move below itself
     for (InodePtr up = dst_dir;; up = find_inode(up->parent)) {
       if (up->ino == src->ino) {
@@ -196,7 +205,7 @@ Result<void> FsImpl::rename(std::string_view from, std::string_view to) {
   }
   InodePtr victim;
   if (auto dst_it = dst_dir->entries->find(dst_leaf); dst_it != dst_dir->entries->end()) {
-    victim = find_inode(dst_it->second);
+    victim = find_inode(dst_it->second->ino);
     if (victim->ino == src->ino) return {};  // both names already link the same inode
     if (src->is_dir() && !victim->is_dir()) return fail(ENOTDIR, std::string(to) + ": not a directory");
     if (!src->is_dir() && victim->is_dir()) return fail(EISDIR, std::string(to) + ": is a directory");
@@ -282,9 +291,8 @@ Result<std::vector<DirEntry>> FsImpl::readdir(std::string_view path) {
   if (!dir->is_dir()) return fail(ENOTDIR, std::string(path) + ": not a directory");
   std::vector<DirEntry> out;
   out.reserve(dir->entries->size());
-  for (const auto& [name, ino] : *dir->entries) {
-    InodePtr child = find_inode(ino);
-    out.push_back(DirEntry{name, ino, child->is_dir() ? FileType::Directory : FileType::Regular});
+  for (const auto& [name, child] : *dir->entries) {
+    out.push_back(DirEntry{name, child->ino, child->is_dir() ? FileType::Directory : FileType::Regular});
   }
   std::sort(out.begin(), out.end(), [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
   return out;
@@ -292,7 +300,7 @@ Result<std::vector<DirEntry>> FsImpl::readdir(std::string_view path) {
 
 Result<Stat> FsImpl::stat(std::string_view path) {
   std::shared_lock ns(ns_mutex_);
-  InodePtr inode = TRY(resolve(path));
+  Inode* inode = TRY(resolve_locked(path));
   std::shared_lock lock(inode->lock);
   return stat_of(*inode);
 }
@@ -373,7 +381,7 @@ Result<std::string> FsImpl::path_of(InodeNumber ino) {
     InodePtr parent = find_inode(inode->parent);
     if (parent == nullptr || !parent->is_dir()) return fail(ENOENT, "inode has no name");
     auto it = std::find_if(parent->entries->begin(), parent->entries->end(),
-                           [&](const auto& e) { return e.second == inode->ino; });
+                           [&](const auto& e) { return e.second == inode.get(); });
     if (it == parent->entries->end()) return fail(ENOENT, "inode has no name (unlinked)");
     names.push_back(it->first);
     inode = parent;

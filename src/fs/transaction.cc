@@ -56,7 +56,8 @@ Result<FsImpl::Op> FsImpl::begin_op(uint64_t tx_bytes_max) {
 
 void FsImpl::commit(Op& op, const Records& records, std::initializer_list<Inode*> locked) {
   if (records.empty()) return;
-  format::TxEncoder tx;
+  thread_local format::TxEncoder tx;  // reused: no allocation per operation
+  tx.clear();
   for (const auto& r : records) tx.add(r);
   journal_->commit(tx, op.reserved());
   op.consumed();
@@ -81,7 +82,7 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
     if (inode == nullptr) {
       auto fresh = std::make_shared<Inode>(InodeNumber(core->ino));
       if ((core->mode & kModeTypeMask) == kModeDirectory) {
-        fresh->entries = std::make_unique<std::unordered_map<std::string, InodeNumber>>();
+        fresh->entries = std::make_unique<DirEntries>();
       }
       inode = fresh.get();
       inodes_.emplace(core->ino, std::move(fresh));
@@ -99,6 +100,9 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
     Inode& inode = *it->second;
     if (!inode.extents.empty()) return fail(EUCLEAN, "journal frees inode " + std::to_string(r->ino) + " that still maps blocks");
     if (inode.entries && !inode.entries->empty()) return fail(EUCLEAN, "journal frees a non-empty directory");
+    if (inode.entry_count != 0) {
+      return fail(EUCLEAN, "journal frees inode " + std::to_string(r->ino) + " that a directory still names");
+    }
     inode.freed = true;
     inodes_.erase(it);
     --inode_count_;
@@ -110,19 +114,23 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
     if (dir == nullptr || !dir->is_dir() || child == nullptr) {
       return fail(EUCLEAN, "directory entry '" + r->name + "' links missing inodes");
     }
-    if (!dir->entries->emplace(r->name, InodeNumber(r->child)).second) {
+    if (!dir->entries->emplace(r->name, child).second) {
       return fail(EUCLEAN, "directory " + std::to_string(r->dir) + " has '" + r->name + "' twice");
     }
     child->parent = dir->ino;
+    ++child->entry_count;
     ++dirent_count_;
     name_bytes_ += r->name.size();
     return {};
   }
   if (const auto* r = std::get_if<DirentRemoveRecord>(&record)) {
     Inode* dir = find_for_apply(r->dir, locked);
-    if (dir == nullptr || !dir->is_dir() || dir->entries->erase(r->name) != 1) {
+    auto it = dir != nullptr && dir->is_dir() ? dir->entries->find(r->name) : DirEntries::iterator();
+    if (dir == nullptr || !dir->is_dir() || it == dir->entries->end()) {
       return fail(EUCLEAN, "journal removes missing entry '" + r->name + "'");
     }
+    --it->second->entry_count;
+    dir->entries->erase(it);
     --dirent_count_;
     name_bytes_ -= r->name.size();
     return {};
