@@ -207,6 +207,7 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   checkpoint_ = TRY(format::decode_checkpoint_root(block, sb.checkpoint_root_block, sb.checkpoint_generation,
                                                    data_start_, data_end_));
   checkpoint_root_block_ = sb.checkpoint_root_block;
+  inodes_.reserve(checkpoint_.inode_count);
   auto read = [this](uint64_t b, std::byte* out) { return read_block(b, out); };
   TRY(format::read_section(read, checkpoint_.sections[format::kSectionInodes], format::kSectionInodes,
                            checkpoint_.generation,
@@ -259,40 +260,37 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
 
 Result<void> FsImpl::rebuild_space(OwnershipMap* ownership, FreeSpace* free) const {
   const uint64_t size = sb_.size_blocks;
-  ownership->add(DevRun{DevBlock(format::primary_superblock_block()), 1}, metadata_owner(MetadataKind::Superblock));
-  ownership->add(DevRun{DevBlock(format::secondary_superblock_block(size)), 1},
-                 metadata_owner(MetadataKind::Superblock, 1));
-  ownership->add(DevRun{DevBlock(sb_.journal_start_block), sb_.journal_blocks}, metadata_owner(MetadataKind::Journal));
+  std::vector<Claim> claims;
+  claims.reserve(extent_count_.load() + 8);
+  claims.push_back({DevRun{DevBlock(format::primary_superblock_block()), 1}, metadata_owner(MetadataKind::Superblock)});
+  claims.push_back({DevRun{DevBlock(format::secondary_superblock_block(size)), 1},
+                    metadata_owner(MetadataKind::Superblock, 1)});
+  claims.push_back({DevRun{DevBlock(sb_.journal_start_block), sb_.journal_blocks}, metadata_owner(MetadataKind::Journal)});
   if (checkpoint_.generation != 0) {
-    // Checkpoint blocks must not overlap each other or the fixed metadata.
-    OwnershipMap probe;
-    add_checkpoint_owners(checkpoint_, checkpoint_root_block_, &probe);
-    Result<void> overlap;
-    probe.visit(DevRun{DevBlock(0), size}, [&](DevRun r, const std::vector<Owner>& owners) {
-      if (owners.size() > 1 && overlap.has_value()) overlap = fail(EUCLEAN, "checkpoint blocks overlap each other");
-      ownership->visit(r, [&](DevRun, const std::vector<Owner>&) {
-        if (overlap.has_value()) overlap = fail(EUCLEAN, "checkpoint overlaps the superblock or journal");
-      });
-    });
-    TRY(overlap);
-    add_checkpoint_owners(checkpoint_, checkpoint_root_block_, ownership);
+    claims.push_back({DevRun{DevBlock(checkpoint_root_block_), 1}, metadata_owner(MetadataKind::CheckpointRoot)});
+    for (uint32_t s = 0; s < format::kSectionCount; ++s) {
+      uint64_t offset = 0;
+      for (const BlockRun& run : checkpoint_.sections[s].runs) {
+        claims.push_back({DevRun{DevBlock(run.start_block), run.block_count},
+                          metadata_owner(section_metadata_kind(s), offset)});
+        offset += run.block_count;
+      }
+    }
   }
   // File extents may share blocks with each other (reflink), never with metadata.
   for (const auto& [ino, inode] : inodes_) {
-    Result<void> bad;
     inode->extents.for_each([&](const Mapping& m) {
-      DevRun run{m.dev_block, m.block_count};
-      ownership->visit(run, [&](DevRun r, const std::vector<Owner>& owners) {
-        if (owners.front().is_metadata() && bad.has_value()) {
-          bad = fail(EUCLEAN, "extent of inode " + std::to_string(ino) + " at file block " +
-                                  std::to_string(m.file_block.value()) + " overlaps " +
-                                  to_string(static_cast<MetadataKind>(owners.front().id & 0xFF)) +
-                                  " at device block " + std::to_string(r.start.value()));
-        }
-      });
-      if (bad.has_value()) ownership->add(run, file_owner(inode->ino, m.file_block));
+      claims.push_back({DevRun{m.dev_block, m.block_count}, file_owner(inode->ino, m.file_block)});
     });
-    TRY(bad);
+  }
+  if (auto conflict = ownership->build(std::move(claims))) {
+    std::string who;
+    for (const Owner& o : conflict->owners) {
+      if (!who.empty()) who += " and ";
+      who += o.is_metadata() ? std::string(to_string(static_cast<MetadataKind>(o.id & 0xFF)))
+                             : "inode " + std::to_string(o.id) + " at file block " + std::to_string(o.offset_blocks);
+    }
+    return fail(EUCLEAN, "device block " + std::to_string(conflict->run.start.value()) + " is claimed by " + who);
   }
   uint64_t pos = 0;
   ownership->visit(DevRun{DevBlock(0), size}, [&](DevRun r, const std::vector<Owner>&) {

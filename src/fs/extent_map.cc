@@ -29,52 +29,53 @@ void ExtentMap::clear(FileBlock file_block, uint64_t count, std::vector<Mapping>
   if (count == 0) return;
   uint64_t start = file_block.value();
   uint64_t end = start + count;
-  auto it = extents_.upper_bound(start);
-  if (it != extents_.begin()) --it;
-  while (it != extents_.end() && it->first < end) {
+  uint64_t pos = start;  // everything below pos is done
+  for (;;) {
+    auto it = extents_.upper_bound(pos);
+    if (it != extents_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first + prev->second.block_count > pos) it = prev;
+    }
+    if (it == extents_.end() || it->first >= end) return;
     uint64_t e_start = it->first;
     Extent e = it->second;
     uint64_t e_end = e_start + e.block_count;
-    if (e_end <= start) {
-      ++it;
-      continue;
-    }
-    it = extents_.erase(it);
+    extents_.erase(it);
     uint64_t cut_start = std::max(start, e_start);
     uint64_t cut_end = std::min(end, e_end);
-    if (e_start < cut_start) extents_[e_start] = Extent{e.dev_block, cut_start - e_start, e.flags};
+    if (e_start < cut_start) extents_.emplace(e_start, Extent{e.dev_block, cut_start - e_start, e.flags});
     if (cut_end < e_end) {
-      it = extents_.emplace(cut_end, Extent{e.dev_block + (cut_end - e_start), e_end - cut_end, e.flags}).first;
+      extents_.emplace(cut_end, Extent{e.dev_block + (cut_end - e_start), e_end - cut_end, e.flags});
     }
     mapped_blocks_ -= cut_end - cut_start;
     if (removed != nullptr) {
       removed->push_back(Mapping{FileBlock(cut_start), DevBlock(e.dev_block + (cut_start - e_start)),
                                  cut_end - cut_start, e.flags});
     }
+    pos = cut_end;
   }
 }
 
 void ExtentMap::set(const Mapping& m, std::vector<Mapping>* removed) {
   POISE_ASSERT(m.block_count > 0);
   clear(m.file_block, m.block_count, removed);
-  auto [it, inserted] = extents_.emplace(m.file_block.value(),
-                                         Extent{m.dev_block.value(), m.block_count, m.flags});
+  bool inserted = extents_.emplace(m.file_block.value(), Extent{m.dev_block.value(), m.block_count, m.flags}).second;
   POISE_ASSERT(inserted);
   mapped_blocks_ += m.block_count;
-  try_merge_around(it);
+  try_merge_around(m.file_block.value());
 }
 
-void ExtentMap::try_merge_around(std::map<uint64_t, Extent>::iterator it) {
-  auto continues = [](const std::pair<const uint64_t, Extent>& a,
-                      const std::pair<const uint64_t, Extent>& b) {
+void ExtentMap::try_merge_around(uint64_t key) {
+  auto continues = [](const std::pair<const uint64_t, Extent>& a, const std::pair<const uint64_t, Extent>& b) {
     return a.first + a.second.block_count == b.first &&
-           a.second.dev_block + a.second.block_count == b.second.dev_block &&
-           a.second.flags == b.second.flags;
+           a.second.dev_block + a.second.block_count == b.second.dev_block && a.second.flags == b.second.flags;
   };
+  auto it = extents_.find(key);
   auto next = std::next(it);
   if (next != extents_.end() && continues(*it, *next)) {
     it->second.block_count += next->second.block_count;
     extents_.erase(next);
+    it = extents_.find(key);
   }
   if (it != extents_.begin()) {
     auto prev = std::prev(it);

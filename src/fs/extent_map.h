@@ -7,7 +7,7 @@
 
 #include <cstdint>
 #include <functional>
-#include <map>
+#include <absl/container/btree_map.h>
 #include <vector>
 
 #include "poise/types.h"
@@ -55,9 +55,11 @@ class ExtentMap {
     uint64_t block_count;
     uint32_t flags;
   };
-  void try_merge_around(std::map<uint64_t, Extent>::iterator it);
+  void try_merge_around(uint64_t key);
 
-  std::map<uint64_t, Extent> extents_;  // keyed by first file block
+  // A B-tree: compact for the one-extent files that dominate, and shallow for
+  // fragmented ones. Its iterators do not survive changes; the code seeks again.
+  absl::btree_map<uint64_t, Extent> extents_;  // keyed by first file block
   uint64_t mapped_blocks_ = 0;
 };
 

@@ -9,9 +9,9 @@ void FreeSpace::insert_run(uint64_t start, uint64_t count) {
   by_size_.emplace(count, start);
 }
 
-void FreeSpace::erase_run(std::map<uint64_t, uint64_t>::iterator it) {
-  by_size_.erase({it->second, it->first});
-  by_start_.erase(it);
+void FreeSpace::erase_run(uint64_t start, uint64_t count) {
+  by_size_.erase({count, start});
+  by_start_.erase(start);
 }
 
 void FreeSpace::add(DevRun run) {
@@ -20,18 +20,21 @@ void FreeSpace::add(DevRun run) {
   uint64_t count = run.count;
   auto next = by_start_.lower_bound(start);
   POISE_ASSERT(next == by_start_.end() || next->first >= start + count);
+  std::optional<std::pair<uint64_t, uint64_t>> before, after;
+  if (next != by_start_.end() && next->first == start + count) after = *next;
   if (next != by_start_.begin()) {
     auto prev = std::prev(next);
     POISE_ASSERT(prev->first + prev->second <= start);
-    if (prev->first + prev->second == start) {
-      start = prev->first;
-      count += prev->second;
-      erase_run(prev);
-    }
+    if (prev->first + prev->second == start) before = *prev;
   }
-  if (next != by_start_.end() && next->first == start + count) {
-    count += next->second;
-    erase_run(next);
+  if (before) {
+    erase_run(before->first, before->second);
+    start = before->first;
+    count += before->second;
+  }
+  if (after) {
+    erase_run(after->first, after->second);
+    count += after->second;
   }
   insert_run(start, count);
   free_blocks_ += run.count;
@@ -44,16 +47,16 @@ void FreeSpace::remove(DevRun run) {
   POISE_ASSERT(it != by_start_.begin());
   --it;
   uint64_t r_start = it->first;
-  uint64_t r_end = r_start + it->second;
+  uint64_t r_count = it->second;
+  uint64_t r_end = r_start + r_count;
   POISE_ASSERT(start + run.count <= r_end);
-  erase_run(it);
+  erase_run(r_start, r_count);
   if (r_start < start) insert_run(r_start, start - r_start);
   if (start + run.count < r_end) insert_run(start + run.count, r_end - start - run.count);
   free_blocks_ -= run.count;
 }
 
-DevRun FreeSpace::take(uint64_t run_start, uint64_t from, uint64_t count) {
-  (void)run_start;
+DevRun FreeSpace::take(uint64_t from, uint64_t count) {
   remove(DevRun{DevBlock(from), count});
   return DevRun{DevBlock(from), count};
 }
@@ -68,7 +71,7 @@ std::optional<DevRun> FreeSpace::allocate(uint64_t want, std::optional<DevBlock>
       --it;
       uint64_t end = it->first + it->second;
       if (hint->value() < end) {
-        return take(it->first, hint->value(), std::min(want, end - hint->value()));
+        return take(hint->value(), std::min(want, end - hint->value()));
       }
     }
   }
@@ -77,7 +80,7 @@ std::optional<DevRun> FreeSpace::allocate(uint64_t want, std::optional<DevBlock>
     for (auto it = by_size_.lower_bound({want, 0}); it != by_size_.end(); ++it) {
       uint64_t start = it->second;
       uint64_t aligned = (start + kHugeBlocks - 1) / kHugeBlocks * kHugeBlocks;
-      if (aligned + want <= start + it->first) return take(start, aligned, want);
+      if (aligned + want <= start + it->first) return take(aligned, want);
       if (it->first >= want + kHugeBlocks) break;  // cannot happen; keeps the loop bounded
     }
     // No aligned run of the full length: the largest run, from an aligned start if it has one.
@@ -85,14 +88,16 @@ std::optional<DevRun> FreeSpace::allocate(uint64_t want, std::optional<DevBlock>
     uint64_t start = largest->second;
     uint64_t end = start + largest->first;
     uint64_t aligned = (start + kHugeBlocks - 1) / kHugeBlocks * kHugeBlocks;
-    if (aligned + kHugeBlocks <= end) return take(start, aligned, std::min(want, end - aligned));
-    return take(start, start, std::min(want, largest->first));
+    if (aligned + kHugeBlocks <= end) return take(aligned, std::min(want, end - aligned));
+    return take(start, std::min(want, largest->first));
   }
   // 3. Small requests: best fit, or the largest run when none holds it all.
   auto it = by_size_.lower_bound({want, 0});
-  if (it != by_size_.end()) return take(it->second, it->second, want);
+  if (it != by_size_.end()) return take(it->second, want);
   auto largest = std::prev(by_size_.end());
-  return take(largest->second, largest->second, largest->first);
+  uint64_t largest_start = largest->second;
+  uint64_t largest_count = largest->first;
+  return take(largest_start, largest_count);
 }
 
 bool FreeSpace::is_free(DevRun run) const {

@@ -8,9 +8,9 @@
 
 #include <cstdint>
 #include <functional>
-#include <map>
+#include <absl/container/btree_map.h>
+#include <absl/container/btree_set.h>
 #include <optional>
-#include <set>
 #include <utility>
 
 #include "poise/types.h"
@@ -42,11 +42,12 @@ class FreeSpace {
 
  private:
   void insert_run(uint64_t start, uint64_t count);
-  void erase_run(std::map<uint64_t, uint64_t>::iterator it);
-  DevRun take(uint64_t run_start, uint64_t from, uint64_t count);
+  void erase_run(uint64_t start, uint64_t count);
+  DevRun take(uint64_t from, uint64_t count);
 
-  std::map<uint64_t, uint64_t> by_start_;          // start -> count
-  std::set<std::pair<uint64_t, uint64_t>> by_size_; // (count, start)
+  // B-trees; their iterators do not survive changes, so the code seeks again.
+  absl::btree_map<uint64_t, uint64_t> by_start_;           // start -> count
+  absl::btree_set<std::pair<uint64_t, uint64_t>> by_size_;  // (count, start)
   uint64_t free_blocks_ = 0;
 };
 

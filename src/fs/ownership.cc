@@ -6,6 +6,8 @@
 
 namespace poise {
 
+// B-tree iterators do not survive an insert or erase: every loop below seeks
+// again after changing the map.
 void OwnershipMap::split_at(uint64_t block) {
   auto it = segments_.upper_bound(block);
   if (it == segments_.begin()) return;
@@ -37,8 +39,10 @@ void OwnershipMap::merge_range(uint64_t start, uint64_t end) {
   while (it != segments_.end() && it->first <= end) {
     auto next = std::next(it);
     if (next != segments_.end() && continues(*it, *next)) {
+      uint64_t key = it->first;
       it->second.count += next->second.count;
       segments_.erase(next);
+      it = segments_.find(key);
     } else {
       it = next;
     }
@@ -52,21 +56,21 @@ void OwnershipMap::add(DevRun run, Owner owner) {
   split_at(start);
   split_at(end);
   uint64_t pos = start;
-  auto it = segments_.lower_bound(start);
   while (pos < end) {
+    auto it = segments_.lower_bound(pos);
     uint64_t next_start = (it == segments_.end()) ? end : std::min(end, it->first);
+    Owner o{owner.id, owner.offset_blocks + (pos - start)};
     if (pos < next_start) {  // an unowned gap: a new segment
-      segments_.emplace(pos, Segment{next_start - pos,
-                                     {Owner{owner.id, owner.offset_blocks + (pos - start)}}});
+      Segment seg{next_start - pos, {}};
+      seg.owners.push_back(o);
+      segments_.emplace(pos, std::move(seg));
       owned_blocks_ += next_start - pos;
       pos = next_start;
       continue;
     }
     Segment& seg = it->second;
-    Owner o{owner.id, owner.offset_blocks + (pos - start)};
     seg.owners.insert(std::upper_bound(seg.owners.begin(), seg.owners.end(), o), o);
     pos += seg.count;
-    ++it;
   }
   merge_range(start, end);
 }
@@ -78,30 +82,83 @@ void OwnershipMap::remove(DevRun run, Owner owner, std::vector<DevRun>* orphaned
   split_at(start);
   split_at(end);
   uint64_t pos = start;
-  auto it = segments_.find(start);
   while (pos < end) {
-    POISE_ASSERT(it != segments_.end() && it->first == pos);  // the owner must own it all
+    auto it = segments_.find(pos);
+    POISE_ASSERT(it != segments_.end());  // the owner must own it all
     Segment& seg = it->second;
     Owner o{owner.id, owner.offset_blocks + (pos - start)};
     auto found = std::lower_bound(seg.owners.begin(), seg.owners.end(), o);
     POISE_ASSERT(found != seg.owners.end() && *found == o);
     seg.owners.erase(found);
-    pos += seg.count;
+    uint64_t count = seg.count;
     if (seg.owners.empty()) {
       if (orphaned != nullptr) {
-        if (!orphaned->empty() && orphaned->back().end() == DevBlock(it->first)) {
-          orphaned->back().count += seg.count;
+        if (!orphaned->empty() && orphaned->back().end() == DevBlock(pos)) {
+          orphaned->back().count += count;
         } else {
-          orphaned->push_back(DevRun{DevBlock(it->first), seg.count});
+          orphaned->push_back(DevRun{DevBlock(pos), count});
         }
       }
-      owned_blocks_ -= seg.count;
-      it = segments_.erase(it);
-    } else {
-      ++it;
+      owned_blocks_ -= count;
+      segments_.erase(it);
     }
+    pos += count;
   }
   merge_range(start, end);
+}
+
+std::optional<OwnershipMap::Conflict> OwnershipMap::build(std::vector<Claim> claims) {
+  POISE_ASSERT(segments_.empty());
+  std::sort(claims.begin(), claims.end(),
+            [](const Claim& a, const Claim& b) { return a.run.start < b.run.start; });
+  std::optional<Conflict> conflict;
+  std::vector<const Claim*> active;  // claims covering the sweep position
+  size_t next_claim = 0;
+  uint64_t pos = 0;
+  while (next_claim < claims.size() || !active.empty()) {
+    if (active.empty()) pos = std::max(pos, claims[next_claim].run.start.value());
+    while (next_claim < claims.size() && claims[next_claim].run.start.value() <= pos) {
+      if (claims[next_claim].run.count > 0) active.push_back(&claims[next_claim]);
+      ++next_claim;
+    }
+    if (active.empty()) continue;
+    uint64_t boundary = UINT64_MAX;  // where the set of owners next changes
+    for (const Claim* c : active) boundary = std::min(boundary, c->run.end().value());
+    if (next_claim < claims.size()) boundary = std::min(boundary, claims[next_claim].run.start.value());
+    Segment seg{boundary - pos, {}};
+    bool metadata = false;
+    for (const Claim* c : active) {
+      seg.owners.push_back(Owner{c->owner.id, c->owner.offset_blocks + (pos - c->run.start.value())});
+      metadata = metadata || c->owner.is_metadata();
+    }
+    std::sort(seg.owners.begin(), seg.owners.end());
+    if (metadata && seg.owners.size() > 1 && !conflict) {
+      conflict = Conflict{DevRun{DevBlock(pos), seg.count}, {seg.owners.begin(), seg.owners.end()}};
+    }
+    owned_blocks_ += seg.count;
+    Map::value_type entry(pos, std::move(seg));
+    if (!segments_.empty() && continues(*std::prev(segments_.end()), entry)) {
+      std::prev(segments_.end())->second.count += entry.second.count;
+    } else {
+      segments_.emplace_hint(segments_.end(), std::move(entry));
+    }
+    pos = boundary;
+    active.erase(std::remove_if(active.begin(), active.end(),
+                                [&](const Claim* c) { return c->run.end().value() <= pos; }),
+                 active.end());
+  }
+  return conflict;
+}
+
+uint32_t OwnershipMap::owners_of(DevBlock block, std::vector<Owner>* out, DevRun* segment) const {
+  auto it = segments_.upper_bound(block.value());
+  if (it == segments_.begin()) return 0;
+  --it;
+  if (block.value() >= it->first + it->second.count) return 0;
+  uint64_t into = block.value() - it->first;
+  for (const Owner& o : it->second.owners) out->push_back(Owner{o.id, o.offset_blocks + into});
+  *segment = DevRun{DevBlock(it->first), it->second.count};
+  return static_cast<uint32_t>(it->second.owners.size());
 }
 
 void OwnershipMap::visit(DevRun range,
@@ -115,7 +172,7 @@ void OwnershipMap::visit(DevRun range,
     uint64_t s = std::max(start, it->first);
     uint64_t t = std::min(end, it->first + it->second.count);
     if (s >= t) continue;
-    clipped = it->second.owners;
+    clipped.assign(it->second.owners.begin(), it->second.owners.end());
     for (Owner& o : clipped) o.offset_blocks += s - it->first;
     fn(DevRun{DevBlock(s), t - s}, clipped);
   }
@@ -136,7 +193,8 @@ std::string OwnershipMap::first_difference(const OwnershipMap& o) const {
   auto b = o.segments_.begin();
   for (; a != segments_.end() && b != o.segments_.end(); ++a, ++b) {
     if (a->first != b->first || a->second.count != b->second.count ||
-        a->second.owners != b->second.owners) {
+        !std::equal(a->second.owners.begin(), a->second.owners.end(), b->second.owners.begin(),
+                    b->second.owners.end())) {
       uint64_t at = std::min(a->first, b->first);
       return "ownership differs at device block " + std::to_string(at) + ": " +
              std::to_string(a->second.owners.size()) + " owners over " +

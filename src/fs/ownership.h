@@ -13,7 +13,8 @@
 
 #include <cstdint>
 #include <functional>
-#include <map>
+#include <absl/container/btree_map.h>
+#include <absl/container/inlined_vector.h>
 #include <string>
 #include <vector>
 
@@ -36,8 +37,24 @@ inline Owner metadata_owner(MetadataKind kind, uint64_t offset_blocks = 0) {
   return Owner{kMetadataOwnerBit | static_cast<uint64_t>(kind), offset_blocks};
 }
 
+// One owner's claim on a run of blocks, for building a map in one pass.
+struct Claim {
+  DevRun run;
+  Owner owner;  // offset at run.start
+};
+
 class OwnershipMap {
  public:
+  // Builds the map from claims in any order: sorts them by device address and
+  // sweeps once, so a mount with millions of extents appends instead of
+  // searching. The map must be empty. A stretch claimed by a metadata owner and
+  // anyone else is a conflict: the first is returned (owners at its start).
+  struct Conflict {
+    DevRun run;
+    std::vector<Owner> owners;
+  };
+  std::optional<Conflict> build(std::vector<Claim> claims);
+
   // Adds `owner` (whose offset is for `run.start`) to every block of the run.
   void add(DevRun run, Owner owner);
   // Removes that owner from every block of the run; the runs left with no owner
@@ -48,6 +65,8 @@ class OwnershipMap {
   // owners' offsets adjusted to the stretch start. Unowned gaps are skipped.
   void visit(DevRun range,
              const std::function<void(DevRun, const std::vector<Owner>&)>& fn) const;
+  // The owners of one block, appended to *out (no callback: the fsmap fast path).
+  uint32_t owners_of(DevBlock block, std::vector<Owner>* out, DevRun* segment) const;
   uint32_t refcount(DevBlock block) const;
 
   uint64_t segment_count() const { return segments_.size(); }
@@ -57,11 +76,14 @@ class OwnershipMap {
   std::string first_difference(const OwnershipMap& o) const;
 
  private:
+  // Owners sorted; one owner (the common case) lives inline, with no allocation.
+  using Owners = absl::InlinedVector<Owner, 1>;
   struct Segment {
     uint64_t count;
-    std::vector<Owner> owners;  // sorted
+    Owners owners;
   };
-  using Map = std::map<uint64_t, Segment>;
+  // A B-tree: a lookup touches a handful of cache lines even at millions of segments.
+  using Map = absl::btree_map<uint64_t, Segment>;
   void split_at(uint64_t block);
   void merge_range(uint64_t start, uint64_t end);
   static bool continues(const Map::value_type& a, const Map::value_type& b);

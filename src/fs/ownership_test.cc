@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "base/random.h"
+
 namespace poise {
 namespace {
 
@@ -37,6 +39,35 @@ TEST(Ownership, IncrementalEqualsRebuilt) {
   a.add({DevBlock(3), 1}, metadata_owner(MetadataKind::Journal));
   EXPECT_FALSE(a == b);
   EXPECT_NE(a.first_difference(b).find("device block"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace poise
+
+namespace poise {
+namespace {
+
+TEST(Ownership, OnePassBuildEqualsIncrementalAdds) {
+  Rng rng(test_seed("Ownership.OnePassBuildEqualsIncrementalAdds"));
+  std::vector<Claim> claims;
+  OwnershipMap incremental;
+  for (int i = 0; i < 2000; ++i) {
+    DevRun run{DevBlock(rng.below(5000)), 1 + rng.below(40)};
+    Owner owner = file_owner(InodeNumber(2 + rng.below(50)), FileBlock(rng.below(1000) * 100));
+    claims.push_back({run, owner});
+    incremental.add(run, owner);
+  }
+  OwnershipMap built;
+  EXPECT_FALSE(built.build(claims).has_value()) << "files may share blocks";
+  EXPECT_EQ(built.first_difference(incremental), "");
+  EXPECT_EQ(built.owned_blocks(), incremental.owned_blocks());
+
+  claims.push_back({DevRun{DevBlock(10), 3}, metadata_owner(MetadataKind::Journal)});
+  claims.push_back({DevRun{DevBlock(11), 1}, file_owner(InodeNumber(99), FileBlock(0))});
+  OwnershipMap conflicting;
+  auto conflict = conflicting.build(claims);
+  ASSERT_TRUE(conflict.has_value()) << "metadata shared with a file is a conflict";
+  EXPECT_LE(conflict->run.start, DevBlock(11));
 }
 
 }  // namespace
