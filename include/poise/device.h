@@ -73,6 +73,13 @@ class Device {
 
   // The hardware's list of bad ranges (empty on a healthy device).
   virtual Result<std::vector<BadRange>> bad_ranges() const = 0;
+
+ protected:
+  // Every access stays inside the device; a stray offset is a programmer error.
+  void check_range(uint64_t offset, uint64_t length) const {
+    POISE_ASSERT(offset <= size_bytes());
+    POISE_ASSERT(length <= size_bytes() - offset);
+  }
 };
 
 inline constexpr uint64_t kDeviceSizeMin = 16ull << 20;

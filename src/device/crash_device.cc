@@ -46,19 +46,19 @@ std::unique_ptr<MemoryDevice> CrashDevice::durable_image() const {
 }
 
 void CrashDevice::write(uint64_t offset, const void* src, size_t length) {
-  POISE_ASSERT(offset <= size_ && length <= size_ - offset);
+  check_range(offset, length);
   std::memcpy(live_ + offset, src, length);
   flush(offset, length);
 }
 
 void CrashDevice::fill(uint64_t offset, int byte, size_t length) {
-  POISE_ASSERT(offset <= size_ && length <= size_ - offset);
+  check_range(offset, length);
   std::memset(live_ + offset, byte, length);
   flush(offset, length);
 }
 
 void CrashDevice::flush(uint64_t offset, size_t length) {
-  POISE_ASSERT(offset <= size_ && length <= size_ - offset);
+  check_range(offset, length);
   if (length == 0) return;
   uint64_t first = offset / kLine * kLine;
   uint64_t end = offset + length;

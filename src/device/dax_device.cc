@@ -86,11 +86,6 @@ class DaxDevice final : public Device {
   }
 
  private:
-  void check_range(uint64_t offset, size_t length) const {
-    POISE_ASSERT(offset <= size_);
-    POISE_ASSERT(length <= size_ - offset);
-  }
-
   std::string path_;
   int fd_;
   pmem2_source* source_;

@@ -17,8 +17,7 @@ const char* to_string(PersistenceDomain domain) {
 }
 
 Result<void> Device::read(uint64_t offset, void* dst, size_t length) const {
-  POISE_ASSERT(offset <= size_bytes());
-  POISE_ASSERT(length <= size_bytes() - offset);
+  check_range(offset, length);
   std::memcpy(dst, data() + offset, length);
   return {};
 }

@@ -59,11 +59,6 @@ class FileDevice final : public Device {
   Result<std::vector<BadRange>> bad_ranges() const override { return std::vector<BadRange>{}; }
 
  private:
-  void check_range(uint64_t offset, size_t length) const {
-    POISE_ASSERT(offset <= size_);
-    POISE_ASSERT(length <= size_ - offset);
-  }
-
   std::string path_;
   int fd_;
   std::byte* base_;

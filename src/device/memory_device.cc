@@ -42,12 +42,12 @@ std::string MemoryDevice::describe() const {
 }
 
 void MemoryDevice::write(uint64_t offset, const void* src, size_t length) {
-  POISE_ASSERT(offset <= size_ && length <= size_ - offset);
+  check_range(offset, length);
   std::memcpy(base_ + offset, src, length);
 }
 
 void MemoryDevice::fill(uint64_t offset, int byte, size_t length) {
-  POISE_ASSERT(offset <= size_ && length <= size_ - offset);
+  check_range(offset, length);
   std::memset(base_ + offset, byte, length);
 }
 

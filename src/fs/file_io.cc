@@ -29,6 +29,14 @@ Result<InodePtr> FsImpl::writable_file(InodeNumber ino) {
   return inode;
 }
 
+Result<FsImpl::FileOp> FsImpl::begin_file_op(InodeNumber ino, uint64_t tx_bytes_max) {
+  auto op = TRY(begin_op(tx_bytes_max));
+  InodePtr inode = TRY(writable_file(ino));
+  std::unique_lock lock(inode->lock);
+  if (inode->freed) return fail(ENOENT, "file was deleted");
+  return FileOp{std::move(op), std::move(inode), std::move(lock)};
+}
+
 Result<size_t> FsImpl::read(InodeNumber ino, uint64_t offset, std::span<std::byte> out) {
   InodePtr inode = TRY(get_inode(ino));
   std::shared_lock lock(inode->lock);
@@ -202,10 +210,9 @@ Result<size_t> FsImpl::write(InodeNumber ino, uint64_t offset, std::span<const s
 }
 
 Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length) {
-  auto op = TRY(begin_op(kChunkTxBytes));
-  InodePtr inode = TRY(writable_file(ino));
-  std::unique_lock lock(inode->lock);
-  if (inode->freed) return fail(ENOENT, "file was deleted");
+  auto file_op = TRY(begin_file_op(ino, kChunkTxBytes));
+  FsImpl::Op& op = file_op.op;
+  InodePtr& inode = file_op.inode;
   uint64_t first = offset / kBlockSize;
   uint64_t need = blocks_needed_for_store(*inode, FileBlock(first), ceil_blocks(offset + length) - first);
   TRY(reserve_blocks(need));
@@ -238,10 +245,9 @@ Result<void> FsImpl::zero_partial_block(Inode& inode, uint64_t offset, uint64_t 
 Result<void> FsImpl::truncate(InodeNumber ino, uint64_t size_bytes) {
   TRY(check_writable());
   if (size_bytes > kFileSizeMax) return fail(EFBIG, "size beyond the 1 PiB file size limit");
-  auto op = TRY(begin_op(kSmallTxBytes));
-  InodePtr inode = TRY(writable_file(ino));
-  std::unique_lock lock(inode->lock);
-  if (inode->freed) return fail(ENOENT, "file was deleted");
+  auto file_op = TRY(begin_file_op(ino, kSmallTxBytes));
+  FsImpl::Op& op = file_op.op;
+  InodePtr& inode = file_op.inode;
   Records records;
   bool fresh = false;
   if (size_bytes < inode->core.size_bytes) {
@@ -266,10 +272,9 @@ Result<void> FsImpl::punch_hole(InodeNumber ino, uint64_t offset, uint64_t lengt
   TRY(check_writable());
   if (length == 0) return fail(EINVAL, "punch of zero bytes");
   if (offset > kFileSizeMax || length > kFileSizeMax - offset) return fail(EFBIG, "range beyond 1 PiB");
-  auto op = TRY(begin_op(kSmallTxBytes));
-  InodePtr inode = TRY(writable_file(ino));
-  std::unique_lock lock(inode->lock);
-  if (inode->freed) return fail(ENOENT, "file was deleted");
+  auto file_op = TRY(begin_file_op(ino, kSmallTxBytes));
+  FsImpl::Op& op = file_op.op;
+  InodePtr& inode = file_op.inode;
   Records records;
   bool fresh = false;
   uint64_t end = offset + length;
@@ -320,10 +325,9 @@ Result<void> FsImpl::fallocate(InodeNumber ino, uint64_t offset, uint64_t length
 }
 
 Result<void> FsImpl::fallocate_chunk(InodeNumber ino, uint64_t offset, uint64_t length, FallocateMode mode) {
-  auto op = TRY(begin_op(kChunkTxBytes));
-  InodePtr inode = TRY(writable_file(ino));
-  std::unique_lock lock(inode->lock);
-  if (inode->freed) return fail(ENOENT, "file was deleted");
+  auto file_op = TRY(begin_file_op(ino, kChunkTxBytes));
+  FsImpl::Op& op = file_op.op;
+  InodePtr& inode = file_op.inode;
   Records records;
   std::optional<DevBlock> hint;
   for (uint64_t pos = offset / kBlockSize, end = ceil_blocks(offset + length); pos < end;) {

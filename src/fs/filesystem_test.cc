@@ -212,7 +212,9 @@ TEST_F(FsTest, ConcurrentWritersOnDifferentFiles) {
       for (int i = 0; i < 200; ++i) {
         std::string piece(3000, static_cast<char>('a' + t));
         ASSERT_TRUE(fs_->write(*ino, uint64_t(i) * 3000, as_bytes(piece)).has_value());
-        if (i % 50 == 0) ASSERT_TRUE(fs_->create(name + "_" + std::to_string(i)).has_value());
+        if (i % 50 == 0) {
+          ASSERT_TRUE(fs_->create(name + "_" + std::to_string(i)).has_value());
+        }
       }
     });
   }

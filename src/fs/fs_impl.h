@@ -181,6 +181,13 @@ class FsImpl final : public Filesystem {
   Result<void> zero_partial_block(Inode& inode, uint64_t offset, uint64_t length, Records* records,
                                   bool* fresh);
   Result<InodePtr> writable_file(InodeNumber ino);
+  // A modifying operation on one regular file: the op, the inode, its lock.
+  struct FileOp {
+    Op op;
+    InodePtr inode;
+    std::unique_lock<std::shared_mutex> lock;
+  };
+  Result<FileOp> begin_file_op(InodeNumber ino, uint64_t tx_bytes_max);
 
   // checkpoint.cc
   Result<void> write_checkpoint();
