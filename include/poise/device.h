@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -39,7 +40,32 @@ const char* to_string(PersistenceDomain domain);
 struct BadRange {
   uint64_t offset_bytes = 0;
   uint64_t length_bytes = 0;
+  bool operator==(const BadRange&) const = default;
 };
+
+// What a failure notification says; the flags combine.
+enum class FailureFlags : uint32_t {
+  None = 0,
+  ActionRequired = 1u << 0,  // a consumer touched the memory: its error is synchronous
+  MustKill = 1u << 1,        // users of the range must stop using it
+  PreRemove = 1u << 2,       // the device is about to be removed
+  Remove = 1u << 3,          // the device is gone
+};
+constexpr FailureFlags operator|(FailureFlags a, FailureFlags b) {
+  return FailureFlags(uint32_t(a) | uint32_t(b));
+}
+constexpr bool has(FailureFlags set, FailureFlags flag) { return (uint32_t(set) & uint32_t(flag)) != 0; }
+
+// The one party a device tells about lost memory: the filesystem mounted on it.
+// A notification covers any range in one call, the whole device included, so
+// its cost never depends on the length (invariant I2).
+class FailureHolder {
+ public:
+  virtual ~FailureHolder() = default;
+  virtual Result<void> notify_failure(uint64_t offset, uint64_t length, FailureFlags flags) = 0;
+};
+
+class PoisonList;
 
 class Device {
  public:
@@ -71,15 +97,38 @@ class Device {
   // Full durability, including the backing file of an emulated device.
   virtual Result<void> sync() = 0;
 
-  // The hardware's list of bad ranges (empty on a healthy device).
-  virtual Result<std::vector<BadRange>> bad_ranges() const = 0;
+  // The hardware's list of bad ranges (empty on a healthy device), in order.
+  // An emulated device reports its poison list.
+  virtual Result<std::vector<BadRange>> bad_ranges() const;
+
+  // Emulated devices only: mark memory as poisoned (reads of it fail with EIO,
+  // as a machine check would) or clear it. ENOTSUP on real hardware, whose
+  // errors come from the platform (ndctl inject-error for testing).
+  virtual Result<void> inject_poison(uint64_t offset, uint64_t length);
+  virtual Result<void> clear_poison(uint64_t offset, uint64_t length);
+
+  // The holder: at most one. EBUSY if another is registered.
+  Result<void> register_holder(FailureHolder* holder);
+  void unregister_holder(FailureHolder* holder);
+  // Tells the holder that [offset, +length) failed. ENXIO when nobody holds the
+  // device; otherwise what the holder answered. Serialized with (un)registration.
+  Result<void> notify_failure(uint64_t offset, uint64_t length, FailureFlags flags);
 
  protected:
+  // Emulated devices return their poison list; real hardware nullptr.
+  virtual PoisonList* emulated_poison() const { return nullptr; }
+  // Persists the poison list after a change (a file beside an emulated image).
+  virtual Result<void> save_poison() { return {}; }
+
   // Every access stays inside the device; a stray offset is a programmer error.
   void check_range(uint64_t offset, uint64_t length) const {
     POISE_ASSERT(offset <= size_bytes());
     POISE_ASSERT(length <= size_bytes() - offset);
   }
+
+ private:
+  std::mutex holder_mutex_;
+  FailureHolder* holder_ = nullptr;
 };
 
 inline constexpr uint64_t kDeviceSizeMin = 16ull << 20;

@@ -13,6 +13,9 @@ namespace poise {
 Result<std::unique_ptr<Device>> open_file_device(const std::string& path,
                                                  const OpenDeviceOptions& options);
 
+// Where an emulated device keeps its poison list: IMAGE.poison.
+std::string poison_path(const std::string& image);
+
 // A device-dax character device, mapped through libpmem2.
 Result<std::unique_ptr<Device>> open_dax_device(const std::string& path);
 

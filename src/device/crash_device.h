@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "device/memory_device.h"
+#include "device/poison_list.h"
 #include "poise/device.h"
 
 namespace poise {
@@ -49,9 +50,12 @@ class CrashDevice final : public Device {
   void flush(uint64_t offset, size_t length) override;
   void drain() override;
   Result<void> sync() override;
-  Result<std::vector<BadRange>> bad_ranges() const override { return std::vector<BadRange>{}; }
+
+ protected:
+  PoisonList* emulated_poison() const override { return &poison_; }
 
  private:
+  mutable PoisonList poison_;
   static constexpr uint64_t kLine = 64;
   struct PendingLine {
     uint64_t offset;

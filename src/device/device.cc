@@ -1,8 +1,10 @@
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "device/backends.h"
+#include "device/poison_list.h"
 #include "poise/device.h"
 
 namespace poise {
@@ -18,8 +20,59 @@ const char* to_string(PersistenceDomain domain) {
 
 Result<void> Device::read(uint64_t offset, void* dst, size_t length) const {
   check_range(offset, length);
+  if (PoisonList* poison = emulated_poison()) {
+    if (auto bad = poison->first_overlap(offset, length)) {
+      return fail(EIO, describe() + ": device bytes " + std::to_string(bad->offset_bytes) + ".." +
+                           std::to_string(bad->offset_bytes + bad->length_bytes) + " are poisoned");
+    }
+  }
   std::memcpy(dst, data() + offset, length);
   return {};
+}
+
+Result<void> Device::inject_poison(uint64_t offset, uint64_t length) {
+  PoisonList* poison = emulated_poison();
+  if (poison == nullptr) return fail(ENOTSUP, describe() + ": poison can only be injected into an emulated device");
+  if (length == 0 || offset >= size_bytes() || length > size_bytes() - offset) {
+    return fail(EINVAL, "poison range lies outside the device");
+  }
+  poison->add(offset, length);
+  return save_poison();
+}
+
+Result<void> Device::clear_poison(uint64_t offset, uint64_t length) {
+  PoisonList* poison = emulated_poison();
+  if (poison == nullptr) return fail(ENOTSUP, describe() + ": poison can only be cleared on an emulated device");
+  if (length == 0 || offset >= size_bytes() || length > size_bytes() - offset) {
+    return fail(EINVAL, "poison range lies outside the device");
+  }
+  poison->remove(offset, length);
+  return save_poison();
+}
+
+Result<std::vector<BadRange>> Device::bad_ranges() const {
+  PoisonList* poison = emulated_poison();
+  return poison == nullptr ? std::vector<BadRange>{} : poison->ranges();
+}
+
+Result<void> Device::register_holder(FailureHolder* holder) {
+  std::lock_guard lock(holder_mutex_);
+  if (holder_ != nullptr && holder_ != holder) return fail(EBUSY, describe() + ": already held by a filesystem");
+  holder_ = holder;
+  return {};
+}
+
+void Device::unregister_holder(FailureHolder* holder) {
+  std::lock_guard lock(holder_mutex_);
+  if (holder_ == holder) holder_ = nullptr;
+}
+
+Result<void> Device::notify_failure(uint64_t offset, uint64_t length, FailureFlags flags) {
+  if (offset >= size_bytes() || length == 0) return fail(EINVAL, "failure range outside the device");
+  length = std::min(length, size_bytes() - offset);  // "to the end" may be given as UINT64_MAX
+  std::lock_guard lock(holder_mutex_);
+  if (holder_ == nullptr) return fail(ENXIO, describe() + ": no filesystem holds this device");
+  return holder_->notify_failure(offset, length, flags);
 }
 
 Result<std::unique_ptr<Device>> open_device(const std::string& path,

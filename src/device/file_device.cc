@@ -13,16 +13,20 @@
 #include <string>
 
 #include "device/backends.h"
+#include "device/poison_list.h"
 
 namespace poise {
+
+std::string poison_path(const std::string& image);
+
 namespace {
 
 std::string errno_text(int code) { return std::strerror(code); }
 
 class FileDevice final : public Device {
  public:
-  FileDevice(std::string path, int fd, std::byte* base, uint64_t size)
-      : path_(std::move(path)), fd_(fd), base_(base), size_(size) {}
+  FileDevice(std::string path, int fd, std::byte* base, uint64_t size, PoisonList poison)
+      : path_(std::move(path)), fd_(fd), base_(base), size_(size), poison_(std::move(poison)) {}
   ~FileDevice() override {
     ::munmap(base_, size_);
     ::close(fd_);  // also drops the flock
@@ -56,16 +60,53 @@ class FileDevice final : public Device {
     }
     return {};
   }
-  Result<std::vector<BadRange>> bad_ranges() const override { return std::vector<BadRange>{}; }
+
+ protected:
+  PoisonList* emulated_poison() const override { return &poison_; }
+  // Written to a temporary file and renamed over the old list: never half-written.
+  Result<void> save_poison() override {
+    std::string list = poison_path(path_);
+    std::string temp = list + ".tmp";
+    std::string text = poison_.to_text();
+    int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return fail(errno, list + ": cannot write the poison list: " + errno_text(errno));
+    bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok || ::rename(temp.c_str(), list.c_str()) != 0) {
+      return fail(EIO, list + ": cannot write the poison list");
+    }
+    return {};
+  }
 
  private:
   std::string path_;
   int fd_;
   std::byte* base_;
   uint64_t size_;
+  mutable PoisonList poison_;
 };
 
 }  // namespace
+
+std::string poison_path(const std::string& image) { return image + ".poison"; }
+
+// Reads the emulated hardware error list kept beside the image (none: healthy).
+Result<PoisonList> load_poison(const std::string& image, uint64_t device_bytes) {
+  std::string list = poison_path(image);
+  int fd = ::open(list.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return PoisonList();
+    return fail(errno, list + ": cannot read the poison list: " + errno_text(errno));
+  }
+  std::string text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  auto parsed = PoisonList::from_text(text, device_bytes);
+  if (!parsed.has_value()) return fail(parsed.error().code, list + ": " + parsed.error().message);
+  return std::move(*parsed);
+}
 
 Result<std::unique_ptr<Device>> open_file_device(const std::string& path,
                                                  const OpenDeviceOptions& options) {
@@ -106,13 +147,15 @@ Result<std::unique_ptr<Device>> open_file_device(const std::string& path,
     return close_with(EINVAL, path + ": image size " + std::to_string(size) +
                                   " is not a multiple of 4096 bytes");
   }
+  auto poison = load_poison(path, size);
+  if (!poison.has_value()) return close_with(poison.error().code, poison.error().message);
   void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
   if (base == MAP_FAILED) {
     int e = errno;
     return close_with(e, path + ": mmap failed: " + errno_text(e));
   }
   return std::unique_ptr<Device>(
-      new FileDevice(path, fd, static_cast<std::byte*>(base), size));
+      new FileDevice(path, fd, static_cast<std::byte*>(base), size, std::move(*poison)));
 }
 
 }  // namespace poise

@@ -6,6 +6,7 @@
 
 #include <memory>
 
+#include "device/poison_list.h"
 #include "poise/device.h"
 
 namespace poise {
@@ -31,9 +32,12 @@ class MemoryDevice final : public Device {
   void flush(uint64_t, size_t) override {}
   void drain() override;
   Result<void> sync() override { return {}; }
-  Result<std::vector<BadRange>> bad_ranges() const override { return std::vector<BadRange>{}; }
+
+ protected:
+  PoisonList* emulated_poison() const override { return &poison_; }
 
  private:
+  mutable PoisonList poison_;
   std::byte* base_;
   uint64_t size_;
 };
