@@ -68,6 +68,7 @@ struct CheckReport {
   uint64_t extents = 0;
   uint64_t used_blocks = 0;
   uint64_t shared_blocks = 0;  // blocks with more than one owner
+  uint64_t bad_blocks = 0;     // failed blocks, fenced off
   uint64_t free_blocks = 0;
   bool clean() const { return problems.empty(); }
 };
@@ -114,6 +115,7 @@ class Filesystem {
   virtual Result<void> unmount() = 0;
   // Stops at once: waits for operations in flight, then writes nothing more;
   // every later call fails with EIO. What was committed stays, as after a crash.
+  // The device stays held until the Filesystem is destroyed.
   virtual void shutdown() = 0;
 
   // The namespace.

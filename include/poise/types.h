@@ -75,6 +75,7 @@ enum class MetadataKind : uint8_t {
   InodeTable = 4,
   Directory = 5,
   ExtentMap = 6,
+  BadRangeList = 7,
 };
 
 const char* to_string(OwnerKind kind);

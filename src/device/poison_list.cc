@@ -4,77 +4,15 @@
 
 namespace poise {
 
-PoisonList::PoisonList(PoisonList&& o) noexcept {
-  std::lock_guard lock(o.mutex_);
-  ranges_ = std::move(o.ranges_);
-  any_ = !ranges_.empty();
-}
-
-PoisonList& PoisonList::operator=(PoisonList&& o) noexcept {
-  if (this == &o) return *this;
-  std::scoped_lock lock(mutex_, o.mutex_);
-  ranges_ = std::move(o.ranges_);
-  any_ = !ranges_.empty();
-  return *this;
-}
-
-void PoisonList::add(uint64_t offset, uint64_t length) {
-  if (length == 0) return;
-  std::lock_guard lock(mutex_);
-  uint64_t start = offset;
-  uint64_t end = offset + length;
-  // Absorb every range that touches [start, end); seek again after each erase.
-  for (;;) {
-    auto it = ranges_.upper_bound(end);
-    if (it == ranges_.begin()) break;
-    --it;
-    if (it->second < start) break;
-    start = std::min(start, it->first);
-    end = std::max(end, it->second);
-    ranges_.erase(it);
-  }
-  ranges_.emplace(start, end);
-  any_ = true;
-}
-
-void PoisonList::remove(uint64_t offset, uint64_t length) {
-  if (length == 0) return;
-  std::lock_guard lock(mutex_);
-  uint64_t start = offset;
-  uint64_t end = offset + length;
-  for (;;) {
-    auto it = ranges_.upper_bound(end - 1);
-    if (it == ranges_.begin()) break;
-    --it;
-    if (it->second <= start) break;
-    uint64_t r_start = it->first;
-    uint64_t r_end = it->second;
-    ranges_.erase(it);
-    if (r_end > end) ranges_.emplace(end, r_end);
-    if (r_start < start) {
-      ranges_.emplace(r_start, start);
-      break;
-    }
-  }
-  any_ = !ranges_.empty();
-}
-
 std::optional<BadRange> PoisonList::first_overlap(uint64_t offset, uint64_t length) const {
-  if (!any_.load(std::memory_order_acquire) || length == 0) return std::nullopt;
-  std::lock_guard lock(mutex_);
-  uint64_t end = offset + length;
-  auto it = ranges_.upper_bound(offset);
-  if (it != ranges_.begin() && std::prev(it)->second > offset) --it;
-  if (it == ranges_.end() || it->first >= end) return std::nullopt;
-  uint64_t s = std::max(offset, it->first);
-  uint64_t e = std::min(end, it->second);
-  return BadRange{s, e - s};
+  auto r = set_.first_overlap(Range{offset, length});
+  if (!r) return std::nullopt;
+  return BadRange{r->start, r->length};
 }
 
 std::vector<BadRange> PoisonList::ranges() const {
-  std::lock_guard lock(mutex_);
   std::vector<BadRange> out;
-  for (const auto& [start, end] : ranges_) out.push_back(BadRange{start, end - start});
+  for (const Range& r : set_.ranges()) out.push_back(BadRange{r.start, r.length});
   return out;
 }
 

@@ -26,6 +26,7 @@ const char* block_kind_name(uint32_t kind) {
     case kBlockInodeSection: return "inode table";
     case kBlockDirentSection: return "directory";
     case kBlockExtentSection: return "extent map";
+    case kBlockBadRangeSection: return "bad-range list";
   }
   return "unknown";
 }

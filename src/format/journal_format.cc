@@ -92,6 +92,10 @@ Result<JournalRecord> decode_record(uint16_t type, const unsigned char* body, ui
       auto d = TRY(body_as<DiskExtent>(body, length, "extent"));
       return JournalRecord(TRY(decode_extent(d)));
     }
+    case kRecordBadRange: {
+      auto d = TRY(body_as<DiskBadRange>(body, length, "bad-range"));
+      return JournalRecord(TRY(decode_bad_range(d)));
+    }
     case kRecordExtentClear: {
       auto d = TRY(body_as<DiskExtentClear>(body, length, "extent-clear"));
       ExtentClearRecord r{d.ino.get(), d.file_block.get(), d.block_count.get()};
@@ -122,6 +126,10 @@ void TxEncoder::add(const JournalRecord& record) {
           append_dirent_record(payload_, kRecordDirentAdd, r);
         } else if constexpr (std::is_same_v<T, DirentRemoveRecord>) {
           append_dirent_record(payload_, kRecordDirentRemove, DirentRecord{r.dir, r.dir, r.name});
+        } else if constexpr (std::is_same_v<T, BadRangeRecord>) {
+          DiskBadRange d;
+          encode_bad_range(r, d);
+          append_record(payload_, kRecordBadRange, &d, sizeof d);
         } else if constexpr (std::is_same_v<T, ExtentRecord>) {
           DiskExtent d;
           encode_extent(r, d);

@@ -64,6 +64,7 @@ enum BlockKind : uint32_t {
   kBlockInodeSection = 4,
   kBlockDirentSection = 5,
   kBlockExtentSection = 6,
+  kBlockBadRangeSection = 7,
 };
 
 struct BlockHeader {
@@ -93,8 +94,8 @@ struct Superblock {
 };
 
 // The checkpoint: a root block naming where its three sections live.
-inline constexpr uint32_t kSectionCount = 3;  // inodes, directory entries, extents
-inline constexpr uint32_t kSectionExtentsMax = 64;
+inline constexpr uint32_t kSectionCount = 4;  // inodes, directory entries, extents, bad ranges
+inline constexpr uint32_t kSectionExtentsMax = 48;
 
 struct SectionExtent {
   Le64 start_block;
@@ -114,6 +115,8 @@ struct CheckpointRoot {
   Le64 inode_count;
   Le64 dirent_count;
   Le64 extent_count;
+  Le64 bad_range_count;
+  Le64 reserved;
   SectionDescriptor sections[kSectionCount];
 };
 
@@ -175,6 +178,7 @@ enum RecordType : uint16_t {
   kRecordDirentRemove = 4,
   kRecordExtentSet = 5,
   kRecordExtentClear = 6,
+  kRecordBadRange = 7,
 };
 
 // Each record: this header, then `length` bytes of body, then zeros to 8 bytes.
@@ -186,6 +190,13 @@ struct RecordHeader {
 
 struct DiskInodeFree {
   Le64 ino;
+};
+
+// Device blocks whose memory failed: never allocated again; reads of file data
+// on them fail with EIO until the file rewrites or drops the block.
+struct DiskBadRange {
+  Le64 start_block;
+  Le64 block_count;
 };
 
 struct DiskExtentClear {

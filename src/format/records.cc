@@ -66,6 +66,19 @@ Result<ExtentRecord> decode_extent(const DiskExtent& in) {
   return e;
 }
 
+void encode_bad_range(const BadRangeRecord& in, DiskBadRange& out) {
+  out.start_block.set(in.start_block);
+  out.block_count.set(in.block_count);
+}
+
+Result<BadRangeRecord> decode_bad_range(const DiskBadRange& in) {
+  BadRangeRecord r{in.start_block.get(), in.block_count.get()};
+  if (r.block_count == 0 || r.start_block + r.block_count < r.start_block) {
+    return fail(EUCLEAN, "bad-range record out of range");
+  }
+  return r;
+}
+
 size_t dirent_bytes(size_t name_len) { return (sizeof(DiskDirent) + name_len + 7) / 8 * 8; }
 
 void encode_dirent(const DirentRecord& in, unsigned char* out) {

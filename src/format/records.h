@@ -61,9 +61,15 @@ struct ExtentClearRecord {
   bool operator==(const ExtentClearRecord&) const = default;
 };
 
+struct BadRangeRecord {
+  uint64_t start_block = 0;
+  uint64_t block_count = 0;
+  bool operator==(const BadRangeRecord&) const = default;
+};
+
 // One journal record: what a transaction changes, replayed in order at mount.
 using JournalRecord = std::variant<InodeCore, InodeFreeRecord, DirentRecord, DirentRemoveRecord,
-                                   ExtentRecord, ExtentClearRecord>;
+                                   ExtentRecord, ExtentClearRecord, BadRangeRecord>;
 
 constexpr uint32_t kModeTypeMask = 0170000;
 constexpr uint32_t kModeRegular = 0100000;
@@ -83,5 +89,8 @@ Result<DirentRecord> decode_dirent(const unsigned char* in, size_t available, si
 
 // A name is valid when it is 1..255 bytes, not "." or "..", with no '/' or NUL.
 bool valid_name(const std::string& name);
+
+void encode_bad_range(const BadRangeRecord& in, DiskBadRange& out);
+Result<BadRangeRecord> decode_bad_range(const DiskBadRange& in);
 
 }  // namespace poise::format

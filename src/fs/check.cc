@@ -105,7 +105,27 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
   }
   rebuilt.visit(DevRun{DevBlock(0), sb_.size_blocks}, [&](DevRun r, const std::vector<Owner>& owners) {
     report.used_blocks += r.count;
-    if (owners.size() > 1) report.shared_blocks += r.count;
+    bool bad = std::any_of(owners.begin(), owners.end(), [](const Owner& o) { return o.is_bad(); });
+    size_t real = owners.size() - (bad ? 1 : 0);
+    if (real > 1) report.shared_blocks += r.count;
+    if (!bad) return;
+    report.bad_blocks += r.count;
+    std::string where = "device blocks " + std::to_string(r.start.value()) + ".." + std::to_string(r.end().value());
+    for (const Owner& o : owners) {
+      if (o.is_bad()) continue;
+      if (o.is_file()) {
+        report.notes.push_back(where + " failed: inode " + std::to_string(o.id) + " loses file bytes " +
+                               std::to_string(o.offset_blocks * kBlockSize) + ".." +
+                               std::to_string((o.offset_blocks + r.count) * kBlockSize));
+        continue;
+      }
+      auto kind = static_cast<MetadataKind>(o.id & 0xFF);
+      if (kind == MetadataKind::Superblock) {
+        report.notes.push_back(where + " failed under one superblock copy; the other copy is in use");
+      } else {
+        problem(where + " failed under the " + std::string(to_string(kind)));
+      }
+    }
   });
   report.free_blocks = rebuilt_free.free_blocks();
   if (report.used_blocks + report.free_blocks != sb_.size_blocks) {

@@ -17,7 +17,8 @@ MetadataKind section_metadata_kind(uint32_t section) {
   switch (section) {
     case format::kSectionInodes: return MetadataKind::InodeTable;
     case format::kSectionDirents: return MetadataKind::Directory;
-    default: return MetadataKind::ExtentMap;
+    case format::kSectionExtents: return MetadataKind::ExtentMap;
+    default: return MetadataKind::BadRangeList;
   }
 }
 
@@ -96,13 +97,16 @@ Result<void> FsImpl::write_checkpoint() {
     }
   }
   dirent_counter.finish();
+  std::vector<Range> bad = bad_blocks_.ranges();
   const uint64_t needed[format::kSectionCount] = {
       format::fixed_section_blocks(inodes_.size(), sizeof(format::DiskInode)),
       dirent_bytes_in_blocks,
-      format::fixed_section_blocks(extent_records.size(), sizeof(format::DiskExtent))};
+      format::fixed_section_blocks(extent_records.size(), sizeof(format::DiskExtent)),
+      format::fixed_section_blocks(bad.size(), sizeof(format::DiskBadRange))};
   root.inode_count = root.sections[format::kSectionInodes].records = inodes_.size();
   root.dirent_count = root.sections[format::kSectionDirents].records = dirent_counter.records();
   root.extent_count = root.sections[format::kSectionExtents].records = extent_records.size();
+  root.bad_range_count = root.sections[format::kSectionBadRanges].records = bad.size();
 
   // Allocate the root and the sections from free space (the reserve is theirs).
   std::vector<DevRun> allocated;
@@ -145,9 +149,18 @@ Result<void> FsImpl::write_checkpoint() {
   RunCursor inode_cursor(root.sections[format::kSectionInodes].runs);
   RunCursor dirent_cursor(root.sections[format::kSectionDirents].runs);
   RunCursor extent_cursor(root.sections[format::kSectionExtents].runs);
+  RunCursor bad_cursor(root.sections[format::kSectionBadRanges].runs);
   auto inode_writer = writer_for(format::kSectionInodes, &inode_cursor);
   auto dirent_writer = writer_for(format::kSectionDirents, &dirent_cursor);
   auto extent_writer = writer_for(format::kSectionExtents, &extent_cursor);
+  auto bad_writer = writer_for(format::kSectionBadRanges, &bad_cursor);
+  for (const Range& r : bad) {
+    format::DiskBadRange d;
+    format::encode_bad_range(format::BadRangeRecord{r.start, r.length}, d);
+    bad_writer.add(&d, sizeof d);
+  }
+  bad_writer.finish();
+  POISE_ASSERT(bad_writer.blocks() == needed[3]);
   for (const auto& [ino, inode] : inodes_) {
     format::DiskInode d;
     format::encode_inode(inode->core, d);
@@ -251,6 +264,17 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     }
     return {};
   }));
+  TRY(format::read_section(read, checkpoint_.sections[format::kSectionBadRanges], format::kSectionBadRanges,
+                           checkpoint_.generation,
+                           [&](const unsigned char* p, size_t bytes, uint32_t records) -> Result<void> {
+    if (records * sizeof(format::DiskBadRange) > bytes) return fail(EUCLEAN, "bad-range block overfull");
+    for (uint32_t i = 0; i < records; ++i) {
+      format::DiskBadRange d;
+      std::memcpy(&d, p + i * sizeof d, sizeof d);
+      TRY(apply(TRY(format::decode_bad_range(d)), {}));
+    }
+    return {};
+  }));
   if (checkpoint_.next_ino < next_ino_) {
     return fail(EUCLEAN, "checkpoint's next inode number is below an inode in use");
   }
@@ -283,9 +307,13 @@ Result<void> FsImpl::rebuild_space(OwnershipMap* ownership, FreeSpace* free) con
       claims.push_back({DevRun{m.dev_block, m.block_count}, file_owner(inode->ino, m.file_block)});
     });
   }
+  for (const Range& r : bad_blocks_.ranges()) {
+    claims.push_back({DevRun{DevBlock(r.start), r.length}, bad_owner(DevBlock(r.start))});
+  }
   if (auto conflict = ownership->build(std::move(claims))) {
     std::string who;
     for (const Owner& o : conflict->owners) {
+      if (o.is_bad()) continue;
       if (!who.empty()) who += " and ";
       who += o.is_metadata() ? std::string(to_string(static_cast<MetadataKind>(o.id & 0xFF)))
                              : "inode " + std::to_string(o.id) + " at file block " + std::to_string(o.offset_blocks);

@@ -38,6 +38,18 @@ Result<FsImpl::FileOp> FsImpl::begin_file_op(InodeNumber ino, uint64_t tx_bytes_
 }
 
 Result<size_t> FsImpl::read(InodeNumber ino, uint64_t offset, std::span<std::byte> out) {
+  std::optional<DevRun> consumed;  // poison this read ran into, reported once the locks are gone
+  auto n = read_locked(ino, offset, out, &consumed);
+  if (consumed) {
+    // The consumer gets its error now; the failure flow records the range for everyone.
+    (void)notify_failure(consumed->start.value() * kBlockSize, consumed->count * kBlockSize,
+                         FailureFlags::ActionRequired);
+  }
+  return n;
+}
+
+Result<size_t> FsImpl::read_locked(InodeNumber ino, uint64_t offset, std::span<std::byte> out,
+                                   std::optional<DevRun>* consumed) {
   InodePtr inode = TRY(get_inode(ino));
   std::shared_lock lock(inode->lock);
   if (inode->freed) return fail(ENOENT, "file was deleted");
@@ -51,7 +63,21 @@ Result<size_t> FsImpl::read(InodeNumber ino, uint64_t offset, std::span<std::byt
     Lookup lk = inode->extents.lookup(FileBlock(pos / kBlockSize));
     uint64_t len = run_bytes(pos, lk.mapped ? lk.mapping.block_count : lk.hole_blocks, offset + n - pos);
     if (lk.mapped && (lk.mapping.flags & format::kExtentUnwritten) == 0) {
-      TRY(device_.read(lk.mapping.dev_block.value() * kBlockSize + pos % kBlockSize, dst, len));
+      uint64_t dev_offset = lk.mapping.dev_block.value() * kBlockSize + pos % kBlockSize;
+      uint64_t blocks = (pos % kBlockSize + len + kBlockSize - 1) / kBlockSize;
+      if (auto bad = bad_overlap(lk.mapping.dev_block, blocks)) {
+        uint64_t file_block = pos / kBlockSize + (bad->start - lk.mapping.dev_block);
+        uint64_t from = std::max(pos, file_block * kBlockSize);
+        uint64_t to = std::min(pos + len, (file_block + bad->count) * kBlockSize);
+        return fail(EIO, "inode " + std::to_string(ino.value()) + ": file bytes " + std::to_string(from) + ".." +
+                             std::to_string(to) + " are lost (device block " + std::to_string(bad->start.value()) +
+                             " failed)");
+      }
+      auto r = device_.read(dev_offset, dst, len);
+      if (!r.has_value()) {
+        if (r.error().code == EIO) *consumed = poisoned_blocks(dev_offset, len);
+        return Unexpected<Error>(std::move(r).error());
+      }
     } else {
       std::memset(dst, 0, len);
     }
@@ -157,7 +183,9 @@ uint64_t FsImpl::store_locked(Inode& inode, uint64_t offset, const std::byte* sr
     for (const auto& [r, owners] : parts) {
       uint64_t fb = pos + (r.start - m.dev_block);
       covered += r.count;
-      if (owners > 1) {  // shared by reflink: copy on write
+      if (bad_overlap(r.start, r.count)) {  // lost memory: a whole-block rewrite relocates it
+        allocate_into(fb, r.count, Fill::Zero, r.start);
+      } else if (owners > 1) {  // shared by reflink: copy on write
         allocate_into(fb, r.count, unwritten ? Fill::Zero : Fill::CopyFrom, r.start);
       } else if (unwritten) {
         store_run(r.start, FileBlock(fb), r.count, offset, src, length, Fill::Zero, DevBlock(0));
@@ -214,6 +242,7 @@ Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::
   FsImpl::Op& op = file_op.op;
   InodePtr& inode = file_op.inode;
   uint64_t first = offset / kBlockSize;
+  TRY(refuse_partial_lost_blocks(*inode, offset, length));
   uint64_t need = blocks_needed_for_store(*inode, FileBlock(first), ceil_blocks(offset + length) - first);
   TRY(reserve_blocks(need));
   Records records;
@@ -230,11 +259,28 @@ Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::
   return length;
 }
 
+Result<void> FsImpl::refuse_partial_lost_blocks(const Inode& inode, uint64_t offset, uint64_t length) {
+  // Only the first and last blocks of a write can be partly covered.
+  for (uint64_t at : {offset, offset + length - 1}) {
+    uint64_t block = at / kBlockSize;
+    bool whole = offset <= block * kBlockSize && offset + length >= (block + 1) * kBlockSize;
+    if (whole) continue;
+    Lookup lk = inode.extents.lookup(FileBlock(block));
+    if (lk.mapped && (lk.mapping.flags & format::kExtentUnwritten) == 0 && bad_overlap(lk.mapping.dev_block, 1)) {
+      return fail(EIO, "inode " + std::to_string(inode.ino.value()) + ": file bytes " +
+                           std::to_string(block * kBlockSize) + ".." + std::to_string((block + 1) * kBlockSize) +
+                           " are lost; rewrite the whole 4 KiB block to replace them");
+    }
+  }
+  return {};
+}
+
 Result<void> FsImpl::zero_partial_block(Inode& inode, uint64_t offset, uint64_t length,
                                         Records* records, bool* fresh) {
   POISE_ASSERT(offset / kBlockSize == (offset + length - 1) / kBlockSize);
   Lookup lk = inode.extents.lookup(FileBlock(offset / kBlockSize));
   if (!lk.mapped || (lk.mapping.flags & format::kExtentUnwritten) != 0) return {};  // reads as zeros
+  if (bad_overlap(lk.mapping.dev_block, 1)) return {};  // lost already: nothing to zero
   uint64_t need = blocks_needed_for_store(inode, FileBlock(offset / kBlockSize), 1);
   TRY(reserve_blocks(need));
   uint64_t used = store_locked(inode, offset, nullptr, length, records, fresh);

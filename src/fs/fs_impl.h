@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "base/clock.h"
+#include "base/range_set.h"
 #include "format/checkpoint_format.h"
 #include "format/records.h"
 #include "format/superblock.h"
@@ -63,7 +64,7 @@ using Records = std::vector<format::JournalRecord>;
 // Appends extent records for a mapping, split to fit the 32-bit on-media count.
 void append_extent_records(InodeNumber ino, const Mapping& m, Records* out);
 
-class FsImpl final : public Filesystem {
+class FsImpl final : public Filesystem, public FailureHolder {
  public:
   FsImpl(Device& device, MountOptions options);
   ~FsImpl() override;
@@ -104,6 +105,13 @@ class FsImpl final : public Filesystem {
   void release(InodeNumber ino) override;
   Result<void> retain(InodeNumber ino) override;
 
+  // failure.cc: the device's holder. A data failure is recorded persistently
+  // (the blocks are fenced off for good; reads of file data on them fail with
+  // EIO until the file rewrites or drops them); checkpoint metadata on failed
+  // blocks is rewritten elsewhere from memory; a failed journal or the loss of
+  // both superblocks shuts the filesystem down (I6).
+  Result<void> notify_failure(uint64_t offset, uint64_t length, FailureFlags flags) override;
+
  private:
   // An operation in flight: holds the gate shared and a journal reservation.
   class Op {
@@ -133,6 +141,14 @@ class FsImpl final : public Filesystem {
   Result<void> apply_extent_set(Inode& inode, const format::ExtentRecord& r);
   void apply_extent_clear(Inode& inode, FileBlock start, uint64_t count);
   void release_blocks(Inode& inode, const std::vector<Mapping>& removed);
+  // Marks failed blocks: out of free space, owned by the bad marker. REQUIRES: space_mutex_.
+  void fence_off_locked(DevRun run);
+  // The first failed block of [dev, +count), if any.
+  std::optional<DevRun> bad_overlap(DevBlock dev, uint64_t count) const;
+  // Feeds the device's known bad ranges in, before the mount completes (flow 2).
+  Result<void> take_in_device_bad_ranges();
+  // The device bytes of [offset, +length) that read() met as poisoned, if any.
+  std::optional<DevRun> poisoned_blocks(uint64_t offset, uint64_t length) const;
   int64_t now() { return clock_->now_ns(); }
 
   // namespace.cc: path resolution (REQUIRES ns_mutex_ held).
@@ -181,6 +197,10 @@ class FsImpl final : public Filesystem {
   Result<void> zero_partial_block(Inode& inode, uint64_t offset, uint64_t length, Records* records,
                                   bool* fresh);
   Result<InodePtr> writable_file(InodeNumber ino);
+  Result<size_t> read_locked(InodeNumber ino, uint64_t offset, std::span<std::byte> out,
+                             std::optional<DevRun>* consumed);
+  // EIO if the write would cover only part of a block whose memory failed.
+  Result<void> refuse_partial_lost_blocks(const Inode& inode, uint64_t offset, uint64_t length);
   // A modifying operation on one regular file: the op, the inode, its lock.
   struct FileOp {
     Op op;
@@ -222,6 +242,8 @@ class FsImpl final : public Filesystem {
   std::atomic<uint64_t> dirent_count_{0};
   std::atomic<uint64_t> extent_count_{0};
   std::atomic<uint64_t> name_bytes_{0};
+  RangeSet bad_blocks_;  // failed device blocks, in block units
+  bool holder_registered_ = false;
   bool replaying_ = false;
 
   mutable std::mutex space_mutex_;

@@ -12,6 +12,7 @@ FsImpl::FsImpl(Device& device, MountOptions options)
 
 FsImpl::~FsImpl() {
   if (mounted_) (void)unmount();
+  if (holder_registered_) device_.unregister_holder(this);
 }
 
 Result<std::unique_ptr<Filesystem>> Filesystem::mount(Device& device, const MountOptions& options) {
@@ -57,6 +58,18 @@ Result<void> FsImpl::format_new(const FormatOptions& options) {
   TRY(apply(root, {}));
   root_ = find_inode(kRootInode).get();
   root_->parent = kRootInode;
+  // Memory the device already knows is bad is fenced off from the start.
+  for (const BadRange& b : TRY(device_.bad_ranges())) {
+    uint64_t first = b.offset_bytes / kBlockSize;
+    uint64_t end = std::min(blocks, (b.offset_bytes + b.length_bytes + kBlockSize - 1) / kBlockSize);
+    if (first >= end) continue;
+    if (first < data_start_ || end > data_end_) {
+      return fail(EIO, "device bytes " + std::to_string(b.offset_bytes) + ".." +
+                           std::to_string(b.offset_bytes + b.length_bytes) +
+                           " are bad and overlap the superblock or journal; cannot format this device");
+    }
+    bad_blocks_.add(Range{first, end - first});
+  }
   TRY(rebuild_space(&ownership_, &free_));
   TRY(write_checkpoint());
   TRY(device_.sync());
@@ -126,7 +139,18 @@ Result<void> FsImpl::load() {
   replaying_ = false;
   TRY(rebuild_space(&ownership_, &free_));
   mounted_ = true;
-  if (options_.mode == MountMode::ReadOnly) return {};
+  if (options_.mode == MountMode::ReadOnly) {
+    TRY(take_in_device_bad_ranges());  // known in memory only: nothing is written
+    return {};
+  }
+  TRY(device_.register_holder(this));
+  holder_registered_ = true;
+  TRY(take_in_device_bad_ranges());  // flow 2: before the mount completes
+  if (auto lost = bad_overlap(DevBlock(sb_.journal_start_block), sb_.journal_blocks)) {
+    mounted_ = false;
+    return fail(EIO, "the journal's memory failed at device block " + std::to_string(lost->start.value()) +
+                         "; mount read-only to copy the data out");
+  }
 
   // Files unlinked while open when the filesystem last stopped: free them now.
   std::vector<InodePtr> orphans;
@@ -153,6 +177,10 @@ Result<void> FsImpl::unmount() {
     TRY(device_.sync());
   }
   mounted_ = false;
+  if (holder_registered_) {
+    device_.unregister_holder(this);
+    holder_registered_ = false;
+  }
   return {};
 }
 

@@ -127,12 +127,14 @@ std::optional<OwnershipMap::Conflict> OwnershipMap::build(std::vector<Claim> cla
     if (next_claim < claims.size()) boundary = std::min(boundary, claims[next_claim].run.start.value());
     Segment seg{boundary - pos, {}};
     bool metadata = false;
+    size_t real_owners = 0;  // files and metadata; bad markers do not count
     for (const Claim* c : active) {
       seg.owners.push_back(Owner{c->owner.id, c->owner.offset_blocks + (pos - c->run.start.value())});
       metadata = metadata || c->owner.is_metadata();
+      real_owners += c->owner.is_bad() ? 0 : 1;
     }
     std::sort(seg.owners.begin(), seg.owners.end());
-    if (metadata && seg.owners.size() > 1 && !conflict) {
+    if (metadata && real_owners > 1 && !conflict) {
       conflict = Conflict{DevRun{DevBlock(pos), seg.count}, {seg.owners.begin(), seg.owners.end()}};
     }
     owned_blocks_ += seg.count;

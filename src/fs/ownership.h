@@ -24,11 +24,14 @@
 namespace poise {
 
 inline constexpr uint64_t kMetadataOwnerBit = 1ull << 63;
+inline constexpr uint64_t kBadOwnerId = 1ull << 62;  // failed memory: fenced off for good
 
 struct Owner {
-  uint64_t id = 0;             // inode number, or kMetadataOwnerBit | MetadataKind
+  uint64_t id = 0;             // inode number, kMetadataOwnerBit | MetadataKind, or kBadOwnerId
   uint64_t offset_blocks = 0;  // file block (or block within the structure) at segment start
   bool is_metadata() const { return (id & kMetadataOwnerBit) != 0; }
+  bool is_bad() const { return id == kBadOwnerId; }
+  bool is_file() const { return !is_metadata() && !is_bad(); }
   auto operator<=>(const Owner&) const = default;
 };
 
@@ -36,6 +39,8 @@ inline Owner file_owner(InodeNumber ino, FileBlock at) { return Owner{ino.value(
 inline Owner metadata_owner(MetadataKind kind, uint64_t offset_blocks = 0) {
   return Owner{kMetadataOwnerBit | static_cast<uint64_t>(kind), offset_blocks};
 }
+// The bad marker's offset is the device block itself, so a bad run stays one segment.
+inline Owner bad_owner(DevBlock at) { return Owner{kBadOwnerId, at.value()}; }
 
 // One owner's claim on a run of blocks, for building a map in one pass.
 struct Claim {
@@ -48,7 +53,8 @@ class OwnershipMap {
   // Builds the map from claims in any order: sorts them by device address and
   // sweeps once, so a mount with millions of extents appends instead of
   // searching. The map must be empty. A stretch claimed by a metadata owner and
-  // anyone else is a conflict: the first is returned (owners at its start).
+  // any other file or metadata owner is a conflict (a bad marker is not): the
+  // first is returned (owners at its start).
   struct Conflict {
     DevRun run;
     std::vector<Owner> owners;

@@ -107,7 +107,9 @@ Result<std::vector<FsmapRecord>> FsImpl::fsmap(uint64_t offset, uint64_t length)
       rec.device_offset_bytes = r.start.value() * kBlockSize;
       rec.length_bytes = r.count * kBlockSize;
       rec.refcount = static_cast<uint32_t>(owners.size());
-      if (o.is_metadata()) {
+      if (o.is_bad()) {
+        rec.owner = OwnerKind::Bad;
+      } else if (o.is_metadata()) {
         rec.owner = OwnerKind::Metadata;
         rec.metadata_kind = static_cast<MetadataKind>(o.id & 0xFF);
       } else {

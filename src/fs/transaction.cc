@@ -142,6 +142,16 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
     }
     return apply_extent_set(*inode, *r);
   }
+  if (const auto* r = std::get_if<BadRangeRecord>(&record)) {
+    if (r->start_block >= sb_.size_blocks || r->block_count > sb_.size_blocks - r->start_block) {
+      return fail(EUCLEAN, "bad range at device block " + std::to_string(r->start_block) + " lies outside the device");
+    }
+    std::vector<Range> fresh = bad_blocks_.add(Range{r->start_block, r->block_count});
+    if (replaying_) return {};
+    std::lock_guard lock(space_mutex_);
+    for (const Range& f : fresh) fence_off_locked(DevRun{DevBlock(f.start), f.length});
+    return {};
+  }
   const auto& r = std::get<ExtentClearRecord>(record);
   Inode* inode = find_for_apply(r.ino, locked);
   if (inode == nullptr || inode->is_dir()) {
@@ -182,6 +192,13 @@ void FsImpl::apply_extent_clear(Inode& inode, FileBlock start, uint64_t count) {
   extent_count_ += inode.extents.extent_count();
   extent_count_ -= before;
   if (!replaying_) release_blocks(inode, removed);
+}
+
+void FsImpl::fence_off_locked(DevRun run) {
+  std::vector<DevRun> was_free;
+  free_.visit(run, [&](DevRun f) { was_free.push_back(f); });
+  for (const DevRun& f : was_free) free_.remove(f);
+  ownership_.add(run, bad_owner(run.start));
 }
 
 void FsImpl::release_blocks(Inode& inode, const std::vector<Mapping>& removed) {

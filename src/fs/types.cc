@@ -20,6 +20,7 @@ const char* to_string(MetadataKind kind) {
     case MetadataKind::InodeTable: return "inode_table";
     case MetadataKind::Directory: return "directory";
     case MetadataKind::ExtentMap: return "extent_map";
+    case MetadataKind::BadRangeList: return "bad_range_list";
   }
   return "unknown";
 }

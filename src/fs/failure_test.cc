@@ -1,0 +1,162 @@
+// Memory failure without mappings yet (DESIGN flows 1, 2, 5; invariants I3, I5,
+// I6): exactly the owners of a failed block lose exactly those bytes, the loss
+// is recorded persistently, lost blocks are never allocated again, metadata on a
+// failed block is rewritten from memory, and a failed journal shuts down.
+#include <gtest/gtest.h>
+
+#include "fs/test_util.h"
+
+namespace poise {
+namespace {
+using namespace poise::testing;
+
+// The device offset of the block at `file_offset` of `path`.
+uint64_t device_offset_of(Filesystem& fs, const std::string& path, uint64_t file_offset) {
+  InodeNumber ino = *fs.lookup(path);
+  auto map = fs.fsmap(0, fs.info().size_bytes);
+  for (const auto& r : *map) {
+    if (r.owner == OwnerKind::File && r.ino == ino && file_offset >= r.file_offset_bytes &&
+        file_offset < r.file_offset_bytes + r.length_bytes) {
+      return r.device_offset_bytes + (file_offset - r.file_offset_bytes);
+    }
+  }
+  ADD_FAILURE() << path << " has no block at " << file_offset;
+  return 0;
+}
+
+Result<std::string> read_range(Filesystem& fs, const std::string& path, uint64_t offset, size_t length) {
+  std::string out(length, '\0');
+  auto n = fs.read(*fs.lookup(path), offset, {reinterpret_cast<std::byte*>(out.data()), out.size()});
+  if (!n) return Unexpected<Error>(n.error());
+  out.resize(*n);
+  return out;
+}
+
+std::vector<FsmapRecord> records_at(Filesystem& fs, uint64_t device_offset) {
+  return *fs.fsmap(device_offset, kBlockSize);
+}
+
+class FailureTest : public FsTest {
+ protected:
+  void SetUp() override {
+    FsTest::SetUp();
+    write_file(*fs_, "/a", std::string(4096, '0') + std::string(4096, '1') + std::string(4096, '2'));
+    ASSERT_OK(fs_->create("/b"));
+    ASSERT_OK(fs_->reflink(*fs_->lookup("/a"), *fs_->lookup("/b")));
+    write_file(*fs_, "/c", std::string(8192, 'c'));
+    lost_ = device_offset_of(*fs_, "/a", 4096);
+  }
+  uint64_t lost_ = 0;  // the device offset of the middle block of /a and /b
+};
+
+TEST_F(FailureTest, ConsumedPoisonCostsExactlyTheOwnersExactlyThoseBytes) {
+  ASSERT_OK(device_->inject_poison(lost_ + 100, 64));  // one cache line of the block
+  auto consumed = read_range(*fs_, "/a", 4096, 4096);
+  ASSERT_FALSE(consumed.has_value());
+  EXPECT_EQ(consumed.error().code, EIO);
+  // The reflink sharer loses the same bytes, recorded now for everyone.
+  auto shared = read_range(*fs_, "/b", 0, 3 * 4096);
+  ASSERT_FALSE(shared.has_value());
+  EXPECT_NE(shared.error().message.find("file bytes 4096..8192 are lost"), std::string::npos) << shared.error().message;
+  // Everything else reads.
+  EXPECT_EQ(*read_range(*fs_, "/a", 0, 4096), std::string(4096, '0'));
+  EXPECT_EQ(*read_range(*fs_, "/b", 8192, 4096), std::string(4096, '2'));
+  EXPECT_EQ(read_file(*fs_, "/c"), std::string(8192, 'c'));
+  // The reverse map shows the loss and who owned it.
+  auto at = records_at(*fs_, lost_);
+  int bad = 0, files = 0;
+  for (const auto& r : at) (r.owner == OwnerKind::Bad ? bad : files) += r.owner == OwnerKind::Bad || r.owner == OwnerKind::File;
+  EXPECT_EQ(bad, 1);
+  EXPECT_EQ(files, 2);
+  CheckReport report = fs_->check();
+  EXPECT_TRUE(report.clean());
+  EXPECT_EQ(report.bad_blocks, 1u);
+  // Known bad stays bad (I5): across remount, and even if the device forgets it.
+  ASSERT_OK(device_->clear_poison(lost_, 4096));
+  remount();
+  EXPECT_EQ(read_range(*fs_, "/a", 4096, 10).error().code, EIO);
+  EXPECT_EQ(fs_->check().bad_blocks, 1u);
+}
+
+TEST_F(FailureTest, RewritingTheWholeBlockRelocatesItAndTheBlockIsNeverReused) {
+  ASSERT_OK(device_->notify_failure(lost_, 4096, FailureFlags::MustKill));  // the device tells its holder
+  EXPECT_ERRNO(fs_->write(*fs_->lookup("/a"), 4096 + 10, as_bytes("partial")), EIO);
+  ASSERT_OK(fs_->write(*fs_->lookup("/a"), 4096, as_bytes(std::string(4096, 'R'))));
+  EXPECT_EQ(read_file(*fs_, "/a"), std::string(4096, '0') + std::string(4096, 'R') + std::string(4096, '2'));
+  EXPECT_NE(device_offset_of(*fs_, "/a", 4096), lost_) << "relocated to a good block";
+  EXPECT_EQ(read_range(*fs_, "/b", 4096, 1).error().code, EIO) << "the sharer still lost its copy";
+  ASSERT_OK(fs_->unlink("/b"));
+  // Nobody owns the block now, and it is still not free: fill the device and look.
+  for (int i = 0;; ++i) {
+    auto ino = fs_->create("/fill" + std::to_string(i));
+    if (!ino || !fs_->write(*ino, 0, as_bytes(std::string(1 << 20, 'f')))) break;
+  }
+  auto at = records_at(*fs_, lost_);
+  ASSERT_EQ(at.size(), 1u);
+  EXPECT_EQ(at[0].owner, OwnerKind::Bad);
+  expect_clean();
+}
+
+TEST_F(FailureTest, BadBlocksKnownAtMountAreFencedBeforeAnyoneReads) {
+  ASSERT_OK(fs_->unmount());
+  fs_.reset();
+  uint64_t free_area = 40ull << 20;  // well inside the free data area
+  ASSERT_OK(device_->inject_poison(lost_, 1));
+  ASSERT_OK(device_->inject_poison(free_area, 3 * 4096));
+  mount();
+  int bad_records = 0;
+  for (const auto& r : *fs_->fsmap(0, fs_->info().size_bytes)) bad_records += r.owner == OwnerKind::Bad;
+  EXPECT_EQ(bad_records, 2) << "both ranges known before the first read";
+  EXPECT_EQ(fs_->check().bad_blocks, 4u);
+  EXPECT_EQ(read_range(*fs_, "/b", 4096, 1).error().code, EIO);
+  expect_clean();
+}
+
+TEST_F(FailureTest, CheckpointMetadataOnAFailedBlockIsRewrittenFromMemory) {
+  uint64_t table = 0;
+  for (const auto& r : *fs_->fsmap(0, fs_->info().size_bytes)) {
+    if (r.owner == OwnerKind::Metadata && r.metadata_kind == MetadataKind::InodeTable) table = r.device_offset_bytes;
+  }
+  ASSERT_NE(table, 0u);
+  ASSERT_OK(device_->inject_poison(table, 4096));
+  ASSERT_OK(device_->notify_failure(table, 4096, FailureFlags::None));
+  for (const auto& r : records_at(*fs_, table)) EXPECT_EQ(r.owner, OwnerKind::Bad) << "the inode table moved away";
+  expect_clean();
+  remount();  // reads the rewritten checkpoint, not the failed block
+  EXPECT_EQ(read_file(*fs_, "/c"), std::string(8192, 'c'));
+  expect_clean();
+}
+
+TEST_F(FailureTest, AFailedJournalShutsDownAndTheDataStaysReadable) {
+  uint64_t journal = 0;
+  for (const auto& r : *fs_->fsmap(0, fs_->info().size_bytes)) {
+    if (r.owner == OwnerKind::Metadata && r.metadata_kind == MetadataKind::Journal) journal = r.device_offset_bytes;
+  }
+  ASSERT_OK(device_->inject_poison(journal + 8192, 64));
+  auto r = device_->notify_failure(journal + 8192, 64, FailureFlags::None);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().message.find("shut down"), std::string::npos);
+  EXPECT_ERRNO(fs_->create("/after"), EIO);
+  fs_.reset();
+  auto rw = Filesystem::mount(*device_);
+  ASSERT_FALSE(rw.has_value()) << "a read-write mount on a failed journal is refused";
+  MountOptions ro;
+  ro.mode = MountMode::ReadOnly;
+  auto fs = Filesystem::mount(*device_, ro);
+  ASSERT_OK(fs);
+  EXPECT_EQ(read_file(**fs, "/c"), std::string(8192, 'c')) << "everything committed is still there";
+}
+
+TEST_F(FailureTest, OneRangedCallCoversAnyLength) {
+  // A failure of 32 MiB of free space: one call, one record.
+  uint64_t start = 24ull << 20;
+  ASSERT_OK(device_->notify_failure(start, 32ull << 20, FailureFlags::None));
+  EXPECT_EQ(fs_->check().bad_blocks, (32ull << 20) / 4096);
+  int bad_records = 0;
+  for (const auto& r : *fs_->fsmap(start, 32ull << 20)) bad_records += r.owner == OwnerKind::Bad;
+  EXPECT_EQ(bad_records, 1);
+  expect_clean();
+}
+
+}  // namespace
+}  // namespace poise
