@@ -28,7 +28,8 @@ expect 0 "$POISE" --help
 contains "$WORK/out" "Exit codes:"
 expect 2 "$POISE"
 expect 2 "$POISE" frobnicate
-for c in mkfs info ls stat mkdir put get cat rm mv ln reflink truncate fsmap check demo; do
+for c in mkfs info ls stat mkdir put get cat rm mv ln reflink truncate fsmap check demo \
+         inject-poison clear-poison badblocks; do
   expect 0 "$POISE" "$c" --help
 done
 expect 2 "$POISE" mkfs "$IMG" --size banana
@@ -149,6 +150,49 @@ contains "$WORK/err" "truncated"
 truncate -s 1M "$WORK/tiny.img"
 expect 8 "$POISE" info "$WORK/tiny.img"
 contains "$WORK/err" "16 MiB"
+
+# --- memory failure: poison a block shared by reflink
+PZ=$WORK/poison.img
+expect 0 "$POISE" mkfs "$PZ" --size 64M
+head -c 20000 /dev/urandom >"$WORK/pz.data"
+expect 0 "$POISE" put "$PZ" "$WORK/pz.data" /f
+expect 0 "$POISE" reflink "$PZ" /f /g
+expect 0 "$POISE" put "$PZ" "$WORK/pz.data" /other
+expect 0 "$POISE" fsmap "$PZ" --json
+OFF=$(python3 -c "import json; print([r for r in json.load(open('$WORK/out')) if r.get('path')=='/f' and r['file_offset']==0][0]['device_offset'])")
+expect 2 "$POISE" inject-poison "$PZ" --offset banana --length 64
+expect 8 "$POISE" inject-poison "$PZ" --offset $((64 << 20)) --length 64
+expect 0 "$POISE" inject-poison "$PZ" --offset $((OFF + 4096 + 128)) --length 64
+[ -f "$PZ.poison" ] && ok || bad "poison list not kept beside the image"
+expect 4 "$POISE" cat "$PZ" /f
+contains "$WORK/err" "file bytes 4096..8192 are lost"
+expect 4 "$POISE" get "$PZ" /g "$WORK/g.out"
+expect 0 "$POISE" cat "$PZ" /f --offset 0 --length 4096
+cmp -s <(head -c 4096 "$WORK/pz.data") "$WORK/out" && ok || bad "intact range of a damaged file"
+expect 0 "$POISE" cat "$PZ" /f --offset 8192 --length 11808
+expect 0 "$POISE" get "$PZ" /other "$WORK/other.out"
+cmp -s "$WORK/pz.data" "$WORK/other.out" && ok || bad "an unrelated file was affected"
+expect 0 "$POISE" badblocks "$PZ" --json
+python3 - "$WORK/out" "$OFF" <<'PY' && ok || bad "badblocks --json"
+import json, sys
+d = json.load(open(sys.argv[1])); off = int(sys.argv[2])
+assert d["device"] == [{"offset": off + 4096 + 128, "length": 64}], d["device"]
+fs = d["filesystem"]
+assert len(fs) == 1 and fs[0]["device_offset"] == off + 4096 and fs[0]["length"] == 4096, fs
+owners = sorted((o["path"], o["file_offset"]) for o in fs[0]["owners"])
+assert owners == [("/f", 4096), ("/g", 4096)], owners
+PY
+expect 0 "$POISE" mkdir "$PZ" /rw   # a read-write mount records the range for good
+expect 0 "$POISE" clear-poison "$PZ" --offset 0 --length $((64 << 20))
+expect 4 "$POISE" cat "$PZ" /g
+contains "$WORK/err" "are lost"
+expect 0 "$POISE" fsmap "$PZ" --json
+python3 -c "import json; r=[x for x in json.load(open('$WORK/out')) if x['owner']=='bad']; assert len(r)==1 and r[0]['device_offset']==$OFF+4096" && ok || bad "fsmap bad record"
+expect 0 "$POISE" put "$PZ" "$WORK/pz.data" /g   # a rewrite of the whole file relocates it
+expect 0 "$POISE" get "$PZ" /g "$WORK/g.out"
+cmp -s "$WORK/pz.data" "$WORK/g.out" && ok || bad "relocated file content"
+expect 0 "$POISE" check "$PZ"
+contains "$WORK/out" "failed"
 
 # --- the image is locked against a second process
 ( exec 9<"$IMG"; flock -x 9; sleep 2 ) &

@@ -69,10 +69,12 @@ class [[nodiscard]] Result {
 
   T& value() & { POISE_ASSERT(has_value()); return std::get<0>(state_); }
   const T& value() const& { POISE_ASSERT(has_value()); return std::get<0>(state_); }
-  T&& value() && { POISE_ASSERT(has_value()); return std::get<0>(std::move(state_)); }
+  // On a temporary, the value is moved out rather than referenced, so that
+  // `for (auto& x : *f())` owns what it walks (a reference would dangle).
+  T value() && { POISE_ASSERT(has_value()); return std::get<0>(std::move(state_)); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
-  T&& operator*() && { return std::move(*this).value(); }
+  T operator*() && { return std::move(*this).value(); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   template <class U>

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <vector>
+
 namespace poise {
 namespace {
 
@@ -41,6 +43,14 @@ TEST(Result, VoidPropagates) {
   auto r = chain(3);
   ASSERT_FALSE(r.has_value());
   EXPECT_EQ(r.error().code, EDOM);
+}
+
+Result<std::vector<int>> numbers() { return std::vector<int>{1, 2, 3}; }
+
+TEST(Result, IteratingATemporaryIsSafe) {
+  int sum = 0;
+  for (int v : *numbers()) sum += v;  // the vector is owned by the loop, not dangling
+  EXPECT_EQ(sum, 6);
 }
 
 TEST(Result, ValueOr) {

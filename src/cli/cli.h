@@ -19,6 +19,7 @@ namespace poise::cli {
 void add_inspect_commands(CLI::App& app, std::function<int()>* run);
 void add_modify_commands(CLI::App& app, std::function<int()>* run);
 void add_demo_command(CLI::App& app, std::function<int()>* run);
+void add_failure_commands(CLI::App& app, std::function<int()>* run);
 
 // An image opened and mounted for one command.
 struct Session {

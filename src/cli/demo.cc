@@ -141,11 +141,38 @@ int run_demo(const DemoArgs& args) {
   fmt::print("   mounted again (journal replayed): after-crash.log holds \"{}\", app.log.1 {}\n",
              back.substr(0, back.size() - 1), fs->lookup("/logs/app.log.1") ? "exists" : "is MISSING (bug!)");
 
-  step(6, "The checker verifies every invariant: tree, link counts, extents vs reverse map vs free space");
+  step(6, "Memory fails: a poisoned block costs exactly its owners exactly those bytes");
+  const uint64_t at = 2 << 20;  // a block of the table still shared with the snapshot
+  uint64_t lost = 0;
+  fmt::print("   before: the block at file offset 2 MiB has {}\n", owners_of(*fs, "/db/table.dat", at, &lost));
+  DEMO_TRY((*device)->inject_poison(lost + 256, 64), "inject-poison");
+  fmt::print("   poisoned 64 bytes of device memory at {} (as a failing DIMM or CXL module would)\n", lost + 256);
+  auto read_at = [&](const char* path, uint64_t offset) {
+    std::string buf(4096, '\0');
+    auto r = fs->read(*fs->lookup(path), offset, {reinterpret_cast<std::byte*>(buf.data()), buf.size()});
+    return r.has_value() ? std::string("reads fine") : "fails: " + r.error().message;
+  };
+  fmt::print("   the table at 2 MiB:    {}\n", read_at("/db/table.dat", at));
+  fmt::print("   the snapshot at 2 MiB: {}\n", read_at("/db/snapshot.dat", at));
+  fmt::print("   the table at 0:        {}; the log: {}\n", read_at("/db/table.dat", 0), read_at("/logs/app.log.1", 0));
+  uint64_t dev_now = 0;
+  owners_of(*fs, "/db/table.dat", at, &dev_now);
+  auto marked = fs->fsmap(lost, 4096);
+  bool fenced = false;
+  for (const auto& r : *marked) fenced = fenced || r.owner == OwnerKind::Bad;
+  fmt::print("   the reverse map marks device block {} bad: {}; it is recorded on media and never allocated again\n",
+             lost / 4096, fenced ? "yes" : "NO (bug!)");
+  DEMO_TRY(fs->write(*fs->lookup("/db/table.dat"), at, bytes_of(std::string(4096, 'R'))), "rewrite");
+  owners_of(*fs, "/db/table.dat", at, &dev_now);
+  fmt::print("   rewriting that whole block moves it to good memory (device offset {}): the table {}\n", dev_now,
+             read_at("/db/table.dat", at));
+
+  step(7, "The checker verifies every invariant: tree, link counts, extents vs reverse map vs free space");
   CheckReport findings = fs->check();
-  fmt::print("   {}: {} inodes, {} extents, {} blocks used of which {} shared\n",
+  fmt::print("   {}: {} inodes, {} extents, {} blocks used of which {} shared and {} failed\n",
              findings.clean() ? "clean" : "PROBLEMS FOUND", findings.inodes, findings.extents, findings.used_blocks,
-             findings.shared_blocks);
+             findings.shared_blocks, findings.bad_blocks);
+  for (const auto& note : findings.notes) fmt::print("   note: {}\n", note);
   DEMO_TRY(fs->unmount(), "unmount");
   fs.reset();
   device->reset();
@@ -155,6 +182,7 @@ int run_demo(const DemoArgs& args) {
                image, image, image);
   } else {
     ::unlink(image.c_str());
+    ::unlink((image + ".poison").c_str());
     ::rmdir(dir.c_str());
     fmt::print("\n(the temporary image was removed; `poise demo --keep` keeps it to explore with ls, fsmap, check)\n");
   }

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   std::function<int()> run;
   add_modify_commands(app, &run);
   add_inspect_commands(app, &run);
+  add_failure_commands(app, &run);
   add_demo_command(app, &run);
   try {
     app.parse(argc, argv);

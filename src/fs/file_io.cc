@@ -40,12 +40,14 @@ Result<FsImpl::FileOp> FsImpl::begin_file_op(InodeNumber ino, uint64_t tx_bytes_
 Result<size_t> FsImpl::read(InodeNumber ino, uint64_t offset, std::span<std::byte> out) {
   std::optional<DevRun> consumed;  // poison this read ran into, reported once the locks are gone
   auto n = read_locked(ino, offset, out, &consumed);
-  if (consumed) {
-    // The consumer gets its error now; the failure flow records the range for everyone.
-    (void)notify_failure(consumed->start.value() * kBlockSize, consumed->count * kBlockSize,
-                         FailureFlags::ActionRequired);
-  }
-  return n;
+  if (!consumed) return n;
+  // The failure flow records the range for every owner; then the consumer gets
+  // its error synchronously, naming the file bytes lost as everyone else's does.
+  auto handled = notify_failure(consumed->start.value() * kBlockSize, consumed->count * kBlockSize,
+                                FailureFlags::ActionRequired);
+  if (!handled.has_value()) return n;
+  std::optional<DevRun> again;
+  return read_locked(ino, offset, out, &again);
 }
 
 Result<size_t> FsImpl::read_locked(InodeNumber ino, uint64_t offset, std::span<std::byte> out,

@@ -1,0 +1,109 @@
+// Commands about failed memory: inject-poison and clear-poison edit an emulated
+// device's hardware error list (IMAGE.poison); badblocks shows what the device
+// reports and what the filesystem has recorded, with the owners of each range.
+#include <fmt/format.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "cli/cli.h"
+#include "cli/exit_codes.h"
+#include "cli/sizes.h"
+
+namespace poise::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct Args {
+  std::string image, offset, length;
+  bool json = false;
+};
+
+int edit_poison(const Args& a, bool inject) {
+  auto offset = parse_size(a.offset);
+  auto length = parse_size(a.length);
+  if (!offset || !length || *length == 0) {
+    fmt::print(stderr, "poise: --offset and --length take byte counts (4096, 1M, ...), length above 0\n");
+    return kExitUsage;
+  }
+  auto device = open_device(a.image);
+  if (!device.has_value()) return report("cannot open image", device.error());
+  auto r = inject ? (*device)->inject_poison(*offset, *length) : (*device)->clear_poison(*offset, *length);
+  if (!r.has_value()) return report(inject ? "inject-poison" : "clear-poison", r.error());
+  fmt::print("{} device bytes {}..{} of {}\n", inject ? "poisoned" : "cleared", *offset, *offset + *length, a.image);
+  return kExitOk;
+}
+
+int badblocks(const Args& a) {
+  Session session;
+  if (int code = open_session(a.image, MountMode::ReadOnly, &session); code != kExitOk) return code;
+  Filesystem& fs = *session.fs;
+  auto device_list = session.device->bad_ranges();
+  if (!device_list.has_value()) return report("badblocks", device_list.error());
+  auto map = fs.fsmap(0, fs.info().size_bytes);
+  if (!map.has_value()) return report("badblocks", map.error());
+  json recorded = json::array();
+  std::map<uint64_t, std::string> paths;
+  for (const auto& bad : *map) {
+    if (bad.owner != OwnerKind::Bad) continue;
+    json owners = json::array();
+    for (const auto& r : *fs.fsmap(bad.device_offset_bytes, bad.length_bytes)) {
+      if (r.owner == OwnerKind::File) {
+        if (!paths.count(r.ino.value())) paths[r.ino.value()] = fs.path_of(r.ino).value_or("");
+        owners.push_back({{"owner", "file"}, {"inode", r.ino.value()}, {"path", paths[r.ino.value()]},
+                          {"file_offset", r.file_offset_bytes}, {"length", r.length_bytes}});
+      } else if (r.owner == OwnerKind::Metadata) {
+        owners.push_back({{"owner", "metadata"}, {"kind", to_string(r.metadata_kind)}, {"length", r.length_bytes}});
+      }
+    }
+    recorded.push_back({{"device_offset", bad.device_offset_bytes}, {"length", bad.length_bytes}, {"owners", owners}});
+  }
+  json reported = json::array();
+  for (const BadRange& b : *device_list) reported.push_back({{"offset", b.offset_bytes}, {"length", b.length_bytes}});
+  if (a.json) {
+    fmt::print("{}\n", json{{"device", reported}, {"filesystem", recorded}}.dump(2));
+    return kExitOk;
+  }
+  fmt::print("reported by the device ({}): {} range(s)\n", session.device->describe(), reported.size());
+  for (const auto& b : reported) fmt::print("  bytes {}..{}\n", b["offset"].get<uint64_t>(), b["offset"].get<uint64_t>() + b["length"].get<uint64_t>());
+  fmt::print("recorded by the filesystem: {} range(s), fenced off for good\n", recorded.size());
+  for (const auto& r : recorded) {
+    uint64_t off = r["device_offset"];
+    fmt::print("  device bytes {}..{}\n", off, off + r["length"].get<uint64_t>());
+    for (const auto& o : r["owners"]) {
+      if (o["owner"] == "file") {
+        uint64_t fo = o["file_offset"];
+        fmt::print("    lost: {} bytes {}..{}\n", o["path"].get<std::string>(), fo, fo + o["length"].get<uint64_t>());
+      } else {
+        fmt::print("    metadata: {} (rewritten elsewhere, or the filesystem shut down)\n", o["kind"].get<std::string>());
+      }
+    }
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_failure_commands(CLI::App& app, std::function<int()>* run) {
+  auto args = std::make_shared<Args>();
+  auto add = [&](const char* name, const char* help, std::function<int(const Args&)> body) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    sub->callback([run, args, body] { *run = [args, body] { return body(*args); }; });
+    sub->add_option("IMAGE", args->image, "Image file of an emulated device")->required();
+    return sub;
+  };
+  for (bool inject : {true, false}) {
+    auto* sub = add(inject ? "inject-poison" : "clear-poison",
+                    inject ? "Poison device memory of an emulated device (reads of it fail as a machine check would)"
+                           : "Clear poison from an emulated device's hardware error list",
+                    [inject](const Args& a) { return edit_poison(a, inject); });
+    sub->add_option("--offset", args->offset, "Device byte offset")->required();
+    sub->add_option("--length", args->length, "Bytes")->required();
+  }
+  add("badblocks", "Show the device's bad ranges and what the filesystem recorded, with owners", badblocks)
+      ->add_flag("--json", args->json, "Machine-readable output");
+}
+
+}  // namespace poise::cli
