@@ -5,7 +5,10 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <memory>
 #include <vector>
+
+#include "device/memory_device.h"
 
 namespace poise::bench {
 
@@ -32,6 +35,14 @@ class Table {
   std::vector<Row> rows_;
 };
 
+
+// An image of `files` files in directories of 1000, each holding one 4 KiB block.
+struct Image {
+  std::unique_ptr<MemoryDevice> device;
+  double build_seconds = 0;
+};
+Image build_image(uint64_t files);
+
 struct Options {
   bool quick = false;  // smaller sizes, for a smoke run
 };
@@ -40,5 +51,6 @@ void namespace_bench(const Options& o, Table* t);
 void io_bench(const Options& o, Table* t);
 void mount_bench(const Options& o, Table* t);
 void reflink_bench(const Options& o, Table* t);
+void failure_bench(const Options& o, Table* t);
 
 }  // namespace poise::bench

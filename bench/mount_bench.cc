@@ -15,14 +15,7 @@
 
 namespace poise::bench {
 
-namespace {
-
-struct Image {
-  std::unique_ptr<MemoryDevice> device;
-  double build_seconds = 0;
-};
-
-Image build(uint64_t files) {
+Image build_image(uint64_t files) {
   Image image;
   image.device = std::make_unique<MemoryDevice>(files * 4096 + (1ull << 30));
   double t0 = now_seconds();
@@ -37,6 +30,8 @@ Image build(uint64_t files) {
   image.build_seconds = now_seconds() - t0;
   return image;
 }
+
+namespace {
 
 enum class Cache { Warm, Cold };
 
@@ -69,7 +64,7 @@ double fsmap_median_seconds(Filesystem& fs, uint64_t seed, Cache cache) {
 void mount_bench(const Options& o, Table* t) {
   const uint64_t large = o.quick ? 20000 : 1000000;
   const uint64_t small = 1000;
-  Image big = build(large);
+  Image big = build_image(large);
   malloc_trim(0);
   size_t heap_before = mallinfo2().uordblks;
   double t0 = now_seconds();
@@ -86,7 +81,7 @@ void mount_bench(const Options& o, Table* t) {
   double big_cold = fsmap_median_seconds(*fs, 2, Cache::Cold);
   fs.reset();
 
-  Image little = build(small);
+  Image little = build_image(small);
   auto small_fs = std::move(*Filesystem::mount(*little.device));
   double small_fsmap = fsmap_median_seconds(*small_fs, 1, Cache::Warm);
   double small_cold = fsmap_median_seconds(*small_fs, 2, Cache::Cold);

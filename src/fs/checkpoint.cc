@@ -22,6 +22,24 @@ MetadataKind section_metadata_kind(uint32_t section) {
   }
 }
 
+// Reads a section of fixed-size records, handing each one to `each`.
+template <class Disk, class Each>
+Result<void> read_fixed_records(const format::ReadBlock& read, const format::SectionInfo& section,
+                                SectionId id, uint64_t generation, Each&& each) {
+  return format::read_section(read, section, id, generation,
+                              [&](const unsigned char* p, size_t bytes, uint32_t records) -> Result<void> {
+    if (records * sizeof(Disk) > bytes) {
+      return fail(EUCLEAN, std::string(format::block_kind_name(format::section_block_kind(id))) + " block overfull");
+    }
+    for (uint32_t i = 0; i < records; ++i) {
+      Disk d;
+      std::memcpy(&d, p + i * sizeof d, sizeof d);
+      TRY(each(d));
+    }
+    return {};
+  });
+}
+
 // Maps the sequential block index of a section to its device block.
 class RunCursor {
  public:
@@ -222,20 +240,14 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   checkpoint_root_block_ = sb.checkpoint_root_block;
   inodes_.reserve(checkpoint_.inode_count);
   auto read = [this](uint64_t b, std::byte* out) { return read_block(b, out); };
-  TRY(format::read_section(read, checkpoint_.sections[format::kSectionInodes], format::kSectionInodes,
-                           checkpoint_.generation,
-                           [&](const unsigned char* p, size_t bytes, uint32_t records) -> Result<void> {
-    if (records * sizeof(format::DiskInode) > bytes) return fail(EUCLEAN, "inode table block overfull");
-    for (uint32_t i = 0; i < records; ++i) {
-      format::DiskInode d;
-      std::memcpy(&d, p + i * sizeof d, sizeof d);
-      auto core = TRY(format::decode_inode(d));
-      if (inodes_.count(core.ino) != 0) {
-        return fail(EUCLEAN, "inode " + std::to_string(core.ino) + " appears twice in the inode table");
-      }
-      TRY(apply(core, {}));
+  TRY(read_fixed_records<format::DiskInode>(read, checkpoint_.sections[format::kSectionInodes],
+                                            format::kSectionInodes, checkpoint_.generation,
+                                            [&](const format::DiskInode& d) -> Result<void> {
+    auto core = TRY(format::decode_inode(d));
+    if (inodes_.count(core.ino) != 0) {
+      return fail(EUCLEAN, "inode " + std::to_string(core.ino) + " appears twice in the inode table");
     }
-    return {};
+    return apply(core, {});
   }));
   InodePtr root = find_inode(kRootInode);
   if (root == nullptr || !root->is_dir()) return fail(EUCLEAN, "the root directory (inode 1) is missing");
@@ -253,27 +265,15 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     }
     return {};
   }));
-  TRY(format::read_section(read, checkpoint_.sections[format::kSectionExtents], format::kSectionExtents,
-                           checkpoint_.generation,
-                           [&](const unsigned char* p, size_t bytes, uint32_t records) -> Result<void> {
-    if (records * sizeof(format::DiskExtent) > bytes) return fail(EUCLEAN, "extent map block overfull");
-    for (uint32_t i = 0; i < records; ++i) {
-      format::DiskExtent d;
-      std::memcpy(&d, p + i * sizeof d, sizeof d);
-      TRY(apply(TRY(format::decode_extent(d)), {}));
-    }
-    return {};
+  TRY(read_fixed_records<format::DiskExtent>(read, checkpoint_.sections[format::kSectionExtents],
+                                             format::kSectionExtents, checkpoint_.generation,
+                                             [&](const format::DiskExtent& d) -> Result<void> {
+    return apply(TRY(format::decode_extent(d)), {});
   }));
-  TRY(format::read_section(read, checkpoint_.sections[format::kSectionBadRanges], format::kSectionBadRanges,
-                           checkpoint_.generation,
-                           [&](const unsigned char* p, size_t bytes, uint32_t records) -> Result<void> {
-    if (records * sizeof(format::DiskBadRange) > bytes) return fail(EUCLEAN, "bad-range block overfull");
-    for (uint32_t i = 0; i < records; ++i) {
-      format::DiskBadRange d;
-      std::memcpy(&d, p + i * sizeof d, sizeof d);
-      TRY(apply(TRY(format::decode_bad_range(d)), {}));
-    }
-    return {};
+  TRY(read_fixed_records<format::DiskBadRange>(read, checkpoint_.sections[format::kSectionBadRanges],
+                                               format::kSectionBadRanges, checkpoint_.generation,
+                                               [&](const format::DiskBadRange& d) -> Result<void> {
+    return apply(TRY(format::decode_bad_range(d)), {});
   }));
   if (checkpoint_.next_ino < next_ino_) {
     return fail(EUCLEAN, "checkpoint's next inode number is below an inode in use");

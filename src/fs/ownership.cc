@@ -49,12 +49,15 @@ void OwnershipMap::merge_range(uint64_t start, uint64_t end) {
   }
 }
 
-void OwnershipMap::add(DevRun run, Owner owner) {
+std::pair<uint64_t, uint64_t> OwnershipMap::cut_around(DevRun run) {
   POISE_ASSERT(run.count > 0);
-  uint64_t start = run.start.value();
-  uint64_t end = start + run.count;
-  split_at(start);
-  split_at(end);
+  split_at(run.start.value());
+  split_at(run.end().value());
+  return {run.start.value(), run.end().value()};
+}
+
+void OwnershipMap::add(DevRun run, Owner owner) {
+  auto [start, end] = cut_around(run);
   uint64_t pos = start;
   while (pos < end) {
     auto it = segments_.lower_bound(pos);
@@ -76,11 +79,7 @@ void OwnershipMap::add(DevRun run, Owner owner) {
 }
 
 void OwnershipMap::remove(DevRun run, Owner owner, std::vector<DevRun>* orphaned) {
-  POISE_ASSERT(run.count > 0);
-  uint64_t start = run.start.value();
-  uint64_t end = start + run.count;
-  split_at(start);
-  split_at(end);
+  auto [start, end] = cut_around(run);
   uint64_t pos = start;
   while (pos < end) {
     auto it = segments_.find(pos);

@@ -91,6 +91,8 @@ class OwnershipMap {
   // A B-tree: a lookup touches a handful of cache lines even at millions of segments.
   using Map = absl::btree_map<uint64_t, Segment>;
   void split_at(uint64_t block);
+  // Splits segments at both ends of the run; returns its [start, end).
+  std::pair<uint64_t, uint64_t> cut_around(DevRun run);
   void merge_range(uint64_t start, uint64_t end);
   static bool continues(const Map::value_type& a, const Map::value_type& b);
 

@@ -1,0 +1,97 @@
+// Memory-failure notification, before direct mappings exist: the cost of one
+// ranged call from the device to every owner recorded (journaled, fenced off),
+// by number of reflink sharers, by size of the filesystem, and against the same
+// range told page by page.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "base/random.h"
+#include "bench/bench.h"
+#include "poise/filesystem.h"
+
+namespace poise::bench {
+
+namespace {
+
+uint64_t device_offset_of(Filesystem& fs, InodeNumber ino) {
+  for (const auto& r : *fs.fsmap(0, fs.info().size_bytes)) {
+    if (r.owner == OwnerKind::File && r.ino == ino) return r.device_offset_bytes;
+  }
+  return 0;
+}
+
+// Median time of one-block notifications at random file blocks of an image.
+double one_block_median(Image& image, uint64_t files, int samples) {
+  auto fs = std::move(*Filesystem::mount(*image.device));
+  Rng rng(7);
+  std::vector<double> times;
+  for (int i = 0; i < samples; ++i) {
+    uint64_t f = rng.below(files);
+    auto ino = fs->lookup("/d" + std::to_string(f / 1000) + "/f" + std::to_string(f % 1000));
+    uint64_t at = device_offset_of(*fs, *ino);
+    double t0 = now_seconds();
+    (void)image.device->notify_failure(at, 4096, FailureFlags::ActionRequired);
+    times.push_back(now_seconds() - t0);
+  }
+  fs->shutdown();
+  std::nth_element(times.begin(), times.begin() + samples / 2, times.end());
+  return times[samples / 2];
+}
+
+}  // namespace
+
+void failure_bench(const Options& o, Table* t) {
+  // One block shared by 1, 10 and 100 reflinked files.
+  std::vector<double> by_sharers;
+  for (int sharers : {1, 10, 100}) {
+    MemoryDevice device(256ull << 20);
+    (void)Filesystem::format(device);
+    auto fs = std::move(*Filesystem::mount(device));
+    InodeNumber src = *fs->create("/src");
+    std::string block(4096, 'x');
+    (void)fs->write(src, 0, {reinterpret_cast<const std::byte*>(block.data()), block.size()});
+    for (int i = 1; i < sharers; ++i) (void)fs->reflink(src, *fs->create("/copy" + std::to_string(i)));
+    uint64_t at = device_offset_of(*fs, src);
+    double t0 = now_seconds();
+    (void)device.notify_failure(at, 4096, FailureFlags::ActionRequired);
+    by_sharers.push_back(now_seconds() - t0);
+    (void)fs->unmount();
+  }
+  t->add({"notify one block shared by 1 / 10 / 100 files (recorded, fenced; no mappings yet)",
+          fmt::format("{:.0f} / {:.0f} / {:.0f} us", by_sharers[0] * 1e6, by_sharers[1] * 1e6, by_sharers[2] * 1e6),
+          "-", "-", "<= 1 ms at 100", by_sharers[2] <= 1e-3});
+
+  // The same one-block notification on a small and a large filesystem.
+  const uint64_t large = o.quick ? 20000 : 1000000;
+  Image big = build_image(large);
+  double big_median = one_block_median(big, large, 101);
+  big.device.reset();
+  Image small = build_image(1000);
+  double small_median = one_block_median(small, 1000, 101);
+  t->add({fmt::format("notify one block, median ({} vs 1000 files)", large),
+          fmt::format("{:.1f} us", big_median * 1e6), fmt::format("{:.1f} us", small_median * 1e6),
+          fmt::format("{:.2f}x", big_median / small_median), "within 2x", big_median / small_median <= 2});
+
+  // One ranged call against page-by-page calls (measured on a slice, extrapolated).
+  MemoryDevice device(1ull << 30);
+  (void)Filesystem::format(device);
+  auto fs = std::move(*Filesystem::mount(device));
+  const uint64_t ranged_bytes = 512ull << 20;
+  const uint64_t ranged_start = 256ull << 20;
+  double t0 = now_seconds();
+  (void)device.notify_failure(ranged_start, ranged_bytes, FailureFlags::None);
+  double ranged = now_seconds() - t0;
+  const uint64_t slice_pages = 2048;
+  const uint64_t slice_start = 128ull << 20;
+  t0 = now_seconds();
+  for (uint64_t p = 0; p < slice_pages; ++p) (void)device.notify_failure(slice_start + p * 4096, 4096, FailureFlags::None);
+  double per_page = (now_seconds() - t0) / slice_pages * (ranged_bytes / 4096);
+  (void)fs->unmount();
+  t->add({"fail 512 MiB of memory: one ranged call (vs page by page, extrapolated)",
+          fmt::format("{:.0f} us", ranged * 1e6), fmt::format("{:.0f} ms", per_page * 1e3),
+          fmt::format("{:.0f}x", per_page / ranged), ">= 1000x", per_page / ranged >= 1000});
+}
+
+}  // namespace poise::bench
