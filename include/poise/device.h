@@ -127,6 +127,9 @@ class Device {
   }
 
  private:
+  enum class PoisonEdit : uint8_t { Inject, Clear };
+  Result<void> edit_poison(uint64_t offset, uint64_t length, PoisonEdit edit);
+
   std::mutex holder_mutex_;
   FailureHolder* holder_ = nullptr;
 };

@@ -30,24 +30,29 @@ Result<void> Device::read(uint64_t offset, void* dst, size_t length) const {
   return {};
 }
 
-Result<void> Device::inject_poison(uint64_t offset, uint64_t length) {
+Result<void> Device::edit_poison(uint64_t offset, uint64_t length, PoisonEdit edit) {
   PoisonList* poison = emulated_poison();
-  if (poison == nullptr) return fail(ENOTSUP, describe() + ": poison can only be injected into an emulated device");
+  if (poison == nullptr) {
+    return fail(ENOTSUP, describe() + ": poison can only be " +
+                             (edit == PoisonEdit::Inject ? "injected into" : "cleared on") + " an emulated device");
+  }
   if (length == 0 || offset >= size_bytes() || length > size_bytes() - offset) {
     return fail(EINVAL, "poison range lies outside the device");
   }
-  poison->add(offset, length);
+  if (edit == PoisonEdit::Inject) {
+    poison->add(offset, length);
+  } else {
+    poison->remove(offset, length);
+  }
   return save_poison();
 }
 
+Result<void> Device::inject_poison(uint64_t offset, uint64_t length) {
+  return edit_poison(offset, length, PoisonEdit::Inject);
+}
+
 Result<void> Device::clear_poison(uint64_t offset, uint64_t length) {
-  PoisonList* poison = emulated_poison();
-  if (poison == nullptr) return fail(ENOTSUP, describe() + ": poison can only be cleared on an emulated device");
-  if (length == 0 || offset >= size_bytes() || length > size_bytes() - offset) {
-    return fail(EINVAL, "poison range lies outside the device");
-  }
-  poison->remove(offset, length);
-  return save_poison();
+  return edit_poison(offset, length, PoisonEdit::Clear);
 }
 
 Result<std::vector<BadRange>> Device::bad_ranges() const {
