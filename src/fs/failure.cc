@@ -29,10 +29,7 @@ std::optional<DevRun> FsImpl::poisoned_blocks(uint64_t offset, uint64_t length) 
   for (const BadRange& b : *listed) {
     uint64_t s = std::max(offset, b.offset_bytes);
     uint64_t e = std::min(offset + length, b.offset_bytes + b.length_bytes);
-    if (s < e) {
-      uint64_t first = s / kBlockSize;
-      return DevRun{DevBlock(first), (e + kBlockSize - 1) / kBlockSize - first};
-    }
+    if (s < e) return blocks_covering(s, e - s, UINT64_MAX);
   }
   return std::nullopt;
 }
@@ -46,10 +43,8 @@ Result<void> FsImpl::notify_failure(uint64_t offset, uint64_t length, FailureFla
     return fail(ENOTSUP, "pre-remove (freeze before device removal) is not implemented yet");
   }
   if (!mounted_) return fail(EIO, "filesystem is not mounted");
-  uint64_t first = offset / kBlockSize;
-  uint64_t end = std::min(sb_.size_blocks, (offset + length + kBlockSize - 1) / kBlockSize);
-  if (first >= end) return fail(EINVAL, "failure range outside the filesystem");
-  DevRun run{DevBlock(first), end - first};
+  DevRun run = blocks_covering(offset, length, sb_.size_blocks);
+  if (run.count == 0) return fail(EINVAL, "failure range outside the filesystem");
 
   // Who owned it, through the reverse map.
   bool checkpoint_hit = false, journal_hit = false;
@@ -98,11 +93,10 @@ Result<void> FsImpl::take_in_device_bad_ranges() {
   constexpr size_t kBadRangesMax = 1 << 20;
   if (listed.size() > kBadRangesMax) return fail(E2BIG, "the device reports more than 2^20 bad ranges");
   for (const BadRange& b : listed) {
-    uint64_t first = b.offset_bytes / kBlockSize;
-    uint64_t end = std::min(sb_.size_blocks, (b.offset_bytes + b.length_bytes + kBlockSize - 1) / kBlockSize);
-    if (first >= end) continue;
-    auto known = bad_blocks_.first_overlap(Range{first, end - first});
-    if (known && known->start == first && known->length == end - first) continue;  // recorded already
+    DevRun run = blocks_covering(b.offset_bytes, b.length_bytes, sb_.size_blocks);
+    if (run.count == 0) continue;
+    auto known = bad_blocks_.first_overlap(Range{run.start.value(), run.count});
+    if (known && known->start == run.start.value() && known->length == run.count) continue;  // recorded already
     TRY(notify_failure(b.offset_bytes, b.length_bytes, FailureFlags::None));
   }
   return {};

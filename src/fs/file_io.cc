@@ -174,18 +174,24 @@ uint64_t FsImpl::store_locked(Inode& inode, uint64_t offset, const std::byte* sr
     const Mapping m = lk.mapping;
     const uint64_t n = std::min(m.block_count, end - pos);
     const bool unwritten = (m.flags & format::kExtentUnwritten) != 0;
-    std::vector<std::pair<DevRun, size_t>> parts;
+    struct Part {
+      DevRun run;
+      size_t owners;  // the bad marker counts: a lost block is never written in place
+      bool bad;
+    };
+    std::vector<Part> parts;
     {
       std::lock_guard lock(space_mutex_);
       ownership_.visit(DevRun{m.dev_block, n}, [&](DevRun r, const std::vector<Owner>& owners) {
-        parts.emplace_back(r, owners.size());
+        bool bad = std::any_of(owners.begin(), owners.end(), [](const Owner& o) { return o.is_bad(); });
+        parts.push_back(Part{r, owners.size(), bad});
       });
     }
     uint64_t covered = 0;
-    for (const auto& [r, owners] : parts) {
+    for (const auto& [r, owners, bad] : parts) {
       uint64_t fb = pos + (r.start - m.dev_block);
       covered += r.count;
-      if (bad_overlap(r.start, r.count)) {  // lost memory: a whole-block rewrite relocates it
+      if (bad) {  // lost memory: a whole-block rewrite relocates it
         allocate_into(fb, r.count, Fill::Zero, r.start);
       } else if (owners > 1) {  // shared by reflink: copy on write
         allocate_into(fb, r.count, unwritten ? Fill::Zero : Fill::CopyFrom, r.start);

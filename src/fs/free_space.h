@@ -6,6 +6,7 @@
 // Thread-safety: none; the filesystem's space lock guards it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <absl/container/btree_map.h>
@@ -23,6 +24,14 @@ struct DevRun {
   DevBlock end() const { return start + count; }
   bool operator==(const DevRun&) const = default;
 };
+
+// The blocks that hold any byte of [offset, +length), clipped to `limit_blocks`
+// (an empty run when none of it lies below the limit).
+inline DevRun blocks_covering(uint64_t offset, uint64_t length, uint64_t limit_blocks) {
+  uint64_t first = offset / kBlockSize;
+  uint64_t end = std::min(limit_blocks, (offset + length + kBlockSize - 1) / kBlockSize);
+  return first < end ? DevRun{DevBlock(first), end - first} : DevRun{DevBlock(first), 0};
+}
 
 class FreeSpace {
  public:

@@ -208,6 +208,9 @@ class FsImpl final : public Filesystem, public FailureHolder {
     std::unique_lock<std::shared_mutex> lock;
   };
   Result<FileOp> begin_file_op(InodeNumber ino, uint64_t tx_bytes_max);
+  // Locks two inodes (or one, if they are the same) exclusively, lower number first.
+  static std::pair<std::unique_lock<std::shared_mutex>, std::unique_lock<std::shared_mutex>> lock_in_order(
+      Inode& a, Inode& b);
 
   // checkpoint.cc
   Result<void> write_checkpoint();

@@ -60,15 +60,14 @@ Result<void> FsImpl::format_new(const FormatOptions& options) {
   root_->parent = kRootInode;
   // Memory the device already knows is bad is fenced off from the start.
   for (const BadRange& b : TRY(device_.bad_ranges())) {
-    uint64_t first = b.offset_bytes / kBlockSize;
-    uint64_t end = std::min(blocks, (b.offset_bytes + b.length_bytes + kBlockSize - 1) / kBlockSize);
-    if (first >= end) continue;
-    if (first < data_start_ || end > data_end_) {
+    DevRun run = blocks_covering(b.offset_bytes, b.length_bytes, blocks);
+    if (run.count == 0) continue;
+    if (run.start.value() < data_start_ || run.end().value() > data_end_) {
       return fail(EIO, "device bytes " + std::to_string(b.offset_bytes) + ".." +
                            std::to_string(b.offset_bytes + b.length_bytes) +
                            " are bad and overlap the superblock or journal; cannot format this device");
     }
-    bad_blocks_.add(Range{first, end - first});
+    bad_blocks_.add(Range{run.start.value(), run.count});
   }
   TRY(rebuild_space(&ownership_, &free_));
   TRY(write_checkpoint());

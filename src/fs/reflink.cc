@@ -8,6 +8,15 @@
 
 namespace poise {
 
+std::pair<std::unique_lock<std::shared_mutex>, std::unique_lock<std::shared_mutex>> FsImpl::lock_in_order(
+    Inode& a, Inode& b) {
+  Inode& low = a.ino < b.ino ? a : b;
+  Inode& high = a.ino < b.ino ? b : a;
+  std::unique_lock first(low.lock);
+  if (&low == &high) return {std::move(first), std::unique_lock<std::shared_mutex>()};
+  return {std::move(first), std::unique_lock(high.lock)};
+}
+
 namespace {
 // Per extent: a record header and a DiskExtent; plus the inode and a clear.
 constexpr uint64_t kExtentTxBytes = 48;
@@ -20,10 +29,7 @@ Result<void> FsImpl::reflink(InodeNumber src, InodeNumber dst) {
   InodePtr s = TRY(writable_file(src));
   InodePtr d = TRY(writable_file(dst));
   auto op = TRY(begin_op(format::kTxBytesMax));
-  Inode* first = s->ino < d->ino ? s.get() : d.get();
-  Inode* second = s->ino < d->ino ? d.get() : s.get();
-  std::unique_lock lock_a(first->lock);
-  std::unique_lock lock_b(second->lock);
+  auto locks = lock_in_order(*s, *d);
   if (s->freed || d->freed) return fail(ENOENT, "file was deleted");
   uint64_t extents = s->extents.extent_count();
   if (extents * kExtentTxBytes + kCloneFixedTxBytes > format::kTxBytesMax) {
@@ -54,9 +60,7 @@ Result<void> FsImpl::clone_range(InodeNumber src, uint64_t src_offset, InodeNumb
   InodePtr s = TRY(writable_file(src));
   InodePtr d = TRY(writable_file(dst));
   auto op = TRY(begin_op(format::kTxBytesMax));
-  std::unique_lock lock_a(std::min(s->ino, d->ino) == s->ino ? s->lock : d->lock);
-  std::unique_lock<std::shared_mutex> lock_b;
-  if (s != d) lock_b = std::unique_lock(std::min(s->ino, d->ino) == s->ino ? d->lock : s->lock);
+  auto locks = lock_in_order(*s, *d);
   if (s->freed || d->freed) return fail(ENOENT, "file was deleted");
   uint64_t src_size = s->core.size_bytes;
   if (src_offset >= src_size) return fail(EINVAL, "clone source range starts past the end of the file");
@@ -96,9 +100,7 @@ Result<std::vector<FsmapRecord>> FsImpl::fsmap(uint64_t offset, uint64_t length)
   std::vector<FsmapRecord> out;
   if (offset >= device_bytes || length == 0) return out;
   length = std::min(length, device_bytes - offset);
-  uint64_t first = offset / kBlockSize;
-  uint64_t end = (offset + length + kBlockSize - 1) / kBlockSize;
-  DevRun range{DevBlock(first), end - first};
+  DevRun range = blocks_covering(offset, length, sb_.size_blocks);
   std::vector<FsmapRecord> free_records;
   std::lock_guard lock(space_mutex_);
   ownership_.visit(range, [&](DevRun r, const std::vector<Owner>& owners) {
