@@ -16,10 +16,12 @@
 // disjoint ranges; the filesystem orders overlapping stores itself.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -63,7 +65,21 @@ class FailureHolder {
  public:
   virtual ~FailureHolder() = default;
   virtual Result<void> notify_failure(uint64_t offset, uint64_t length, FailureFlags flags) = 0;
+  // The removal announced by a PreRemove notification will not happen after all.
+  virtual void removal_cancelled() {}
 };
+
+// Told when poison is planted in an emulated device, so that direct mappings of
+// that memory fault on their next access as a machine check would.
+class PoisonListener {
+ public:
+  virtual ~PoisonListener() = default;
+  virtual void poison_planted(uint64_t offset, uint64_t length) = 0;
+};
+
+// A device's life: removal blocks new access first (Dying), then tells the
+// holder, then waits for accessors in flight, and only then is Dead (I7).
+enum class DeviceState : uint8_t { Alive, Dying, Dead };
 
 class PoisonList;
 
@@ -82,7 +98,12 @@ class Device {
   virtual const std::byte* data() const = 0;
   virtual std::byte* data() = 0;
 
-  // Copies bytes out. The seam through which poisoned memory will become EIO.
+  // A descriptor whose file offsets are device offsets, for mapping device
+  // memory a second time (direct mappings of files); -1 if the backend has none.
+  virtual int map_fd() const { return -1; }
+
+  // Copies bytes out inside a read-side section that removal waits for. EIO for
+  // poisoned memory, ENXIO once removal has begun.
   // REQUIRES: offset + length <= size_bytes().
   virtual Result<void> read(uint64_t offset, void* dst, size_t length) const;
 
@@ -111,8 +132,19 @@ class Device {
   Result<void> register_holder(FailureHolder* holder);
   void unregister_holder(FailureHolder* holder);
   // Tells the holder that [offset, +length) failed. ENXIO when nobody holds the
-  // device; otherwise what the holder answered. Serialized with (un)registration.
+  // device; otherwise what the holder answered. Unregistration waits for it.
   Result<void> notify_failure(uint64_t offset, uint64_t length, FailureFlags flags);
+  void set_poison_listener(PoisonListener* listener);
+
+  // Removal (DESIGN flow 3). pre_remove() is notify_failure(0, size, PreRemove):
+  // the holder freezes, syncs, revokes and notifies. Then either cancel_removal()
+  // (the holder thaws) or remove(): new accesses fail with ENXIO from here on,
+  // the holder is told (Remove: it shuts down), in-flight readers are waited for
+  // (liburcu grace period), and the device is Dead.
+  Result<void> pre_remove();
+  void cancel_removal();
+  Result<void> remove();
+  DeviceState state() const { return state_.load(std::memory_order_acquire); }
 
  protected:
   // Emulated devices return their poison list; real hardware nullptr.
@@ -130,8 +162,12 @@ class Device {
   enum class PoisonEdit : uint8_t { Inject, Clear };
   Result<void> edit_poison(uint64_t offset, uint64_t length, PoisonEdit edit);
 
-  std::mutex holder_mutex_;
+  // Exclusive to (un)register; shared while calling the holder or the listener,
+  // so calls may overlap (the holder is thread-safe) but never outlive it.
+  mutable std::shared_mutex holder_mutex_;
   FailureHolder* holder_ = nullptr;
+  PoisonListener* poison_listener_ = nullptr;
+  std::atomic<DeviceState> state_{DeviceState::Alive};
 };
 
 inline constexpr uint64_t kDeviceSizeMin = 16ull << 20;

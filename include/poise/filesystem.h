@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "poise/device.h"
+#include "poise/mapping.h"
 #include "poise/result.h"
 #include "poise/types.h"
 
@@ -155,6 +156,18 @@ class Filesystem {
   // Offsets must be block aligned; length too unless it reaches src's end.
   virtual Result<void> clone_range(InodeNumber src, uint64_t src_offset, InodeNumber dst,
                                    uint64_t dst_offset, uint64_t length) = 0;
+
+  // Maps file bytes [offset, +length) (rounded out to 4 KiB pages) into this
+  // process: see poise/mapping.h. The range may reach past the end of file;
+  // those pages fault until the file grows. `owner` names who holds the mapping
+  // and where its notices go (nullptr: an anonymous owner without notices).
+  // ENOTSUP on a device without shareable memory (MemoryDevice::Backing::Private).
+  virtual Result<Mapping> map(InodeNumber ino, uint64_t offset, uint64_t length, MapAccess access,
+                              std::shared_ptr<MapOwner> owner = nullptr) = 0;
+  // Pins file bytes [offset, +length) for a zero-copy reader: see poise/mapping.h.
+  virtual Result<Pin> pin(InodeNumber ino, uint64_t offset, uint64_t length) = 0;
+  // Live mappings and pins, for reports and tests.
+  virtual size_t mapping_count() = 0;
 
   // Every owner of every block in [offset, +length) of the device, in device
   // order, free stretches included: one record per owner.

@@ -5,6 +5,7 @@
 
 #include "device/backends.h"
 #include "device/poison_list.h"
+#include "device/read_section.h"
 #include "poise/device.h"
 
 namespace poise {
@@ -26,6 +27,8 @@ Result<void> Device::read(uint64_t offset, void* dst, size_t length) const {
                            std::to_string(bad->offset_bytes + bad->length_bytes) + " are poisoned");
     }
   }
+  ReadSection section;
+  if (state() != DeviceState::Alive) return fail(ENXIO, describe() + ": the device is being removed");
   std::memcpy(dst, data() + offset, length);
   return {};
 }
@@ -44,7 +47,12 @@ Result<void> Device::edit_poison(uint64_t offset, uint64_t length, PoisonEdit ed
   } else {
     poison->remove(offset, length);
   }
-  return save_poison();
+  TRY(save_poison());
+  if (edit == PoisonEdit::Inject) {
+    std::shared_lock lock(holder_mutex_);
+    if (poison_listener_ != nullptr) poison_listener_->poison_planted(offset, length);
+  }
+  return {};
 }
 
 Result<void> Device::inject_poison(uint64_t offset, uint64_t length) {
@@ -61,23 +69,53 @@ Result<std::vector<BadRange>> Device::bad_ranges() const {
 }
 
 Result<void> Device::register_holder(FailureHolder* holder) {
-  std::lock_guard lock(holder_mutex_);
+  std::unique_lock lock(holder_mutex_);
   if (holder_ != nullptr && holder_ != holder) return fail(EBUSY, describe() + ": already held by a filesystem");
   holder_ = holder;
   return {};
 }
 
 void Device::unregister_holder(FailureHolder* holder) {
-  std::lock_guard lock(holder_mutex_);
+  std::unique_lock lock(holder_mutex_);
   if (holder_ == holder) holder_ = nullptr;
 }
 
 Result<void> Device::notify_failure(uint64_t offset, uint64_t length, FailureFlags flags) {
   if (offset >= size_bytes() || length == 0) return fail(EINVAL, "failure range outside the device");
   length = std::min(length, size_bytes() - offset);  // "to the end" may be given as UINT64_MAX
-  std::lock_guard lock(holder_mutex_);
+  std::shared_lock lock(holder_mutex_);
   if (holder_ == nullptr) return fail(ENXIO, describe() + ": no filesystem holds this device");
   return holder_->notify_failure(offset, length, flags);
+}
+
+void Device::set_poison_listener(PoisonListener* listener) {
+  std::unique_lock lock(holder_mutex_);
+  poison_listener_ = listener;
+}
+
+Result<void> Device::pre_remove() {
+  if (state() != DeviceState::Alive) return fail(ENXIO, describe() + ": removal has already begun");
+  return notify_failure(0, size_bytes(), FailureFlags::PreRemove);
+}
+
+void Device::cancel_removal() {
+  std::shared_lock lock(holder_mutex_);
+  if (state() == DeviceState::Alive && holder_ != nullptr) holder_->removal_cancelled();
+}
+
+Result<void> Device::remove() {
+  DeviceState expected = DeviceState::Alive;
+  if (!state_.compare_exchange_strong(expected, DeviceState::Dying)) {
+    return fail(ENXIO, describe() + ": removal has already begun");
+  }
+  // New accesses now fail; the holder revokes the existing ones and stops.
+  {
+    std::shared_lock lock(holder_mutex_);
+    if (holder_ != nullptr) (void)holder_->notify_failure(0, size_bytes(), FailureFlags::Remove);
+  }
+  ReadSection::wait_for_readers();  // accesses that began before Dying are done
+  state_.store(DeviceState::Dead, std::memory_order_release);
+  return {};
 }
 
 Result<std::unique_ptr<Device>> open_device(const std::string& path,

@@ -38,6 +38,7 @@ class FileDevice final : public Device {
   std::string describe() const override { return "emulated device on file " + path_; }
   const std::byte* data() const override { return base_; }
   std::byte* data() override { return base_; }
+  int map_fd() const override { return fd_; }
 
   void write(uint64_t offset, const void* src, size_t length) override {
     check_range(offset, length);

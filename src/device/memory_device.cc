@@ -1,6 +1,7 @@
 #include "device/memory_device.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
@@ -19,9 +20,18 @@ std::byte* map_anonymous(uint64_t size_bytes) {
 
 void unmap_anonymous(std::byte* base, uint64_t size_bytes) { ::munmap(base, size_bytes); }
 
-MemoryDevice::MemoryDevice(uint64_t size_bytes) : base_(nullptr), size_(size_bytes) {
+MemoryDevice::MemoryDevice(uint64_t size_bytes, Backing backing) : base_(nullptr), size_(size_bytes) {
   POISE_ASSERT(size_bytes % 4096 == 0);
-  base_ = map_anonymous(size_bytes);
+  if (backing == Backing::Private) {
+    base_ = map_anonymous(size_bytes);
+    return;
+  }
+  fd_ = ::memfd_create("poise-memory-device", MFD_CLOEXEC);
+  POISE_ASSERT(fd_ >= 0);
+  POISE_ASSERT(::ftruncate(fd_, static_cast<off_t>(size_bytes)) == 0);
+  void* p = ::mmap(nullptr, size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd_, 0);
+  POISE_ASSERT(p != MAP_FAILED);
+  base_ = static_cast<std::byte*>(p);
 }
 
 std::unique_ptr<MemoryDevice> MemoryDevice::copy_of(const std::byte* image, uint64_t size_bytes) {
@@ -35,7 +45,10 @@ std::unique_ptr<MemoryDevice> MemoryDevice::copy_of(const std::byte* image, uint
   return device;
 }
 
-MemoryDevice::~MemoryDevice() { unmap_anonymous(base_, size_); }
+MemoryDevice::~MemoryDevice() {
+  unmap_anonymous(base_, size_);
+  if (fd_ >= 0) ::close(fd_);
+}
 
 std::string MemoryDevice::describe() const {
   return "memory device of " + std::to_string(size_) + " bytes";

@@ -1,6 +1,8 @@
 // MemoryDevice: a device in anonymous memory, for tests and benchmarks. Reserved
 // with MAP_NORESERVE, so a 1 TiB device costs only the pages touched. Stores are
 // plain copies; drain() is a fence. Nothing survives the process.
+// Private memory is fastest (transparent huge pages); Shared memory lives in a
+// memfd, which files can be mapped from directly (map_fd()).
 // Thread-safety: as poise/device.h.
 #pragma once
 
@@ -13,8 +15,9 @@ namespace poise {
 
 class MemoryDevice final : public Device {
  public:
+  enum class Backing : uint8_t { Private, Shared };
   // REQUIRES: size_bytes is a multiple of 4096.
-  explicit MemoryDevice(uint64_t size_bytes);
+  explicit MemoryDevice(uint64_t size_bytes, Backing backing = Backing::Private);
   // A device holding a copy of `image` (for mounting a captured crash state).
   static std::unique_ptr<MemoryDevice> copy_of(const std::byte* image, uint64_t size_bytes);
   ~MemoryDevice() override;
@@ -27,6 +30,7 @@ class MemoryDevice final : public Device {
   std::string describe() const override;
   const std::byte* data() const override { return base_; }
   std::byte* data() override { return base_; }
+  int map_fd() const override { return fd_; }
   void write(uint64_t offset, const void* src, size_t length) override;
   void fill(uint64_t offset, int byte, size_t length) override;
   void flush(uint64_t, size_t) override {}
@@ -40,6 +44,7 @@ class MemoryDevice final : public Device {
   mutable PoisonList poison_;
   std::byte* base_;
   uint64_t size_;
+  int fd_ = -1;  // the memfd of Shared memory
 };
 
 // Anonymous, zero-filled, lazily backed memory; aborts if the address space is gone.

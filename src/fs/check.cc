@@ -79,7 +79,7 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
               " directory entries name it");
     }
     uint64_t size_blocks = (inode->core.size_bytes + kBlockSize - 1) / kBlockSize;
-    inode->extents.for_each([&](const Mapping& m) {
+    inode->extents.for_each([&](const Extent& m) {
       if (m.dev_block.value() < data_start_ || m.dev_block.value() + m.block_count > data_end_) {
         problem(who + ": extent at file block " + std::to_string(m.file_block.value()) + " lies outside the data area");
       }

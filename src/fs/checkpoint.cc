@@ -108,7 +108,7 @@ Result<void> FsImpl::write_checkpoint() {
   format::SectionWriter dirent_counter([&](uint32_t, std::byte*, uint32_t) { ++dirent_bytes_in_blocks; });
   std::vector<unsigned char> scratch(format::dirent_bytes(format::kNameBytesMax));
   for (const auto& [ino, inode] : inodes_) {
-    inode->extents.for_each([&](const Mapping& m) { append_extent_records(inode->ino, m, &extent_records); });
+    inode->extents.for_each([&](const Extent& m) { append_extent_records(inode->ino, m, &extent_records); });
     if (!inode->is_dir()) continue;
     for (const auto& [name, child] : *inode->entries) {
       dirent_counter.add(scratch.data(), format::dirent_bytes(name.size()));
@@ -303,7 +303,7 @@ Result<void> FsImpl::rebuild_space(OwnershipMap* ownership, FreeSpace* free) con
   }
   // File extents may share blocks with each other (reflink), never with metadata.
   for (const auto& [ino, inode] : inodes_) {
-    inode->extents.for_each([&](const Mapping& m) {
+    inode->extents.for_each([&](const Extent& m) {
       claims.push_back({DevRun{m.dev_block, m.block_count}, file_owner(inode->ino, m.file_block)});
     });
   }

@@ -15,7 +15,7 @@ Lookup ExtentMap::lookup(FileBlock block) const {
     if (into < prev->second.block_count) {
       Lookup l;
       l.mapped = true;
-      l.mapping = Mapping{block, DevBlock(prev->second.dev_block + into),
+      l.mapping = Extent{block, DevBlock(prev->second.dev_block + into),
                           prev->second.block_count - into, prev->second.flags};
       return l;
     }
@@ -25,7 +25,7 @@ Lookup ExtentMap::lookup(FileBlock block) const {
   return l;
 }
 
-void ExtentMap::clear(FileBlock file_block, uint64_t count, std::vector<Mapping>* removed) {
+void ExtentMap::clear(FileBlock file_block, uint64_t count, std::vector<Extent>* removed) {
   if (count == 0) return;
   uint64_t start = file_block.value();
   uint64_t end = start + count;
@@ -38,35 +38,35 @@ void ExtentMap::clear(FileBlock file_block, uint64_t count, std::vector<Mapping>
     }
     if (it == extents_.end() || it->first >= end) return;
     uint64_t e_start = it->first;
-    Extent e = it->second;
+    Stored e = it->second;
     uint64_t e_end = e_start + e.block_count;
     extents_.erase(it);
     uint64_t cut_start = std::max(start, e_start);
     uint64_t cut_end = std::min(end, e_end);
-    if (e_start < cut_start) extents_.emplace(e_start, Extent{e.dev_block, cut_start - e_start, e.flags});
+    if (e_start < cut_start) extents_.emplace(e_start, Stored{e.dev_block, cut_start - e_start, e.flags});
     if (cut_end < e_end) {
-      extents_.emplace(cut_end, Extent{e.dev_block + (cut_end - e_start), e_end - cut_end, e.flags});
+      extents_.emplace(cut_end, Stored{e.dev_block + (cut_end - e_start), e_end - cut_end, e.flags});
     }
     mapped_blocks_ -= cut_end - cut_start;
     if (removed != nullptr) {
-      removed->push_back(Mapping{FileBlock(cut_start), DevBlock(e.dev_block + (cut_start - e_start)),
+      removed->push_back(Extent{FileBlock(cut_start), DevBlock(e.dev_block + (cut_start - e_start)),
                                  cut_end - cut_start, e.flags});
     }
     pos = cut_end;
   }
 }
 
-void ExtentMap::set(const Mapping& m, std::vector<Mapping>* removed) {
+void ExtentMap::set(const Extent& m, std::vector<Extent>* removed) {
   POISE_ASSERT(m.block_count > 0);
   clear(m.file_block, m.block_count, removed);
-  bool inserted = extents_.emplace(m.file_block.value(), Extent{m.dev_block.value(), m.block_count, m.flags}).second;
+  bool inserted = extents_.emplace(m.file_block.value(), Stored{m.dev_block.value(), m.block_count, m.flags}).second;
   POISE_ASSERT(inserted);
   mapped_blocks_ += m.block_count;
   try_merge_around(m.file_block.value());
 }
 
 void ExtentMap::try_merge_around(uint64_t key) {
-  auto continues = [](const std::pair<const uint64_t, Extent>& a, const std::pair<const uint64_t, Extent>& b) {
+  auto continues = [](const std::pair<const uint64_t, Stored>& a, const std::pair<const uint64_t, Stored>& b) {
     return a.first + a.second.block_count == b.first &&
            a.second.dev_block + a.second.block_count == b.second.dev_block && a.second.flags == b.second.flags;
   };
@@ -86,14 +86,14 @@ void ExtentMap::try_merge_around(uint64_t key) {
   }
 }
 
-void ExtentMap::for_each(const std::function<void(const Mapping&)>& visit) const {
+void ExtentMap::for_each(const std::function<void(const Extent&)>& visit) const {
   for (const auto& [start, e] : extents_) {
-    visit(Mapping{FileBlock(start), DevBlock(e.dev_block), e.block_count, e.flags});
+    visit(Extent{FileBlock(start), DevBlock(e.dev_block), e.block_count, e.flags});
   }
 }
 
-std::vector<Mapping> ExtentMap::range(FileBlock file_block, uint64_t count) const {
-  std::vector<Mapping> out;
+std::vector<Extent> ExtentMap::range(FileBlock file_block, uint64_t count) const {
+  std::vector<Extent> out;
   uint64_t start = file_block.value();
   uint64_t end = start + count;
   auto it = extents_.upper_bound(start);
@@ -103,7 +103,7 @@ std::vector<Mapping> ExtentMap::range(FileBlock file_block, uint64_t count) cons
     if (e_end <= start) continue;
     uint64_t s = std::max(start, it->first);
     uint64_t t = std::min(end, e_end);
-    out.push_back(Mapping{FileBlock(s), DevBlock(it->second.dev_block + (s - it->first)), t - s,
+    out.push_back(Extent{FileBlock(s), DevBlock(it->second.dev_block + (s - it->first)), t - s,
                           it->second.flags});
   }
   return out;

@@ -14,18 +14,18 @@
 
 namespace poise {
 
-struct Mapping {
+struct Extent {
   FileBlock file_block;
   DevBlock dev_block;
   uint64_t block_count = 0;
   uint32_t flags = 0;  // format::kExtentUnwritten
-  bool operator==(const Mapping&) const = default;
+  bool operator==(const Extent&) const = default;
 };
 
 // What covers a file block: a mapping, or a hole running up to the next mapping.
 struct Lookup {
   bool mapped = false;
-  Mapping mapping;          // when mapped: the part from the asked block onwards
+  Extent mapping;          // when mapped: the part from the asked block onwards
   uint64_t hole_blocks = 0; // when not mapped: blocks until the next mapping (or "infinite")
 };
 
@@ -35,13 +35,13 @@ class ExtentMap {
 
   // Maps [file_block, +count) to [dev_block, +count); whatever was mapped there
   // before is appended to *removed.
-  void set(const Mapping& mapping, std::vector<Mapping>* removed);
+  void set(const Extent& mapping, std::vector<Extent>* removed);
   // Unmaps [file_block, +count), appending what was there to *removed.
-  void clear(FileBlock file_block, uint64_t count, std::vector<Mapping>* removed);
+  void clear(FileBlock file_block, uint64_t count, std::vector<Extent>* removed);
 
-  void for_each(const std::function<void(const Mapping&)>& visit) const;
+  void for_each(const std::function<void(const Extent&)>& visit) const;
   // The mappings that overlap [file_block, +count), clipped to it.
-  std::vector<Mapping> range(FileBlock file_block, uint64_t count) const;
+  std::vector<Extent> range(FileBlock file_block, uint64_t count) const;
 
   uint64_t extent_count() const { return extents_.size(); }
   uint64_t mapped_blocks() const { return mapped_blocks_; }
@@ -50,7 +50,7 @@ class ExtentMap {
   FileBlock end() const;
 
  private:
-  struct Extent {
+  struct Stored {
     uint64_t dev_block;
     uint64_t block_count;
     uint32_t flags;
@@ -59,7 +59,7 @@ class ExtentMap {
 
   // A B-tree: compact for the one-extent files that dominate, and shallow for
   // fragmented ones. Its iterators do not survive changes; the code seeks again.
-  absl::btree_map<uint64_t, Extent> extents_;  // keyed by first file block
+  absl::btree_map<uint64_t, Stored> extents_;  // keyed by first file block
   uint64_t mapped_blocks_ = 0;
 };
 

@@ -1,16 +1,7 @@
-// The filesystem as the device's failure holder (DESIGN flows 1, 2 and 5;
-// invariants I2, I3, I5, I6). One ranged call, whatever its length: the reverse
-// map says who owned the range in O(log n + owners), nothing walks page by page.
-//
-// - File data: the failed blocks are recorded persistently (one journal
-//   transaction) and fenced off: never allocated again. Every owner — each
-//   reflink sharer — then gets EIO reading those bytes, and only those; a file
-//   that rewrites a whole lost block gets a fresh block (relocation).
-// - Free space: fenced off the same way.
-// - Checkpoint metadata: rewritten from the in-memory copy to good blocks.
-// - The journal, or both superblocks: consistency cannot be guaranteed on, so
-//   the metadata is checkpointed and the filesystem shuts down.
-// Direct mappings and their owners' notification arrive with the mapping layer.
+// The filesystem's side of memory failure: the mechanics the failure handler
+// (src/failure/failure_handler.h, which holds the flow) asks for — the reverse
+// map's owners, durable bad-range records, checkpoint rewrite, freeze, shutdown
+// — and the device's known bad ranges taken in at mount (flow 2).
 #include <algorithm>
 
 #include "fs/fs_impl.h"
@@ -34,57 +25,91 @@ std::optional<DevRun> FsImpl::poisoned_blocks(uint64_t offset, uint64_t length) 
   return std::nullopt;
 }
 
-Result<void> FsImpl::notify_failure(uint64_t offset, uint64_t length, FailureFlags flags) {
-  if (has(flags, FailureFlags::Remove)) {
-    shutdown();  // the memory is gone: every call fails from now on
-    return {};
-  }
-  if (has(flags, FailureFlags::PreRemove)) {
-    return fail(ENOTSUP, "pre-remove (freeze before device removal) is not implemented yet");
-  }
-  if (!mounted_) return fail(EIO, "filesystem is not mounted");
-  DevRun run = blocks_covering(offset, length, sb_.size_blocks);
-  if (run.count == 0) return fail(EINVAL, "failure range outside the filesystem");
-
-  // Who owned it, through the reverse map.
-  bool checkpoint_hit = false, journal_hit = false;
-  int superblocks_hit = 0;
-  {
-    std::lock_guard lock(space_mutex_);
-    ownership_.visit(run, [&](DevRun, const std::vector<Owner>& owners) {
-      for (const Owner& o : owners) {
-        if (!o.is_metadata()) continue;
-        auto kind = static_cast<MetadataKind>(o.id & 0xFF);
-        if (kind == MetadataKind::Journal) journal_hit = true;
-        else if (kind == MetadataKind::Superblock) ++superblocks_hit;
-        else checkpoint_hit = true;
+failure::FailedOwners FsImpl::owners_of(uint64_t first_block, uint64_t count) {
+  failure::FailedOwners out;
+  std::lock_guard lock(space_mutex_);
+  ownership_.visit(DevRun{DevBlock(first_block), count}, [&](DevRun r, const std::vector<Owner>& owners) {
+    for (const Owner& o : owners) {
+      if (o.is_bad()) continue;
+      if (!o.is_metadata()) {
+        out.files.push_back({InodeNumber(o.id), o.offset_blocks, r.start.value(), r.count});
+        continue;
       }
-    });
-  }
+      auto kind = static_cast<MetadataKind>(o.id & 0xFF);
+      if (kind == MetadataKind::Journal) out.journal = true;
+      else if (kind == MetadataKind::Superblock) ++out.superblocks;
+      else out.checkpoint = true;
+    }
+  });
+  return out;
+}
 
+Result<void> FsImpl::record_bad(uint64_t first_block, uint64_t count) {
   if (options_.mode == MountMode::ReadOnly) {  // nothing may be written: remember it in memory
-    std::vector<Range> fresh = bad_blocks_.add(Range{run.start.value(), run.count});
+    std::vector<Range> fresh = bad_blocks_.add(Range{first_block, count});
     std::lock_guard lock(space_mutex_);
     for (const Range& f : fresh) fence_off_locked(DevRun{DevBlock(f.start), f.length});
     return {};
   }
-  {
-    auto op = TRY(begin_op(4096));
-    commit(op, {format::BadRangeRecord{run.start.value(), run.count}}, {});
-  }
-  if (journal_hit || superblocks_hit == 2) {
-    {
-      std::unique_lock quiet(gate_);
-      if (mounted_) (void)write_checkpoint();  // keep what can be kept
-    }
-    shutdown();
-    return fail(EIO, journal_hit ? "the journal's memory failed: filesystem shut down (mount read-only to copy data out)"
-                                 : "both superblocks failed: filesystem shut down");
-  }
-  if (checkpoint_hit) {  // rewrite the metadata from memory onto good blocks
+  auto op = TRY(begin_op(4096));
+  commit(op, {format::BadRangeRecord{first_block, count}}, {});
+  return {};
+}
+
+Result<void> FsImpl::rewrite_checkpoint() {
+  std::unique_lock quiet(gate_);
+  if (!mounted_) return fail(EIO, "filesystem has shut down");
+  return write_checkpoint();
+}
+
+void FsImpl::checkpoint_and_shutdown() {
+  if (options_.mode == MountMode::ReadWrite) {
     std::unique_lock quiet(gate_);
-    TRY(write_checkpoint());
+    if (mounted_) (void)write_checkpoint();  // keep what can be kept
   }
+  shutdown();
+}
+
+void FsImpl::with_file_locked(InodeNumber ino, const std::function<void()>& fn) {
+  InodePtr inode;
+  {
+    std::shared_lock ns(ns_mutex_);
+    inode = find_inode(ino);
+  }
+  if (inode == nullptr) return;
+  std::unique_lock lock(inode->lock);
+  fn();
+}
+
+void FsImpl::freeze() {
+  {
+    std::lock_guard lock(freeze_mutex_);
+    frozen_ = true;
+    frozen_flag_.store(true);
+  }
+  std::unique_lock drain(gate_);  // operations in flight finish; new ones wait in begin_op
+}
+
+void FsImpl::thaw() {
+  {
+    std::lock_guard lock(freeze_mutex_);
+    frozen_ = false;
+    frozen_flag_.store(false);
+  }
+  thawed_.notify_all();
+}
+
+Result<void> FsImpl::sync_frozen() {
+  if (options_.mode == MountMode::ReadWrite) journal_->make_durable();
+  return device_.sync();
+}
+
+Result<void> FsImpl::wait_until_thawed() {
+  if (frozen_flag_.load(std::memory_order_acquire)) {
+    std::unique_lock lock(freeze_mutex_);
+    thawed_.wait(lock, [&] { return !frozen_ || !mounted_; });
+  }
+  if (!mounted_) return fail(ESHUTDOWN, "filesystem has shut down");
   return {};
 }
 
@@ -97,7 +122,7 @@ Result<void> FsImpl::take_in_device_bad_ranges() {
     if (run.count == 0) continue;
     auto known = bad_blocks_.first_overlap(Range{run.start.value(), run.count});
     if (known && known->start == run.start.value() && known->length == run.count) continue;  // recorded already
-    TRY(notify_failure(b.offset_bytes, b.length_bytes, FailureFlags::None));
+    TRY(failure_handler_->notify_failure(b.offset_bytes, b.length_bytes, FailureFlags::None));
   }
   return {};
 }

@@ -32,6 +32,10 @@ Result<InodePtr> FsImpl::writable_file(InodeNumber ino) {
 Result<FsImpl::FileOp> FsImpl::begin_file_op(InodeNumber ino, uint64_t tx_bytes_max) {
   auto op = TRY(begin_op(tx_bytes_max));
   InodePtr inode = TRY(writable_file(ino));
+  if (mappings_->holds_pin(ino)) {
+    return fail(EDEADLK, "this thread holds a pin of inode " + std::to_string(ino.value()) +
+                             "; release it before modifying the file");
+  }
   std::unique_lock lock(inode->lock);
   if (inode->freed) return fail(ENOENT, "file was deleted");
   return FileOp{std::move(op), std::move(inode), std::move(lock)};
@@ -43,7 +47,7 @@ Result<size_t> FsImpl::read(InodeNumber ino, uint64_t offset, std::span<std::byt
   if (!consumed) return n;
   // The failure flow records the range for every owner; then the consumer gets
   // its error synchronously, naming the file bytes lost as everyone else's does.
-  auto handled = notify_failure(consumed->start.value() * kBlockSize, consumed->count * kBlockSize,
+  auto handled = device_.notify_failure(consumed->start.value() * kBlockSize, consumed->count * kBlockSize,
                                 FailureFlags::ActionRequired);
   if (!handled.has_value()) return n;
   std::optional<DevRun> again;
@@ -171,7 +175,7 @@ uint64_t FsImpl::store_locked(Inode& inode, uint64_t offset, const std::byte* sr
       pos += n;
       continue;
     }
-    const Mapping m = lk.mapping;
+    const Extent m = lk.mapping;
     const uint64_t n = std::min(m.block_count, end - pos);
     const bool unwritten = (m.flags & format::kExtentUnwritten) != 0;
     struct Part {
@@ -313,12 +317,17 @@ Result<void> FsImpl::truncate(InodeNumber ino, uint64_t size_bytes) {
     uint64_t end = inode->extents.end().value();
     if (end > keep) records.push_back(format::ExtentClearRecord{ino.value(), keep, end - keep});
   }
+  const uint64_t old_size = inode->core.size_bytes;
   format::InodeCore core = inode->core;
   core.size_bytes = size_bytes;
   core.mtime_ns = core.ctime_ns = now();
   records.push_back(core);
   if (fresh) device_.drain();
   commit(op, records, {inode.get()});
+  if (size_bytes < old_size) {  // mapped pages past the new end fault from now on (holes included)
+    uint64_t keep = ceil_blocks(size_bytes);
+    mappings_->invalidate(ino, keep, ceil_blocks(old_size) - keep);
+  }
   return {};
 }
 
@@ -413,12 +422,14 @@ Result<void> FsImpl::fallocate_chunk(InodeNumber ino, uint64_t offset, uint64_t 
 
 Result<void> FsImpl::fsync(InodeNumber ino) {
   TRY(get_inode(ino));
+  mappings_->flush_writable(ino);  // stores made through mappings of the file
   if (options_.mode == MountMode::ReadWrite) journal_->make_durable();
   return {};
 }
 
 Result<void> FsImpl::sync() {
   TRY(check_writable());
+  mappings_->flush_writable(std::nullopt);
   journal_->make_durable();
   return device_.sync();
 }

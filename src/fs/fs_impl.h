@@ -24,7 +24,11 @@
 #include <absl/container/flat_hash_map.h>
 #include <vector>
 
+#include <condition_variable>
+
 #include "base/clock.h"
+#include "failure/failure_handler.h"
+#include "mapping/registry.h"
 #include "base/range_set.h"
 #include "format/checkpoint_format.h"
 #include "format/records.h"
@@ -62,9 +66,9 @@ using InodePtr = std::shared_ptr<Inode>;
 using Records = std::vector<format::JournalRecord>;
 
 // Appends extent records for a mapping, split to fit the 32-bit on-media count.
-void append_extent_records(InodeNumber ino, const Mapping& m, Records* out);
+void append_extent_records(InodeNumber ino, const Extent& m, Records* out);
 
-class FsImpl final : public Filesystem, public FailureHolder {
+class FsImpl final : public Filesystem, public mapping::MappingBackend, public failure::FailureTarget {
  public:
   FsImpl(Device& device, MountOptions options);
   ~FsImpl() override;
@@ -105,12 +109,31 @@ class FsImpl final : public Filesystem, public FailureHolder {
   void release(InodeNumber ino) override;
   Result<void> retain(InodeNumber ino) override;
 
-  // failure.cc: the device's holder. A data failure is recorded persistently
-  // (the blocks are fenced off for good; reads of file data on them fail with
-  // EIO until the file rewrites or drops them); checkpoint metadata on failed
-  // blocks is rewritten elsewhere from memory; a failed journal or the loss of
-  // both superblocks shuts the filesystem down (I6).
-  Result<void> notify_failure(uint64_t offset, uint64_t length, FailureFlags flags) override;
+  Result<Mapping> map(InodeNumber ino, uint64_t offset, uint64_t length, MapAccess access,
+                      std::shared_ptr<MapOwner> owner) override;
+  Result<Pin> pin(InodeNumber ino, uint64_t offset, uint64_t length) override;
+  size_t mapping_count() override { return mappings_->mapping_count(); }
+
+  // mapping_backend.cc: what the mapping layer asks of the filesystem.
+  Result<void> with_layout(InodeNumber ino, uint64_t first, uint64_t count, bool writable,
+                           const std::function<void(uint64_t, std::span<const mapping::PageExtent>)>& fn) override;
+  Result<void> prepare_write(InodeNumber ino, uint64_t page) override;
+  Result<void> consume_poison(uint64_t dev_offset, uint64_t length) override;
+  Result<void> wait_until_thawed() override;
+  std::string describe(InodeNumber ino) override;
+
+  // failure.cc: what the failure handler (src/failure/) asks of the filesystem.
+  bool is_mounted() const override { return mounted_; }
+  bool is_read_only() const override { return options_.mode == MountMode::ReadOnly; }
+  uint64_t size_blocks() const override { return sb_.size_blocks; }
+  failure::FailedOwners owners_of(uint64_t first_block, uint64_t count) override;
+  Result<void> record_bad(uint64_t first_block, uint64_t count) override;
+  Result<void> rewrite_checkpoint() override;
+  void checkpoint_and_shutdown() override;
+  void freeze() override;
+  void thaw() override;
+  Result<void> sync_frozen() override;
+  void with_file_locked(InodeNumber ino, const std::function<void()>& fn) override;
 
  private:
   // An operation in flight: holds the gate shared and a journal reservation.
@@ -140,13 +163,15 @@ class FsImpl final : public Filesystem, public FailureHolder {
   Inode* find_for_apply(uint64_t ino, std::initializer_list<Inode*> locked);
   Result<void> apply_extent_set(Inode& inode, const format::ExtentRecord& r);
   void apply_extent_clear(Inode& inode, FileBlock start, uint64_t count);
-  void release_blocks(Inode& inode, const std::vector<Mapping>& removed);
+  void release_blocks(Inode& inode, const std::vector<Extent>& removed);
   // Marks failed blocks: out of free space, owned by the bad marker. REQUIRES: space_mutex_.
   void fence_off_locked(DevRun run);
   // The first failed block of [dev, +count), if any.
   std::optional<DevRun> bad_overlap(DevBlock dev, uint64_t count) const;
   // Feeds the device's known bad ranges in, before the mount completes (flow 2).
   Result<void> take_in_device_bad_ranges();
+  // Stops using the device for mappings and failure notices (unmount, shutdown).
+  void let_go_of_device();
   // The device bytes of [offset, +length) that read() met as poisoned, if any.
   std::optional<DevRun> poisoned_blocks(uint64_t offset, uint64_t length) const;
   int64_t now() { return clock_->now_ns(); }
@@ -247,6 +272,15 @@ class FsImpl final : public Filesystem, public FailureHolder {
   std::atomic<uint64_t> name_bytes_{0};
   RangeSet bad_blocks_;  // failed device blocks, in block units
   bool holder_registered_ = false;
+  // Direct mappings and pins (src/mapping/), and the device's failure holder
+  // (src/failure/), which drives both through this filesystem.
+  std::shared_ptr<mapping::MappingRegistry> mappings_;
+  std::unique_ptr<failure::FailureHandler> failure_handler_;
+  // Freeze before removal: modifying operations wait in begin_op while frozen.
+  std::mutex freeze_mutex_;
+  std::condition_variable thawed_;
+  bool frozen_ = false;                // guarded by freeze_mutex_
+  std::atomic<bool> frozen_flag_{false};  // frozen_, for the lock-free check
   bool replaying_ = false;
 
   mutable std::mutex space_mutex_;

@@ -3,16 +3,32 @@
 #include <cstring>
 
 #include "base/random.h"
+#include "failure/fault_handler.h"
 #include "fs/fs_impl.h"
 
 namespace poise {
 
 FsImpl::FsImpl(Device& device, MountOptions options)
-    : device_(device), options_(options), clock_(options.clock != nullptr ? options.clock : &real_clock()) {}
+    : device_(device),
+      options_(options),
+      clock_(options.clock != nullptr ? options.clock : &real_clock()),
+      mappings_(std::make_shared<mapping::MappingRegistry>(device)),
+      failure_handler_(std::make_unique<failure::FailureHandler>(*this, *mappings_)) {}
 
 FsImpl::~FsImpl() {
   if (mounted_) (void)unmount();
-  if (holder_registered_) device_.unregister_holder(this);
+  let_go_of_device();
+}
+
+void FsImpl::let_go_of_device() {
+  std::vector<mapping::Notice> notices;
+  mappings_->detach(&notices);
+  mapping::MappingRegistry::deliver(notices);
+  if (holder_registered_) {
+    device_.set_poison_listener(nullptr);
+    device_.unregister_holder(failure_handler_.get());
+    holder_registered_ = false;
+  }
 }
 
 Result<std::unique_ptr<Filesystem>> Filesystem::mount(Device& device, const MountOptions& options) {
@@ -138,11 +154,14 @@ Result<void> FsImpl::load() {
   replaying_ = false;
   TRY(rebuild_space(&ownership_, &free_));
   mounted_ = true;
+  mappings_->attach(this);
+  if (device_.map_fd() >= 0) failure::install_fault_handler();
   if (options_.mode == MountMode::ReadOnly) {
     TRY(take_in_device_bad_ranges());  // known in memory only: nothing is written
     return {};
   }
-  TRY(device_.register_holder(this));
+  TRY(device_.register_holder(failure_handler_.get()));
+  device_.set_poison_listener(mappings_.get());
   holder_registered_ = true;
   TRY(take_in_device_bad_ranges());  // flow 2: before the mount completes
   if (auto lost = bad_overlap(DevBlock(sb_.journal_start_block), sb_.journal_blocks)) {
@@ -173,13 +192,15 @@ Result<void> FsImpl::unmount() {
   if (options_.mode == MountMode::ReadWrite) {
     std::unique_lock quiet(gate_);
     TRY(write_checkpoint());
+    mappings_->flush_writable(std::nullopt);
     TRY(device_.sync());
   }
-  mounted_ = false;
-  if (holder_registered_) {
-    device_.unregister_holder(this);
-    holder_registered_ = false;
+  {
+    std::lock_guard lock(freeze_mutex_);
+    mounted_ = false;
   }
+  thawed_.notify_all();
+  let_go_of_device();
   return {};
 }
 
@@ -188,8 +209,15 @@ Result<void> FsImpl::unmount() {
 namespace poise {
 
 void FsImpl::shutdown() {
-  std::unique_lock quiet(gate_);
-  mounted_ = false;
+  {
+    std::lock_guard lock(freeze_mutex_);
+    mounted_ = false;  // frozen writers and waiting mapped accesses wake up to an error
+  }
+  thawed_.notify_all();
+  { std::unique_lock quiet(gate_); }  // operations in flight finish; nothing more is written
+  std::vector<mapping::Notice> notices;
+  mappings_->kill_all(MappingCause::Shutdown, &notices);  // every mapped access fails from now on
+  mapping::MappingRegistry::deliver(notices);
 }
 
 }  // namespace poise

@@ -41,7 +41,7 @@ Result<void> FsImpl::reflink(InodeNumber src, InodeNumber dst) {
   if (!d->extents.empty()) {
     records.push_back(format::ExtentClearRecord{dst.value(), 0, d->extents.end().value()});
   }
-  s->extents.for_each([&](const Mapping& m) { append_extent_records(dst, m, &records); });
+  s->extents.for_each([&](const Extent& m) { append_extent_records(dst, m, &records); });
   format::InodeCore core = d->core;
   core.size_bytes = s->core.size_bytes;
   core.mtime_ns = core.ctime_ns = now();
@@ -73,12 +73,12 @@ Result<void> FsImpl::clone_range(InodeNumber src, uint64_t src_offset, InodeNumb
     return fail(EINVAL, "clone source and destination ranges overlap");
   }
   uint64_t blocks = (length + kBlockSize - 1) / kBlockSize;
-  std::vector<Mapping> pieces = s->extents.range(FileBlock(src_offset / kBlockSize), blocks);
+  std::vector<Extent> pieces = s->extents.range(FileBlock(src_offset / kBlockSize), blocks);
   if (pieces.size() * kExtentTxBytes + kCloneFixedTxBytes > format::kTxBytesMax) {
     return fail(E2BIG, "source range has too many extents for one clone transaction");
   }
   Records records{format::ExtentClearRecord{dst.value(), dst_offset / kBlockSize, blocks}};
-  for (Mapping m : pieces) {
+  for (Extent m : pieces) {
     m.file_block = FileBlock(dst_offset / kBlockSize + (m.file_block.value() - src_offset / kBlockSize));
     append_extent_records(dst, m, &records);
   }

@@ -11,7 +11,7 @@ namespace {
 constexpr int kCheckpointAttemptsMax = 4;
 }  // namespace
 
-void append_extent_records(InodeNumber ino, const Mapping& m, Records* out) {
+void append_extent_records(InodeNumber ino, const Extent& m, Records* out) {
   constexpr uint64_t kExtentRecordBlocksMax = 1ull << 31;
   for (uint64_t done = 0; done < m.block_count;) {
     uint64_t n = std::min(kExtentRecordBlocksMax, m.block_count - done);
@@ -36,12 +36,19 @@ Result<void> FsImpl::check_writable() const {
 Result<FsImpl::Op> FsImpl::begin_op(uint64_t tx_bytes_max) {
   TRY(check_writable());
   tx_bytes_max = std::min<uint64_t>(tx_bytes_max, format::kTxBytesMax);
-  for (int attempt = 0; attempt < kCheckpointAttemptsMax; ++attempt) {
+  for (int attempt = 0; attempt < kCheckpointAttemptsMax;) {
+    // Frozen for a device removal: wait for the thaw (or the shutdown).
+    if (!wait_until_thawed().has_value()) return fail(EIO, "filesystem has shut down");
     gate_.lock_shared();
     if (!mounted_) {  // shut down while we waited
       gate_.unlock_shared();
       return fail(EIO, "filesystem has shut down");
     }
+    if (frozen_flag_.load(std::memory_order_acquire)) {  // the freeze began meanwhile
+      gate_.unlock_shared();
+      continue;
+    }
+    ++attempt;
     if (journal_->reserve(tx_bytes_max)) return Op(this, tx_bytes_max);
     gate_.unlock_shared();
     std::unique_lock quiet(gate_);
@@ -166,18 +173,22 @@ Result<void> FsImpl::apply_extent_set(Inode& inode, const format::ExtentRecord& 
     return fail(EUCLEAN, "extent of inode " + std::to_string(r.ino) + " at device block " +
                              std::to_string(r.dev_block) + " lies outside the data area");
   }
-  std::vector<Mapping> removed;
+  std::vector<Extent> removed;
   uint64_t before = inode.extents.extent_count();
-  Mapping m{FileBlock(r.file_block), DevBlock(r.dev_block), r.block_count, r.flags};
+  Extent m{FileBlock(r.file_block), DevBlock(r.dev_block), r.block_count, r.flags};
   inode.extents.set(m, &removed);
   extent_count_ += inode.extents.extent_count();
   extent_count_ -= before;
   if (replaying_) return {};
+  // Mappings stop showing the old layout, and pins of it drain, before any
+  // block it had can be freed (I1).
+  mappings_->invalidate(inode.ino, r.file_block, r.block_count);
+  if (!removed.empty()) mappings_->wait_for_pins(inode.ino, r.file_block, r.block_count);
   std::lock_guard lock(space_mutex_);
   // Add first: a block remapped onto itself (unwritten -> written) never looks free.
   ownership_.add(DevRun{m.dev_block, m.block_count}, file_owner(inode.ino, m.file_block));
   std::vector<DevRun> orphaned;
-  for (const Mapping& old : removed) {
+  for (const Extent& old : removed) {
     ownership_.remove(DevRun{old.dev_block, old.block_count}, file_owner(inode.ino, old.file_block),
                       &orphaned);
   }
@@ -186,12 +197,15 @@ Result<void> FsImpl::apply_extent_set(Inode& inode, const format::ExtentRecord& 
 }
 
 void FsImpl::apply_extent_clear(Inode& inode, FileBlock start, uint64_t count) {
-  std::vector<Mapping> removed;
+  std::vector<Extent> removed;
   uint64_t before = inode.extents.extent_count();
   inode.extents.clear(start, count, &removed);
   extent_count_ += inode.extents.extent_count();
   extent_count_ -= before;
-  if (!replaying_) release_blocks(inode, removed);
+  if (replaying_) return;
+  mappings_->invalidate(inode.ino, start.value(), count);  // I1: revoke, drain, then free
+  mappings_->wait_for_pins(inode.ino, start.value(), count);
+  release_blocks(inode, removed);
 }
 
 void FsImpl::fence_off_locked(DevRun run) {
@@ -201,10 +215,10 @@ void FsImpl::fence_off_locked(DevRun run) {
   ownership_.add(run, bad_owner(run.start));
 }
 
-void FsImpl::release_blocks(Inode& inode, const std::vector<Mapping>& removed) {
+void FsImpl::release_blocks(Inode& inode, const std::vector<Extent>& removed) {
   std::lock_guard lock(space_mutex_);
   std::vector<DevRun> orphaned;
-  for (const Mapping& old : removed) {
+  for (const Extent& old : removed) {
     ownership_.remove(DevRun{old.dev_block, old.block_count}, file_owner(inode.ino, old.file_block),
                       &orphaned);
   }

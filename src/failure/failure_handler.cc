@@ -1,0 +1,59 @@
+#include "failure/failure_handler.h"
+
+namespace poise::failure {
+
+namespace {
+constexpr uint64_t kBlockSize = 4096;
+}  // namespace
+
+Result<void> FailureHandler::notify_failure(uint64_t offset, uint64_t length, FailureFlags flags) {
+  if (has(flags, FailureFlags::Remove)) {
+    fs_.shutdown();  // the memory is gone: every call and every mapped access fails from now on
+    return {};
+  }
+  if (has(flags, FailureFlags::PreRemove)) return pre_remove();
+  if (!fs_.is_mounted()) return fail(EIO, "filesystem is not mounted");
+  if (length == 0 || offset / kBlockSize >= fs_.size_blocks()) {
+    return fail(EINVAL, "failure range outside the filesystem");
+  }
+  const uint64_t first = offset / kBlockSize;
+  const uint64_t end = std::min(fs_.size_blocks(), (offset + length + kBlockSize - 1) / kBlockSize);
+
+  // Who owned it, through the reverse map; then record it, so that from here on
+  // every layout the mapping layer asks for shows these pages as lost.
+  FailedOwners owners = fs_.owners_of(first, end - first);
+  TRY(fs_.record_bad(first, end - first));
+
+  std::vector<mapping::Notice> notices;
+  for (const auto& f : owners.files) {
+    fs_.with_file_locked(f.ino, [&] { mappings_.mark_lost(f.ino, f.file_block, f.count, f.dev_block, &notices); });
+  }
+  mapping::MappingRegistry::deliver(notices);
+
+  if (fs_.is_read_only()) return {};  // nothing may be written: the record stays in memory
+  if (owners.journal || owners.superblocks == 2) {
+    fs_.checkpoint_and_shutdown();
+    return fail(EIO, owners.journal
+                         ? "the journal's memory failed: filesystem shut down (mount read-only to copy data out)"
+                         : "both superblocks failed: filesystem shut down");
+  }
+  if (owners.checkpoint) TRY(fs_.rewrite_checkpoint());
+  return {};
+}
+
+Result<void> FailureHandler::pre_remove() {
+  if (!fs_.is_mounted()) return fail(EIO, "filesystem is not mounted");
+  fs_.freeze();  // from here on nothing new is written: API writers and transactions wait
+  std::vector<mapping::Notice> notices;
+  mappings_.suspend_all(&notices);  // mapped stores stop; what they left is written back
+  auto synced = fs_.sync_frozen();
+  mapping::MappingRegistry::deliver(notices);
+  return synced;
+}
+
+void FailureHandler::removal_cancelled() {
+  mappings_.resume_all();
+  fs_.thaw();
+}
+
+}  // namespace poise::failure

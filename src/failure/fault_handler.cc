@@ -1,0 +1,152 @@
+#include "failure/fault_handler.h"
+
+#include <setjmp.h>
+#include <signal.h>
+#include <ucontext.h>
+
+#include <cstring>
+#include <mutex>
+
+#include "mapping/address_index.h"
+#include "mapping/registry.h"
+
+namespace poise {
+
+namespace {
+
+struct sigaction previous_segv;
+struct sigaction previous_bus;
+
+// The innermost guarded() scope of this thread and the error it receives.
+thread_local sigjmp_buf* scope_env = nullptr;
+thread_local int scope_code = 0;
+thread_local char scope_message[512];
+
+bool is_write_fault(void* context) {
+#if defined(__x86_64__)
+  const auto* uc = static_cast<const ucontext_t*>(context);
+  return (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;  // page-fault error code: W/R bit
+#else
+  (void)context;
+  return true;  // unknown: treat as a store, which also satisfies a load
+#endif
+}
+
+[[noreturn]] void die_of(int sig) {
+  ::signal(sig, SIG_DFL);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, sig);
+  ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  ::raise(sig);
+  ::_exit(128 + sig);
+}
+
+void chain(int sig, siginfo_t* info, void* context) {
+  const struct sigaction& prev = sig == SIGSEGV ? previous_segv : previous_bus;
+  if ((prev.sa_flags & SA_SIGINFO) != 0 && prev.sa_sigaction != nullptr) {
+    prev.sa_sigaction(sig, info, context);
+    return;
+  }
+  if (prev.sa_handler == SIG_IGN) return;
+  if (prev.sa_handler != SIG_DFL && prev.sa_handler != nullptr) {
+    prev.sa_handler(sig);
+    return;
+  }
+  die_of(sig);
+}
+
+// A failed access outside any guarded() scope: SIGBUS, as the kernel sends it.
+void raise_sigbus(void* addr, bool lost_memory, void* context) {
+  siginfo_t si;
+  std::memset(&si, 0, sizeof si);
+  si.si_signo = SIGBUS;
+  si.si_code = lost_memory ? BUS_MCEERR_AR : BUS_ADRERR;
+  si.si_addr = addr;
+  si.si_addr_lsb = lost_memory ? 12 : 0;
+  if ((previous_bus.sa_flags & SA_SIGINFO) != 0 && previous_bus.sa_sigaction != nullptr) {
+    previous_bus.sa_sigaction(SIGBUS, &si, context);
+    return;
+  }
+  if (previous_bus.sa_handler != SIG_DFL && previous_bus.sa_handler != SIG_IGN && previous_bus.sa_handler != nullptr) {
+    previous_bus.sa_handler(SIGBUS);
+    return;
+  }
+  die_of(SIGBUS);
+}
+
+// Decides what a signal means. Everything with a destructor lives here, so that
+// it is gone before the handler may leave by siglongjmp.
+mapping::FaultOutcome decide(int sig, siginfo_t* info, void* context) {
+  using mapping::FaultOutcome;
+  auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  if (sig == SIGBUS && info->si_code != BUS_MCEERR_AR && info->si_code != BUS_MCEERR_AO) {
+    return FaultOutcome{FaultOutcome::NotOurs};
+  }
+  std::shared_ptr<mapping::MapState> m = mapping::find_mapping_at(addr);
+  if (!m) return FaultOutcome{FaultOutcome::NotOurs};
+  std::shared_ptr<mapping::MappingRegistry> registry = m->registry.lock();
+  if (!registry) return FaultOutcome{FaultOutcome::Failed, ESHUTDOWN, false, "the filesystem of this mapping is gone"};
+  if (sig == SIGSEGV) return registry->handle_fault(m, addr, is_write_fault(context));
+
+  // A machine check: tell the device's holder about the memory behind the range.
+  const bool action_required = info->si_code == BUS_MCEERR_AR;
+  unsigned lsb = info->si_addr_lsb >= 12 && info->si_addr_lsb < 48 ? info->si_addr_lsb : 12;
+  uint64_t length = 1ull << lsb;
+  return registry->machine_check(m, addr & ~(length - 1), length, action_required);
+}
+
+void on_signal(int sig, siginfo_t* info, void* context) {
+  const int saved_errno = errno;
+  mapping::FaultOutcome outcome = decide(sig, info, context);
+  if (outcome.kind == mapping::FaultOutcome::Retry) {
+    errno = saved_errno;
+    return;
+  }
+  if (outcome.kind == mapping::FaultOutcome::NotOurs) {
+    chain(sig, info, context);
+    errno = saved_errno;
+    return;
+  }
+  const bool lost = outcome.lost_memory;
+  scope_code = outcome.code;
+  std::snprintf(scope_message, sizeof scope_message, "%s", outcome.message.c_str());
+  outcome = {};  // nothing with a destructor may be left on this frame
+  if (scope_env != nullptr) siglongjmp(*scope_env, 1);
+  raise_sigbus(info->si_addr, lost, context);
+  errno = saved_errno;
+}
+
+}  // namespace
+
+namespace failure {
+
+void install_fault_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_signal;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    POISE_ASSERT(::sigaction(SIGSEGV, &sa, &previous_segv) == 0);
+    POISE_ASSERT(::sigaction(SIGBUS, &sa, &previous_bus) == 0);
+  });
+}
+
+}  // namespace failure
+
+Result<void> guarded(const std::function<void()>& fn) {
+  sigjmp_buf env;
+  sigjmp_buf* const outer = scope_env;
+  if (sigsetjmp(env, 1) == 0) {
+    scope_env = &env;
+    fn();
+    scope_env = outer;
+    return {};
+  }
+  scope_env = outer;
+  return fail(scope_code, scope_message);
+}
+
+}  // namespace poise

@@ -1,0 +1,30 @@
+// The process's SIGSEGV and SIGBUS handler for direct mappings (DESIGN flows 1
+// and 4, source "real machine checks" and "emulated poison").
+//
+// - SIGSEGV at an address inside a poise mapping is a page the mapping layer made
+//   inaccessible on purpose: a hole's first store, a copy-on-write, a page
+//   revoked by a layout change or a removal, lost memory, emulated poison. The
+//   registry resolves it (MappingRegistry::handle_fault): the access is retried,
+//   or it fails.
+// - SIGBUS with BUS_MCEERR_AR / BUS_MCEERR_AO (a machine check the kernel could
+//   not recover) inside a poise mapping becomes a ranged notification of the
+//   device memory behind [si_addr, +2^si_addr_lsb); for AR the access fails.
+// - Anything else — other addresses, other signal codes — goes to the handler
+//   that was installed before (ASan's, the application's, or the default).
+//
+// A failed access goes to the innermost guarded() scope of the thread (which
+// returns the error), or else becomes SIGBUS for the thread, as the kernel
+// reports it: BUS_MCEERR_AR with si_addr_lsb 12 for lost memory, BUS_ADRERR for
+// anything else (past the end of file, shut down).
+//
+// Faults are handled synchronously in the faulting thread. That is safe because
+// they are synchronous: the thread was running application code touching a
+// mapping, never poise code holding a poise lock.
+#pragma once
+
+namespace poise::failure {
+
+// Installs the handlers once per process; later calls do nothing. Thread-safe.
+void install_fault_handler();
+
+}  // namespace poise::failure

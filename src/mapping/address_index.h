@@ -1,0 +1,19 @@
+// The process-wide index from virtual addresses to the direct mappings there,
+// for the fault handler (a signal handler cannot know which filesystem a
+// faulting address belongs to). Lookups take a shared lock: they run in the
+// faulting thread, which never holds this lock itself.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+namespace poise::mapping {
+
+struct MapState;
+
+void index_address_range(std::byte* va, uint64_t length, std::shared_ptr<MapState> m);
+void unindex_address_range(std::byte* va);
+// The mapping covering addr, or nullptr.
+std::shared_ptr<MapState> find_mapping_at(uintptr_t addr);
+
+}  // namespace poise::mapping
