@@ -15,7 +15,25 @@ constexpr size_t kProblemsMax = 1000;  // a badly damaged image still gives a re
 
 CheckReport FsImpl::check() {
   std::unique_lock quiet(gate_);
-  return check_locked(true);
+  CheckReport report = check_locked(true);
+  // I1: every page a direct mapping shows is the file's own block there now.
+  std::shared_lock ns(ns_mutex_);
+  for (const auto& run : mappings_->shown_runs()) {
+    if (run.state != mapping::PageState::ReadOnly && run.state != mapping::PageState::Writable) continue;
+    InodePtr inode = find_inode(run.ino);
+    bool own = false;
+    if (inode != nullptr) {
+      std::shared_lock lock(inode->lock);
+      Lookup lk = inode->extents.lookup(FileBlock(run.file_page));
+      own = lk.mapped && lk.mapping.dev_block.value() == run.dev_block && lk.mapping.block_count >= run.count;
+    }
+    if (!own && report.problems.size() < kProblemsMax) {
+      report.problems.push_back("mapping " + std::to_string(run.mapping_id) + " shows device block " +
+                                std::to_string(run.dev_block) + " at page " + std::to_string(run.file_page) +
+                                " of inode " + std::to_string(run.ino.value()) + ", which the file does not own");
+    }
+  }
+  return report;
 }
 
 CheckReport FsImpl::check_locked(bool compare_incremental) {

@@ -10,28 +10,6 @@ namespace poise {
 namespace {
 using namespace poise::testing;
 
-// The device offset of the block at `file_offset` of `path`.
-uint64_t device_offset_of(Filesystem& fs, const std::string& path, uint64_t file_offset) {
-  InodeNumber ino = *fs.lookup(path);
-  auto map = fs.fsmap(0, fs.info().size_bytes);
-  for (const auto& r : *map) {
-    if (r.owner == OwnerKind::File && r.ino == ino && file_offset >= r.file_offset_bytes &&
-        file_offset < r.file_offset_bytes + r.length_bytes) {
-      return r.device_offset_bytes + (file_offset - r.file_offset_bytes);
-    }
-  }
-  ADD_FAILURE() << path << " has no block at " << file_offset;
-  return 0;
-}
-
-Result<std::string> read_range(Filesystem& fs, const std::string& path, uint64_t offset, size_t length) {
-  std::string out(length, '\0');
-  auto n = fs.read(*fs.lookup(path), offset, {reinterpret_cast<std::byte*>(out.data()), out.size()});
-  if (!n) return Unexpected<Error>(n.error());
-  out.resize(*n);
-  return out;
-}
-
 std::vector<FsmapRecord> records_at(Filesystem& fs, uint64_t device_offset) {
   return *fs.fsmap(device_offset, kBlockSize);
 }

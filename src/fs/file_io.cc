@@ -29,13 +29,16 @@ Result<InodePtr> FsImpl::writable_file(InodeNumber ino) {
   return inode;
 }
 
+Result<void> FsImpl::refuse_own_pins(InodeNumber ino) const {
+  if (!mappings_->holds_pin(ino)) return {};
+  return fail(EDEADLK, "this thread holds a pin of inode " + std::to_string(ino.value()) +
+                           "; release it before modifying the file");
+}
+
 Result<FsImpl::FileOp> FsImpl::begin_file_op(InodeNumber ino, uint64_t tx_bytes_max) {
   auto op = TRY(begin_op(tx_bytes_max));
   InodePtr inode = TRY(writable_file(ino));
-  if (mappings_->holds_pin(ino)) {
-    return fail(EDEADLK, "this thread holds a pin of inode " + std::to_string(ino.value()) +
-                             "; release it before modifying the file");
-  }
+  TRY(refuse_own_pins(ino));
   std::unique_lock lock(inode->lock);
   if (inode->freed) return fail(ENOENT, "file was deleted");
   return FileOp{std::move(op), std::move(inode), std::move(lock)};
@@ -236,6 +239,7 @@ Result<size_t> FsImpl::write(InodeNumber ino, uint64_t offset, std::span<const s
   if (offset > kFileSizeMax || in.size() > kFileSizeMax - offset) {
     return fail(EFBIG, "write beyond the 1 PiB file size limit");
   }
+  TRY(refuse_own_pins(ino));
   {  // ENOSPC before anything changes when the whole write cannot fit
     InodePtr inode = TRY(writable_file(ino));
     std::shared_lock lock(inode->lock);

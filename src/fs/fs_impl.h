@@ -233,6 +233,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
     std::unique_lock<std::shared_mutex> lock;
   };
   Result<FileOp> begin_file_op(InodeNumber ino, uint64_t tx_bytes_max);
+  // EDEADLK if this thread holds a pin of the file: a change would wait for it.
+  Result<void> refuse_own_pins(InodeNumber ino) const;
   // Locks two inodes (or one, if they are the same) exclusively, lower number first.
   static std::pair<std::unique_lock<std::shared_mutex>, std::unique_lock<std::shared_mutex>> lock_in_order(
       Inode& a, Inode& b);

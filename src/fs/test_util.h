@@ -53,9 +53,32 @@ inline void write_file(Filesystem& fs, const std::string& path, const std::strin
   ASSERT_EQ(*n, data.size());
 }
 
+// The device offset of the block at `file_offset` of `path`, from the reverse map.
+inline uint64_t device_offset_of(Filesystem& fs, const std::string& path, uint64_t file_offset) {
+  InodeNumber ino = *fs.lookup(path);
+  auto map = fs.fsmap(0, fs.info().size_bytes);
+  for (const auto& r : *map) {
+    if (r.owner == OwnerKind::File && r.ino == ino && file_offset >= r.file_offset_bytes &&
+        file_offset < r.file_offset_bytes + r.length_bytes) {
+      return r.device_offset_bytes + (file_offset - r.file_offset_bytes);
+    }
+  }
+  ADD_FAILURE() << path << " has no block at " << file_offset;
+  return 0;
+}
+
+inline Result<std::string> read_range(Filesystem& fs, const std::string& path, uint64_t offset, size_t length) {
+  std::string out(length, '\0');
+  auto n = fs.read(*fs.lookup(path), offset, {reinterpret_cast<std::byte*>(out.data()), out.size()});
+  if (!n) return Unexpected<Error>(n.error());
+  out.resize(*n);
+  return out;
+}
+
 class FsTest : public ::testing::Test {
  protected:
-  explicit FsTest(uint64_t device_bytes = 64ull << 20) : device_(std::make_unique<MemoryDevice>(device_bytes)) {}
+  explicit FsTest(uint64_t device_bytes = 64ull << 20, MemoryDevice::Backing backing = MemoryDevice::Backing::Private)
+      : device_(std::make_unique<MemoryDevice>(device_bytes, backing)) {}
   void SetUp() override {
     FormatOptions f;
     f.clock = &clock_;

@@ -416,11 +416,11 @@ void MappingRegistry::poison_planted(uint64_t offset, uint64_t length) {
   for (const Hit& h : hits) {
     std::lock_guard lock(h.map->mu);
     if (h.map->dead) continue;
+    std::vector<PageRun> showing;  // collected first: set_pages changes the runs
     h.map->runs.visit(h.first, h.count, [&](const PageRun& run) {
-      if (run.state == PageState::ReadOnly || run.state == PageState::Writable) {
-        (void)set_pages(*h.map, run.first, run.count, PageState::Poisoned, run.dev_block);
-      }
+      if (run.state == PageState::ReadOnly || run.state == PageState::Writable) showing.push_back(run);
     });
+    for (const PageRun& run : showing) (void)set_pages(*h.map, run.first, run.count, PageState::Poisoned, run.dev_block);
   }
 }
 
