@@ -52,5 +52,6 @@ void io_bench(const Options& o, Table* t);
 void mount_bench(const Options& o, Table* t);
 void reflink_bench(const Options& o, Table* t);
 void failure_bench(const Options& o, Table* t);
+void mapping_bench(const Options& o, Table* t);
 
 }  // namespace poise::bench

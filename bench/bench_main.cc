@@ -1,5 +1,5 @@
 // poise_bench: runs every benchmark and prints one table.
-// Usage: poise_bench [--quick] [namespace|io|mount|reflink|failure ...]
+// Usage: poise_bench [--quick] [namespace|io|mount|reflink|failure|mapping ...]
 #include <fmt/format.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
   if (want("mount")) mount_bench(options, &table);
   if (want("reflink")) reflink_bench(options, &table);
   if (want("failure")) failure_bench(options, &table);
+  if (want("mapping")) mapping_bench(options, &table);
   table.print();
   return table.all_met() ? 0 : 1;
 }

@@ -1,7 +1,7 @@
-// Memory-failure notification, before direct mappings exist: the cost of one
-// ranged call from the device to every owner recorded (journaled, fenced off),
-// by number of reflink sharers, by size of the filesystem, and against the same
-// range told page by page.
+// Memory-failure notification without mappings: the cost of one ranged call
+// from the device to every owner recorded (journaled, fenced off), by size of
+// the filesystem, and against the same range told page by page. With live
+// mappings: mapping_bench.cc.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -16,13 +16,6 @@
 namespace poise::bench {
 
 namespace {
-
-uint64_t device_offset_of(Filesystem& fs, InodeNumber ino) {
-  for (const auto& r : *fs.fsmap(0, fs.info().size_bytes)) {
-    if (r.owner == OwnerKind::File && r.ino == ino) return r.device_offset_bytes;
-  }
-  return 0;
-}
 
 // Median time of one-block notifications at random file blocks of an image.
 // The blocks are found first, so the timed calls are not run on caches that a
@@ -54,26 +47,6 @@ double one_block_median(Image& image, uint64_t files, int samples) {
 }  // namespace
 
 void failure_bench(const Options& o, Table* t) {
-  // One block shared by 1, 10 and 100 reflinked files.
-  std::vector<double> by_sharers;
-  for (int sharers : {1, 10, 100}) {
-    MemoryDevice device(256ull << 20);
-    (void)Filesystem::format(device);
-    auto fs = std::move(*Filesystem::mount(device));
-    InodeNumber src = *fs->create("/src");
-    std::string block(4096, 'x');
-    (void)fs->write(src, 0, {reinterpret_cast<const std::byte*>(block.data()), block.size()});
-    for (int i = 1; i < sharers; ++i) (void)fs->reflink(src, *fs->create("/copy" + std::to_string(i)));
-    uint64_t at = device_offset_of(*fs, src);
-    double t0 = now_seconds();
-    (void)device.notify_failure(at, 4096, FailureFlags::ActionRequired);
-    by_sharers.push_back(now_seconds() - t0);
-    (void)fs->unmount();
-  }
-  t->add({"notify one block shared by 1 / 10 / 100 files (recorded, fenced; no mappings yet)",
-          fmt::format("{:.0f} / {:.0f} / {:.0f} us", by_sharers[0] * 1e6, by_sharers[1] * 1e6, by_sharers[2] * 1e6),
-          "-", "-", "<= 1 ms at 100", by_sharers[2] <= 1e-3});
-
   // The same one-block notification on a small and a large filesystem.
   const uint64_t large = o.quick ? 20000 : 1000000;
   Image big = build_image(large);
