@@ -20,8 +20,10 @@
 // guarded(), which returns the error instead.
 //
 // Pins are the short-lived form: a read-only view of device memory (for a
-// zero-copy send, say) that truncate, punch-hole and every other path that frees
-// blocks waits for. A thread must release its pins before it modifies that file.
+// zero-copy send, say) whose bytes stay put while it is held: API writes to the
+// range, truncate, punch-hole and every other path that frees blocks wait for it.
+// (Stores through a mapping do not.) A thread must release its pins before it
+// modifies that file.
 #pragma once
 
 #include <cstddef>

@@ -10,6 +10,14 @@
 #include "mapping/address_index.h"
 #include "mapping/registry.h"
 
+#if defined(__SANITIZE_THREAD__)
+// TSan flags any allocation inside a signal handler, a rule made for
+// asynchronous signals. poise's faults are synchronous (see fault_handler.h):
+// the faulting thread is in application code touching a mapping, so handling
+// the fault there, allocation included, is by design.
+extern "C" const char* __tsan_default_options() { return "report_signal_unsafe=0"; }
+#endif
+
 namespace poise {
 
 namespace {

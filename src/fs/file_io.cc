@@ -152,6 +152,7 @@ uint64_t FsImpl::store_locked(Inode& inode, uint64_t offset, const std::byte* sr
   const uint64_t ino = inode.ino.value();
   uint64_t pos = offset / kBlockSize;
   const uint64_t end = ceil_blocks(offset + length);
+  mappings_->wait_for_pins(inode.ino, pos, end - pos);  // a pinned range's bytes stay put
   uint64_t allocated = 0;
   std::optional<DevBlock> hint;
   if (pos > 0) {

@@ -60,7 +60,9 @@ struct Inode {
   std::atomic<uint32_t> open_count{0};
   bool freed = false;  // guarded by `lock`
 
-  bool is_dir() const { return (core.mode & format::kModeTypeMask) == format::kModeDirectory; }
+  // Directories get their entry table when created and keep it: the type is
+  // known without the lock (core.mode may be rewritten under it meanwhile).
+  bool is_dir() const { return entries != nullptr; }
 };
 using InodePtr = std::shared_ptr<Inode>;
 using Records = std::vector<format::JournalRecord>;
