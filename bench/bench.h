@@ -2,8 +2,10 @@
 // beside the peer measured in the same run, and the benchmark entry points.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <memory>
 #include <vector>
@@ -14,6 +16,17 @@ namespace poise::bench {
 
 inline double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// The fastest of `runs` runs of fn, in seconds.
+inline double best_of(int runs, const std::function<void()>& fn) {
+  double best = 1e30;
+  for (int r = 0; r < runs; ++r) {
+    double t0 = now_seconds();
+    fn();
+    best = std::min(best, now_seconds() - t0);
+  }
+  return best;
 }
 
 struct Row {

@@ -18,15 +18,6 @@ namespace {
 constexpr size_t kChunk = 1 << 20;
 constexpr int kRounds = 3;
 
-double best_of(const std::function<void()>& fn) {
-  double best = 1e30;
-  for (int r = 0; r < kRounds; ++r) {
-    double t0 = now_seconds();
-    fn();
-    best = std::min(best, now_seconds() - t0);
-  }
-  return best;
-}
 }  // namespace
 
 void io_bench(const Options& o, Table* t) {
@@ -45,10 +36,10 @@ void io_bench(const Options& o, Table* t) {
   double t0 = now_seconds();
   for (uint64_t c = 0; c < chunks; ++c) (void)fs->write(ino, c * kChunk, buf);
   double first_write = now_seconds() - t0;
-  double overwrite = best_of([&] {
+  double overwrite = best_of(kRounds, [&] {
     for (uint64_t c = 0; c < chunks; ++c) (void)fs->write(ino, c * kChunk, buf);
   });
-  double read = best_of([&] {
+  double read = best_of(kRounds, [&] {
     for (uint64_t c = 0; c < chunks; ++c) (void)fs->read(ino, c * kChunk, buf);
   });
   (void)fs->unmount();
@@ -59,10 +50,10 @@ void io_bench(const Options& o, Table* t) {
   // The peer: memcpy between a 1 MiB buffer and a pre-faulted region.
   std::byte* region = map_anonymous(file_bytes);
   std::memset(region, 1, file_bytes);
-  double memcpy_write = best_of([&] {
+  double memcpy_write = best_of(kRounds, [&] {
     for (uint64_t c = 0; c < chunks; ++c) std::memcpy(region + c * kChunk, buf.data(), kChunk);
   });
-  double memcpy_read = best_of([&] {
+  double memcpy_read = best_of(kRounds, [&] {
     for (uint64_t c = 0; c < chunks; ++c) std::memcpy(buf.data(), region + c * kChunk, kChunk);
   });
   unmap_anonymous(region, file_bytes);

@@ -30,16 +30,6 @@ std::span<const std::byte> bytes_of(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
 
-double best_of(int runs, const std::function<void()>& fn) {
-  double best = 1e9;
-  for (int i = 0; i < runs; ++i) {
-    double t0 = now_seconds();
-    fn();
-    best = std::min(best, now_seconds() - t0);
-  }
-  return best;
-}
-
 // One poisoned block shared by `sharers` files, each mapped once: the time from
 // the notification until every owner was told and every page revoked.
 double notify_mapped_sharers(int sharers) {

@@ -50,21 +50,27 @@ bool is_write_fault(void* context) {
   ::_exit(128 + sig);
 }
 
-void chain(int sig, siginfo_t* info, void* context) {
-  const struct sigaction& prev = sig == SIGSEGV ? previous_segv : previous_bus;
+// Calls the handler installed before poise's, if it is a function.
+bool call_previous(const struct sigaction& prev, int sig, siginfo_t* info, void* context) {
   if ((prev.sa_flags & SA_SIGINFO) != 0 && prev.sa_sigaction != nullptr) {
     prev.sa_sigaction(sig, info, context);
-    return;
+    return true;
   }
-  if (prev.sa_handler == SIG_IGN) return;
-  if (prev.sa_handler != SIG_DFL && prev.sa_handler != nullptr) {
+  if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN && prev.sa_handler != nullptr) {
     prev.sa_handler(sig);
-    return;
+    return true;
   }
+  return false;
+}
+
+void chain(int sig, siginfo_t* info, void* context) {
+  const struct sigaction& prev = sig == SIGSEGV ? previous_segv : previous_bus;
+  if (call_previous(prev, sig, info, context) || prev.sa_handler == SIG_IGN) return;
   die_of(sig);
 }
 
 // A failed access outside any guarded() scope: SIGBUS, as the kernel sends it.
+// Ignoring it is not an option (the access would fault forever): no handler, die.
 void raise_sigbus(void* addr, bool lost_memory, void* context) {
   siginfo_t si;
   std::memset(&si, 0, sizeof si);
@@ -72,15 +78,7 @@ void raise_sigbus(void* addr, bool lost_memory, void* context) {
   si.si_code = lost_memory ? BUS_MCEERR_AR : BUS_ADRERR;
   si.si_addr = addr;
   si.si_addr_lsb = lost_memory ? 12 : 0;
-  if ((previous_bus.sa_flags & SA_SIGINFO) != 0 && previous_bus.sa_sigaction != nullptr) {
-    previous_bus.sa_sigaction(SIGBUS, &si, context);
-    return;
-  }
-  if (previous_bus.sa_handler != SIG_DFL && previous_bus.sa_handler != SIG_IGN && previous_bus.sa_handler != nullptr) {
-    previous_bus.sa_handler(SIGBUS);
-    return;
-  }
-  die_of(SIGBUS);
+  if (!call_previous(previous_bus, SIGBUS, &si, context)) die_of(SIGBUS);
 }
 
 // Decides what a signal means. Everything with a destructor lives here, so that

@@ -13,7 +13,6 @@ constexpr uint64_t kChunkBytes = 4ull << 20;   // one transaction's worth: <= 10
 constexpr uint64_t kChunkTxBytes = 64 * 1024;  // 1024 extent records of 40 bytes, plus the inode
 constexpr uint64_t kSmallTxBytes = 8 * 1024;
 
-uint64_t ceil_blocks(uint64_t bytes) { return (bytes + kBlockSize - 1) / kBlockSize; }
 
 // How many bytes from `pos` (inside a run of `run_blocks` starting at pos's
 // block) the run covers, capped at `left`. run_blocks may be "infinite".

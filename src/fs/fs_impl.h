@@ -67,6 +67,9 @@ struct Inode {
 using InodePtr = std::shared_ptr<Inode>;
 using Records = std::vector<format::JournalRecord>;
 
+// Blocks needed to hold `bytes` bytes.
+inline uint64_t ceil_blocks(uint64_t bytes) { return (bytes + kBlockSize - 1) / kBlockSize; }
+
 // Appends extent records for a mapping, split to fit the 32-bit on-media count.
 void append_extent_records(InodeNumber ino, const Extent& m, Records* out);
 
@@ -174,6 +177,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<void> take_in_device_bad_ranges();
   // Stops using the device for mappings and failure notices (unmount, shutdown).
   void let_go_of_device();
+  // Not mounted from now on: every new call fails, and waiters in a freeze wake.
+  void stop_accepting();
   // The device bytes of [offset, +length) that read() met as poisoned, if any.
   std::optional<DevRun> poisoned_blocks(uint64_t offset, uint64_t length) const;
   int64_t now() { return clock_->now_ns(); }

@@ -8,7 +8,6 @@ namespace poise {
 
 namespace {
 constexpr uint64_t kPageTxBytes = 8 * 1024;
-uint64_t ceil_blocks(uint64_t bytes) { return (bytes + kBlockSize - 1) / kBlockSize; }
 }  // namespace
 
 Result<Mapping> FsImpl::map(InodeNumber ino, uint64_t offset, uint64_t length, MapAccess access,
@@ -101,16 +100,16 @@ Result<void> FsImpl::prepare_write(InodeNumber ino, uint64_t page) {
   // The page's current content, stored again: a hole or unwritten block gets a
   // zeroed block of its own, a shared block a private copy.
   alignas(64) std::byte content[kBlockSize] = {};
+  const uint64_t need = blocks_needed_for_store(inode, FileBlock(page), 1);
   Lookup lk = inode.extents.lookup(FileBlock(page));
   if (lk.mapped && (lk.mapping.flags & format::kExtentUnwritten) == 0) {
     if (bad_overlap(lk.mapping.dev_block, 1)) {
       return fail(EIO, "file bytes " + std::to_string(page * kBlockSize) + ".." +
                            std::to_string((page + 1) * kBlockSize) + " are lost");
     }
-    if (blocks_needed_for_store(inode, FileBlock(page), 1) == 0) return {};  // writable in place already
+    if (need == 0) return {};  // writable in place already
     TRY(device_.read(lk.mapping.dev_block.value() * kBlockSize, content, kBlockSize));
   }
-  uint64_t need = blocks_needed_for_store(inode, FileBlock(page), 1);
   TRY(reserve_blocks(need));
   Records records;
   bool fresh = false;

@@ -195,11 +195,7 @@ Result<void> FsImpl::unmount() {
     mappings_->flush_writable(std::nullopt);
     TRY(device_.sync());
   }
-  {
-    std::lock_guard lock(freeze_mutex_);
-    mounted_ = false;
-  }
-  thawed_.notify_all();
+  stop_accepting();
   let_go_of_device();
   return {};
 }
@@ -208,12 +204,16 @@ Result<void> FsImpl::unmount() {
 
 namespace poise {
 
-void FsImpl::shutdown() {
+void FsImpl::stop_accepting() {
   {
     std::lock_guard lock(freeze_mutex_);
     mounted_ = false;  // frozen writers and waiting mapped accesses wake up to an error
   }
   thawed_.notify_all();
+}
+
+void FsImpl::shutdown() {
+  stop_accepting();
   { std::unique_lock quiet(gate_); }  // operations in flight finish; nothing more is written
   std::vector<mapping::Notice> notices;
   mappings_->kill_all(MappingCause::Shutdown, &notices);  // every mapped access fails from now on

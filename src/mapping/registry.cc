@@ -193,6 +193,7 @@ Result<Mapping> MappingRegistry::map(InodeNumber ino, uint64_t offset, uint64_t 
   {
     std::lock_guard lock(mutex_);
     by_file_[ino.value()].push_back(m);
+    live_mappings_.fetch_add(1, std::memory_order_release);
   }
   index_address_range(m->va, pages * kPageSize, m);
 
@@ -226,6 +227,7 @@ void MappingRegistry::unmap(const std::shared_ptr<MapState>& m) {
     auto& list = by_file_[m->ino.value()];
     list.erase(std::remove(list.begin(), list.end(), m), list.end());
     if (list.empty()) by_file_.erase(m->ino.value());
+    live_mappings_.fetch_sub(1, std::memory_order_release);
     m->dead = true;
   }
   unindex_address_range(m->va);
@@ -234,13 +236,17 @@ void MappingRegistry::unmap(const std::shared_ptr<MapState>& m) {
   if (backend_ != nullptr) backend_->release(m->ino);
 }
 
+void MappingRegistry::flush_writable_locked(MapState& m) {
+  m.runs.visit(0, m.pages, [&](const PageRun& run) {
+    if (run.state == PageState::Writable) device_.flush(run.dev_block * kPageSize, run.count * kPageSize);
+  });
+}
+
 Result<void> MappingRegistry::sync(MapState& m) {
   {
     std::lock_guard lock(m.mu);
     if (m.dead) return fail(ESHUTDOWN, "mapping is dead");
-    m.runs.visit(0, m.pages, [&](const PageRun& run) {
-      if (run.state == PageState::Writable) device_.flush(run.dev_block * kPageSize, run.count * kPageSize);
-    });
+    flush_writable_locked(m);
   }
   if (device_.domain() == PersistenceDomain::PageCache) return device_.sync();
   device_.drain();
@@ -250,9 +256,7 @@ Result<void> MappingRegistry::sync(MapState& m) {
 void MappingRegistry::flush_writable(std::optional<InodeNumber> ino) {
   for (const auto& m : ino ? mappings_of(*ino) : all_mappings()) {
     std::lock_guard lock(m->mu);
-    m->runs.visit(0, m->pages, [&](const PageRun& run) {
-      if (run.state == PageState::Writable) device_.flush(run.dev_block * kPageSize, run.count * kPageSize);
-    });
+    flush_writable_locked(*m);
   }
 }
 
@@ -293,6 +297,7 @@ Result<Pin> MappingRegistry::pin(InodeNumber ino, uint64_t offset, uint64_t leng
     id = next_id_.fetch_add(1);
     pins_[ino.value()].push_back(PinEntry{id, first, count, std::this_thread::get_id()});
     pin_files_[id] = ino.value();
+    live_pins_.fetch_add(1, std::memory_order_release);
   });
   if (!layout_seen.has_value() || !refused.has_value()) {
     backend_->release(ino);
@@ -309,6 +314,7 @@ void MappingRegistry::unpin(uint64_t id) {
     POISE_ASSERT(f != pin_files_.end());
     ino = f->second;
     pin_files_.erase(f);
+    live_pins_.fetch_sub(1, std::memory_order_release);
     auto& list = pins_[ino];
     list.erase(std::remove_if(list.begin(), list.end(), [&](const PinEntry& p) { return p.id == id; }), list.end());
     if (list.empty()) pins_.erase(ino);
@@ -319,6 +325,9 @@ void MappingRegistry::unpin(uint64_t id) {
 }
 
 void MappingRegistry::wait_for_pins(InodeNumber ino, uint64_t first, uint64_t count) {
+  // Pins are taken under the inode's lock, which every caller holds exclusively:
+  // none appears meanwhile, so "none at all" needs no lock (the write path).
+  if (live_pins_.load(std::memory_order_acquire) == 0) return;
   std::unique_lock lock(mutex_);
   pins_released_.wait(lock, [&] {
     auto it = pins_.find(ino.value());
@@ -330,6 +339,7 @@ void MappingRegistry::wait_for_pins(InodeNumber ino, uint64_t first, uint64_t co
 }
 
 bool MappingRegistry::holds_pin(InodeNumber ino) const {
+  if (live_pins_.load(std::memory_order_acquire) == 0) return false;
   std::lock_guard lock(mutex_);
   auto it = pins_.find(ino.value());
   if (it == pins_.end()) return false;
@@ -342,39 +352,36 @@ size_t MappingRegistry::pin_count() const {
   return pin_files_.size();
 }
 
-size_t MappingRegistry::mapping_count() const {
-  std::lock_guard lock(mutex_);
-  size_t n = 0;
-  for (const auto& [ino, list] : by_file_) n += list.size();
-  return n;
-}
+size_t MappingRegistry::mapping_count() const { return live_mappings_.load(std::memory_order_acquire); }
 
 // --- revocation -------------------------------------------------------------
 
-void MappingRegistry::invalidate(InodeNumber ino, uint64_t first, uint64_t count) {
+void MappingRegistry::for_each_overlap(InodeNumber ino, uint64_t first, uint64_t count,
+                                       const std::function<void(MapState&, uint64_t, uint64_t)>& fn) {
+  if (live_mappings_.load(std::memory_order_acquire) == 0) return;  // the common case: nothing mapped
   for (const auto& m : mappings_of(ino)) {
     std::lock_guard lock(m->mu);
     if (m->dead) continue;
     uint64_t s = std::max(first, m->first_page);
     uint64_t e = std::min(first + count, m->first_page + m->pages);
-    if (s >= e) continue;
-    // Lost pages stay lost until the file itself replaces the block; then the
-    // layout says so and the next access installs the new block.
-    (void)set_pages(*m, s - m->first_page, e - s, PageState::Absent, 0);
+    if (s < e) fn(*m, s, e);
   }
+}
+
+void MappingRegistry::invalidate(InodeNumber ino, uint64_t first, uint64_t count) {
+  // Lost pages stay lost until the file itself replaces the block; then the
+  // layout says so and the next access installs the new block.
+  for_each_overlap(ino, first, count, [&](MapState& m, uint64_t s, uint64_t e) {
+    (void)set_pages(m, s - m.first_page, e - s, PageState::Absent, 0);
+  });
 }
 
 void MappingRegistry::mark_lost(InodeNumber ino, uint64_t first, uint64_t count, uint64_t dev_block,
                                 std::vector<Notice>* notices) {
-  for (const auto& m : mappings_of(ino)) {
-    std::lock_guard lock(m->mu);
-    if (m->dead) continue;
-    uint64_t s = std::max(first, m->first_page);
-    uint64_t e = std::min(first + count, m->first_page + m->pages);
-    if (s >= e) continue;
-    (void)set_pages(*m, s - m->first_page, e - s, PageState::Lost, dev_block + (s - first));
-    notices->push_back(Notice{m->owner, event_for(*m, s - m->first_page, e - s, MappingCause::MemoryFailure)});
-  }
+  for_each_overlap(ino, first, count, [&](MapState& m, uint64_t s, uint64_t e) {
+    (void)set_pages(m, s - m.first_page, e - s, PageState::Lost, dev_block + (s - first));
+    notices->push_back(Notice{m.owner, event_for(m, s - m.first_page, e - s, MappingCause::MemoryFailure)});
+  });
 }
 
 void MappingRegistry::suspend_all(std::vector<Notice>* notices) {
@@ -382,9 +389,7 @@ void MappingRegistry::suspend_all(std::vector<Notice>* notices) {
   for (const auto& m : all_mappings()) {
     std::lock_guard lock(m->mu);
     if (m->dead) continue;
-    m->runs.visit(0, m->pages, [&](const PageRun& run) {
-      if (run.state == PageState::Writable) device_.flush(run.dev_block * kPageSize, run.count * kPageSize);
-    });
+    flush_writable_locked(*m);
     (void)set_pages(*m, 0, m->pages, PageState::Absent, 0);
     notices->push_back(Notice{m->owner, event_for(*m, 0, m->pages, MappingCause::DeviceRemoval)});
   }

@@ -199,6 +199,11 @@ class MappingRegistry final : public std::enable_shared_from_this<MappingRegistr
   // Installs file layout into the Absent run around `page`. REQUIRES: nothing held.
   Result<void> resolve(const std::shared_ptr<MapState>& m, uint64_t page, bool* beyond_eof);
   void index_run(MapState& m, const PageRun& run, bool added);  // REQUIRES: mutex_ held
+  // Calls fn(m, s, e) with m.mu held for every live mapping of the file that
+  // shows file pages [s, e), the part of [first, +count) it covers.
+  void for_each_overlap(InodeNumber ino, uint64_t first, uint64_t count,
+                        const std::function<void(MapState&, uint64_t, uint64_t)>& fn);
+  void flush_writable_locked(MapState& m);  // REQUIRES: m.mu held
   std::vector<std::shared_ptr<MapState>> mappings_of(InodeNumber ino) const;
   std::vector<std::shared_ptr<MapState>> all_mappings() const;
   MappingEvent event_for(const MapState& m, uint64_t first, uint64_t count, MappingCause cause) const;
@@ -208,6 +213,9 @@ class MappingRegistry final : public std::enable_shared_from_this<MappingRegistr
   MappingBackend* backend_ = nullptr;
   std::atomic<bool> suspended_{false};
   std::atomic<uint64_t> next_id_{1};
+  // Live mappings and pins: lets the write path skip the indexes when none exist.
+  std::atomic<uint64_t> live_mappings_{0};
+  std::atomic<uint64_t> live_pins_{0};
 
   mutable std::mutex mutex_;
   absl::flat_hash_map<uint64_t, std::vector<std::shared_ptr<MapState>>> by_file_;  // by inode
