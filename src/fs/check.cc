@@ -108,8 +108,7 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
       }
     });
   }
-  if (next_ino_ <= std::max_element(inodes_.begin(), inodes_.end(),
-                                    [](const auto& a, const auto& b) { return a.first < b.first; })->first) {
+  if (next_ino_ <= inodes_.max_ino()) {
     problem("next inode number is not above every inode in use");
   }
 

@@ -238,13 +238,12 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   checkpoint_ = TRY(format::decode_checkpoint_root(block, sb.checkpoint_root_block, sb.checkpoint_generation,
                                                    data_start_, data_end_));
   checkpoint_root_block_ = sb.checkpoint_root_block;
-  inodes_.reserve(checkpoint_.inode_count);
   auto read = [this](uint64_t b, std::byte* out) { return read_block(b, out); };
   TRY(read_fixed_records<format::DiskInode>(read, checkpoint_.sections[format::kSectionInodes],
                                             format::kSectionInodes, checkpoint_.generation,
                                             [&](const format::DiskInode& d) -> Result<void> {
     auto core = TRY(format::decode_inode(d));
-    if (inodes_.count(core.ino) != 0) {
+    if (inodes_.contains(core.ino)) {
       return fail(EUCLEAN, "inode " + std::to_string(core.ino) + " appears twice in the inode table");
     }
     return apply(core, {});

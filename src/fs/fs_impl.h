@@ -27,6 +27,7 @@
 #include <condition_variable>
 
 #include "base/clock.h"
+#include "base/huge_pages.h"
 #include "failure/failure_handler.h"
 #include "mapping/registry.h"
 #include "base/range_set.h"
@@ -35,6 +36,7 @@
 #include "format/superblock.h"
 #include "fs/extent_map.h"
 #include "fs/free_space.h"
+#include "fs/inode_table.h"
 #include "fs/journal.h"
 #include "fs/ownership.h"
 #include "poise/filesystem.h"
@@ -44,8 +46,18 @@ namespace poise {
 struct Inode;
 // A directory's names, each pointing at its inode (which the inode table owns;
 // ns_mutex_ guards both). Swiss-table storage keeps short names inline: one
-// lookup per path component, few cache misses, little memory.
-using DirEntries = absl::flat_hash_map<std::string, Inode*>;
+// lookup per path component, few cache misses, little memory. Large tables and
+// the inodes themselves live on huge pages (base/huge_pages.h).
+struct NameHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view name) const { return absl::Hash<std::string_view>{}(name); }
+};
+struct NameEq {
+  using is_transparent = void;
+  bool operator()(std::string_view a, std::string_view b) const { return a == b; }
+};
+using DirEntries = absl::flat_hash_map<std::string, Inode*, NameHash, NameEq,
+                                       IndexAllocator<std::pair<const std::string, Inode*>>>;
 
 struct Inode {
   explicit Inode(InodeNumber n) : ino(n) {}
@@ -65,6 +77,8 @@ struct Inode {
   bool is_dir() const { return entries != nullptr; }
 };
 using InodePtr = std::shared_ptr<Inode>;
+// A new in-memory inode, in the inode slab.
+inline InodePtr new_inode(InodeNumber ino) { return std::allocate_shared<Inode>(IndexAllocator<Inode>{}, ino); }
 using Records = std::vector<format::JournalRecord>;
 
 // Blocks needed to hold `bytes` bytes.
@@ -272,7 +286,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
 
   std::shared_mutex gate_;
   std::shared_mutex ns_mutex_;
-  absl::flat_hash_map<uint64_t, InodePtr> inodes_;
+  InodeTable inodes_;
   Inode* root_ = nullptr;  // inode 1, for path walks
   uint64_t next_ino_ = 2;
   std::atomic<uint64_t> inode_count_{0};

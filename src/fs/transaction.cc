@@ -78,8 +78,8 @@ Inode* FsImpl::find_for_apply(uint64_t ino, std::initializer_list<Inode*> locked
   for (Inode* inode : locked) {
     if (inode->ino.value() == ino) return inode;
   }
-  auto it = inodes_.find(ino);
-  return it == inodes_.end() ? nullptr : it->second.get();
+  const InodePtr* found = inodes_.find(ino);
+  return found == nullptr ? nullptr : found->get();
 }
 
 Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer_list<Inode*> locked) {
@@ -87,12 +87,12 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
   if (const auto* core = std::get_if<InodeCore>(&record)) {
     Inode* inode = find_for_apply(core->ino, locked);
     if (inode == nullptr) {
-      auto fresh = std::make_shared<Inode>(InodeNumber(core->ino));
+      InodePtr fresh = new_inode(InodeNumber(core->ino));
       if ((core->mode & kModeTypeMask) == kModeDirectory) {
         fresh->entries = std::make_unique<DirEntries>();
       }
       inode = fresh.get();
-      inodes_.emplace(core->ino, std::move(fresh));
+      inodes_.insert(core->ino, std::move(fresh));
       ++inode_count_;
       next_ino_ = std::max(next_ino_, core->ino + 1);
     } else if ((inode->core.mode & kModeTypeMask) != (core->mode & kModeTypeMask)) {
@@ -102,16 +102,16 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
     return {};
   }
   if (const auto* r = std::get_if<InodeFreeRecord>(&record)) {
-    auto it = inodes_.find(r->ino);
-    if (it == inodes_.end()) return fail(EUCLEAN, "journal frees unknown inode " + std::to_string(r->ino));
-    Inode& inode = *it->second;
+    const InodePtr* found = inodes_.find(r->ino);
+    if (found == nullptr) return fail(EUCLEAN, "journal frees unknown inode " + std::to_string(r->ino));
+    Inode& inode = **found;
     if (!inode.extents.empty()) return fail(EUCLEAN, "journal frees inode " + std::to_string(r->ino) + " that still maps blocks");
     if (inode.entries && !inode.entries->empty()) return fail(EUCLEAN, "journal frees a non-empty directory");
     if (inode.entry_count != 0) {
       return fail(EUCLEAN, "journal frees inode " + std::to_string(r->ino) + " that a directory still names");
     }
     inode.freed = true;
-    inodes_.erase(it);
+    inodes_.erase(r->ino);
     --inode_count_;
     return {};
   }
