@@ -29,6 +29,27 @@ inline double best_of(int runs, const std::function<void()>& fn) {
   return best;
 }
 
+// Warm: whatever the previous call left in the caches. Cold: the CPU caches
+// are flushed before each timed call (a failure notification, or the fsmap
+// that serves it, is a rare event that finds the caches full of other work).
+enum class Cache { Warm, Cold };
+
+// Pushes the caches' contents out by writing a buffer larger than them.
+class CacheEvictor {
+ public:
+  explicit CacheEvictor(Cache cache) : buffer_(cache == Cache::Warm ? 0 : 64 << 20, 1) {}
+  void evict() {
+    for (size_t b = 0; b < buffer_.size(); b += 64) buffer_[b] = static_cast<char>(buffer_[b] + 1);
+  }
+
+ private:
+  std::vector<char> buffer_;
+};
+
+// Nanoseconds per load of a pointer chase through `bytes` of memory in random
+// order: what one cache miss costs once an index outgrows the caches.
+double dependent_load_ns(size_t bytes);
+
 struct Row {
   std::string metric;
   std::string poise;   // the figure for poise

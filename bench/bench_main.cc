@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <random>
+#include <vector>
 
 #include "bench/bench.h"
 
@@ -29,6 +31,25 @@ void Table::print() const {
   fmt::print("|{}|{}:|{}:|{}:|{}|---|\n", std::string(w[0] + 2, '-'), std::string(w[1] + 1, '-'),
              std::string(w[2] + 1, '-'), std::string(w[3] + 1, '-'), std::string(w[4] + 2, '-'));
   for (const Row& r : rows_) line(r.metric, r.poise, r.peer, r.ratio, r.target, r.met ? "yes" : "NO");
+}
+
+double dependent_load_ns(size_t bytes) {
+  const size_t lines = bytes / 64;
+  struct Line {
+    size_t next;
+    char pad[56];
+  };
+  std::vector<Line> ring(lines);
+  std::vector<size_t> order(lines);
+  for (size_t i = 0; i < lines; ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), std::mt19937_64(1));
+  for (size_t i = 0; i < lines; ++i) ring[order[i]].next = order[(i + 1) % lines];
+  const int steps = 1 << 21;
+  size_t at = 0;
+  double t0 = now_seconds();
+  for (int i = 0; i < steps; ++i) at = ring[at].next;
+  double ns = (now_seconds() - t0) / steps * 1e9;
+  return at == lines ? 0 : ns;  // `at` is used, so the chase is not optimised away
 }
 
 bool Table::all_met() const {

@@ -98,3 +98,18 @@ TEST(HugePages, TablesOnTheAllocatorBehaveLikeAnyOther) {
 
 }  // namespace
 }  // namespace poise
+
+#if defined(__SANITIZE_ADDRESS__)
+namespace poise {
+namespace {
+// The slab hides its objects from the C heap; it must not hide a use after free.
+TEST(HugePagesDeathTest, UseAfterFreeIsStillReported) {
+  Slab slab(64, 8);
+  auto* p = static_cast<volatile char*>(slab.allocate());
+  p[0] = 1;
+  slab.free(const_cast<char*>(p));
+  EXPECT_DEATH(p[1] = 2, "use-after-poison");
+}
+}  // namespace
+}  // namespace poise
+#endif
