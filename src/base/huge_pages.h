@@ -80,6 +80,16 @@ Slab& slab_for() {
 // size (so `std::allocate_shared<Inode>(IndexAllocator<Inode>{})` puts the inode
 // and its reference counts in one slab slot), arrays of kIndexMappingMinBytes or
 // more from their own huge-page mapping, anything else from the heap.
+// ThreadSanitizer tracks a mutex by its address and cannot tell that a slab
+// slot was freed and handed to a new object (it sees the C heap only), so the
+// inodes' lock order across reused slots would look inverted. Under TSan single
+// objects come from the heap; the slab itself is still tested directly.
+#if defined(__SANITIZE_THREAD__)
+inline constexpr bool kSlabForSingleObjects = false;
+#else
+inline constexpr bool kSlabForSingleObjects = true;
+#endif
+
 template <class T>
 struct IndexAllocator {
   using value_type = T;
@@ -88,7 +98,7 @@ struct IndexAllocator {
   IndexAllocator(const IndexAllocator<U>&) {}  // NOLINT: rebinding is implicit
 
   T* allocate(size_t n) {
-    if (n == 1) return static_cast<T*>(slab_for<sizeof(T), alignof(T)>().allocate());
+    if (kSlabForSingleObjects && n == 1) return static_cast<T*>(slab_for<sizeof(T), alignof(T)>().allocate());
     size_t bytes = n * sizeof(T);
     if (bytes >= kIndexMappingMinBytes && alignof(T) <= kHugePageBytes) {
       return static_cast<T*>(map_index_memory(bytes));
@@ -96,7 +106,7 @@ struct IndexAllocator {
     return static_cast<T*>(::operator new(bytes, std::align_val_t(alignof(T))));
   }
   void deallocate(T* p, size_t n) {
-    if (n == 1) return slab_for<sizeof(T), alignof(T)>().free(p);
+    if (kSlabForSingleObjects && n == 1) return slab_for<sizeof(T), alignof(T)>().free(p);
     size_t bytes = n * sizeof(T);
     if (bytes >= kIndexMappingMinBytes && alignof(T) <= kHugePageBytes) return unmap_index_memory(p, bytes);
     ::operator delete(p, std::align_val_t(alignof(T)));
