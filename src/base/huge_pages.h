@@ -76,10 +76,6 @@ Slab& slab_for() {
   return *slab;
 }
 
-// An allocator for index containers: single objects come from a slab of their
-// size (so `std::allocate_shared<Inode>(IndexAllocator<Inode>{})` puts the inode
-// and its reference counts in one slab slot), arrays of kIndexMappingMinBytes or
-// more from their own huge-page mapping, anything else from the heap.
 // ThreadSanitizer tracks a mutex by its address and cannot tell that a slab
 // slot was freed and handed to a new object (it sees the C heap only), so the
 // inodes' lock order across reused slots would look inverted. Under TSan single
@@ -90,6 +86,10 @@ inline constexpr bool kSlabForSingleObjects = false;
 inline constexpr bool kSlabForSingleObjects = true;
 #endif
 
+// An allocator for index containers: single objects come from a slab of their
+// size (so `std::allocate_shared<Inode>(IndexAllocator<Inode>{})` puts the inode
+// and its reference counts in one slab slot), arrays of kIndexMappingMinBytes or
+// more from their own huge-page mapping, anything else from the heap.
 template <class T>
 struct IndexAllocator {
   using value_type = T;
