@@ -76,6 +76,18 @@ struct Image {
   double build_seconds = 0;
 };
 Image build_image(uint64_t files);
+}  // namespace poise::bench
+
+namespace poise {
+class Filesystem;
+}
+
+namespace poise::bench {
+// Device offsets of `count` file data blocks of a mounted image, drawn at
+// random from every file block, distinct while there are enough: the blocks a
+// one-block fsmap or failure notification is timed on — the same kind of block
+// on a small and a large image.
+std::vector<uint64_t> random_file_blocks(Filesystem& fs, int count, uint64_t seed);
 
 struct Options {
   bool quick = false;  // smaller sizes, for a smoke run

@@ -8,9 +8,6 @@
 #include <tuple>
 #include <vector>
 
-#include <absl/container/flat_hash_map.h>
-
-#include "base/random.h"
 #include "bench/bench.h"
 #include "poise/filesystem.h"
 
@@ -21,19 +18,9 @@ namespace {
 // Median time of one-block notifications at random file blocks of an image.
 // The blocks are found first, so the timed calls are not run on caches that a
 // whole-device fsmap just flushed.
-double one_block_median(Image& image, uint64_t files, int samples, Cache cache) {
+double one_block_median(Image& image, int samples, Cache cache) {
   auto fs = std::move(*Filesystem::mount(*image.device));
-  Rng rng(7);
-  absl::flat_hash_map<uint64_t, uint64_t> offset_of;  // inode -> device offset of its block
-  for (const auto& r : *fs->fsmap(0, fs->info().size_bytes)) {
-    if (r.owner == OwnerKind::File) offset_of[r.ino.value()] = r.device_offset_bytes;
-  }
-  std::vector<uint64_t> targets;
-  for (int i = 0; i < samples; ++i) {
-    uint64_t f = rng.below(files);
-    auto ino = fs->lookup("/d" + std::to_string(f / 1000) + "/f" + std::to_string(f % 1000));
-    targets.push_back(offset_of[ino->value()]);
-  }
+  std::vector<uint64_t> targets = random_file_blocks(*fs, samples, 7);
   std::vector<double> times;
   CacheEvictor evictor(cache);
   for (uint64_t at : targets) {
@@ -54,15 +41,15 @@ void failure_bench(const Options& o, Table* t) {
   const uint64_t large = o.quick ? 20000 : 1000000;
   // Each sample records a bad block, so every run takes a fresh image.
   Image small = build_image(1000);
-  double small_warm = one_block_median(small, 1000, 101, Cache::Warm);
+  double small_warm = one_block_median(small, 101, Cache::Warm);
   small = build_image(1000);
-  double small_cold = one_block_median(small, 1000, 101, Cache::Cold);
+  double small_cold = one_block_median(small, 101, Cache::Cold);
   small.device.reset();
   Image big = build_image(large);
-  double big_warm = one_block_median(big, large, 101, Cache::Warm);
+  double big_warm = one_block_median(big, 101, Cache::Warm);
   big.device.reset();
   big = build_image(large);
-  double big_cold = one_block_median(big, large, 101, Cache::Cold);
+  double big_cold = one_block_median(big, 101, Cache::Cold);
   big.device.reset();
   for (auto [cache, big_median, small_median] : {std::tuple{"warm", big_warm, small_warm},
                                                  std::tuple{"cold", big_cold, small_cold}}) {

@@ -34,20 +34,37 @@ Image build_image(uint64_t files) {
 
 namespace {
 
-// Median latency of fsmap over one random data block.
-double fsmap_median_seconds(Filesystem& fs, uint64_t seed, Cache cache) {
+}  // namespace
+
+std::vector<uint64_t> random_file_blocks(Filesystem& fs, int count, uint64_t seed) {
+  std::vector<uint64_t> file_blocks;
+  for (const auto& r : *fs.fsmap(0, fs.info().size_bytes)) {
+    if (r.owner != OwnerKind::File) continue;
+    for (uint64_t at = 0; at < r.length_bytes; at += 4096) file_blocks.push_back(r.device_offset_bytes + at);
+  }
+  // Distinct blocks in random order (a notified block is bad from then on),
+  // cycled when more are asked for than there are.
   Rng rng(seed);
-  FsInfo info = fs.info();
-  uint64_t blocks = info.size_bytes / 4096;
-  std::vector<double> samples;
+  size_t n = file_blocks.size();
+  for (size_t i = 0; i < std::min<size_t>(n, count); ++i) std::swap(file_blocks[i], file_blocks[i + rng.below(n - i)]);
+  std::vector<uint64_t> picked;
+  for (int i = 0; i < count && n > 0; ++i) picked.push_back(file_blocks[i % std::min<size_t>(n, count)]);
+  return picked;
+}
+
+namespace {
+
+// Median latency of fsmap over one random file data block.
+double fsmap_median_seconds(Filesystem& fs, uint64_t seed, Cache cache) {
   const int kSamples = cache == Cache::Warm ? 20001 : 301;
+  std::vector<uint64_t> targets = random_file_blocks(fs, kSamples, seed);
+  std::vector<double> samples;
   CacheEvictor evictor(cache);
   samples.reserve(kSamples);
-  for (int i = 0; i < kSamples; ++i) {
-    uint64_t block = rng.below(blocks);
+  for (uint64_t at : targets) {
     evictor.evict();
     double t0 = now_seconds();
-    auto records = fs.fsmap(block * 4096, 4096);
+    auto records = fs.fsmap(at, 4096);
     samples.push_back(now_seconds() - t0);
     if (!records || records->empty()) fmt::print(stderr, "fsmap returned nothing\n");
   }

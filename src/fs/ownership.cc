@@ -6,51 +6,86 @@
 
 namespace poise {
 
-// B-tree iterators do not survive an insert or erase: every loop below seeks
-// again after changing the map.
-void OwnershipMap::split_at(uint64_t block) {
-  auto it = segments_.upper_bound(block);
-  if (it == segments_.begin()) return;
-  --it;
-  uint64_t start = it->first;
-  uint64_t end = start + it->second.count;
-  if (block <= start || block >= end) return;
-  Segment tail{end - block, it->second.owners};
-  for (Owner& o : tail.owners) o.offset_blocks += block - start;
-  it->second.count = block - start;
-  segments_.emplace(block, std::move(tail));
+// Hash-table references do not survive an insert or erase: the code below
+// looks a segment up again after changing the map.
+std::pair<uint64_t, const OwnershipMap::Segment*> OwnershipMap::containing(uint64_t block) const {
+  auto start = starts_.at_or_before(block);
+  if (!start) return {0, nullptr};
+  const Segment& seg = segments_.find(*start)->second;
+  if (block >= *start + seg.count) return {0, nullptr};
+  return {*start, &seg};
 }
 
-bool OwnershipMap::continues(const Map::value_type& a, const Map::value_type& b) {
-  if (a.first + a.second.count != b.first) return false;
-  if (a.second.owners.size() != b.second.owners.size()) return false;
-  for (size_t i = 0; i < a.second.owners.size(); ++i) {
-    const Owner& x = a.second.owners[i];
-    const Owner& y = b.second.owners[i];
-    if (x.id != y.id || x.offset_blocks + a.second.count != y.offset_blocks) return false;
+void OwnershipMap::insert_segment(uint64_t start, Segment seg) {
+  segments_.emplace(start, std::move(seg));
+  starts_.insert(start);
+}
+
+void OwnershipMap::erase_segment(uint64_t start) {
+  segments_.erase(start);
+  starts_.erase(start);
+}
+
+void OwnershipMap::split_at(uint64_t block) {
+  auto [start, found] = containing(block);
+  if (found == nullptr || block == start) return;
+  Segment& seg = segments_.find(start)->second;
+  Segment tail{start + seg.count - block, seg.owners};
+  for (Owner& o : tail.owners) o.offset_blocks += block - start;
+  seg.count = block - start;
+  insert_segment(block, std::move(tail));
+}
+
+bool OwnershipMap::continues(uint64_t a_start, const Segment& a, uint64_t b_start, const Segment& b) {
+  if (a_start + a.count != b_start) return false;
+  if (a.owners.size() != b.owners.size()) return false;
+  for (size_t i = 0; i < a.owners.size(); ++i) {
+    const Owner& x = a.owners[i];
+    const Owner& y = b.owners[i];
+    if (x.id != y.id || x.offset_blocks + a.count != y.offset_blocks) return false;
   }
   return true;
 }
 
+// Merges each segment in [start, end] with its successor where ownership
+// continues, beginning two segments before `start` (a change at `start` can
+// make the segment before it continue into the one at it).
 void OwnershipMap::merge_range(uint64_t start, uint64_t end) {
-  auto it = segments_.upper_bound(start);
-  if (it != segments_.begin()) --it;
-  if (it != segments_.begin()) --it;
-  while (it != segments_.end() && it->first <= end) {
-    auto next = std::next(it);
-    if (next != segments_.end() && continues(*it, *next)) {
-      uint64_t key = it->first;
-      it->second.count += next->second.count;
-      segments_.erase(next);
-      it = segments_.find(key);
+  auto at = starts_.at_or_before(start);
+  if (at && *at > 0) {
+    if (auto before = starts_.before(*at)) at = before;
+  }
+  if (!at) at = starts_.at_or_after(start);
+  while (at && *at <= end) {
+    auto next = starts_.after(*at);
+    if (!next) break;
+    Segment& seg = segments_.find(*at)->second;
+    const Segment& following = segments_.find(*next)->second;
+    if (continues(*at, seg, *next, following)) {
+      seg.count += following.count;
+      erase_segment(*next);
     } else {
-      it = next;
+      at = next;
     }
   }
 }
 
+// The segments a change of `run` reads — the one holding its first block, the
+// one before (merging), the one after its end (splitting, merging) — sit in
+// unrelated hash slots; asking for all of them at once overlaps their cache
+// misses instead of paying them one after another.
+void OwnershipMap::prefetch_around(DevRun run) const {
+  auto first = starts_.at_or_before(run.start.value());
+  if (first) {
+    segments_.prefetch(*first);
+    if (auto before = starts_.before(*first)) segments_.prefetch(*before);
+  }
+  if (auto next = starts_.at_or_after(run.end().value())) segments_.prefetch(*next);
+}
+
 std::pair<uint64_t, uint64_t> OwnershipMap::cut_around(DevRun run) {
   POISE_ASSERT(run.count > 0);
+  prefetch_around(run);
   split_at(run.start.value());
   split_at(run.end().value());
   return {run.start.value(), run.end().value()};
@@ -60,18 +95,18 @@ void OwnershipMap::add(DevRun run, Owner owner) {
   auto [start, end] = cut_around(run);
   uint64_t pos = start;
   while (pos < end) {
-    auto it = segments_.lower_bound(pos);
-    uint64_t next_start = (it == segments_.end()) ? end : std::min(end, it->first);
+    auto next = starts_.at_or_after(pos);
+    uint64_t next_start = next ? std::min(end, *next) : end;
     Owner o{owner.id, owner.offset_blocks + (pos - start)};
     if (pos < next_start) {  // an unowned gap: a new segment
       Segment seg{next_start - pos, {}};
       seg.owners.push_back(o);
-      segments_.emplace(pos, std::move(seg));
+      insert_segment(pos, std::move(seg));
       owned_blocks_ += next_start - pos;
       pos = next_start;
       continue;
     }
-    Segment& seg = it->second;
+    Segment& seg = segments_.find(pos)->second;
     seg.owners.insert(std::upper_bound(seg.owners.begin(), seg.owners.end(), o), o);
     pos += seg.count;
   }
@@ -99,7 +134,7 @@ void OwnershipMap::remove(DevRun run, Owner owner, std::vector<DevRun>* orphaned
         }
       }
       owned_blocks_ -= count;
-      segments_.erase(it);
+      erase_segment(pos);
     }
     pos += count;
   }
@@ -111,6 +146,8 @@ std::optional<OwnershipMap::Conflict> OwnershipMap::build(std::vector<Claim> cla
   std::sort(claims.begin(), claims.end(),
             [](const Claim& a, const Claim& b) { return a.run.start < b.run.start; });
   std::optional<Conflict> conflict;
+  segments_.reserve(claims.size());
+  std::optional<uint64_t> last_start;  // the segment the sweep appended last
   std::vector<const Claim*> active;  // claims covering the sweep position
   size_t next_claim = 0;
   uint64_t pos = 0;
@@ -137,11 +174,12 @@ std::optional<OwnershipMap::Conflict> OwnershipMap::build(std::vector<Claim> cla
       conflict = Conflict{DevRun{DevBlock(pos), seg.count}, {seg.owners.begin(), seg.owners.end()}};
     }
     owned_blocks_ += seg.count;
-    Map::value_type entry(pos, std::move(seg));
-    if (!segments_.empty() && continues(*std::prev(segments_.end()), entry)) {
-      std::prev(segments_.end())->second.count += entry.second.count;
+    Segment* last = last_start ? &segments_.find(*last_start)->second : nullptr;
+    if (last != nullptr && continues(*last_start, *last, pos, seg)) {
+      last->count += seg.count;
     } else {
-      segments_.emplace_hint(segments_.end(), std::move(entry));
+      insert_segment(pos, std::move(seg));
+      last_start = pos;
     }
     pos = boundary;
     active.erase(std::remove_if(active.begin(), active.end(),
@@ -152,60 +190,54 @@ std::optional<OwnershipMap::Conflict> OwnershipMap::build(std::vector<Claim> cla
 }
 
 uint32_t OwnershipMap::owners_of(DevBlock block, std::vector<Owner>* out, DevRun* segment) const {
-  auto it = segments_.upper_bound(block.value());
-  if (it == segments_.begin()) return 0;
-  --it;
-  if (block.value() >= it->first + it->second.count) return 0;
-  uint64_t into = block.value() - it->first;
-  for (const Owner& o : it->second.owners) out->push_back(Owner{o.id, o.offset_blocks + into});
-  *segment = DevRun{DevBlock(it->first), it->second.count};
-  return static_cast<uint32_t>(it->second.owners.size());
+  auto [start, seg] = containing(block.value());
+  if (seg == nullptr) return 0;
+  uint64_t into = block.value() - start;
+  for (const Owner& o : seg->owners) out->push_back(Owner{o.id, o.offset_blocks + into});
+  *segment = DevRun{DevBlock(start), seg->count};
+  return static_cast<uint32_t>(seg->owners.size());
 }
 
 void OwnershipMap::visit(DevRun range,
                          const std::function<void(DevRun, const std::vector<Owner>&)>& fn) const {
   uint64_t start = range.start.value();
   uint64_t end = start + range.count;
-  auto it = segments_.upper_bound(start);
-  if (it != segments_.begin()) --it;
+  auto at = starts_.at_or_before(start);
+  if (!at) at = starts_.at_or_after(start);
   std::vector<Owner> clipped;
-  for (; it != segments_.end() && it->first < end; ++it) {
-    uint64_t s = std::max(start, it->first);
-    uint64_t t = std::min(end, it->first + it->second.count);
+  for (; at && *at < end; at = starts_.after(*at)) {
+    const Segment& seg = segments_.find(*at)->second;
+    uint64_t s = std::max(start, *at);
+    uint64_t t = std::min(end, *at + seg.count);
     if (s >= t) continue;
-    clipped.assign(it->second.owners.begin(), it->second.owners.end());
-    for (Owner& o : clipped) o.offset_blocks += s - it->first;
+    clipped.assign(seg.owners.begin(), seg.owners.end());
+    for (Owner& o : clipped) o.offset_blocks += s - *at;
     fn(DevRun{DevBlock(s), t - s}, clipped);
   }
 }
 
 uint32_t OwnershipMap::refcount(DevBlock block) const {
-  auto it = segments_.upper_bound(block.value());
-  if (it == segments_.begin()) return 0;
-  --it;
-  if (block.value() >= it->first + it->second.count) return 0;
-  return static_cast<uint32_t>(it->second.owners.size());
+  const Segment* seg = containing(block.value()).second;
+  return seg == nullptr ? 0 : static_cast<uint32_t>(seg->owners.size());
 }
 
 bool OwnershipMap::operator==(const OwnershipMap& o) const { return first_difference(o).empty(); }
 
 std::string OwnershipMap::first_difference(const OwnershipMap& o) const {
-  auto a = segments_.begin();
-  auto b = o.segments_.begin();
-  for (; a != segments_.end() && b != o.segments_.end(); ++a, ++b) {
-    if (a->first != b->first || a->second.count != b->second.count ||
-        !std::equal(a->second.owners.begin(), a->second.owners.end(), b->second.owners.begin(),
-                    b->second.owners.end())) {
-      uint64_t at = std::min(a->first, b->first);
-      return "ownership differs at device block " + std::to_string(at) + ": " +
-             std::to_string(a->second.owners.size()) + " owners over " +
-             std::to_string(a->second.count) + " blocks vs " +
-             std::to_string(b->second.owners.size()) + " owners over " +
-             std::to_string(b->second.count) + " blocks";
+  auto a = starts_.at_or_after(0);
+  auto b = o.starts_.at_or_after(0);
+  for (; a && b; a = starts_.after(*a), b = o.starts_.after(*b)) {
+    const Segment& x = segments_.find(*a)->second;
+    const Segment& y = o.segments_.find(*b)->second;
+    if (*a != *b || x.count != y.count ||
+        !std::equal(x.owners.begin(), x.owners.end(), y.owners.begin(), y.owners.end())) {
+      return "ownership differs at device block " + std::to_string(std::min(*a, *b)) + ": " +
+             std::to_string(x.owners.size()) + " owners over " + std::to_string(x.count) + " blocks vs " +
+             std::to_string(y.owners.size()) + " owners over " + std::to_string(y.count) + " blocks";
     }
   }
-  if (a != segments_.end()) return "extra owned segment at device block " + std::to_string(a->first);
-  if (b != o.segments_.end()) return "missing owned segment at device block " + std::to_string(b->first);
+  if (a) return "extra owned segment at device block " + std::to_string(*a);
+  if (b) return "missing owned segment at device block " + std::to_string(*b);
   return "";
 }
 
