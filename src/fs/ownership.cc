@@ -48,8 +48,8 @@ bool OwnershipMap::continues(uint64_t a_start, const Segment& a, uint64_t b_star
 }
 
 // Merges each segment in [start, end] with its successor where ownership
-// continues, beginning two segments before `start` (a change at `start` can
-// make the segment before it continue into the one at it).
+// continues, beginning with the segment before the one holding `start` (a
+// change at `start` can make that one continue into the next).
 void OwnershipMap::merge_range(uint64_t start, uint64_t end) {
   auto at = starts_.at_or_before(start);
   if (at && *at > 0) {
