@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "device/memory_device.h"
+#include "poise/filesystem.h"
 
 namespace poise::bench {
 
@@ -76,13 +77,6 @@ struct Image {
   double build_seconds = 0;
 };
 Image build_image(uint64_t files);
-}  // namespace poise::bench
-
-namespace poise {
-class Filesystem;
-}
-
-namespace poise::bench {
 // Device offsets of `count` file data blocks of a mounted image, drawn at
 // random from every file block, distinct while there are enough: the blocks a
 // one-block fsmap or failure notification is timed on — the same kind of block

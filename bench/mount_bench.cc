@@ -46,9 +46,10 @@ std::vector<uint64_t> random_file_blocks(Filesystem& fs, int count, uint64_t see
   // cycled when more are asked for than there are.
   Rng rng(seed);
   size_t n = file_blocks.size();
-  for (size_t i = 0; i < std::min<size_t>(n, count); ++i) std::swap(file_blocks[i], file_blocks[i + rng.below(n - i)]);
+  size_t distinct = std::min<size_t>(n, count);
+  for (size_t i = 0; i < distinct; ++i) std::swap(file_blocks[i], file_blocks[i + rng.below(n - i)]);
   std::vector<uint64_t> picked;
-  for (int i = 0; i < count && n > 0; ++i) picked.push_back(file_blocks[i % std::min<size_t>(n, count)]);
+  for (int i = 0; i < count && distinct > 0; ++i) picked.push_back(file_blocks[i % distinct]);
   return picked;
 }
 

@@ -52,10 +52,11 @@ bool OwnershipMap::continues(uint64_t a_start, const Segment& a, uint64_t b_star
 // change at `start` can make that one continue into the next).
 void OwnershipMap::merge_range(uint64_t start, uint64_t end) {
   auto at = starts_.at_or_before(start);
-  if (at && *at > 0) {
+  if (at) {
     if (auto before = starts_.before(*at)) at = before;
+  } else {
+    at = starts_.at_or_after(start);
   }
-  if (!at) at = starts_.at_or_after(start);
   while (at && *at <= end) {
     auto next = starts_.after(*at);
     if (!next) break;
