@@ -32,10 +32,6 @@ Image build_image(uint64_t files) {
   return image;
 }
 
-namespace {
-
-}  // namespace
-
 std::vector<uint64_t> random_file_blocks(Filesystem& fs, int count, uint64_t seed) {
   std::vector<uint64_t> file_blocks;
   for (const auto& r : *fs.fsmap(0, fs.info().size_bytes)) {

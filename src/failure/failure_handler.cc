@@ -26,6 +26,7 @@ Result<void> FailureHandler::notify_failure(uint64_t offset, uint64_t length, Fa
 
   std::vector<mapping::Notice> notices;
   for (const auto& f : owners.files) {
+    if (!mappings_.maps_file(f.ino)) continue;
     fs_.with_file_locked(f.ino, [&] { mappings_.mark_lost(f.ino, f.file_block, f.count, f.dev_block, &notices); });
   }
   mapping::MappingRegistry::deliver(notices);

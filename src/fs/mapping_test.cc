@@ -236,6 +236,42 @@ TEST_F(MappingTest, PoisonNobodyMapsIsRecordedAndTellsNoOne) {
   EXPECT_EQ(fs_->check().bad_blocks, 1u);
 }
 
+// The failure handler locks and tells only files that have mappings; a mapping
+// being made meanwhile must still never show the lost page: those registered
+// before the failure are told, those after see it lost in their layout.
+TEST_F(MappingTest, MappingsMadeWhileMemoryFailsNeverShowTheLostPage) {
+  write_file(*fs_, "/f", pattern('f', 2 * kPage));
+  const uint64_t lost = device_offset_of(*fs_, "/f", kPage);
+  Inbox inbox;
+  std::vector<Mapping> maps;
+  std::atomic<int> made{0};
+  std::atomic<bool> go{false};
+  std::thread mapper([&] {
+    while (!go.load()) std::this_thread::yield();
+    for (int i = 0; i < 200; ++i) {
+      maps.push_back(map("/f", 0, 2 * kPage, MapAccess::Read, inbox.owner("m" + std::to_string(i))));
+      made.store(i + 1);
+    }
+  });
+  go.store(true);
+  while (made.load() < 20) std::this_thread::yield();
+  const int made_before = made.load();  // these existed before the failure began
+  ASSERT_OK(device_->notify_failure(lost, kPage, FailureFlags::None));
+  mapper.join();
+  ASSERT_EQ(maps.size(), 200u);
+  for (int i = 0; i < 200; ++i) {
+    auto got = load(maps[i].data() + kPage, 1);
+    ASSERT_FALSE(got.has_value()) << "mapping " << i << " shows the lost page";
+    EXPECT_EQ(got.error().code, EIO) << i;
+    EXPECT_EQ(*load(maps[i].data(), 2), "ff") << i;
+    if (i < made_before) {
+      EXPECT_EQ(inbox.of("m" + std::to_string(i)).size(), 1u) << "mapping " << i << " was not told";
+    }
+  }
+  for (Mapping& m : maps) m.unmap();
+  expect_clean();
+}
+
 // A real machine check arrives as SIGBUS with BUS_MCEERR_AR at the address; a
 // crafted one (rt_tgsigqueueinfo to this thread) takes the same path.
 TEST_F(MappingTest, MachineCheckSigbusBecomesARangedNotification) {

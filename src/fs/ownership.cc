@@ -71,10 +71,8 @@ void OwnershipMap::merge_range(uint64_t start, uint64_t end) {
   }
 }
 
-// The segments a change of `run` reads — the one holding its first block, the
-// one before (merging), the one after its end (splitting, merging) — sit in
-// unrelated hash slots; asking for all of them at once overlaps their cache
-// misses instead of paying them one after another.
+// The three segments sit in unrelated hash slots; asking for all of them at
+// once overlaps their cache misses instead of paying them one after another.
 void OwnershipMap::prefetch_around(DevRun run) const {
   auto first = starts_.at_or_before(run.start.value());
   if (first) {

@@ -74,6 +74,11 @@ class OwnershipMap {
   // Removes that owner from every block of the run; the runs left with no owner
   // are appended to *orphaned. REQUIRES: the owner owns every block of the run.
   void remove(DevRun run, Owner owner, std::vector<DevRun>* orphaned);
+  // Starts loading the segments a change of `run` reads — the one holding its
+  // first block, the one before it, the one after its end — so that their
+  // cache misses overlap. add() and remove() do it themselves; a caller that
+  // reads the run first (visit) and changes it next calls it before reading.
+  void prefetch_around(DevRun run) const;
 
   // Calls fn for each owned stretch overlapping the range, clipped, with the
   // owners' offsets adjusted to the stretch start. Unowned gaps are skipped.
@@ -103,7 +108,6 @@ class OwnershipMap {
   void insert_segment(uint64_t start, Segment seg);
   void erase_segment(uint64_t start);
   void split_at(uint64_t block);
-  void prefetch_around(DevRun run) const;
   // Splits segments at both ends of the run; returns its [start, end).
   std::pair<uint64_t, uint64_t> cut_around(DevRun run);
   void merge_range(uint64_t start, uint64_t end);

@@ -384,6 +384,12 @@ void MappingRegistry::mark_lost(InodeNumber ino, uint64_t first, uint64_t count,
   });
 }
 
+bool MappingRegistry::maps_file(InodeNumber ino) const {
+  if (live_mappings_.load(std::memory_order_acquire) == 0) return false;
+  std::lock_guard lock(mutex_);
+  return by_file_.contains(ino.value());
+}
+
 void MappingRegistry::suspend_all(std::vector<Notice>* notices) {
   suspended_.store(true, std::memory_order_release);
   for (const auto& m : all_mappings()) {

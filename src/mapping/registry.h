@@ -138,6 +138,10 @@ class MappingRegistry final : public std::enable_shared_from_this<MappingRegistr
   // dev_block is the device block behind file page `first`.
   void mark_lost(InodeNumber ino, uint64_t first, uint64_t count, uint64_t dev_block,
                  std::vector<Notice>* notices);
+  // Whether any mapping of the file is registered. A mapping registers before
+  // it asks for the file's layout, so once this says no, a mapping made later
+  // sees every layout change (and failure record) made before the question.
+  bool maps_file(InodeNumber ino) const;
   // Pre-remove (flow 3): revokes every mapping; accesses wait for resume() or
   // fail once killed. Flushes the device memory that was writable, first.
   void suspend_all(std::vector<Notice>* notices);
