@@ -47,6 +47,14 @@ class CacheEvictor {
   std::vector<char> buffer_;
 };
 
+// The median time of `call(subject, sample)` for each of `subjects` (say, a
+// small and a large filesystem), `samples` calls each. The subjects take turns
+// call by call, so that whatever else the machine does meanwhile falls on each
+// alike. With Cache::Cold the caches are flushed before every call; with warm
+// caches pass one subject at a time, or the turns would cool each other's.
+std::vector<double> medians_taking_turns(size_t subjects, int samples, Cache cache,
+                                         const std::function<void(size_t subject, int sample)>& call);
+
 // Nanoseconds per load of a pointer chase through `bytes` of memory in random
 // order: what one cache miss costs once an index outgrows the caches.
 double dependent_load_ns(size_t bytes);

@@ -33,6 +33,26 @@ void Table::print() const {
   for (const Row& r : rows_) line(r.metric, r.poise, r.peer, r.ratio, r.target, r.met ? "yes" : "NO");
 }
 
+std::vector<double> medians_taking_turns(size_t subjects, int samples, Cache cache,
+                                         const std::function<void(size_t subject, int sample)>& call) {
+  std::vector<std::vector<double>> times(subjects);
+  CacheEvictor evictor(cache);
+  for (int i = 0; i < samples; ++i) {
+    for (size_t k = 0; k < subjects; ++k) {
+      evictor.evict();
+      double t0 = now_seconds();
+      call(k, i);
+      times[k].push_back(now_seconds() - t0);
+    }
+  }
+  std::vector<double> medians;
+  for (auto& t : times) {
+    std::nth_element(t.begin(), t.begin() + samples / 2, t.end());
+    medians.push_back(t[samples / 2]);
+  }
+  return medians;
+}
+
 double dependent_load_ns(size_t bytes) {
   const size_t lines = bytes / 64;
   struct Line {

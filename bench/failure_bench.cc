@@ -16,10 +16,8 @@ namespace poise::bench {
 namespace {
 
 // Median times of one-block notifications at random file blocks, one per
-// image. The blocks are found first, so the timed calls are not run on caches
-// that a whole-device fsmap just flushed. The images take turns call by call,
-// so that whatever else the machine does falls on each alike; with warm caches
-// pass one image at a time, or the turns would cool each other's caches.
+// image, the images taking turns. The blocks are found first, so the timed
+// calls are not run on caches that a whole-device fsmap just flushed.
 std::vector<double> one_block_medians(const std::vector<Image*>& images, int samples, Cache cache) {
   std::vector<std::unique_ptr<Filesystem>> mounted;
   std::vector<std::vector<uint64_t>> targets;
@@ -27,22 +25,10 @@ std::vector<double> one_block_medians(const std::vector<Image*>& images, int sam
     mounted.push_back(std::move(*Filesystem::mount(*image->device)));
     targets.push_back(random_file_blocks(*mounted.back(), samples, 7));
   }
-  std::vector<std::vector<double>> times(images.size());
-  CacheEvictor evictor(cache);
-  for (int i = 0; i < samples; ++i) {
-    for (size_t k = 0; k < images.size(); ++k) {
-      evictor.evict();
-      double t0 = now_seconds();
-      (void)images[k]->device->notify_failure(targets[k][i], 4096, FailureFlags::ActionRequired);
-      times[k].push_back(now_seconds() - t0);
-    }
-  }
-  std::vector<double> medians;
-  for (size_t k = 0; k < images.size(); ++k) {
-    mounted[k]->shutdown();
-    std::nth_element(times[k].begin(), times[k].begin() + samples / 2, times[k].end());
-    medians.push_back(times[k][samples / 2]);
-  }
+  std::vector<double> medians = medians_taking_turns(images.size(), samples, cache, [&](size_t k, int i) {
+    (void)images[k]->device->notify_failure(targets[k][i], 4096, FailureFlags::ActionRequired);
+  });
+  for (auto& fs : mounted) fs->shutdown();
   return medians;
 }
 

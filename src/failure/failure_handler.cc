@@ -26,6 +26,8 @@ Result<void> FailureHandler::notify_failure(uint64_t offset, uint64_t length, Fa
 
   std::vector<mapping::Notice> notices;
   for (const auto& f : owners.files) {
+    // A file nobody maps has nothing to revoke, and a mapping made from here on
+    // reads its layout after the record above: skip the file's (cold) inode.
     if (!mappings_.maps_file(f.ino)) continue;
     fs_.with_file_locked(f.ino, [&] { mappings_.mark_lost(f.ino, f.file_block, f.count, f.dev_block, &notices); });
   }

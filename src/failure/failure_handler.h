@@ -7,7 +7,9 @@
 // - File data (I3, I5): the failed blocks are recorded persistently and fenced
 //   off (never allocated again); in every mapping of every owning file — each
 //   reflink sharer, nobody else — exactly those pages are revoked for good, and
-//   each mapping's owner is told. Reads of those bytes fail with EIO until the
+//   each mapping's owner is told. Owning files without mappings are not even
+//   locked: their layout shows the record from then on, and the cost of a
+//   notification stays the same however many files the filesystem holds. Reads of those bytes fail with EIO until the
 //   file rewrites the whole block (relocation) or drops it.
 // - Free space: fenced off the same way.
 // - Checkpoint metadata: rewritten from memory to good blocks (I6).
