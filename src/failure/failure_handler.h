@@ -9,8 +9,9 @@
 //   reflink sharer, nobody else — exactly those pages are revoked for good, and
 //   each mapping's owner is told. Owning files without mappings are not even
 //   locked: their layout shows the record from then on, and the cost of a
-//   notification stays the same however many files the filesystem holds. Reads of those bytes fail with EIO until the
-//   file rewrites the whole block (relocation) or drops it.
+//   notification stays the same however many files the filesystem holds.
+//   Reads of those bytes fail with EIO until the file rewrites the whole block
+//   (relocation) or drops it.
 // - Free space: fenced off the same way.
 // - Checkpoint metadata: rewritten from memory to good blocks (I6).
 // - The journal or both superblocks: consistency cannot be guaranteed on, so the
