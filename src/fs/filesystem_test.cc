@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
 #include <thread>
 
@@ -223,6 +224,30 @@ TEST_F(FsTest, ConcurrentWritersOnDifferentFiles) {
     EXPECT_EQ(read_file(*fs_, "/w" + std::to_string(t)), std::string(600000, static_cast<char>('a' + t)));
   }
   expect_clean();
+}
+
+// stat by path reads the size and block count a writer is changing: it must
+// see a whole write or none of it (and TSan must see no race).
+TEST_F(FsTest, StatByPathWhileTheFileGrows) {
+  auto ino = fs_->create("/growing");
+  ASSERT_TRUE(ino.has_value());
+  constexpr uint64_t kPiece = 3000;
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    std::string piece(kPiece, 'g');
+    for (uint64_t i = 0; i < 300; ++i) ASSERT_TRUE(fs_->write(*ino, i * kPiece, as_bytes(piece)).has_value());
+    done.store(true);
+  });
+  uint64_t last = 0;
+  while (!done.load()) {
+    auto st = fs_->stat("/growing");
+    ASSERT_TRUE(st.has_value());
+    EXPECT_EQ(st->size_bytes % kPiece, 0u) << "a write seen in part";
+    EXPECT_GE(st->size_bytes, last) << "the size went back";
+    last = st->size_bytes;
+  }
+  writer.join();
+  EXPECT_EQ(fs_->stat("/growing")->size_bytes, 300 * kPiece);
 }
 
 TEST_F(FsTest, ShutdownStopsEveryCall) {

@@ -2,7 +2,6 @@
 // readdir, stat, open and the last-close teardown of unlinked files.
 #include <algorithm>
 
-
 #include "fs/fs_impl.h"
 
 namespace poise {
@@ -300,6 +299,7 @@ Result<std::vector<DirEntry>> FsImpl::readdir(std::string_view path) {
 Result<Stat> FsImpl::stat(std::string_view path) {
   std::shared_lock ns(ns_mutex_);
   Inode* inode = TRY(resolve_locked(path));
+  std::shared_lock lock(inode->lock);
   return stat_of(*inode);
 }
 
