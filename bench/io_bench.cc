@@ -24,7 +24,7 @@ void io_bench(const Options& o, Table* t) {
   const uint64_t file_bytes = o.quick ? (64ull << 20) : (1ull << 30);
   const uint64_t chunks = file_bytes / kChunk;
   std::string image = "/dev/shm/poise-io-bench-" + std::to_string(getpid()) + ".img";
-  auto device = open_device(image, {CreateMode::CreateIfMissing, file_bytes + (256ull << 20)});
+  auto device = open_device(image, {CreateMode::CreateIfMissing, file_bytes + (256ull << 20), DeviceAccess::ReadWrite, Backing::Sparse});
   if (!device) {
     fmt::print(stderr, "io bench: {}\n", device.error().message);
     return;

@@ -74,7 +74,7 @@ void mapping_bench(const Options& o, Table* t) {
     const uint64_t files = o.quick ? 10000 : 100000;
     const uint64_t mapped = files / 10;
     std::string path = fmt::format("/dev/shm/poise-bench-{}.img", ::getpid());
-    auto device = std::move(*open_device(path, {CreateMode::CreateIfMissing, 1ull << 40}));
+    auto device = std::move(*open_device(path, {CreateMode::CreateIfMissing, 1ull << 40, DeviceAccess::ReadWrite, Backing::Sparse}));
     (void)Filesystem::format(*device);
     auto fs = std::move(*Filesystem::mount(*device));
     std::string block(4096, 'd');

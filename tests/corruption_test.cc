@@ -159,3 +159,73 @@ TEST(Corruption, RandomMetadataDamageNeverCrashes) {
 
 }  // namespace
 }  // namespace poise
+
+namespace poise {
+namespace {
+
+// A device whose journal holds `ops` committed transactions (one mkdir each)
+// that no checkpoint has absorbed: the filesystem stopped as if the power went.
+std::unique_ptr<MemoryDevice> journal_with_transactions(int ops, uint64_t* journal_offset) {
+  auto device = std::make_unique<MemoryDevice>(kBytes);
+  EXPECT_TRUE(Filesystem::format(*device).has_value());
+  auto fs = Filesystem::mount(*device);
+  EXPECT_TRUE(fs.has_value());
+  for (const auto& r : *(*fs)->fsmap(0, kBytes)) {
+    if (r.owner == OwnerKind::Metadata && r.metadata_kind == MetadataKind::Journal) *journal_offset = r.device_offset_bytes;
+  }
+  for (int i = 1; i <= ops; ++i) EXPECT_TRUE((*fs)->mkdir("/d" + std::to_string(i)).has_value());
+  (*fs)->shutdown();  // no checkpoint: the journal is all there is
+  return device;
+}
+
+// The byte offset (in the device) of the sealed transaction with this lsn.
+uint64_t transaction_at(const MemoryDevice& device, uint64_t journal_offset, uint64_t lsn) {
+  for (uint64_t at = 0; at < (1u << 20); at += format::kTxAlign) {
+    format::TxHeader h;
+    std::memcpy(&h, device.data() + journal_offset + at, sizeof h);
+    if (h.magic.get() == format::kTxMagic && h.self_offset.get() == at && h.lsn.get() == lsn) return journal_offset + at;
+  }
+  ADD_FAILURE() << "no transaction " << lsn;
+  return 0;
+}
+
+TEST(Corruption, ADamagedTransactionBeforeValidOnesIsNeverSilent) {
+  uint64_t journal = 0;
+  auto device = journal_with_transactions(4, &journal);
+  uint64_t tx2 = transaction_at(*device, journal, 2);
+  device->data()[tx2 + sizeof(format::TxHeader) + 3] ^= std::byte{0x40};  // one bit of its payload
+  int code = 0;
+  std::string message = mount_error(*device, &code);
+  EXPECT_EQ(code, EUCLEAN) << message;
+  EXPECT_NE(message.find("transaction 2"), std::string::npos) << message;
+  EXPECT_NE(message.find("transaction 3"), std::string::npos) << "the message names the one that follows: " << message;
+  MountOptions ro;
+  ro.mode = MountMode::ReadOnly;
+  auto read_only = Filesystem::mount(*device, ro);
+  EXPECT_FALSE(read_only.has_value()) << "a read-only mount would show the state without transactions 2..4";
+  auto report = Filesystem::check_device(*device);
+  ASSERT_TRUE(report.has_value());
+  EXPECT_FALSE(report->clean()) << "check must not call this image clean";
+}
+
+TEST(Corruption, OnlyTheLastTransactionMayBeTorn) {
+  uint64_t journal = 0;
+  auto device = journal_with_transactions(4, &journal);
+  uint64_t tx4 = transaction_at(*device, journal, 4);
+  device->data()[tx4 + sizeof(format::TxHeader) + 3] ^= std::byte{0x40};  // a torn tail: the crash case
+  auto fs = Filesystem::mount(*device);
+  ASSERT_TRUE(fs.has_value()) << fs.error().message;
+  for (int i = 1; i <= 3; ++i) EXPECT_TRUE((*fs)->stat("/d" + std::to_string(i)).has_value()) << i;
+  EXPECT_FALSE((*fs)->stat("/d4").has_value()) << "the torn transaction is not applied";
+  EXPECT_TRUE((*fs)->check().clean());
+  // And the journal keeps working after the torn tail: later work survives a remount.
+  ASSERT_TRUE((*fs)->mkdir("/after").has_value());
+  (*fs)->shutdown();
+  fs->reset();
+  auto again = Filesystem::mount(*device);
+  ASSERT_TRUE(again.has_value()) << again.error().message;
+  EXPECT_TRUE((*again)->stat("/after").has_value());
+}
+
+}  // namespace
+}  // namespace poise

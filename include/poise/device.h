@@ -174,13 +174,31 @@ inline constexpr uint64_t kDeviceSizeMin = 16ull << 20;
 
 enum class CreateMode : uint8_t { OpenExisting, CreateIfMissing };
 
+// ReadOnly opens and maps the image without write permission (a 0444 image, or
+// one on a read-only filesystem, can be inspected) and shares the lock with
+// other read-only openers. Stores to such a device are programmer errors.
+enum class DeviceAccess : uint8_t { ReadWrite, ReadOnly };
+
+// For an emulated device opened read-write: Reserved makes the host filesystem
+// back every byte of the image (fallocate) before any block is handed out, so a
+// full host filesystem is an ENOSPC at open instead of a SIGBUS on a store.
+// Sparse leaves holes (for huge test images); a store into a hole on a full host
+// filesystem then kills the process with SIGBUS, as any shared file mapping would.
+enum class Backing : uint8_t { Reserved, Sparse };
+
 struct OpenDeviceOptions {
   CreateMode create = CreateMode::OpenExisting;
   uint64_t size_bytes = 0;  // for a new or growing emulated device; 0 keeps the size
+  DeviceAccess access = DeviceAccess::ReadWrite;
+  Backing backing = Backing::Reserved;
 };
 
 // Opens a device by path: a character device is device-dax, anything else is an
-// emulated device on a regular file. The file is locked against a second opener.
+// emulated device on a regular file. The file is locked against a second opener
+// (read-only openers share). A failed open never leaves a file it created, and
+// never resizes a file before the size is known to be valid. The descriptor is
+// never 0, 1 or 2, so a process whose standard streams were closed cannot write
+// its output into the image.
 Result<std::unique_ptr<Device>> open_device(const std::string& path,
                                             const OpenDeviceOptions& options = {});
 

@@ -110,6 +110,9 @@ class Filesystem {
                                                    const MountOptions& options = {});
   // Verifies an unmounted device without writing to it.
   static Result<CheckReport> check_device(Device& device);
+  // Whether either superblock copy carries poise's magic, valid or not: a device
+  // that held a filesystem whose primary superblock is damaged still answers yes.
+  static bool holds_filesystem(const Device& device);
 
   virtual ~Filesystem() = default;
   // Writes a checkpoint and syncs. The Filesystem is unusable afterwards.

@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "poise/filesystem.h"
@@ -28,10 +29,22 @@ struct Session {
 };
 
 // Opens and mounts IMAGE; on failure prints the error and returns its exit code.
+// A read-only session opens the image without write permission.
 int open_session(const std::string& image, MountMode mode, Session* out);
 // Unmounts (writing the checkpoint); returns the exit code.
 int close_session(Session& session);
 // Prints "poise: <context>: <message>" and returns the exit code for the error.
 int report(const std::string& context, const Error& error);
+
+// Refuses an empty PATH argument (a usage error: an empty path is never "/").
+extern const CLI::Validator kNonEmptyPath;
+
+// A byte count or offset option ("4096", "8M"; no sign, no hex, no overflow):
+// strings parsed strictly after CLI11 has read them.
+std::optional<uint64_t> parse_byte_count(const std::string& option, const std::string& text);
+
+// Whether LOCAL (a file outside the image) is the image itself or a link to it:
+// copying the image into or out of itself would destroy it.
+bool is_the_image(const std::string& local, const std::string& image);
 
 }  // namespace poise::cli

@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "cli/exit_codes.h"
+#include "cli/json_text.h"
 #include "cli/sizes.h"
 
 namespace poise::cli {
@@ -22,10 +23,11 @@ struct Args {
 };
 
 int edit_poison(const Args& a, bool inject) {
-  auto offset = parse_size(a.offset);
-  auto length = parse_size(a.length);
-  if (!offset || !length || *length == 0) {
-    fmt::print(stderr, "poise: --offset and --length take byte counts (4096, 1M, ...), length above 0\n");
+  auto offset = parse_byte_count("--offset", a.offset);
+  auto length = parse_byte_count("--length", a.length);
+  if (!offset || !length) return kExitUsage;
+  if (*length == 0) {
+    fmt::print(stderr, "poise: --length must be above 0\n");
     return kExitUsage;
   }
   auto device = open_device(a.image);
@@ -52,8 +54,10 @@ int badblocks(const Args& a) {
     for (const auto& r : *fs.fsmap(bad.device_offset_bytes, bad.length_bytes)) {
       if (r.owner == OwnerKind::File) {
         if (!paths.count(r.ino.value())) paths[r.ino.value()] = fs.path_of(r.ino).value_or("");
-        owners.push_back({{"owner", "file"}, {"inode", r.ino.value()}, {"path", paths[r.ino.value()]},
-                          {"file_offset", r.file_offset_bytes}, {"length", r.length_bytes}});
+        json owner{{"owner", "file"}, {"inode", r.ino.value()}, {"file_offset", r.file_offset_bytes},
+                   {"length", r.length_bytes}};
+        set_name(owner, "path", paths[r.ino.value()]);
+        owners.push_back(std::move(owner));
       } else if (r.owner == OwnerKind::Metadata) {
         owners.push_back({{"owner", "metadata"}, {"kind", to_string(r.metadata_kind)}, {"length", r.length_bytes}});
       }
@@ -63,7 +67,7 @@ int badblocks(const Args& a) {
   json reported = json::array();
   for (const BadRange& b : *device_list) reported.push_back({{"offset", b.offset_bytes}, {"length", b.length_bytes}});
   if (a.json) {
-    fmt::print("{}\n", json{{"device", reported}, {"filesystem", recorded}}.dump(2));
+    fmt::print("{}\n", json_text(json{{"device", reported}, {"filesystem", recorded}}));
     return kExitOk;
   }
   fmt::print("reported by the device ({}): {} range(s)\n", session.device->describe(), reported.size());

@@ -11,6 +11,7 @@
 
 #include "cli/cli.h"
 #include "cli/exit_codes.h"
+#include "cli/json_text.h"
 #include "cli/sizes.h"
 
 namespace poise::cli {
@@ -24,9 +25,30 @@ struct Args {
   std::string image, path, local;
   bool json = false;
   bool long_format = false;
-  uint64_t offset = 0;
-  std::optional<uint64_t> length;
+  std::string offset, length;  // parsed strictly by byte_range()
 };
+
+// --offset/--length as a byte range: both strict byte counts, and the end must
+// not pass 2^64. An absent --length is nullopt ("to the end").
+bool byte_range(const Args& a, uint64_t* offset, std::optional<uint64_t>* length) {
+  *offset = 0;
+  length->reset();
+  if (!a.offset.empty()) {
+    auto o = parse_byte_count("--offset", a.offset);
+    if (!o) return false;
+    *offset = *o;
+  }
+  if (!a.length.empty()) {
+    auto l = parse_byte_count("--length", a.length);
+    if (!l) return false;
+    if (*l > UINT64_MAX - *offset) {
+      fmt::print(stderr, "poise: --offset {} plus --length {} passes 2^64 bytes\n", *offset, *l);
+      return false;
+    }
+    *length = *l;
+  }
+  return true;
+}
 
 int with_ro(const Args& args, const std::function<int(Filesystem&)>& fn) {
   Session session;
@@ -70,11 +92,10 @@ int info(const Args& a) {
   return with_ro(a, [&](Filesystem& fs) {
     FsInfo i = fs.info();
     if (a.json) {
-      fmt::print("{}\n", json{{"size_bytes", i.size_bytes}, {"block_size", i.block_size},
-                              {"used_bytes", i.used_bytes}, {"free_bytes", i.free_bytes},
-                              {"files", i.files}, {"journal_bytes", i.journal_bytes},
-                              {"checkpoint_generation", i.checkpoint_generation}}
-                             .dump(2));
+      fmt::print("{}\n", json_text(json{{"size_bytes", i.size_bytes}, {"block_size", i.block_size},
+                                         {"used_bytes", i.used_bytes}, {"free_bytes", i.free_bytes},
+                                         {"files", i.files}, {"journal_bytes", i.journal_bytes},
+                                         {"checkpoint_generation", i.checkpoint_generation}}));
       return int(kExitOk);
     }
     fmt::print("size:       {} ({} bytes)\nblock size: {}\nused:       {} ({} bytes)\nfree:       {} ({} bytes)\n"
@@ -105,10 +126,10 @@ int ls(const Args& a) {
       json out = json::array();
       for (const auto& [name, s] : rows) {
         json j = stat_json(s);
-        j["name"] = name;
+        set_name(j, "name", name);
         out.push_back(j);
       }
-      fmt::print("{}\n", out.dump(2));
+      fmt::print("{}\n", json_text(out));
       return int(kExitOk);
     }
     for (const auto& [name, s] : rows) {
@@ -129,8 +150,8 @@ int stat_cmd(const Args& a) {
     if (!st.has_value()) return report("stat " + a.path, st.error());
     if (a.json) {
       json j = stat_json(*st);
-      j["path"] = a.path;
-      fmt::print("{}\n", j.dump(2));
+      set_name(j, "path", a.path);
+      fmt::print("{}\n", json_text(j));
       return int(kExitOk);
     }
     fmt::print("  path: {}\n inode: {}\n  type: {}\n  mode: {} ({:04o})\n links: {}\n   uid: {}  gid: {}\n"
@@ -171,6 +192,11 @@ int copy_out(Filesystem& fs, const std::string& path, uint64_t offset, std::opti
 }
 
 int get(const Args& a) {
+  if (a.local != "-" && is_the_image(a.local, a.image)) {
+    fmt::print(stderr, "poise: get: {} is the image itself; writing the file there would destroy the image\n",
+               a.local);
+    return kExitInvalid;
+  }
   return with_ro(a, [&](Filesystem& fs) {
     std::FILE* out = a.local == "-" ? stdout : std::fopen(a.local.c_str(), "wb");
     if (out == nullptr) {
@@ -184,13 +210,19 @@ int get(const Args& a) {
 }
 
 int cat(const Args& a) {
-  return with_ro(a, [&](Filesystem& fs) { return copy_out(fs, a.path, a.offset, a.length, stdout); });
+  uint64_t offset = 0;
+  std::optional<uint64_t> length;
+  if (!byte_range(a, &offset, &length)) return kExitUsage;
+  return with_ro(a, [&](Filesystem& fs) { return copy_out(fs, a.path, offset, length, stdout); });
 }
 
 int fsmap(const Args& a) {
+  uint64_t offset = 0;
+  std::optional<uint64_t> want;
+  if (!byte_range(a, &offset, &want)) return kExitUsage;
   return with_ro(a, [&](Filesystem& fs) {
-    uint64_t length = a.length.value_or(fs.info().size_bytes);
-    auto records = fs.fsmap(a.offset, length);
+    uint64_t length = want.value_or(fs.info().size_bytes);
+    auto records = fs.fsmap(offset, length);
     if (!records.has_value()) return report("fsmap", records.error());
     std::map<uint64_t, std::string> paths;
     for (const auto& r : *records) {
@@ -207,11 +239,11 @@ int fsmap(const Args& a) {
         if (r.owner == OwnerKind::File) {
           j["inode"] = r.ino.value();
           j["file_offset"] = r.file_offset_bytes;
-          if (!paths[r.ino.value()].empty()) j["path"] = paths[r.ino.value()];
+          if (!paths[r.ino.value()].empty()) set_name(j, "path", paths[r.ino.value()]);
         }
         out.push_back(j);
       }
-      fmt::print("{}\n", out.dump(2));
+      fmt::print("{}\n", json_text(out));
       return int(kExitOk);
     }
     fmt::print("{:>14} {:>12} {:<9} {:<16} {:>12} {:>4}\n", "DEVICE_OFFSET", "LENGTH", "OWNER", "WHAT", "FILE_OFFSET",
@@ -231,17 +263,18 @@ int fsmap(const Args& a) {
 }
 
 int check(const Args& a) {
-  auto device = open_device(a.image);
+  OpenDeviceOptions read_only;
+  read_only.access = DeviceAccess::ReadOnly;
+  auto device = open_device(a.image, read_only);
   if (!device.has_value()) return report("check", device.error());
   auto result = Filesystem::check_device(**device);
   if (!result.has_value()) return report("check " + a.image, result.error());
   const CheckReport& r = *result;
   if (a.json) {
-    fmt::print("{}\n", json{{"clean", r.clean()}, {"problems", r.problems}, {"notes", r.notes},
-                            {"inodes", r.inodes}, {"directories", r.directories}, {"extents", r.extents},
-                            {"used_blocks", r.used_blocks}, {"shared_blocks", r.shared_blocks},
-                            {"free_blocks", r.free_blocks}}
-                           .dump(2));
+    fmt::print("{}\n", json_text(json{{"clean", r.clean()}, {"problems", r.problems}, {"notes", r.notes},
+                                       {"inodes", r.inodes}, {"directories", r.directories}, {"extents", r.extents},
+                                       {"used_blocks", r.used_blocks}, {"shared_blocks", r.shared_blocks},
+                                       {"free_blocks", r.free_blocks}}));
   } else {
     for (const auto& p : r.problems) fmt::print("problem: {}\n", p);
     for (const auto& n : r.notes) fmt::print("note: {}\n", n);
@@ -264,21 +297,21 @@ void add_inspect_commands(CLI::App& app, std::function<int()>* run) {
   };
   add("info", "Show size, usage and file count", info)->add_flag("--json", args->json, "Machine-readable output");
   auto* ls_cmd = add("ls", "List a directory (or show one file)", ls);
-  ls_cmd->add_option("PATH", args->path, "Directory or file (default /)");
+  ls_cmd->add_option("PATH", args->path, "Directory or file (default /)")->check(kNonEmptyPath);
   ls_cmd->add_flag("-l", args->long_format, "Long format: mode, links, owner, size, time");
   ls_cmd->add_flag("--json", args->json, "Machine-readable output");
   auto* stat_c = add("stat", "Show a file's attributes", stat_cmd);
-  stat_c->add_option("PATH", args->path)->required();
+  stat_c->add_option("PATH", args->path)->required()->check(kNonEmptyPath);
   stat_c->add_flag("--json", args->json, "Machine-readable output");
   auto* get_cmd = add("get", "Copy a file out of the image (LOCAL - is stdout)", get);
-  get_cmd->add_option("PATH", args->path)->required();
-  get_cmd->add_option("LOCAL", args->local, "Local file, or - for standard output")->required();
+  get_cmd->add_option("PATH", args->path)->required()->check(kNonEmptyPath);
+  get_cmd->add_option("LOCAL", args->local, "Local file, or - for standard output")->required()->check(kNonEmptyPath);
   auto* cat_cmd = add("cat", "Write a file (or a byte range of it) to stdout", cat);
-  cat_cmd->add_option("PATH", args->path)->required();
-  cat_cmd->add_option("--offset", args->offset, "First byte to write");
-  cat_cmd->add_option("--length", args->length, "How many bytes to write");
+  cat_cmd->add_option("PATH", args->path)->required()->check(kNonEmptyPath);
+  cat_cmd->add_option("--offset", args->offset, "First byte to write (4096, 8M, ...)");
+  cat_cmd->add_option("--length", args->length, "How many bytes to write (default: to the end of file)");
   auto* fsmap_cmd = add("fsmap", "Show who owns each stretch of the device (the reverse map)", fsmap);
-  fsmap_cmd->add_option("--offset", args->offset, "Device byte offset to start at");
+  fsmap_cmd->add_option("--offset", args->offset, "Device byte offset to start at (4096, 8M, ...)");
   fsmap_cmd->add_option("--length", args->length, "Bytes to cover (default: to the end)");
   fsmap_cmd->add_flag("--json", args->json, "Machine-readable output: one record per owner");
   add("check", "Verify every invariant of an unmounted image (exit 5 if any fails)", check)

@@ -1,6 +1,9 @@
 // Commands that change an image: mkfs, mkdir, put, rm, mv, ln, reflink, truncate.
 #include <fmt/format.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -29,38 +32,40 @@ int with_fs(const Args& args, const std::function<int(Filesystem&)>& fn) {
   return code != kExitOk ? code : closed;
 }
 
+// Why mkfs must not overwrite what IMAGE holds without --force: a poise
+// filesystem (even one whose primary superblock is damaged), or any other data.
+// Returns an empty string when the image is new, empty or all zeros.
+std::string what_the_image_holds(const std::string& image) {
+  struct stat st {};
+  if (::stat(image.c_str(), &st) != 0) return "";
+  if (S_ISREG(st.st_mode) && st.st_size == 0) return "";
+  OpenDeviceOptions read_only;
+  read_only.access = DeviceAccess::ReadOnly;
+  auto device = open_device(image, read_only);
+  if (!device.has_value()) return "data that is not a poise filesystem (" + device.error().message + ")";
+  if (Filesystem::holds_filesystem(**device)) return "a poise filesystem";
+  constexpr uint64_t kLookBytes = 64 << 10;  // where partition tables, superblocks and headers live
+  const uint64_t size = (*device)->size_bytes();
+  std::vector<std::byte> buf(kLookBytes);
+  for (uint64_t at : {uint64_t{0}, size - kLookBytes}) {
+    if (!(*device)->read(at, buf.data(), buf.size()).has_value()) return "data that cannot be read";
+    for (std::byte b : buf) {
+      if (b != std::byte{0}) return "data that is not a poise filesystem";
+    }
+  }
+  return "";
+}
+
 int mkfs(const Args& args) {
   std::optional<uint64_t> size;
   if (!args.size.empty()) {
     size = parse_size(args.size);
-    if (!size) {
-      fmt::print(stderr, "poise: mkfs: cannot read size '{}' (examples: 64M, 4G, 1T)\n", args.size);
+    if (!size || *size < kDeviceSizeMin || *size % 4096 != 0) {
+      fmt::print(stderr, "poise: mkfs: --size '{}' must be at least 16M and a multiple of 4K (examples: 64M, 4G, 1T)\n",
+                 args.size);
       return kExitUsage;
     }
   }
-  OpenDeviceOptions options;
-  options.create = size ? CreateMode::CreateIfMissing : CreateMode::OpenExisting;
-  options.size_bytes = size.value_or(0);
-  if (!size) {
-    // Without --size the image must exist already (a device-dax device, or a file to reuse).
-    if (std::FILE* f = std::fopen(args.image.c_str(), "r"); f != nullptr) {
-      std::fclose(f);
-    } else {
-      fmt::print(stderr, "poise: mkfs: {} does not exist; give --size to create it\n", args.image);
-      return kExitUsage;
-    }
-  }
-  {  // refuse to overwrite a filesystem unless told to
-    auto existing = open_device(args.image);
-    if (existing.has_value() && (*existing)->size_bytes() >= 4 &&
-        std::memcmp((*existing)->data(), "POIS", 4) == 0 && !args.flag) {
-      fmt::print(stderr, "poise: mkfs: {} already holds a poise filesystem; use --force to overwrite it\n",
-                 args.image);
-      return kExitExists;
-    }
-  }
-  auto device = open_device(args.image, options);
-  if (!device.has_value()) return report("mkfs", device.error());
   FormatOptions format;
   if (!args.journal.empty()) {
     auto journal = parse_size(args.journal);
@@ -70,8 +75,30 @@ int mkfs(const Args& args) {
     }
     format.journal_blocks = *journal / 4096;
   }
+  struct stat st {};
+  const bool exists = ::stat(args.image.c_str(), &st) == 0;
+  if (!size && !exists) {
+    // Without --size the image must exist already (a device-dax device, or a file to reuse).
+    fmt::print(stderr, "poise: mkfs: {} does not exist; give --size to create it\n", args.image);
+    return kExitUsage;
+  }
+  if (!args.flag) {  // refuse to overwrite anything unless told to
+    if (std::string held = what_the_image_holds(args.image); !held.empty()) {
+      fmt::print(stderr, "poise: mkfs: {} holds {}; use --force to overwrite it\n", args.image, held);
+      return kExitExists;
+    }
+  }
+  OpenDeviceOptions options;
+  options.create = size ? CreateMode::CreateIfMissing : CreateMode::OpenExisting;
+  options.size_bytes = size.value_or(0);
+  auto device = open_device(args.image, options);
+  if (!device.has_value()) return report("mkfs", device.error());
   auto formatted = Filesystem::format(**device, format);
-  if (!formatted.has_value()) return report("mkfs", formatted.error());
+  if (!formatted.has_value()) {
+    device->reset();
+    if (!exists) ::unlink(args.image.c_str());  // a failed mkfs leaves no new file behind
+    return report("mkfs", formatted.error());
+  }
   fmt::print("formatted {}: {} ({} bytes), {}, 4096-byte blocks\n", args.image,
              human_size((*device)->size_bytes()), (*device)->size_bytes(), (*device)->describe());
   return kExitOk;
@@ -99,15 +126,44 @@ int mkdir_p(Filesystem& fs, const std::string& path) {
   return kExitOk;
 }
 
+// put is all-or-nothing: the bytes go into a hidden file beside DST, which is
+// renamed over DST (one journal transaction) only once every byte is in. A
+// failure (unreadable input, a full device, a kill) leaves DST as it was; a
+// killed put may leave its hidden .poise-put-* file, which `rm` removes.
 int put(Filesystem& fs, const std::string& local, const std::string& path) {
   std::FILE* in = local == "-" ? stdin : std::fopen(local.c_str(), "rb");
   if (in == nullptr) {
-    fmt::print(stderr, "poise: put: cannot open {}: {}\n", local, std::strerror(errno));
-    return errno == ENOENT ? kExitNotFound : kExitFailure;
+    int e = errno;
+    fmt::print(stderr, "poise: put: cannot open {}: {}\n", local, std::strerror(e));
+    return e == ENOENT ? kExitNotFound : kExitFailure;
   }
-  auto file = fs.open(path, OpenFlags::Create | OpenFlags::Truncate);
-  if (!file.has_value()) {
+  auto close_in = [&] {
     if (in != stdin) std::fclose(in);
+  };
+  struct stat in_st {};
+  if (::fstat(::fileno(in), &in_st) == 0 && S_ISDIR(in_st.st_mode)) {
+    close_in();
+    fmt::print(stderr, "poise: put: {} is a directory\n", local);
+    return kExitInvalid;
+  }
+  uint32_t mode = 0644;
+  if (auto old = fs.stat(path); old.has_value()) {
+    if (old->type == FileType::Directory) {
+      close_in();
+      fmt::print(stderr, "poise: put: {} is a directory\n", path);
+      return kExitInvalid;
+    }
+    mode = old->mode;
+  } else if (old.error().code != ENOENT) {
+    close_in();
+    return report("put " + path, old.error());
+  }
+  size_t slash = path.find_last_of('/');
+  std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
+  std::string temp = fmt::format("{}.poise-put-{}", dir, ::getpid());
+  auto file = fs.open(temp, OpenFlags::Create | OpenFlags::Exclusive, mode);
+  if (!file.has_value()) {
+    close_in();
     return report("put " + path, file.error());
   }
   std::vector<std::byte> buf(kCopyChunkBytes);
@@ -125,19 +181,28 @@ int put(Filesystem& fs, const std::string& local, const std::string& path) {
     }
     if (n < buf.size()) {
       if (std::ferror(in)) {
-        fmt::print(stderr, "poise: put: reading {} failed\n", local);
+        fmt::print(stderr, "poise: put: reading {} failed: {}\n", local, std::strerror(errno));
         code = kExitFailure;
       }
       break;
     }
   }
-  if (in != stdin) std::fclose(in);
+  close_in();
+  file->close();
+  if (code == kExitOk) {
+    if (auto renamed = fs.rename(temp, path); !renamed.has_value()) code = report("put " + path, renamed.error());
+  }
+  if (code != kExitOk) (void)fs.unlink(temp);  // DST keeps its old content
   return code;
 }
 
 int remove_tree(Filesystem& fs, const std::string& path, bool recursive) {
   auto st = fs.stat(path);
   if (!st.has_value()) return report("rm " + path, st.error());
+  if (st->ino == kRootInode) {  // "/", "/.", "//", "/a/..": like rm's --preserve-root
+    fmt::print(stderr, "poise: rm: refusing to remove the root directory ({}); remove what is in it by name\n", path);
+    return kExitInvalid;
+  }
   if (st->type == FileType::Regular) {
     auto r = fs.unlink(path);
     return r.has_value() ? kExitOk : report("rm " + path, r.error());
@@ -148,10 +213,10 @@ int remove_tree(Filesystem& fs, const std::string& path, bool recursive) {
   }
   auto entries = fs.readdir(path);
   if (!entries.has_value()) return report("rm " + path, entries.error());
+  std::string prefix = path.ends_with('/') ? path : path + "/";
   for (const auto& e : *entries) {
-    if (int code = remove_tree(fs, (path == "/" ? "" : path) + "/" + e.name, true); code != kExitOk) return code;
+    if (int code = remove_tree(fs, prefix + e.name, true); code != kExitOk) return code;
   }
-  if (st->ino == kRootInode) return kExitOk;  // rm -r / empties the root
   auto r = fs.rmdir(path);
   return r.has_value() ? kExitOk : report("rm " + path, r.error());
 }
@@ -186,7 +251,7 @@ void add_modify_commands(CLI::App& app, std::function<int()>* run) {
   mkfs_cmd->add_option("IMAGE", args->image, "Image file or /dev/daxX.Y")->required();
   mkfs_cmd->add_option("--size", args->size, "Size of a new or resized image file: 64M, 4G, 1T ...");
   mkfs_cmd->add_option("--journal", args->journal, "Journal size (default 1/64 of the device, 1M..64M)");
-  mkfs_cmd->add_flag("-f,--force", args->flag, "Overwrite an existing poise filesystem");
+  mkfs_cmd->add_flag("-f,--force", args->flag, "Overwrite an existing poise filesystem or other data");
 
   auto* mkdir_cmd = command(app, "mkdir", "Create a directory", run, args, [](const Args& a) {
     return with_fs(a, [&](Filesystem& fs) {
@@ -196,20 +261,33 @@ void add_modify_commands(CLI::App& app, std::function<int()>* run) {
     });
   });
   mkdir_cmd->add_option("IMAGE", args->image)->required();
-  mkdir_cmd->add_option("PATH", args->a)->required();
+  mkdir_cmd->add_option("PATH", args->a)->required()->check(kNonEmptyPath);
   mkdir_cmd->add_flag("-p,--parents", args->flag, "Create missing parents; no error if it exists");
 
   auto* put_cmd = command(app, "put", "Copy a local file (or - for stdin) into the image", run, args,
-                          [](const Args& a) { return with_fs(a, [&](Filesystem& fs) { return put(fs, a.a, a.b); }); });
+                          [](const Args& a) {
+    // Refused before the image is opened: nothing of it may change.
+    if (a.a != "-" && is_the_image(a.a, a.image)) {
+      fmt::print(stderr, "poise: put: {} is the image itself; it cannot be copied into itself\n", a.a);
+      return int(kExitInvalid);
+    }
+    if (a.b.ends_with('/')) {
+      fmt::print(stderr, "poise: put: {}: a file's name cannot end in '/'\n", a.b);
+      return int(kExitInvalid);
+    }
+    return with_fs(a, [&](Filesystem& fs) { return put(fs, a.a, a.b); });
+  });
   put_cmd->add_option("IMAGE", args->image)->required();
-  put_cmd->add_option("LOCAL", args->a, "Local file, or - for standard input")->required();
-  put_cmd->add_option("PATH", args->b, "Destination path in the image (replaced if it exists)")->required();
+  put_cmd->add_option("LOCAL", args->a, "Local file, or - for standard input")->required()->check(kNonEmptyPath);
+  put_cmd->add_option("PATH", args->b, "Destination path in the image (replaced whole, only once every byte is in)")
+      ->required()
+      ->check(kNonEmptyPath);
 
   auto* rm_cmd = command(app, "rm", "Remove a file, or a directory tree with -r", run, args, [](const Args& a) {
     return with_fs(a, [&](Filesystem& fs) { return remove_tree(fs, a.a, a.flag); });
   });
   rm_cmd->add_option("IMAGE", args->image)->required();
-  rm_cmd->add_option("PATH", args->a)->required();
+  rm_cmd->add_option("PATH", args->a)->required()->check(kNonEmptyPath);
   rm_cmd->add_flag("-r,--recursive", args->flag, "Remove directories and their contents");
 
   auto two_paths = [&](const char* name, const char* help, auto op) {
@@ -217,8 +295,8 @@ void add_modify_commands(CLI::App& app, std::function<int()>* run) {
       return with_fs(a, [&](Filesystem& fs) { return op(fs, a.a, a.b); });
     });
     sub->add_option("IMAGE", args->image)->required();
-    sub->add_option("SRC", args->a)->required();
-    sub->add_option("DST", args->b)->required();
+    sub->add_option("SRC", args->a)->required()->check(kNonEmptyPath);
+    sub->add_option("DST", args->b)->required()->check(kNonEmptyPath);
   };
   two_paths("mv", "Rename or move (replaces an existing DST of the same kind)",
             [](Filesystem& fs, const std::string& s, const std::string& d) {
@@ -234,11 +312,8 @@ void add_modify_commands(CLI::App& app, std::function<int()>* run) {
 
   auto* truncate_cmd = command(app, "truncate", "Set a file's size (shrink, or grow with zeros)", run, args,
                                [](const Args& a) {
-    auto size = parse_size(a.size);
-    if (!size) {
-      fmt::print(stderr, "poise: truncate: cannot read size '{}'\n", a.size);
-      return int(kExitUsage);
-    }
+    auto size = parse_byte_count("SIZE", a.size);
+    if (!size) return int(kExitUsage);
     return with_fs(a, [&](Filesystem& fs) {
       auto ino = fs.lookup(a.a);
       if (!ino.has_value()) return report("truncate " + a.a, ino.error());
@@ -247,7 +322,7 @@ void add_modify_commands(CLI::App& app, std::function<int()>* run) {
     });
   });
   truncate_cmd->add_option("IMAGE", args->image)->required();
-  truncate_cmd->add_option("PATH", args->a)->required();
+  truncate_cmd->add_option("PATH", args->a)->required()->check(kNonEmptyPath);
   truncate_cmd->add_option("SIZE", args->size, "New size: bytes, or 4K, 10M ...")->required();
 }
 

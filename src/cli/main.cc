@@ -1,12 +1,48 @@
 // poise: the command-line tool. See `poise --help` and the README.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <exception>
 
 #include "cli/cli.h"
 #include "cli/exit_codes.h"
 
+namespace {
+
+// A caller may start poise with standard input, output or error closed. The
+// next file opened would then take that number, and the output meant for the
+// terminal would land in it — in the image. Each closed one is opened on
+// /dev/null before anything else is opened.
+bool open_standard_streams() {
+  for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; ++fd) {
+    if (::fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    int opened = ::open("/dev/null", fd == STDIN_FILENO ? O_RDONLY : O_WRONLY);
+    if (opened != fd) return false;  // the lowest free number is fd, unless /dev/null is missing
+  }
+  return true;
+}
+
+// Output that could not be written is an error, never a silent success: the
+// last buffered bytes are flushed here, and any earlier failure is remembered
+// by the stream.
+int finish_output(int code) {
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return code;
+  int e = errno;
+  std::fprintf(stderr, "poise: cannot write the output: %s\n", std::strerror(e != 0 ? e : EIO));
+  return code != poise::cli::kExitOk ? code : poise::cli::kExitFailure;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace poise::cli;
+  if (!open_standard_streams()) return kExitFailure;
   CLI::App app{"poise: a DAX filesystem for persistent and CXL memory, on a device or an emulated image file"};
   app.require_subcommand(1);
   app.footer(exit_code_table());
@@ -16,14 +52,25 @@ int main(int argc, char** argv) {
   add_failure_commands(app, &run);
   add_demo_command(app, &run);
   try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return kExitUsage;
+    try {
+      app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+      return finish_output(app.exit(e));
+    } catch (const CLI::CallForAllHelp& e) {
+      return finish_output(app.exit(e));
+    } catch (const CLI::ParseError& e) {
+      app.exit(e);
+      return kExitUsage;
+    }
+    return finish_output(run ? run() : kExitUsage);
+  } catch (const std::system_error& e) {
+    // fmt reports a failed write to stdout by throwing; the filesystem was
+    // unmounted by the destructors on the way here.
+    // stderr itself may be what failed: plain stdio, which cannot throw.
+    std::fprintf(stderr, "poise: cannot write the output: %s\n", e.what());
+    return kExitFailure;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "poise: internal error: %s\n", e.what());
+    return kExitFailure;
   }
-  return run ? run() : kExitUsage;
 }

@@ -1,19 +1,44 @@
 #include <fmt/format.h>
 
+#include <sys/stat.h>
+
 #include <cstring>
 
 #include "cli/cli.h"
 #include "cli/exit_codes.h"
+#include "cli/sizes.h"
 
 namespace poise::cli {
 
 int report(const std::string& context, const Error& error) {
-  fmt::print(stderr, "poise: {}: {}\n", context, error.message);
+  // Plain stdio: a failing stderr must not turn an error report into an exception.
+  std::string text = fmt::format("poise: {}: {}\n", context, error.message);
+  std::fputs(text.c_str(), stderr);
   return exit_code_for(error.code);
 }
 
+const CLI::Validator kNonEmptyPath(
+    [](std::string& path) { return path.empty() ? std::string("an empty path names nothing (the root is /)") : ""; },
+    "PATH");
+
+std::optional<uint64_t> parse_byte_count(const std::string& option, const std::string& text) {
+  auto value = parse_size(text);
+  if (!value) {
+    fmt::print(stderr, "poise: {} takes a byte count below 2^64 (4096, 64K, 8M, ...), not '{}'\n", option, text);
+  }
+  return value;
+}
+
+bool is_the_image(const std::string& local, const std::string& image) {
+  struct stat a {}, b {};
+  if (::stat(local.c_str(), &a) != 0 || ::stat(image.c_str(), &b) != 0) return false;
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
 int open_session(const std::string& image, MountMode mode, Session* out) {
-  auto device = open_device(image);
+  OpenDeviceOptions device_options;
+  device_options.access = mode == MountMode::ReadOnly ? DeviceAccess::ReadOnly : DeviceAccess::ReadWrite;
+  auto device = open_device(image, device_options);
   if (!device.has_value()) return report("cannot open image", device.error());
   MountOptions options;
   options.mode = mode;

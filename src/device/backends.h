@@ -2,6 +2,8 @@
 // Thread-safety: see poise/device.h.
 #pragma once
 
+#include <sys/types.h>
+
 #include <memory>
 #include <string>
 
@@ -17,6 +19,11 @@ Result<std::unique_ptr<Device>> open_file_device(const std::string& path,
 std::string poison_path(const std::string& image);
 
 // A device-dax character device, mapped through libpmem2.
-Result<std::unique_ptr<Device>> open_dax_device(const std::string& path);
+Result<std::unique_ptr<Device>> open_dax_device(const std::string& path,
+                                                DeviceAccess access = DeviceAccess::ReadWrite);
+
+// open(2) that never returns 0, 1 or 2 (a closed standard stream must not become
+// the image): a low descriptor is moved above 2. Sets errno on failure.
+int open_above_stdio(const char* path, int flags, mode_t mode = 0);
 
 }  // namespace poise

@@ -102,13 +102,14 @@ class DaxDevice final : public Device {
 
 }  // namespace
 
-Result<std::unique_ptr<Device>> open_dax_device(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+Result<std::unique_ptr<Device>> open_dax_device(const std::string& path, DeviceAccess access) {
+  const bool read_only = access == DeviceAccess::ReadOnly;
+  int fd = open_above_stdio(path.c_str(), read_only ? O_RDONLY : O_RDWR);
   if (fd < 0) {
     int e = errno;
     return fail(e, path + ": cannot open device-dax: " + std::strerror(e));
   }
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  if (::flock(fd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
     ::close(fd);
     return fail(EBUSY, path + ": device is in use by another poise process");
   }
@@ -132,6 +133,9 @@ Result<std::unique_ptr<Device>> open_dax_device(const std::string& path) {
   if (int rc = pmem2_config_set_required_store_granularity(config, PMEM2_GRANULARITY_PAGE);
       rc != 0) {
     return give_up(rc, "granularity");
+  }
+  if (read_only) {
+    if (int rc = pmem2_config_set_protection(config, PMEM2_PROT_READ); rc != 0) return give_up(rc, "protection");
   }
   if (int rc = pmem2_map_new(&map, config, source); rc != 0) return give_up(rc, "cannot map");
   pmem2_config_delete(&config);

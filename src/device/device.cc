@@ -125,7 +125,7 @@ Result<std::unique_ptr<Device>> open_device(const std::string& path,
     if (options.size_bytes != 0) {
       return fail(EINVAL, path + ": the size of a device-dax device is fixed; drop --size");
     }
-    return open_dax_device(path);
+    return open_dax_device(path, options.access);
   }
   return open_file_device(path, options);
 }

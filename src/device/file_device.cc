@@ -7,6 +7,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -25,8 +26,8 @@ std::string errno_text(int code) { return std::strerror(code); }
 
 class FileDevice final : public Device {
  public:
-  FileDevice(std::string path, int fd, std::byte* base, uint64_t size, PoisonList poison)
-      : path_(std::move(path)), fd_(fd), base_(base), size_(size), poison_(std::move(poison)) {}
+  FileDevice(std::string path, int fd, std::byte* base, uint64_t size, PoisonList poison, DeviceAccess access)
+      : path_(std::move(path)), fd_(fd), base_(base), size_(size), poison_(std::move(poison)), access_(access) {}
   ~FileDevice() override {
     ::munmap(base_, size_);
     ::close(fd_);  // also drops the flock
@@ -42,10 +43,12 @@ class FileDevice final : public Device {
 
   void write(uint64_t offset, const void* src, size_t length) override {
     check_range(offset, length);
+    POISE_ASSERT(access_ == DeviceAccess::ReadWrite);
     pmem_memcpy_nodrain(base_ + offset, src, length);
   }
   void fill(uint64_t offset, int byte, size_t length) override {
     check_range(offset, length);
+    POISE_ASSERT(access_ == DeviceAccess::ReadWrite);
     pmem_memset_nodrain(base_ + offset, byte, length);
   }
   void flush(uint64_t offset, size_t length) override {
@@ -54,6 +57,7 @@ class FileDevice final : public Device {
   }
   void drain() override { pmem_drain(); }
   Result<void> sync() override {
+    if (access_ == DeviceAccess::ReadOnly) return {};  // nothing was stored
     pmem_drain();
     if (::msync(base_, size_, MS_SYNC) != 0) {
       int e = errno;
@@ -69,7 +73,7 @@ class FileDevice final : public Device {
     std::string list = poison_path(path_);
     std::string temp = list + ".tmp";
     std::string text = poison_.to_text();
-    int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open_above_stdio(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) return fail(errno, list + ": cannot write the poison list: " + errno_text(errno));
     bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
     ::close(fd);
@@ -85,6 +89,7 @@ class FileDevice final : public Device {
   std::byte* base_;
   uint64_t size_;
   mutable PoisonList poison_;
+  DeviceAccess access_;
 };
 
 }  // namespace
@@ -94,7 +99,7 @@ std::string poison_path(const std::string& image) { return image + ".poison"; }
 // Reads the emulated hardware error list kept beside the image (none: healthy).
 Result<PoisonList> load_poison(const std::string& image, uint64_t device_bytes) {
   std::string list = poison_path(image);
-  int fd = ::open(list.c_str(), O_RDONLY | O_CLOEXEC);
+  int fd = open_above_stdio(list.c_str(), O_RDONLY);
   if (fd < 0) {
     if (errno == ENOENT) return PoisonList();
     return fail(errno, list + ": cannot read the poison list: " + errno_text(errno));
@@ -109,17 +114,79 @@ Result<PoisonList> load_poison(const std::string& image, uint64_t device_bytes) 
   return std::move(*parsed);
 }
 
-Result<std::unique_ptr<Device>> open_file_device(const std::string& path,
-                                                 const OpenDeviceOptions& options) {
-  int flags = O_RDWR | O_CLOEXEC;
-  if (options.create == CreateMode::CreateIfMissing) flags |= O_CREAT;
-  int fd = ::open(path.c_str(), flags, 0644);
+int open_above_stdio(const char* path, int flags, mode_t mode) {
+  int fd = ::open(path, flags | O_CLOEXEC, mode);
+  if (fd < 0 || fd > STDERR_FILENO) return fd;
+  int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+  int e = errno;
+  ::close(fd);
+  errno = e;
+  return moved;
+}
+
+namespace {
+
+Result<void> check_image_size(const std::string& path, uint64_t size) {
+  if (size < kDeviceSizeMin) {
+    return fail(EINVAL, path + ": image is " + std::to_string(size) + " bytes; a device needs at least 16 MiB");
+  }
+  if (size % 4096 != 0) {
+    return fail(EINVAL, path + ": image size " + std::to_string(size) + " is not a multiple of 4096 bytes");
+  }
+  return {};
+}
+
+// Makes the host filesystem back every byte of the image, so that no store into
+// the mapping can fault for lack of host space later (see Backing::Reserved).
+Result<void> reserve_backing(const std::string& path, int fd, const struct stat& st, uint64_t size) {
+  if (static_cast<uint64_t>(st.st_blocks) * 512 >= size) return {};  // no holes left
+  int e = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
+  if (e == 0) return {};
+  if (e == ENOSPC || e == EDQUOT) {
+    return fail(ENOSPC, path + ": the host filesystem holding the image is full: it cannot back the image's " +
+                            std::to_string(size) + " bytes (free space there; read-only commands still work)");
+  }
+  return fail(e, path + ": cannot reserve the image's backing on the host filesystem: " + errno_text(e));
+}
+
+// On tmpfs even a load from a hole of a shared mapping allocates a page, and
+// faults with SIGBUS when there is none: a sparse image on a full tmpfs cannot
+// be read safely, so it is refused up front. Other filesystems map holes to the
+// zero page on a read.
+Result<void> check_holes_readable(const std::string& path, int fd, const struct stat& st, uint64_t size) {
+  constexpr long kTmpfsMagic = 0x01021994;
+  const uint64_t backed = static_cast<uint64_t>(st.st_blocks) * 512;
+  if (backed >= size) return {};
+  struct statfs host {};
+  if (::fstatfs(fd, &host) != 0 || host.f_type != kTmpfsMagic) return {};
+  const uint64_t holes = size - backed;
+  const uint64_t available = static_cast<uint64_t>(host.f_bavail) * static_cast<uint64_t>(host.f_bsize);
+  if (holes <= available) return {};
+  return fail(ENOSPC, path + ": the image is sparse on a tmpfs that is full: reading its " + std::to_string(holes) +
+                          " bytes of holes needs memory the host filesystem does not have (free space there)");
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Device>> open_file_device(const std::string& path, const OpenDeviceOptions& options) {
+  const bool read_only = options.access == DeviceAccess::ReadOnly;
+  POISE_ASSERT(!(read_only && options.size_bytes != 0));
+  if (options.size_bytes != 0) TRY(check_image_size(path, options.size_bytes));
+  int flags = read_only ? O_RDONLY : O_RDWR;
+  int fd = open_above_stdio(path.c_str(), flags);
+  bool created = false;
+  if (fd < 0 && errno == ENOENT && options.create == CreateMode::CreateIfMissing) {
+    fd = open_above_stdio(path.c_str(), flags | O_CREAT | O_EXCL, 0644);
+    created = fd >= 0;
+  }
   if (fd < 0) {
     int e = errno;
     return fail(e, path + ": cannot open image: " + errno_text(e));
   }
+  // A failed open leaves no file it created behind.
   auto close_with = [&](int code, std::string message) {
     ::close(fd);
+    if (created) ::unlink(path.c_str());
     return fail(code, std::move(message));
   };
   struct stat st {};
@@ -127,7 +194,7 @@ Result<std::unique_ptr<Device>> open_file_device(const std::string& path,
   if (!S_ISREG(st.st_mode)) {
     return close_with(EINVAL, path + ": not a regular file or a device-dax character device");
   }
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  if (::flock(fd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
     return close_with(EBUSY, path + ": image is in use by another poise process");
   }
   uint64_t size = static_cast<uint64_t>(st.st_size);
@@ -140,23 +207,30 @@ Result<std::unique_ptr<Device>> open_file_device(const std::string& path,
     }
     size = options.size_bytes;
   }
-  if (size < kDeviceSizeMin) {
-    return close_with(EINVAL, path + ": image is " + std::to_string(size) +
-                                  " bytes; a device needs at least 16 MiB");
+  if (auto valid = check_image_size(path, size); !valid.has_value()) {
+    return close_with(valid.error().code, valid.error().message);
   }
-  if (size % 4096 != 0) {
-    return close_with(EINVAL, path + ": image size " + std::to_string(size) +
-                                  " is not a multiple of 4096 bytes");
+  if (!read_only && options.backing == Backing::Reserved) {
+    if (auto reserved = reserve_backing(path, fd, st, size); !reserved.has_value()) {
+      if (created || options.size_bytes != 0) (void)::ftruncate(fd, st.st_size);  // leave the old size
+      return close_with(reserved.error().code, reserved.error().message);
+    }
+  }
+  if (read_only || options.backing == Backing::Sparse) {
+    if (auto readable = check_holes_readable(path, fd, st, size); !readable.has_value()) {
+      return close_with(readable.error().code, readable.error().message);
+    }
   }
   auto poison = load_poison(path, size);
   if (!poison.has_value()) return close_with(poison.error().code, poison.error().message);
-  void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  int prot = read_only ? PROT_READ : PROT_READ | PROT_WRITE;
+  void* base = ::mmap(nullptr, size, prot, MAP_SHARED | MAP_NORESERVE, fd, 0);
   if (base == MAP_FAILED) {
     int e = errno;
     return close_with(e, path + ": mmap failed: " + errno_text(e));
   }
   return std::unique_ptr<Device>(
-      new FileDevice(path, fd, static_cast<std::byte*>(base), size, std::move(*poison)));
+      new FileDevice(path, fd, static_cast<std::byte*>(base), size, std::move(*poison), options.access));
 }
 
 }  // namespace poise

@@ -214,4 +214,36 @@ Result<DecodedTx> decode_tx(const std::byte* region, uint64_t region_bytes, uint
   return tx;
 }
 
+bool tx_may_reach(const std::byte* region, uint64_t readable_bytes, uint64_t offset, uint64_t generation,
+                  uint64_t lsn) {
+  if (offset + sizeof(TxHeader) > readable_bytes) return true;
+  TxHeader h;
+  std::memcpy(&h, region + offset, sizeof h);
+  if (h.magic.get() != kTxMagic || h.generation.get() != generation || h.lsn.get() != lsn ||
+      h.self_offset.get() != offset) {
+    return false;  // not the next transaction: the log ends here
+  }
+  uint64_t sealed = (sizeof h + uint64_t{h.payload_bytes.get()} + kTxAlign - 1) / kTxAlign * kTxAlign;
+  return offset + sealed > readable_bytes;
+}
+
+std::optional<TxLocation> find_later_tx(const std::byte* region, uint64_t region_bytes, uint64_t from,
+                                        uint64_t generation, uint64_t lsn) {
+  // Bounded: one header read per 64 bytes of the region.
+  for (uint64_t at = (from / kTxAlign + 1) * kTxAlign; at + sizeof(TxHeader) <= region_bytes; at += kTxAlign) {
+    TxHeader h;
+    std::memcpy(&h, region + at, sizeof h);
+    if (h.magic.get() != kTxMagic || h.generation.get() != generation || h.lsn.get() < lsn ||
+        h.self_offset.get() != at) {
+      continue;
+    }
+    uint64_t payload = h.payload_bytes.get();
+    uint64_t sealed = (sizeof h + payload + kTxAlign - 1) / kTxAlign * kTxAlign;
+    if (sealed > kTxBytesMax || at + sealed > region_bytes) continue;
+    const auto* body = reinterpret_cast<const unsigned char*>(region + at + sizeof h);
+    if (h.crc.get() == tx_crc(h, body, payload)) return TxLocation{h.lsn.get(), at};
+  }
+  return std::nullopt;
+}
+
 }  // namespace poise::format

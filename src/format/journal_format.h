@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "format/records.h"
@@ -47,5 +48,22 @@ struct DecodedTx {
 // EUCLEAN: the checksum matches but the contents are malformed (corruption).
 Result<DecodedTx> decode_tx(const std::byte* region, uint64_t region_bytes, uint64_t offset,
                             uint64_t generation, uint64_t lsn);
+
+// Whether the transaction that would come next at `offset` may lie (partly) at
+// or past `readable_bytes`: its header is there, or a header of `generation`
+// and `lsn` sits before it and claims bytes past it. Reads only readable bytes.
+bool tx_may_reach(const std::byte* region, uint64_t readable_bytes, uint64_t offset, uint64_t generation,
+                  uint64_t lsn);
+
+// Looks past `from` (64-byte steps, to the end of the region) for a sealed
+// transaction of `generation` with an lsn of at least `lsn`: proof that the log
+// did not end at `from`, so a bad transaction there is damage, not a torn tail.
+// Returns its lsn and offset. Each candidate's checksum is verified.
+struct TxLocation {
+  uint64_t lsn = 0;
+  uint64_t offset = 0;
+};
+std::optional<TxLocation> find_later_tx(const std::byte* region, uint64_t region_bytes, uint64_t from,
+                                        uint64_t generation, uint64_t lsn);
 
 }  // namespace poise::format

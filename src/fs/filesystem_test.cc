@@ -22,6 +22,42 @@ TEST_F(FsTest, FreshFilesystemIsEmptyAndClean) {
   expect_clean();
 }
 
+TEST_F(FsTest, AnEmptyPathNamesNothing) {
+  write_file(*fs_, "/f", "data");
+  EXPECT_ERRNO(fs_->stat(""), EINVAL);
+  EXPECT_ERRNO(fs_->lookup(""), EINVAL);
+  EXPECT_ERRNO(fs_->readdir(""), EINVAL);
+  EXPECT_ERRNO(fs_->create(""), EINVAL);
+  EXPECT_ERRNO(fs_->mkdir(""), EINVAL);
+  EXPECT_ERRNO(fs_->rmdir(""), EINVAL);
+  EXPECT_ERRNO(fs_->unlink(""), EINVAL);
+  EXPECT_ERRNO(fs_->rename("", "/g"), EINVAL);
+  EXPECT_ERRNO(fs_->rename("/f", ""), EINVAL);
+  EXPECT_ERRNO(fs_->open(""), EINVAL);
+  EXPECT_EQ(read_file(*fs_, "/f"), "data");
+}
+
+TEST_F(FsTest, ATrailingSlashNamesOnlyADirectory) {
+  write_file(*fs_, "/f", "data");
+  ASSERT_OK(fs_->mkdir("/d/"));
+  ASSERT_OK(fs_->stat("/d/"));
+  ASSERT_OK(fs_->stat("/d/."));
+  EXPECT_ERRNO(fs_->stat("/f/"), ENOTDIR);
+  EXPECT_ERRNO(fs_->stat("/f/."), ENOTDIR);
+  EXPECT_ERRNO(fs_->open("/f/"), ENOTDIR);
+  EXPECT_ERRNO(fs_->unlink("/f/"), ENOTDIR);
+  EXPECT_ERRNO(fs_->rename("/f/", "/g"), ENOTDIR);
+  EXPECT_ERRNO(fs_->rename("/f", "/g/"), ENOTDIR);
+  EXPECT_ERRNO(fs_->link("/f", "/h/"), ENOTDIR);
+  EXPECT_ERRNO(fs_->create("/new/"), EISDIR);
+  EXPECT_ERRNO(fs_->open("/new/", OpenFlags::Create), EISDIR);
+  EXPECT_ERRNO(fs_->stat("/new"), ENOENT);
+  ASSERT_OK(fs_->rename("/d/", "/e/"));  // directories may be named either way
+  ASSERT_OK(fs_->rmdir("/e/"));
+  EXPECT_EQ(read_file(*fs_, "/f"), "data");
+  expect_clean();
+}
+
 TEST_F(FsTest, WriteReadAtOffsetsWithHolesSurvivesRemount) {
   write_file(*fs_, "/a", "hello");
   write_file(*fs_, "/a", "world", 10000);  // leaves a hole, crosses into block 2

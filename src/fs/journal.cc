@@ -1,5 +1,7 @@
 #include "fs/journal.h"
 
+#include <algorithm>
+
 #include "poise/types.h"
 
 namespace poise {
@@ -9,20 +11,34 @@ Journal::Journal(Device& device, uint64_t start_block, uint64_t blocks)
   POISE_ASSERT(base_offset_ + capacity_ <= device.size_bytes());
 }
 
-Result<uint64_t> Journal::replay(
-    uint64_t generation, const std::function<Result<void>(const format::DecodedTx&)>& apply) {
+Result<uint64_t> Journal::replay(uint64_t generation,
+                                 const std::function<Result<void>(const format::DecodedTx&)>& apply,
+                                 uint64_t readable_bytes) {
   std::lock_guard lock(mutex_);
   generation_ = generation;
   next_lsn_ = 1;
   write_offset_ = 0;
   uint64_t replayed = 0;
+  const uint64_t readable = std::min(readable_bytes, capacity_);
   const std::byte* region = device_.data() + base_offset_;
   // Bounded: every transaction advances by at least 64 bytes within the region.
   while (write_offset_ < capacity_) {
-    auto tx = format::decode_tx(region, capacity_, write_offset_, generation, next_lsn_);
+    auto tx = format::decode_tx(region, readable, write_offset_, generation, next_lsn_);
     if (!tx.has_value()) {
-      if (tx.error().code == ENODATA) break;  // the end of the log
-      return Unexpected<Error>(std::move(tx).error());
+      if (tx.error().code != ENODATA) return Unexpected<Error>(std::move(tx).error());
+      if (readable < capacity_ && format::tx_may_reach(region, readable, write_offset_, generation, next_lsn_)) {
+        return fail(EIO, "journal memory failed at byte " + std::to_string(readable) + " of the journal; " +
+                             "transactions from " + std::to_string(next_lsn_) + " on cannot be read");
+      }
+      // The end of the log, unless a valid later transaction shows it was not.
+      if (auto later = format::find_later_tx(region, readable, write_offset_, generation, next_lsn_ + 1)) {
+        return fail(EUCLEAN, "journal transaction " + std::to_string(next_lsn_) + " at byte " +
+                                 std::to_string(write_offset_) + " is damaged (" + tx.error().message +
+                                 ") but transaction " + std::to_string(later->lsn) + " at byte " +
+                                 std::to_string(later->offset) + " follows it: replaying only the ones "
+                                 "before would lose acknowledged work");
+      }
+      break;
     }
     TRY(apply(*tx));
     write_offset_ += tx->sealed_bytes;

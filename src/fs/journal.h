@@ -26,9 +26,14 @@ class Journal {
 
   // Reads transactions of `generation` from the start of the region, in order,
   // handing each to `apply`, and positions the journal after the last one.
-  // Returns the number replayed. EUCLEAN if a checksummed transaction is malformed.
+  // Only the last transaction may be torn: EUCLEAN if a bad transaction is
+  // followed by a valid later one (acknowledged work would be dropped), or if a
+  // checksummed transaction is malformed. Reads no byte at or past
+  // `readable_bytes` (where failed memory begins): EIO if the log reaches there.
+  // Returns the number replayed.
   Result<uint64_t> replay(uint64_t generation,
-                          const std::function<Result<void>(const format::DecodedTx&)>& apply);
+                          const std::function<Result<void>(const format::DecodedTx&)>& apply,
+                          uint64_t readable_bytes = UINT64_MAX);
 
   // Starts an empty journal for a new generation (after a checkpoint).
   void reset(uint64_t generation);

@@ -1,5 +1,6 @@
 // Format, mount and unmount: choosing the superblock, loading the checkpoint,
 // replaying the journal, rebuilding the reverse map, freeing orphans.
+#include <algorithm>
 #include <cstring>
 
 #include "base/random.h"
@@ -42,6 +43,16 @@ Result<void> Filesystem::format(Device& device, const FormatOptions& options) {
   mount_options.clock = options.clock;
   FsImpl fs(device, mount_options);
   return fs.format_new(options);
+}
+
+bool Filesystem::holds_filesystem(const Device& device) {
+  const uint64_t blocks = device.size_bytes() / kBlockSize;
+  for (uint64_t at : {format::primary_superblock_block(), format::secondary_superblock_block(blocks)}) {
+    format::BlockHeader header;
+    if (!device.read(at * kBlockSize, &header, sizeof header).has_value()) continue;  // poisoned: try the other
+    if (header.magic.get() == format::kMagic && header.kind.get() == format::kBlockSuperblock) return true;
+  }
+  return false;
 }
 
 Result<void> FsImpl::format_new(const FormatOptions& options) {
@@ -145,12 +156,28 @@ Result<void> FsImpl::load() {
   data_end_ = format::secondary_superblock_block(sb_.size_blocks);
   journal_ = std::make_unique<Journal>(device_, sb_.journal_start_block, sb_.journal_blocks);
 
+  // Failed journal memory is never read (a real machine check would kill us):
+  // replay stops where it begins. A read-write mount refuses such a journal.
+  const uint64_t journal_offset = sb_.journal_start_block * kBlockSize;
+  const uint64_t journal_bytes = sb_.journal_blocks * kBlockSize;
+  uint64_t journal_readable = journal_bytes;
+  for (const BadRange& b : TRY(device_.bad_ranges())) {
+    if (b.offset_bytes >= journal_offset + journal_bytes || b.offset_bytes + b.length_bytes <= journal_offset) continue;
+    journal_readable = std::min(journal_readable, b.offset_bytes > journal_offset ? b.offset_bytes - journal_offset : 0);
+  }
+  if (journal_readable < journal_bytes && options_.mode == MountMode::ReadWrite) {
+    return fail(EIO, "the journal's memory failed at device byte " + std::to_string(journal_offset + journal_readable) +
+                         "; mount read-only to copy the data out");
+  }
   replaying_ = true;
   TRY(load_checkpoint(sb_));
-  uint64_t replayed = TRY(journal_->replay(checkpoint_.generation, [&](const format::DecodedTx& tx) -> Result<void> {
-    for (const auto& record : tx.records) TRY(apply(record, {}));
-    return {};
-  }));
+  uint64_t replayed = TRY(journal_->replay(
+      checkpoint_.generation,
+      [&](const format::DecodedTx& tx) -> Result<void> {
+        for (const auto& record : tx.records) TRY(apply(record, {}));
+        return {};
+      },
+      journal_readable));
   replaying_ = false;
   TRY(rebuild_space(&ownership_, &free_));
   mounted_ = true;

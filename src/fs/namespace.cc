@@ -12,11 +12,18 @@ constexpr uint32_t kLinksMax = 65000;
 constexpr uint64_t kDirEntriesMax = 1ull << 26;
 constexpr uint64_t kNamespaceTxBytes = 4096;
 constexpr int kPathComponentsMax = 2048;
+constexpr int kOpenAttemptsMax = 64;  // create/unlink races open() retries before giving up
+
+// "/a/b/" and "/a/b/." can only name a directory, as in POSIX path resolution.
+bool names_a_directory(std::string_view path) {
+  return path.ends_with('/') || path.ends_with("/.") || path == ".";
+}
 
 // Calls fn for each component of the path, skipping empty ones and ".", without
 // allocating (path lookup is on the stat and create fast paths).
 template <class Fn>
 Result<void> for_each_component(std::string_view path, Fn&& fn) {
+  if (path.empty()) return fail(EINVAL, "empty path (the root is \"/\")");
   if (path.size() > kPathBytesMax) return fail(ENAMETOOLONG, "path longer than 4096 bytes");
   int components = 0;
   size_t pos = 0;
@@ -66,6 +73,9 @@ Result<Inode*> FsImpl::resolve_locked(std::string_view path) {
     cur = it->second;
     return {};
   }));
+  if (!cur->is_dir() && names_a_directory(path)) {
+    return fail(ENOTDIR, std::string(path) + ": not a directory (the path ends in '/')");
+  }
   return cur;
 }
 
@@ -75,6 +85,7 @@ Result<InodePtr> FsImpl::resolve(std::string_view path) {
 }
 
 Result<InodePtr> FsImpl::resolve_parent(std::string_view path, std::string* leaf) {
+  if (path.empty()) return fail(EINVAL, "empty path (the root is \"/\")");
   if (path.size() > kPathBytesMax) return fail(ENAMETOOLONG, "path longer than 4096 bytes");
   size_t end = path.size();
   while (end > 0 && path[end - 1] == '/') --end;
@@ -117,6 +128,9 @@ Result<InodeNumber> FsImpl::make_node(std::string_view path, uint32_t mode, File
   std::string leaf;
   InodePtr parent = TRY(resolve_parent(path, &leaf));
   if (parent->entries->count(leaf) != 0) return fail(EEXIST, std::string(path) + ": already exists");
+  if (type == FileType::Regular && names_a_directory(path)) {
+    return fail(EISDIR, std::string(path) + ": a file's name cannot end in '/'");
+  }
   if (parent->entries->size() >= kDirEntriesMax) return fail(ENOSPC, "directory is full");
   TRY(expect_space(1, "create"));  // room for the inode in the next checkpoint
   if (type == FileType::Directory && parent->core.nlink >= kLinksMax) {
@@ -170,6 +184,7 @@ Result<void> FsImpl::remove_name(std::string_view path, FileType type) {
     return {};
   }
   if (child->is_dir()) return fail(EISDIR, std::string(path) + ": is a directory (use rmdir)");
+  if (names_a_directory(path)) return fail(ENOTDIR, std::string(path) + ": not a directory (the path ends in '/')");
   std::unique_lock file_lock(child->lock);
   format::InodeCore core = child->core;
   --core.nlink;
@@ -193,6 +208,9 @@ Result<void> FsImpl::rename(std::string_view from, std::string_view to) {
   auto src_it = src_dir->entries->find(src_leaf);
   if (src_it == src_dir->entries->end()) return fail(ENOENT, std::string(from) + ": no such file or directory");
   InodePtr src = find_inode(src_it->second->ino);
+  if (!src->is_dir() && (names_a_directory(from) || names_a_directory(to))) {
+    return fail(ENOTDIR, std::string(from) + ": not a directory (a path ends in '/')");
+  }
   if (src->is_dir()) {  // a directory may not move below itself
     for (InodePtr up = dst_dir;; up = find_inode(up->parent)) {
       if (up->ino == src->ino) {
@@ -270,6 +288,7 @@ Result<void> FsImpl::link(std::string_view existing, std::string_view new_path) 
   std::string leaf;
   InodePtr dir = TRY(resolve_parent(new_path, &leaf));
   if (dir->entries->count(leaf) != 0) return fail(EEXIST, std::string(new_path) + ": already exists");
+  if (names_a_directory(new_path)) return fail(ENOTDIR, std::string(new_path) + ": a file's name cannot end in '/'");
   std::unique_lock file_lock(target->lock);
   if (target->core.nlink >= kLinksMax) return fail(EMLINK, std::string(existing) + ": too many links");
   int64_t t = now();
@@ -314,7 +333,12 @@ Result<Stat> FsImpl::stat(InodeNumber ino) {
 Result<File> FsImpl::open(std::string_view path, OpenFlags flags, uint32_t mode) {
   InodeNumber ino;
   for (int attempt = 0;; ++attempt) {
-    POISE_ASSERT(attempt < 3);  // a lost create race resolves on the next try
+    // Another thread can unlink what we found, or create what we did not, between
+    // the lookup and the create; each lost race is retried, up to a limit.
+    if (attempt == kOpenAttemptsMax) {
+      return fail(EAGAIN, std::string(path) + ": created and removed by others " +
+                              std::to_string(kOpenAttemptsMax) + " times while opening; try again");
+    }
     auto found = lookup(path);
     if (found.has_value()) {
       if (has(flags, OpenFlags::Create) && has(flags, OpenFlags::Exclusive)) {

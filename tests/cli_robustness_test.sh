@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# The poise command tried as a hostile user and a failing machine would: closed
+# standard streams, empty and root paths, names that are not UTF-8, output that
+# cannot be written, numbers that overflow, the image named as its own input or
+# output, a host filesystem that fills up, a put that fails or is killed, mkfs
+# over something that is not empty. Each check asserts that nothing committed
+# is lost and that the error is the documented one.
+# Usage: cli_robustness_test.sh PATH_TO_POISE
+set -u
+POISE=${1:?usage: cli_robustness_test.sh PATH_TO_POISE}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/poise-robust-test.XXXXXX")
+MOUNTS=()
+cleanup() {
+  for m in "${MOUNTS[@]}"; do umount "$m" 2>/dev/null; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+IMG=$WORK/test.img
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); }
+bad() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
+expect() {
+  local want=$1; shift
+  "$@" >"$WORK/out" 2>"$WORK/err"
+  local got=$?
+  if [ "$got" -eq "$want" ]; then ok; else bad "$* exited $got, expected $want: $(head -c 300 "$WORK/err")"; fi
+}
+contains() { if grep -qF -- "$2" "$1"; then ok; else bad "$1 lacks '$2': $(head -c 300 "$1")"; fi; }
+same() { if cmp -s "$1" "$2"; then ok; else bad "$3"; fi; }
+# clean IMAGE: the checker finds nothing wrong.
+clean() { if "$POISE" check "$1" >"$WORK/check" 2>&1; then ok; else bad "check $1: $(head -c 300 "$WORK/check")"; fi; }
+# content IMAGE PATH LOCAL: the file in the image holds exactly LOCAL's bytes.
+content() {
+  if "$POISE" get "$1" "$2" "$WORK/content.out" 2>"$WORK/err" && cmp -s "$3" "$WORK/content.out"; then ok
+  else bad "$2 in $1 does not hold $3's bytes: $(head -c 300 "$WORK/err")"; fi
+}
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+head -c 200000 /dev/urandom >"$WORK/old"
+head -c 300000 /dev/urandom >"$WORK/new"
+"$POISE" mkfs "$IMG" --size 64M >/dev/null || { echo "mkfs failed" >&2; exit 1; }
+"$POISE" put "$IMG" "$WORK/old" /keep >/dev/null
+"$POISE" put "$IMG" "$WORK/old" /f >/dev/null
+
+# --- 1. closed standard streams never turn into the image
+cp "$IMG" "$WORK/before.img"
+"$POISE" cat "$IMG" /f >&-
+[ $? -eq 0 ] && ok || bad "cat with stdout closed"
+same "$IMG" "$WORK/before.img" "cat with stdout closed changed the image"
+"$POISE" ls "$IMG" /missing 2>&-
+[ $? -eq 3 ] && ok || bad "ls /missing with stderr closed should exit 3"
+same "$IMG" "$WORK/before.img" "an error message with stderr closed changed the image"
+"$POISE" info "$IMG" >&- 2>&- <&-
+[ $? -eq 0 ] && ok || bad "info with every stream closed"
+same "$IMG" "$WORK/before.img" "info with every stream closed changed the image"
+"$POISE" put "$IMG" - /from-closed-stdin <&-
+[ $? -eq 0 ] && ok || bad "put from a closed stdin (reads as empty)"
+expect 0 "$POISE" stat "$IMG" /from-closed-stdin --json
+python3 -c "import json; assert json.load(open('$WORK/out'))['size_bytes'] == 0" && ok || bad "closed stdin is empty input"
+content "$IMG" /keep "$WORK/old"
+clean "$IMG"
+
+# --- 2. a failed or killed put leaves the destination as it was
+expect 3 "$POISE" put "$IMG" "$WORK/no-such-file" /f
+expect 8 "$POISE" put "$IMG" "$WORK" /f
+contains "$WORK/err" "is a directory"
+head -c 80000000 /dev/zero | tr '\0' 'x' >"$WORK/too-big"
+expect 6 "$POISE" put "$IMG" "$WORK/too-big" /f
+content "$IMG" /f "$WORK/old"
+# Killed in the middle: the new bytes are half in when the process dies.
+{ head -c 1000000 /dev/urandom; sleep 30; } | "$POISE" put "$IMG" - /f 2>/dev/null &
+put_pid=$!
+for _ in $(seq 100); do
+  "$POISE" ls "$IMG" / >/dev/null 2>&1 || break  # busy (exit 9) once the put holds the image
+  sleep 0.05
+done
+sleep 0.3
+kill -9 "$put_pid" 2>/dev/null
+wait "$put_pid" 2>/dev/null
+content "$IMG" /f "$WORK/old"
+clean "$IMG"
+# A successful put replaces the whole file at once and leaves nothing hidden behind.
+expect 0 "$POISE" put "$IMG" "$WORK/new" /f
+content "$IMG" /f "$WORK/new"
+expect 0 "$POISE" ls "$IMG" /
+if grep -q "^.poise-put-$put_pid" "$WORK/out"; then ok; else bad "the killed put's hidden file is not where README says"; fi
+"$POISE" rm "$IMG" "/.poise-put-$put_pid" 2>/dev/null
+expect 0 "$POISE" ls "$IMG" /
+if grep -q "poise-put" "$WORK/out"; then bad "a hidden put file is left: $(cat "$WORK/out")"; else ok; fi
+
+# --- 3. names that are not UTF-8 are reported losslessly in JSON
+weird=$(printf '/caf\xe9\xff')
+expect 0 "$POISE" put "$IMG" "$WORK/old" "$weird"
+expect 0 "$POISE" ls "$IMG" / --json
+python3 - "$WORK/out" <<'PY' && ok || bad "ls --json of a non-UTF-8 name"
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1])) if "name_hex" in r]
+assert len(rows) == 1 and bytes.fromhex(rows[0]["name_hex"]) == b"caf\xe9\xff", rows
+assert rows[0]["name"].startswith("caf")
+PY
+expect 0 "$POISE" stat "$IMG" "$weird" --json
+python3 -c "import json; d=json.load(open('$WORK/out')); assert bytes.fromhex(d['path_hex']) == b'/caf\xe9\xff'" && ok || bad "stat --json path_hex"
+expect 0 "$POISE" fsmap "$IMG" --json
+python3 -c "import json; d=json.load(open('$WORK/out')); assert any(r.get('path_hex') == '2f636166e9ff' for r in d)" && ok || bad "fsmap --json path_hex"
+expect 0 "$POISE" check "$IMG" --json
+expect 0 "$POISE" badblocks "$IMG" --json
+expect 0 "$POISE" ls "$IMG" / -l
+expect 0 "$POISE" rm "$IMG" "$weird"
+
+# --- 4. empty paths and the root
+for cmd in "ls" "stat" "cat" "rm" "mkdir"; do expect 2 "$POISE" $cmd "$IMG" ""; done
+expect 2 "$POISE" rm "$IMG" "" -r
+expect 2 "$POISE" get "$IMG" "" "$WORK/x"
+expect 2 "$POISE" put "$IMG" "$WORK/old" ""
+expect 2 "$POISE" mv "$IMG" "" /x
+"$POISE" mkdir "$IMG" /d >/dev/null
+for root in / /. // /./ /d/.. "/d/../d/.."; do
+  expect 8 "$POISE" rm "$IMG" "$root" -r
+  contains "$WORK/err" "refusing to remove the root"
+done
+content "$IMG" /keep "$WORK/old"
+# A file named with a trailing slash is not a file.
+expect 8 "$POISE" cat "$IMG" /keep/
+expect 8 "$POISE" rm "$IMG" /keep/
+expect 8 "$POISE" rm "$IMG" /keep/..
+expect 8 "$POISE" put "$IMG" "$WORK/old" /newfile/
+content "$IMG" /keep "$WORK/old"
+
+# --- 5. read-only commands work on an image that cannot be written
+if is_root; then
+  mkdir -p "$WORK/ro"
+  if mount --bind "$WORK" "$WORK/ro" 2>/dev/null; then
+    MOUNTS+=("$WORK/ro")
+    if mount -o remount,bind,ro "$WORK/ro" 2>/dev/null; then
+      RO=$WORK/ro/test.img
+      for c in "info $RO" "ls $RO /" "cat $RO /keep" "fsmap $RO" "check $RO" "badblocks $RO" "stat $RO /keep"; do
+        expect 0 "$POISE" $c
+      done
+      expect 0 "$POISE" get "$RO" /keep "$WORK/ro-copy"
+      same "$WORK/ro-copy" "$WORK/old" "get from a read-only image"
+      expect 10 "$POISE" mkdir "$RO" /nope  # EROFS from the host: a clear error, nothing written
+      contains "$WORK/err" "Read-only file system"
+    else
+      bad "could not remount the bind mount read-only"
+    fi
+    umount "$WORK/ro"
+  else
+    bad "could not bind-mount (needed for the read-only image test)"
+  fi
+else
+  chmod 0444 "$IMG"
+  expect 0 "$POISE" ls "$IMG" /
+  expect 0 "$POISE" check "$IMG"
+  chmod 0644 "$IMG"
+fi
+
+# --- 6. the image is never its own input or output
+cp "$IMG" "$WORK/before.img"
+expect 8 "$POISE" get "$IMG" /keep "$IMG"
+ln -s "$IMG" "$WORK/link.img"
+expect 8 "$POISE" get "$IMG" /keep "$WORK/link.img"
+ln "$IMG" "$WORK/hard.img"
+expect 8 "$POISE" get "$IMG" /keep "$WORK/hard.img"
+expect 8 "$POISE" put "$IMG" "$WORK/link.img" /copy
+same "$IMG" "$WORK/before.img" "naming the image as input or output changed it"
+rm -f "$WORK/link.img" "$WORK/hard.img"
+
+# --- 8. output that cannot be written is an error
+for c in "info $IMG" "ls $IMG /" "ls $IMG / --json" "check $IMG" "fsmap $IMG --json" "cat $IMG /keep" "stat $IMG /keep"; do
+  "$POISE" $c >/dev/full 2>"$WORK/err"
+  code=$?
+  if [ $code -ne 0 ] && [ $code -lt 128 ] && grep -q "cannot write the output" "$WORK/err"; then ok
+  else bad "$c > /dev/full exited $code: $(head -c 200 "$WORK/err")"; fi
+done
+"$POISE" ls "$IMG" /missing 2>/dev/full
+code=$?
+[ $code -eq 3 ] || [ $code -eq 1 ] && ok || bad "an error report into /dev/full exited $code"
+
+# --- 9. numbers are parsed strictly
+expect 2 "$POISE" cat "$IMG" /keep --offset 4000 --length 18446744073709551615
+expect 2 "$POISE" cat "$IMG" /keep --length -1
+expect 2 "$POISE" cat "$IMG" /keep --offset 0x10
+expect 2 "$POISE" cat "$IMG" /keep --offset 18446744073709551616
+expect 2 "$POISE" fsmap "$IMG" --offset -1
+expect 2 "$POISE" fsmap "$IMG" --offset 1 --length 18446744073709551615
+expect 2 "$POISE" truncate "$IMG" /keep -5
+expect 2 "$POISE" inject-poison "$IMG" --offset 0x1000 --length 64
+expect 0 "$POISE" cat "$IMG" /keep --offset 199990 --length 1000000000000000
+[ "$(wc -c <"$WORK/out")" -eq 10 ] && ok || bad "cat of the last 10 bytes with a huge length"
+
+# --- 7. a full host filesystem is an error at open, never a crash
+if is_root; then
+  mkdir -p "$WORK/small"
+  if mount -t tmpfs -o size=40m tmpfs "$WORK/small" 2>/dev/null; then
+    MOUNTS+=("$WORK/small")
+    expect 6 "$POISE" mkfs "$WORK/small/big.img" --size 64M
+    contains "$WORK/err" "host filesystem"
+    [ ! -e "$WORK/small/big.img" ] && ok || bad "a failed mkfs left its file"
+    expect 0 "$POISE" mkfs "$WORK/small/fits.img" --size 24M
+    head -c 100000000 /dev/zero >"$WORK/small/filler" 2>/dev/null  # the host filesystem is now full
+    expect 0 "$POISE" put "$WORK/small/fits.img" "$WORK/old" /a
+    content "$WORK/small/fits.img" /a "$WORK/old"
+    rm -f "$WORK/small/fits.img" "$WORK/small/filler"
+    # An image made sparse elsewhere: read-write commands refuse with ENOSPC, reads work.
+    "$POISE" mkfs "$WORK/sparse.img" --size 24M >/dev/null
+    "$POISE" put "$WORK/sparse.img" "$WORK/old" /a >/dev/null
+    cp --sparse=always "$WORK/sparse.img" "$WORK/small/sparse.img"
+    head -c 100000000 /dev/zero >"$WORK/small/filler" 2>/dev/null
+    expect 6 "$POISE" mkdir "$WORK/small/sparse.img" /d
+    contains "$WORK/err" "host filesystem holding the image is full"
+    expect 6 "$POISE" ls "$WORK/small/sparse.img" /  # on tmpfs even reading a hole needs memory
+    contains "$WORK/err" "sparse on a tmpfs that is full"
+    rm -f "$WORK/small/filler"
+    content "$WORK/small/sparse.img" /a "$WORK/old"
+    clean "$WORK/small/sparse.img"
+    umount "$WORK/small"
+  else
+    bad "could not mount a small tmpfs (needed for the full host filesystem test)"
+  fi
+fi
+
+# --- 13. mkfs never destroys what it was not told to
+expect 2 "$POISE" mkfs "$WORK/tiny.img" --size 1M
+[ ! -e "$WORK/tiny.img" ] && ok || bad "mkfs with an invalid size created a file"
+expect 2 "$POISE" mkfs "$WORK/odd.img" --size 16777217
+[ ! -e "$WORK/odd.img" ] && ok || bad "mkfs with an odd size created a file"
+echo "precious notes" >"$WORK/notes.txt"
+cp "$WORK/notes.txt" "$WORK/notes.orig"
+expect 7 "$POISE" mkfs "$WORK/notes.txt" --size 64M
+same "$WORK/notes.txt" "$WORK/notes.orig" "mkfs resized or overwrote a text file"
+head -c 20000000 /dev/urandom >"$WORK/data.bin"
+cp "$WORK/data.bin" "$WORK/data.orig"
+expect 7 "$POISE" mkfs "$WORK/data.bin"
+same "$WORK/data.bin" "$WORK/data.orig" "mkfs overwrote a file of other data"
+cp "$IMG" "$WORK/damaged.img"
+printf 'XXXX' | dd of="$WORK/damaged.img" conv=notrunc status=none  # the primary magic is gone
+expect 0 "$POISE" ls "$WORK/damaged.img" /  # the secondary superblock still mounts it
+expect 7 "$POISE" mkfs "$WORK/damaged.img"
+contains "$WORK/err" "poise filesystem"
+expect 0 "$POISE" ls "$WORK/damaged.img" /
+contains "$WORK/out" "keep"
+truncate -s 32M "$WORK/zeros.img"
+expect 0 "$POISE" mkfs "$WORK/zeros.img"  # an all-zero file holds nothing to lose
+
+echo "cli robustness: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
