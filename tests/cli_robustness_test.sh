@@ -220,6 +220,30 @@ if is_root; then
   fi
 fi
 
+# --- 11. ENOSPC never wedges the filesystem
+FULL=$WORK/full.img
+"$POISE" mkfs "$FULL" --size 16M >/dev/null
+for size in 15000000 14000000 13000000; do
+  head -c $size /dev/zero | "$POISE" put "$FULL" - /data 2>/dev/null && break
+done
+long=$(printf 'n%.0s' $(seq 240))
+links=0
+while [ $links -lt 5000 ]; do
+  "$POISE" ln "$FULL" /data "/$long$links" 2>"$WORK/err" || break
+  links=$((links + 1))
+done
+[ $links -lt 5000 ] && ok || bad "5000 long links never ran out of space"
+contains "$WORK/err" "free"
+expect 6 "$POISE" ln "$FULL" /data "/x$long"
+expect 0 "$POISE" check "$FULL"
+expect 0 "$POISE" rm "$FULL" "/${long}0"
+expect 0 "$POISE" rm "$FULL" /data
+for i in $(seq 1 $((links - 1))); do "$POISE" rm "$FULL" "/$long$i" 2>"$WORK/err" || { bad "rm of link $i after ENOSPC: $(cat "$WORK/err")"; break; }; done
+expect 0 "$POISE" mkdir "$FULL" /works-again
+expect 0 "$POISE" put "$FULL" "$WORK/old" /works-again/file
+content "$FULL" /works-again/file "$WORK/old"
+clean "$FULL"
+
 # --- 13. mkfs never destroys what it was not told to
 expect 2 "$POISE" mkfs "$WORK/tiny.img" --size 1M
 [ ! -e "$WORK/tiny.img" ] && ok || bad "mkfs with an invalid size created a file"

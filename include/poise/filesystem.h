@@ -115,8 +115,14 @@ class Filesystem {
   static bool holds_filesystem(const Device& device);
 
   virtual ~Filesystem() = default;
-  // Writes a checkpoint and syncs. The Filesystem is unusable afterwards.
+  // Makes everything durable and lets go of the device. The journal already
+  // holds every operation, so a checkpoint is written only when the journal is
+  // more than half full (or no room is left for one: the journal keeps it all).
+  // The Filesystem is unusable afterwards.
   virtual Result<void> unmount() = 0;
+  // Writes a checkpoint now: the journal is emptied, and the next mount replays
+  // nothing. ENOSPC if the device has no room for one (nothing is lost).
+  virtual Result<void> checkpoint() = 0;
   // Stops at once: waits for operations in flight, then writes nothing more;
   // every later call fails with EIO. What was committed stays, as after a crash.
   // The device stays held until the Filesystem is destroyed.

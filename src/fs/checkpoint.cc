@@ -95,6 +95,24 @@ void FsImpl::add_checkpoint_owners(const format::CheckpointRootInfo& root, uint6
   }
 }
 
+void FsImpl::count_checkpoint_blocks() {
+  uint64_t blocks = 1;  // the root
+  for (const auto& section : checkpoint_.sections) {
+    for (const BlockRun& run : section.runs) blocks += run.block_count;
+  }
+  std::lock_guard lock(space_mutex_);
+  checkpoint_blocks_ = blocks;
+}
+
+// A section may hold only kSectionExtentsMax runs: continue at the hint only if
+// the whole rest fits there, otherwise take the best-fitting (or largest) run.
+std::optional<DevRun> FsImpl::allocate_checkpoint_run(uint64_t want, std::optional<DevBlock> hint) {
+  auto run = free_.allocate(want, hint);
+  if (!run || run->count == want || !hint) return run;
+  free_.add(*run);
+  return free_.allocate(want, std::nullopt);
+}
+
 Result<void> FsImpl::write_checkpoint() {
   std::shared_lock ns(ns_mutex_);
   const uint64_t generation = checkpoint_.generation + 1;
@@ -142,11 +160,14 @@ Result<void> FsImpl::write_checkpoint() {
     std::optional<DevBlock> hint = r->end();
     for (uint32_t s = 0; s < format::kSectionCount; ++s) {
       for (uint64_t got = 0; got < needed[s];) {
-        auto run = free_.allocate(needed[s] - got, hint);
+        auto run = allocate_checkpoint_run(needed[s] - got, hint);
         if (!run || root.sections[s].runs.size() == format::kSectionExtentsMax) {
           if (run) free_.add(*run);
           for (const DevRun& a : allocated) free_.add(a);
-          return fail(ENOSPC, "not enough contiguous free space for a checkpoint");
+          return fail(ENOSPC, "not enough free space for a checkpoint: section " + std::to_string(s) + " needs " +
+                                  std::to_string(needed[s]) + " blocks, " + std::to_string(got) + " found in " +
+                                  std::to_string(root.sections[s].runs.size()) + " runs; " +
+                                  std::to_string(free_.free_blocks()) + " blocks free");
         }
         allocated.push_back(*run);
         root.sections[s].runs.push_back(BlockRun{run->start.value(), run->count});
@@ -228,6 +249,7 @@ Result<void> FsImpl::write_checkpoint() {
   }
   checkpoint_ = std::move(root);
   checkpoint_root_block_ = root_block;
+  count_checkpoint_blocks();
   journal_->reset(generation);
   return {};
 }
@@ -238,6 +260,7 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   checkpoint_ = TRY(format::decode_checkpoint_root(block, sb.checkpoint_root_block, sb.checkpoint_generation,
                                                    data_start_, data_end_));
   checkpoint_root_block_ = sb.checkpoint_root_block;
+  count_checkpoint_blocks();
   auto read = [this](uint64_t b, std::byte* out) { return read_block(b, out); };
   TRY(read_fixed_records<format::DiskInode>(read, checkpoint_.sections[format::kSectionInodes],
                                             format::kSectionInodes, checkpoint_.generation,

@@ -34,8 +34,8 @@ Result<void> FsImpl::refuse_own_pins(InodeNumber ino) const {
                            "; release it before modifying the file");
 }
 
-Result<FsImpl::FileOp> FsImpl::begin_file_op(InodeNumber ino, uint64_t tx_bytes_max) {
-  auto op = TRY(begin_op(tx_bytes_max));
+Result<FsImpl::FileOp> FsImpl::begin_file_op(InodeNumber ino, uint64_t tx_bytes_max, Journal::Use use) {
+  auto op = TRY(begin_op(tx_bytes_max, use));
   InodePtr inode = TRY(writable_file(ino));
   TRY(refuse_own_pins(ino));
   std::unique_lock lock(inode->lock);
@@ -307,7 +307,7 @@ Result<void> FsImpl::zero_partial_block(Inode& inode, uint64_t offset, uint64_t 
 Result<void> FsImpl::truncate(InodeNumber ino, uint64_t size_bytes) {
   TRY(check_writable());
   if (size_bytes > kFileSizeMax) return fail(EFBIG, "size beyond the 1 PiB file size limit");
-  auto file_op = TRY(begin_file_op(ino, kSmallTxBytes));
+  auto file_op = TRY(begin_file_op(ino, kSmallTxBytes, Journal::Use::Freeing));
   FsImpl::Op& op = file_op.op;
   InodePtr& inode = file_op.inode;
   Records records;
@@ -339,7 +339,7 @@ Result<void> FsImpl::punch_hole(InodeNumber ino, uint64_t offset, uint64_t lengt
   TRY(check_writable());
   if (length == 0) return fail(EINVAL, "punch of zero bytes");
   if (offset > kFileSizeMax || length > kFileSizeMax - offset) return fail(EFBIG, "range beyond 1 PiB");
-  auto file_op = TRY(begin_file_op(ino, kSmallTxBytes));
+  auto file_op = TRY(begin_file_op(ino, kSmallTxBytes, Journal::Use::Freeing));
   FsImpl::Op& op = file_op.op;
   InodePtr& inode = file_op.inode;
   Records records;

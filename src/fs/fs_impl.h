@@ -98,6 +98,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   CheckReport check_locked(bool compare_incremental);
 
   Result<void> unmount() override;
+  Result<void> checkpoint() override;
   void shutdown() override;
   Result<InodeNumber> lookup(std::string_view path) override;
   Result<InodeNumber> create(std::string_view path, uint32_t mode) override;
@@ -171,7 +172,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   };
 
   // transaction.cc: begin, commit and apply.
-  Result<Op> begin_op(uint64_t tx_bytes_max);
+  // Freeing operations may use the journal's reserve (see Journal::reserve).
+  Result<Op> begin_op(uint64_t tx_bytes_max, Journal::Use use = Journal::Use::Any);
   Result<void> check_writable() const;
   // Commits the records durably and applies them. `locked` are inodes the caller
   // holds exclusively; any other inode touched needs ns_mutex_ held exclusively.
@@ -253,7 +255,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
     InodePtr inode;
     std::unique_lock<std::shared_mutex> lock;
   };
-  Result<FileOp> begin_file_op(InodeNumber ino, uint64_t tx_bytes_max);
+  Result<FileOp> begin_file_op(InodeNumber ino, uint64_t tx_bytes_max, Journal::Use use = Journal::Use::Any);
   // EDEADLK if this thread holds a pin of the file: a change would wait for it.
   Result<void> refuse_own_pins(InodeNumber ino) const;
   // Locks two inodes (or one, if they are the same) exclusively, lower number first.
@@ -262,6 +264,14 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
 
   // checkpoint.cc
   Result<void> write_checkpoint();
+  void count_checkpoint_blocks();
+  // REQUIRES: space_mutex_ held.
+  std::optional<DevRun> allocate_checkpoint_run(uint64_t want, std::optional<DevBlock> hint);
+  // The journal is more than half full: unmount checkpoints so the next mount
+  // replays a bounded log.
+  bool journal_wants_checkpoint() const;
+  // Checkpoint blocks that `extents` more extent records may need.
+  static uint64_t checkpoint_blocks_for_extents(uint64_t extents);
   Result<void> load_checkpoint(const format::SuperblockInfo& sb);
   // Derives ownership and free space from the superblocks, journal, checkpoint
   // and every extent map; EUCLEAN if a file claims metadata blocks.
@@ -310,6 +320,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   OwnershipMap ownership_;
   FreeSpace free_;
   uint64_t reserved_blocks_ = 0;  // promised to operations in flight
+  uint64_t checkpoint_blocks_ = 0;  // blocks the current checkpoint occupies (space_mutex_)
 };
 
 }  // namespace poise

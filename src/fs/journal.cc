@@ -57,10 +57,11 @@ void Journal::reset(uint64_t generation) {
   durable_lsn_ = 0;
 }
 
-bool Journal::reserve(uint64_t bytes) {
+bool Journal::reserve(uint64_t bytes, Use use) {
   POISE_ASSERT(bytes <= format::kTxBytesMax);
   std::lock_guard lock(mutex_);
-  if (write_offset_ + reserved_ + bytes > capacity_) return false;
+  const uint64_t limit = use == Use::Freeing ? capacity_ : capacity_ - capacity_ / 8;
+  if (write_offset_ + reserved_ + bytes > limit) return false;
   reserved_ += bytes;
   return true;
 }

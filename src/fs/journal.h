@@ -39,8 +39,12 @@ class Journal {
   void reset(uint64_t generation);
 
   // Reserves room for a transaction of up to `bytes`; false when the journal
-  // needs a checkpoint first.
-  bool reserve(uint64_t bytes);
+  // needs a checkpoint first. The last kFreeingReserveBytes (an eighth) of the
+  // region are kept for operations that free space (unlink, rmdir, shrinking):
+  // when the device is too full for a checkpoint, they still commit, and the
+  // space they free lets the next checkpoint through.
+  enum class Use : uint8_t { Any, Freeing };
+  bool reserve(uint64_t bytes, Use use = Use::Any);
   void unreserve(uint64_t bytes);
   // Stores the transaction durably; returns its lsn. REQUIRES: a reservation covers it.
   uint64_t commit(const format::TxEncoder& tx, uint64_t reserved_bytes);

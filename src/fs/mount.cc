@@ -9,6 +9,10 @@
 
 namespace poise {
 
+namespace {
+constexpr uint64_t kOrphanTxBytes = 4096;  // an extent clear and an inode free
+}  // namespace
+
 FsImpl::FsImpl(Device& device, MountOptions options)
     : device_(device),
       options_(options),
@@ -202,24 +206,49 @@ Result<void> FsImpl::load() {
   for (const auto& [ino, inode] : inodes_) {
     if (!inode->is_dir() && inode->core.nlink == 0) orphans.push_back(inode);
   }
+  // Each is freed by a journaled transaction, like any unlink: the blocks it
+  // frees may be reused at once, so the freeing must be as durable as the reuse.
   for (const InodePtr& orphan : orphans) {
+    auto op = TRY(begin_op(kOrphanTxBytes, Journal::Use::Freeing));
+    std::unique_lock ns(ns_mutex_);
+    std::unique_lock lock(orphan->lock);
     Records records;
     free_inode_records(*orphan, 0, &records);
-    for (const auto& r : records) POISE_ASSERT(apply(r, {orphan.get()}).has_value());
+    commit(op, records, {orphan.get()});
   }
-  if (replayed > 0 || !orphans.empty() || !superblock_notes_.empty()) {
+  // The replayed journal simply goes on (its transactions stay until the next
+  // checkpoint), so a mount never needs free space. A damaged superblock copy is
+  // rewritten by a checkpoint when there is room; until then the note stays.
+  (void)replayed;
+  if (!superblock_notes_.empty()) {
     std::unique_lock quiet(gate_);
-    TRY(write_checkpoint());  // a fresh generation: the replayed journal is retired
+    if (auto written = write_checkpoint(); !written.has_value() && written.error().code != ENOSPC) return written;
   }
   return {};
+}
+
+bool FsImpl::journal_wants_checkpoint() const {
+  return journal_->used_bytes() > journal_->capacity_bytes() / 2;
+}
+
+Result<void> FsImpl::checkpoint() {
+  TRY(check_writable());
+  std::unique_lock quiet(gate_);
+  return write_checkpoint();
 }
 
 Result<void> FsImpl::unmount() {
   if (!mounted_) return fail(EIO, "filesystem is not mounted");
   if (options_.mode == MountMode::ReadWrite) {
     std::unique_lock quiet(gate_);
-    TRY(write_checkpoint());
     mappings_->flush_writable(std::nullopt);
+    // Everything is durable in the journal already: a checkpoint is written only
+    // when the journal is filling up, so that an unmount costs what the session
+    // changed, and the next mount replays a bounded log. No room for one is no
+    // error: the journal keeps it all.
+    if (journal_wants_checkpoint()) {
+      if (auto written = write_checkpoint(); !written.has_value() && written.error().code != ENOSPC) return written;
+    }
     TRY(device_.sync());
   }
   stop_accepting();

@@ -163,7 +163,7 @@ void FsImpl::free_inode_records(const Inode& inode, uint32_t nlink_after, Record
 }
 
 Result<void> FsImpl::remove_name(std::string_view path, FileType type) {
-  auto op = TRY(begin_op(kNamespaceTxBytes));
+  auto op = TRY(begin_op(kNamespaceTxBytes, Journal::Use::Freeing));
   std::unique_lock ns(ns_mutex_);
   std::string leaf;
   InodePtr parent = TRY(resolve_parent(path, &leaf));
@@ -219,6 +219,7 @@ Result<void> FsImpl::rename(std::string_view from, std::string_view to) {
       if (up->ino == kRootInode) break;
     }
   }
+  if (dst_leaf.size() > src_leaf.size()) TRY(expect_space(1, "rename"));  // a longer name in the next checkpoint
   InodePtr victim;
   if (auto dst_it = dst_dir->entries->find(dst_leaf); dst_it != dst_dir->entries->end()) {
     victim = find_inode(dst_it->second->ino);
@@ -289,6 +290,7 @@ Result<void> FsImpl::link(std::string_view existing, std::string_view new_path) 
   InodePtr dir = TRY(resolve_parent(new_path, &leaf));
   if (dir->entries->count(leaf) != 0) return fail(EEXIST, std::string(new_path) + ": already exists");
   if (names_a_directory(new_path)) return fail(ENOTDIR, std::string(new_path) + ": a file's name cannot end in '/'");
+  TRY(expect_space(1, "link"));  // room for the new name in the next checkpoint
   std::unique_lock file_lock(target->lock);
   if (target->core.nlink >= kLinksMax) return fail(EMLINK, std::string(existing) + ": too many links");
   int64_t t = now();
@@ -382,7 +384,7 @@ void FsImpl::release(InodeNumber ino) {
   if (inode == nullptr) return;
   if (inode->open_count.fetch_sub(1) != 1) return;
   if (!mounted_ || options_.mode == MountMode::ReadOnly) return;
-  auto op = begin_op(kNamespaceTxBytes);
+  auto op = begin_op(kNamespaceTxBytes, Journal::Use::Freeing);
   if (!op.has_value()) return;  // left as an orphan; the next mount frees it
   std::unique_lock ns(ns_mutex_);
   std::unique_lock lock(inode->lock);

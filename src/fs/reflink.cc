@@ -37,6 +37,7 @@ Result<void> FsImpl::reflink(InodeNumber src, InodeNumber dst) {
                            " extents; one reflink transaction holds at most " +
                            std::to_string((format::kTxBytesMax - kCloneFixedTxBytes) / kExtentTxBytes));
   }
+  TRY(expect_space(checkpoint_blocks_for_extents(extents), "reflink"));  // the new extents in the next checkpoint
   Records records;
   if (!d->extents.empty()) {
     records.push_back(format::ExtentClearRecord{dst.value(), 0, d->extents.end().value()});
@@ -77,6 +78,7 @@ Result<void> FsImpl::clone_range(InodeNumber src, uint64_t src_offset, InodeNumb
   if (pieces.size() * kExtentTxBytes + kCloneFixedTxBytes > format::kTxBytesMax) {
     return fail(E2BIG, "source range has too many extents for one clone transaction");
   }
+  TRY(expect_space(checkpoint_blocks_for_extents(pieces.size()), "clone"));
   Records records{format::ExtentClearRecord{dst.value(), dst_offset / kBlockSize, blocks}};
   for (Extent m : pieces) {
     m.file_block = FileBlock(dst_offset / kBlockSize + (m.file_block.value() - src_offset / kBlockSize));

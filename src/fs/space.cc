@@ -8,16 +8,30 @@ namespace poise {
 
 uint64_t FsImpl::checkpoint_reserve_blocks() const {
   using format::kSectionPayloadBytes;
-  auto blocks = [](uint64_t bytes) { return (bytes + kSectionPayloadBytes - 1) / kSectionPayloadBytes; };
+  auto blocks = [](uint64_t bytes, uint64_t per_block) { return (bytes + per_block - 1) / per_block; };
   uint64_t dirents = dirent_count_.load();
+  // Directory entries do not split across blocks: a block may leave up to one
+  // longest entry's bytes unused, so count each block as holding that much less.
+  const uint64_t dirent_block_bytes = kSectionPayloadBytes - format::dirent_bytes(format::kNameBytesMax);
   constexpr uint64_t kMarginBlocks = 16;  // partial blocks, the root, growth during a checkpoint
-  return blocks(inode_count_.load() * sizeof(format::DiskInode)) +
-         blocks(extent_count_.load() * sizeof(format::DiskExtent)) +
-         blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load()) + kMarginBlocks;
+  return blocks(inode_count_.load() * sizeof(format::DiskInode), kSectionPayloadBytes) +
+         blocks(extent_count_.load() * sizeof(format::DiskExtent), kSectionPayloadBytes) +
+         blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load(), dirent_block_bytes) + kMarginBlocks;
 }
 
+uint64_t FsImpl::checkpoint_blocks_for_extents(uint64_t extents) {
+  return 1 + extents * sizeof(format::DiskExtent) / format::kSectionPayloadBytes;
+}
+
+// A checkpoint is written beside the current one, which is freed only after:
+// to write one now, `estimate` blocks must be free; for the one after it too,
+// 2 * estimate - (the current checkpoint's blocks). Operations never eat into
+// the larger of the two, so a checkpoint can always be written (no ENOSPC wedge).
 uint64_t FsImpl::available_blocks_locked() const {
-  uint64_t held = reserved_blocks_ + checkpoint_reserve_blocks();
+  const uint64_t estimate = checkpoint_reserve_blocks();
+  const uint64_t current = checkpoint_blocks_;
+  const uint64_t two_ahead = 2 * estimate > current ? 2 * estimate - current : 0;
+  uint64_t held = reserved_blocks_ + std::max(estimate, two_ahead);
   return free_.free_blocks() > held ? free_.free_blocks() - held : 0;
 }
 

@@ -33,7 +33,7 @@ Result<void> FsImpl::check_writable() const {
   return {};
 }
 
-Result<FsImpl::Op> FsImpl::begin_op(uint64_t tx_bytes_max) {
+Result<FsImpl::Op> FsImpl::begin_op(uint64_t tx_bytes_max, Journal::Use use) {
   TRY(check_writable());
   tx_bytes_max = std::min<uint64_t>(tx_bytes_max, format::kTxBytesMax);
   for (int attempt = 0; attempt < kCheckpointAttemptsMax;) {
@@ -49,10 +49,10 @@ Result<FsImpl::Op> FsImpl::begin_op(uint64_t tx_bytes_max) {
       continue;
     }
     ++attempt;
-    if (journal_->reserve(tx_bytes_max)) return Op(this, tx_bytes_max);
+    if (journal_->reserve(tx_bytes_max, use)) return Op(this, tx_bytes_max);
     gate_.unlock_shared();
     std::unique_lock quiet(gate_);
-    if (journal_->reserve(tx_bytes_max)) {  // someone else checkpointed meanwhile
+    if (journal_->reserve(tx_bytes_max, use)) {  // someone else checkpointed meanwhile
       journal_->unreserve(tx_bytes_max);
       continue;
     }
