@@ -94,7 +94,10 @@ class Device {
   virtual uint64_t alignment_bytes() const = 0;
   virtual std::string describe() const = 0;
 
-  // The whole device, mapped. Valid for the life of the Device.
+  // The whole device, mapped. Valid for the life of the Device. A fork()ed child
+  // does not inherit device memory (MADV_DONTFORK): the child cannot use the
+  // Device or a Filesystem on it (an access faults), so it can never write into
+  // the parent's live filesystem. Open the image again after exec instead.
   virtual const std::byte* data() const = 0;
   virtual std::byte* data() = 0;
 

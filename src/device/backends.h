@@ -22,6 +22,11 @@ std::string poison_path(const std::string& image);
 Result<std::unique_ptr<Device>> open_dax_device(const std::string& path,
                                                 DeviceAccess access = DeviceAccess::ReadWrite);
 
+// Marks a shared mapping of device memory MADV_DONTFORK: a fork()ed child gets
+// none of it, so a copy of the filesystem in the child (its destructors at
+// exit, say) faults instead of writing into the parent's live device.
+void keep_from_children(void* base, uint64_t length);
+
 // open(2) that never returns 0, 1 or 2 (a closed standard stream must not become
 // the image): a low descriptor is moved above 2. Sets errno on failure.
 int open_above_stdio(const char* path, int flags, mode_t mode = 0);

@@ -28,6 +28,7 @@ class DaxDevice final : public Device {
       : path_(std::move(path)), fd_(fd), source_(source), map_(map), alignment_(alignment) {
     base_ = static_cast<std::byte*>(pmem2_map_get_address(map_));
     size_ = pmem2_map_get_size(map_);
+    keep_from_children(base_, size_);
     memcpy_ = pmem2_get_memcpy_fn(map_);
     memset_ = pmem2_get_memset_fn(map_);
     flush_ = pmem2_get_flush_fn(map_);

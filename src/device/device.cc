@@ -1,3 +1,4 @@
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -116,6 +117,11 @@ Result<void> Device::remove() {
   ReadSection::wait_for_readers();  // accesses that began before Dying are done
   state_.store(DeviceState::Dead, std::memory_order_release);
   return {};
+}
+
+void keep_from_children(void* base, uint64_t length) {
+  // Fails only for a range that is not mapped: a programmer error.
+  POISE_ASSERT(::madvise(base, length, MADV_DONTFORK) == 0);
 }
 
 Result<std::unique_ptr<Device>> open_device(const std::string& path,

@@ -229,6 +229,7 @@ Result<std::unique_ptr<Device>> open_file_device(const std::string& path, const 
     int e = errno;
     return close_with(e, path + ": mmap failed: " + errno_text(e));
   }
+  keep_from_children(base, size);
   return std::unique_ptr<Device>(
       new FileDevice(path, fd, static_cast<std::byte*>(base), size, std::move(*poison), options.access));
 }

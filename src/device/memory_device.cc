@@ -1,4 +1,5 @@
 #include "device/memory_device.h"
+#include "device/backends.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -32,6 +33,7 @@ MemoryDevice::MemoryDevice(uint64_t size_bytes, Backing backing) : base_(nullptr
   void* p = ::mmap(nullptr, size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd_, 0);
   POISE_ASSERT(p != MAP_FAILED);
   base_ = static_cast<std::byte*>(p);
+  keep_from_children(base_, size_bytes);
 }
 
 std::unique_ptr<MemoryDevice> MemoryDevice::copy_of(const std::byte* image, uint64_t size_bytes) {

@@ -4,6 +4,9 @@
 #include <signal.h>
 #include <ucontext.h>
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cstring>
 #include <mutex>
 
@@ -24,6 +27,12 @@ namespace {
 
 struct sigaction previous_segv;
 struct sigaction previous_bus;
+// The process whose mappings the address index describes. A child made by
+// fork() inherits the index but none of the device memory (the mapping layer
+// marks it MADV_DONTFORK): in the child nothing is ours, so an access to a
+// mapping's addresses takes the default path (SIGSEGV) instead of being
+// resolved into device memory that the parent may free and reuse.
+std::atomic<pid_t> owner_pid{0};
 
 // The innermost guarded() scope of this thread and the error it receives.
 thread_local sigjmp_buf* scope_env = nullptr;
@@ -86,6 +95,7 @@ void raise_sigbus(void* addr, bool lost_memory, void* context) {
 mapping::FaultOutcome decide(int sig, siginfo_t* info, void* context) {
   using mapping::FaultOutcome;
   auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  if (::getpid() != owner_pid.load(std::memory_order_relaxed)) return FaultOutcome{FaultOutcome::NotOurs};
   if (sig == SIGBUS && info->si_code != BUS_MCEERR_AR && info->si_code != BUS_MCEERR_AO) {
     return FaultOutcome{FaultOutcome::NotOurs};
   }
@@ -135,6 +145,7 @@ void install_fault_handler() {
     sa.sa_sigaction = on_signal;
     sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
     sigemptyset(&sa.sa_mask);
+    owner_pid.store(::getpid(), std::memory_order_relaxed);
     POISE_ASSERT(::sigaction(SIGSEGV, &sa, &previous_segv) == 0);
     POISE_ASSERT(::sigaction(SIGBUS, &sa, &previous_bus) == 0);
   });

@@ -17,6 +17,10 @@
 // reports it: BUS_MCEERR_AR with si_addr_lsb 12 for lost memory, BUS_ADRERR for
 // anything else (past the end of file, shut down).
 //
+// A child made by fork() inherits no device memory through mappings (they are
+// MADV_DONTFORK): in the child every access to a mapping's address range is
+// SIGSEGV by the default path (a hole page may still read as zeros).
+//
 // Faults are handled synchronously in the faulting thread. That is safe because
 // they are synchronous: the thread was running application code touching a
 // mapping, never poise code holding a poise lock.

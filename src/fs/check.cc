@@ -32,6 +32,17 @@ CheckReport FsImpl::check() {
                                 std::to_string(run.dev_block) + " at page " + std::to_string(run.file_page) +
                                 " of inode " + std::to_string(run.ino.value()) + ", which the file does not own");
     }
+    // A store through a writable page of a shared block would write into every sharer.
+    if (run.state == mapping::PageState::Writable) {
+      std::lock_guard space(space_mutex_);
+      ownership_.visit(DevRun{DevBlock(run.dev_block), run.count}, [&](DevRun r, const std::vector<Owner>& owners) {
+        if (owners.size() > 1 && report.problems.size() < kProblemsMax) {
+          report.problems.push_back("mapping " + std::to_string(run.mapping_id) + " shows device block " +
+                                    std::to_string(r.start.value()) + " writable, but " +
+                                    std::to_string(owners.size()) + " owners share it");
+        }
+      });
+    }
   }
   return report;
 }

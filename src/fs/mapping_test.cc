@@ -4,6 +4,7 @@
 // before removal, machine checks routed through the same path.
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -133,6 +134,66 @@ TEST_F(MappingTest, StoreToAReflinkedBlockCopiesOnlyThatPage) {
   EXPECT_EXIT({ std::memcpy(ma.data(), "no", 2); std::_Exit(0); }, ::testing::KilledBySignal(SIGSEGV), "")
       << "a store to a Read mapping must fault";
 #endif
+  expect_clean();
+}
+
+// A writable mapping made before a reflink must not write into the clone: the
+// reflink write-protects the source's pages, the next store copies on write.
+TEST_F(MappingTest, AWritableMappingOfTheSourceNeverWritesIntoAReflink) {
+  write_file(*fs_, "/a", pattern('0') + pattern('1') + pattern('2'));
+  Mapping ma = map("/a", 0, 3 * kPage, MapAccess::ReadWrite);
+  ASSERT_OK(store(ma.data() + kPage, "before"));  // page 1 is now installed writable
+  ASSERT_OK(store(ma.data() + 2 * kPage, "before"));
+  ASSERT_OK(fs_->create("/b"));
+  ASSERT_OK(fs_->reflink(ino("/a"), ino("/b")));
+  ASSERT_OK(store(ma.data() + kPage, "AFTER!"));
+  EXPECT_EQ(*read_range(*fs_, "/b", kPage, 6), "before") << "A's old mapping wrote into the reflink";
+  EXPECT_EQ(*read_range(*fs_, "/a", kPage, 6), "AFTER!");
+  EXPECT_NE(device_offset_of(*fs_, "/a", kPage), device_offset_of(*fs_, "/b", kPage)) << "page 1 was copied";
+  EXPECT_EQ(device_offset_of(*fs_, "/a", 2 * kPage), device_offset_of(*fs_, "/b", 2 * kPage)) << "page 2 still shared";
+  // The same for clone_range of one page into a third file.
+  ASSERT_OK(fs_->create("/c"));
+  ASSERT_OK(fs_->clone_range(ino("/a"), kPage, ino("/c"), 0, kPage));
+  ASSERT_OK(store(ma.data() + kPage, "third!"));
+  EXPECT_EQ(*read_range(*fs_, "/c", 0, 6), "AFTER!") << "A's mapping wrote into the clone";
+  EXPECT_EQ(*read_range(*fs_, "/a", kPage, 6), "third!");
+  expect_clean();
+  ma.unmap();
+  remount();
+  EXPECT_EQ(*read_range(*fs_, "/b", kPage, 6), "before");
+  EXPECT_EQ(*read_range(*fs_, "/c", 0, 6), "AFTER!");
+  EXPECT_EQ(*read_range(*fs_, "/a", kPage, 6), "third!");
+}
+
+// A fork()ed child inherits no device memory: after the parent frees the block
+// and another file reuses it, a store by the child through its copy of the
+// mapping must not land there (it dies with SIGSEGV instead), and neither can a
+// read show the other file's bytes.
+TEST_F(MappingTest, AForkedChildCannotReachDeviceMemoryThroughAMapping) {
+  write_file(*fs_, "/a", pattern('a'));
+  Mapping m = map("/a", 0, kPage, MapAccess::ReadWrite);
+  ASSERT_OK(store(m.data(), "parent"));  // installed writable in the parent
+  int go[2];
+  ASSERT_EQ(::pipe(go), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    char c;
+    if (::read(go[0], &c, 1) != 1) ::_exit(90);
+    std::memcpy(m.data(), "CHILD!", 6);  // must fault: no device memory here
+    ::_exit(91);
+  }
+  ::close(go[0]);
+  ASSERT_OK(fs_->truncate(ino("/a"), 0));  // frees the block ...
+  write_file(*fs_, "/b", pattern('b', 64 * kPage));  // ... which another file may now hold
+  ASSERT_EQ(::write(go[1], "x", 1), 1);
+  ::close(go[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV)
+      << "the child was not stopped: status " << status;
+  std::string b = *read_range(*fs_, "/b", 0, 64 * kPage);
+  EXPECT_TRUE(b == pattern('b', 64 * kPage)) << "the child wrote into /b: " << b.substr(0, 16);
   expect_clean();
 }
 

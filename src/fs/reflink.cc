@@ -38,6 +38,8 @@ Result<void> FsImpl::reflink(InodeNumber src, InodeNumber dst) {
                            std::to_string((format::kTxBytesMax - kCloneFixedTxBytes) / kExtentTxBytes));
   }
   TRY(expect_space(checkpoint_blocks_for_extents(extents), "reflink"));  // the new extents in the next checkpoint
+  // Every block of src becomes shared: no mapping of src may keep storing into one.
+  mappings_->write_protect(src, 0, s->extents.end().value());
   Records records;
   if (!d->extents.empty()) {
     records.push_back(format::ExtentClearRecord{dst.value(), 0, d->extents.end().value()});
@@ -79,6 +81,7 @@ Result<void> FsImpl::clone_range(InodeNumber src, uint64_t src_offset, InodeNumb
     return fail(E2BIG, "source range has too many extents for one clone transaction");
   }
   TRY(expect_space(checkpoint_blocks_for_extents(pieces.size()), "clone"));
+  mappings_->write_protect(src, src_offset / kBlockSize, blocks);  // these blocks become shared
   Records records{format::ExtentClearRecord{dst.value(), dst_offset / kBlockSize, blocks}};
   for (Extent m : pieces) {
     m.file_block = FileBlock(dst_offset / kBlockSize + (m.file_block.value() - src_offset / kBlockSize));

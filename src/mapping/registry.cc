@@ -97,6 +97,13 @@ Result<void> MappingRegistry::set_pages(MapState& m, uint64_t first, uint64_t co
       int prot = state == PageState::Writable ? PROT_READ | PROT_WRITE : PROT_READ;
       p = remap(addr, length, prot, MAP_SHARED | MAP_FIXED, device_.map_fd(),
                  static_cast<off_t>(dev_block * kPageSize));
+      // A fork()ed child must never reach device memory: no revocation, freeze
+      // or removal reaches its page tables, and the block may be freed and reused.
+      if (p != MAP_FAILED && ::syscall(SYS_madvise, addr, length, MADV_DONTFORK) != 0) {
+        int e = errno;
+        (void)remap(addr, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+        return fail(e, std::string("cannot keep device memory from forked children: ") + std::strerror(e));
+      }
       break;
     }
     case PageState::Zero:
@@ -373,6 +380,21 @@ void MappingRegistry::invalidate(InodeNumber ino, uint64_t first, uint64_t count
   // layout says so and the next access installs the new block.
   for_each_overlap(ino, first, count, [&](MapState& m, uint64_t s, uint64_t e) {
     (void)set_pages(m, s - m.first_page, e - s, PageState::Absent, 0);
+  });
+}
+
+void MappingRegistry::write_protect(InodeNumber ino, uint64_t first, uint64_t count) {
+  for_each_overlap(ino, first, count, [&](MapState& m, uint64_t s, uint64_t e) {
+    std::vector<PageRun> writable;
+    m.runs.visit(s - m.first_page, e - s, [&](const PageRun& run) {
+      if (run.state == PageState::Writable) writable.push_back(run);
+    });
+    for (const PageRun& run : writable) {
+      device_.flush(run.dev_block * kPageSize, run.count * kPageSize);  // stores so far reach the media
+      if (!set_pages(m, run.first, run.count, PageState::ReadOnly, run.dev_block).has_value()) {
+        (void)set_pages(m, run.first, run.count, PageState::Absent, 0);  // no mapping left: revoke instead
+      }
+    }
   });
 }
 

@@ -127,6 +127,11 @@ class MappingRegistry final : public std::enable_shared_from_this<MappingRegistr
   // Revokes file pages [first, +count) in every mapping of the file: the next
   // access asks again.
   void invalidate(InodeNumber ino, uint64_t first, uint64_t count);
+  // Before blocks become shared (reflink, clone-range): every Writable page of
+  // file pages [first, +count), in every mapping of the file, is written back
+  // and made read-only, so that the next store faults and copies on write
+  // instead of writing into the sharer. REQUIRES: the inode locked exclusively.
+  void write_protect(InodeNumber ino, uint64_t first, uint64_t count);
   // Waits until no pin of the file overlaps [first, +count).
   void wait_for_pins(InodeNumber ino, uint64_t first, uint64_t count);
   // Whether the calling thread holds a pin of the file (it must not modify it).
