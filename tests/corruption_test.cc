@@ -6,7 +6,9 @@
 
 #include "base/random.h"
 #include "device/memory_device.h"
+#include "format/journal_format.h"
 #include "format/ondisk.h"
+#include "format/records.h"
 #include "poise/filesystem.h"
 
 namespace poise {
@@ -225,6 +227,74 @@ TEST(Corruption, OnlyTheLastTransactionMayBeTorn) {
   auto again = Filesystem::mount(*device);
   ASSERT_TRUE(again.has_value()) << again.error().message;
   EXPECT_TRUE((*again)->stat("/after").has_value());
+}
+
+}  // namespace
+}  // namespace poise
+
+namespace poise {
+namespace {
+
+// Appends a well-formed, checksummed transaction after the journal's last one:
+// damage that no checksum can see, as a bug or a hostile writer would leave it.
+void append_transaction(MemoryDevice& device, uint64_t journal, uint64_t last_lsn, const format::TxEncoder& tx) {
+  uint64_t at = transaction_at(device, journal, last_lsn);
+  format::TxHeader h;
+  std::memcpy(&h, device.data() + at, sizeof h);
+  uint64_t next = at - journal + (sizeof h + h.payload_bytes.get() + format::kTxAlign - 1) / format::kTxAlign * format::kTxAlign;
+  std::vector<std::byte> image = tx.seal(h.generation.get(), last_lsn + 1, next);
+  device.write(journal + next, image.data(), image.size());
+}
+
+TEST(Corruption, ADirectoryCycleIsRefusedBeforeAnythingCanHang) {
+  uint64_t journal = 0;
+  auto device = journal_with_transactions(2, &journal);  // /d1 and /d2, inodes 2 and 3
+  format::TxEncoder tx;
+  // /d1 moves under /d2 and /d2 under /d1: a loop that no path from the root reaches.
+  tx.add(format::DirentRemoveRecord{1, "d1"});
+  tx.add(format::DirentRemoveRecord{1, "d2"});
+  tx.add(format::DirentRecord{3, 2, "loop1"});
+  tx.add(format::DirentRecord{2, 3, "loop2"});
+  tx.add(format::InodeCore{1, format::kModeDirectory | 0755, 2, 0, 0, 0, 0, 0, 0});
+  tx.add(format::InodeCore{2, format::kModeDirectory | 0755, 3, 0, 0, 0, 0, 0, 0});
+  tx.add(format::InodeCore{3, format::kModeDirectory | 0755, 3, 0, 0, 0, 0, 0, 0});
+  append_transaction(*device, journal, 2, tx);
+  int code = 0;
+  std::string message = mount_error(*device, &code);
+  EXPECT_EQ(code, EUCLEAN) << message;
+  EXPECT_NE(message.find("cycle"), std::string::npos) << message;
+  MountOptions ro;
+  ro.mode = MountMode::ReadOnly;
+  auto read_only = Filesystem::mount(*device, ro);
+  ASSERT_TRUE(read_only.has_value()) << "read-only, the data can still be copied out: " << read_only.error().message;
+  EXPECT_TRUE((*read_only)->readdir("/")->empty());
+  read_only->reset();
+  auto report = Filesystem::check_device(*device);
+  ASSERT_TRUE(report.has_value());
+  EXPECT_FALSE(report->clean());
+}
+
+TEST(Corruption, ALinkCountBelowTheNamesIsRefused) {
+  uint64_t journal = 0;
+  auto device = std::make_unique<MemoryDevice>(kBytes);
+  ASSERT_TRUE(Filesystem::format(*device).has_value());
+  {
+    auto fs = Filesystem::mount(*device);
+    ASSERT_TRUE(fs.has_value());
+    for (const auto& r : *(*fs)->fsmap(0, kBytes)) {
+      if (r.owner == OwnerKind::Metadata && r.metadata_kind == MetadataKind::Journal) journal = r.device_offset_bytes;
+    }
+    ASSERT_TRUE((*fs)->create("/f").has_value());              // lsn 1, inode 2
+    ASSERT_TRUE((*fs)->link("/f", "/second-name").has_value());  // lsn 2
+    (*fs)->shutdown();
+  }
+  format::TxEncoder tx;
+  tx.add(format::InodeCore{2, format::kModeRegular | 0644, 1, 0, 0, 0, 0, 0, 0});  // one link, two names
+  append_transaction(*device, journal, 2, tx);
+  int code = 0;
+  std::string message = mount_error(*device, &code);
+  EXPECT_EQ(code, EUCLEAN) << message;
+  EXPECT_NE(message.find("link count"), std::string::npos) << message;
 }
 
 }  // namespace

@@ -90,7 +90,7 @@ struct FsmapRecord {
   MetadataKind metadata_kind = MetadataKind::Superblock;  // for Metadata
   InodeNumber ino;                                        // for File
   uint64_t file_offset_bytes = 0;                         // for File
-  uint32_t refcount = 0;                                  // owners of this stretch
+  uint32_t refcount = 0;  // files (or metadata) referencing this stretch; a bad marker is none
   bool shared() const { return refcount > 1; }
 };
 

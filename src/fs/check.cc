@@ -36,10 +36,11 @@ CheckReport FsImpl::check() {
     if (run.state == mapping::PageState::Writable) {
       std::lock_guard space(space_mutex_);
       ownership_.visit(DevRun{DevBlock(run.dev_block), run.count}, [&](DevRun r, const std::vector<Owner>& owners) {
-        if (owners.size() > 1 && report.problems.size() < kProblemsMax) {
+        const auto sharers = std::count_if(owners.begin(), owners.end(), [](const Owner& o) { return !o.is_bad(); });
+        if (sharers > 1 && report.problems.size() < kProblemsMax) {
           report.problems.push_back("mapping " + std::to_string(run.mapping_id) + " shows device block " +
-                                    std::to_string(r.start.value()) + " writable, but " +
-                                    std::to_string(owners.size()) + " owners share it");
+                                    std::to_string(r.start.value()) + " writable, but " + std::to_string(sharers) +
+                                    " owners share it");
         }
       });
     }

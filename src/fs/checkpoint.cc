@@ -290,7 +290,16 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   TRY(read_fixed_records<format::DiskExtent>(read, checkpoint_.sections[format::kSectionExtents],
                                              format::kSectionExtents, checkpoint_.generation,
                                              [&](const format::DiskExtent& d) -> Result<void> {
-    return apply(TRY(format::decode_extent(d)), {});
+    auto extent = TRY(format::decode_extent(d));
+    // A checkpoint holds each file's extents once, in file order: a record that
+    // starts before the end of the ones already read overlaps them (or is out of
+    // order). That is damage, never merged away.
+    if (InodePtr inode = find_inode(InodeNumber(extent.ino));
+        inode != nullptr && extent.file_block < inode->extents.end().value()) {
+      return fail(EUCLEAN, "extent records of inode " + std::to_string(extent.ino) +
+                               " overlap (or are out of order) at file block " + std::to_string(extent.file_block));
+    }
+    return apply(extent, {});
   }));
   TRY(read_fixed_records<format::DiskBadRange>(read, checkpoint_.sections[format::kSectionBadRanges],
                                                format::kSectionBadRanges, checkpoint_.generation,

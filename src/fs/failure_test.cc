@@ -46,14 +46,26 @@ TEST_F(FailureTest, ConsumedPoisonCostsExactlyTheOwnersExactlyThoseBytes) {
   for (const auto& r : at) (r.owner == OwnerKind::Bad ? bad : files) += r.owner == OwnerKind::Bad || r.owner == OwnerKind::File;
   EXPECT_EQ(bad, 1);
   EXPECT_EQ(files, 2);
+  for (const auto& r : at) {  // the bad marker is no reference: two sharers, not three
+    if (r.owner == OwnerKind::File) EXPECT_EQ(r.refcount, 2u);
+  }
+  // A lost block of an unshared file is not "shared".
+  for (const auto& r : records_at(*fs_, device_offset_of(*fs_, "/c", 0))) EXPECT_FALSE(r.shared());
+  ASSERT_OK(device_->notify_failure(device_offset_of(*fs_, "/c", 0), 4096, FailureFlags::None));
+  for (const auto& r : records_at(*fs_, device_offset_of(*fs_, "/c", 0))) {
+    if (r.owner == OwnerKind::File) {
+      EXPECT_FALSE(r.shared()) << "a failed block counted as a second reference";
+      EXPECT_EQ(r.refcount, 1u);
+    }
+  }
   CheckReport report = fs_->check();
   EXPECT_TRUE(report.clean());
-  EXPECT_EQ(report.bad_blocks, 1u);
+  EXPECT_EQ(report.bad_blocks, 2u);
   // Known bad stays bad (I5): across remount, and even if the device forgets it.
   ASSERT_OK(device_->clear_poison(lost_, 4096));
   remount();
   EXPECT_EQ(read_range(*fs_, "/a", 4096, 10).error().code, EIO);
-  EXPECT_EQ(fs_->check().bad_blocks, 1u);
+  EXPECT_EQ(fs_->check().bad_blocks, 2u);
 }
 
 TEST_F(FailureTest, RewritingTheWholeBlockRelocatesItAndTheBlockIsNeverReused) {

@@ -270,6 +270,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // The journal is more than half full: unmount checkpoints so the next mount
   // replays a bounded log.
   bool journal_wants_checkpoint() const;
+  // The directory tree after load: every directory reachable from the root
+  // through its one name (no cycle), link counts that match the names.
+  Result<void> verify_tree() const;
   // Checkpoint blocks that `extents` more extent records may need.
   static uint64_t checkpoint_blocks_for_extents(uint64_t extents);
   Result<void> load_checkpoint(const format::SuperblockInfo& sb);

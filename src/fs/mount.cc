@@ -1,5 +1,7 @@
 // Format, mount and unmount: choosing the superblock, loading the checkpoint,
 // replaying the journal, rebuilding the reverse map, freeing orphans.
+#include <absl/container/flat_hash_set.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -183,6 +185,12 @@ Result<void> FsImpl::load() {
       },
       journal_readable));
   replaying_ = false;
+  // A tree that checksums cannot vouch for (a cycle, a directory with two names,
+  // a link count below the names) would hang rename or free a named file: a
+  // read-write mount refuses it; a read-only one lets the data be copied out.
+  if (auto tree = verify_tree(); !tree.has_value() && options_.mode == MountMode::ReadWrite) {
+    return fail(EUCLEAN, tree.error().message + "; mount read-only to copy the data out (poise check lists all)");
+  }
   TRY(rebuild_space(&ownership_, &free_));
   mounted_ = true;
   mappings_->attach(this);
@@ -223,6 +231,56 @@ Result<void> FsImpl::load() {
   if (!superblock_notes_.empty()) {
     std::unique_lock quiet(gate_);
     if (auto written = write_checkpoint(); !written.has_value() && written.error().code != ENOSPC) return written;
+  }
+  return {};
+}
+
+Result<void> FsImpl::verify_tree() const {
+  // Every directory but the root has exactly one name, so its parent is known;
+  // walking up from each must reach the root within as many steps as there are
+  // directories (memoized: each directory is walked once).
+  absl::flat_hash_map<uint64_t, uint32_t> subdirs;
+  absl::flat_hash_set<uint64_t> rooted{kRootInode.value()};
+  uint64_t directories = 0;
+  for (const auto& [ino, inode] : inodes_) directories += inode->is_dir();
+  for (const auto& [ino, inode] : inodes_) {
+    const std::string who = "inode " + std::to_string(ino);
+    if (!inode->is_dir()) {
+      if (inode->core.nlink != inode->entry_count) {
+        return fail(EUCLEAN, who + ": link count " + std::to_string(inode->core.nlink) + " but " +
+                                 std::to_string(inode->entry_count) + " names");
+      }
+      continue;
+    }
+    if (ino == kRootInode.value()) {
+      if (inode->entry_count != 0) return fail(EUCLEAN, "the root directory is named by another directory");
+      continue;
+    }
+    if (inode->entry_count != 1) {
+      return fail(EUCLEAN, "directory " + std::to_string(ino) + " has " + std::to_string(inode->entry_count) +
+                               " names (a directory has exactly one)");
+    }
+    ++subdirs[inode->parent.value()];
+    std::vector<uint64_t> path;
+    uint64_t at = ino;
+    while (!rooted.contains(at)) {
+      if (path.size() > directories) {
+        return fail(EUCLEAN, "directory " + std::to_string(ino) + " is in a cycle: it cannot be reached from the root");
+      }
+      path.push_back(at);
+      InodePtr up = find_inode(find_inode(InodeNumber(at))->parent);
+      if (up == nullptr || !up->is_dir()) return fail(EUCLEAN, "directory " + std::to_string(at) + " has no parent");
+      at = up->ino.value();
+    }
+    rooted.insert(path.begin(), path.end());
+  }
+  for (const auto& [ino, inode] : inodes_) {
+    if (!inode->is_dir()) continue;
+    const uint32_t expected = 2 + subdirs[ino];
+    if (inode->core.nlink != expected) {
+      return fail(EUCLEAN, "directory " + std::to_string(ino) + ": link count " + std::to_string(inode->core.nlink) +
+                               ", but it has " + std::to_string(expected - 2) + " subdirectories");
+    }
   }
   return {};
 }

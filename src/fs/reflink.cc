@@ -109,11 +109,14 @@ Result<std::vector<FsmapRecord>> FsImpl::fsmap(uint64_t offset, uint64_t length)
   std::vector<FsmapRecord> free_records;
   std::lock_guard lock(space_mutex_);
   ownership_.visit(range, [&](DevRun r, const std::vector<Owner>& owners) {
+    // The bad marker beside a lost block's files is no reference to the data.
+    const auto references = static_cast<uint32_t>(
+        std::count_if(owners.begin(), owners.end(), [](const Owner& o) { return !o.is_bad(); }));
     for (const Owner& o : owners) {
       FsmapRecord rec;
       rec.device_offset_bytes = r.start.value() * kBlockSize;
       rec.length_bytes = r.count * kBlockSize;
-      rec.refcount = static_cast<uint32_t>(owners.size());
+      rec.refcount = o.is_bad() ? 0 : references;
       if (o.is_bad()) {
         rec.owner = OwnerKind::Bad;
       } else if (o.is_metadata()) {
