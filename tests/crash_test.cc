@@ -1,14 +1,24 @@
 // Crash consistency (invariant I8): each workload runs on the crash-simulating
 // device; then, for every flush point, it runs again, the device captures what a
-// power cut at that point could leave, and the captured image must
+// power cut at that point could leave (lines lost, kept or torn into 8-byte
+// words; on the page-cache model, dirty pages written back in any order), and
+// the captured image must
 //   - pass the offline checker,
 //   - mount (replaying the journal), and pass the online checker,
 //   - hold exactly the state after the last completed operation, or after the
-//     one in flight (every operation is atomic and durable when it returns),
+//     one in flight (every operation is atomic and durable when it returns), or
+//     for workloads that overwrite in place or run on the page-cache model,
+//     everything fsync'd,
 //   - accept new writes and remount.
+// Workloads: mixed namespace and data operations; a journal that fills and
+// checkpoints; in-place overwrites with fsync (both models); fsync'd files on an
+// emulated device (page cache); two threads at once. Each crash point runs with
+// several seeds, printed.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <functional>
+#include <thread>
 #include <map>
 #include <string>
 
@@ -75,6 +85,7 @@ struct Trace {
 };
 
 constexpr uint64_t kDeviceBytes = 16ull << 20;
+constexpr int kSeedsPerPoint = 2;  // each crash point keeps a different random subset per seed
 
 // Runs the workload, arming the device at `crash_at` (0: never).
 Trace run(const std::vector<Op>& ops, CrashDevice& device, uint64_t crash_at, uint64_t seed,
@@ -178,8 +189,10 @@ TEST(Crash, EveryFlushPointOfAMixedWorkload) {
   ASSERT_GT(reference.total_flush_points, reference.flush_points[0] + ops.size());
   uint64_t tested = 0;
   for (uint64_t point = reference.flush_points[0] + 1; point <= reference.total_flush_points; ++point) {
-    verify_crash_point(ops, reference, point, seed + point);
-    ++tested;
+    for (int k = 0; k < kSeedsPerPoint && !::testing::Test::HasFailure(); ++k) {
+      verify_crash_point(ops, reference, point, seed + point * kSeedsPerPoint + k);
+      ++tested;
+    }
     if (::testing::Test::HasFailure()) break;
   }
   std::fprintf(stderr, "verified %llu crash points\n", static_cast<unsigned long long>(tested));
@@ -228,6 +241,234 @@ TEST(Crash, AroundJournalWrapAndCheckpoint) {
   for (uint64_t p : points) {
     verify_crash_point(ops, reference, p, seed + p, expected);
     if (::testing::Test::HasFailure()) break;
+  }
+}
+
+// --- In-place overwrites and fsync ---------------------------------------------
+
+constexpr uint64_t kBlock = 4096;
+constexpr int kOverwrites = 12;
+
+// Op 0 writes kOverwrites blocks of '.' and fsyncs; op k overwrites block k-1 in
+// place with 'A'+k and fsyncs.
+std::vector<Op> overwrite_workload() {
+  std::vector<Op> ops;
+  ops.push_back([](Filesystem& fs) {
+    ASSERT_TRUE(fs.create("/data").has_value());
+    write_at(fs, "/data", 0, std::string(kOverwrites * kBlock, '.'));
+    must(fs.fsync(ino_of(fs, "/data")), "fsync");
+  });
+  for (int k = 1; k <= kOverwrites; ++k) {
+    ops.push_back([k](Filesystem& fs) {
+      write_at(fs, "/data", (k - 1) * kBlock, std::string(kBlock, static_cast<char>('A' + k)));
+      must(fs.fsync(ino_of(fs, "/data")), "fsync");
+    });
+  }
+  return ops;
+}
+
+// Every block whose overwrite was fsync'd holds it; the others hold, in each
+// `unit` (8-byte word, or page on the page-cache model), the old or the new bytes.
+void verify_overwrites(CrashDevice::Model model, uint64_t point, uint64_t seed, const Trace& reference) {
+  SCOPED_TRACE("crash at flush point " + std::to_string(point) + ", seed " + std::to_string(seed));
+  auto ops = overwrite_workload();
+  CrashDevice device(kDeviceBytes, model);
+  run(ops, device, point, seed, [](size_t) { return State{}; });
+  ASSERT_TRUE(device.crashed());
+  auto image = device.crash_image();
+  auto offline = Filesystem::check_device(*image);
+  ASSERT_TRUE(offline.has_value()) << offline.error().message;
+  for (const auto& p : offline->problems) ADD_FAILURE() << "offline check: " << p;
+  auto fs = Filesystem::mount(*image);
+  ASSERT_TRUE(fs.has_value()) << fs.error().message;
+  for (const auto& p : (*fs)->check().problems) ADD_FAILURE() << "online check: " << p;
+  size_t done = 0;
+  while (done + 1 < reference.flush_points.size() && reference.flush_points[done + 1] < point) ++done;
+  auto ino = (*fs)->lookup("/data");
+  if (done == 0 && !ino.has_value()) return;  // the first op (and its fsync) had not finished
+  ASSERT_TRUE(ino.has_value()) << "the fsync'd file is gone";
+  std::string content(kOverwrites * kBlock, '\0');
+  auto n = (*fs)->read(*ino, 0, {reinterpret_cast<std::byte*>(content.data()), content.size()});
+  ASSERT_TRUE(n.has_value()) << n.error().message;
+  if (done == 0) return;  // op 0 in flight: not yet promised
+  ASSERT_EQ(*n, content.size());
+  const uint64_t unit = model == CrashDevice::Model::PageCache ? kBlock : 8;
+  for (int k = 1; k <= kOverwrites; ++k) {
+    const char now = static_cast<char>('A' + k);
+    const bool synced = static_cast<size_t>(k) < done;  // ops 0..done-1 finished, their fsync included
+    for (uint64_t at = (k - 1) * kBlock; at < k * kBlock; at += unit) {
+      std::string piece = content.substr(at, unit);
+      const bool is_new = piece == std::string(unit, now);
+      const bool is_old = piece == std::string(unit, '.');
+      if (synced) {
+        ASSERT_TRUE(is_new) << "block " << k - 1 << " was fsync'd (op " << k << " of " << done << " done) but byte "
+                            << at << " holds '" << piece[0] << "'";
+      } else {
+        ASSERT_TRUE(is_new || is_old) << "byte " << at << " of block " << k - 1 << " is neither old nor new";
+      }
+    }
+  }
+}
+
+void overwrite_crash_test(CrashDevice::Model model, const char* name) {
+  uint64_t seed = test_seed(name);
+  auto ops = overwrite_workload();
+  CrashDevice reference_device(kDeviceBytes, model);
+  Trace reference = run(ops, reference_device, 0, seed, [](size_t) { return State{}; });
+  uint64_t tested = 0;
+  for (uint64_t point = reference.flush_points[0] + 1; point <= reference.total_flush_points; ++point) {
+    for (int k = 0; k < kSeedsPerPoint && !::testing::Test::HasFailure(); ++k) {
+      verify_overwrites(model, point, seed + point * kSeedsPerPoint + k, reference);
+      ++tested;
+    }
+    if (::testing::Test::HasFailure()) break;
+  }
+  std::fprintf(stderr, "verified %llu crash points\n", static_cast<unsigned long long>(tested));
+}
+
+TEST(Crash, InPlaceOverwritesAreDurableAfterFsync) {
+  overwrite_crash_test(CrashDevice::Model::CacheLines, "Crash.InPlaceOverwritesAreDurableAfterFsync");
+}
+
+TEST(Crash, InPlaceOverwritesOnAnEmulatedDeviceAreDurableAfterFsync) {
+  overwrite_crash_test(CrashDevice::Model::PageCache, "Crash.InPlaceOverwritesOnAnEmulatedDeviceAreDurableAfterFsync");
+}
+
+// --- An emulated device: what fsync promised survives a machine crash --------
+
+TEST(Crash, FsyncedFilesOnAnEmulatedDeviceSurviveAMachineCrash) {
+  uint64_t seed = test_seed("Crash.FsyncedFilesOnAnEmulatedDeviceSurviveAMachineCrash");
+  auto content = [](int k) { return std::string(3000 + 1000 * k, static_cast<char>('a' + k)); };
+  std::vector<Op> ops;
+  constexpr int kFiles = 6;
+  for (int k = 0; k < kFiles; ++k) {
+    ops.push_back([k, content](Filesystem& fs) {
+      std::string dir = "/dir" + std::to_string(k % 2);
+      if (k < 2) ASSERT_TRUE(fs.mkdir(dir).has_value());
+      std::string path = dir + "/f" + std::to_string(k);
+      ASSERT_TRUE(fs.create(path).has_value());
+      write_at(fs, path, 0, content(k));
+      if (k > 0) must(fs.rename("/dir" + std::to_string((k - 1) % 2) + "/f" + std::to_string(k - 1),
+                                "/dir" + std::to_string((k - 1) % 2) + "/g" + std::to_string(k - 1)), "rename");
+      must(fs.fsync(ino_of(fs, path)), "fsync");  // all metadata so far, and this file's data
+    });
+  }
+  CrashDevice reference_device(kDeviceBytes, CrashDevice::Model::PageCache);
+  Trace reference = run(ops, reference_device, 0, seed, [](size_t) { return State{}; });
+  uint64_t tested = 0;
+  for (uint64_t point = reference.flush_points[0] + 1; point <= reference.total_flush_points; ++point) {
+    for (int s = 0; s < kSeedsPerPoint; ++s) {
+      SCOPED_TRACE("crash at flush point " + std::to_string(point) + ", seed " + std::to_string(seed + point * 8 + s));
+      CrashDevice device(kDeviceBytes, CrashDevice::Model::PageCache);
+      run(ops, device, point, seed + point * 8 + s, [](size_t) { return State{}; });
+      ASSERT_TRUE(device.crashed());
+      auto image = device.crash_image();
+      auto offline = Filesystem::check_device(*image);
+      ASSERT_TRUE(offline.has_value()) << offline.error().message;
+      for (const auto& p : offline->problems) ADD_FAILURE() << "offline check: " << p;
+      auto fs = Filesystem::mount(*image);
+      ASSERT_TRUE(fs.has_value()) << fs.error().message;
+      for (const auto& p : (*fs)->check().problems) ADD_FAILURE() << "online check: " << p;
+      size_t done = 0;
+      while (done + 1 < reference.flush_points.size() && reference.flush_points[done + 1] < point) ++done;
+      for (size_t k = 0; k < done; ++k) {  // op k finished with its fsync: its file is there, whole
+        std::string dir = "/dir" + std::to_string(k % 2);
+        // Op k+1 renames f<k> to g<k>: either name, if that op had begun.
+        auto ino = (*fs)->lookup(dir + "/f" + std::to_string(k));
+        if (!ino.has_value()) ino = (*fs)->lookup(dir + "/g" + std::to_string(k));
+        ASSERT_TRUE(ino.has_value()) << "fsync'd file " << k << " is gone";
+        std::string got(content(k).size(), '\0');
+        auto n = (*fs)->read(*ino, 0, {reinterpret_cast<std::byte*>(got.data()), got.size()});
+        ASSERT_TRUE(n.has_value()) << n.error().message;
+        ASSERT_TRUE(got == content(k)) << "fsync'd file " << k << " lost its bytes";
+      }
+      auto ino = (*fs)->create("/after-crash");
+      ASSERT_TRUE(ino.has_value()) << ino.error().message;
+      ASSERT_TRUE((*fs)->unmount().has_value());
+      ++tested;
+      if (::testing::Test::HasFailure()) return;
+    }
+  }
+  std::fprintf(stderr, "verified %llu crash points\n", static_cast<unsigned long long>(tested));
+}
+
+// --- Two threads at once --------------------------------------------------------
+
+TEST(Crash, TwoThreadsAtOnce) {
+  uint64_t seed = test_seed("Crash.TwoThreadsAtOnce");
+  constexpr int kThreads = 2;
+  constexpr int kFilesEach = 40;
+  auto content = [](int t, int i) { return std::string(100 + 50 * i, static_cast<char>('a' + t)); };
+  auto workload = [&](Filesystem& fs) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&fs, t, content] {
+        std::string dir = "/t" + std::to_string(t);
+        if (!fs.mkdir(dir).has_value()) return;
+        for (int i = 0; i < kFilesEach; ++i) {
+          std::string path = dir + "/f" + std::to_string(i);
+          auto ino = fs.create(path);
+          if (!ino.has_value()) return;
+          std::string data = content(t, i);
+          if (!fs.write(*ino, 0, bytes(data)).has_value()) return;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+  };
+  uint64_t total = 0;
+  {
+    CrashDevice device(kDeviceBytes);
+    ASSERT_TRUE(Filesystem::format(device).has_value());
+    uint64_t before = device.flush_points();
+    auto fs = Filesystem::mount(device);
+    ASSERT_TRUE(fs.has_value());
+    workload(**fs);
+    total = device.flush_points() - before;
+    ASSERT_TRUE((*fs)->unmount().has_value());
+  }
+  Rng rng(seed);
+  constexpr int kPoints = 40;  // interleavings differ run to run: random points, each its own run
+  for (int n = 0; n < kPoints; ++n) {
+    uint64_t point = 1 + rng.below(total + 4);
+    SCOPED_TRACE("crash at flush point " + std::to_string(point) + " after format");
+    CrashDevice device(kDeviceBytes);
+    ASSERT_TRUE(Filesystem::format(device).has_value());
+    device.arm(device.flush_points() + point, seed + n);
+    {
+      auto fs = Filesystem::mount(device);
+      ASSERT_TRUE(fs.has_value());
+      workload(**fs);
+      ASSERT_TRUE((*fs)->unmount().has_value());
+    }
+    if (!device.crashed()) continue;  // the run had fewer flush points this time
+    auto image = device.crash_image();
+    auto offline = Filesystem::check_device(*image);
+    ASSERT_TRUE(offline.has_value()) << offline.error().message;
+    for (const auto& p : offline->problems) ADD_FAILURE() << "offline check: " << p;
+    auto fs = Filesystem::mount(*image);
+    ASSERT_TRUE(fs.has_value()) << fs.error().message;
+    for (const auto& p : (*fs)->check().problems) ADD_FAILURE() << "online check: " << p;
+    // Each thread's files are a prefix of its sequence: every one whole, except
+    // that the last may be empty (its write was in flight).
+    for (int t = 0; t < kThreads; ++t) {
+      int present = 0;
+      for (int i = 0; i < kFilesEach; ++i) {
+        auto ino = (*fs)->lookup("/t" + std::to_string(t) + "/f" + std::to_string(i));
+        if (!ino.has_value()) break;
+        ++present;
+        auto st = (*fs)->stat(*ino);
+        std::string got(st->size_bytes, '\0');
+        ASSERT_TRUE((*fs)->read(*ino, 0, {reinterpret_cast<std::byte*>(got.data()), got.size()}).has_value());
+        bool last = !(*fs)->lookup("/t" + std::to_string(t) + "/f" + std::to_string(i + 1)).has_value();
+        ASSERT_TRUE(got == content(t, i) || (last && got.empty())) << "thread " << t << " file " << i;
+      }
+      for (int i = present + 1; i < kFilesEach; ++i) {
+        ASSERT_FALSE((*fs)->lookup("/t" + std::to_string(t) + "/f" + std::to_string(i)).has_value())
+            << "thread " << t << " has file " << i << " without file " << present;
+      }
+    }
+    if (::testing::Test::HasFailure()) return;
   }
 }
 

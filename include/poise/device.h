@@ -120,6 +120,14 @@ class Device {
   virtual void drain() = 0;
   // Full durability, including the backing file of an emulated device.
   virtual Result<void> sync() = 0;
+  // Durability of [offset, +length) only: on an emulated device (page-cache
+  // domain) the pages are written to the backing file and waited for, so they
+  // survive a machine crash; elsewhere the same as drain().
+  virtual Result<void> sync_range(uint64_t offset, uint64_t length) {
+    check_range(offset, length);
+    drain();
+    return {};
+  }
 
   // The hardware's list of bad ranges (empty on a healthy device), in order.
   // An emulated device reports its poison list.

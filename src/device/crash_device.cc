@@ -6,8 +6,9 @@
 
 namespace poise {
 
-CrashDevice::CrashDevice(uint64_t size_bytes)
-    : size_(size_bytes), live_(map_anonymous(size_bytes)), durable_(map_anonymous(size_bytes)) {
+CrashDevice::CrashDevice(uint64_t size_bytes, Model model)
+    : model_(model),
+      size_(size_bytes), live_(map_anonymous(size_bytes)), durable_(map_anonymous(size_bytes)) {
   POISE_ASSERT(size_bytes % 4096 == 0);
 }
 
@@ -37,12 +38,12 @@ bool CrashDevice::crashed() const {
 std::unique_ptr<MemoryDevice> CrashDevice::crash_image() const {
   std::lock_guard lock(mutex_);
   POISE_ASSERT(captured_ != nullptr);
-  return MemoryDevice::copy_of(captured_, size_);
+  return MemoryDevice::copy_of(captured_, size_, domain());
 }
 
 std::unique_ptr<MemoryDevice> CrashDevice::durable_image() const {
   std::lock_guard lock(mutex_);
-  return MemoryDevice::copy_of(durable_, size_);
+  return MemoryDevice::copy_of(durable_, size_, domain());
 }
 
 void CrashDevice::write(uint64_t offset, const void* src, size_t length) {
@@ -63,6 +64,10 @@ void CrashDevice::flush(uint64_t offset, size_t length) {
   uint64_t first = offset / kLine * kLine;
   uint64_t end = offset + length;
   std::lock_guard lock(mutex_);
+  if (model_ == Model::PageCache) {  // a store dirties pages; only write-back makes them durable
+    for (uint64_t page = offset / 4096; page * 4096 < end; ++page) dirty_pages_.insert(page);
+    return;
+  }
   for (uint64_t line = first; line < end; line += kLine) {
     PendingLine& p = pending_.emplace_back();
     p.offset = line;
@@ -70,24 +75,67 @@ void CrashDevice::flush(uint64_t offset, size_t length) {
   }
 }
 
-void CrashDevice::drain() {
-  std::lock_guard lock(mutex_);
+void CrashDevice::flush_point_locked() {
   ++drains_;
-  if (drains_ == crash_at_ && captured_ == nullptr) {
-    captured_ = map_anonymous(size_);
-    std::memcpy(captured_, durable_, size_);
-    Rng rng(seed_ ^ drains_);
-    for (const PendingLine& p : pending_) {
-      if (rng.chance(2)) std::memcpy(captured_ + p.offset, p.bytes, kLine);
+  if (drains_ != crash_at_ || captured_ != nullptr) return;
+  captured_ = map_anonymous(size_);
+  std::memcpy(captured_, durable_, size_);
+  Rng rng(seed_ ^ drains_);
+  if (model_ == Model::PageCache) {
+    for (uint64_t page : dirty_pages_) {  // the kernel may have written back any of them
+      if (rng.chance(2)) std::memcpy(captured_ + page * 4096, live_ + page * 4096, 4096);
+    }
+    return;
+  }
+  constexpr uint64_t kWord = 8;  // the failure-atomic unit of persistent memory
+  for (const PendingLine& p : pending_) {
+    switch (rng.below(3)) {
+      case 0: break;  // lost
+      case 1: std::memcpy(captured_ + p.offset, p.bytes, kLine); break;
+      default:  // torn: each 8-byte word on its own
+        for (uint64_t w = 0; w < kLine; w += kWord) {
+          if (rng.chance(2)) std::memcpy(captured_ + p.offset + w, p.bytes + w, kWord);
+        }
     }
   }
+}
+
+void CrashDevice::write_back_locked(uint64_t offset, uint64_t length) {
+  const uint64_t first = offset / 4096;
+  const uint64_t end = (offset + length + 4095) / 4096;
+  auto it = dirty_pages_.lower_bound(first);
+  while (it != dirty_pages_.end() && *it < end) {
+    std::memcpy(durable_ + *it * 4096, live_ + *it * 4096, 4096);
+    it = dirty_pages_.erase(it);
+  }
+}
+
+void CrashDevice::drain() {
+  std::lock_guard lock(mutex_);
+  flush_point_locked();
+  if (model_ == Model::PageCache) return;  // a fence orders nothing in the page cache
   for (const PendingLine& p : pending_) std::memcpy(durable_ + p.offset, p.bytes, kLine);
   pending_.clear();
 }
 
-Result<void> CrashDevice::sync() {
-  drain();
+Result<void> CrashDevice::sync_range(uint64_t offset, uint64_t length) {
+  check_range(offset, length);
+  if (model_ == Model::CacheLines) {
+    drain();
+    return {};
+  }
+  std::lock_guard lock(mutex_);
+  flush_point_locked();
+  write_back_locked(offset, length);
   return {};
+}
+
+Result<void> CrashDevice::sync() {
+  if (model_ == Model::CacheLines) {
+    drain();
+    return {};
+  }
+  return sync_range(0, size_);
 }
 
 }  // namespace poise

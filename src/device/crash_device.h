@@ -6,8 +6,14 @@
 // never flushed are lost at a crash. Each drain() is a numbered flush point.
 //
 // Arming it at flush point K captures, at the K-th drain, the durable image plus a
-// seeded random subset of the lines written back but not yet fenced: exactly the
-// states real hardware could leave behind. Tests run a workload once to count the
+// seeded random subset of the lines written back but not yet fenced, some of them
+// torn into their 8-byte words (the unit persistent memory guarantees): exactly
+// the states real hardware could leave behind.
+//
+// Model::PageCache plays an emulated device on a regular file instead: nothing
+// is durable until sync_range()/sync() writes the pages back (drain() orders
+// nothing), and a crash keeps a random subset of the dirty 4 KiB pages, as the
+// kernel's write-back in any order would. Every drain and sync is a flush point. Tests run a workload once to count the
 // flush points, then once per point, mounting each captured image
 // (LevelDB's fault_injection_test is the model).
 //
@@ -16,6 +22,7 @@
 
 #include <memory>
 #include <mutex>
+#include <set>
 #include <vector>
 
 #include "device/memory_device.h"
@@ -26,7 +33,8 @@ namespace poise {
 
 class CrashDevice final : public Device {
  public:
-  explicit CrashDevice(uint64_t size_bytes);
+  enum class Model : uint8_t { CacheLines, PageCache };
+  explicit CrashDevice(uint64_t size_bytes, Model model = Model::CacheLines);
   ~CrashDevice() override;
 
   // Capture the crash state at the `flush_point`-th drain (1-based).
@@ -40,7 +48,9 @@ class CrashDevice final : public Device {
   std::unique_ptr<MemoryDevice> durable_image() const;
 
   uint64_t size_bytes() const override { return size_; }
-  PersistenceDomain domain() const override { return PersistenceDomain::MemoryController; }
+  PersistenceDomain domain() const override {
+    return model_ == Model::PageCache ? PersistenceDomain::PageCache : PersistenceDomain::MemoryController;
+  }
   uint64_t alignment_bytes() const override { return 4096; }
   std::string describe() const override { return "crash-simulating memory device"; }
   const std::byte* data() const override { return live_; }
@@ -50,6 +60,7 @@ class CrashDevice final : public Device {
   void flush(uint64_t offset, size_t length) override;
   void drain() override;
   Result<void> sync() override;
+  Result<void> sync_range(uint64_t offset, uint64_t length) override;
 
  protected:
   PoisonList* emulated_poison() const override { return &poison_; }
@@ -62,11 +73,18 @@ class CrashDevice final : public Device {
     std::byte bytes[kLine];
   };
 
+  // At a flush point: capture the crash state if armed. REQUIRES: mutex_ held.
+  void flush_point_locked();
+  // Page-cache model: pages of [offset, +length) become durable. REQUIRES: mutex_ held.
+  void write_back_locked(uint64_t offset, uint64_t length);
+
+  Model model_;
   uint64_t size_;
   std::byte* live_;
   std::byte* durable_;
   mutable std::mutex mutex_;
   std::vector<PendingLine> pending_;
+  std::set<uint64_t> dirty_pages_;  // page-cache model: pages stored to since their write-back
   uint64_t drains_ = 0;
   uint64_t crash_at_ = 0;  // 0: not armed
   uint64_t seed_ = 0;

@@ -56,6 +56,17 @@ class FileDevice final : public Device {
     pmem_flush(base_ + offset, length);
   }
   void drain() override { pmem_drain(); }
+  Result<void> sync_range(uint64_t offset, uint64_t length) override {
+    check_range(offset, length);
+    if (access_ == DeviceAccess::ReadOnly || length == 0) return {};
+    pmem_drain();
+    const uint64_t start = offset / 4096 * 4096;  // msync takes page-aligned addresses
+    if (::msync(base_ + start, offset + length - start, MS_SYNC) != 0) {
+      int e = errno;
+      return fail(e, path_ + ": msync failed: " + errno_text(e));
+    }
+    return {};
+  }
   Result<void> sync() override {
     if (access_ == DeviceAccess::ReadOnly) return {};  // nothing was stored
     pmem_drain();

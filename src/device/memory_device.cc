@@ -36,8 +36,10 @@ MemoryDevice::MemoryDevice(uint64_t size_bytes, Backing backing) : base_(nullptr
   keep_from_children(base_, size_bytes);
 }
 
-std::unique_ptr<MemoryDevice> MemoryDevice::copy_of(const std::byte* image, uint64_t size_bytes) {
+std::unique_ptr<MemoryDevice> MemoryDevice::copy_of(const std::byte* image, uint64_t size_bytes,
+                                                   PersistenceDomain domain) {
   auto device = std::make_unique<MemoryDevice>(size_bytes);
+  device->domain_ = domain;
   // Fresh anonymous memory reads as zeros: copy only pages that hold something,
   // so a mostly empty image costs no page faults.
   static const std::byte kZeros[4096] = {};

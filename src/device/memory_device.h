@@ -19,13 +19,16 @@ class MemoryDevice final : public Device {
   // REQUIRES: size_bytes is a multiple of 4096.
   explicit MemoryDevice(uint64_t size_bytes, Backing backing = Backing::Private);
   // A device holding a copy of `image` (for mounting a captured crash state).
-  static std::unique_ptr<MemoryDevice> copy_of(const std::byte* image, uint64_t size_bytes);
+  // `domain` is what the copy reports: a captured page-cache crash state mounts
+  // as the emulated device it came from would.
+  static std::unique_ptr<MemoryDevice> copy_of(const std::byte* image, uint64_t size_bytes,
+                                               PersistenceDomain domain = PersistenceDomain::CpuCache);
   ~MemoryDevice() override;
   MemoryDevice(const MemoryDevice&) = delete;
   MemoryDevice& operator=(const MemoryDevice&) = delete;
 
   uint64_t size_bytes() const override { return size_; }
-  PersistenceDomain domain() const override { return PersistenceDomain::CpuCache; }
+  PersistenceDomain domain() const override { return domain_; }
   uint64_t alignment_bytes() const override { return 4096; }
   std::string describe() const override;
   const std::byte* data() const override { return base_; }
@@ -45,6 +48,7 @@ class MemoryDevice final : public Device {
   std::byte* base_;
   uint64_t size_;
   int fd_ = -1;  // the memfd of Shared memory
+  PersistenceDomain domain_ = PersistenceDomain::CpuCache;
 };
 
 // Anonymous, zero-filled, lazily backed memory; aborts if the address space is gone.

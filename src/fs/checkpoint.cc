@@ -66,18 +66,31 @@ Result<void> FsImpl::read_block(uint64_t block, std::byte* out) const {
 
 Result<void> FsImpl::write_superblocks(uint64_t root_block, uint64_t generation) {
   alignas(64) std::byte block[kBlockSize];
+  const format::SuperblockInfo previous = sb_;
   sb_.sequence += 1;
   sb_.checkpoint_root_block = root_block;
   sb_.checkpoint_generation = generation;
   sb_.written_ns = now();
+  // A failed write-back leaves the in-memory superblock as it was.
+  struct Restore {
+    format::SuperblockInfo& sb;
+    const format::SuperblockInfo& previous;
+    bool done = false;
+    ~Restore() {
+      if (!done) sb = previous;
+    }
+  } restore{sb_, previous};
   // One copy at a time: a crash tears at most one, and the other stays valid.
+  // sync_range, not just drain: on an emulated device the page cache could
+  // otherwise write the superblock back before the checkpoint it points at.
   encode_superblock(sb_, format::primary_superblock_block(), block);
   device_.write(format::primary_superblock_block() * kBlockSize, block, kBlockSize);
-  device_.drain();
+  TRY(device_.sync_range(format::primary_superblock_block() * kBlockSize, kBlockSize));
   uint64_t secondary = format::secondary_superblock_block(sb_.size_blocks);
   encode_superblock(sb_, secondary, block);
   device_.write(secondary * kBlockSize, block, kBlockSize);
-  device_.drain();
+  TRY(device_.sync_range(secondary * kBlockSize, kBlockSize));
+  restore.done = true;
   superblock_notes_.clear();
   return {};
 }
@@ -227,6 +240,21 @@ Result<void> FsImpl::write_checkpoint() {
   format::encode_checkpoint_root(root, root_block, block);
   device_.write(root_block * kBlockSize, block, kBlockSize);
   device_.drain();
+  if (device_.domain() == PersistenceDomain::PageCache) {  // the checkpoint is on the backing file first
+    auto synced = [&]() -> Result<void> {
+      TRY(device_.sync_range(root_block * kBlockSize, kBlockSize));
+      for (const auto& section : root.sections) {
+        for (const BlockRun& run : section.runs) {
+          TRY(device_.sync_range(run.start_block * kBlockSize, run.block_count * kBlockSize));
+        }
+      }
+      return {};
+    }();
+    if (!synced.has_value()) {
+      give_back();
+      return synced;
+    }
+  }
   auto switched = write_superblocks(root_block, generation);
   if (!switched.has_value()) {
     give_back();

@@ -425,10 +425,28 @@ Result<void> FsImpl::fallocate_chunk(InodeNumber ino, uint64_t offset, uint64_t 
 }
 
 Result<void> FsImpl::fsync(InodeNumber ino) {
-  TRY(get_inode(ino));
+  InodePtr inode = TRY(get_inode(ino));
   mappings_->flush_writable(ino);  // stores made through mappings of the file
-  if (options_.mode == MountMode::ReadWrite) journal_->make_durable();
-  return {};
+  if (options_.mode != MountMode::ReadWrite) return {};
+  journal_->make_durable();
+  if (device_.domain() != PersistenceDomain::PageCache) return {};
+  // On an emulated device the page cache stands between the stores and the
+  // backing file: for a machine crash, the file's blocks (overwrites in place)
+  // and the journal (its metadata) must be written back before fsync returns.
+  // The checkpoint and superblocks are written back when they are written.
+  std::vector<DevRun> runs;
+  {
+    std::shared_lock lock(inode->lock);
+    inode->extents.for_each([&](const Extent& m) {
+      if (!runs.empty() && runs.back().end() == m.dev_block) {
+        runs.back().count += m.block_count;
+      } else {
+        runs.push_back(DevRun{m.dev_block, m.block_count});
+      }
+    });
+  }
+  for (const DevRun& run : runs) TRY(device_.sync_range(run.start.value() * kBlockSize, run.count * kBlockSize));
+  return device_.sync_range(sb_.journal_start_block * kBlockSize, journal_->used_bytes());
 }
 
 Result<void> FsImpl::sync() {

@@ -13,7 +13,7 @@ Journal::Journal(Device& device, uint64_t start_block, uint64_t blocks)
 
 Result<uint64_t> Journal::replay(uint64_t generation,
                                  const std::function<Result<void>(const format::DecodedTx&)>& apply,
-                                 uint64_t readable_bytes) {
+                                 uint64_t readable_bytes, std::string* gap_note) {
   std::lock_guard lock(mutex_);
   generation_ = generation;
   next_lsn_ = 1;
@@ -32,6 +32,13 @@ Result<uint64_t> Journal::replay(uint64_t generation,
       }
       // The end of the log, unless a valid later transaction shows it was not.
       if (auto later = format::find_later_tx(region, readable, write_offset_, generation, next_lsn_ + 1)) {
+        if (gap_note != nullptr) {
+          *gap_note = "journal transactions from " + std::to_string(next_lsn_) + " on were not applied: " +
+                      "transaction " + std::to_string(next_lsn_) + " is torn (" + tx.error().message +
+                      ") while transaction " + std::to_string(later->lsn) + " follows; on an emulated device " +
+                      "this is a machine crash before a sync (the page cache wrote back out of order), or damage";
+          break;
+        }
         return fail(EUCLEAN, "journal transaction " + std::to_string(next_lsn_) + " at byte " +
                                  std::to_string(write_offset_) + " is damaged (" + tx.error().message +
                                  ") but transaction " + std::to_string(later->lsn) + " at byte " +
@@ -47,6 +54,12 @@ Result<uint64_t> Journal::replay(uint64_t generation,
   }
   durable_lsn_ = next_lsn_ - 1;
   return replayed;
+}
+
+Result<void> Journal::erase_tail() {
+  std::lock_guard lock(mutex_);
+  device_.fill(base_offset_ + write_offset_, 0, capacity_ - write_offset_);
+  return device_.sync_range(base_offset_ + write_offset_, capacity_ - write_offset_);
 }
 
 void Journal::reset(uint64_t generation) {

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "format/journal_format.h"
@@ -30,10 +31,17 @@ class Journal {
   // followed by a valid later one (acknowledged work would be dropped), or if a
   // checksummed transaction is malformed. Reads no byte at or past
   // `readable_bytes` (where failed memory begins): EIO if the log reaches there.
-  // Returns the number replayed.
+  // With `gap_note` (an emulated device, whose page cache may write back a later
+  // transaction and lose an earlier one in a machine crash before a sync), a bad
+  // transaction followed by valid ones ends the log instead, and *gap_note says
+  // what was not applied. Returns the number replayed.
   Result<uint64_t> replay(uint64_t generation,
                           const std::function<Result<void>(const format::DecodedTx&)>& apply,
-                          uint64_t readable_bytes = UINT64_MAX);
+                          uint64_t readable_bytes = UINT64_MAX, std::string* gap_note = nullptr);
+
+  // Zeroes the region past the last replayed transaction: after a gap, the
+  // transactions beyond it must never be replayed once new ones are written.
+  Result<void> erase_tail();
 
   // Starts an empty journal for a new generation (after a checkpoint).
   void reset(uint64_t generation);

@@ -176,6 +176,7 @@ Result<void> FsImpl::load() {
                          "; mount read-only to copy the data out");
   }
   replaying_ = true;
+  std::string gap_note;
   TRY(load_checkpoint(sb_));
   uint64_t replayed = TRY(journal_->replay(
       checkpoint_.generation,
@@ -183,7 +184,8 @@ Result<void> FsImpl::load() {
         for (const auto& record : tx.records) TRY(apply(record, {}));
         return {};
       },
-      journal_readable));
+      journal_readable, device_.domain() == PersistenceDomain::PageCache ? &gap_note : nullptr));
+  if (!gap_note.empty()) superblock_notes_.push_back(gap_note);
   replaying_ = false;
   // A tree that checksums cannot vouch for (a cycle, a directory with two names,
   // a link count below the names) would hang rename or free a named file: a
@@ -199,6 +201,7 @@ Result<void> FsImpl::load() {
     TRY(take_in_device_bad_ranges());  // known in memory only: nothing is written
     return {};
   }
+  if (!gap_note.empty()) TRY(journal_->erase_tail());  // before anything new is committed
   TRY(device_.register_holder(failure_handler_.get()));
   device_.set_poison_listener(mappings_.get());
   holder_registered_ = true;
