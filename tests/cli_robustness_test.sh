@@ -124,7 +124,8 @@ content "$IMG" /keep "$WORK/old"
 expect 8 "$POISE" cat "$IMG" /keep/
 expect 8 "$POISE" rm "$IMG" /keep/
 expect 8 "$POISE" rm "$IMG" /keep/..
-expect 8 "$POISE" put "$IMG" "$WORK/old" /newfile/
+expect 3 "$POISE" put "$IMG" "$WORK/old" /newfile/  # no directory /newfile to put into
+expect 3 "$POISE" stat "$IMG" /newfile
 content "$IMG" /keep "$WORK/old"
 
 # --- 5. read-only commands work on an image that cannot be written

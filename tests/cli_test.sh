@@ -63,6 +63,33 @@ expect 0 "$POISE" cat "$IMG" /hello --offset 6 --length 4
 "$POISE" get "$IMG" /hello - >"$WORK/stdout.copy" && ok || bad "get to stdout"
 [ "$(cat "$WORK/stdout.copy")" = "hello from stdin" ] && ok || bad "get - content"
 
+# --- bulk import: several files into a directory, whole trees with -r
+mkdir -p "$WORK/tree/sub/deeper" "$WORK/tree/empty"
+for i in 1 2 3; do head -c $((i * 7000)) /dev/urandom >"$WORK/tree/f$i"; done
+head -c 1234 /dev/urandom >"$WORK/tree/sub/deeper/g"
+ln -s f1 "$WORK/tree/link-to-f1"
+expect 0 "$POISE" mkdir "$IMG" /many
+expect 0 "$POISE" put "$IMG" "$WORK/tree/f1" "$WORK/tree/f2" "$WORK/tree/f3" /many
+for i in 1 2 3; do
+  "$POISE" get "$IMG" "/many/f$i" "$WORK/back" && cmp -s "$WORK/back" "$WORK/tree/f$i" && ok || bad "bulk put f$i"
+done
+expect 8 "$POISE" put "$IMG" "$WORK/tree/f1" "$WORK/tree/f2" /many/f1  # several files need a directory
+expect 8 "$POISE" put "$IMG" "$WORK/tree" /t                         # a directory needs -r
+expect 2 "$POISE" put -r "$IMG" - /t
+expect 0 "$POISE" put -r "$IMG" "$WORK/tree" /t
+contains "$WORK/err" "skipping"
+for f in f1 f2 f3 sub/deeper/g; do
+  "$POISE" get "$IMG" "/t/$f" "$WORK/back" && cmp -s "$WORK/back" "$WORK/tree/$f" && ok || bad "put -r $f"
+done
+expect 0 "$POISE" stat "$IMG" /t/empty --json
+python3 -c "import json; assert json.load(open('$WORK/out'))['type'] == 'directory'" && ok || bad "put -r empty directory"
+expect 3 "$POISE" stat "$IMG" /t/link-to-f1
+expect 0 "$POISE" put -r "$IMG" "$WORK/tree" /t  # into the existing directory: /t/tree
+expect 0 "$POISE" stat "$IMG" /t/tree/sub/deeper/g
+expect 0 "$POISE" rm "$IMG" /t -r
+expect 0 "$POISE" rm "$IMG" /many -r
+expect 0 "$POISE" check "$IMG"
+
 # --- ls / stat
 expect 0 "$POISE" ls "$IMG"
 contains "$WORK/out" "a/"

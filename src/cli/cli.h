@@ -20,6 +20,7 @@ namespace poise::cli {
 void add_inspect_commands(CLI::App& app, std::function<int()>* run);
 void add_modify_commands(CLI::App& app, std::function<int()>* run);
 void add_demo_command(CLI::App& app, std::function<int()>* run);
+void add_put_command(CLI::App& app, std::function<int()>* run);
 void add_failure_commands(CLI::App& app, std::function<int()>* run);
 
 // An image opened and mounted for one command.
@@ -31,8 +32,10 @@ struct Session {
 // Opens and mounts IMAGE; on failure prints the error and returns its exit code.
 // A read-only session opens the image without write permission.
 int open_session(const std::string& image, MountMode mode, Session* out);
-// Unmounts (writing the checkpoint); returns the exit code.
+// Unmounts; returns the exit code.
 int close_session(Session& session);
+// Opens and mounts IMAGE, runs fn, unmounts; the first failure's exit code.
+int with_mounted(const std::string& image, MountMode mode, const std::function<int(Filesystem&)>& fn);
 // Prints "poise: <context>: <message>" and returns the exit code for the error.
 int report(const std::string& context, const Error& error);
 

@@ -51,11 +51,7 @@ bool byte_range(const Args& a, uint64_t* offset, std::optional<uint64_t>* length
 }
 
 int with_ro(const Args& args, const std::function<int(Filesystem&)>& fn) {
-  Session session;
-  if (int code = open_session(args.image, MountMode::ReadOnly, &session); code != kExitOk) return code;
-  int code = fn(*session.fs);
-  session.fs.reset();  // read-only: nothing to write back
-  return code;
+  return with_mounted(args.image, MountMode::ReadOnly, fn);
 }
 
 std::string mode_string(const Stat& st) {

@@ -1,4 +1,5 @@
-// Commands that change an image: mkfs, mkdir, put, rm, mv, ln, reflink, truncate.
+// Commands that change an image: mkfs, mkdir, rm, mv, ln, reflink, truncate
+// (put, which imports files, is in commands_put.cc).
 #include <fmt/format.h>
 
 #include <sys/stat.h>
@@ -16,20 +17,14 @@ namespace poise::cli {
 
 namespace {
 
-constexpr size_t kCopyChunkBytes = 1 << 20;
 
 struct Args {
   std::string image, a, b, size, journal;
   bool flag = false;
 };
 
-// Runs fn on a read-write session of args.image and unmounts.
 int with_fs(const Args& args, const std::function<int(Filesystem&)>& fn) {
-  Session session;
-  if (int code = open_session(args.image, MountMode::ReadWrite, &session); code != kExitOk) return code;
-  int code = fn(*session.fs);
-  int closed = close_session(session);
-  return code != kExitOk ? code : closed;
+  return with_mounted(args.image, MountMode::ReadWrite, fn);
 }
 
 // Why mkfs must not overwrite what IMAGE holds without --force: a poise
@@ -126,76 +121,6 @@ int mkdir_p(Filesystem& fs, const std::string& path) {
   return kExitOk;
 }
 
-// put is all-or-nothing: the bytes go into a hidden file beside DST, which is
-// renamed over DST (one journal transaction) only once every byte is in. A
-// failure (unreadable input, a full device, a kill) leaves DST as it was; a
-// killed put may leave its hidden .poise-put-* file, which `rm` removes.
-int put(Filesystem& fs, const std::string& local, const std::string& path) {
-  std::FILE* in = local == "-" ? stdin : std::fopen(local.c_str(), "rb");
-  if (in == nullptr) {
-    int e = errno;
-    fmt::print(stderr, "poise: put: cannot open {}: {}\n", local, std::strerror(e));
-    return e == ENOENT ? kExitNotFound : kExitFailure;
-  }
-  auto close_in = [&] {
-    if (in != stdin) std::fclose(in);
-  };
-  struct stat in_st {};
-  if (::fstat(::fileno(in), &in_st) == 0 && S_ISDIR(in_st.st_mode)) {
-    close_in();
-    fmt::print(stderr, "poise: put: {} is a directory\n", local);
-    return kExitInvalid;
-  }
-  uint32_t mode = 0644;
-  if (auto old = fs.stat(path); old.has_value()) {
-    if (old->type == FileType::Directory) {
-      close_in();
-      fmt::print(stderr, "poise: put: {} is a directory\n", path);
-      return kExitInvalid;
-    }
-    mode = old->mode;
-  } else if (old.error().code != ENOENT) {
-    close_in();
-    return report("put " + path, old.error());
-  }
-  size_t slash = path.find_last_of('/');
-  std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
-  std::string temp = fmt::format("{}.poise-put-{}", dir, ::getpid());
-  auto file = fs.open(temp, OpenFlags::Create | OpenFlags::Exclusive, mode);
-  if (!file.has_value()) {
-    close_in();
-    return report("put " + path, file.error());
-  }
-  std::vector<std::byte> buf(kCopyChunkBytes);
-  uint64_t offset = 0;
-  int code = kExitOk;
-  for (;;) {
-    size_t n = std::fread(buf.data(), 1, buf.size(), in);
-    if (n > 0) {
-      auto w = file->write(offset, {buf.data(), n});
-      if (!w.has_value()) {
-        code = report(fmt::format("put {} at byte {}", path, offset), w.error());
-        break;
-      }
-      offset += n;
-    }
-    if (n < buf.size()) {
-      if (std::ferror(in)) {
-        fmt::print(stderr, "poise: put: reading {} failed: {}\n", local, std::strerror(errno));
-        code = kExitFailure;
-      }
-      break;
-    }
-  }
-  close_in();
-  file->close();
-  if (code == kExitOk) {
-    if (auto renamed = fs.rename(temp, path); !renamed.has_value()) code = report("put " + path, renamed.error());
-  }
-  if (code != kExitOk) (void)fs.unlink(temp);  // DST keeps its old content
-  return code;
-}
-
 int remove_tree(Filesystem& fs, const std::string& path, bool recursive) {
   auto st = fs.stat(path);
   if (!st.has_value()) return report("rm " + path, st.error());
@@ -263,25 +188,6 @@ void add_modify_commands(CLI::App& app, std::function<int()>* run) {
   mkdir_cmd->add_option("IMAGE", args->image)->required();
   mkdir_cmd->add_option("PATH", args->a)->required()->check(kNonEmptyPath);
   mkdir_cmd->add_flag("-p,--parents", args->flag, "Create missing parents; no error if it exists");
-
-  auto* put_cmd = command(app, "put", "Copy a local file (or - for stdin) into the image", run, args,
-                          [](const Args& a) {
-    // Refused before the image is opened: nothing of it may change.
-    if (a.a != "-" && is_the_image(a.a, a.image)) {
-      fmt::print(stderr, "poise: put: {} is the image itself; it cannot be copied into itself\n", a.a);
-      return int(kExitInvalid);
-    }
-    if (a.b.ends_with('/')) {
-      fmt::print(stderr, "poise: put: {}: a file's name cannot end in '/'\n", a.b);
-      return int(kExitInvalid);
-    }
-    return with_fs(a, [&](Filesystem& fs) { return put(fs, a.a, a.b); });
-  });
-  put_cmd->add_option("IMAGE", args->image)->required();
-  put_cmd->add_option("LOCAL", args->a, "Local file, or - for standard input")->required()->check(kNonEmptyPath);
-  put_cmd->add_option("PATH", args->b, "Destination path in the image (replaced whole, only once every byte is in)")
-      ->required()
-      ->check(kNonEmptyPath);
 
   auto* rm_cmd = command(app, "rm", "Remove a file, or a directory tree with -r", run, args, [](const Args& a) {
     return with_fs(a, [&](Filesystem& fs) { return remove_tree(fs, a.a, a.flag); });

@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   app.footer(exit_code_table());
   std::function<int()> run;
   add_modify_commands(app, &run);
+  add_put_command(app, &run);
   add_inspect_commands(app, &run);
   add_failure_commands(app, &run);
   add_demo_command(app, &run);

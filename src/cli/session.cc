@@ -49,6 +49,14 @@ int open_session(const std::string& image, MountMode mode, Session* out) {
   return kExitOk;
 }
 
+int with_mounted(const std::string& image, MountMode mode, const std::function<int(Filesystem&)>& fn) {
+  Session session;
+  if (int code = open_session(image, mode, &session); code != kExitOk) return code;
+  int code = fn(*session.fs);
+  int closed = close_session(session);
+  return code != kExitOk ? code : closed;
+}
+
 int close_session(Session& session) {
   int code = kExitOk;
   if (session.fs) {

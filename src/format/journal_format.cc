@@ -48,12 +48,6 @@ void append_record(std::vector<unsigned char>& out, RecordType type, const void*
   pad_to(out, 8);
 }
 
-uint32_t tx_crc(const TxHeader& header, const unsigned char* payload, size_t bytes) {
-  TxHeader h = header;
-  h.crc.set(0);
-  return crc32c_extend(crc32c(&h, sizeof h), payload, bytes);
-}
-
 template <class Disk>
 Result<Disk> body_as(const unsigned char* body, uint32_t length, const char* what) {
   if (length != sizeof(Disk)) {
@@ -109,6 +103,12 @@ Result<JournalRecord> decode_record(uint16_t type, const unsigned char* body, ui
 }
 
 }  // namespace
+
+uint32_t tx_crc(const TxHeader& header, const unsigned char* payload, size_t bytes) {
+  TxHeader h = header;
+  h.crc.set(0);
+  return crc32c_extend(crc32c(&h, sizeof h), payload, bytes);
+}
 
 void TxEncoder::add(const JournalRecord& record) {
   std::visit(

@@ -11,6 +11,7 @@
 #include <optional>
 #include <vector>
 
+#include "format/ondisk.h"
 #include "format/records.h"
 #include "poise/result.h"
 
@@ -36,6 +37,10 @@ class TxEncoder {
   std::vector<unsigned char> payload_;
   uint32_t count_ = 0;
 };
+
+// The checksum of a sealed transaction: crc32c of its header (crc field zero)
+// and payload. Public for tools and fuzzers that build transactions by hand.
+uint32_t tx_crc(const TxHeader& header, const unsigned char* payload, size_t bytes);
 
 struct DecodedTx {
   uint64_t lsn = 0;

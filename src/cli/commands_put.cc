@@ -1,0 +1,260 @@
+// put: copies local files into the image, all in one mount.
+//
+//   poise put IMAGE LOCAL DST            one file (LOCAL "-" is standard input)
+//   poise put IMAGE LOCAL... DIR         several files into an existing directory
+//   poise put -r IMAGE LOCALDIR... DST   whole trees, as cp -r does
+//
+// Every file is all-or-nothing: its bytes go into a hidden file beside the
+// destination, which is renamed over it (one journal transaction) only once
+// every byte is in. A failure (unreadable input, a full device, a kill) leaves
+// the destination as it was; a killed put may leave its hidden .poise-put-* file,
+// which `rm` removes. A failed file does not stop the others: put goes on and
+// exits with the first failure's code, as cp does.
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <vector>
+
+#include "cli/cli.h"
+#include "cli/exit_codes.h"
+
+namespace poise::cli {
+
+namespace {
+
+namespace stdfs = std::filesystem;
+constexpr size_t kCopyChunkBytes = 1 << 20;
+
+struct Args {
+  std::string image;
+  std::vector<std::string> paths;  // LOCAL... DST
+  bool recursive = false;
+};
+
+// A progress line on a terminal, at most a few times a second.
+class Progress {
+ public:
+  Progress() : shown_(::isatty(STDERR_FILENO) == 1) {}
+  ~Progress() {
+    if (shown_ && printed_) std::fputs("\n", stderr);
+  }
+  void file_done(uint64_t bytes) {
+    ++files_;
+    bytes_ += bytes;
+    if (!shown_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (printed_ && now - last_ < std::chrono::milliseconds(200)) return;
+    last_ = now;
+    printed_ = true;
+    std::fprintf(stderr, "\rput: %llu files, %.1f MiB", static_cast<unsigned long long>(files_),
+                 static_cast<double>(bytes_) / (1 << 20));
+  }
+
+ private:
+  bool shown_;
+  bool printed_ = false;
+  uint64_t files_ = 0;
+  uint64_t bytes_ = 0;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+std::string join(const std::string& dir, const std::string& name) {
+  return dir.ends_with('/') ? dir + name : dir + "/" + name;
+}
+
+bool is_directory(Filesystem& fs, const std::string& path) {
+  auto st = fs.stat(path);
+  return st.has_value() && st->type == FileType::Directory;
+}
+
+// Copies one local file (or stdin) to PATH in the image, all or nothing.
+int put_file(Filesystem& fs, const std::string& local, const std::string& path, Progress* progress) {
+  std::FILE* in = local == "-" ? stdin : std::fopen(local.c_str(), "rb");
+  if (in == nullptr) {
+    int e = errno;
+    fmt::print(stderr, "poise: put: cannot open {}: {}\n", local, std::strerror(e));
+    return e == ENOENT ? kExitNotFound : kExitFailure;
+  }
+  auto close_in = [&] {
+    if (in != stdin) std::fclose(in);
+  };
+  struct stat in_st {};
+  if (::fstat(::fileno(in), &in_st) == 0 && S_ISDIR(in_st.st_mode)) {
+    close_in();
+    fmt::print(stderr, "poise: put: {} is a directory (use -r)\n", local);
+    return kExitInvalid;
+  }
+  uint32_t mode = 0644;
+  if (auto old = fs.stat(path); old.has_value()) {
+    if (old->type == FileType::Directory) {
+      close_in();
+      fmt::print(stderr, "poise: put: {} is a directory\n", path);
+      return kExitInvalid;
+    }
+    mode = old->mode;
+  } else if (old.error().code != ENOENT) {
+    close_in();
+    return report("put " + path, old.error());
+  }
+  size_t slash = path.find_last_of('/');
+  std::string temp = fmt::format("{}.poise-put-{}", slash == std::string::npos ? "" : path.substr(0, slash + 1),
+                                 ::getpid());
+  auto file = fs.open(temp, OpenFlags::Create | OpenFlags::Exclusive, mode);
+  if (!file.has_value()) {
+    close_in();
+    return report("put " + path, file.error());
+  }
+  static std::vector<std::byte> buf(kCopyChunkBytes);
+  uint64_t offset = 0;
+  int code = kExitOk;
+  for (;;) {
+    size_t n = std::fread(buf.data(), 1, buf.size(), in);
+    if (n > 0) {
+      auto w = file->write(offset, {buf.data(), n});
+      if (!w.has_value()) {
+        code = report(fmt::format("put {} at byte {}", path, offset), w.error());
+        break;
+      }
+      offset += n;
+    }
+    if (n < buf.size()) {
+      if (std::ferror(in)) {
+        fmt::print(stderr, "poise: put: reading {} failed: {}\n", local, std::strerror(errno));
+        code = kExitFailure;
+      }
+      break;
+    }
+  }
+  close_in();
+  file->close();
+  if (code == kExitOk) {
+    if (auto renamed = fs.rename(temp, path); !renamed.has_value()) code = report("put " + path, renamed.error());
+  }
+  if (code != kExitOk) {
+    (void)fs.unlink(temp);  // the destination keeps its old content
+    return code;
+  }
+  progress->file_done(offset);
+  return kExitOk;
+}
+
+// Copies the local tree at LOCAL to DST (created). Symbolic links and special
+// files are skipped with a warning: poise stores regular files and directories.
+int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, Progress* progress) {
+  int first = kExitOk;
+  auto note = [&](int code) {
+    if (first == kExitOk) first = code;
+  };
+  if (auto made = fs.mkdir(dst); !made.has_value() && !(made.error().code == EEXIST && is_directory(fs, dst))) {
+    return report("put " + dst, made.error());
+  }
+  std::error_code ec;
+  stdfs::directory_iterator it(local, ec);
+  if (ec) {
+    fmt::print(stderr, "poise: put: cannot read directory {}: {}\n", local.string(), ec.message());
+    return kExitFailure;
+  }
+  std::vector<stdfs::directory_entry> entries(it, stdfs::directory_iterator());
+  std::sort(entries.begin(), entries.end());  // a stable order: same tree, same layout
+  for (const auto& entry : entries) {
+    std::string target = join(dst, entry.path().filename().string());
+    auto status = entry.symlink_status(ec);
+    if (ec) {
+      fmt::print(stderr, "poise: put: cannot stat {}: {}\n", entry.path().string(), ec.message());
+      note(kExitFailure);
+    } else if (stdfs::is_directory(status)) {
+      if (int code = put_tree(fs, entry.path(), target, progress); code != kExitOk) note(code);
+    } else if (stdfs::is_regular_file(status)) {
+      if (int code = put_file(fs, entry.path().string(), target, progress); code != kExitOk) note(code);
+    } else {
+      fmt::print(stderr, "poise: put: skipping {}: not a regular file or directory\n", entry.path().string());
+    }
+  }
+  return first;
+}
+
+int put(const Args& a) {
+  if (a.paths.size() < 2) {
+    fmt::print(stderr, "poise: put: give LOCAL and a destination\n");
+    return kExitUsage;
+  }
+  const std::vector<std::string> locals(a.paths.begin(), a.paths.end() - 1);
+  const std::string& dst = a.paths.back();
+  // Refused before the image is opened: nothing of it may change.
+  for (const std::string& local : locals) {
+    if (local.empty() || dst.empty()) {
+      fmt::print(stderr, "poise: put: an empty path names nothing (the root is /)\n");
+      return kExitUsage;
+    }
+    if (local != "-" && is_the_image(local, a.image)) {
+      fmt::print(stderr, "poise: put: {} is the image itself; it cannot be copied into itself\n", local);
+      return kExitInvalid;
+    }
+    if (local == "-" && (a.recursive || locals.size() > 1)) {
+      fmt::print(stderr, "poise: put: - (standard input) names one file: give it alone, without -r\n");
+      return kExitUsage;
+    }
+  }
+  return with_mounted(a.image, MountMode::ReadWrite, [&](Filesystem& fs) {
+    Progress progress;
+    const bool into_directory = locals.size() > 1 || is_directory(fs, dst);
+    if (locals.size() > 1 && !into_directory) {
+      fmt::print(stderr, "poise: put: {} is not a directory (several files go into one)\n", dst);
+      return int(kExitInvalid);
+    }
+    if (!into_directory && dst.ends_with('/')) {
+      fmt::print(stderr, "poise: put: {}: no such directory\n", dst);
+      return int(kExitNotFound);
+    }
+    int first = kExitOk;
+    for (const std::string& local : locals) {
+      std::string name = stdfs::path(local).lexically_normal().filename().string();
+      if (name.empty() || name == "." || name == "..") name = stdfs::absolute(local).lexically_normal().filename().string();
+      std::string target = into_directory ? join(dst, name) : dst;
+      struct stat st {};
+      int code;
+      if (local != "-" && ::stat(local.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        if (!a.recursive) {
+          fmt::print(stderr, "poise: put: {} is a directory (use -r)\n", local);
+          code = kExitInvalid;
+        } else {
+          code = put_tree(fs, local, target, &progress);
+        }
+      } else {
+        code = put_file(fs, local, target, &progress);
+      }
+      if (code != kExitOk && first == kExitOk) first = code;
+    }
+    return first;
+  });
+}
+
+}  // namespace
+
+void add_put_command(CLI::App& app, std::function<int()>* run) {
+  auto args = std::make_shared<Args>();
+  CLI::App* sub = app.add_subcommand(
+      "put", "Copy local files (or - for stdin) into the image; each file is replaced whole or not at all");
+  sub->callback([run, args] { *run = [args] { return put(*args); }; });
+  sub->add_option("IMAGE", args->image)->required();
+  sub->add_option("PATHS", args->paths,
+                  "LOCAL... DST: one file to DST (a file, or an existing directory), several into the directory "
+                  "DST, trees with -r")
+      ->required()
+      ->expected(2, -1);
+  sub->add_flag("-r,--recursive", args->recursive, "Copy directories and everything in them");
+  sub->footer(
+      "Examples:\n"
+      "  poise put pool.img ./orders.parquet /db/orders\n"
+      "  poise put pool.img a.csv b.csv c.csv /db/in/\n"
+      "  poise put -r pool.img ./dataset /db/dataset\n"
+      "On a terminal a progress line shows files and bytes copied.");
+}
+
+}  // namespace poise::cli
