@@ -16,7 +16,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
-#include <source_location>
 #include <string>
 #include <utility>
 #include <variant>
@@ -39,10 +38,12 @@ struct Unexpected {
   E&& error() && { return std::move(value); }
 };
 
-// Builds the error for `return fail(ENOENT, "no such file: " + path);`.
-inline Unexpected<Error> fail(int code, std::string message,
-                              std::source_location where = std::source_location::current()) {
-  return Unexpected<Error>(Error{code, std::move(message), where.file_name(), where.line()});
+// Builds the error for `return fail(ENOENT, "no such file: " + path);`. The
+// caller's file and line come from the compiler builtins that
+// std::source_location is made of (clang 14 with libstdc++ lacks the class).
+inline Unexpected<Error> fail(int code, std::string message, const char* file = __builtin_FILE(),
+                              unsigned line = __builtin_LINE()) {
+  return Unexpected<Error>(Error{code, std::move(message), file, line});
 }
 
 [[noreturn]] inline void assertion_failed(const char* expr, const char* file, unsigned line) {

@@ -139,7 +139,8 @@ Result<void> FsImpl::write_checkpoint() {
   format::SectionWriter dirent_counter([&](uint32_t, std::byte*, uint32_t) { ++dirent_bytes_in_blocks; });
   std::vector<unsigned char> scratch(format::dirent_bytes(format::kNameBytesMax));
   for (const auto& [ino, inode] : inodes_) {
-    inode->extents.for_each([&](const Extent& m) { append_extent_records(inode->ino, m, &extent_records); });
+    const InodeNumber owner = inode->ino;  // (clang 14 cannot capture a structured binding)
+    inode->extents.for_each([&](const Extent& m) { append_extent_records(owner, m, &extent_records); });
     if (!inode->is_dir()) continue;
     for (const auto& [name, child] : *inode->entries) {
       dirent_counter.add(scratch.data(), format::dirent_bytes(name.size()));
@@ -362,8 +363,9 @@ Result<void> FsImpl::rebuild_space(OwnershipMap* ownership, FreeSpace* free) con
   }
   // File extents may share blocks with each other (reflink), never with metadata.
   for (const auto& [ino, inode] : inodes_) {
+    const InodeNumber owner = inode->ino;
     inode->extents.for_each([&](const Extent& m) {
-      claims.push_back({DevRun{m.dev_block, m.block_count}, file_owner(inode->ino, m.file_block)});
+      claims.push_back({DevRun{m.dev_block, m.block_count}, file_owner(owner, m.file_block)});
     });
   }
   for (const Range& r : bad_blocks_.ranges()) {
