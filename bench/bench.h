@@ -101,5 +101,6 @@ void mount_bench(const Options& o, Table* t);
 void reflink_bench(const Options& o, Table* t);
 void failure_bench(const Options& o, Table* t);
 void mapping_bench(const Options& o, Table* t);
+void cli_bench(const Options& o, Table* t);
 
 }  // namespace poise::bench

@@ -114,6 +114,10 @@ class Device {
   // REQUIRES: offset + length <= size_bytes().
   virtual void write(uint64_t offset, const void* src, size_t length) = 0;
   virtual void fill(uint64_t offset, int byte, size_t length) = 0;
+  // A hint before storing to [offset, +length) for the first time (freshly
+  // allocated blocks): an emulated device maps the pages in one call instead of
+  // taking a page fault per 4 KiB. Does nothing elsewhere.
+  virtual void prepare_store(uint64_t offset, uint64_t length) { (void)offset, (void)length; }
   // Writes back cache lines the caller stored to through data().
   virtual void flush(uint64_t offset, size_t length) = 0;
   // Waits until everything written back so far is durable.

@@ -137,6 +137,7 @@ void FsImpl::store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offs
     POISE_ASSERT(copied.has_value());
     device_.write(dev_at(from), buf, to - from);
   };
+  if (fill != Fill::InPlace) device_.prepare_store(dev_at(run_start), run_end - run_start);  // new blocks
   gap(run_start, a);
   if (src != nullptr) {
     device_.write(dev_at(a), src + (a - offset), b - a);

@@ -1,0 +1,128 @@
+// The poise command as users run it, on image files in /dev/shm:
+// - what a write command costs on a large filesystem: `poise mkdir` minus a
+//   read-only `poise stat /` of the same image (the mount both pay), medians;
+// - bulk import: `poise put -r` of a tree of small files against `cp -r` of the
+//   same tree onto tmpfs.
+// The poise binary is found beside this one (build/<flavour>/src/cli/poise).
+#include <fmt/format.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "bench/bench.h"
+#include "poise/filesystem.h"
+
+namespace poise::bench {
+
+namespace {
+
+namespace stdfs = std::filesystem;
+
+std::string poise_binary() {
+  std::error_code ec;
+  stdfs::path self = stdfs::read_symlink("/proc/self/exe", ec);
+  return (self.parent_path().parent_path() / "src" / "cli" / "poise").string();
+}
+
+// Runs argv with output discarded; its wall time in seconds, or a negative number on failure.
+double run_timed(const std::vector<std::string>& argv) {
+  double t0 = now_seconds();
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    if (std::freopen("/dev/null", "w", stdout) == nullptr) ::_exit(126);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  double seconds = now_seconds() - t0;
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? seconds : -1;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void write_command_cost(const Options& o, Table* t, const std::string& poise, const std::string& dir) {
+  const uint64_t files = o.quick ? 20000 : 1000000;
+  const std::string image = dir + "/big.img";
+  {
+    auto device = open_device(image, {CreateMode::CreateIfMissing, 1ull << 30});
+    if (!device) {
+      fmt::print(stderr, "cli bench: {}\n", device.error().message);
+      return;
+    }
+    (void)Filesystem::format(**device);
+    auto fs = std::move(*Filesystem::mount(**device));
+    for (uint64_t i = 0; i < files; ++i) {
+      if (i % 1000 == 0) (void)fs->mkdir("/d" + std::to_string(i / 1000));
+      (void)fs->create("/d" + std::to_string(i / 1000) + "/f" + std::to_string(i % 1000));
+    }
+    (void)fs->checkpoint();  // the state a long-lived image is in: everything in the checkpoint
+    (void)fs->unmount();
+  }
+  constexpr int kRuns = 7;
+  std::vector<double> writes, reads;
+  bool failed = false;
+  for (int r = 0; r < kRuns; ++r) {  // taking turns, like every other comparison here
+    double w = run_timed({poise, "mkdir", image, "/new" + std::to_string(r)});
+    double s = run_timed({poise, "stat", image, "/"});
+    failed |= w < 0 || s < 0;
+    writes.push_back(w);
+    reads.push_back(s);
+  }
+  double extra = median(writes) - median(reads);
+  t->add({fmt::format("poise mkdir minus poise stat / ({} files; the mount both pay: {:.0f} ms)", files,
+                      median(reads) * 1e3),
+          fmt::format("{:.1f} ms", extra * 1e3), "-", "-", "<= 50 ms", !failed && extra <= 0.050});
+}
+
+void bulk_import(const Options& o, Table* t, const std::string& poise, const std::string& dir) {
+  const int files = o.quick ? 2000 : 20000;
+  const std::string tree = dir + "/tree";
+  for (int i = 0; i < files; ++i) {
+    if (i % 1000 == 0) stdfs::create_directories(tree + "/d" + std::to_string(i / 1000));
+    std::ofstream(tree + "/d" + std::to_string(i / 1000) + "/f" + std::to_string(i % 1000))
+        << std::string(1000 + i % 3000, static_cast<char>('a' + i % 26));
+  }
+  const std::string image = dir + "/put.img";
+  {
+    auto device = open_device(image, {CreateMode::CreateIfMissing, 512ull << 20});
+    if (!device) return;
+    (void)Filesystem::format(**device);
+  }
+  double put = run_timed({poise, "put", "-r", image, tree, "/tree"});
+  double cp = run_timed({"/bin/cp", "-r", tree, dir + "/copy"});
+  double ratio = put > 0 && cp > 0 ? cp / put : 0;
+  t->add({fmt::format("put -r of {} small files in one call (vs cp -r onto tmpfs)", files),
+          fmt::format("{:.2f} s", put), fmt::format("{:.2f} s", cp), fmt::format("{:.0f}%", 100 * ratio), ">= 50%",
+          ratio >= 0.5});
+}
+
+}  // namespace
+
+void cli_bench(const Options& o, Table* t) {
+  const std::string poise = poise_binary();
+  if (::access(poise.c_str(), X_OK) != 0) {
+    fmt::print(stderr, "cli bench: no poise binary at {}\n", poise);
+    return;
+  }
+  const std::string dir = "/dev/shm/poise-cli-bench-" + std::to_string(::getpid());
+  stdfs::create_directories(dir);
+  write_command_cost(o, t, poise, dir);
+  bulk_import(o, t, poise, dir);
+  std::error_code ec;
+  stdfs::remove_all(dir, ec);
+}
+
+}  // namespace poise::bench
