@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "fs/fs_impl.h"
+#include "mapping/address_index.h"
 
 namespace poise {
 
@@ -43,7 +44,61 @@ Result<FsImpl::FileOp> FsImpl::begin_file_op(InodeNumber ino, uint64_t tx_bytes_
   return FileOp{std::move(op), std::move(inode), std::move(lock)};
 }
 
+// A caller's buffer inside a poise mapping can fault into the filesystem (a hole's
+// first store, a revoked page, a copy-on-write), and resolving that fault takes
+// the inode lock: copying straight into it under the lock would deadlock. Such a
+// buffer is filled, or read, through a bounce buffer with no lock held, inside
+// guarded() so that a failed access is an error (EFAULT/EIO), never a signal.
+namespace {
+constexpr size_t kBounceBytes = 1 << 20;
+}
+
+Result<size_t> FsImpl::read_through_bounce(InodeNumber ino, uint64_t offset, std::span<std::byte> out) {
+  std::vector<std::byte> bounce(std::min(out.size(), kBounceBytes));
+  size_t done = 0;
+  while (done < out.size()) {
+    size_t want = std::min(bounce.size(), out.size() - done);
+    auto n = read(ino, offset + done, {bounce.data(), want});
+    if (!n.has_value()) {
+      if (done == 0) return n;
+      break;
+    }
+    std::byte* to = out.data() + done;
+    auto copied = guarded([&] { std::memcpy(to, bounce.data(), *n); });
+    if (!copied.has_value()) {
+      if (done == 0) return Unexpected<Error>(std::move(copied).error());
+      break;
+    }
+    done += *n;
+    if (*n < want) break;  // the end of file
+  }
+  return done;
+}
+
+Result<size_t> FsImpl::write_through_bounce(InodeNumber ino, uint64_t offset, std::span<const std::byte> in) {
+  std::vector<std::byte> bounce(std::min(in.size(), kBounceBytes));
+  size_t done = 0;
+  while (done < in.size()) {
+    size_t want = std::min(bounce.size(), in.size() - done);
+    const std::byte* from = in.data() + done;
+    auto copied = guarded([&] { std::memcpy(bounce.data(), from, want); });
+    if (!copied.has_value()) {
+      if (done == 0) return Unexpected<Error>(std::move(copied).error());
+      break;
+    }
+    auto n = write(ino, offset + done, {bounce.data(), want});
+    if (!n.has_value()) {
+      if (done == 0) return n;
+      break;
+    }
+    done += *n;
+    if (*n < want) break;
+  }
+  return done;
+}
+
 Result<size_t> FsImpl::read(InodeNumber ino, uint64_t offset, std::span<std::byte> out) {
+  if (mapping::overlaps_mapping(out.data(), out.size())) return read_through_bounce(ino, offset, out);
   std::optional<DevRun> consumed;  // poison this read ran into, reported once the locks are gone
   auto n = read_locked(ino, offset, out, &consumed);
   if (!consumed) return n;
@@ -237,6 +292,7 @@ Result<size_t> FsImpl::for_each_chunk(uint64_t offset, uint64_t length,
 Result<size_t> FsImpl::write(InodeNumber ino, uint64_t offset, std::span<const std::byte> in) {
   TRY(check_writable());
   if (in.empty()) return size_t{0};
+  if (mapping::overlaps_mapping(in.data(), in.size())) return write_through_bounce(ino, offset, in);
   if (offset > kFileSizeMax || in.size() > kFileSizeMax - offset) {
     return fail(EFBIG, "write beyond the 1 PiB file size limit");
   }

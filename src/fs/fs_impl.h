@@ -245,6 +245,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<void> zero_partial_block(Inode& inode, uint64_t offset, uint64_t length, Records* records,
                                   bool* fresh);
   Result<InodePtr> writable_file(InodeNumber ino);
+  // Reads into, or writes from, a buffer that lies in a direct mapping.
+  Result<size_t> read_through_bounce(InodeNumber ino, uint64_t offset, std::span<std::byte> out);
+  Result<size_t> write_through_bounce(InodeNumber ino, uint64_t offset, std::span<const std::byte> in);
   Result<size_t> read_locked(InodeNumber ino, uint64_t offset, std::span<std::byte> out,
                              std::optional<DevRun>* consumed);
   // EIO if the write would cover only part of a block whose memory failed.

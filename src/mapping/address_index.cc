@@ -1,5 +1,6 @@
 #include "mapping/address_index.h"
 
+#include <atomic>
 #include <mutex>
 #include <shared_mutex>
 
@@ -16,6 +17,7 @@ struct AddressIndex {
     std::shared_ptr<MapState> map;
   };
   absl::btree_map<uintptr_t, Entry> ranges;  // by start address
+  std::atomic<uint64_t> count{0};            // ranges.size(), readable without the lock
 };
 
 AddressIndex& index() {
@@ -29,11 +31,13 @@ void index_address_range(std::byte* va, uint64_t length, std::shared_ptr<MapStat
   auto start = reinterpret_cast<uintptr_t>(va);
   std::unique_lock lock(index().mutex);
   index().ranges.insert_or_assign(start, AddressIndex::Entry{start + length, std::move(m)});
+  index().count.store(index().ranges.size(), std::memory_order_release);
 }
 
 void unindex_address_range(std::byte* va) {
   std::unique_lock lock(index().mutex);
   index().ranges.erase(reinterpret_cast<uintptr_t>(va));
+  index().count.store(index().ranges.size(), std::memory_order_release);
 }
 
 std::shared_ptr<MapState> find_mapping_at(uintptr_t addr) {
@@ -43,6 +47,18 @@ std::shared_ptr<MapState> find_mapping_at(uintptr_t addr) {
   if (it == ranges.begin()) return nullptr;
   --it;
   return addr < it->second.end ? it->second.map : nullptr;
+}
+
+bool overlaps_mapping(const void* p, uint64_t length) {
+  if (length == 0 || index().count.load(std::memory_order_acquire) == 0) return false;
+  const auto start = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t end = start + length;
+  std::shared_lock lock(index().mutex);
+  auto& ranges = index().ranges;
+  auto it = ranges.lower_bound(end);  // the first range starting at or past the end
+  if (it == ranges.begin()) return false;
+  --it;  // the last range starting before the end: the only one that can reach into [start, end)
+  return it->second.end > start;
 }
 
 }  // namespace poise::mapping

@@ -15,5 +15,9 @@ void index_address_range(std::byte* va, uint64_t length, std::shared_ptr<MapStat
 void unindex_address_range(std::byte* va);
 // The mapping covering addr, or nullptr.
 std::shared_ptr<MapState> find_mapping_at(uintptr_t addr);
+// Whether any byte of [p, +length) lies in a direct mapping of this process: a
+// buffer there can fault into the filesystem, so the filesystem must not touch
+// it while it holds its own locks. Lock-free while no mapping exists.
+bool overlaps_mapping(const void* p, uint64_t length);
 
 }  // namespace poise::mapping
