@@ -6,6 +6,9 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
 
 #include <functional>
 #include <memory>
@@ -38,9 +41,25 @@ int close_session(Session& session);
 int with_mounted(const std::string& image, MountMode mode, const std::function<int(Filesystem&)>& fn);
 // Prints "poise: <context>: <message>" and returns the exit code for the error.
 int report(const std::string& context, const Error& error);
+// Prints "poise: <message>" (an error that already names its subject).
+int report(const Error& error);
+
+// Writes to stderr without ever throwing: a full or closed stderr must not turn
+// a warning into an exception that stops the work (the message is simply lost).
+template <class... Args>
+void eprint(fmt::format_string<Args...> format, Args&&... args) {
+  std::string text = fmt::format(format, std::forward<Args>(args)...);
+  std::fputs(text.c_str(), stderr);
+}
+
+// Set by main when standard input was closed at startup (it then reads as
+// /dev/null): `put -` refuses it instead of storing an empty file.
+extern bool stdin_was_closed;
 
 // Refuses an empty PATH argument (a usage error: an empty path is never "/").
 extern const CLI::Validator kNonEmptyPath;
+// Refuses an option given with an empty value (`--offset ""`).
+extern const CLI::Validator kNonEmptyValue;
 
 // A byte count or offset option ("4096", "8M"; no sign, no hex, no overflow):
 // strings parsed strictly after CLI11 has read them.
@@ -49,5 +68,7 @@ std::optional<uint64_t> parse_byte_count(const std::string& option, const std::s
 // Whether LOCAL (a file outside the image) is the image itself or a link to it:
 // copying the image into or out of itself would destroy it.
 bool is_the_image(const std::string& local, const std::string& image);
+// The same for a standard stream (`get IMG /f - 1<>IMG`).
+bool stream_is_the_image(int fd, const std::string& image);
 
 }  // namespace poise::cli

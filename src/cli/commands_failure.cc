@@ -27,11 +27,11 @@ int edit_poison(const Args& a, bool inject) {
   auto length = parse_byte_count("--length", a.length);
   if (!offset || !length) return kExitUsage;
   if (*length == 0) {
-    fmt::print(stderr, "poise: --length must be above 0\n");
+    eprint("poise: --length must be above 0\n");
     return kExitUsage;
   }
   auto device = open_device(a.image);
-  if (!device.has_value()) return report("cannot open image", device.error());
+  if (!device.has_value()) return report(device.error());
   auto r = inject ? (*device)->inject_poison(*offset, *length) : (*device)->clear_poison(*offset, *length);
   if (!r.has_value()) return report(inject ? "inject-poison" : "clear-poison", r.error());
   fmt::print("{} device bytes {}..{} of {}\n", inject ? "poisoned" : "cleared", *offset, *offset + *length, a.image);

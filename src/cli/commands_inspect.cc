@@ -1,6 +1,7 @@
 // Commands that only look: info, ls, stat, get, cat, fsmap, check. They mount
 // read-only, so they never write to the image.
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
@@ -42,7 +43,7 @@ bool byte_range(const Args& a, uint64_t* offset, std::optional<uint64_t>* length
     auto l = parse_byte_count("--length", a.length);
     if (!l) return false;
     if (*l > UINT64_MAX - *offset) {
-      fmt::print(stderr, "poise: --offset {} plus --length {} passes 2^64 bytes\n", *offset, *l);
+      eprint("poise: --offset {} plus --length {} passes 2^64 bytes\n", *offset, *l);
       return false;
     }
     *length = *l;
@@ -165,7 +166,7 @@ int copy_out(Filesystem& fs, const std::string& path, uint64_t offset, std::opti
   auto st = fs.stat(path);
   if (!st.has_value()) return report(path, st.error());
   if (st->type == FileType::Directory) {
-    fmt::print(stderr, "poise: {}: is a directory\n", path);
+    eprint("poise: {}: is a directory\n", path);
     return kExitInvalid;
   }
   uint64_t end = st->size_bytes;
@@ -179,7 +180,7 @@ int copy_out(Filesystem& fs, const std::string& path, uint64_t offset, std::opti
     }
     if (*n == 0) break;
     if (std::fwrite(buf.data(), 1, *n, out) != *n) {
-      fmt::print(stderr, "poise: writing output failed: {}\n", std::strerror(errno));
+      eprint("poise: writing output failed: {}\n", std::strerror(errno));
       return kExitFailure;
     }
     pos += *n;
@@ -188,19 +189,28 @@ int copy_out(Filesystem& fs, const std::string& path, uint64_t offset, std::opti
 }
 
 int get(const Args& a) {
-  if (a.local != "-" && is_the_image(a.local, a.image)) {
-    fmt::print(stderr, "poise: get: {} is the image itself; writing the file there would destroy the image\n",
-               a.local);
+  if (is_the_image(a.local, a.image) || (a.local == "-" && stream_is_the_image(STDOUT_FILENO, a.image))) {
+    eprint("poise: get: {} is the image itself; writing the file there would destroy the image\n", a.local);
     return kExitInvalid;
   }
   return with_ro(a, [&](Filesystem& fs) {
+    // LOCAL is opened (and emptied) only once PATH is known to be a readable file.
+    auto st = fs.stat(a.path);
+    if (!st.has_value()) return report("get " + a.path, st.error());
+    if (st->type == FileType::Directory) {
+      eprint("poise: get: {} is a directory\n", a.path);
+      return int(kExitInvalid);
+    }
     std::FILE* out = a.local == "-" ? stdout : std::fopen(a.local.c_str(), "wb");
     if (out == nullptr) {
-      fmt::print(stderr, "poise: get: cannot create {}: {}\n", a.local, std::strerror(errno));
+      eprint("poise: get: cannot create {}: {}\n", a.local, std::strerror(errno));
       return int(kExitFailure);
     }
     int code = copy_out(fs, a.path, 0, std::nullopt, out);
-    if (out != stdout && std::fclose(out) != 0 && code == kExitOk) code = kExitFailure;
+    if (out != stdout && std::fclose(out) != 0 && code == kExitOk) {
+      eprint("poise: get: writing {} failed: {}\n", a.local, std::strerror(errno));
+      code = kExitFailure;
+    }
     return code;
   });
 }
@@ -217,7 +227,12 @@ int fsmap(const Args& a) {
   std::optional<uint64_t> want;
   if (!byte_range(a, &offset, &want)) return kExitUsage;
   return with_ro(a, [&](Filesystem& fs) {
-    uint64_t length = want.value_or(fs.info().size_bytes);
+    const uint64_t device_bytes = fs.info().size_bytes;
+    if (offset >= device_bytes) {
+      eprint("poise: fsmap: --offset {} is past the end of the device ({} bytes)\n", offset, device_bytes);
+      return int(kExitUsage);
+    }
+    uint64_t length = want.value_or(device_bytes - offset);
     auto records = fs.fsmap(offset, length);
     if (!records.has_value()) return report("fsmap", records.error());
     std::map<uint64_t, std::string> paths;
@@ -304,11 +319,13 @@ void add_inspect_commands(CLI::App& app, std::function<int()>* run) {
   get_cmd->add_option("LOCAL", args->local, "Local file, or - for standard output")->required()->check(kNonEmptyPath);
   auto* cat_cmd = add("cat", "Write a file (or a byte range of it) to stdout", cat);
   cat_cmd->add_option("PATH", args->path)->required()->check(kNonEmptyPath);
-  cat_cmd->add_option("--offset", args->offset, "First byte to write (4096, 8M, ...)");
-  cat_cmd->add_option("--length", args->length, "How many bytes to write (default: to the end of file)");
+  cat_cmd->add_option("--offset", args->offset, "First byte to write (4096, 8M, ...)")->check(kNonEmptyValue);
+  cat_cmd->add_option("--length", args->length, "How many bytes to write (default: to the end of file)")
+      ->check(kNonEmptyValue);
   auto* fsmap_cmd = add("fsmap", "Show who owns each stretch of the device (the reverse map)", fsmap);
-  fsmap_cmd->add_option("--offset", args->offset, "Device byte offset to start at (4096, 8M, ...)");
-  fsmap_cmd->add_option("--length", args->length, "Bytes to cover (default: to the end)");
+  fsmap_cmd->add_option("--offset", args->offset, "Device byte offset to start at (4096, 8M, ...)")
+      ->check(kNonEmptyValue);
+  fsmap_cmd->add_option("--length", args->length, "Bytes to cover (default: to the end)")->check(kNonEmptyValue);
   fsmap_cmd->add_flag("--json", args->json, "Machine-readable output: one record per owner");
   add("check", "Verify every invariant of an unmounted image (exit 5 if any fails)", check)
       ->add_flag("--json", args->json, "Machine-readable output");

@@ -2,8 +2,11 @@
 // (put, which imports files, is in commands_put.cc).
 #include <fmt/format.h>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <cstdio>
 #include <cstring>
@@ -27,6 +30,32 @@ int with_fs(const Args& args, const std::function<int(Filesystem&)>& fn) {
   return with_mounted(args.image, MountMode::ReadWrite, fn);
 }
 
+// Whether a regular file holds a byte that is not zero. Only its data extents
+// are read (SEEK_DATA/SEEK_HOLE), so a large sparse file costs little.
+bool holds_nonzero_bytes(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true;  // cannot look: assume there is something to lose
+  std::vector<char> buf(1 << 20);
+  bool nonzero = false;
+  off_t at = 0;
+  for (;;) {
+    off_t data = ::lseek(fd, at, SEEK_DATA);
+    if (data < 0) break;  // ENXIO: no data past `at`
+    off_t hole = ::lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) hole = data + static_cast<off_t>(buf.size());
+    for (off_t pos = data; pos < hole && !nonzero;) {
+      ssize_t n = ::pread(fd, buf.data(), std::min<off_t>(static_cast<off_t>(buf.size()), hole - pos), pos);
+      if (n <= 0) break;
+      nonzero = std::any_of(buf.begin(), buf.begin() + n, [](char c) { return c != 0; });
+      pos += n;
+    }
+    if (nonzero) break;
+    at = hole;
+  }
+  ::close(fd);
+  return nonzero;
+}
+
 // Why mkfs must not overwrite what IMAGE holds without --force: a poise
 // filesystem (even one whose primary superblock is damaged), or any other data.
 // Returns an empty string when the image is new, empty or all zeros.
@@ -34,12 +63,17 @@ std::string what_the_image_holds(const std::string& image) {
   struct stat st {};
   if (::stat(image.c_str(), &st) != 0) return "";
   if (S_ISREG(st.st_mode) && st.st_size == 0) return "";
+  if (S_ISREG(st.st_mode) && st.st_size < static_cast<off_t>(kDeviceSizeMin)) {
+    return holds_nonzero_bytes(image) ? "data that is not a poise filesystem" : "";
+  }
   OpenDeviceOptions read_only;
   read_only.access = DeviceAccess::ReadOnly;
   auto device = open_device(image, read_only);
   if (!device.has_value()) return "data that is not a poise filesystem (" + device.error().message + ")";
   if (Filesystem::holds_filesystem(**device)) return "a poise filesystem";
-  constexpr uint64_t kLookBytes = 64 << 10;  // where partition tables, superblocks and headers live
+  if (S_ISREG(st.st_mode)) return holds_nonzero_bytes(image) ? "data that is not a poise filesystem" : "";
+  // A device-dax device has no holes to skip: look where labels and headers live.
+  constexpr uint64_t kLookBytes = 64 << 10;
   const uint64_t size = (*device)->size_bytes();
   std::vector<std::byte> buf(kLookBytes);
   for (uint64_t at : {uint64_t{0}, size - kLookBytes}) {
@@ -56,7 +90,7 @@ int mkfs(const Args& args) {
   if (!args.size.empty()) {
     size = parse_size(args.size);
     if (!size || *size < kDeviceSizeMin || *size % 4096 != 0) {
-      fmt::print(stderr, "poise: mkfs: --size '{}' must be at least 16M and a multiple of 4K (examples: 64M, 4G, 1T)\n",
+      eprint("poise: mkfs: --size '{}' must be at least 16M and a multiple of 4K (examples: 64M, 4G, 1T)\n",
                  args.size);
       return kExitUsage;
     }
@@ -64,22 +98,26 @@ int mkfs(const Args& args) {
   FormatOptions format;
   if (!args.journal.empty()) {
     auto journal = parse_size(args.journal);
-    if (!journal || *journal % 4096 != 0) {
-      fmt::print(stderr, "poise: mkfs: journal size '{}' must be a multiple of 4 KiB\n", args.journal);
+    if (!journal || *journal == 0 || *journal % 4096 != 0) {
+      eprint("poise: mkfs: journal size '{}' must be a multiple of 4 KiB, 1M to 64M\n", args.journal);
       return kExitUsage;
     }
     format.journal_blocks = *journal / 4096;
   }
   struct stat st {};
   const bool exists = ::stat(args.image.c_str(), &st) == 0;
+  if (exists && S_ISDIR(st.st_mode)) {
+    eprint("poise: mkfs: {} is a directory; give an image file or /dev/daxX.Y\n", args.image);
+    return kExitInvalid;
+  }
   if (!size && !exists) {
     // Without --size the image must exist already (a device-dax device, or a file to reuse).
-    fmt::print(stderr, "poise: mkfs: {} does not exist; give --size to create it\n", args.image);
+    eprint("poise: mkfs: {} does not exist; give --size to create it\n", args.image);
     return kExitUsage;
   }
   if (!args.flag) {  // refuse to overwrite anything unless told to
     if (std::string held = what_the_image_holds(args.image); !held.empty()) {
-      fmt::print(stderr, "poise: mkfs: {} holds {}; use --force to overwrite it\n", args.image, held);
+      eprint("poise: mkfs: {} holds {}; use --force to overwrite it\n", args.image, held);
       return kExitExists;
     }
   }
@@ -114,7 +152,7 @@ int mkdir_p(Filesystem& fs, const std::string& path) {
     if (made.error().code != EEXIST) return report("mkdir " + prefix, made.error());
     auto st = fs.stat(prefix);
     if (!st || st->type != FileType::Directory) {
-      fmt::print(stderr, "poise: mkdir: {} exists and is not a directory\n", prefix);
+      eprint("poise: mkdir: {} exists and is not a directory\n", prefix);
       return kExitInvalid;
     }
   }
@@ -125,7 +163,7 @@ int remove_tree(Filesystem& fs, const std::string& path, bool recursive) {
   auto st = fs.stat(path);
   if (!st.has_value()) return report("rm " + path, st.error());
   if (st->ino == kRootInode) {  // "/", "/.", "//", "/a/..": like rm's --preserve-root
-    fmt::print(stderr, "poise: rm: refusing to remove the root directory ({}); remove what is in it by name\n", path);
+    eprint("poise: rm: refusing to remove the root directory ({}); remove what is in it by name\n", path);
     return kExitInvalid;
   }
   if (st->type == FileType::Regular) {
@@ -133,7 +171,7 @@ int remove_tree(Filesystem& fs, const std::string& path, bool recursive) {
     return r.has_value() ? kExitOk : report("rm " + path, r.error());
   }
   if (!recursive) {
-    fmt::print(stderr, "poise: rm: {} is a directory (use -r)\n", path);
+    eprint("poise: rm: {} is a directory (use -r)\n", path);
     return kExitInvalid;
   }
   auto entries = fs.readdir(path);
@@ -150,13 +188,17 @@ int reflink_cmd(Filesystem& fs, const std::string& src, const std::string& dst) 
   auto from = fs.lookup(src);
   if (!from.has_value()) return report("reflink " + src, from.error());
   auto to = fs.lookup(dst);
+  bool created = false;
   if (!to.has_value()) {
     if (to.error().code != ENOENT) return report("reflink " + dst, to.error());
     to = fs.create(dst);
     if (!to.has_value()) return report("reflink " + dst, to.error());
+    created = true;
   }
   auto r = fs.reflink(*from, *to);
-  return r.has_value() ? kExitOk : report("reflink", r.error());
+  if (r.has_value()) return kExitOk;
+  if (created) (void)fs.unlink(dst);  // a failed reflink leaves no empty DST behind
+  return report("reflink", r.error());
 }
 
 template <class F>

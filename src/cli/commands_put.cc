@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <random>
 #include <vector>
 
 #include "cli/cli.h"
@@ -73,12 +74,26 @@ bool is_directory(Filesystem& fs, const std::string& path) {
   return st.has_value() && st->type == FileType::Directory;
 }
 
+// Creates the hidden file a put writes into, beside PATH. Its name is random, so
+// a file left by a killed put (or one a user made) is never in the way.
+Result<File> create_hidden_beside(Filesystem& fs, const std::string& path, uint32_t mode, std::string* name) {
+  constexpr int kAttemptsMax = 16;
+  size_t slash = path.find_last_of('/');
+  std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
+  static std::mt19937 rng{std::random_device{}()};  // a name, not test randomness: no seed to replay
+  for (int attempt = 0;; ++attempt) {
+    *name = fmt::format("{}.poise-put-{}-{:08x}", dir, ::getpid(), rng());
+    auto file = fs.open(*name, OpenFlags::Create | OpenFlags::Exclusive, mode);
+    if (file.has_value() || file.error().code != EEXIST || attempt + 1 == kAttemptsMax) return file;
+  }
+}
+
 // Copies one local file (or stdin) to PATH in the image, all or nothing.
 int put_file(Filesystem& fs, const std::string& local, const std::string& path, Progress* progress) {
   std::FILE* in = local == "-" ? stdin : std::fopen(local.c_str(), "rb");
   if (in == nullptr) {
     int e = errno;
-    fmt::print(stderr, "poise: put: cannot open {}: {}\n", local, std::strerror(e));
+    eprint("poise: put: cannot open {}: {}\n", local, std::strerror(e));
     return e == ENOENT ? kExitNotFound : kExitFailure;
   }
   auto close_in = [&] {
@@ -87,14 +102,15 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
   struct stat in_st {};
   if (::fstat(::fileno(in), &in_st) == 0 && S_ISDIR(in_st.st_mode)) {
     close_in();
-    fmt::print(stderr, "poise: put: {} is a directory (use -r)\n", local);
+    eprint("poise: put: {} is a directory (use -r)\n", local);
     return kExitInvalid;
   }
-  uint32_t mode = 0644;
+  // A new file takes the local file's permission bits, a replaced one keeps its own.
+  uint32_t mode = local == "-" ? 0644 : static_cast<uint32_t>(in_st.st_mode) & 07777;
   if (auto old = fs.stat(path); old.has_value()) {
     if (old->type == FileType::Directory) {
       close_in();
-      fmt::print(stderr, "poise: put: {} is a directory\n", path);
+      eprint("poise: put: {} is a directory\n", path);
       return kExitInvalid;
     }
     mode = old->mode;
@@ -102,10 +118,8 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
     close_in();
     return report("put " + path, old.error());
   }
-  size_t slash = path.find_last_of('/');
-  std::string temp = fmt::format("{}.poise-put-{}", slash == std::string::npos ? "" : path.substr(0, slash + 1),
-                                 ::getpid());
-  auto file = fs.open(temp, OpenFlags::Create | OpenFlags::Exclusive, mode);
+  std::string temp;
+  auto file = create_hidden_beside(fs, path, mode, &temp);
   if (!file.has_value()) {
     close_in();
     return report("put " + path, file.error());
@@ -125,7 +139,7 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
     }
     if (n < buf.size()) {
       if (std::ferror(in)) {
-        fmt::print(stderr, "poise: put: reading {} failed: {}\n", local, std::strerror(errno));
+        eprint("poise: put: reading {} failed: {}\n", local, std::strerror(errno));
         code = kExitFailure;
       }
       break;
@@ -146,7 +160,9 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
 
 // Copies the local tree at LOCAL to DST (created). Symbolic links and special
 // files are skipped with a warning: poise stores regular files and directories.
-int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, Progress* progress) {
+// The image itself, if it lies in the tree, is skipped too.
+int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, const std::string& image,
+             Progress* progress) {
   int first = kExitOk;
   auto note = [&](int code) {
     if (first == kExitOk) first = code;
@@ -157,7 +173,7 @@ int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, P
   std::error_code ec;
   stdfs::directory_iterator it(local, ec);
   if (ec) {
-    fmt::print(stderr, "poise: put: cannot read directory {}: {}\n", local.string(), ec.message());
+    eprint("poise: put: cannot read directory {}: {}\n", local.string(), ec.message());
     return kExitFailure;
   }
   std::vector<stdfs::directory_entry> entries(it, stdfs::directory_iterator());
@@ -166,14 +182,16 @@ int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, P
     std::string target = join(dst, entry.path().filename().string());
     auto status = entry.symlink_status(ec);
     if (ec) {
-      fmt::print(stderr, "poise: put: cannot stat {}: {}\n", entry.path().string(), ec.message());
+      eprint("poise: put: cannot stat {}: {}\n", entry.path().string(), ec.message());
       note(kExitFailure);
     } else if (stdfs::is_directory(status)) {
-      if (int code = put_tree(fs, entry.path(), target, progress); code != kExitOk) note(code);
+      if (int code = put_tree(fs, entry.path(), target, image, progress); code != kExitOk) note(code);
+    } else if (is_the_image(entry.path().string(), image)) {
+      eprint("poise: put: skipping {}: it is the image itself\n", entry.path().string());
     } else if (stdfs::is_regular_file(status)) {
       if (int code = put_file(fs, entry.path().string(), target, progress); code != kExitOk) note(code);
     } else {
-      fmt::print(stderr, "poise: put: skipping {}: not a regular file or directory\n", entry.path().string());
+      eprint("poise: put: skipping {}: not a regular file or directory\n", entry.path().string());
     }
   }
   return first;
@@ -181,7 +199,7 @@ int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, P
 
 int put(const Args& a) {
   if (a.paths.size() < 2) {
-    fmt::print(stderr, "poise: put: give LOCAL and a destination\n");
+    eprint("poise: put: give LOCAL and a destination\n");
     return kExitUsage;
   }
   const std::vector<std::string> locals(a.paths.begin(), a.paths.end() - 1);
@@ -189,15 +207,19 @@ int put(const Args& a) {
   // Refused before the image is opened: nothing of it may change.
   for (const std::string& local : locals) {
     if (local.empty() || dst.empty()) {
-      fmt::print(stderr, "poise: put: an empty path names nothing (the root is /)\n");
+      eprint("poise: put: an empty path names nothing (the root is /)\n");
       return kExitUsage;
     }
-    if (local != "-" && is_the_image(local, a.image)) {
-      fmt::print(stderr, "poise: put: {} is the image itself; it cannot be copied into itself\n", local);
+    if (is_the_image(local, a.image) || (local == "-" && stream_is_the_image(STDIN_FILENO, a.image))) {
+      eprint("poise: put: {} is the image itself; it cannot be copied into itself\n", local);
       return kExitInvalid;
     }
     if (local == "-" && (a.recursive || locals.size() > 1)) {
-      fmt::print(stderr, "poise: put: - (standard input) names one file: give it alone, without -r\n");
+      eprint("poise: put: - (standard input) names one file: give it alone, without -r\n");
+      return kExitUsage;
+    }
+    if (local == "-" && stdin_was_closed) {
+      eprint("poise: put: standard input is closed; nothing to read (the destination is left as it is)\n");
       return kExitUsage;
     }
   }
@@ -205,12 +227,16 @@ int put(const Args& a) {
     Progress progress;
     const bool into_directory = locals.size() > 1 || is_directory(fs, dst);
     if (locals.size() > 1 && !into_directory) {
-      fmt::print(stderr, "poise: put: {} is not a directory (several files go into one)\n", dst);
+      eprint("poise: put: {} is not a directory (several files go into one)\n", dst);
       return int(kExitInvalid);
     }
     if (!into_directory && dst.ends_with('/')) {
-      fmt::print(stderr, "poise: put: {}: no such directory\n", dst);
+      eprint("poise: put: {}: no such directory\n", dst);
       return int(kExitNotFound);
+    }
+    if (locals.front() == "-" && into_directory) {
+      eprint("poise: put: {} is a directory: give standard input a file name there\n", dst);
+      return int(kExitInvalid);
     }
     int first = kExitOk;
     for (const std::string& local : locals) {
@@ -221,10 +247,10 @@ int put(const Args& a) {
       int code;
       if (local != "-" && ::stat(local.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
         if (!a.recursive) {
-          fmt::print(stderr, "poise: put: {} is a directory (use -r)\n", local);
+          eprint("poise: put: {} is a directory (use -r)\n", local);
           code = kExitInvalid;
         } else {
-          code = put_tree(fs, local, target, &progress);
+          code = put_tree(fs, local, target, a.image, &progress);
         }
       } else {
         code = put_file(fs, local, target, &progress);

@@ -68,7 +68,7 @@ int run_demo(const DemoArgs& args) {
     const char* tmp = std::getenv("TMPDIR");
     std::string pattern = std::string(tmp != nullptr ? tmp : "/tmp") + "/poise-demo-XXXXXX";
     if (mkdtemp(pattern.data()) == nullptr) {
-      fmt::print(stderr, "poise: demo: cannot create a temporary directory: {}\n", std::strerror(errno));
+      eprint("poise: demo: cannot create a temporary directory: {}\n", std::strerror(errno));
       return kExitFailure;
     }
     dir = pattern;

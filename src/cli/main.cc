@@ -1,5 +1,6 @@
 // poise: the command-line tool. See `poise --help` and the README.
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -22,6 +23,7 @@ namespace {
 bool open_standard_streams() {
   for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; ++fd) {
     if (::fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    if (fd == STDIN_FILENO) poise::cli::stdin_was_closed = true;
     int opened = ::open("/dev/null", fd == STDIN_FILENO ? O_RDONLY : O_WRONLY);
     if (opened != fd) return false;  // the lowest free number is fd, unless /dev/null is missing
   }
@@ -43,6 +45,9 @@ int finish_output(int code) {
 int main(int argc, char** argv) {
   using namespace poise::cli;
   if (!open_standard_streams()) return kExitFailure;
+  // A reader that went away (`poise cat ... | head`) is a write error with a
+  // message and exit 1, not a silent death by SIGPIPE.
+  ::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"poise: a DAX filesystem for persistent and CXL memory, on a device or an emulated image file"};
   app.require_subcommand(1);
   app.footer(exit_code_table());

@@ -21,25 +21,44 @@ const CLI::Validator kNonEmptyPath(
     [](std::string& path) { return path.empty() ? std::string("an empty path names nothing (the root is /)") : ""; },
     "PATH");
 
+const CLI::Validator kNonEmptyValue(
+    [](std::string& value) { return value.empty() ? std::string("an empty value") : ""; }, "VALUE");
+
 std::optional<uint64_t> parse_byte_count(const std::string& option, const std::string& text) {
   auto value = parse_size(text);
   if (!value) {
-    fmt::print(stderr, "poise: {} takes a byte count below 2^64 (4096, 64K, 8M, ...), not '{}'\n", option, text);
+    eprint("poise: {} takes a byte count below 2^64 (4096, 64K, 8M, ...), not '{}'\n", option, text);
   }
   return value;
 }
 
 bool is_the_image(const std::string& local, const std::string& image) {
   struct stat a {}, b {};
-  if (::stat(local.c_str(), &a) != 0 || ::stat(image.c_str(), &b) != 0) return false;
+  int got = local == "-" ? -1 : ::stat(local.c_str(), &a);
+  if (got != 0) return false;
+  if (::stat(image.c_str(), &b) != 0) return false;
   return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+bool stream_is_the_image(int fd, const std::string& image) {
+  struct stat a {}, b {};
+  if (::fstat(fd, &a) != 0 || ::stat(image.c_str(), &b) != 0) return false;
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+bool stdin_was_closed = false;
+
+int report(const Error& error) {
+  std::string text = fmt::format("poise: {}\n", error.message);
+  std::fputs(text.c_str(), stderr);
+  return exit_code_for(error.code);
 }
 
 int open_session(const std::string& image, MountMode mode, Session* out) {
   OpenDeviceOptions device_options;
   device_options.access = mode == MountMode::ReadOnly ? DeviceAccess::ReadOnly : DeviceAccess::ReadWrite;
   auto device = open_device(image, device_options);
-  if (!device.has_value()) return report("cannot open image", device.error());
+  if (!device.has_value()) return report(device.error());  // the message names the image
   MountOptions options;
   options.mode = mode;
   auto fs = Filesystem::mount(**device, options);

@@ -160,13 +160,14 @@ Result<void> check_image_size(const std::string& path, uint64_t size) {
 
 // Makes the host filesystem back every byte of the image, so that no store into
 // the mapping can fault for lack of host space later (see Backing::Reserved).
-Result<void> reserve_backing(const std::string& path, int fd, const struct stat& st, uint64_t size) {
+Result<void> reserve_backing(const std::string& path, int fd, const struct stat& st, uint64_t size, bool created) {
   if (static_cast<uint64_t>(st.st_blocks) * 512 >= size) return {};  // no holes left
   int e = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
   if (e == 0) return {};
   if (e == ENOSPC || e == EDQUOT) {
     return fail(ENOSPC, path + ": the host filesystem holding the image is full: it cannot back the image's " +
-                            std::to_string(size) + " bytes (free space there; read-only commands still work)");
+                            std::to_string(size) + " bytes (free space there" +
+                            (created ? ")" : "; read-only commands still work)"));
   }
   return fail(e, path + ": cannot reserve the image's backing on the host filesystem: " + errno_text(e));
 }
@@ -203,6 +204,9 @@ Result<std::unique_ptr<Device>> open_file_device(const std::string& path, const 
   }
   if (fd < 0) {
     int e = errno;
+    if (e == EROFS) {  // the host's filesystem, not poise's format: a plain permission problem
+      return fail(EACCES, path + ": the image is on a read-only filesystem; only read-only commands can use it");
+    }
     return fail(e, path + ": cannot open image: " + errno_text(e));
   }
   // A failed open leaves no file it created behind.
@@ -233,7 +237,7 @@ Result<std::unique_ptr<Device>> open_file_device(const std::string& path, const 
     return close_with(valid.error().code, valid.error().message);
   }
   if (!read_only && options.backing == Backing::Reserved) {
-    if (auto reserved = reserve_backing(path, fd, st, size); !reserved.has_value()) {
+    if (auto reserved = reserve_backing(path, fd, st, size, created); !reserved.has_value()) {
       if (created || options.size_bytes != 0) (void)::ftruncate(fd, st.st_size);  // leave the old size
       return close_with(reserved.error().code, reserved.error().message);
     }

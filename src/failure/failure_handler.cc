@@ -22,7 +22,9 @@ Result<void> FailureHandler::notify_failure(uint64_t offset, uint64_t length, Fa
   // Who owned it, through the reverse map; then record it, so that from here on
   // every layout the mapping layer asks for shows these pages as lost.
   FailedOwners owners = fs_.owners_of(first, end - first);
-  TRY(fs_.record_bad(first, end - first));
+  // Revoked and told even if the record cannot be made (the filesystem shut
+  // down meanwhile, say): nobody may keep reading the lost memory.
+  auto recorded = fs_.record_bad(first, end - first);
 
   std::vector<mapping::Notice> notices;
   for (const auto& f : owners.files) {
@@ -32,6 +34,7 @@ Result<void> FailureHandler::notify_failure(uint64_t offset, uint64_t length, Fa
     fs_.with_file_locked(f.ino, [&] { mappings_.mark_lost(f.ino, f.file_block, f.count, f.dev_block, &notices); });
   }
   mapping::MappingRegistry::deliver(notices);
+  TRY(recorded);
 
   if (fs_.is_read_only()) return {};  // nothing may be written: the record stays in memory
   if (owners.journal || owners.superblocks == 2) {

@@ -35,6 +35,16 @@ TEST_F(FsTest, AnEmptyPathNamesNothing) {
   EXPECT_ERRNO(fs_->rename("/f", ""), EINVAL);
   EXPECT_ERRNO(fs_->open(""), EINVAL);
   EXPECT_EQ(read_file(*fs_, "/f"), "data");
+  // A path without a leading slash is still relative to the root, for every call.
+  ASSERT_OK(fs_->mkdir("rel"));
+  ASSERT_OK(fs_->create("rel/f"));
+  ASSERT_OK(fs_->link("f", "g"));
+  ASSERT_OK(fs_->rename("g", "rel/g"));
+  ASSERT_OK(fs_->stat("/rel/g"));
+  ASSERT_OK(fs_->unlink("rel/g"));
+  ASSERT_OK(fs_->unlink("rel/f"));
+  ASSERT_OK(fs_->rmdir("rel"));
+  EXPECT_EQ(read_file(*fs_, "f"), "data");
 }
 
 TEST_F(FsTest, ATrailingSlashNamesOnlyADirectory) {

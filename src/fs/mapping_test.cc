@@ -458,6 +458,38 @@ TEST_F(MappingTest, AFailedAccessOutsideGuardedIsSigbusLikeTheKernels) {
 // I4 and I7: pre-remove while threads store through the API and through
 // mappings. Nothing reaches the device after the freeze; everything fsync'd
 // before is there; blocked writers fail after removal.
+// A read-only mount hears of memory failure and removal as a read-write one
+// does: its mappings lose exactly the failed page, every owner is told of the
+// removal, and after it no mapped read reaches the device.
+TEST_F(MappingTest, AReadOnlyMountRevokesAndNotifiesOnFailureAndRemoval) {
+  write_file(*fs_, "/r", pattern('r', 2 * kPage));
+  uint64_t lost = device_offset_of(*fs_, "/r", kPage);
+  ASSERT_OK(fs_->unmount());
+  fs_.reset();
+  MountOptions ro;
+  ro.mode = MountMode::ReadOnly;
+  auto mounted = Filesystem::mount(*device_, ro);
+  ASSERT_OK(mounted);
+  std::unique_ptr<Filesystem> fs = std::move(*mounted);
+  Inbox inbox;
+  auto m = fs->map(*fs->lookup("/r"), 0, 2 * kPage, MapAccess::Read, inbox.owner("reader"));
+  ASSERT_OK(m);
+  EXPECT_EQ(*load(m->data() + kPage, 4), "rrrr");
+  ASSERT_OK(device_->notify_failure(lost, kPage, FailureFlags::None));
+  auto told = inbox.of("reader");
+  ASSERT_EQ(told.size(), 1u);
+  EXPECT_EQ(told[0].cause, MappingCause::MemoryFailure);
+  EXPECT_EQ(told[0].file_offset, kPage);
+  EXPECT_EQ(load(m->data() + kPage, 4).error().code, EIO) << "the lost page still reads";
+  EXPECT_EQ(*load(m->data(), 4), "rrrr") << "only the lost page is revoked";
+  ASSERT_OK(device_->pre_remove());  // failed before: no filesystem held the device
+  ASSERT_EQ(inbox.of("reader").size(), 2u);
+  EXPECT_EQ(inbox.of("reader")[1].cause, MappingCause::DeviceRemoval);
+  ASSERT_OK(device_->remove());
+  EXPECT_FALSE(load(m->data(), 4).has_value()) << "a mapped read reached a removed device";
+  m->unmap();
+}
+
 TEST_F(MappingTest, PreRemoveFreezesThenRemovalFailsTheBlockedWriters) {
   constexpr int kWriters = 2;
   for (int i = 0; i < kWriters; ++i) write_file(*fs_, "/w" + std::to_string(i), pattern('0', 16 * kPage));

@@ -198,6 +198,14 @@ Result<void> FsImpl::load() {
   mappings_->attach(this);
   if (device_.map_fd() >= 0) failure::install_fault_handler();
   if (options_.mode == MountMode::ReadOnly) {
+    // A read-only mount hears of failures and removal too: its mappings must be
+    // revoked and its owners told as a read-write mount's are (records stay in
+    // memory). Another holder of this very Device object (a read-write mount in
+    // this process, which hears of it already) is left in place.
+    if (device_.register_holder(failure_handler_.get()).has_value()) {
+      device_.set_poison_listener(mappings_.get());
+      holder_registered_ = true;
+    }
     TRY(take_in_device_bad_ranges());  // known in memory only: nothing is written
     return {};
   }

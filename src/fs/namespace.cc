@@ -95,7 +95,8 @@ Result<InodePtr> FsImpl::resolve_parent(std::string_view path, std::string* leaf
   if (name.empty()) return fail(EINVAL, std::string(path) + ": names the root directory");
   if (name == "." || name == "..") return fail(EINVAL, std::string(path) + ": ends in '.' or '..'");
   if (name.size() > format::kNameBytesMax) return fail(ENAMETOOLONG, "name longer than 255 bytes");
-  InodePtr parent = TRY(resolve(path.substr(0, start)));
+  // "name" (no slash at all) lives in the root, as "/name" does.
+  InodePtr parent = start == 0 ? find_inode(kRootInode) : TRY(resolve(path.substr(0, start)));
   if (!parent->is_dir()) return fail(ENOTDIR, std::string(path) + ": parent is not a directory");
   *leaf = std::string(name);
   return parent;
