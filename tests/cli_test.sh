@@ -2,26 +2,9 @@
 # End-to-end tests of the poise command: every command, its exact output where
 # other tooling depends on it, and the documented exit codes for bad input.
 # Usage: cli_test.sh PATH_TO_POISE
-set -u
 POISE=${1:?usage: cli_test.sh PATH_TO_POISE}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/poise-cli-test.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-IMG=$WORK/test.img
-passed=0
-failed=0
-
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
-
-# expect CODE CMD...: runs CMD, checks its exit code.
-expect() {
-  local want=$1; shift
-  "$@" >"$WORK/out" 2>"$WORK/err"
-  local got=$?
-  if [ "$got" -eq "$want" ]; then ok; else bad "$* exited $got, expected $want: $(head -c 300 "$WORK/err")"; fi
-}
-# contains FILE TEXT
-contains() { if grep -qF -- "$2" "$1"; then ok; else bad "$1 lacks '$2': $(head -c 300 "$1")"; fi; }
+WORK_NAME=poise-cli-test
+source "$(dirname "$0")/cli_lib.sh"
 
 # --- usage and help
 expect 0 "$POISE" --help
@@ -234,6 +217,4 @@ expect 0 "$POISE" demo
 contains "$WORK/out" "clean"
 contains "$WORK/out" "unchanged (verified)"
 
-echo "cli: $passed passed, $failed failed"
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish cli

@@ -110,6 +110,31 @@ Trace run(const std::vector<Op>& ops, CrashDevice& device, uint64_t crash_at, ui
   return t;
 }
 
+// Checks a captured crash image offline, mounts it (replaying the journal) and
+// checks it online; every problem is a test failure. nullptr if it cannot mount.
+std::unique_ptr<Filesystem> mount_checked(Device& image) {
+  auto offline = Filesystem::check_device(image);
+  if (!offline.has_value()) {
+    ADD_FAILURE() << "offline check: " << offline.error().message;
+    return nullptr;
+  }
+  for (const auto& p : offline->problems) ADD_FAILURE() << "offline check: " << p;
+  auto fs = Filesystem::mount(image);
+  if (!fs.has_value()) {
+    ADD_FAILURE() << "mount: " << fs.error().message;
+    return nullptr;
+  }
+  for (const auto& p : (*fs)->check().problems) ADD_FAILURE() << "online check: " << p;
+  return std::move(*fs);
+}
+
+// Operations whose every flush point precedes the crash at `point`.
+size_t ops_done(const Trace& reference, uint64_t point) {
+  size_t done = 0;
+  while (done + 1 < reference.flush_points.size() && reference.flush_points[done + 1] < point) ++done;
+  return done;
+}
+
 void verify_crash_point(const std::vector<Op>& ops, const Trace& reference, uint64_t point, uint64_t seed,
                         const Expected& expected = nullptr) {
   SCOPED_TRACE("crash at flush point " + std::to_string(point));
@@ -117,16 +142,10 @@ void verify_crash_point(const std::vector<Op>& ops, const Trace& reference, uint
   run(ops, device, point, seed, expected);
   ASSERT_TRUE(device.crashed());
   auto image = device.crash_image();
-  auto offline = Filesystem::check_device(*image);
-  ASSERT_TRUE(offline.has_value()) << offline.error().message;
-  for (const auto& p : offline->problems) ADD_FAILURE() << "offline check: " << p;
-  auto fs = Filesystem::mount(*image);
-  ASSERT_TRUE(fs.has_value()) << fs.error().message;
-  CheckReport online = (*fs)->check();
-  for (const auto& p : online.problems) ADD_FAILURE() << "online check: " << p;
-  State recovered = state_of(**fs);
-  size_t done = 0;  // operations whose every flush point precedes the crash
-  while (done + 1 < reference.flush_points.size() && reference.flush_points[done + 1] < point) ++done;
+  auto fs = mount_checked(*image);
+  ASSERT_TRUE(fs != nullptr);
+  State recovered = state_of(*fs);
+  size_t done = ops_done(reference, point);
   auto state_at = [&](size_t i) { return expected ? expected(i) : reference.states[i]; };
   bool matches = recovered == state_at(done) ||
                  (done + 1 < reference.flush_points.size() && recovered == state_at(done + 1));
@@ -145,10 +164,10 @@ void verify_crash_point(const std::vector<Op>& ops, const Trace& reference, uint
                   << " nor after the one in flight; against the former:" << diff;
   }
   // The recovered filesystem keeps working.
-  auto ino = (*fs)->create("/after-crash");
+  auto ino = fs->create("/after-crash");
   ASSERT_TRUE(ino.has_value()) << ino.error().message;
-  ASSERT_TRUE((*fs)->write(*ino, 0, bytes("still works")).has_value());
-  ASSERT_TRUE((*fs)->unmount().has_value());
+  ASSERT_TRUE(fs->write(*ino, 0, bytes("still works")).has_value());
+  ASSERT_TRUE(fs->unmount().has_value());
   auto again = Filesystem::mount(*image);
   ASSERT_TRUE(again.has_value());
   EXPECT_TRUE((*again)->check().clean());
@@ -276,19 +295,14 @@ void verify_overwrites(CrashDevice::Model model, uint64_t point, uint64_t seed, 
   run(ops, device, point, seed, [](size_t) { return State{}; });
   ASSERT_TRUE(device.crashed());
   auto image = device.crash_image();
-  auto offline = Filesystem::check_device(*image);
-  ASSERT_TRUE(offline.has_value()) << offline.error().message;
-  for (const auto& p : offline->problems) ADD_FAILURE() << "offline check: " << p;
-  auto fs = Filesystem::mount(*image);
-  ASSERT_TRUE(fs.has_value()) << fs.error().message;
-  for (const auto& p : (*fs)->check().problems) ADD_FAILURE() << "online check: " << p;
-  size_t done = 0;
-  while (done + 1 < reference.flush_points.size() && reference.flush_points[done + 1] < point) ++done;
-  auto ino = (*fs)->lookup("/data");
+  auto fs = mount_checked(*image);
+  ASSERT_TRUE(fs != nullptr);
+  size_t done = ops_done(reference, point);
+  auto ino = fs->lookup("/data");
   if (done == 0 && !ino.has_value()) return;  // the first op (and its fsync) had not finished
   ASSERT_TRUE(ino.has_value()) << "the fsync'd file is gone";
   std::string content(kOverwrites * kBlock, '\0');
-  auto n = (*fs)->read(*ino, 0, {reinterpret_cast<std::byte*>(content.data()), content.size()});
+  auto n = fs->read(*ino, 0, {reinterpret_cast<std::byte*>(content.data()), content.size()});
   ASSERT_TRUE(n.has_value()) << n.error().message;
   if (done == 0) return;  // op 0 in flight: not yet promised
   ASSERT_EQ(*n, content.size());
@@ -363,28 +377,23 @@ TEST(Crash, FsyncedFilesOnAnEmulatedDeviceSurviveAMachineCrash) {
       run(ops, device, point, seed + point * 8 + s, [](size_t) { return State{}; });
       ASSERT_TRUE(device.crashed());
       auto image = device.crash_image();
-      auto offline = Filesystem::check_device(*image);
-      ASSERT_TRUE(offline.has_value()) << offline.error().message;
-      for (const auto& p : offline->problems) ADD_FAILURE() << "offline check: " << p;
-      auto fs = Filesystem::mount(*image);
-      ASSERT_TRUE(fs.has_value()) << fs.error().message;
-      for (const auto& p : (*fs)->check().problems) ADD_FAILURE() << "online check: " << p;
-      size_t done = 0;
-      while (done + 1 < reference.flush_points.size() && reference.flush_points[done + 1] < point) ++done;
+      auto fs = mount_checked(*image);
+      ASSERT_TRUE(fs != nullptr);
+      size_t done = ops_done(reference, point);
       for (size_t k = 0; k < done; ++k) {  // op k finished with its fsync: its file is there, whole
         std::string dir = "/dir" + std::to_string(k % 2);
         // Op k+1 renames f<k> to g<k>: either name, if that op had begun.
-        auto ino = (*fs)->lookup(dir + "/f" + std::to_string(k));
-        if (!ino.has_value()) ino = (*fs)->lookup(dir + "/g" + std::to_string(k));
+        auto ino = fs->lookup(dir + "/f" + std::to_string(k));
+        if (!ino.has_value()) ino = fs->lookup(dir + "/g" + std::to_string(k));
         ASSERT_TRUE(ino.has_value()) << "fsync'd file " << k << " is gone";
         std::string got(content(k).size(), '\0');
-        auto n = (*fs)->read(*ino, 0, {reinterpret_cast<std::byte*>(got.data()), got.size()});
+        auto n = fs->read(*ino, 0, {reinterpret_cast<std::byte*>(got.data()), got.size()});
         ASSERT_TRUE(n.has_value()) << n.error().message;
         ASSERT_TRUE(got == content(k)) << "fsync'd file " << k << " lost its bytes";
       }
-      auto ino = (*fs)->create("/after-crash");
+      auto ino = fs->create("/after-crash");
       ASSERT_TRUE(ino.has_value()) << ino.error().message;
-      ASSERT_TRUE((*fs)->unmount().has_value());
+      ASSERT_TRUE(fs->unmount().has_value());
       ++tested;
       if (::testing::Test::HasFailure()) return;
     }
@@ -443,28 +452,24 @@ TEST(Crash, TwoThreadsAtOnce) {
     }
     if (!device.crashed()) continue;  // the run had fewer flush points this time
     auto image = device.crash_image();
-    auto offline = Filesystem::check_device(*image);
-    ASSERT_TRUE(offline.has_value()) << offline.error().message;
-    for (const auto& p : offline->problems) ADD_FAILURE() << "offline check: " << p;
-    auto fs = Filesystem::mount(*image);
-    ASSERT_TRUE(fs.has_value()) << fs.error().message;
-    for (const auto& p : (*fs)->check().problems) ADD_FAILURE() << "online check: " << p;
+    auto fs = mount_checked(*image);
+    ASSERT_TRUE(fs != nullptr);
     // Each thread's files are a prefix of its sequence: every one whole, except
     // that the last may be empty (its write was in flight).
     for (int t = 0; t < kThreads; ++t) {
       int present = 0;
       for (int i = 0; i < kFilesEach; ++i) {
-        auto ino = (*fs)->lookup("/t" + std::to_string(t) + "/f" + std::to_string(i));
+        auto ino = fs->lookup("/t" + std::to_string(t) + "/f" + std::to_string(i));
         if (!ino.has_value()) break;
         ++present;
-        auto st = (*fs)->stat(*ino);
+        auto st = fs->stat(*ino);
         std::string got(st->size_bytes, '\0');
-        ASSERT_TRUE((*fs)->read(*ino, 0, {reinterpret_cast<std::byte*>(got.data()), got.size()}).has_value());
-        bool last = !(*fs)->lookup("/t" + std::to_string(t) + "/f" + std::to_string(i + 1)).has_value();
+        ASSERT_TRUE(fs->read(*ino, 0, {reinterpret_cast<std::byte*>(got.data()), got.size()}).has_value());
+        bool last = !fs->lookup("/t" + std::to_string(t) + "/f" + std::to_string(i + 1)).has_value();
         ASSERT_TRUE(got == content(t, i) || (last && got.empty())) << "thread " << t << " file " << i;
       }
       for (int i = present + 1; i < kFilesEach; ++i) {
-        ASSERT_FALSE((*fs)->lookup("/t" + std::to_string(t) + "/f" + std::to_string(i)).has_value())
+        ASSERT_FALSE(fs->lookup("/t" + std::to_string(t) + "/f" + std::to_string(i)).has_value())
             << "thread " << t << " has file " << i << " without file " << present;
       }
     }
