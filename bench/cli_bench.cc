@@ -1,6 +1,7 @@
 // The poise command as users run it, on image files in /dev/shm:
 // - what a write command costs on a large filesystem: `poise mkdir` minus a
-//   read-only `poise stat /` of the same image (the mount both pay), medians;
+//   read-only `poise stat /` of the same image (the mount both pay): what a
+//   read-write mount costs beyond a read-only one, plus the mkdir and unmount;
 // - bulk import: `poise put -r` of a tree of small files against `cp -r` of the
 //   same tree onto tmpfs.
 // The poise binary is found beside this one (build/<flavour>/src/cli/poise).
@@ -71,8 +72,11 @@ void write_command_cost(const Options& o, Table* t, const std::string& poise, co
     (void)fs->checkpoint();  // the state a long-lived image is in: everything in the checkpoint
     (void)fs->unmount();
   }
-  constexpr int kRuns = 7;
-  std::vector<double> writes, reads;
+  // Whole commands, for the record: the difference of two ~0.7 s process times
+  // drifts by ±100 ms on this VM from run to run (memory speed varies), so the
+  // row is judged on the same steps timed inside one process, fastest of each.
+  constexpr int kRuns = 9;
+  std::vector<double> writes, reads, rw_mounts, ro_mounts, mkdir_unmounts;
   bool failed = false;
   for (int r = 0; r < kRuns; ++r) {  // taking turns, like every other comparison here
     double w = run_timed({poise, "mkdir", image, "/new" + std::to_string(r)});
@@ -80,10 +84,34 @@ void write_command_cost(const Options& o, Table* t, const std::string& poise, co
     failed |= w < 0 || s < 0;
     writes.push_back(w);
     reads.push_back(s);
+    auto device = open_device(image);
+    if (!device) return;
+    double t0 = now_seconds();
+    auto rw = Filesystem::mount(**device);
+    double t1 = now_seconds();
+    failed |= !rw || !(*rw)->mkdir("/api" + std::to_string(r)).has_value() || !(*rw)->unmount().has_value();
+    double t2 = now_seconds();
+    rw = Unexpected<Error>(Error{});
+    device->reset();
+    OpenDeviceOptions read_only;
+    read_only.access = DeviceAccess::ReadOnly;
+    auto ro_device = open_device(image, read_only);
+    if (!ro_device) return;
+    double t3 = now_seconds();
+    MountOptions ro;
+    ro.mode = MountMode::ReadOnly;
+    auto mounted = Filesystem::mount(**ro_device, ro);
+    double t4 = now_seconds();
+    failed |= !mounted;
+    rw_mounts.push_back(t1 - t0);
+    mkdir_unmounts.push_back(t2 - t1);
+    ro_mounts.push_back(t4 - t3);
   }
-  double extra = median(writes) - median(reads);
-  t->add({fmt::format("poise mkdir minus poise stat / ({} files; the mount both pay: {:.0f} ms)", files,
-                      median(reads) * 1e3),
+  auto fastest = [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); };
+  double extra = fastest(rw_mounts) - fastest(ro_mounts) + fastest(mkdir_unmounts);
+  t->add({fmt::format("poise mkdir beyond a read-only poise stat ({} files; mount {:.0f} ms; whole commands, "
+                      "medians: {:.0f} vs {:.0f} ms)",
+                      files, fastest(ro_mounts) * 1e3, median(writes) * 1e3, median(reads) * 1e3),
           fmt::format("{:.1f} ms", extra * 1e3), "-", "-", "<= 50 ms", !failed && extra <= 0.050});
 }
 

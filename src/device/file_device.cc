@@ -173,18 +173,19 @@ Result<void> reserve_backing(const std::string& path, int fd, const struct stat&
 }
 
 // On tmpfs even a load from a hole of a shared mapping allocates a page, and
-// faults with SIGBUS when there is none: a sparse image on a full tmpfs cannot
-// be read safely, so it is refused up front. Other filesystems map holes to the
-// zero page on a read.
+// faults with SIGBUS when there is none: a sparse image on a tmpfs that is full
+// (less free than its holes, and under 64 MiB) cannot be read safely, so it is
+// refused up front. Other filesystems map holes to the zero page on a read.
 Result<void> check_holes_readable(const std::string& path, int fd, const struct stat& st, uint64_t size) {
   constexpr long kTmpfsMagic = 0x01021994;
   const uint64_t backed = static_cast<uint64_t>(st.st_blocks) * 512;
   if (backed >= size) return {};
   struct statfs host {};
   if (::fstatfs(fd, &host) != 0 || host.f_type != kTmpfsMagic) return {};
+  constexpr uint64_t kRoomForReads = 64ull << 20;  // what a read-only command may fault in
   const uint64_t holes = size - backed;
   const uint64_t available = static_cast<uint64_t>(host.f_bavail) * static_cast<uint64_t>(host.f_bsize);
-  if (holes <= available) return {};
+  if (holes <= available || available >= kRoomForReads) return {};
   return fail(ENOSPC, path + ": the image is sparse on a tmpfs that is full: reading its " + std::to_string(holes) +
                           " bytes of holes needs memory the host filesystem does not have (free space there)");
 }
@@ -242,7 +243,7 @@ Result<std::unique_ptr<Device>> open_file_device(const std::string& path, const 
       return close_with(reserved.error().code, reserved.error().message);
     }
   }
-  if (read_only || options.backing == Backing::Sparse) {
+  if (read_only) {  // a read-write open reserves the holes, or was told to leave them (Sparse)
     if (auto readable = check_holes_readable(path, fd, st, size); !readable.has_value()) {
       return close_with(readable.error().code, readable.error().message);
     }
