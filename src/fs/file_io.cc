@@ -348,6 +348,12 @@ Result<void> FsImpl::refuse_partial_lost_blocks(const Inode& inode, uint64_t off
   return {};
 }
 
+void FsImpl::give_back_fresh_blocks(const Records& records) {
+  for (const auto& r : records) {
+    if (const auto* e = std::get_if<format::ExtentRecord>(&r)) return_blocks(DevRun{DevBlock(e->dev_block), e->block_count});
+  }
+}
+
 Result<void> FsImpl::zero_partial_block(Inode& inode, uint64_t offset, uint64_t length,
                                         Records* records, bool* fresh) {
   POISE_ASSERT(offset / kBlockSize == (offset + length - 1) / kBlockSize);
@@ -407,15 +413,21 @@ Result<void> FsImpl::punch_hole(InodeNumber ino, uint64_t offset, uint64_t lengt
   if (first_full < last_full) {
     records.push_back(format::ExtentClearRecord{ino.value(), first_full, last_full - first_full});
   }
-  if (offset / kBlockSize == (end - 1) / kBlockSize && (offset % kBlockSize != 0 || end % kBlockSize != 0)) {
-    TRY(zero_partial_block(*inode, offset, length, &records, &fresh));  // within one block
-  } else {
+  auto zeroed = [&]() -> Result<void> {
+    if (offset / kBlockSize == (end - 1) / kBlockSize && (offset % kBlockSize != 0 || end % kBlockSize != 0)) {
+      return zero_partial_block(*inode, offset, length, &records, &fresh);  // within one block
+    }
     if (offset % kBlockSize != 0) {
       TRY(zero_partial_block(*inode, offset, kBlockSize - offset % kBlockSize, &records, &fresh));
     }
     if (end % kBlockSize != 0) {
       TRY(zero_partial_block(*inode, end - end % kBlockSize, end % kBlockSize, &records, &fresh));
     }
+    return {};
+  }();
+  if (!zeroed.has_value()) {
+    give_back_fresh_blocks(records);  // a copy of the first partial block, never committed
+    return zeroed;
   }
   format::InodeCore core = inode->core;
   core.mtime_ns = core.ctime_ns = now();
@@ -463,7 +475,10 @@ Result<void> FsImpl::fallocate_chunk(InodeNumber ino, uint64_t offset, uint64_t 
       continue;
     }
     uint64_t n = std::min(lk.hole_blocks, end - pos);
-    TRY(reserve_blocks(n));
+    if (auto reserved = reserve_blocks(n); !reserved.has_value()) {
+      give_back_fresh_blocks(records);  // allocated for earlier holes, never committed
+      return reserved;
+    }
     for (uint64_t done = 0; done < n;) {
       DevRun run = allocate_reserved(n - done, hint);
       records.push_back(format::ExtentRecord{ino.value(), pos + done, run.start.value(),

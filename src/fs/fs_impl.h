@@ -246,6 +246,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
                                   bool* fresh);
   Result<InodePtr> writable_file(InodeNumber ino);
   // Reads into, or writes from, a buffer that lies in a direct mapping.
+  // An operation that fails before it commits returns the blocks it allocated:
+  // every extent record in `records` names fresh blocks nobody else owns.
+  void give_back_fresh_blocks(const Records& records);
   Result<size_t> read_through_bounce(InodeNumber ino, uint64_t offset, std::span<std::byte> out);
   Result<size_t> write_through_bounce(InodeNumber ino, uint64_t offset, std::span<const std::byte> in);
   Result<size_t> read_locked(InodeNumber ino, uint64_t offset, std::span<std::byte> out,

@@ -119,3 +119,36 @@ TEST_F(SpaceTest, AFullJournalOnAFullDeviceStillLetsRmThrough) {
 
 }  // namespace
 }  // namespace poise
+
+namespace poise {
+namespace {
+using namespace poise::testing;
+
+class SpaceLeakTest : public FsTest {
+ protected:
+  SpaceLeakTest() : FsTest(16ull << 20) {}
+};
+
+// A punch-hole that copies a shared first partial block and then finds no room
+// for the last one fails with ENOSPC and gives the first copy's block back.
+TEST_F(SpaceLeakTest, AFailedPunchHoleGivesItsBlocksBack) {
+  write_file(*fs_, "/f", std::string(3 * 4096, 'f'));
+  ASSERT_OK(fs_->create("/g"));
+  ASSERT_OK(fs_->reflink(*fs_->lookup("/f"), *fs_->lookup("/g")));  // every block of /f is shared
+  // Fill the device block by block until nothing is available, then free exactly one.
+  auto filler = *fs_->create("/filler");
+  uint64_t blocks = 0;
+  while (fs_->write(filler, blocks * 4096, as_bytes(std::string(4096, 'x'))).has_value()) ++blocks;
+  ASSERT_GT(blocks, 0u);
+  ASSERT_OK(fs_->punch_hole(filler, 0, 4096));
+  const uint64_t free_before = fs_->info().free_bytes;
+  auto r = fs_->punch_hole(*fs_->lookup("/f"), 100, 2 * 4096);  // partial blocks 0 and 2, both shared
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code, ENOSPC);
+  EXPECT_EQ(fs_->info().free_bytes, free_before) << "the copy of block 0 leaked";
+  EXPECT_EQ(read_file(*fs_, "/f"), std::string(3 * 4096, 'f')) << "a failed punch changed the file";
+  expect_clean();
+}
+
+}  // namespace
+}  // namespace poise
