@@ -12,6 +12,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <mutex>
 #include <thread>
 
@@ -201,6 +203,21 @@ TEST_F(MappingTest, AForkedChildCannotReachDeviceMemoryThroughAMapping) {
   std::string b = *read_range(*fs_, "/b", 0, 64 * kPage);
   EXPECT_TRUE(b == pattern('b', 64 * kPage)) << "the child wrote into /b: " << b.substr(0, 16);
   expect_clean();
+}
+
+// Waits until the thread `tid` of this process sleeps in the kernel (state S in
+// /proc): after it said it was about to make a call, that call is blocked — a
+// synchronization, not a guess that a sleep was long enough. False after 10 s.
+bool wait_until_blocked(pid_t tid) {
+  std::string path = "/proc/self/task/" + std::to_string(tid) + "/stat";
+  for (int i = 0; i < 10000; ++i) {
+    std::ifstream in(path);
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    size_t paren = stat.rfind(')');
+    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'S') return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
 }
 
 // Runs fn on another thread and fails the whole test binary (instead of hanging
@@ -561,16 +578,22 @@ TEST_F(MappingTest, CancelledRemovalThawsAndBlockedWritersResume) {
   Mapping m = map("/w", 0, 4 * kPage, MapAccess::ReadWrite);
   ASSERT_OK(device_->pre_remove());
   std::atomic<bool> api_done{false}, mapped_done{false};
+  std::atomic<pid_t> api_tid{0}, mapped_tid{0};
+  InodeNumber w = ino("/w");
   std::thread api([&] {
-    EXPECT_TRUE(fs_->write(ino("/w"), 0, as_bytes("api")).has_value());
+    api_tid = static_cast<pid_t>(::syscall(SYS_gettid));
+    EXPECT_TRUE(fs_->write(w, 0, as_bytes("api")).has_value());
     api_done = true;
   });
   std::thread mapped([&] {
+    mapped_tid = static_cast<pid_t>(::syscall(SYS_gettid));
     EXPECT_TRUE(store(m.data() + kPage, "map").has_value());
     mapped_done = true;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  EXPECT_FALSE(api_done);  // frozen
+  while (api_tid == 0 || mapped_tid == 0) std::this_thread::yield();
+  ASSERT_TRUE(wait_until_blocked(api_tid)) << "the API writer never blocked";
+  ASSERT_TRUE(wait_until_blocked(mapped_tid)) << "the mapped writer never blocked";
+  EXPECT_FALSE(api_done);  // frozen: both are waiting for the thaw
   EXPECT_FALSE(mapped_done);
   device_->cancel_removal();
   api.join();
@@ -653,11 +676,15 @@ TEST_F(MappingTest, APinHoldsOffTruncateUntilReleased) {
   auto pin = fs_->pin(ino("/pinned"), 0, 2 * kPage);
   ASSERT_OK(pin);
   std::atomic<bool> truncated{false};
+  std::atomic<pid_t> tid{0};
+  InodeNumber pinned = ino("/pinned");
   std::thread t([&] {
-    EXPECT_TRUE(fs_->truncate(ino("/pinned"), 0).has_value());
+    tid = static_cast<pid_t>(::syscall(SYS_gettid));
+    EXPECT_TRUE(fs_->truncate(pinned, 0).has_value());
     truncated = true;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  while (tid == 0) std::this_thread::yield();
+  ASSERT_TRUE(wait_until_blocked(tid)) << "truncate never blocked";
   EXPECT_FALSE(truncated) << "truncate freed memory a pin still holds";
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(pin->segments()[0].data()), 4), "kkkk");
   // The pin's own thread may not modify the file: that would wait for itself.
