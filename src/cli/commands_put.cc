@@ -107,7 +107,9 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
   }
   // A new file takes the local file's permission bits, a replaced one keeps its own.
   uint32_t mode = local == "-" ? 0644 : static_cast<uint32_t>(in_st.st_mode) & 07777;
+  bool replacing = false;
   if (auto old = fs.stat(path); old.has_value()) {
+    replacing = true;
     if (old->type == FileType::Directory) {
       close_in();
       eprint("poise: put: {} is a directory\n", path);
@@ -146,6 +148,11 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
     }
   }
   close_in();
+  // Replacing a file: its new bytes are on media before the rename makes the old
+  // ones unreachable, so that not even a machine crash loses both.
+  if (code == kExitOk && replacing) {
+    if (auto synced = file->fsync(); !synced.has_value()) code = report("put " + path, synced.error());
+  }
   file->close();
   if (code == kExitOk) {
     if (auto renamed = fs.rename(temp, path); !renamed.has_value()) code = report("put " + path, renamed.error());

@@ -138,6 +138,10 @@ void on_signal(int sig, siginfo_t* info, void* context) {
 namespace failure {
 
 void install_fault_handler() {
+  // Every mount says whose mappings the index holds: a child made by fork() that
+  // mounts a filesystem of its own handles its own faults from then on (its
+  // index started empty, see address_index.cc).
+  owner_pid.store(::getpid(), std::memory_order_relaxed);
   static std::once_flag once;
   std::call_once(once, [] {
     struct sigaction sa;
@@ -145,7 +149,6 @@ void install_fault_handler() {
     sa.sa_sigaction = on_signal;
     sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
     sigemptyset(&sa.sa_mask);
-    owner_pid.store(::getpid(), std::memory_order_relaxed);
     POISE_ASSERT(::sigaction(SIGSEGV, &sa, &previous_segv) == 0);
     POISE_ASSERT(::sigaction(SIGBUS, &sa, &previous_bus) == 0);
   });

@@ -66,20 +66,10 @@ Result<void> FsImpl::read_block(uint64_t block, std::byte* out) const {
 
 Result<void> FsImpl::write_superblocks(uint64_t root_block, uint64_t generation) {
   alignas(64) std::byte block[kBlockSize];
-  const format::SuperblockInfo previous = sb_;
   sb_.sequence += 1;
   sb_.checkpoint_root_block = root_block;
   sb_.checkpoint_generation = generation;
   sb_.written_ns = now();
-  // A failed write-back leaves the in-memory superblock as it was.
-  struct Restore {
-    format::SuperblockInfo& sb;
-    const format::SuperblockInfo& previous;
-    bool done = false;
-    ~Restore() {
-      if (!done) sb = previous;
-    }
-  } restore{sb_, previous};
   // One copy at a time: a crash tears at most one, and the other stays valid.
   // sync_range, not just drain: on an emulated device the page cache could
   // otherwise write the superblock back before the checkpoint it points at.
@@ -90,7 +80,6 @@ Result<void> FsImpl::write_superblocks(uint64_t root_block, uint64_t generation)
   encode_superblock(sb_, secondary, block);
   device_.write(secondary * kBlockSize, block, kBlockSize);
   TRY(device_.sync_range(secondary * kBlockSize, kBlockSize));
-  restore.done = true;
   superblock_notes_.clear();
   return {};
 }
@@ -258,7 +247,10 @@ Result<void> FsImpl::write_checkpoint() {
   }
   auto switched = write_superblocks(root_block, generation);
   if (!switched.has_value()) {
-    give_back();
+    // A superblock copy naming the new checkpoint may already be in memory (or on
+    // media): its blocks can never be given back, and the old generation's journal
+    // can never be trusted again. Stop here; the next mount sorts it out.
+    stop_accepting();
     return switched;
   }
 

@@ -47,14 +47,23 @@ failure::FailedOwners FsImpl::owners_of(uint64_t first_block, uint64_t count) {
 }
 
 Result<void> FsImpl::record_bad(uint64_t first_block, uint64_t count) {
-  if (options_.mode == MountMode::ReadOnly) {  // nothing may be written: remember it in memory
+  auto fence_in_memory = [&] {
     std::vector<Range> fresh = bad_blocks_.add(Range{first_block, count});
     std::lock_guard lock(space_mutex_);
     for (const Range& f : fresh) fence_off_locked(DevRun{DevBlock(f.start), f.length});
+  };
+  if (options_.mode == MountMode::ReadOnly) {  // nothing may be written: remember it in memory
+    fence_in_memory();
     return {};
   }
-  auto op = TRY(begin_op(4096));
-  commit(op, {format::BadRangeRecord{first_block, count}}, {});
+  // The journal's reserve is for this too: a record that cannot be written would
+  // let the failed blocks be allocated again (I5).
+  auto op = begin_op(4096, Journal::Use::Freeing);
+  if (!op.has_value()) {
+    fence_in_memory();  // never allocated in this mount at least; the device list brings it back at the next
+    return Unexpected<Error>(std::move(op).error());
+  }
+  commit(*op, {format::BadRangeRecord{first_block, count}}, {});
   return {};
 }
 

@@ -413,6 +413,13 @@ Result<void> FsImpl::punch_hole(InodeNumber ino, uint64_t offset, uint64_t lengt
   if (first_full < last_full) {
     records.push_back(format::ExtentClearRecord{ino.value(), first_full, last_full - first_full});
   }
+  // Room for both partial blocks first: the first must not be zeroed in place
+  // when the second then cannot be copied.
+  if (offset % kBlockSize != 0 && end % kBlockSize != 0 && offset / kBlockSize != (end - 1) / kBlockSize) {
+    TRY(expect_space(blocks_needed_for_store(*inode, FileBlock(offset / kBlockSize), 1) +
+                         blocks_needed_for_store(*inode, FileBlock(end / kBlockSize), 1),
+                     "punch-hole"));
+  }
   auto zeroed = [&]() -> Result<void> {
     if (offset / kBlockSize == (end - 1) / kBlockSize && (offset % kBlockSize != 0 || end % kBlockSize != 0)) {
       return zero_partial_block(*inode, offset, length, &records, &fresh);  // within one block

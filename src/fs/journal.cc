@@ -85,7 +85,7 @@ void Journal::unreserve(uint64_t bytes) {
   reserved_ -= bytes;
 }
 
-uint64_t Journal::commit(const format::TxEncoder& tx, uint64_t reserved_bytes) {
+uint64_t Journal::commit(const format::TxEncoder& tx, uint64_t reserved_bytes, WriteBack write_back) {
   POISE_ASSERT(tx.sealed_bytes() <= reserved_bytes);
   std::lock_guard lock(mutex_);
   POISE_ASSERT(reserved_ >= reserved_bytes);
@@ -96,6 +96,12 @@ uint64_t Journal::commit(const format::TxEncoder& tx, uint64_t reserved_bytes) {
   write_offset_ += image_.size();
   reserved_ -= reserved_bytes;
   device_.drain();
+  if (write_back == WriteBack::ToMedia) {
+    // A failed write-back is the host's I/O error, reported by the next sync/fsync
+    // as well; the transaction itself is in the page cache and replays after a
+    // process crash.
+    (void)device_.sync_range(base_offset_, write_offset_);
+  }
   durable_lsn_ = lsn;
   return lsn;
 }

@@ -55,7 +55,11 @@ class Journal {
   bool reserve(uint64_t bytes, Use use = Use::Any);
   void unreserve(uint64_t bytes);
   // Stores the transaction durably; returns its lsn. REQUIRES: a reservation covers it.
-  uint64_t commit(const format::TxEncoder& tx, uint64_t reserved_bytes);
+  // With WriteBack::ToMedia (an emulated device, a transaction that may free
+  // blocks) the log so far is also written back to the backing file, so that a
+  // freed block is never reused while a machine crash could bring back its old owner.
+  enum class WriteBack : uint8_t { Fence, ToMedia };
+  uint64_t commit(const format::TxEncoder& tx, uint64_t reserved_bytes, WriteBack write_back = WriteBack::Fence);
   // Fences: everything written back before (file data too) is durable.
   uint64_t make_durable();
 

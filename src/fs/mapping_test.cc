@@ -590,14 +590,24 @@ TEST_F(MappingTest, CancelledRemovalThawsAndBlockedWritersResume) {
     EXPECT_TRUE(store(m.data() + kPage, "map").has_value());
     mapped_done = true;
   });
-  while (api_tid == 0 || mapped_tid == 0) std::this_thread::yield();
+  std::atomic<bool> checkpoint_done{false};
+  std::atomic<pid_t> checkpoint_tid{0};
+  std::thread checkpointer([&] {  // a checkpoint writes metadata: it waits for the thaw too (I4)
+    checkpoint_tid = static_cast<pid_t>(::syscall(SYS_gettid));
+    EXPECT_TRUE(fs_->checkpoint().has_value());
+    checkpoint_done = true;
+  });
+  while (api_tid == 0 || mapped_tid == 0 || checkpoint_tid == 0) std::this_thread::yield();
   ASSERT_TRUE(wait_until_blocked(api_tid)) << "the API writer never blocked";
   ASSERT_TRUE(wait_until_blocked(mapped_tid)) << "the mapped writer never blocked";
-  EXPECT_FALSE(api_done);  // frozen: both are waiting for the thaw
+  ASSERT_TRUE(wait_until_blocked(checkpoint_tid)) << "the checkpoint never blocked";
+  EXPECT_FALSE(api_done);  // frozen: all three are waiting for the thaw
   EXPECT_FALSE(mapped_done);
+  EXPECT_FALSE(checkpoint_done);
   device_->cancel_removal();
   api.join();
   mapped.join();
+  checkpointer.join();
   EXPECT_EQ(*read_range(*fs_, "/w", 0, 3), "api");
   EXPECT_EQ(*read_range(*fs_, "/w", kPage, 3), "map");
   EXPECT_EQ(device_->state(), DeviceState::Alive);

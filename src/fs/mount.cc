@@ -228,12 +228,13 @@ Result<void> FsImpl::load() {
   // Each is freed by a journaled transaction, like any unlink: the blocks it
   // frees may be reused at once, so the freeing must be as durable as the reuse.
   for (const InodePtr& orphan : orphans) {
-    auto op = TRY(begin_op(kOrphanTxBytes, Journal::Use::Freeing));
+    auto op = begin_op(kOrphanTxBytes, Journal::Use::Freeing);
+    if (!op.has_value()) break;  // no room to journal it now: it stays allocated, harmless, for the next mount
     std::unique_lock ns(ns_mutex_);
     std::unique_lock lock(orphan->lock);
     Records records;
     free_inode_records(*orphan, 0, &records);
-    commit(op, records, {orphan.get()});
+    commit(*op, records, {orphan.get()});
   }
   // The replayed journal simply goes on (its transactions stay until the next
   // checkpoint), so a mount never needs free space. A damaged superblock copy is
@@ -302,8 +303,13 @@ bool FsImpl::journal_wants_checkpoint() const {
 
 Result<void> FsImpl::checkpoint() {
   TRY(check_writable());
-  std::unique_lock quiet(gate_);
-  return write_checkpoint();
+  for (;;) {  // frozen for a removal: nothing may be written until the thaw (I4)
+    TRY(wait_until_thawed());
+    std::unique_lock quiet(gate_);
+    if (frozen_flag_.load(std::memory_order_acquire)) continue;
+    if (!mounted_) return fail(EIO, "filesystem has shut down");
+    return write_checkpoint();
+  }
 }
 
 Result<void> FsImpl::unmount() {

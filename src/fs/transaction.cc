@@ -65,8 +65,14 @@ void FsImpl::commit(Op& op, const Records& records, std::initializer_list<Inode*
   if (records.empty()) return;
   thread_local format::TxEncoder tx;  // reused: no allocation per operation
   tx.clear();
-  for (const auto& r : records) tx.add(r);
-  journal_->commit(tx, op.reserved());
+  bool frees = false;
+  for (const auto& r : records) {
+    tx.add(r);
+    frees |= std::holds_alternative<format::ExtentClearRecord>(r) || std::holds_alternative<format::ExtentRecord>(r) ||
+             std::holds_alternative<format::InodeFreeRecord>(r);
+  }
+  const bool page_cache = device_.domain() == PersistenceDomain::PageCache;
+  journal_->commit(tx, op.reserved(), page_cache && frees ? Journal::WriteBack::ToMedia : Journal::WriteBack::Fence);
   op.consumed();
   for (const auto& r : records) {
     auto applied = apply(r, locked);

@@ -1,5 +1,7 @@
 #include "mapping/address_index.h"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <mutex>
 #include <shared_mutex>
@@ -20,8 +22,19 @@ struct AddressIndex {
   std::atomic<uint64_t> count{0};            // ranges.size(), readable without the lock
 };
 
+// Never destroyed: faults may come during exit. A child made by fork() starts
+// with an empty index: the parent's mappings are not its own (their device
+// memory is not even inherited), and its lock may have been held by a parent
+// thread at the fork. The old index is left behind, untouched.
+AddressIndex* instance = nullptr;
+
 AddressIndex& index() {
-  static auto* instance = new AddressIndex;  // never destroyed: faults may come during exit
+  static const bool installed = [] {
+    instance = new AddressIndex;
+    ::pthread_atfork(nullptr, nullptr, [] { instance = new AddressIndex; });
+    return true;
+  }();
+  (void)installed;
   return *instance;
 }
 
