@@ -52,6 +52,7 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
   std::shared_lock ns(ns_mutex_);
   CheckReport report;
   report.notes = superblock_notes_;
+  report.notes.insert(report.notes.end(), mount_notes_.begin(), mount_notes_.end());
   auto problem = [&](std::string text) {
     if (report.problems.size() < kProblemsMax) report.problems.push_back(std::move(text));
   };

@@ -299,7 +299,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   std::unique_ptr<Journal> journal_;
   format::CheckpointRootInfo checkpoint_;  // the current checkpoint's sections
   uint64_t checkpoint_root_block_ = 0;
-  std::vector<std::string> superblock_notes_;  // a stale or damaged copy, for check()
+  std::vector<std::string> superblock_notes_;  // a stale or damaged copy, for check(); a checkpoint repairs it
+  std::vector<std::string> mount_notes_;       // what this mount found and left as it is (a journal gap)
   uint64_t data_start_ = 0;                // first block after the journal
   uint64_t data_end_ = 0;                  // the secondary superblock
 

@@ -185,7 +185,8 @@ Result<void> FsImpl::load() {
         return {};
       },
       journal_readable, device_.domain() == PersistenceDomain::PageCache ? &gap_note : nullptr));
-  if (!gap_note.empty()) superblock_notes_.push_back(gap_note);
+  mount_notes_.clear();
+  if (!gap_note.empty()) mount_notes_.push_back(gap_note);  // kept for check(): no checkpoint clears it
   replaying_ = false;
   // A tree that checksums cannot vouch for (a cycle, a directory with two names,
   // a link count below the names) would hang rename or free a named file: a

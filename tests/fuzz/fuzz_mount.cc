@@ -27,7 +27,7 @@ const std::vector<std::byte>& base_image() {
     FormatOptions f;
     f.journal_blocks = kJournalBlocks;
     POISE_ASSERT(Filesystem::format(device, f).has_value());
-    auto fs = std::move(*Filesystem::mount(device));
+    auto fs = *Filesystem::mount(device);
     auto write = [&](const char* path, const std::string& text) {
       auto ino = *fs->create(path);
       POISE_ASSERT(fs->write(ino, 0, {reinterpret_cast<const std::byte*>(text.data()), text.size()}).has_value());
