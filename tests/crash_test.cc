@@ -350,6 +350,34 @@ TEST(Crash, InPlaceOverwritesOnAnEmulatedDeviceAreDurableAfterFsync) {
 
 // --- An emulated device: what fsync promised survives a machine crash --------
 
+// Runs `ops` on the page-cache model once for reference, then once per flush
+// point and seed; each captured image, mounted and checked, goes to `verify`
+// with the number of operations finished before the crash. Stops at the first
+// failure; returns how many crash images were verified.
+uint64_t for_each_page_cache_crash(const std::vector<Op>& ops, uint64_t seed, int seeds_per_point,
+                                   const std::function<void(Filesystem&, size_t done)>& verify) {
+  CrashDevice reference_device(kDeviceBytes, CrashDevice::Model::PageCache);
+  Trace reference = run(ops, reference_device, 0, seed, [](size_t) { return State{}; });
+  uint64_t tested = 0;
+  for (uint64_t point = reference.flush_points[0] + 1; point <= reference.total_flush_points; ++point) {
+    for (int k = 0; k < seeds_per_point; ++k) {
+      uint64_t s = seed + point * 8 + k;
+      SCOPED_TRACE("crash at flush point " + std::to_string(point) + ", seed " + std::to_string(s));
+      CrashDevice device(kDeviceBytes, CrashDevice::Model::PageCache);
+      run(ops, device, point, s, [](size_t) { return State{}; });
+      EXPECT_TRUE(device.crashed());
+      if (!device.crashed()) return tested;
+      auto image = device.crash_image();
+      auto fs = mount_checked(*image);
+      if (fs == nullptr) return tested;
+      verify(*fs, ops_done(reference, point));
+      ++tested;
+      if (::testing::Test::HasFailure()) return tested;
+    }
+  }
+  return tested;
+}
+
 TEST(Crash, FsyncedFilesOnAnEmulatedDeviceSurviveAMachineCrash) {
   uint64_t seed = test_seed("Crash.FsyncedFilesOnAnEmulatedDeviceSurviveAMachineCrash");
   auto content = [](int k) { return std::string(3000 + 1000 * k, static_cast<char>('a' + k)); };
@@ -358,7 +386,9 @@ TEST(Crash, FsyncedFilesOnAnEmulatedDeviceSurviveAMachineCrash) {
   for (int k = 0; k < kFiles; ++k) {
     ops.push_back([k, content](Filesystem& fs) {
       std::string dir = "/dir" + std::to_string(k % 2);
-      if (k < 2) ASSERT_TRUE(fs.mkdir(dir).has_value());
+      if (k < 2) {
+        ASSERT_TRUE(fs.mkdir(dir).has_value());
+      }
       std::string path = dir + "/f" + std::to_string(k);
       ASSERT_TRUE(fs.create(path).has_value());
       write_at(fs, path, 0, content(k));
@@ -367,37 +397,22 @@ TEST(Crash, FsyncedFilesOnAnEmulatedDeviceSurviveAMachineCrash) {
       must(fs.fsync(ino_of(fs, path)), "fsync");  // all metadata so far, and this file's data
     });
   }
-  CrashDevice reference_device(kDeviceBytes, CrashDevice::Model::PageCache);
-  Trace reference = run(ops, reference_device, 0, seed, [](size_t) { return State{}; });
-  uint64_t tested = 0;
-  for (uint64_t point = reference.flush_points[0] + 1; point <= reference.total_flush_points; ++point) {
-    for (int s = 0; s < kSeedsPerPoint; ++s) {
-      SCOPED_TRACE("crash at flush point " + std::to_string(point) + ", seed " + std::to_string(seed + point * 8 + s));
-      CrashDevice device(kDeviceBytes, CrashDevice::Model::PageCache);
-      run(ops, device, point, seed + point * 8 + s, [](size_t) { return State{}; });
-      ASSERT_TRUE(device.crashed());
-      auto image = device.crash_image();
-      auto fs = mount_checked(*image);
-      ASSERT_TRUE(fs != nullptr);
-      size_t done = ops_done(reference, point);
-      for (size_t k = 0; k < done; ++k) {  // op k finished with its fsync: its file is there, whole
-        std::string dir = "/dir" + std::to_string(k % 2);
-        // Op k+1 renames f<k> to g<k>: either name, if that op had begun.
-        auto ino = fs->lookup(dir + "/f" + std::to_string(k));
-        if (!ino.has_value()) ino = fs->lookup(dir + "/g" + std::to_string(k));
-        ASSERT_TRUE(ino.has_value()) << "fsync'd file " << k << " is gone";
-        std::string got(content(k).size(), '\0');
-        auto n = fs->read(*ino, 0, {reinterpret_cast<std::byte*>(got.data()), got.size()});
-        ASSERT_TRUE(n.has_value()) << n.error().message;
-        ASSERT_TRUE(got == content(k)) << "fsync'd file " << k << " lost its bytes";
-      }
-      auto ino = fs->create("/after-crash");
-      ASSERT_TRUE(ino.has_value()) << ino.error().message;
-      ASSERT_TRUE(fs->unmount().has_value());
-      ++tested;
-      if (::testing::Test::HasFailure()) return;
+  uint64_t tested = for_each_page_cache_crash(ops, seed, kSeedsPerPoint, [&](Filesystem& fs, size_t done) {
+    for (size_t k = 0; k < done; ++k) {  // op k finished with its fsync: its file is there, whole
+      std::string dir = "/dir" + std::to_string(k % 2);
+      // Op k+1 renames f<k> to g<k>: either name, if that op had begun.
+      auto ino = fs.lookup(dir + "/f" + std::to_string(k));
+      if (!ino.has_value()) ino = fs.lookup(dir + "/g" + std::to_string(k));
+      ASSERT_TRUE(ino.has_value()) << "fsync'd file " << k << " is gone";
+      std::string got(content(k).size(), '\0');
+      auto n = fs.read(*ino, 0, {reinterpret_cast<std::byte*>(got.data()), got.size()});
+      ASSERT_TRUE(n.has_value()) << n.error().message;
+      ASSERT_TRUE(got == content(k)) << "fsync'd file " << k << " lost its bytes";
     }
-  }
+    auto ino = fs.create("/after-crash");
+    ASSERT_TRUE(ino.has_value()) << ino.error().message;
+    ASSERT_TRUE(fs.unmount().has_value());
+  });
   std::fprintf(stderr, "verified %llu crash points\n", static_cast<unsigned long long>(tested));
 }
 
@@ -420,26 +435,15 @@ TEST(Crash, AFreedBlockIsNotReusedBeforeItsFreeingIsOnMedia) {
         write_at(fs, "/g", 0, std::string(8 * kBlock, 'G'));
       },
   };
-  CrashDevice reference_device(kDeviceBytes, CrashDevice::Model::PageCache);
-  Trace reference = run(ops, reference_device, 0, seed, [](size_t) { return State{}; });
-  for (uint64_t point = reference.flush_points[0] + 1; point <= reference.total_flush_points; ++point) {
-    for (int k = 0; k < 4; ++k) {
-      SCOPED_TRACE("crash at flush point " + std::to_string(point) + ", seed " + std::to_string(seed + point * 8 + k));
-      CrashDevice device(kDeviceBytes, CrashDevice::Model::PageCache);
-      run(ops, device, point, seed + point * 8 + k, [](size_t) { return State{}; });
-      ASSERT_TRUE(device.crashed());
-      auto image = device.crash_image();
-      auto fs = mount_checked(*image);
-      ASSERT_TRUE(fs != nullptr);
-      if (ops_done(reference, point) == 0) continue;  // the fsync had not returned
-      auto f = fs->lookup("/f");
-      ASSERT_TRUE(f.has_value()) << "the fsync'd file is gone";
-      auto st = fs->stat(*f);
-      std::string got(st->size_bytes, '\0');
-      ASSERT_TRUE(fs->read(*f, 0, {reinterpret_cast<std::byte*>(got.data()), got.size()}).has_value());
-      ASSERT_TRUE(got.empty() || got == f_bytes) << "/f shows other bytes: " << got.substr(0, 8);
-    }
-  }
+  for_each_page_cache_crash(ops, seed, 4, [&](Filesystem& fs, size_t done) {
+    if (done == 0) return;  // the fsync had not returned
+    auto f = fs.lookup("/f");
+    ASSERT_TRUE(f.has_value()) << "the fsync'd file is gone";
+    auto st = fs.stat(*f);
+    std::string got(st->size_bytes, '\0');
+    ASSERT_TRUE(fs.read(*f, 0, {reinterpret_cast<std::byte*>(got.data()), got.size()}).has_value());
+    ASSERT_TRUE(got.empty() || got == f_bytes) << "/f shows other bytes: " << got.substr(0, 8);
+  });
 }
 
 // --- Two threads at once --------------------------------------------------------
