@@ -40,6 +40,10 @@ class Filesystem;
 struct FormatOptions {
   uint64_t journal_blocks = 0;  // 0: 1/64 of the device, 1..64 MiB
   Clock* clock = nullptr;       // nullptr: the real clock
+  // The on-media format version: the current one (2, every metadata structure
+  // in two copies) unless a test needs an older image (1, one copy), which a
+  // read-write mount upgrades.
+  uint32_t format_version = 0;  // 0: the current version
 };
 
 enum class MountMode : uint8_t { ReadWrite, ReadOnly };
@@ -49,6 +53,10 @@ struct MountOptions {
   Clock* clock = nullptr;  // nullptr: the real clock
   uint32_t uid = 0;        // owner of new files
   uint32_t gid = 0;
+  // A read-write mount of a version 1 image (one copy of the metadata) adds the
+  // second copies and writes version 2, which older poise releases do not read.
+  // false keeps the image at version 1.
+  bool upgrade_format = true;
 };
 
 enum class OpenFlags : uint32_t { None = 0, Create = 1, Exclusive = 2, Truncate = 4 };

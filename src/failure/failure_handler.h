@@ -39,7 +39,7 @@ struct FailedOwners {
     uint64_t count;
   };
   std::vector<FileRange> files;
-  bool journal = false;
+  bool journal = false;  // the journal cannot go on: failed memory in its only copy, or in both
   int superblocks = 0;
   bool checkpoint = false;  // any checkpoint structure (inodes, directories, extents, bad ranges)
 };

@@ -123,36 +123,78 @@ void SectionWriter::flush_block() {
   records_in_block_ = 0;
 }
 
+namespace {
+// The device block of a section's `index`-th block. REQUIRES: index < blocks().
+uint64_t block_at(const SectionInfo& section, uint64_t index) {
+  for (const BlockRun& run : section.runs) {
+    if (index < run.block_count) return run.start_block + index;
+    index -= run.block_count;
+  }
+  POISE_ASSERT(false);
+  return 0;
+}
+
+// Reads and verifies the `index`-th block of one copy of a section.
+Result<void> fetch_section_block(const ReadBlock& read, uint64_t b, uint32_t kind, uint32_t index,
+                                 uint64_t generation, std::byte* block) {
+  TRY(read(b, block));
+  TRY(verify_block(block, kind, b, block_kind_name(kind)));
+  SectionBlockHeader h;
+  std::memcpy(&h, block, sizeof h);
+  std::string where = std::string(block_kind_name(kind)) + " block " + std::to_string(b) + ": ";
+  if (h.header.generation.get() != generation) {
+    return fail(EUCLEAN, where + "written for checkpoint generation " + std::to_string(h.header.generation.get()) +
+                             ", expected " + std::to_string(generation));
+  }
+  if (h.index.get() != index) return fail(EUCLEAN, where + "out of sequence");
+  if (h.header.used_bytes.get() < sizeof h) return fail(EUCLEAN, where + "used_bytes below the header size");
+  return {};
+}
+}  // namespace
+
 Result<void> read_section(const ReadBlock& read, const SectionInfo& section, SectionId id,
                           uint64_t generation, const VisitPayload& visit) {
-  alignas(64) std::byte block[kBlockSize];
-  uint32_t kind = section_block_kind(id);
-  uint32_t index = 0;
-  uint64_t records = 0;
-  for (const BlockRun& run : section.runs) {
-    for (uint64_t b = run.start_block; b < run.start_block + run.block_count; ++b, ++index) {
-      TRY(read(b, block));
-      TRY(verify_block(block, kind, b, block_kind_name(kind)));
-      SectionBlockHeader h;
-      std::memcpy(&h, block, sizeof h);
-      std::string where = std::string(block_kind_name(kind)) + " block " + std::to_string(b) + ": ";
-      if (h.header.generation.get() != generation) {
-        return fail(EUCLEAN, where + "written for checkpoint generation " +
-                                 std::to_string(h.header.generation.get()) + ", expected " +
-                                 std::to_string(generation));
-      }
-      if (h.index.get() != index) return fail(EUCLEAN, where + "out of sequence");
-      size_t used = h.header.used_bytes.get();
-      if (used < sizeof h) return fail(EUCLEAN, where + "used_bytes below the header size");
-      records += h.records.get();
-      TRY(visit(reinterpret_cast<const unsigned char*>(block) + sizeof h, used - sizeof h,
-                h.records.get()));
+  return read_section_copies(read, {&section}, id, generation, visit, {});
+}
+
+Result<void> read_section_copies(const ReadBlock& read, const std::vector<const SectionInfo*>& copies,
+                                 SectionId id, uint64_t generation, const VisitPayload& visit,
+                                 const CopyNote& note) {
+  POISE_ASSERT(!copies.empty());
+  const SectionInfo& first = *copies.front();
+  const uint32_t kind = section_block_kind(id);
+  for (const SectionInfo* copy : copies) {
+    if (copy->blocks() != first.blocks() || copy->records != first.records) {
+      return fail(EUCLEAN, std::string(block_kind_name(kind)) + " section copies differ in size");
     }
   }
-  if (records != section.records) {
-    return fail(EUCLEAN, std::string(block_kind_name(kind)) + " section holds " +
-                             std::to_string(records) + " records, root says " +
-                             std::to_string(section.records));
+  alignas(64) std::byte block[kBlockSize];
+  uint64_t records = 0;
+  const uint64_t blocks = first.blocks();
+  for (uint64_t index = 0; index < blocks; ++index) {
+    Result<void> got = fail(EIO, "no copy");
+    for (uint32_t c = 0; c < copies.size(); ++c) {
+      const uint64_t b = block_at(*copies[c], index);
+      auto fetched = fetch_section_block(read, b, kind, static_cast<uint32_t>(index), generation, block);
+      if (fetched.has_value()) {
+        got = {};
+        break;
+      }
+      if (c == 0) got = fetched;
+      else got = fail(got.error().code, got.error().message + "; copy " + std::to_string(c + 1) + ": " +
+                                            fetched.error().message);
+      if (c + 1 < copies.size() && note) note(c, b, fetched.error().message);
+    }
+    if (!got.has_value()) return got;
+    SectionBlockHeader h;
+    std::memcpy(&h, block, sizeof h);
+    records += h.records.get();
+    TRY(visit(reinterpret_cast<const unsigned char*>(block) + sizeof h, h.header.used_bytes.get() - sizeof h,
+              h.records.get()));
+  }
+  if (records != first.records) {
+    return fail(EUCLEAN, std::string(block_kind_name(kind)) + " section holds " + std::to_string(records) +
+                             " records, root says " + std::to_string(first.records));
   }
   return {};
 }

@@ -84,4 +84,14 @@ using VisitPayload = std::function<Result<void>(const unsigned char* payload, si
 Result<void> read_section(const ReadBlock& read, const SectionInfo& section, SectionId id,
                           uint64_t generation, const VisitPayload& visit);
 
+// A section kept in several copies (version 2 keeps two), which hold the same
+// block images at the same index. Each block is taken from the first copy whose
+// block reads and verifies; `note` hears of every block a later copy stood in
+// for (the copy that failed, its device block, why). The copies must list the
+// same number of blocks and records. Fails only where no copy of a block is good.
+using CopyNote = std::function<void(uint32_t copy, uint64_t block, const std::string& why)>;
+Result<void> read_section_copies(const ReadBlock& read, const std::vector<const SectionInfo*>& copies,
+                                 SectionId id, uint64_t generation, const VisitPayload& visit,
+                                 const CopyNote& note);
+
 }  // namespace poise::format

@@ -25,6 +25,8 @@ SuperblockInfo sample_superblock() {
   sb.journal_blocks = 256;
   sb.checkpoint_root_block = 300;
   sb.checkpoint_generation = 5;
+  sb.checkpoint_copy_root_block = 4000;
+  sb.journal_copy_start_block = 8192 - 1 - 256;
   sb.uuid[0] = 0xAB;
   return sb;
 }
@@ -37,7 +39,32 @@ TEST(Superblock, RoundTrips) {
   EXPECT_EQ(decoded->sequence, 3u);
   EXPECT_EQ(decoded->checkpoint_root_block, 300u);
   EXPECT_EQ(decoded->checkpoint_generation, 5u);
+  EXPECT_EQ(decoded->checkpoint_copy_root_block, 4000u);
+  EXPECT_EQ(decoded->journal_copy_start_block, 8192u - 1 - 256);
   EXPECT_EQ(decoded->uuid[0], 0xAB);
+}
+
+TEST(Superblock, VersionOneHasOneCopyAndVersionTwoNeedsBoth) {
+  alignas(64) std::byte block[kBlockSize];
+  SuperblockInfo v1 = sample_superblock();
+  v1.version = kFormatVersionSingleCopy;
+  encode_superblock(v1, 0, block);
+  auto decoded = decode_superblock(block, 0, "primary superblock");
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().message;
+  EXPECT_FALSE(decoded->has_copies());
+  EXPECT_EQ(decoded->checkpoint_copy_root_block, 0u);
+
+  for (auto breaks : {+[](SuperblockInfo* s) { s->journal_copy_start_block = 0; },
+                      +[](SuperblockInfo* s) { s->journal_copy_start_block = 8192 - 256; },  // over the secondary
+                      +[](SuperblockInfo* s) { s->checkpoint_copy_root_block = 300; },       // the first root
+                      +[](SuperblockInfo* s) { s->checkpoint_copy_root_block = 8000; }}) {   // in the journal copy
+    SuperblockInfo v2 = sample_superblock();
+    breaks(&v2);
+    encode_superblock(v2, 0, block);
+    auto bad = decode_superblock(block, 0, "primary superblock");
+    ASSERT_FALSE(bad.has_value());
+    EXPECT_EQ(bad.error().code, EUCLEAN) << bad.error().message;
+  }
 }
 
 TEST(Superblock, NamesWhatIsWrong) {

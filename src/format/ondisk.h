@@ -6,11 +6,14 @@
 // host-endian integer. Every metadata block starts with a BlockHeader that names
 // its kind and its own location and carries a crc32c of the whole block.
 //
-// Layout of a device of N blocks (4 KiB each):
-//   block 0            primary superblock
-//   blocks 1 .. J      the journal (J from the superblock)
-//   blocks J+1 .. N-2  data and checkpoint blocks, allocated as needed
-//   block N-1          secondary superblock
+// Layout of a device of N blocks (4 KiB each), as mkfs makes it:
+//   block 0                primary superblock
+//   blocks 1 .. J          the journal, copy 1 (J from the superblock)
+//   blocks J+1 .. N-J-2    data and checkpoint blocks (both copies), allocated as needed
+//   blocks N-J-1 .. N-2    the journal, copy 2 (its place is in the superblock)
+//   block N-1              secondary superblock
+// Every metadata structure is kept twice (version 2): two superblocks, two
+// journal copies, two complete checkpoints written from the same images.
 //
 // Thread-safety: plain data.
 #pragma once
@@ -50,7 +53,10 @@ using Le64 = Le<uint64_t>;
 
 inline constexpr uint32_t kMagic = 0x53494F50;    // "POIS"
 inline constexpr uint32_t kTxMagic = 0x5854504A;  // "JPTX"
-inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr uint32_t kFormatVersion = 2;
+// Version 1 kept one copy of the journal and of the checkpoint. It is still read
+// (a read-only mount, or a read-write mount that upgrades it to version 2).
+inline constexpr uint32_t kFormatVersionSingleCopy = 1;
 
 // Feature bits. An unknown incompatible bit refuses the mount; an unknown
 // read-only-compatible bit allows only a read-only mount.
@@ -91,6 +97,10 @@ struct Superblock {
   Le64 checkpoint_root_block;
   Le64 created_ns;
   Le64 written_ns;
+  // Version 2: the second copy of the checkpoint (its root) and of the journal
+  // (journal_blocks long). Zero in version 1.
+  Le64 checkpoint_copy_root_block;
+  Le64 journal_copy_start_block;
 };
 
 // The checkpoint: a root block naming where its three sections live.

@@ -1,6 +1,7 @@
 #include "format/superblock.h"
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <string>
 
@@ -31,8 +32,12 @@ void encode_superblock(const SuperblockInfo& in, uint64_t self_block, std::byte*
   sb.checkpoint_root_block.set(in.checkpoint_root_block);
   sb.created_ns.set(static_cast<uint64_t>(in.created_ns));
   sb.written_ns.set(static_cast<uint64_t>(in.written_ns));
+  sb.checkpoint_copy_root_block.set(in.checkpoint_copy_root_block);
+  sb.journal_copy_start_block.set(in.journal_copy_start_block);
+  const uint32_t used = in.version == kFormatVersionSingleCopy ? offsetof(Superblock, checkpoint_copy_root_block)
+                                                               : sizeof sb;
   std::memcpy(block, &sb, sizeof sb);
-  seal_block(block, kBlockSuperblock, self_block, in.checkpoint_generation, sizeof sb);
+  seal_block(block, kBlockSuperblock, self_block, in.checkpoint_generation, used);
 }
 
 Result<SuperblockInfo> decode_superblock(const std::byte* block, uint64_t self_block,
@@ -54,6 +59,10 @@ Result<SuperblockInfo> decode_superblock(const std::byte* block, uint64_t self_b
   out.checkpoint_generation = sb.header.generation.get();
   out.created_ns = static_cast<int64_t>(sb.created_ns.get());
   out.written_ns = static_cast<int64_t>(sb.written_ns.get());
+  if (out.version != kFormatVersionSingleCopy) {
+    out.checkpoint_copy_root_block = sb.checkpoint_copy_root_block.get();
+    out.journal_copy_start_block = sb.journal_copy_start_block.get();
+  }
 
   std::string w = std::string(which) + ": ";
   if (out.version > kFormatVersion) {
@@ -88,6 +97,25 @@ Result<SuperblockInfo> decode_superblock(const std::byte* block, uint64_t self_b
                              " lies outside the data area");
   }
   if (out.checkpoint_generation == 0) return fail(EUCLEAN, w + "checkpoint generation 0");
+  if (out.version != kFormatVersionSingleCopy) {
+    if (sb.header.used_bytes.get() < sizeof sb) return fail(EUCLEAN, w + "used_bytes below the version 2 superblock");
+    const uint64_t data_end = out.size_blocks - 1;
+    if (out.journal_copy_start_block < data_start || out.journal_copy_start_block > data_end ||
+        out.journal_blocks > data_end - out.journal_copy_start_block) {
+      return fail(EUCLEAN, w + "journal copy at block " + std::to_string(out.journal_copy_start_block) +
+                               " lies outside the data area");
+    }
+    const uint64_t copy_root = out.checkpoint_copy_root_block;
+    if (copy_root < data_start || copy_root >= data_end || copy_root == out.checkpoint_root_block) {
+      return fail(EUCLEAN, w + "checkpoint copy root block " + std::to_string(copy_root) +
+                               " lies outside the data area or on the first copy's root");
+    }
+    for (uint64_t root : {out.checkpoint_root_block, copy_root}) {
+      if (root >= out.journal_copy_start_block && root < out.journal_copy_start_block + out.journal_blocks) {
+        return fail(EUCLEAN, w + "checkpoint root block " + std::to_string(root) + " lies in the journal copy");
+      }
+    }
+  }
   return out;
 }
 

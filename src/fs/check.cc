@@ -53,6 +53,7 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
   CheckReport report;
   report.notes = superblock_notes_;
   report.notes.insert(report.notes.end(), mount_notes_.begin(), mount_notes_.end());
+  report.notes.insert(report.notes.end(), copy_notes_.begin(), copy_notes_.end());
   auto problem = [&](std::string text) {
     if (report.problems.size() < kProblemsMax) report.problems.push_back(std::move(text));
   };
@@ -133,6 +134,7 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
     problem(built.error().message);
     return report;
   }
+  uint32_t failed_journal_copies = 0;  // bit per copy
   rebuilt.visit(DevRun{DevBlock(0), sb_.size_blocks}, [&](DevRun r, const std::vector<Owner>& owners) {
     report.used_blocks += r.count;
     bool bad = std::any_of(owners.begin(), owners.end(), [](const Owner& o) { return o.is_bad(); });
@@ -150,13 +152,22 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
         continue;
       }
       auto kind = static_cast<MetadataKind>(o.id & 0xFF);
+      const uint32_t copy = o.offset_blocks >= kSecondCopyOffset ? 2 : 1;
       if (kind == MetadataKind::Superblock) {
         report.notes.push_back(where + " failed under one superblock copy; the other copy is in use");
-      } else {
+      } else if (metadata_copies() == 1) {
         problem(where + " failed under the " + std::string(to_string(kind)));
+      } else if (kind == MetadataKind::Journal) {
+        failed_journal_copies |= copy;
+        report.notes.push_back(where + " failed under journal copy " + std::to_string(copy) +
+                               "; the other copy stands in there");
+      } else {
+        report.notes.push_back(where + " failed under checkpoint copy " + std::to_string(copy) + " (" +
+                               std::string(to_string(kind)) + "); the other copy stands in until the next checkpoint");
       }
     }
   });
+  if (failed_journal_copies == 3) problem("both copies of the journal have failed memory");
   report.free_blocks = rebuilt_free.free_blocks();
   if (report.used_blocks + report.free_blocks != sb_.size_blocks) {
     problem("used (" + std::to_string(report.used_blocks) + ") and free (" + std::to_string(report.free_blocks) +

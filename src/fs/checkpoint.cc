@@ -23,11 +23,9 @@ MetadataKind section_metadata_kind(uint32_t section) {
 }
 
 // Reads a section of fixed-size records, handing each one to `each`.
-template <class Disk, class Each>
-Result<void> read_fixed_records(const format::ReadBlock& read, const format::SectionInfo& section,
-                                SectionId id, uint64_t generation, Each&& each) {
-  return format::read_section(read, section, id, generation,
-                              [&](const unsigned char* p, size_t bytes, uint32_t records) -> Result<void> {
+template <class Disk, class ReadCopies, class Each>
+Result<void> read_fixed_records(const ReadCopies& read_copies, SectionId id, Each&& each) {
+  return read_copies(id, [&](const unsigned char* p, size_t bytes, uint32_t records) -> Result<void> {
     if (records * sizeof(Disk) > bytes) {
       return fail(EUCLEAN, std::string(format::block_kind_name(format::section_block_kind(id))) + " block overfull");
     }
@@ -64,10 +62,11 @@ Result<void> FsImpl::read_block(uint64_t block, std::byte* out) const {
   return device_.read(block * kBlockSize, out, kBlockSize);
 }
 
-Result<void> FsImpl::write_superblocks(uint64_t root_block, uint64_t generation) {
+Result<void> FsImpl::write_superblocks(uint64_t root_block, uint64_t copy_root_block, uint64_t generation) {
   alignas(64) std::byte block[kBlockSize];
   sb_.sequence += 1;
   sb_.checkpoint_root_block = root_block;
+  sb_.checkpoint_copy_root_block = copy_root_block;
   sb_.checkpoint_generation = generation;
   sb_.written_ns = now();
   // One copy at a time: a crash tears at most one, and the other stays valid.
@@ -84,24 +83,40 @@ Result<void> FsImpl::write_superblocks(uint64_t root_block, uint64_t generation)
   return {};
 }
 
-void FsImpl::add_checkpoint_owners(const format::CheckpointRootInfo& root, uint64_t root_block,
-                                   OwnershipMap* ownership) const {
-  ownership->add(DevRun{DevBlock(root_block), 1}, metadata_owner(MetadataKind::CheckpointRoot));
+namespace {
+// The claims of one copy of a checkpoint: its root and every section run.
+void claims_of_copy(const format::CheckpointRootInfo& root, uint64_t root_block, uint32_t copy,
+                    std::vector<Claim>* claims) {
+  const uint64_t base = copy == 0 ? 0 : kSecondCopyOffset;
+  claims->push_back({DevRun{DevBlock(root_block), 1}, metadata_owner(MetadataKind::CheckpointRoot, base)});
   for (uint32_t s = 0; s < format::kSectionCount; ++s) {
-    uint64_t offset = 0;
+    uint64_t offset = base;
     for (const BlockRun& run : root.sections[s].runs) {
-      ownership->add(DevRun{DevBlock(run.start_block), run.block_count},
-                     metadata_owner(section_metadata_kind(s), offset));
+      claims->push_back({DevRun{DevBlock(run.start_block), run.block_count},
+                         metadata_owner(section_metadata_kind(s), offset)});
       offset += run.block_count;
     }
   }
 }
+}  // namespace
+
+void FsImpl::add_checkpoint_owners(const format::CheckpointRootInfo& root, uint64_t root_block, uint32_t copy,
+                                   OwnershipMap* ownership) const {
+  std::vector<Claim> claims;
+  claims_of_copy(root, root_block, copy, &claims);
+  for (const Claim& c : claims) ownership->add(c.run, c.owner);
+}
+
+void FsImpl::checkpoint_claims(std::vector<Claim>* claims) const {
+  if (checkpoint_root_block_ != 0) claims_of_copy(checkpoint_, checkpoint_root_block_, 0, claims);
+  if (checkpoint_copy_root_block_ != 0) claims_of_copy(checkpoint_copy_, checkpoint_copy_root_block_, 1, claims);
+}
 
 void FsImpl::count_checkpoint_blocks() {
-  uint64_t blocks = 1;  // the root
-  for (const auto& section : checkpoint_.sections) {
-    for (const BlockRun& run : section.runs) blocks += run.block_count;
-  }
+  std::vector<Claim> claims;
+  checkpoint_claims(&claims);
+  uint64_t blocks = 0;
+  for (const Claim& c : claims) blocks += c.run.count;
   std::lock_guard lock(space_mutex_);
   checkpoint_blocks_ = blocks;
 }
@@ -118,9 +133,9 @@ std::optional<DevRun> FsImpl::allocate_checkpoint_run(uint64_t want, std::option
 Result<void> FsImpl::write_checkpoint() {
   std::shared_lock ns(ns_mutex_);
   const uint64_t generation = checkpoint_.generation + 1;
-  format::CheckpointRootInfo root;
-  root.generation = generation;
-  root.next_ino = next_ino_;
+  format::CheckpointRootInfo base_root;  // what both copies' roots say, but where their blocks are
+  base_root.generation = generation;
+  base_root.next_ino = next_ino_;
 
   // Pass 1: how many blocks each section needs.
   Records extent_records;
@@ -142,60 +157,78 @@ Result<void> FsImpl::write_checkpoint() {
       dirent_bytes_in_blocks,
       format::fixed_section_blocks(extent_records.size(), sizeof(format::DiskExtent)),
       format::fixed_section_blocks(bad.size(), sizeof(format::DiskBadRange))};
-  root.inode_count = root.sections[format::kSectionInodes].records = inodes_.size();
-  root.dirent_count = root.sections[format::kSectionDirents].records = dirent_counter.records();
-  root.extent_count = root.sections[format::kSectionExtents].records = extent_records.size();
-  root.bad_range_count = root.sections[format::kSectionBadRanges].records = bad.size();
+  base_root.inode_count = base_root.sections[format::kSectionInodes].records = inodes_.size();
+  base_root.dirent_count = base_root.sections[format::kSectionDirents].records = dirent_counter.records();
+  base_root.extent_count = base_root.sections[format::kSectionExtents].records = extent_records.size();
+  base_root.bad_range_count = base_root.sections[format::kSectionBadRanges].records = bad.size();
 
-  // Allocate the root and the sections from free space (the reserve is theirs).
+  // Allocate each copy's root and sections from free space (the reserve is
+  // theirs). The second copy starts from the middle of the data area, so that
+  // one failing stretch of memory is unlikely to hold both.
+  const uint32_t copies = metadata_copies();
   std::vector<DevRun> allocated;
   auto give_back = [&] {
     std::lock_guard lock(space_mutex_);
     for (const DevRun& run : allocated) free_.add(run);
   };
-  uint64_t root_block = 0;
+  format::CheckpointRootInfo roots[2];
+  uint64_t root_blocks[2] = {0, 0};
   {
     std::lock_guard lock(space_mutex_);
-    auto r = free_.allocate(1, std::nullopt);
-    if (!r) return fail(ENOSPC, "no free block for a checkpoint");
-    allocated.push_back(*r);
-    root_block = r->start.value();
-    std::optional<DevBlock> hint = r->end();
-    for (uint32_t s = 0; s < format::kSectionCount; ++s) {
-      for (uint64_t got = 0; got < needed[s];) {
-        auto run = allocate_checkpoint_run(needed[s] - got, hint);
-        if (!run || root.sections[s].runs.size() == format::kSectionExtentsMax) {
-          if (run) free_.add(*run);
-          for (const DevRun& a : allocated) free_.add(a);
-          return fail(ENOSPC, "not enough free space for a checkpoint: section " + std::to_string(s) + " needs " +
-                                  std::to_string(needed[s]) + " blocks, " + std::to_string(got) + " found in " +
-                                  std::to_string(root.sections[s].runs.size()) + " runs; " +
-                                  std::to_string(free_.free_blocks()) + " blocks free");
+    for (uint32_t c = 0; c < copies; ++c) {
+      format::CheckpointRootInfo& root = roots[c];
+      root = base_root;
+      std::optional<DevBlock> hint;
+      if (c == 1) hint = free_.free_block_from(DevBlock(data_start_ + (data_end_ - data_start_) / 2));
+      auto r = free_.allocate(1, hint);
+      if (!r) {
+        for (const DevRun& a : allocated) free_.add(a);
+        return fail(ENOSPC, "no free block for a checkpoint");
+      }
+      allocated.push_back(*r);
+      root_blocks[c] = r->start.value();
+      hint = r->end();
+      for (uint32_t s = 0; s < format::kSectionCount; ++s) {
+        for (uint64_t got = 0; got < needed[s];) {
+          auto run = allocate_checkpoint_run(needed[s] - got, hint);
+          if (!run || root.sections[s].runs.size() == format::kSectionExtentsMax) {
+            if (run) free_.add(*run);
+            for (const DevRun& a : allocated) free_.add(a);
+            return fail(ENOSPC, "not enough free space for a checkpoint: section " + std::to_string(s) + " needs " +
+                                    std::to_string(needed[s]) + " blocks, " + std::to_string(got) + " found in " +
+                                    std::to_string(root.sections[s].runs.size()) + " runs; " +
+                                    std::to_string(free_.free_blocks()) + " blocks free");
+          }
+          allocated.push_back(*run);
+          root.sections[s].runs.push_back(BlockRun{run->start.value(), run->count});
+          got += run->count;
+          hint = run->end();
         }
-        allocated.push_back(*run);
-        root.sections[s].runs.push_back(BlockRun{run->start.value(), run->count});
-        got += run->count;
-        hint = run->end();
       }
     }
   }
 
   // Pass 2: write the sections, then the root, then make them durable.
-  auto writer_for = [&](SectionId id, RunCursor* cursor) {
-    return format::SectionWriter([this, id, cursor, generation](uint32_t index, std::byte* block, uint32_t used) {
-      uint64_t at = cursor->block_at(index);
-      format::seal_block(block, format::section_block_kind(id), at, generation, used);
-      device_.write(at * kBlockSize, block, kBlockSize);
+  // Each block image is encoded once and stored into every copy, sealed for
+  // its place there: the copies hold the same records at the same index.
+  struct Cursors {
+    std::vector<RunCursor> copy;
+  };
+  auto writer_for = [&](SectionId id, Cursors* cursors) {
+    for (uint32_t c = 0; c < copies; ++c) cursors->copy.emplace_back(roots[c].sections[id].runs);
+    return format::SectionWriter([this, id, cursors, generation](uint32_t index, std::byte* block, uint32_t used) {
+      for (RunCursor& cursor : cursors->copy) {
+        uint64_t at = cursor.block_at(index);
+        format::seal_block(block, format::section_block_kind(id), at, generation, used);
+        device_.write(at * kBlockSize, block, kBlockSize);
+      }
     });
   };
-  RunCursor inode_cursor(root.sections[format::kSectionInodes].runs);
-  RunCursor dirent_cursor(root.sections[format::kSectionDirents].runs);
-  RunCursor extent_cursor(root.sections[format::kSectionExtents].runs);
-  RunCursor bad_cursor(root.sections[format::kSectionBadRanges].runs);
-  auto inode_writer = writer_for(format::kSectionInodes, &inode_cursor);
-  auto dirent_writer = writer_for(format::kSectionDirents, &dirent_cursor);
-  auto extent_writer = writer_for(format::kSectionExtents, &extent_cursor);
-  auto bad_writer = writer_for(format::kSectionBadRanges, &bad_cursor);
+  Cursors inode_cursors, dirent_cursors, extent_cursors, bad_cursors;
+  auto inode_writer = writer_for(format::kSectionInodes, &inode_cursors);
+  auto dirent_writer = writer_for(format::kSectionDirents, &dirent_cursors);
+  auto extent_writer = writer_for(format::kSectionExtents, &extent_cursors);
+  auto bad_writer = writer_for(format::kSectionBadRanges, &bad_cursors);
   for (const Range& r : bad) {
     format::DiskBadRange d;
     format::encode_bad_range(format::BadRangeRecord{r.start, r.length}, d);
@@ -227,17 +260,14 @@ Result<void> FsImpl::write_checkpoint() {
   POISE_ASSERT(dirent_writer.blocks() == needed[1]);
   POISE_ASSERT(extent_writer.blocks() == needed[2]);
   alignas(64) std::byte block[kBlockSize];
-  format::encode_checkpoint_root(root, root_block, block);
-  device_.write(root_block * kBlockSize, block, kBlockSize);
+  for (uint32_t c = 0; c < copies; ++c) {
+    format::encode_checkpoint_root(roots[c], root_blocks[c], block);
+    device_.write(root_blocks[c] * kBlockSize, block, kBlockSize);
+  }
   device_.drain();
   if (device_.domain() == PersistenceDomain::PageCache) {  // the checkpoint is on the backing file first
     auto synced = [&]() -> Result<void> {
-      TRY(device_.sync_range(root_block * kBlockSize, kBlockSize));
-      for (const auto& section : root.sections) {
-        for (const BlockRun& run : section.runs) {
-          TRY(device_.sync_range(run.start_block * kBlockSize, run.block_count * kBlockSize));
-        }
-      }
+      for (const DevRun& run : allocated) TRY(device_.sync_range(run.start.value() * kBlockSize, run.count * kBlockSize));
       return {};
     }();
     if (!synced.has_value()) {
@@ -245,7 +275,8 @@ Result<void> FsImpl::write_checkpoint() {
       return synced;
     }
   }
-  auto switched = write_superblocks(root_block, generation);
+  if (copies == 2 && sb_.version == format::kFormatVersionSingleCopy) sb_.version = format::kFormatVersion;  // upgraded
+  auto switched = write_superblocks(root_blocks[0], root_blocks[1], generation);
   if (!switched.has_value()) {
     // A superblock copy naming the new checkpoint may already be in memory (or on
     // media): its blocks can never be given back, and the old generation's journal
@@ -258,33 +289,85 @@ Result<void> FsImpl::write_checkpoint() {
   {
     std::lock_guard lock(space_mutex_);
     std::vector<DevRun> orphaned;
-    if (checkpoint_.generation != 0) {
-      OwnershipMap old;
-      add_checkpoint_owners(checkpoint_, checkpoint_root_block_, &old);
-      old.visit(DevRun{DevBlock(0), sb_.size_blocks}, [&](DevRun r, const std::vector<Owner>& owners) {
-        for (const Owner& o : owners) ownership_.remove(r, o, &orphaned);
-      });
-    }
+    std::vector<Claim> old_claims;
+    checkpoint_claims(&old_claims);
+    for (const Claim& c : old_claims) ownership_.remove(c.run, c.owner, &orphaned);
     for (const DevRun& run : orphaned) free_.add(run);
-    add_checkpoint_owners(root, root_block, &ownership_);
+    for (uint32_t c = 0; c < copies; ++c) add_checkpoint_owners(roots[c], root_blocks[c], c, &ownership_);
   }
-  checkpoint_ = std::move(root);
-  checkpoint_root_block_ = root_block;
+  checkpoint_ = std::move(roots[0]);
+  checkpoint_root_block_ = root_blocks[0];
+  checkpoint_copy_ = copies == 2 ? std::move(roots[1]) : format::CheckpointRootInfo{};
+  checkpoint_copy_root_block_ = root_blocks[1];
+  copy_notes_.clear();  // every damaged copy met at mount has just been written anew
   count_checkpoint_blocks();
   journal_->reset(generation);
   return {};
 }
 
 Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
+  // Both copies' roots: a root that cannot be read leaves its copy out (noted;
+  // a read-write mount writes a new checkpoint at once), and two readable roots
+  // must describe the same checkpoint.
   alignas(64) std::byte block[kBlockSize];
-  TRY(read_block(sb.checkpoint_root_block, block));
-  checkpoint_ = TRY(format::decode_checkpoint_root(block, sb.checkpoint_root_block, sb.checkpoint_generation,
-                                                   data_start_, data_end_));
+  auto read_root = [&](uint64_t at) -> Result<format::CheckpointRootInfo> {
+    TRY(read_block(at, block));
+    return format::decode_checkpoint_root(block, at, sb.checkpoint_generation, data_start_, data_end_);
+  };
   checkpoint_root_block_ = sb.checkpoint_root_block;
+  checkpoint_copy_root_block_ = sb.checkpoint_copy_root_block;
+  auto first = read_root(sb.checkpoint_root_block);
+  Result<format::CheckpointRootInfo> second = fail(ENOENT, "no second copy (format version 1)");
+  if (sb.has_copies()) second = read_root(sb.checkpoint_copy_root_block);
+  if (!first.has_value() && !second.has_value()) {
+    if (!sb.has_copies()) return Unexpected<Error>(first.error());
+    return fail(first.error().code, "no checkpoint root can be read: " + first.error().message +
+                                        "; copy 2: " + second.error().message);
+  }
+  if (first.has_value() && second.has_value()) {
+    const auto& a = *first;
+    const auto& b = *second;
+    bool same = a.next_ino == b.next_ino && a.inode_count == b.inode_count && a.dirent_count == b.dirent_count &&
+                a.extent_count == b.extent_count && a.bad_range_count == b.bad_range_count;
+    for (uint32_t s = 0; s < format::kSectionCount; ++s) {
+      same = same && a.sections[s].records == b.sections[s].records && a.sections[s].blocks() == b.sections[s].blocks();
+    }
+    if (!same) {
+      copy_notes_.push_back("checkpoint root copy 2 (block " + std::to_string(sb.checkpoint_copy_root_block) +
+                            ") disagrees with copy 1; copy 1 is used");
+      second = fail(EUCLEAN, "disagrees with copy 1");
+    }
+  }
+  if (!first.has_value()) {
+    copy_notes_.push_back("checkpoint root copy 1 (block " + std::to_string(sb.checkpoint_root_block) +
+                          ") is bad: " + first.error().message + "; copy 2 is used");
+  } else if (sb.has_copies() && !second.has_value() && second.error().code != EUCLEAN) {
+    copy_notes_.push_back("checkpoint root copy 2 (block " + std::to_string(sb.checkpoint_copy_root_block) +
+                          ") is bad: " + second.error().message + "; copy 1 is used");
+  }
+  // A copy whose root cannot be read claims its root block only: its sections are unknown.
+  checkpoint_ = first.has_value() ? *first : format::CheckpointRootInfo{};
+  checkpoint_copy_ = second.has_value() ? *second : format::CheckpointRootInfo{};
+  checkpoint_.generation = checkpoint_copy_.generation = sb.checkpoint_generation;
+  const format::CheckpointRootInfo& known = first.has_value() ? *first : *second;
   count_checkpoint_blocks();
+
+  // Every section block from the first copy where it verifies.
+  std::vector<const format::CheckpointRootInfo*> copies;
+  std::vector<uint32_t> copy_numbers;
+  if (first.has_value()) copies.push_back(&checkpoint_), copy_numbers.push_back(1);
+  if (second.has_value()) copies.push_back(&checkpoint_copy_), copy_numbers.push_back(2);
   auto read = [this](uint64_t b, std::byte* out) { return read_block(b, out); };
-  TRY(read_fixed_records<format::DiskInode>(read, checkpoint_.sections[format::kSectionInodes],
-                                            format::kSectionInodes, checkpoint_.generation,
+  auto read_copies = [&](SectionId id, const format::VisitPayload& visit) {
+    std::vector<const format::SectionInfo*> sections;
+    for (const auto* c : copies) sections.push_back(&c->sections[id]);
+    return format::read_section_copies(read, sections, id, known.generation, visit,
+                                       [&](uint32_t copy, uint64_t b, const std::string& why) {
+      copy_notes_.push_back("checkpoint copy " + std::to_string(copy_numbers[copy]) + ": " + why + " (block " +
+                            std::to_string(b) + "); the other copy is used");
+    });
+  };
+  TRY(read_fixed_records<format::DiskInode>(read_copies, format::kSectionInodes,
                                             [&](const format::DiskInode& d) -> Result<void> {
     auto core = TRY(format::decode_inode(d));
     if (inodes_.contains(core.ino)) {
@@ -296,9 +379,7 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   if (root == nullptr || !root->is_dir()) return fail(EUCLEAN, "the root directory (inode 1) is missing");
   root->parent = kRootInode;
   root_ = root.get();
-  TRY(format::read_section(read, checkpoint_.sections[format::kSectionDirents], format::kSectionDirents,
-                           checkpoint_.generation,
-                           [&](const unsigned char* p, size_t bytes, uint32_t records) -> Result<void> {
+  TRY(read_copies(format::kSectionDirents, [&](const unsigned char* p, size_t bytes, uint32_t records) -> Result<void> {
     size_t pos = 0;
     for (uint32_t i = 0; i < records; ++i) {
       size_t used = 0;
@@ -308,8 +389,7 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     }
     return {};
   }));
-  TRY(read_fixed_records<format::DiskExtent>(read, checkpoint_.sections[format::kSectionExtents],
-                                             format::kSectionExtents, checkpoint_.generation,
+  TRY(read_fixed_records<format::DiskExtent>(read_copies, format::kSectionExtents,
                                              [&](const format::DiskExtent& d) -> Result<void> {
     auto extent = TRY(format::decode_extent(d));
     // A checkpoint holds each file's extents once, in file order: a record that
@@ -322,15 +402,14 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     }
     return apply(extent, {});
   }));
-  TRY(read_fixed_records<format::DiskBadRange>(read, checkpoint_.sections[format::kSectionBadRanges],
-                                               format::kSectionBadRanges, checkpoint_.generation,
+  TRY(read_fixed_records<format::DiskBadRange>(read_copies, format::kSectionBadRanges,
                                                [&](const format::DiskBadRange& d) -> Result<void> {
     return apply(TRY(format::decode_bad_range(d)), {});
   }));
-  if (checkpoint_.next_ino < next_ino_) {
+  if (known.next_ino < next_ino_) {
     return fail(EUCLEAN, "checkpoint's next inode number is below an inode in use");
   }
-  next_ino_ = checkpoint_.next_ino;
+  next_ino_ = known.next_ino;
   return {};
 }
 
@@ -342,17 +421,11 @@ Result<void> FsImpl::rebuild_space(OwnershipMap* ownership, FreeSpace* free) con
   claims.push_back({DevRun{DevBlock(format::secondary_superblock_block(size)), 1},
                     metadata_owner(MetadataKind::Superblock, 1)});
   claims.push_back({DevRun{DevBlock(sb_.journal_start_block), sb_.journal_blocks}, metadata_owner(MetadataKind::Journal)});
-  if (checkpoint_.generation != 0) {
-    claims.push_back({DevRun{DevBlock(checkpoint_root_block_), 1}, metadata_owner(MetadataKind::CheckpointRoot)});
-    for (uint32_t s = 0; s < format::kSectionCount; ++s) {
-      uint64_t offset = 0;
-      for (const BlockRun& run : checkpoint_.sections[s].runs) {
-        claims.push_back({DevRun{DevBlock(run.start_block), run.block_count},
-                          metadata_owner(section_metadata_kind(s), offset)});
-        offset += run.block_count;
-      }
-    }
+  if (sb_.has_copies()) {
+    claims.push_back({DevRun{DevBlock(sb_.journal_copy_start_block), sb_.journal_blocks},
+                      metadata_owner(MetadataKind::Journal, kSecondCopyOffset)});
   }
+  checkpoint_claims(&claims);
   // File extents may share blocks with each other (reflink), never with metadata.
   for (const auto& [ino, inode] : inodes_) {
     const InodeNumber owner = inode->ino;

@@ -38,7 +38,18 @@ failure::FailedOwners FsImpl::owners_of(uint64_t first_block, uint64_t count) {
         continue;
       }
       auto kind = static_cast<MetadataKind>(o.id & 0xFF);
-      if (kind == MetadataKind::Journal) out.journal = true;
+      if (kind == MetadataKind::Journal) {
+        // One copy of two failing leaves the other standing in; both (now or
+        // earlier) leave nothing to replay from.
+        bool other_failed = !sb_.has_copies();
+        if (sb_.has_copies()) {
+          const bool second = o.offset_blocks >= kSecondCopyOffset;
+          const uint64_t other = second ? sb_.journal_start_block : sb_.journal_copy_start_block;
+          other_failed = bad_blocks_.first_overlap(Range{other, sb_.journal_blocks}).has_value() ||
+                         (first_block < other + sb_.journal_blocks && other < first_block + count);
+        }
+        out.journal = out.journal || other_failed;
+      }
       else if (kind == MetadataKind::Superblock) ++out.superblocks;
       else out.checkpoint = true;
     }

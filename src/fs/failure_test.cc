@@ -117,39 +117,71 @@ TEST_F(FailureTest, CheckpointMetadataOnAFailedBlockIsRewrittenFromMemory) {
   expect_clean();
 }
 
-TEST_F(FailureTest, AFailedJournalShutsDownAndTheDataStaysReadable) {
-  uint64_t journal = 0;
-  for (const auto& r : *fs_->fsmap(0, fs_->info().size_bytes)) {
-    if (r.owner == OwnerKind::Metadata && r.metadata_kind == MetadataKind::Journal) journal = r.device_offset_bytes;
+// The journal offsets of its two copies, from fsmap.
+std::vector<uint64_t> journal_copies(Filesystem& fs) {
+  std::vector<uint64_t> out;
+  for (const auto& r : *fs.fsmap(0, fs.info().size_bytes)) {
+    if (r.owner == OwnerKind::Metadata && r.metadata_kind == MetadataKind::Journal) out.push_back(r.device_offset_bytes);
   }
-  ASSERT_OK(device_->inject_poison(journal + 8192, 64));
-  auto r = device_->notify_failure(journal + 8192, 64, FailureFlags::None);
+  return out;
+}
+
+TEST_F(FailureTest, AFailedJournalCopyIsSurvivedAndBothCopiesShutDown) {
+  const std::vector<uint64_t> copies = journal_copies(*fs_);
+  ASSERT_EQ(copies.size(), 2u) << "format version 2 keeps two journal copies";
+  // Enough transactions that the journal's third block holds committed ones.
+  for (int i = 0; i < 200; ++i) ASSERT_OK(fs_->create("/f" + std::to_string(i)));
+  ASSERT_OK(device_->inject_poison(copies[0] + 8192, 64));
+  ASSERT_OK(device_->notify_failure(copies[0] + 8192, 64, FailureFlags::None));
+  ASSERT_OK(fs_->create("/after-one"));  // the other copy carries on
+  CheckReport report = fs_->check();
+  EXPECT_TRUE(report.clean()) << report.problems.front();
+  bool noted = false;
+  for (const auto& n : report.notes) noted |= n.find("journal copy 1") != std::string::npos;
+  EXPECT_TRUE(noted) << "check names the failed copy";
+  // A remount replays the transactions of the failed block from copy 2.
+  fs_.reset();
+  {
+    auto rw = Filesystem::mount(*device_);
+    ASSERT_OK(rw);
+    for (int i = 0; i < 200; ++i) ASSERT_OK((*rw)->lookup("/f" + std::to_string(i)));
+    ASSERT_OK((*rw)->lookup("/after-one"));
+    fs_ = std::move(*rw);
+  }
+  for (int i = 0; i < 200; ++i) ASSERT_OK(fs_->unlink("/f" + std::to_string(i)));
+  // Memory fails under the other copy too, elsewhere: nothing can be journaled.
+  ASSERT_OK(device_->inject_poison(copies[1] + 4096, 64));
+  auto r = device_->notify_failure(copies[1] + 4096, 64, FailureFlags::None);
   ASSERT_FALSE(r.has_value());
   EXPECT_NE(r.error().message.find("shut down"), std::string::npos);
   EXPECT_ERRNO(fs_->create("/after"), EIO);
   fs_.reset();
   auto rw = Filesystem::mount(*device_);
-  ASSERT_FALSE(rw.has_value()) << "a read-write mount on a failed journal is refused";
+  ASSERT_FALSE(rw.has_value()) << "a read-write mount on a journal failed in both copies is refused";
   MountOptions ro;
   ro.mode = MountMode::ReadOnly;
   auto fs = Filesystem::mount(*device_, ro);
   ASSERT_OK(fs);
   EXPECT_EQ(read_file(**fs, "/c"), std::string(8192, 'c')) << "everything committed is still there";
+  EXPECT_ERRNO((*fs)->lookup("/f7"), ENOENT);  // the unlinks replay past both failed blocks
 }
 
 TEST_F(FailureTest, OneRangedCallCoversAnyLength) {
-  // A failure of 32 MiB of free space: one call, one record.
-  uint64_t start = 24ull << 20;
-  ASSERT_OK(device_->notify_failure(start, 32ull << 20, FailureFlags::None));
-  EXPECT_EQ(fs_->check().bad_blocks, (32ull << 20) / 4096);
+  // A failure of 28 MiB of free space (between the checkpoint's second copy in
+  // the middle and the journal's at the end): one call, one record.
+  uint64_t start = 34ull << 20;
+  for (const auto& r : *fs_->fsmap(start, 28ull << 20)) ASSERT_EQ(r.owner, OwnerKind::Free);
+  ASSERT_OK(device_->notify_failure(start, 28ull << 20, FailureFlags::None));
+  EXPECT_EQ(fs_->check().bad_blocks, (28ull << 20) / 4096);
   int bad_records = 0;
-  for (const auto& r : *fs_->fsmap(start, 32ull << 20)) bad_records += r.owner == OwnerKind::Bad;
+  for (const auto& r : *fs_->fsmap(start, 28ull << 20)) bad_records += r.owner == OwnerKind::Bad;
   EXPECT_EQ(bad_records, 1);
   expect_clean();
 }
 
-// Every metadata kind on a failed block (I6): rewritten from memory (or, for the
-// journal, a clean shutdown), checker clean, no file data lost.
+// Every metadata kind on a failed block (I6): rewritten from memory (the
+// superblock and journal copies, which have fixed places: the other copy carries
+// on), checker clean, no file data lost.
 TEST(MetadataFailure, EveryKindIsRewrittenOrShutsDownCleanly) {
   for (MetadataKind kind : {MetadataKind::Superblock, MetadataKind::CheckpointRoot, MetadataKind::InodeTable,
                             MetadataKind::Directory, MetadataKind::ExtentMap, MetadataKind::BadRangeList,
@@ -174,25 +206,15 @@ TEST(MetadataFailure, EveryKindIsRewrittenOrShutsDownCleanly) {
       if (r.owner == OwnerKind::Metadata && r.metadata_kind == kind && at == UINT64_MAX) at = r.device_offset_bytes;
     }
     ASSERT_NE(at, UINT64_MAX) << "no block of this kind to fail";
-    auto told = device.notify_failure(at, 4096, FailureFlags::None);
-    if (kind == MetadataKind::Journal) {
-      ASSERT_FALSE(told.has_value());
-      EXPECT_ERRNO(fs->create("/after"), EIO);
-      fs.reset();
-      MountOptions ro;
-      ro.mode = MountMode::ReadOnly;
-      auto readable = Filesystem::mount(device, ro);
-      ASSERT_OK(readable);
-      EXPECT_EQ(read_file(**readable, "/d/a"), std::string(3 * 4096, 'a'));
-      continue;
-    }
-    ASSERT_OK(told);
+    ASSERT_OK(device.notify_failure(at, 4096, FailureFlags::None));
+    ASSERT_OK(fs->mkdir("/after"));
     bool recorded = false;
     for (const auto& r : *fs->fsmap(at, 4096)) {
       recorded |= r.owner == OwnerKind::Bad;
       // A superblock copy has a fixed place: the other copy carries on. Every
       // other structure is rewritten elsewhere.
-      if (kind != MetadataKind::Superblock) EXPECT_EQ(r.owner, OwnerKind::Bad) << "the structure moved away";
+      const bool fixed = kind == MetadataKind::Superblock || kind == MetadataKind::Journal;
+      if (!fixed) EXPECT_EQ(r.owner, OwnerKind::Bad) << "the structure moved away";
     }
     EXPECT_TRUE(recorded);
     EXPECT_TRUE(fs->check().clean());
@@ -200,6 +222,7 @@ TEST(MetadataFailure, EveryKindIsRewrittenOrShutsDownCleanly) {
     fs = *Filesystem::mount(device);
     EXPECT_EQ(read_file(*fs, "/d/a"), std::string(3 * 4096, 'a'));
     EXPECT_EQ(read_file(*fs, "/b"), std::string(4096, 'b'));
+    ASSERT_OK(fs->lookup("/after"));
     CheckReport report = fs->check();
     for (const auto& p : report.problems) ADD_FAILURE() << p;
   }

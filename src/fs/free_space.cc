@@ -61,6 +61,17 @@ DevRun FreeSpace::take(uint64_t from, uint64_t count) {
   return DevRun{DevBlock(from), count};
 }
 
+std::optional<DevBlock> FreeSpace::free_block_from(DevBlock at) const {
+  if (by_start_.empty()) return std::nullopt;
+  auto it = by_start_.upper_bound(at.value());
+  if (it != by_start_.begin()) {
+    auto before = std::prev(it);
+    if (at.value() < before->first + before->second) return at;
+  }
+  if (it == by_start_.end()) it = by_start_.begin();
+  return DevBlock(it->first);
+}
+
 std::optional<DevRun> FreeSpace::allocate(uint64_t want, std::optional<DevBlock> hint) {
   POISE_ASSERT(want > 0);
   if (by_start_.empty()) return std::nullopt;

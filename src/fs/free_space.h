@@ -42,6 +42,9 @@ class FreeSpace {
   // Up to `want` blocks (at least one), or nothing when no block is free.
   std::optional<DevRun> allocate(uint64_t want, std::optional<DevBlock> hint);
 
+  // The first free block at or after `at` (wrapping to the first free block).
+  std::optional<DevBlock> free_block_from(DevBlock at) const;
+
   uint64_t free_blocks() const { return free_blocks_; }
   uint64_t run_count() const { return by_start_.size(); }
   bool is_free(DevRun run) const;

@@ -279,16 +279,24 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // The directory tree after load: every directory reachable from the root
   // through its one name (no cycle), link counts that match the names.
   Result<void> verify_tree() const;
-  // Checkpoint blocks that `extents` more extent records may need.
-  static uint64_t checkpoint_blocks_for_extents(uint64_t extents);
+  // Checkpoint blocks (in every copy) that `extents` more extent records may need.
+  uint64_t checkpoint_blocks_for_extents(uint64_t extents) const;
   Result<void> load_checkpoint(const format::SuperblockInfo& sb);
   // Derives ownership and free space from the superblocks, journal, checkpoint
   // and every extent map; EUCLEAN if a file claims metadata blocks.
   Result<void> rebuild_space(OwnershipMap* ownership, FreeSpace* free) const;
-  void add_checkpoint_owners(const format::CheckpointRootInfo& root, uint64_t root_block,
+  // `copy` 0 or 1: which of the two copies (their owners differ by kSecondCopyOffset).
+  void add_checkpoint_owners(const format::CheckpointRootInfo& root, uint64_t root_block, uint32_t copy,
                              OwnershipMap* ownership) const;
+  // Both copies of the current checkpoint, as claims (those whose root was read).
+  void checkpoint_claims(std::vector<Claim>* claims) const;
   Result<void> read_block(uint64_t block, std::byte* out) const;
-  Result<void> write_superblocks(uint64_t root_block, uint64_t generation);
+  Result<void> write_superblocks(uint64_t root_block, uint64_t copy_root_block, uint64_t generation);
+  // Copies of metadata this filesystem keeps: 2 from format version 2, 1 before.
+  uint32_t metadata_copies() const { return sb_.has_copies() ? 2 : 1; }
+  // Version 1 to 2: places the journal's second copy in free space, after which
+  // the caller's checkpoint writes both copies and a version 2 superblock.
+  Result<void> add_second_copies();
 
   Device& device_;
   MountOptions options_;
@@ -299,6 +307,11 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   std::unique_ptr<Journal> journal_;
   format::CheckpointRootInfo checkpoint_;  // the current checkpoint's sections
   uint64_t checkpoint_root_block_ = 0;
+  // Its second copy (version 2); generation 0 when there is none or its root
+  // could not be read at mount.
+  format::CheckpointRootInfo checkpoint_copy_;
+  uint64_t checkpoint_copy_root_block_ = 0;
+  std::vector<std::string> copy_notes_;  // damaged copies met at mount, for check(); a checkpoint rewrites them
   std::vector<std::string> superblock_notes_;  // a stale or damaged copy, for check(); a checkpoint repairs it
   std::vector<std::string> mount_notes_;       // what this mount found and left as it is (a journal gap)
   uint64_t data_start_ = 0;                // first block after the journal

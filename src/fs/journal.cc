@@ -6,44 +6,114 @@
 
 namespace poise {
 
-Journal::Journal(Device& device, uint64_t start_block, uint64_t blocks)
-    : device_(device), base_offset_(start_block * kBlockSize), capacity_(blocks * kBlockSize) {
+Journal::Journal(Device& device, uint64_t start_block, uint64_t blocks, uint64_t copy_start_block)
+    : device_(device),
+      base_offset_(start_block * kBlockSize),
+      capacity_(blocks * kBlockSize),
+      copy_offset_(copy_start_block * kBlockSize) {
   POISE_ASSERT(base_offset_ + capacity_ <= device.size_bytes());
+  POISE_ASSERT(copy_offset_ + capacity_ <= device.size_bytes());
+}
+
+void Journal::store(uint64_t offset, const void* src, uint64_t length) {
+  for (uint64_t base : {base_offset_, copy_offset_}) {
+    if (base == 0) continue;
+    if (src != nullptr) device_.write(base + offset, src, length);
+    else device_.fill(base + offset, 0, length);
+  }
+}
+
+Result<void> Journal::sync_copies(uint64_t offset, uint64_t length) {
+  TRY(device_.sync_range(base_offset_ + offset, length));
+  if (copy_offset_ != 0) TRY(device_.sync_range(copy_offset_ + offset, length));
+  return {};
 }
 
 Result<uint64_t> Journal::replay(uint64_t generation,
                                  const std::function<Result<void>(const format::DecodedTx&)>& apply,
-                                 uint64_t readable_bytes, std::string* gap_note) {
+                                 const ReplayOptions& options) {
   std::lock_guard lock(mutex_);
   generation_ = generation;
   next_lsn_ = 1;
   write_offset_ = 0;
   uint64_t replayed = 0;
-  const uint64_t readable = std::min(readable_bytes, capacity_);
-  const std::byte* region = device_.data() + base_offset_;
+  struct Copy {
+    const std::byte* region;
+    const std::vector<std::pair<uint64_t, uint64_t>>& failed;
+    // How far the copy can be read from `at` on: to the next failed range (at
+    // itself inside one).
+    uint64_t readable_from(uint64_t at, uint64_t capacity) const {
+      uint64_t end = capacity;
+      for (const auto& [s, e] : failed) {
+        if (s <= at && at < e) return at;
+        if (s > at) end = std::min(end, s);
+      }
+      return end;
+    }
+  };
+  std::vector<Copy> copies{{device_.data() + base_offset_, options.failed[0]}};
+  if (copy_offset_ != 0) copies.push_back({device_.data() + copy_offset_, options.failed[1]});
   // Bounded: every transaction advances by at least 64 bytes within the region.
   while (write_offset_ < capacity_) {
-    auto tx = format::decode_tx(region, readable, write_offset_, generation, next_lsn_);
+    Result<format::DecodedTx> tx = fail(ENODATA, "no copy");
+    std::string why_bad;
+    bool some_copy_readable = false;  // a copy whose failed memory the log does not reach here
+    for (size_t c = 0; c < copies.size(); ++c) {
+      const Copy& copy = copies[c];
+      const uint64_t readable = copy.readable_from(write_offset_, capacity_);
+      auto got = format::decode_tx(copy.region, readable, write_offset_, generation, next_lsn_);
+      if (got.has_value()) {
+        if (c > 0 && options.copy_notes != nullptr) {
+          options.copy_notes->push_back("journal transaction " + std::to_string(next_lsn_) + " at byte " +
+                                        std::to_string(write_offset_) + " was read from copy 2: copy 1 " +
+                                        why_bad);
+        }
+        tx = std::move(got);
+        break;
+      }
+      const bool blocked = readable < capacity_ &&
+                           format::tx_may_reach(copy.region, readable, write_offset_, generation, next_lsn_);
+      some_copy_readable = some_copy_readable || !blocked;
+      if (got.error().code != ENODATA) {
+        if (!tx.has_value() && tx.error().code == ENODATA) tx = Unexpected<Error>(got.error());
+      }
+      if (c == 0) why_bad = blocked ? "lies on failed memory" : "is bad (" + got.error().message + ")";
+    }
     if (!tx.has_value()) {
       if (tx.error().code != ENODATA) return Unexpected<Error>(std::move(tx).error());
-      if (readable < capacity_ && format::tx_may_reach(region, readable, write_offset_, generation, next_lsn_)) {
-        return fail(EIO, "journal memory failed at byte " + std::to_string(readable) + " of the journal; " +
-                             "transactions from " + std::to_string(next_lsn_) + " on cannot be read");
+      if (!some_copy_readable) {
+        return fail(EIO, "journal memory failed in every copy where transaction " + std::to_string(next_lsn_) +
+                             " (byte " + std::to_string(write_offset_) + " of the journal) may lie; it and the "
+                             "ones after it cannot be read");
       }
       // The end of the log, unless a valid later transaction shows it was not.
-      if (auto later = format::find_later_tx(region, readable, write_offset_, generation, next_lsn_ + 1)) {
-        if (gap_note != nullptr) {
-          *gap_note = "journal transactions from " + std::to_string(next_lsn_) + " on were not applied: " +
-                      "transaction " + std::to_string(next_lsn_) + " is torn (" + tx.error().message +
-                      ") while transaction " + std::to_string(later->lsn) + " follows; on an emulated device " +
-                      "this is a machine crash before a sync (the page cache wrote back out of order), or damage";
+      // Searched in every stretch of every copy that can be read.
+      std::optional<format::TxLocation> later;
+      for (const Copy& copy : copies) {
+        for (uint64_t from = write_offset_; !later && from < capacity_;) {
+          const uint64_t end = copy.readable_from(from, capacity_);
+          if (end > from) {
+            const uint64_t before = from == write_offset_ ? from : from - format::kTxAlign;  // the search starts past it
+            later = format::find_later_tx(copy.region, end, before, generation, next_lsn_ + 1);
+            from = end;
+          } else {
+            from += format::kTxAlign;  // inside failed memory: step over it
+          }
+        }
+      }
+      if (later) {
+        if (options.gap_note != nullptr) {
+          *options.gap_note = "journal transactions from " + std::to_string(next_lsn_) + " on were not applied: " +
+                              "transaction " + std::to_string(next_lsn_) + " is torn in every copy while " +
+                              "transaction " + std::to_string(later->lsn) + " follows; on an emulated device " +
+                              "this is a machine crash before a sync (the page cache wrote back out of order), " +
+                              "or damage";
           break;
         }
         return fail(EUCLEAN, "journal transaction " + std::to_string(next_lsn_) + " at byte " +
-                                 std::to_string(write_offset_) + " is damaged (" + tx.error().message +
-                                 ") but transaction " + std::to_string(later->lsn) + " at byte " +
-                                 std::to_string(later->offset) + " follows it: replaying only the ones "
-                                 "before would lose acknowledged work");
+                                 std::to_string(write_offset_) + " is damaged in every copy but transaction " +
+                                 std::to_string(later->lsn) + " at byte " + std::to_string(later->offset) +
+                                 " follows it: replaying only the ones before would lose acknowledged work");
       }
       break;
     }
@@ -58,8 +128,8 @@ Result<uint64_t> Journal::replay(uint64_t generation,
 
 Result<void> Journal::erase_tail() {
   std::lock_guard lock(mutex_);
-  device_.fill(base_offset_ + write_offset_, 0, capacity_ - write_offset_);
-  return device_.sync_range(base_offset_ + write_offset_, capacity_ - write_offset_);
+  store(write_offset_, nullptr, capacity_ - write_offset_);
+  return sync_copies(write_offset_, capacity_ - write_offset_);
 }
 
 void Journal::reset(uint64_t generation) {
@@ -92,7 +162,7 @@ uint64_t Journal::commit(const format::TxEncoder& tx, uint64_t reserved_bytes, W
   POISE_ASSERT(write_offset_ + tx.sealed_bytes() <= capacity_);
   uint64_t lsn = next_lsn_++;
   tx.seal(generation_, lsn, write_offset_, &image_);
-  device_.write(base_offset_ + write_offset_, image_.data(), image_.size());
+  store(write_offset_, image_.data(), image_.size());
   write_offset_ += image_.size();
   reserved_ -= reserved_bytes;
   device_.drain();
@@ -100,7 +170,7 @@ uint64_t Journal::commit(const format::TxEncoder& tx, uint64_t reserved_bytes, W
     // A failed write-back is the host's I/O error, reported by the next sync/fsync
     // as well; the transaction itself is in the page cache and replays after a
     // process crash.
-    (void)device_.sync_range(base_offset_, write_offset_);
+    (void)sync_copies(0, write_offset_);
   }
   durable_lsn_ = lsn;
   return lsn;

@@ -1,4 +1,8 @@
 // Journal: appends sealed transactions to the journal region and replays them.
+// Version 2 keeps two copies of the region (the second anywhere on the device):
+// every transaction is stored into both at the same offset, and replay takes each
+// transaction from the first copy where it verifies, so one bad block in either
+// copy loses nothing.
 //
 // Each commit stores the transaction and fences, so a committed operation is
 // durable when it returns and a crash can tear at most the last transaction:
@@ -23,21 +27,34 @@ namespace poise {
 
 class Journal {
  public:
-  Journal(Device& device, uint64_t start_block, uint64_t blocks);
+  // `copy_start_block` is the second copy (0: none, a version 1 image).
+  Journal(Device& device, uint64_t start_block, uint64_t blocks, uint64_t copy_start_block = 0);
 
+  uint32_t copies() const { return copy_offset_ != 0 ? 2 : 1; }
+
+  struct ReplayOptions {
+    // Per copy, the byte ranges of the region whose memory failed (start, end):
+    // nothing in them is read, and a transaction is taken from a copy only if
+    // none of it lies there.
+    std::vector<std::pair<uint64_t, uint64_t>> failed[2];
+    // An emulated device: see replay().
+    std::string* gap_note = nullptr;
+    // Told of each transaction a copy could not give (taken from the other one).
+    std::vector<std::string>* copy_notes = nullptr;
+  };
   // Reads transactions of `generation` from the start of the region, in order,
-  // handing each to `apply`, and positions the journal after the last one.
-  // Only the last transaction may be torn: EUCLEAN if a bad transaction is
-  // followed by a valid later one (acknowledged work would be dropped), or if a
-  // checksummed transaction is malformed. Reads no byte at or past
-  // `readable_bytes` (where failed memory begins): EIO if the log reaches there.
-  // With `gap_note` (an emulated device, whose page cache may write back a later
-  // transaction and lose an earlier one in a machine crash before a sync), a bad
-  // transaction followed by valid ones ends the log instead, and *gap_note says
-  // what was not applied. Returns the number replayed.
+  // handing each to `apply`, and positions the journal after the last one. Each
+  // transaction comes from the first copy where it verifies.
+  // Only the last transaction may be torn: EUCLEAN if a transaction bad in every
+  // copy is followed by a valid later one (acknowledged work would be dropped),
+  // or if a checksummed transaction is malformed. EIO if the log reaches failed
+  // memory in every copy. With `gap_note` (an emulated device, whose page cache
+  // may write back a later transaction and lose an earlier one in a machine
+  // crash before a sync), a bad transaction followed by valid ones ends the log
+  // instead, and *gap_note says what was not applied. Returns the number replayed.
   Result<uint64_t> replay(uint64_t generation,
                           const std::function<Result<void>(const format::DecodedTx&)>& apply,
-                          uint64_t readable_bytes = UINT64_MAX, std::string* gap_note = nullptr);
+                          const ReplayOptions& options);
 
   // Zeroes the region past the last replayed transaction: after a gap, the
   // transactions beyond it must never be replayed once new ones are written.
@@ -70,9 +87,14 @@ class Journal {
   uint64_t capacity_bytes() const { return capacity_; }
 
  private:
+  // Stores (or zeroes, src == nullptr) [offset, +length) of the region in every copy.
+  void store(uint64_t offset, const void* src, uint64_t length);
+  Result<void> sync_copies(uint64_t offset, uint64_t length);
+
   Device& device_;
   const uint64_t base_offset_;
   const uint64_t capacity_;
+  const uint64_t copy_offset_;  // device byte of the second copy; 0: none
   mutable std::mutex mutex_;
   uint64_t generation_ = 0;
   uint64_t next_lsn_ = 1;

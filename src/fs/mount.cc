@@ -73,8 +73,12 @@ Result<void> FsImpl::format_new(const FormatOptions& options) {
     return fail(EINVAL, "journal of " + std::to_string(journal_blocks) + " blocks does not fit 1 MiB..64 MiB "
                         "and a quarter of the device");
   }
+  const uint32_t version = options.format_version != 0 ? options.format_version : format::kFormatVersion;
+  if (version != format::kFormatVersion && version != format::kFormatVersionSingleCopy) {
+    return fail(EINVAL, "format version " + std::to_string(version) + " cannot be written");
+  }
   sb_ = format::SuperblockInfo{};
-  sb_.version = format::kFormatVersion;
+  sb_.version = version;
   sb_.size_blocks = blocks;
   sb_.feature_incompat = format::kIncompatReflink;
   fill_random(sb_.uuid.data(), sb_.uuid.size());
@@ -83,9 +87,13 @@ Result<void> FsImpl::format_new(const FormatOptions& options) {
   sb_.created_ns = now();
   data_start_ = 1 + journal_blocks;
   data_end_ = blocks - 1;
-  // A zeroed journal: nothing left by an earlier filesystem can replay.
+  if (version == format::kFormatVersion) {
+    sb_.journal_copy_start_block = format::default_journal_copy_block(blocks, journal_blocks);
+  }
+  // Zeroed journals: nothing left by an earlier filesystem can replay.
   device_.fill(kBlockSize, 0, journal_blocks * kBlockSize);
-  journal_ = std::make_unique<Journal>(device_, 1, journal_blocks);
+  if (sb_.has_copies()) device_.fill(sb_.journal_copy_start_block * kBlockSize, 0, journal_blocks * kBlockSize);
+  journal_ = std::make_unique<Journal>(device_, 1, journal_blocks, sb_.journal_copy_start_block);
   int64_t t = now();
   format::InodeCore root{kRootInode.value(), format::kModeDirectory | 0755, 2, options_.uid, options_.gid, 0, t, t, t};
   TRY(apply(root, {}));
@@ -95,10 +103,12 @@ Result<void> FsImpl::format_new(const FormatOptions& options) {
   for (const BadRange& b : TRY(device_.bad_ranges())) {
     DevRun run = blocks_covering(b.offset_bytes, b.length_bytes, blocks);
     if (run.count == 0) continue;
-    if (run.start.value() < data_start_ || run.end().value() > data_end_) {
+    const bool in_copy = sb_.has_copies() && run.end().value() > sb_.journal_copy_start_block &&
+                         run.start.value() < sb_.journal_copy_start_block + journal_blocks;
+    if (run.start.value() < data_start_ || run.end().value() > data_end_ || in_copy) {
       return fail(EIO, "device bytes " + std::to_string(b.offset_bytes) + ".." +
                            std::to_string(b.offset_bytes + b.length_bytes) +
-                           " are bad and overlap the superblock or journal; cannot format this device");
+                           " are bad and overlap a superblock or journal; cannot format this device");
     }
     bad_blocks_.add(Range{run.start.value(), run.count});
   }
@@ -160,33 +170,57 @@ Result<void> FsImpl::load() {
   }
   data_start_ = sb_.journal_start_block + sb_.journal_blocks;
   data_end_ = format::secondary_superblock_block(sb_.size_blocks);
-  journal_ = std::make_unique<Journal>(device_, sb_.journal_start_block, sb_.journal_blocks);
+  journal_ = std::make_unique<Journal>(device_, sb_.journal_start_block, sb_.journal_blocks,
+                                       sb_.journal_copy_start_block);
 
   // Failed journal memory is never read (a real machine check would kill us):
-  // replay stops where it begins. A read-write mount refuses such a journal.
-  const uint64_t journal_offset = sb_.journal_start_block * kBlockSize;
+  // replay takes every transaction from a copy where none of it lies on failed
+  // memory. A read-write mount refuses a journal with failed memory in every copy.
+  Journal::ReplayOptions replay_options;
+  std::vector<std::string> journal_copy_notes;
+  replay_options.copy_notes = &journal_copy_notes;
   const uint64_t journal_bytes = sb_.journal_blocks * kBlockSize;
-  uint64_t journal_readable = journal_bytes;
-  for (const BadRange& b : TRY(device_.bad_ranges())) {
-    if (b.offset_bytes >= journal_offset + journal_bytes || b.offset_bytes + b.length_bytes <= journal_offset) continue;
-    journal_readable = std::min(journal_readable, b.offset_bytes > journal_offset ? b.offset_bytes - journal_offset : 0);
+  const auto device_bad = TRY(device_.bad_ranges());
+  uint32_t failed_copies = 0;
+  uint64_t first_failed = 0;
+  for (uint32_t c = 0; c < journal_->copies(); ++c) {
+    const uint64_t journal_offset = (c == 0 ? sb_.journal_start_block : sb_.journal_copy_start_block) * kBlockSize;
+    auto& failed = replay_options.failed[c];
+    for (const BadRange& b : device_bad) {
+      const uint64_t s = std::max(b.offset_bytes, journal_offset);
+      const uint64_t e = std::min(b.offset_bytes + b.length_bytes, journal_offset + journal_bytes);
+      if (s >= e) continue;
+      // Whole blocks, as the filesystem fences them.
+      failed.emplace_back((s - journal_offset) / kBlockSize * kBlockSize,
+                          std::min(journal_bytes, ceil_blocks(e - journal_offset) * kBlockSize));
+    }
+    if (failed.empty()) continue;
+    if (failed_copies++ == 0) first_failed = journal_offset + failed.front().first;
   }
-  if (journal_readable < journal_bytes && options_.mode == MountMode::ReadWrite) {
-    return fail(EIO, "the journal's memory failed at device byte " + std::to_string(journal_offset + journal_readable) +
-                         "; mount read-only to copy the data out");
+  if (failed_copies == journal_->copies() && options_.mode == MountMode::ReadWrite) {
+    return fail(EIO, "the journal's memory failed (in every copy; first at device byte " +
+                         std::to_string(first_failed) + "); mount read-only to copy the data out");
   }
   replaying_ = true;
   std::string gap_note;
   TRY(load_checkpoint(sb_));
+  if (device_.domain() == PersistenceDomain::PageCache) replay_options.gap_note = &gap_note;
   uint64_t replayed = TRY(journal_->replay(
-      checkpoint_.generation,
+      sb_.checkpoint_generation,
       [&](const format::DecodedTx& tx) -> Result<void> {
         for (const auto& record : tx.records) TRY(apply(record, {}));
         return {};
       },
-      journal_readable, device_.domain() == PersistenceDomain::PageCache ? &gap_note : nullptr));
+      replay_options));
   mount_notes_.clear();
   if (!gap_note.empty()) mount_notes_.push_back(gap_note);  // kept for check(): no checkpoint clears it
+  constexpr size_t kCopyNotesMax = 8;
+  if (journal_copy_notes.size() > kCopyNotesMax) {
+    const size_t more = journal_copy_notes.size() - kCopyNotesMax;
+    journal_copy_notes.resize(kCopyNotesMax);
+    journal_copy_notes.push_back("... and " + std::to_string(more) + " more journal transactions read from copy 2");
+  }
+  copy_notes_.insert(copy_notes_.end(), journal_copy_notes.begin(), journal_copy_notes.end());
   replaying_ = false;
   // A tree that checksums cannot vouch for (a cycle, a directory with two names,
   // a link count below the names) would hang rename or free a named file: a
@@ -215,10 +249,14 @@ Result<void> FsImpl::load() {
   device_.set_poison_listener(mappings_.get());
   holder_registered_ = true;
   TRY(take_in_device_bad_ranges());  // flow 2: before the mount completes
-  if (auto lost = bad_overlap(DevBlock(sb_.journal_start_block), sb_.journal_blocks)) {
-    mounted_ = false;
-    return fail(EIO, "the journal's memory failed at device block " + std::to_string(lost->start.value()) +
-                         "; mount read-only to copy the data out");
+  {
+    auto lost = bad_overlap(DevBlock(sb_.journal_start_block), sb_.journal_blocks);
+    if (lost && sb_.has_copies()) lost = bad_overlap(DevBlock(sb_.journal_copy_start_block), sb_.journal_blocks);
+    if (lost) {
+      mounted_ = false;
+      return fail(EIO, "the journal's memory failed (in every copy) at device block " +
+                           std::to_string(lost->start.value()) + "; mount read-only to copy the data out");
+    }
   }
 
   // Files unlinked while open when the filesystem last stopped: free them now.
@@ -238,12 +276,25 @@ Result<void> FsImpl::load() {
     commit(*op, records, {orphan.get()});
   }
   // The replayed journal simply goes on (its transactions stay until the next
-  // checkpoint), so a mount never needs free space. A damaged superblock copy is
-  // rewritten by a checkpoint when there is room; until then the note stays.
+  // checkpoint), so a mount never needs free space. A damaged superblock or
+  // checkpoint copy is rewritten by a checkpoint when there is room; until then
+  // the note stays. A version 1 image gains its second copies the same way.
   (void)replayed;
-  if (!superblock_notes_.empty()) {
+  if (!sb_.has_copies() && options_.upgrade_format) {
+    if (auto added = add_second_copies(); !added.has_value()) {
+      if (added.error().code != ENOSPC) return added;
+      mount_notes_.push_back("format version 1 (one copy of the metadata) kept: " + added.error().message);
+    }
+  }
+  if (!superblock_notes_.empty() || !copy_notes_.empty()) {
+    std::vector<std::string> repaired = superblock_notes_;
+    repaired.insert(repaired.end(), copy_notes_.begin(), copy_notes_.end());
     std::unique_lock quiet(gate_);
-    if (auto written = write_checkpoint(); !written.has_value() && written.error().code != ENOSPC) return written;
+    auto written = write_checkpoint();
+    if (!written.has_value() && written.error().code != ENOSPC) return written;
+    if (written.has_value()) {  // check() still says what this mount found and rewrote
+      for (const std::string& note : repaired) mount_notes_.push_back(note + " [rewritten at mount]");
+    }
   }
   return {};
 }
@@ -296,6 +347,49 @@ Result<void> FsImpl::verify_tree() const {
     }
   }
   return {};
+}
+
+Result<void> FsImpl::add_second_copies() {
+  // The journal's second copy: journal_blocks contiguous free blocks, from the
+  // end of the device if they are free there.
+  const uint64_t want = sb_.journal_blocks;
+  std::optional<DevRun> run;
+  {
+    std::lock_guard lock(space_mutex_);
+    if (available_blocks_locked() < want + 2 * checkpoint_reserve_blocks()) {
+      return fail(ENOSPC, "adding the second metadata copies needs " +
+                              std::to_string(want + 2 * checkpoint_reserve_blocks()) + " free blocks");
+    }
+    run = free_.allocate(want, free_.free_block_from(DevBlock(format::default_journal_copy_block(sb_.size_blocks, want))));
+    if (run && run->count < want) {
+      free_.add(*run);
+      run = free_.allocate(want, std::nullopt);
+    }
+    if (!run || run->count < want) {
+      if (run) free_.add(*run);
+      return fail(ENOSPC, "the second journal copy needs " + std::to_string(want) + " contiguous free blocks");
+    }
+  }
+  device_.fill(run->start.value() * kBlockSize, 0, want * kBlockSize);
+  TRY(device_.sync_range(run->start.value() * kBlockSize, want * kBlockSize));
+  auto single = std::move(journal_);
+  journal_ = std::make_unique<Journal>(device_, sb_.journal_start_block, want, run->start.value());
+  sb_.journal_copy_start_block = run->start.value();
+  {
+    std::lock_guard lock(space_mutex_);
+    ownership_.add(*run, metadata_owner(MetadataKind::Journal, kSecondCopyOffset));
+  }
+  std::unique_lock quiet(gate_);
+  auto written = write_checkpoint();  // both copies, and a version 2 superblock
+  if (!written.has_value() && mounted_) {  // not switched: still version 1, as before
+    sb_.journal_copy_start_block = 0;
+    journal_ = std::move(single);
+    std::lock_guard lock(space_mutex_);
+    std::vector<DevRun> orphaned;
+    ownership_.remove(*run, metadata_owner(MetadataKind::Journal, kSecondCopyOffset), &orphaned);
+    for (const DevRun& r : orphaned) free_.add(r);
+  }
+  return written;
 }
 
 bool FsImpl::journal_wants_checkpoint() const {

@@ -44,6 +44,8 @@ struct Owner {
 };
 
 inline Owner file_owner(InodeNumber ino, FileBlock at) { return Owner{ino.value(), at.value()}; }
+// The second copy of a metadata structure: its owners' offsets start here.
+inline constexpr uint64_t kSecondCopyOffset = 1ull << 40;
 inline Owner metadata_owner(MetadataKind kind, uint64_t offset_blocks = 0) {
   return Owner{kMetadataOwnerBit | static_cast<uint64_t>(kind), offset_blocks};
 }

@@ -6,6 +6,7 @@
 
 namespace poise {
 
+// Every copy of the checkpoint (two from format version 2) is written in full.
 uint64_t FsImpl::checkpoint_reserve_blocks() const {
   using format::kSectionPayloadBytes;
   auto blocks = [](uint64_t bytes, uint64_t per_block) { return (bytes + per_block - 1) / per_block; };
@@ -14,13 +15,13 @@ uint64_t FsImpl::checkpoint_reserve_blocks() const {
   // longest entry's bytes unused, so count each block as holding that much less.
   const uint64_t dirent_block_bytes = kSectionPayloadBytes - format::dirent_bytes(format::kNameBytesMax);
   constexpr uint64_t kMarginBlocks = 16;  // partial blocks, the root, growth during a checkpoint
-  return blocks(inode_count_.load() * sizeof(format::DiskInode), kSectionPayloadBytes) +
+  return metadata_copies() * (blocks(inode_count_.load() * sizeof(format::DiskInode), kSectionPayloadBytes) +
          blocks(extent_count_.load() * sizeof(format::DiskExtent), kSectionPayloadBytes) +
-         blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load(), dirent_block_bytes) + kMarginBlocks;
+         blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load(), dirent_block_bytes) + kMarginBlocks);
 }
 
-uint64_t FsImpl::checkpoint_blocks_for_extents(uint64_t extents) {
-  return 1 + extents * sizeof(format::DiskExtent) / format::kSectionPayloadBytes;
+uint64_t FsImpl::checkpoint_blocks_for_extents(uint64_t extents) const {
+  return metadata_copies() * (1 + extents * sizeof(format::DiskExtent) / format::kSectionPayloadBytes);
 }
 
 // A checkpoint is written beside the current one, which is freed only after:
