@@ -82,6 +82,18 @@ struct CheckReport {
   bool clean() const { return problems.empty(); }
 };
 
+struct RepairOptions {
+  // Repair a private copy-on-write view of the device and report what would
+  // change; the device itself is not written.
+  bool dry_run = false;
+};
+
+struct RepairReport {
+  std::vector<std::string> changes;   // every change made (with dry_run: that would be made)
+  std::vector<std::string> problems;  // what check still finds afterwards; empty: clean
+  bool clean() const { return problems.empty(); }
+};
+
 // An open regular file. It keeps the file alive after its last name is unlinked;
 // the blocks are freed when the last File closes.
 class File {
@@ -118,6 +130,17 @@ class Filesystem {
                                                    const MountOptions& options = {});
   // Verifies an unmounted device without writing to it.
   static Result<CheckReport> check_device(Device& device);
+
+  // Offline repair of an unmounted image, in the spirit of xfs_repair and
+  // e2fsck -y: damaged copies of metadata are rewritten from the good ones;
+  // records that name missing inodes are dropped; directories cut off from the
+  // root (a cycle) and files with no name move to /lost+found; link counts are
+  // set to the names; blocks two files claim without a refcount record are kept
+  // as copy-on-write sharing; written blocks past a file's end are unmapped;
+  // journal transactions past damage in mid-log are reported with the inodes
+  // they touched. Then a new checkpoint is written. Fails (nothing written)
+  // where the image cannot be read at all.
+  static Result<RepairReport> repair(Device& device, const RepairOptions& options = {});
   // Whether either superblock copy carries poise's magic, valid or not: a device
   // that held a filesystem whose primary superblock is damaged still answers yes.
   static bool holds_filesystem(const Device& device);

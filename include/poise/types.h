@@ -76,6 +76,7 @@ enum class MetadataKind : uint8_t {
   Directory = 5,
   ExtentMap = 6,
   BadRangeList = 7,
+  RefcountList = 8,
 };
 
 const char* to_string(OwnerKind kind);

@@ -1,5 +1,5 @@
-// Commands that change an image: mkfs, mkdir, rm, mv, ln, reflink, truncate
-// (put, which imports files, is in commands_put.cc).
+// Commands that change an image: mkfs, mkdir, rm, mv, ln, reflink, truncate,
+// repair (put, which imports files, is in commands_put.cc).
 #include <fmt/format.h>
 
 #include <fcntl.h>
@@ -14,6 +14,7 @@
 
 #include "cli/cli.h"
 #include "cli/exit_codes.h"
+#include "cli/json_text.h"
 #include "cli/sizes.h"
 
 namespace poise::cli {
@@ -24,6 +25,7 @@ namespace {
 struct Args {
   std::string image, a, b, size, journal;
   bool flag = false;
+  bool json = false;
 };
 
 int with_fs(const Args& args, const std::function<int(Filesystem&)>& fn) {
@@ -201,6 +203,34 @@ int reflink_cmd(Filesystem& fs, const std::string& src, const std::string& dst) 
   return report("reflink", r.error());
 }
 
+int repair(const Args& a) {
+  const bool dry_run = a.flag;
+  OpenDeviceOptions options;
+  if (dry_run) options.access = DeviceAccess::ReadOnly;  // the repair runs on a private view
+  auto device = open_device(a.image, options);
+  if (!device.has_value()) return report("repair", device.error());
+  RepairOptions repair_options;
+  repair_options.dry_run = dry_run;
+  auto result = Filesystem::repair(**device, repair_options);
+  if (!result.has_value()) return report("repair " + a.image, result.error());
+  const RepairReport& r = *result;
+  if (a.json) {
+    fmt::print("{}\n", json_text(nlohmann::json{{"dry_run", dry_run}, {"changes", r.changes}, {"problems", r.problems},
+                                       {"clean", r.clean()}}));
+  } else {
+    for (const auto& c : r.changes) fmt::print("{}: {}\n", dry_run ? "would fix" : "fixed", c);
+    for (const auto& p : r.problems) fmt::print("problem left: {}\n", p);
+    if (r.changes.empty() && r.clean()) {
+      fmt::print("nothing to repair: the image is clean\n");
+    } else {
+      fmt::print("{} {}; {}\n", r.changes.size(), r.changes.size() == 1 ? "change" : "changes",
+                 r.clean() ? (dry_run ? "clean after a repair" : "clean now")
+                           : fmt::format("{} problems left", r.problems.size()));
+    }
+  }
+  return r.clean() ? kExitOk : kExitCorrupt;
+}
+
 template <class F>
 CLI::App* command(CLI::App& app, const char* name, const char* help, std::function<int()>* run,
                   std::shared_ptr<Args> args, F body) {
@@ -272,6 +302,14 @@ void add_modify_commands(CLI::App& app, std::function<int()>* run) {
   truncate_cmd->add_option("IMAGE", args->image)->required();
   truncate_cmd->add_option("PATH", args->a)->required()->check(kNonEmptyPath);
   truncate_cmd->add_option("SIZE", args->size, "New size: bytes, or 4K, 10M ...")->required();
+
+  auto* repair_cmd = command(app, "repair",
+                             "Repair an unmounted image: rewrite damaged metadata copies, drop what cannot be "
+                             "applied, move cut-off files to /lost+found, fix link counts (exit 5 if problems remain)",
+                             run, args, repair);
+  repair_cmd->add_option("IMAGE", args->image, "Image file or /dev/daxX.Y")->required();
+  repair_cmd->add_flag("-n,--dry-run", args->flag, "Only report what would change; write nothing");
+  repair_cmd->add_flag("--json", args->json, "Machine-readable output");
 }
 
 }  // namespace poise::cli

@@ -49,6 +49,22 @@ std::unique_ptr<MemoryDevice> MemoryDevice::copy_of(const std::byte* image, uint
   return device;
 }
 
+Result<std::unique_ptr<MemoryDevice>> MemoryDevice::private_view_of(const Device& device) {
+  const uint64_t size = device.size_bytes();
+  std::unique_ptr<MemoryDevice> view;
+  if (device.map_fd() >= 0) {
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, device.map_fd(), 0);
+    if (p != MAP_FAILED) {
+      view.reset(new MemoryDevice(Adopt{}, static_cast<std::byte*>(p), size));
+      keep_from_children(view->base_, size);
+    }
+  }
+  if (view == nullptr) view = copy_of(device.data(), size);
+  view->domain_ = device.domain();
+  for (const BadRange& b : TRY(device.bad_ranges())) TRY(view->inject_poison(b.offset_bytes, b.length_bytes));
+  return view;
+}
+
 MemoryDevice::~MemoryDevice() {
   unmap_anonymous(base_, size_);
   if (fd_ >= 0) ::close(fd_);

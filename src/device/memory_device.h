@@ -23,6 +23,10 @@ class MemoryDevice final : public Device {
   // as the emulated device it came from would.
   static std::unique_ptr<MemoryDevice> copy_of(const std::byte* image, uint64_t size_bytes,
                                                PersistenceDomain domain = PersistenceDomain::CpuCache);
+  // A private copy-on-write view of `device` (its memory mapped MAP_PRIVATE, or
+  // copied where it has no descriptor), with the same bad ranges: stores to the
+  // view never reach the device. For dry runs.
+  static Result<std::unique_ptr<MemoryDevice>> private_view_of(const Device& device);
   ~MemoryDevice() override;
   MemoryDevice(const MemoryDevice&) = delete;
   MemoryDevice& operator=(const MemoryDevice&) = delete;
@@ -49,6 +53,8 @@ class MemoryDevice final : public Device {
   uint64_t size_;
   int fd_ = -1;  // the memfd of Shared memory
   PersistenceDomain domain_ = PersistenceDomain::CpuCache;
+  struct Adopt {};
+  MemoryDevice(Adopt, std::byte* base, uint64_t size_bytes) : base_(base), size_(size_bytes) {}
 };
 
 // Anonymous, zero-filled, lazily backed memory; aborts if the address space is gone.

@@ -27,6 +27,7 @@ const char* block_kind_name(uint32_t kind) {
     case kBlockDirentSection: return "directory";
     case kBlockExtentSection: return "extent map";
     case kBlockBadRangeSection: return "bad-range list";
+    case kBlockRefcountSection: return "refcount list";
   }
   return "unknown";
 }

@@ -14,6 +14,7 @@ uint32_t section_block_kind(SectionId id) {
     case kSectionDirents: return kBlockDirentSection;
     case kSectionExtents: return kBlockExtentSection;
     case kSectionBadRanges: return kBlockBadRangeSection;
+    case kSectionRefcounts: return kBlockRefcountSection;
   }
   POISE_ASSERT(false);
   return 0;
@@ -34,6 +35,7 @@ void encode_checkpoint_root(const CheckpointRootInfo& in, uint64_t self_block, s
   root.dirent_count.set(in.dirent_count);
   root.extent_count.set(in.extent_count);
   root.bad_range_count.set(in.bad_range_count);
+  root.refcount_count.set(in.refcount_count);
   for (uint32_t s = 0; s < kSectionCount; ++s) {
     const SectionInfo& info = in.sections[s];
     POISE_ASSERT(info.runs.size() <= kSectionExtentsMax);
@@ -66,7 +68,9 @@ Result<CheckpointRootInfo> decode_checkpoint_root(const std::byte* block, uint64
   out.dirent_count = root.dirent_count.get();
   out.extent_count = root.extent_count.get();
   out.bad_range_count = root.bad_range_count.get();
-  const uint64_t counts[kSectionCount] = {out.inode_count, out.dirent_count, out.extent_count, out.bad_range_count};
+  out.refcount_count = root.refcount_count.get();
+  const uint64_t counts[kSectionCount] = {out.inode_count, out.dirent_count, out.extent_count, out.bad_range_count,
+                                          out.refcount_count};
   for (uint32_t s = 0; s < kSectionCount; ++s) {
     const SectionDescriptor& d = root.sections[s];
     SectionInfo& info = out.sections[s];

@@ -18,7 +18,13 @@
 
 namespace poise::format {
 
-enum SectionId : uint32_t { kSectionInodes = 0, kSectionDirents = 1, kSectionExtents = 2, kSectionBadRanges = 3 };
+enum SectionId : uint32_t {
+  kSectionInodes = 0,
+  kSectionDirents = 1,
+  kSectionExtents = 2,
+  kSectionBadRanges = 3,
+  kSectionRefcounts = 4,  // version 2
+};
 uint32_t section_block_kind(SectionId id);
 
 struct BlockRun {
@@ -39,6 +45,7 @@ struct CheckpointRootInfo {
   uint64_t dirent_count = 0;
   uint64_t extent_count = 0;
   uint64_t bad_range_count = 0;
+  uint64_t refcount_count = 0;
   SectionInfo sections[kSectionCount];
 };
 

@@ -71,6 +71,7 @@ enum BlockKind : uint32_t {
   kBlockDirentSection = 5,
   kBlockExtentSection = 6,
   kBlockBadRangeSection = 7,
+  kBlockRefcountSection = 8,
 };
 
 struct BlockHeader {
@@ -103,8 +104,9 @@ struct Superblock {
   Le64 journal_copy_start_block;
 };
 
-// The checkpoint: a root block naming where its three sections live.
-inline constexpr uint32_t kSectionCount = 4;  // inodes, directory entries, extents, bad ranges
+// The checkpoint: a root block naming where its sections live.
+// Inodes, directory entries, extents, bad ranges, and (version 2) reference counts.
+inline constexpr uint32_t kSectionCount = 5;
 inline constexpr uint32_t kSectionExtentsMax = 48;
 
 struct SectionExtent {
@@ -126,7 +128,7 @@ struct CheckpointRoot {
   Le64 dirent_count;
   Le64 extent_count;
   Le64 bad_range_count;
-  Le64 reserved;
+  Le64 refcount_count;  // version 2; zero in version 1
   SectionDescriptor sections[kSectionCount];
 };
 
@@ -207,6 +209,15 @@ struct DiskInodeFree {
 struct DiskBadRange {
   Le64 start_block;
   Le64 block_count;
+};
+
+// Device blocks that several file extents share (reflink), as XFS's refcount
+// tree: a record only where the count is 2 or more. An independent record of
+// sharing: two files claiming a block that no record shares is a cross-link.
+struct DiskRefcount {
+  Le64 start_block;
+  Le64 block_count;
+  Le64 refcount;
 };
 
 struct DiskExtentClear {

@@ -45,6 +45,8 @@ static_assert(offsetof(Superblock, checkpoint_root_block) == 112);
 static_assert(offsetof(Superblock, checkpoint_copy_root_block) == 136);
 static_assert(offsetof(Superblock, journal_copy_start_block) == 144);
 static_assert(offsetof(CheckpointRoot, sections) == 80);
+static_assert(offsetof(CheckpointRoot, refcount_count) == 72);
+POISE_ONDISK(DiskRefcount, 24);
 static_assert(offsetof(TxHeader, crc) == 4);
 static_assert(offsetof(TxHeader, payload_bytes) == 32);
 static_assert(sizeof(CheckpointRoot) <= 4096);

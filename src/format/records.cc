@@ -79,6 +79,21 @@ Result<BadRangeRecord> decode_bad_range(const DiskBadRange& in) {
   return r;
 }
 
+void encode_refcount(const RefcountRecord& in, DiskRefcount& out) {
+  out.start_block.set(in.start_block);
+  out.block_count.set(in.block_count);
+  out.refcount.set(in.refcount);
+}
+
+Result<RefcountRecord> decode_refcount(const DiskRefcount& in) {
+  RefcountRecord r{in.start_block.get(), in.block_count.get(), in.refcount.get()};
+  if (r.block_count == 0 || r.start_block + r.block_count < r.start_block) {
+    return fail(EUCLEAN, "refcount record out of range");
+  }
+  if (r.refcount < 2) return fail(EUCLEAN, "refcount record below 2 (unshared blocks have none)");
+  return r;
+}
+
 size_t dirent_bytes(size_t name_len) { return (sizeof(DiskDirent) + name_len + 7) / 8 * 8; }
 
 void encode_dirent(const DirentRecord& in, unsigned char* out) {

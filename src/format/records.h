@@ -67,6 +67,15 @@ struct BadRangeRecord {
   bool operator==(const BadRangeRecord&) const = default;
 };
 
+// A run of device blocks shared by `refcount` (2 or more) file extents; only in
+// the checkpoint, never in the journal.
+struct RefcountRecord {
+  uint64_t start_block = 0;
+  uint64_t block_count = 0;
+  uint64_t refcount = 0;
+  bool operator==(const RefcountRecord&) const = default;
+};
+
 // One journal record: what a transaction changes, replayed in order at mount.
 using JournalRecord = std::variant<InodeCore, InodeFreeRecord, DirentRecord, DirentRemoveRecord,
                                    ExtentRecord, ExtentClearRecord, BadRangeRecord>;
@@ -92,5 +101,7 @@ bool valid_name(const std::string& name);
 
 void encode_bad_range(const BadRangeRecord& in, DiskBadRange& out);
 Result<BadRangeRecord> decode_bad_range(const DiskBadRange& in);
+void encode_refcount(const RefcountRecord& in, DiskRefcount& out);
+Result<RefcountRecord> decode_refcount(const DiskRefcount& in);
 
 }  // namespace poise::format

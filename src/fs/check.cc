@@ -54,6 +54,7 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
   report.notes = superblock_notes_;
   report.notes.insert(report.notes.end(), mount_notes_.begin(), mount_notes_.end());
   report.notes.insert(report.notes.end(), copy_notes_.begin(), copy_notes_.end());
+  report.problems = sharing_problems_;
   auto problem = [&](std::string text) {
     if (report.problems.size() < kProblemsMax) report.problems.push_back(std::move(text));
   };

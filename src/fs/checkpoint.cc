@@ -2,6 +2,7 @@
 // rewriting both superblocks, after which the old checkpoint's blocks are freed
 // and the journal starts a new generation. A crash at any point leaves either the
 // old checkpoint with its journal or the new one with an empty journal.
+#include <algorithm>
 #include <cstring>
 
 #include "format/block.h"
@@ -18,7 +19,8 @@ MetadataKind section_metadata_kind(uint32_t section) {
     case format::kSectionInodes: return MetadataKind::InodeTable;
     case format::kSectionDirents: return MetadataKind::Directory;
     case format::kSectionExtents: return MetadataKind::ExtentMap;
-    default: return MetadataKind::BadRangeList;
+    case format::kSectionBadRanges: return MetadataKind::BadRangeList;
+    default: return MetadataKind::RefcountList;
   }
 }
 
@@ -152,15 +154,21 @@ Result<void> FsImpl::write_checkpoint() {
   }
   dirent_counter.finish();
   std::vector<Range> bad = bad_blocks_.ranges();
+  // Version 1 images (kept so by the mount options) carry no refcount section,
+  // which an older reader would not know to keep.
+  const std::vector<format::RefcountRecord> shared =
+      sb_.has_copies() ? shared_runs() : std::vector<format::RefcountRecord>{};
   const uint64_t needed[format::kSectionCount] = {
       format::fixed_section_blocks(inodes_.size(), sizeof(format::DiskInode)),
       dirent_bytes_in_blocks,
       format::fixed_section_blocks(extent_records.size(), sizeof(format::DiskExtent)),
-      format::fixed_section_blocks(bad.size(), sizeof(format::DiskBadRange))};
+      format::fixed_section_blocks(bad.size(), sizeof(format::DiskBadRange)),
+      format::fixed_section_blocks(shared.size(), sizeof(format::DiskRefcount))};
   base_root.inode_count = base_root.sections[format::kSectionInodes].records = inodes_.size();
   base_root.dirent_count = base_root.sections[format::kSectionDirents].records = dirent_counter.records();
   base_root.extent_count = base_root.sections[format::kSectionExtents].records = extent_records.size();
   base_root.bad_range_count = base_root.sections[format::kSectionBadRanges].records = bad.size();
+  base_root.refcount_count = base_root.sections[format::kSectionRefcounts].records = shared.size();
 
   // Allocate each copy's root and sections from free space (the reserve is
   // theirs). The second copy starts from the middle of the data area, so that
@@ -224,11 +232,19 @@ Result<void> FsImpl::write_checkpoint() {
       }
     });
   };
-  Cursors inode_cursors, dirent_cursors, extent_cursors, bad_cursors;
+  Cursors inode_cursors, dirent_cursors, extent_cursors, bad_cursors, refcount_cursors;
   auto inode_writer = writer_for(format::kSectionInodes, &inode_cursors);
   auto dirent_writer = writer_for(format::kSectionDirents, &dirent_cursors);
   auto extent_writer = writer_for(format::kSectionExtents, &extent_cursors);
   auto bad_writer = writer_for(format::kSectionBadRanges, &bad_cursors);
+  auto refcount_writer = writer_for(format::kSectionRefcounts, &refcount_cursors);
+  for (const format::RefcountRecord& r : shared) {
+    format::DiskRefcount d;
+    format::encode_refcount(r, d);
+    refcount_writer.add(&d, sizeof d);
+  }
+  refcount_writer.finish();
+  POISE_ASSERT(refcount_writer.blocks() == needed[format::kSectionRefcounts]);
   for (const Range& r : bad) {
     format::DiskBadRange d;
     format::encode_bad_range(format::BadRangeRecord{r.start, r.length}, d);
@@ -373,7 +389,7 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     if (inodes_.contains(core.ino)) {
       return fail(EUCLEAN, "inode " + std::to_string(core.ino) + " appears twice in the inode table");
     }
-    return apply(core, {});
+    return apply_loaded(core);
   }));
   InodePtr root = find_inode(kRootInode);
   if (root == nullptr || !root->is_dir()) return fail(EUCLEAN, "the root directory (inode 1) is missing");
@@ -384,7 +400,7 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     for (uint32_t i = 0; i < records; ++i) {
       size_t used = 0;
       auto d = TRY(format::decode_dirent(p + pos, bytes - pos, &used));
-      TRY(apply(d, {}));
+      TRY(apply_loaded(d));
       pos += used;
     }
     return {};
@@ -400,17 +416,111 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
       return fail(EUCLEAN, "extent records of inode " + std::to_string(extent.ino) +
                                " overlap (or are out of order) at file block " + std::to_string(extent.file_block));
     }
-    return apply(extent, {});
+    return apply_loaded(extent);
   }));
   TRY(read_fixed_records<format::DiskBadRange>(read_copies, format::kSectionBadRanges,
                                                [&](const format::DiskBadRange& d) -> Result<void> {
-    return apply(TRY(format::decode_bad_range(d)), {});
+    return apply_loaded(TRY(format::decode_bad_range(d)));
   }));
+  std::vector<format::RefcountRecord> recorded;
+  TRY(read_fixed_records<format::DiskRefcount>(read_copies, format::kSectionRefcounts,
+                                               [&](const format::DiskRefcount& d) -> Result<void> {
+    auto r = TRY(format::decode_refcount(d));
+    if (!recorded.empty() && r.start_block < recorded.back().start_block + recorded.back().block_count) {
+      return fail(EUCLEAN, "refcount records overlap (or are out of order) at device block " +
+                               std::to_string(r.start_block));
+    }
+    recorded.push_back(r);
+    return {};
+  }));
+  if (sb.version != format::kFormatVersionSingleCopy) compare_sharing(recorded);
   if (known.next_ino < next_ino_) {
     return fail(EUCLEAN, "checkpoint's next inode number is below an inode in use");
   }
   next_ino_ = known.next_ino;
   return {};
+}
+
+namespace {
+// Appends a run of `count` sharers, merged with the one before when they touch
+// and have the same count.
+void append_shared(std::vector<format::RefcountRecord>* out, uint64_t start, uint64_t blocks, uint64_t count) {
+  if (count < 2 || blocks == 0) return;
+  if (!out->empty()) {
+    auto& last = out->back();
+    if (last.start_block + last.block_count == start && last.refcount == count) {
+      last.block_count += blocks;
+      return;
+    }
+  }
+  out->push_back({start, blocks, count});
+}
+}  // namespace
+
+std::vector<format::RefcountRecord> FsImpl::shared_runs() const {
+  std::vector<format::RefcountRecord> out;
+  std::lock_guard lock(space_mutex_);
+  ownership_.visit(DevRun{DevBlock(0), sb_.size_blocks}, [&](DevRun r, const std::vector<Owner>& owners) {
+    append_shared(&out, r.start.value(), r.count,
+                  std::count_if(owners.begin(), owners.end(), [](const Owner& o) { return o.is_file(); }));
+  });
+  return out;
+}
+
+std::vector<format::RefcountRecord> FsImpl::shared_runs_of_extents() const {
+  // A sweep over the extents' starts and ends, in device order.
+  std::vector<std::pair<uint64_t, int64_t>> edges;
+  edges.reserve(2 * extent_count_.load());
+  for (const auto& [ino, inode] : inodes_) {
+    inode->extents.for_each([&](const Extent& m) {
+      edges.emplace_back(m.dev_block.value(), 1);
+      edges.emplace_back(m.dev_block.value() + m.block_count, -1);
+    });
+  }
+  std::sort(edges.begin(), edges.end());
+  std::vector<format::RefcountRecord> out;
+  int64_t depth = 0;
+  for (size_t i = 0; i < edges.size();) {
+    const uint64_t at = edges[i].first;
+    while (i < edges.size() && edges[i].first == at) depth += edges[i++].second;
+    if (i < edges.size()) append_shared(&out, at, edges[i].first - at, static_cast<uint64_t>(depth));
+  }
+  return out;
+}
+
+void FsImpl::compare_sharing(const std::vector<format::RefcountRecord>& recorded) {
+  const std::vector<format::RefcountRecord> derived = shared_runs_of_extents();
+  if (derived == recorded) return;
+  // Name the first block where they differ, and the files claiming it.
+  size_t i = 0;
+  while (i < derived.size() && i < recorded.size() && derived[i] == recorded[i]) ++i;
+  auto start_at = [&](const std::vector<format::RefcountRecord>& v) {
+    return i < v.size() ? v[i].start_block : UINT64_MAX;
+  };
+  const uint64_t block = std::min(start_at(derived), start_at(recorded));
+  auto count_at = [&](const std::vector<format::RefcountRecord>& v) -> uint64_t {
+    for (const auto& r : v) {
+      if (r.start_block <= block && block < r.start_block + r.block_count) return r.refcount;
+    }
+    return 1;
+  };
+  std::string claimants;
+  for (const auto& [ino, inode] : inodes_) {
+    inode->extents.for_each([&](const Extent& m) {
+      if (m.dev_block.value() <= block && block < m.dev_block.value() + m.block_count) {
+        claimants += (claimants.empty() ? "" : ", ") + std::string("inode ") + std::to_string(ino) + " at file block " +
+                     std::to_string(m.file_block.value() + (block - m.dev_block.value()));
+      }
+    });
+  }
+  const uint64_t files = count_at(derived);
+  const uint64_t recorded_count = count_at(recorded);
+  sharing_problems_.push_back(
+      "device block " + std::to_string(block) + " is claimed by " + std::to_string(files) +
+      (files == 1 ? " file" : " files") + (claimants.empty() ? "" : " (" + claimants + ")") +
+      " but the checkpoint's refcount records say " + std::to_string(recorded_count) +
+      (files > recorded_count ? ": a cross-link (a misdirected extent), not a reflink"
+                              : ": a refcount record without the sharing it records"));
 }
 
 Result<void> FsImpl::rebuild_space(OwnershipMap* ownership, FreeSpace* free) const {

@@ -95,6 +95,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Mount steps (mount.cc).
   Result<void> load();
   Result<void> format_new(const FormatOptions& options);
+  // repair.cc: a read-write load that records, instead of refusing, what it
+  // cannot apply (see Filesystem::repair), and the repair after it.
+  void set_repairing() { repairing_ = true; }
+  Result<RepairReport> repair_loaded();
   CheckReport check_locked(bool compare_incremental);
 
   Result<void> unmount() override;
@@ -181,6 +185,13 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Applies one record to memory. Replay feeds it media contents, so it verifies
   // everything and reports corruption; at run time it must succeed.
   Result<void> apply(const format::JournalRecord& record, std::initializer_list<Inode*> locked);
+  // apply() for records read from media at load: a repair logs and skips one it
+  // cannot apply (EUCLEAN) instead of failing the load.
+  Result<void> apply_loaded(const format::JournalRecord& record);
+  // repair.cc
+  Result<void> repair_tree(std::vector<std::string>* changes);
+  Result<void> repair_extents_past_end(std::vector<std::string>* changes);
+  Result<void> commit_repair(const Records& records);
   Inode* find_for_apply(uint64_t ino, std::initializer_list<Inode*> locked);
   Result<void> apply_extent_set(Inode& inode, const format::ExtentRecord& r);
   void apply_extent_clear(Inode& inode, FileBlock start, uint64_t count);
@@ -282,6 +293,15 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Checkpoint blocks (in every copy) that `extents` more extent records may need.
   uint64_t checkpoint_blocks_for_extents(uint64_t extents) const;
   Result<void> load_checkpoint(const format::SuperblockInfo& sb);
+  // The runs of device blocks that several file extents share, with their
+  // counts, adjacent runs of one count merged: from the ownership map (for the
+  // checkpoint's refcount section), or from the extent maps alone (at load, to
+  // compare with that section).
+  std::vector<format::RefcountRecord> shared_runs() const;
+  std::vector<format::RefcountRecord> shared_runs_of_extents() const;
+  // Compares the sharing the extent maps show with the refcount records read;
+  // the first difference (a cross-link, or a lost record) as a problem.
+  void compare_sharing(const std::vector<format::RefcountRecord>& recorded);
   // Derives ownership and free space from the superblocks, journal, checkpoint
   // and every extent map; EUCLEAN if a file claims metadata blocks.
   Result<void> rebuild_space(OwnershipMap* ownership, FreeSpace* free) const;
@@ -312,6 +332,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   format::CheckpointRootInfo checkpoint_copy_;
   uint64_t checkpoint_copy_root_block_ = 0;
   std::vector<std::string> copy_notes_;  // damaged copies met at mount, for check(); a checkpoint rewrites them
+  // Sharing without a refcount record (a cross-link) or the reverse, found at
+  // load: check() reports it, a read-write mount refuses, repair resolves it.
+  std::vector<std::string> sharing_problems_;
   std::vector<std::string> superblock_notes_;  // a stale or damaged copy, for check(); a checkpoint repairs it
   std::vector<std::string> mount_notes_;       // what this mount found and left as it is (a journal gap)
   uint64_t data_start_ = 0;                // first block after the journal
@@ -338,6 +361,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   bool frozen_ = false;                // guarded by freeze_mutex_
   std::atomic<bool> frozen_flag_{false};  // frozen_, for the lock-free check
   bool replaying_ = false;
+  bool repairing_ = false;
+  std::vector<std::string> repair_log_;             // records a repair's load skipped
+  std::vector<format::DecodedTx> lost_transactions_;  // past a mid-log gap, found by a repair's load
 
   mutable std::mutex space_mutex_;
   OwnershipMap ownership_;

@@ -1,6 +1,7 @@
 #include "fs/journal.h"
 
 #include <algorithm>
+#include <map>
 
 #include "poise/types.h"
 
@@ -37,22 +38,8 @@ Result<uint64_t> Journal::replay(uint64_t generation,
   next_lsn_ = 1;
   write_offset_ = 0;
   uint64_t replayed = 0;
-  struct Copy {
-    const std::byte* region;
-    const std::vector<std::pair<uint64_t, uint64_t>>& failed;
-    // How far the copy can be read from `at` on: to the next failed range (at
-    // itself inside one).
-    uint64_t readable_from(uint64_t at, uint64_t capacity) const {
-      uint64_t end = capacity;
-      for (const auto& [s, e] : failed) {
-        if (s <= at && at < e) return at;
-        if (s > at) end = std::min(end, s);
-      }
-      return end;
-    }
-  };
-  std::vector<Copy> copies{{device_.data() + base_offset_, options.failed[0]}};
-  if (copy_offset_ != 0) copies.push_back({device_.data() + copy_offset_, options.failed[1]});
+  std::vector<Copy> copies{{device_.data() + base_offset_, &options.failed[0]}};
+  if (copy_offset_ != 0) copies.push_back({device_.data() + copy_offset_, &options.failed[1]});
   // Bounded: every transaction advances by at least 64 bytes within the region.
   while (write_offset_ < capacity_) {
     Result<format::DecodedTx> tx = fail(ENODATA, "no copy");
@@ -103,6 +90,7 @@ Result<uint64_t> Journal::replay(uint64_t generation,
       }
       if (later) {
         if (options.gap_note != nullptr) {
+          if (options.lost != nullptr) collect_lost(copies, generation, options.lost);
           *options.gap_note = "journal transactions from " + std::to_string(next_lsn_) + " on were not applied: " +
                               "transaction " + std::to_string(next_lsn_) + " is torn in every copy while " +
                               "transaction " + std::to_string(later->lsn) + " follows; on an emulated device " +
@@ -124,6 +112,33 @@ Result<uint64_t> Journal::replay(uint64_t generation,
   }
   durable_lsn_ = next_lsn_ - 1;
   return replayed;
+}
+
+uint64_t Journal::Copy::readable_from(uint64_t at, uint64_t capacity) const {
+  uint64_t end = capacity;
+  for (const auto& [s, e] : *failed) {
+    if (s <= at && at < e) return at;
+    if (s > at) end = std::min(end, s);
+  }
+  return end;
+}
+
+void Journal::collect_lost(const std::vector<Copy>& copies, uint64_t generation,
+                           std::vector<format::DecodedTx>* lost) const {
+  std::map<uint64_t, format::DecodedTx> found;
+  for (const auto& copy : copies) {
+    const uint64_t end = copy.readable_from(write_offset_, capacity_);
+    uint64_t from = write_offset_;
+    uint64_t lsn = next_lsn_ + 1;
+    // Bounded: each step moves past the transaction found.
+    while (auto later = format::find_later_tx(copy.region, end, from, generation, lsn)) {
+      auto tx = format::decode_tx(copy.region, end, later->offset, generation, later->lsn);
+      if (tx.has_value()) found.emplace(later->lsn, std::move(*tx));
+      from = later->offset;
+      lsn = later->lsn + 1;
+    }
+  }
+  for (auto& [lsn, tx] : found) lost->push_back(std::move(tx));
 }
 
 Result<void> Journal::erase_tail() {

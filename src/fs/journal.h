@@ -41,6 +41,8 @@ class Journal {
     std::string* gap_note = nullptr;
     // Told of each transaction a copy could not give (taken from the other one).
     std::vector<std::string>* copy_notes = nullptr;
+    // With gap_note: the sealed transactions found past the gap, not applied.
+    std::vector<format::DecodedTx>* lost = nullptr;
   };
   // Reads transactions of `generation` from the start of the region, in order,
   // handing each to `apply`, and positions the journal after the last one. Each
@@ -87,6 +89,15 @@ class Journal {
   uint64_t capacity_bytes() const { return capacity_; }
 
  private:
+  struct Copy {
+    const std::byte* region;
+    const std::vector<std::pair<uint64_t, uint64_t>>* failed;
+    // How far the copy can be read from `at` on: to the next failed range (`at`
+    // itself inside one).
+    uint64_t readable_from(uint64_t at, uint64_t capacity) const;
+  };
+  // After a gap: the sealed transactions of `generation` further on, by lsn.
+  void collect_lost(const std::vector<Copy>& copies, uint64_t generation, std::vector<format::DecodedTx>* lost) const;
   // Stores (or zeroes, src == nullptr) [offset, +length) of the region in every copy.
   void store(uint64_t offset, const void* src, uint64_t length);
   Result<void> sync_copies(uint64_t offset, uint64_t length);

@@ -204,11 +204,13 @@ Result<void> FsImpl::load() {
   replaying_ = true;
   std::string gap_note;
   TRY(load_checkpoint(sb_));
-  if (device_.domain() == PersistenceDomain::PageCache) replay_options.gap_note = &gap_note;
+  // A repair ends the log at damage in mid-log too, and reports what lies past it.
+  if (device_.domain() == PersistenceDomain::PageCache || repairing_) replay_options.gap_note = &gap_note;
+  if (repairing_) replay_options.lost = &lost_transactions_;
   uint64_t replayed = TRY(journal_->replay(
       sb_.checkpoint_generation,
       [&](const format::DecodedTx& tx) -> Result<void> {
-        for (const auto& record : tx.records) TRY(apply(record, {}));
+        for (const auto& record : tx.records) TRY(apply_loaded(record));
         return {};
       },
       replay_options));
@@ -225,8 +227,12 @@ Result<void> FsImpl::load() {
   // A tree that checksums cannot vouch for (a cycle, a directory with two names,
   // a link count below the names) would hang rename or free a named file: a
   // read-write mount refuses it; a read-only one lets the data be copied out.
-  if (auto tree = verify_tree(); !tree.has_value() && options_.mode == MountMode::ReadWrite) {
+  if (auto tree = verify_tree(); !tree.has_value() && options_.mode == MountMode::ReadWrite && !repairing_) {
     return fail(EUCLEAN, tree.error().message + "; mount read-only to copy the data out (poise check lists all)");
+  }
+  // Two files writing one block each believing it their own would corrupt both.
+  if (!sharing_problems_.empty() && options_.mode == MountMode::ReadWrite && !repairing_) {
+    return fail(EUCLEAN, sharing_problems_.front() + "; mount read-only to copy the data out");
   }
   TRY(rebuild_space(&ownership_, &free_));
   mounted_ = true;
@@ -262,7 +268,7 @@ Result<void> FsImpl::load() {
   // Files unlinked while open when the filesystem last stopped: free them now.
   std::vector<InodePtr> orphans;
   for (const auto& [ino, inode] : inodes_) {
-    if (!inode->is_dir() && inode->core.nlink == 0) orphans.push_back(inode);
+    if (!inode->is_dir() && inode->core.nlink == 0 && inode->entry_count == 0) orphans.push_back(inode);
   }
   // Each is freed by a journaled transaction, like any unlink: the blocks it
   // frees may be reused at once, so the freeing must be as durable as the reuse.

@@ -17,11 +17,14 @@ uint64_t FsImpl::checkpoint_reserve_blocks() const {
   constexpr uint64_t kMarginBlocks = 16;  // partial blocks, the root, growth during a checkpoint
   return metadata_copies() * (blocks(inode_count_.load() * sizeof(format::DiskInode), kSectionPayloadBytes) +
          blocks(extent_count_.load() * sizeof(format::DiskExtent), kSectionPayloadBytes) +
+         // Shared runs (version 2): at most about one per extent.
+         (sb_.has_copies() ? blocks(extent_count_.load() * sizeof(format::DiskRefcount), kSectionPayloadBytes) : 0) +
          blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load(), dirent_block_bytes) + kMarginBlocks);
 }
 
 uint64_t FsImpl::checkpoint_blocks_for_extents(uint64_t extents) const {
-  return metadata_copies() * (1 + extents * sizeof(format::DiskExtent) / format::kSectionPayloadBytes);
+  const uint64_t record_bytes = sizeof(format::DiskExtent) + (sb_.has_copies() ? sizeof(format::DiskRefcount) : 0);
+  return metadata_copies() * (2 + extents * record_bytes / format::kSectionPayloadBytes);
 }
 
 // A checkpoint is written beside the current one, which is freed only after:

@@ -80,6 +80,13 @@ void FsImpl::commit(Op& op, const Records& records, std::initializer_list<Inode*
   }
 }
 
+Result<void> FsImpl::apply_loaded(const format::JournalRecord& record) {
+  auto applied = apply(record, {});
+  if (applied.has_value() || !repairing_ || applied.error().code != EUCLEAN) return applied;
+  repair_log_.push_back("dropped a record that cannot be applied: " + applied.error().message);
+  return {};
+}
+
 Inode* FsImpl::find_for_apply(uint64_t ino, std::initializer_list<Inode*> locked) {
   for (Inode* inode : locked) {
     if (inode->ino.value() == ino) return inode;

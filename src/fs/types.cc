@@ -21,6 +21,7 @@ const char* to_string(MetadataKind kind) {
     case MetadataKind::Directory: return "directory";
     case MetadataKind::ExtentMap: return "extent_map";
     case MetadataKind::BadRangeList: return "bad_range_list";
+    case MetadataKind::RefcountList: return "refcount_list";
   }
   return "unknown";
 }
