@@ -24,6 +24,7 @@ expect() {
 }
 # contains FILE TEXT
 contains() { if grep -qF -- "$2" "$1"; then ok; else bad "$1 lacks '$2': $(head -c 300 "$1")"; fi; }
+not_contains() { if grep -qF -- "$2" "$1"; then bad "$1 has '$2': $(head -c 300 "$1")"; else ok; fi; }
 
 # finish NAME: the closing line test runners read, and the exit code.
 finish() {

@@ -11,7 +11,7 @@ expect 0 "$POISE" --help
 contains "$WORK/out" "Exit codes:"
 expect 2 "$POISE"
 expect 2 "$POISE" frobnicate
-for c in mkfs info ls stat mkdir put get cat rm mv ln reflink truncate fsmap check demo \
+for c in mkfs info ls stat mkdir put get cat rm mv ln reflink truncate fsmap check repair demo \
          inject-poison clear-poison badblocks; do
   expect 0 "$POISE" "$c" --help
 done
@@ -205,6 +205,32 @@ expect 0 "$POISE" get "$PZ" /g "$WORK/g.out"
 cmp -s "$WORK/pz.data" "$WORK/g.out" && ok || bad "relocated file content"
 expect 0 "$POISE" check "$PZ"
 contains "$WORK/out" "failed"
+
+# --- two copies of all metadata: damage one copy of a block, check says so, repair rewrites
+RP="$WORK/repair.img"
+expect 0 "$POISE" mkfs "$RP" --size 32M
+echo "kept" | "$POISE" put "$RP" - /kept && ok || bad "put for repair"
+expect 0 "$POISE" repair "$RP"
+contains "$WORK/out" "nothing to repair"
+expect 0 "$POISE" fsmap "$RP" --json
+TABLE=$(python3 -c "import json; print(min(r['device_offset'] for r in json.load(open('$WORK/out')) if r['owner']=='metadata' and r.get('kind')=='checkpoint_root'))")
+printf '\xff\xff\xff\xff' | dd of="$RP" bs=1 seek=$((TABLE + 300)) conv=notrunc status=none
+expect 0 "$POISE" check "$RP"                       # survived: the other copy is used
+contains "$WORK/out" "note: checkpoint root copy"
+cp "$RP" "$WORK/repair.before"
+expect 0 "$POISE" repair "$RP" --dry-run --json
+python3 -c "import json; d=json.load(open('$WORK/out')); assert d['dry_run'] and d['clean'] and d['changes'], d" && ok || bad "repair --dry-run --json"
+cmp -s "$RP" "$WORK/repair.before" && ok || bad "repair --dry-run changed the image"
+expect 0 "$POISE" repair "$RP"
+contains "$WORK/out" "fixed: checkpoint root copy"
+expect 0 "$POISE" check "$RP"
+not_contains "$WORK/out" "note:"
+expect 0 "$POISE" cat "$RP" /kept
+[ "$(cat "$WORK/out")" = "kept" ] && ok || bad "data after repair"
+expect 3 "$POISE" repair "$WORK/no-such.img"
+head -c $((32 << 20)) /dev/zero >"$WORK/zeros.img"
+expect 5 "$POISE" repair "$WORK/zeros.img"
+contains "$WORK/err" "not a poise filesystem"
 
 # --- the image is locked against a second process
 ( exec 9<"$IMG"; flock -x 9; sleep 2 ) &

@@ -77,7 +77,7 @@ TEST_F(SpaceTest, ReflinksOfAFragmentedFileStopAtENOSPC) {
   auto ino = *fs_->create("/frag");
   write_file(*fs_, "/frag", std::string(2000 * 4096, 'f'));
   for (uint64_t b = 0; b < 2000; b += 2) ASSERT_OK(fs_->punch_hole(ino, b * 4096, 4096));
-  fill_with_data(1200 << 10);  // each copy needs room for both checkpoint copies of 1000 more extents
+  fill_with_data(2400 << 10);  // each reflink needs room in both checkpoint copies for 1000 more extents and refcounts
   int made = 0;
   for (;; ++made) {
     ASSERT_LT(made, 100000) << "never ran out of space";
