@@ -304,6 +304,7 @@ Result<size_t> FsImpl::write(InodeNumber ino, uint64_t offset, std::span<const s
     TRY(expect_space(blocks_needed_for_store(*inode, FileBlock(first), ceil_blocks(offset + in.size()) - first),
                      "write"));
   }
+  TRY(zero_eof_tail(ino, offset));
   return for_each_chunk(offset, in.size(), [&](uint64_t pos, uint64_t len) -> Result<void> {
     TRY(write_chunk(ino, pos, in.data() + (pos - offset), len));
     return {};
@@ -367,9 +368,30 @@ Result<void> FsImpl::zero_partial_block(Inode& inode, uint64_t offset, uint64_t 
   return {};
 }
 
+Result<void> FsImpl::zero_eof_tail(InodeNumber ino, uint64_t new_size) {
+  {  // the common case (an append, a block-aligned end) costs one shared lock
+    InodePtr inode = TRY(writable_file(ino));
+    std::shared_lock lock(inode->lock);
+    if (new_size <= inode->core.size_bytes || inode->core.size_bytes % kBlockSize == 0) return {};
+  }
+  auto file_op = TRY(begin_file_op(ino, kSmallTxBytes));
+  Inode& inode = *file_op.inode;
+  const uint64_t old = inode.core.size_bytes;
+  if (new_size <= old || old % kBlockSize == 0) return {};
+  const uint64_t end = std::min(new_size, (old / kBlockSize + 1) * kBlockSize);
+  Records records;
+  bool fresh = false;
+  TRY(zero_partial_block(inode, old, end - old, &records, &fresh));  // in place, or a copy
+  if (records.empty()) return {};  // stored in place: the next commit's fence covers it
+  if (fresh) device_.drain();
+  commit(file_op.op, records, {&inode});
+  return {};
+}
+
 Result<void> FsImpl::truncate(InodeNumber ino, uint64_t size_bytes) {
   TRY(check_writable());
   if (size_bytes > kFileSizeMax) return fail(EFBIG, "size beyond the 1 PiB file size limit");
+  TRY(zero_eof_tail(ino, size_bytes));
   auto file_op = TRY(begin_file_op(ino, kSmallTxBytes, Journal::Use::Freeing));
   FsImpl::Op& op = file_op.op;
   InodePtr& inode = file_op.inode;
@@ -461,6 +483,7 @@ Result<void> FsImpl::fallocate(InodeNumber ino, uint64_t offset, uint64_t length
     }
     TRY(expect_space(holes, "fallocate"));
   }
+  if (mode != FallocateMode::KeepSize) TRY(zero_eof_tail(ino, offset + length));
   TRY(for_each_chunk(offset, length, [&](uint64_t pos, uint64_t len) {
     return fallocate_chunk(ino, pos, len, mode);
   }));

@@ -252,6 +252,11 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
                         Records* records, bool* fresh);
   void store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offset, const std::byte* src,
                  size_t length, Fill fill, DevBlock old);
+  // Before the file grows to `new_size`: zeroes its last block past the current
+  // end, where a store through a mapping may have left bytes (the file must
+  // show zeros there once it grows, as XFS zeroes the EOF block). Its own
+  // transaction when the block must be copied.
+  Result<void> zero_eof_tail(InodeNumber ino, uint64_t new_size);
   // Zeroes [offset, +length) inside one block if it is mapped and written.
   Result<void> zero_partial_block(Inode& inode, uint64_t offset, uint64_t length, Records* records,
                                   bool* fresh);

@@ -737,3 +737,33 @@ TEST(MappingPrivateMemory, DevicesWithoutShareableMemoryRefuseToMap) {
 
 }  // namespace
 }  // namespace poise
+
+namespace poise {
+namespace {
+
+// Bytes a mapping stores past the end of the file (in its last page) are not
+// file data: when the file grows, by truncate, a write past the end or
+// fallocate, they read as zeros (defect 7).
+TEST_F(MappingTest, StoresPastTheEndNeverBecomeFileDataWhenTheFileGrows) {
+  for (int how = 0; how < 3; ++how) {
+    SCOPED_TRACE(how);
+    const std::string path = "/tail" + std::to_string(how);
+    write_file(*fs_, path, std::string(100, 'd'));
+    {
+      Mapping m = map(path, 0, kPage, MapAccess::ReadWrite);
+      ASSERT_OK(store(m.data() + 200, "JUNK"));
+      ASSERT_OK(store(m.data() + kPage - 4, "JUNK"));
+    }
+    if (how == 0) ASSERT_OK(fs_->truncate(ino(path), 2 * kPage));
+    if (how == 1) write_file(*fs_, path, "end", 3000);
+    if (how == 2) ASSERT_OK(fs_->fallocate(ino(path), 0, 2 * kPage, FallocateMode::ExtendSize));
+    std::string got = *read_range(*fs_, path, 0, how == 1 ? 3003 : 2 * kPage);
+    std::string want = std::string(100, 'd') + std::string(got.size() - 100, '\0');
+    if (how == 1) want.replace(3000, 3, "end");
+    EXPECT_EQ(got, want) << "bytes stored past the end became file data";
+  }
+  expect_clean();
+}
+
+}  // namespace
+}  // namespace poise
