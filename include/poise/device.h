@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <vector>
@@ -136,6 +137,11 @@ class Device {
   // The hardware's list of bad ranges (empty on a healthy device), in order.
   // An emulated device reports its poison list.
   virtual Result<std::vector<BadRange>> bad_ranges() const;
+  // The first emulated poisoned range overlapping [offset, +length), clipped to
+  // it: what a mapping's fault consults, in O(log n), without copying the list.
+  // Nothing on real hardware, whose failures arrive as machine checks (and whose
+  // list the filesystem takes in at mount).
+  std::optional<BadRange> first_poisoned(uint64_t offset, uint64_t length) const;
 
   // Emulated devices only: mark memory as poisoned (reads of it fail with EIO,
   // as a machine check would) or clear it. ENOTSUP on real hardware, whose

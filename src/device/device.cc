@@ -64,6 +64,11 @@ Result<void> Device::clear_poison(uint64_t offset, uint64_t length) {
   return edit_poison(offset, length, PoisonEdit::Clear);
 }
 
+std::optional<BadRange> Device::first_poisoned(uint64_t offset, uint64_t length) const {
+  PoisonList* poison = emulated_poison();
+  return poison == nullptr ? std::nullopt : poison->first_overlap(offset, length);
+}
+
 Result<std::vector<BadRange>> Device::bad_ranges() const {
   PoisonList* poison = emulated_poison();
   return poison == nullptr ? std::vector<BadRange>{} : poison->ranges();

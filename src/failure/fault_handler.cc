@@ -72,9 +72,14 @@ bool call_previous(const struct sigaction& prev, int sig, siginfo_t* info, void*
   return false;
 }
 
+// A fault that is not poise's goes to the handler installed before. A
+// synchronous fault cannot be ignored (returning would run the access again,
+// forever): like the kernel, which forces the default action then, die of it.
+// Only an asynchronous machine-check notice (BUS_MCEERR_AO) may be ignored.
 void chain(int sig, siginfo_t* info, void* context) {
   const struct sigaction& prev = sig == SIGSEGV ? previous_segv : previous_bus;
-  if (call_previous(prev, sig, info, context) || prev.sa_handler == SIG_IGN) return;
+  if (call_previous(prev, sig, info, context)) return;
+  if (prev.sa_handler == SIG_IGN && sig == SIGBUS && info->si_code == BUS_MCEERR_AO) return;
   die_of(sig);
 }
 

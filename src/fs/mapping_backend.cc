@@ -65,28 +65,27 @@ Result<void> FsImpl::with_layout(InodeNumber ino, uint64_t first, uint64_t count
     pos += n;
   }
   // Emulated poison not yet consumed: those pages fault as a machine check would.
-  auto poisoned = device_.bad_ranges();
-  if (poisoned.has_value() && !poisoned->empty()) {
-    std::vector<PageExtent> split;
-    for (const PageExtent& e : layout) {
-      if (e.state != PageState::ReadOnly && e.state != PageState::Writable) {
-        split.push_back(e);
-        continue;
-      }
-      uint64_t at = e.dev_block;
-      const uint64_t stop = e.dev_block + e.count;
-      for (const BadRange& b : *poisoned) {
-        uint64_t s = std::max(at, b.offset_bytes / kBlockSize);
-        uint64_t t = std::min(stop, ceil_blocks(b.offset_bytes + b.length_bytes));
-        if (s >= t) continue;
-        if (s > at) split.push_back(PageExtent{e.first_page + (at - e.dev_block), s - at, e.state, at});
-        split.push_back(PageExtent{e.first_page + (s - e.dev_block), t - s, PageState::Poisoned, s});
-        at = t;
-      }
-      if (at < stop) split.push_back(PageExtent{e.first_page + (at - e.dev_block), stop - at, e.state, at});
+  // One ranged lookup per poisoned stretch of the layout, never a copy of the list.
+  std::vector<PageExtent> split;
+  for (const PageExtent& e : layout) {
+    if (e.state != PageState::ReadOnly && e.state != PageState::Writable) {
+      split.push_back(e);
+      continue;
     }
-    layout = std::move(split);
+    uint64_t at = e.dev_block;
+    const uint64_t stop = e.dev_block + e.count;
+    while (at < stop) {
+      auto b = device_.first_poisoned(at * kBlockSize, (stop - at) * kBlockSize);
+      if (!b) break;
+      const uint64_t s = b->offset_bytes / kBlockSize;
+      const uint64_t t = std::min(stop, ceil_blocks(b->offset_bytes + b->length_bytes));
+      if (s > at) split.push_back(PageExtent{e.first_page + (at - e.dev_block), s - at, e.state, at});
+      split.push_back(PageExtent{e.first_page + (s - e.dev_block), t - s, PageState::Poisoned, s});
+      at = t;
+    }
+    if (at < stop) split.push_back(PageExtent{e.first_page + (at - e.dev_block), stop - at, e.state, at});
   }
+  layout = std::move(split);
   fn(eof, layout);
   return {};
 }

@@ -3,6 +3,7 @@
 // breaking before memory is freed, failure notices to exactly the owners, freeze
 // before removal, machine checks routed through the same path.
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -436,7 +437,8 @@ TEST_F(MappingTest, MachineCheckSigbusBecomesARangedNotification) {
   EXPECT_EQ(*read_range(*fs_, "/m", 3 * kPage, 1), "m");
 }
 
-TEST_F(MappingTest, SignalsForOtherAddressesGoToTheHandlerInstalledBefore) {
+// Not MappingTest: its SetUp would install poise's handler before the test's own.
+TEST(FaultHandler, SignalsForOtherAddressesGoToTheHandlerInstalledBefore) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");  // a fresh process: our handler installs after the test's
   EXPECT_EXIT(
       {
@@ -457,6 +459,29 @@ TEST_F(MappingTest, SignalsForOtherAddressesGoToTheHandlerInstalledBefore) {
         std::_Exit(1);
       },
       ::testing::ExitedWithCode(42), "");
+}
+
+// A synchronous fault that is not poise's, with SIGSEGV ignored before poise
+// installed its handler: the kernel would force the default action (returning
+// would run the access again, forever), and so does poise (defect 7).
+TEST(FaultHandler, AnIgnoredSegvStillEndsAFaultThatIsNotPoises) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  auto body = [] {
+    ::signal(SIGSEGV, SIG_IGN);
+    ::alarm(20);  // a fault retried forever ends here instead, by SIGALRM
+    MemoryDevice device(64ull << 20, MemoryDevice::Backing::Shared);
+    (void)Filesystem::format(device);
+    auto fs = Filesystem::mount(device);  // installs poise's handler over SIG_IGN
+    void* p = ::mmap(nullptr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    volatile char c = *static_cast<volatile char*>(p);
+    (void)c;
+    std::_Exit(0);
+  };
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  EXPECT_DEATH(body(), "");  // the sanitizer reports the SEGV itself
+#else
+  EXPECT_EXIT(body(), ::testing::KilledBySignal(SIGSEGV), "");
+#endif
 }
 
 TEST_F(MappingTest, AFailedAccessOutsideGuardedIsSigbusLikeTheKernels) {
