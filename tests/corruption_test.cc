@@ -136,7 +136,7 @@ TEST(Corruption, ADamagedCheckpointBlockInOneCopyIsSurvivedAndRewritten) {
   ASSERT_TRUE(report.has_value());
   EXPECT_TRUE(report->clean()) << report->problems.front();
   bool noted = false;
-  for (const auto& n : report->notes) noted |= n.find("checkpoint copy 1") != std::string::npos;
+  for (const auto& n : report->notes) noted |= n.find("checkpoint copy ") != std::string::npos;
   EXPECT_TRUE(noted) << "check names the damaged copy";
   {
     auto fs = Filesystem::mount(*device);  // read-write: writes a new checkpoint, both copies whole
@@ -411,6 +411,8 @@ TEST(Corruption, AJournalGapOnAnEmulatedDeviceEndsTheLogWithANoteAndStaysEnded) 
     bool noted = false;
     for (const auto& n : report.notes) noted |= n.find("were not applied") != std::string::npos;
     EXPECT_TRUE(noted) << "the mount must say what it did not apply";
+    ASSERT_EQ((*fs)->mount_warnings().size(), 1u) << "and say it at once (the CLI prints it on every command)";
+    EXPECT_NE((*fs)->mount_warnings()[0].find("from 2 on"), std::string::npos) << (*fs)->mount_warnings()[0];
     ASSERT_TRUE((*fs)->mkdir("/new").has_value());  // written where transaction 2 was
     (*fs)->shutdown();
   }
@@ -767,9 +769,10 @@ TEST(Repair, AJournalGapEndsTheLogAndNamesWhatWasLost) {
   auto r = Filesystem::repair(*device);
   ASSERT_TRUE(r.has_value()) << r.error().message;
   EXPECT_TRUE(r->clean()) << r->problems.front();
-  EXPECT_TRUE(mentions(r->changes, "journal transaction 3 lies past the damage")) << r->changes.front();
-  EXPECT_TRUE(mentions(r->changes, "inodes 1, 4"));  // transaction 3 made /d3 (inode 4) in the root
-  EXPECT_TRUE(mentions(r->changes, "journal transaction 4"));
+  ASSERT_FALSE(r->lost.empty());
+  EXPECT_TRUE(mentions(r->lost, "journal transaction 3 lies past the damage")) << r->lost.front();
+  EXPECT_TRUE(mentions(r->lost, "inodes 1, 4"));  // transaction 3 made /d3 (inode 4) in the root
+  EXPECT_TRUE(mentions(r->lost, "journal transaction 4"));
   expect_clean_and_mountable(*device);
   auto fs = Filesystem::mount(*device);
   EXPECT_TRUE((*fs)->stat("/d1").has_value());
@@ -786,11 +789,186 @@ TEST(Repair, ADryRunWritesNothingAndReportsWhatTheRepairDoes) {
   dry.dry_run = true;
   auto planned = Filesystem::repair(*device, dry);
   ASSERT_TRUE(planned.has_value()) << planned.error().message;
-  EXPECT_FALSE(planned->changes.empty());
+  EXPECT_FALSE(planned->lost.empty());
   EXPECT_EQ(std::memcmp(before->data(), device->data(), kBytes), 0) << "a dry run wrote to the device";
   auto done = Filesystem::repair(*device);
   ASSERT_TRUE(done.has_value());
   EXPECT_EQ(planned->changes, done->changes);
+  EXPECT_EQ(planned->lost, done->lost);
+}
+
+// The review's cases: a taken name in /lost+found, more removals than one
+// transaction holds, a cross-link beside a reflink of the same count.
+TEST(Repair, ATakenNameInLostAndFoundGetsASuffix) {
+  std::vector<uint64_t> journals;
+  auto device = std::make_unique<MemoryDevice>(kBytes);
+  ASSERT_TRUE(Filesystem::format(*device).has_value());
+  {
+    auto fs = Filesystem::mount(*device);
+    journals = journal_copies(**fs);
+    ASSERT_TRUE((*fs)->mkdir("/lost+found").has_value());  // lsn 1, inode 2
+    ASSERT_TRUE((*fs)->create("/g").has_value());          // lsn 2, inode 3
+    ASSERT_TRUE((*fs)->create("/lost+found/#3").has_value());  // lsn 3, inode 4
+    (*fs)->shutdown();
+  }
+  format::TxEncoder tx;
+  tx.add(format::DirentRemoveRecord{1, "g"});  // /g (inode 3) loses its only name
+  append_transaction(*device, journals, 3, tx);
+  auto r = Filesystem::repair(*device);
+  ASSERT_TRUE(r.has_value()) << r.error().message;
+  EXPECT_TRUE(r->clean()) << r->problems.front();
+  EXPECT_TRUE(mentions(r->changes, "/lost+found/#3.1"));
+  expect_clean_and_mountable(*device);
+  auto fs = Filesystem::mount(*device);
+  EXPECT_EQ((*fs)->stat("/lost+found/#3.1")->ino, InodeNumber(3));
+  EXPECT_EQ((*fs)->stat("/lost+found/#3")->ino, InodeNumber(4));
+}
+
+TEST(Repair, ADirectoryWithMoreNamesThanOneTransactionHolds) {
+  std::vector<uint64_t> journals;
+  auto device = std::make_unique<MemoryDevice>(kBytes);
+  ASSERT_TRUE(Filesystem::format(*device).has_value());
+  {
+    auto fs = Filesystem::mount(*device);
+    journals = journal_copies(**fs);
+    ASSERT_TRUE((*fs)->mkdir("/d").has_value());  // lsn 1, inode 2
+    (*fs)->shutdown();
+  }
+  // 1,100 more names of /d with 250-byte names: 300 KiB of removals.
+  for (int t = 0; t < 2; ++t) {
+    format::TxEncoder tx;
+    for (int i = 0; i < 550; ++i) {
+      std::string name = std::to_string(t * 550 + i);
+      tx.add(format::DirentRecord{1, 2, name + std::string(250 - name.size(), 'n')});
+    }
+    append_transaction(*device, journals, 1 + t, tx);
+  }
+  auto r = Filesystem::repair(*device);
+  ASSERT_TRUE(r.has_value()) << r.error().message;
+  EXPECT_TRUE(r->clean()) << r->problems.front();
+  EXPECT_TRUE(mentions(r->changes, "1101 names; removed all but one"));
+  expect_clean_and_mountable(*device);
+}
+
+TEST(Repair, ACrossLinkBesideAReflinkIsNamedAtItsOwnBlock) {
+  auto device = std::make_unique<MemoryDevice>(kBytes);
+  ASSERT_TRUE(Filesystem::format(*device).has_value());
+  uint64_t a_third = 0;
+  {
+    auto fs = Filesystem::mount(*device);
+    auto a = *(*fs)->create("/a");  // inode 2: three blocks
+    std::string data(3 * 4096, 'a');
+    ASSERT_TRUE((*fs)->write(a, 0, {reinterpret_cast<const std::byte*>(data.data()), data.size()}).has_value());
+    auto b = *(*fs)->create("/b");  // inode 3 shares the first two by clone
+    ASSERT_TRUE((*fs)->clone_range(a, 0, b, 0, 8192).has_value());
+    auto c = *(*fs)->create("/c");  // inode 4: one block of its own
+    ASSERT_TRUE((*fs)->write(c, 0, {reinterpret_cast<const std::byte*>(data.data()), 4096}).has_value());
+    for (const auto& rec : *(*fs)->fsmap(0, kBytes)) {
+      if (rec.owner == OwnerKind::File && rec.ino == a && rec.file_offset_bytes <= 8192 &&
+          rec.file_offset_bytes + rec.length_bytes > 8192) {
+        a_third = (rec.device_offset_bytes + (8192 - rec.file_offset_bytes)) / kBlockSize;
+      }
+    }
+    ASSERT_TRUE((*fs)->checkpoint().has_value());
+    ASSERT_TRUE((*fs)->unmount().has_value());
+  }
+  ASSERT_NE(a_third, 0u);
+  // /c's extent now points at /a's third block, beside the shared two (both copies, sealed again).
+  format::SuperblockInfo sb = superblock_of(*device);
+  for (uint64_t at : {sb.checkpoint_root_block, sb.checkpoint_copy_root_block}) {
+    auto root = *format::decode_checkpoint_root(device->data() + at * kBlockSize, at, sb.checkpoint_generation,
+                                                sb.journal_start_block + sb.journal_blocks, sb.size_blocks - 1);
+    const uint64_t extents = root.sections[format::kSectionExtents].runs.at(0).start_block;
+    std::byte* block = device->data() + extents * kBlockSize;
+    format::SectionBlockHeader h;
+    std::memcpy(&h, block, sizeof h);
+    bool edited = false;
+    for (uint32_t i = 0; i < h.records.get(); ++i) {
+      format::DiskExtent e;
+      std::memcpy(&e, block + sizeof h + i * sizeof e, sizeof e);
+      if (e.ino.get() != 4) continue;
+      e.dev_block.set(a_third);
+      std::memcpy(block + sizeof h + i * sizeof e, &e, sizeof e);
+      edited = true;
+    }
+    ASSERT_TRUE(edited);
+    format::seal_block(block, h.header.kind.get(), extents, h.header.generation.get(), h.header.used_bytes.get());
+  }
+  auto report = Filesystem::check_device(*device);
+  ASSERT_TRUE(report.has_value());
+  ASSERT_FALSE(report->clean());
+  const std::string& p = report->problems[0];
+  EXPECT_NE(p.find("device block " + std::to_string(a_third)), std::string::npos) << p;
+  EXPECT_NE(p.find("cross-link"), std::string::npos) << p;
+  EXPECT_NE(p.find("inode 4"), std::string::npos) << p;
+}
+
+// The two copies of the checkpoint lie half the data area apart, and damage to
+// the second copy is found (and rewritten) as damage to the first is.
+TEST(Corruption, TheCopiesLieApartAndDamageToCopyTwoIsFound) {
+  auto device = formatted_with_a_file();
+  format::SuperblockInfo sb = superblock_of(*device);
+  const uint64_t area = sb.size_blocks - 1 - (sb.journal_start_block + sb.journal_blocks);
+  const uint64_t apart = sb.checkpoint_copy_root_block > sb.checkpoint_root_block
+                             ? sb.checkpoint_copy_root_block - sb.checkpoint_root_block
+                             : sb.checkpoint_root_block - sb.checkpoint_copy_root_block;
+  EXPECT_GE(apart, area / 4) << "roots at " << sb.checkpoint_root_block << " and " << sb.checkpoint_copy_root_block;
+  std::vector<uint64_t> tables;
+  for (const auto& r : metadata_records(*device)) {
+    if (r.metadata_kind == MetadataKind::InodeTable) tables.push_back(r.device_offset_bytes);
+  }
+  ASSERT_EQ(tables.size(), 2u);
+  const uint64_t copy2 = std::abs(static_cast<int64_t>(tables[1] / kBlockSize - sb.checkpoint_copy_root_block)) <
+                                 std::abs(static_cast<int64_t>(tables[0] / kBlockSize - sb.checkpoint_copy_root_block))
+                             ? tables[1]
+                             : tables[0];
+  device->data()[copy2 + 300] ^= std::byte{4};
+  auto report = Filesystem::check_device(*device);
+  ASSERT_TRUE(report.has_value());
+  EXPECT_TRUE(report->clean());
+  EXPECT_TRUE(mentions(report->notes, "checkpoint copy 2")) << "damage to the copy not read must still be found";
+  { auto fs = Filesystem::mount(*device); ASSERT_TRUE(fs.has_value()); }  // rewrites both copies
+  auto again = Filesystem::check_device(*device);
+  ASSERT_TRUE(again.has_value());
+  EXPECT_TRUE(again->notes.empty()) << again->notes.front();
+}
+
+TEST(Corruption, DamageToJournalCopyTwoIsFound) {
+  std::vector<uint64_t> journals;
+  auto device = journal_with_transactions(3, &journals);
+  damage_transaction(*device, {journals[1]}, 2);
+  auto report = Filesystem::check_device(*device);
+  ASSERT_TRUE(report.has_value());
+  EXPECT_TRUE(report->clean());
+  EXPECT_TRUE(mentions(report->notes, "journal transaction 2")) << "damage to copy 2 must be found";
+  EXPECT_TRUE(mentions(report->notes, "copy 2 is bad"));
+}
+
+TEST(Repair, AFileExtentOnMetadataIsUnmappedAndNamed) {
+  auto device = formatted_with_a_file();  // /kept is inode 2
+  format::SuperblockInfo sb = superblock_of(*device);
+  for (uint64_t at : {sb.checkpoint_root_block, sb.checkpoint_copy_root_block}) {
+    auto root = *format::decode_checkpoint_root(device->data() + at * kBlockSize, at, sb.checkpoint_generation,
+                                                sb.journal_start_block + sb.journal_blocks, sb.size_blocks - 1);
+    const uint64_t extents = root.sections[format::kSectionExtents].runs.at(0).start_block;
+    std::byte* block = device->data() + extents * kBlockSize;
+    format::SectionBlockHeader h;
+    std::memcpy(&h, block, sizeof h);
+    format::DiskExtent e;
+    std::memcpy(&e, block + sizeof h, sizeof e);
+    ASSERT_EQ(e.ino.get(), 2u);
+    e.dev_block.set(sb.journal_copy_start_block + 5);  // inside the journal's second copy
+    std::memcpy(block + sizeof h, &e, sizeof e);
+    format::seal_block(block, h.header.kind.get(), extents, h.header.generation.get(), h.header.used_bytes.get());
+  }
+  ASSERT_FALSE(Filesystem::mount(*device).has_value());
+  auto r = Filesystem::repair(*device);
+  ASSERT_TRUE(r.has_value()) << r.error().message;
+  EXPECT_TRUE(r->clean()) << r->problems.front();
+  EXPECT_TRUE(mentions(r->lost, "inode 2: unmapped file blocks 0..1, which lay on the journal")) << r->lost.front();
+  expect_clean_and_mountable(*device);
+  auto fs = Filesystem::mount(*device);
+  EXPECT_TRUE((*fs)->stat("/journaled").has_value());
 }
 
 }  // namespace

@@ -90,6 +90,7 @@ struct RepairOptions {
 
 struct RepairReport {
   std::vector<std::string> changes;   // every change made (with dry_run: that would be made)
+  std::vector<std::string> lost;      // what the repair had to drop: records, journal transactions
   std::vector<std::string> problems;  // what check still finds afterwards; empty: clean
   bool clean() const { return problems.empty(); }
 };
@@ -137,9 +138,10 @@ class Filesystem {
   // root (a cycle) and files with no name move to /lost+found; link counts are
   // set to the names; blocks two files claim without a refcount record are kept
   // as copy-on-write sharing; written blocks past a file's end are unmapped;
-  // journal transactions past damage in mid-log are reported with the inodes
-  // they touched. Then a new checkpoint is written. Fails (nothing written)
-  // where the image cannot be read at all.
+  // journal transactions past damage in mid-log are reported (`lost`) with the
+  // inodes they touched. Then a new checkpoint is written. Each change is a
+  // journaled transaction: an interrupted repair leaves a consistent image, and
+  // running it again goes on. Fails where the image cannot be read at all.
   static Result<RepairReport> repair(Device& device, const RepairOptions& options = {});
   // Whether either superblock copy carries poise's magic, valid or not: a device
   // that held a filesystem whose primary superblock is damaged still answers yes.
@@ -215,6 +217,9 @@ class Filesystem {
   virtual FsInfo info() = 0;
   // Checks every invariant of the mounted filesystem, pausing operations meanwhile.
   virtual CheckReport check() = 0;
+  // What this mount did not apply and a user must hear of at once: journal
+  // transactions past a gap (an emulated device after a machine crash). Cheap.
+  virtual std::vector<std::string> mount_warnings() const = 0;
 
   // Internal: called by File.
   virtual void release(InodeNumber ino) = 0;

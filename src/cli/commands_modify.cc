@@ -215,15 +215,17 @@ int repair(const Args& a) {
   if (!result.has_value()) return report("repair " + a.image, result.error());
   const RepairReport& r = *result;
   if (a.json) {
-    fmt::print("{}\n", json_text(nlohmann::json{{"dry_run", dry_run}, {"changes", r.changes}, {"problems", r.problems},
-                                       {"clean", r.clean()}}));
+    fmt::print("{}\n", json_text(nlohmann::json{{"dry_run", dry_run}, {"changes", r.changes}, {"lost", r.lost},
+                                                 {"problems", r.problems}, {"clean", r.clean()}}));
   } else {
+    for (const auto& l : r.lost) fmt::print("{}: {}\n", dry_run ? "would lose" : "lost", l);
     for (const auto& c : r.changes) fmt::print("{}: {}\n", dry_run ? "would fix" : "fixed", c);
     for (const auto& p : r.problems) fmt::print("problem left: {}\n", p);
-    if (r.changes.empty() && r.clean()) {
+    if (r.changes.empty() && r.lost.empty() && r.clean()) {
       fmt::print("nothing to repair: the image is clean\n");
     } else {
-      fmt::print("{} {}; {}\n", r.changes.size(), r.changes.size() == 1 ? "change" : "changes",
+      fmt::print("{} {}{}; {}\n", r.changes.size(), r.changes.size() == 1 ? "change" : "changes",
+                 r.lost.empty() ? "" : fmt::format(", {} lost", r.lost.size()),
                  r.clean() ? (dry_run ? "clean after a repair" : "clean now")
                            : fmt::format("{} problems left", r.problems.size()));
     }

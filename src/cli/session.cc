@@ -63,6 +63,9 @@ int open_session(const std::string& image, MountMode mode, Session* out) {
   options.mode = mode;
   auto fs = Filesystem::mount(**device, options);
   if (!fs.has_value()) return report(image, fs.error());
+  // Transactions a read-write mount is about to erase for good (or a read-only
+  // one shows without) are said on every command, not only by check.
+  for (const std::string& warning : (*fs)->mount_warnings()) eprint("poise: warning: {}\n", warning);
   out->device = std::move(*device);
   out->fs = std::move(*fs);
   return kExitOk;

@@ -177,11 +177,13 @@ Result<void> read_section_copies(const ReadBlock& read, const std::vector<const 
   const uint64_t blocks = first.blocks();
   for (uint64_t index = 0; index < blocks; ++index) {
     Result<void> got = fail(EIO, "no copy");
+    uint32_t used = 0;
     for (uint32_t c = 0; c < copies.size(); ++c) {
       const uint64_t b = block_at(*copies[c], index);
       auto fetched = fetch_section_block(read, b, kind, static_cast<uint32_t>(index), generation, block);
       if (fetched.has_value()) {
         got = {};
+        used = c;
         break;
       }
       if (c == 0) got = fetched;
@@ -190,6 +192,13 @@ Result<void> read_section_copies(const ReadBlock& read, const std::vector<const 
       if (c + 1 < copies.size() && note) note(c, b, fetched.error().message);
     }
     if (!got.has_value()) return got;
+    // The copies after the one used: damaged ones are told too.
+    alignas(64) std::byte other[kBlockSize];
+    for (uint32_t c = used + 1; c < copies.size() && note; ++c) {
+      const uint64_t b = block_at(*copies[c], index);
+      auto checked = fetch_section_block(read, b, kind, static_cast<uint32_t>(index), generation, other);
+      if (!checked.has_value()) note(c, b, checked.error().message);
+    }
     SectionBlockHeader h;
     std::memcpy(&h, block, sizeof h);
     records += h.records.get();

@@ -93,8 +93,9 @@ Result<void> read_section(const ReadBlock& read, const SectionInfo& section, Sec
 
 // A section kept in several copies (version 2 keeps two), which hold the same
 // block images at the same index. Each block is taken from the first copy whose
-// block reads and verifies; `note` hears of every block a later copy stood in
-// for (the copy that failed, its device block, why). The copies must list the
+// block reads and verifies, and the same block of every other copy is verified
+// too: `note` hears of every damaged copy of a block (the copy, its device
+// block, why), so that redundancy is never lost unnoticed. The copies must list the
 // same number of blocks and records. Fails only where no copy of a block is good.
 using CopyNote = std::function<void(uint32_t copy, uint64_t block, const std::string& why)>;
 Result<void> read_section_copies(const ReadBlock& read, const std::vector<const SectionInfo*>& copies,

@@ -81,6 +81,7 @@ Result<void> FsImpl::write_superblocks(uint64_t root_block, uint64_t copy_root_b
   encode_superblock(sb_, secondary, block);
   device_.write(secondary * kBlockSize, block, kBlockSize);
   TRY(device_.sync_range(secondary * kBlockSize, kBlockSize));
+  for (const std::string& note : superblock_notes_) mount_notes_.push_back(note + " [both copies rewritten]");
   superblock_notes_.clear();
   return {};
 }
@@ -187,7 +188,12 @@ Result<void> FsImpl::write_checkpoint() {
       format::CheckpointRootInfo& root = roots[c];
       root = base_root;
       std::optional<DevBlock> hint;
-      if (c == 1) hint = free_.free_block_from(DevBlock(data_start_ + (data_end_ - data_start_) / 2));
+      if (c == 1) {  // half the data area away from copy 1 (wrapping), or the next free block after that
+        const uint64_t area = data_end_ - data_start_;
+        uint64_t target = root_blocks[0] + area / 2;
+        if (target >= data_end_) target -= area;
+        hint = free_.free_block_from(DevBlock(target));
+      }
       auto r = free_.allocate(1, hint);
       if (!r) {
         for (const DevRun& a : allocated) free_.add(a);
@@ -315,7 +321,10 @@ Result<void> FsImpl::write_checkpoint() {
   checkpoint_root_block_ = root_blocks[0];
   checkpoint_copy_ = copies == 2 ? std::move(roots[1]) : format::CheckpointRootInfo{};
   checkpoint_copy_root_block_ = root_blocks[1];
-  copy_notes_.clear();  // every damaged copy met at mount has just been written anew
+  // Every damaged copy met at mount has just been written anew; check() still
+  // says what was found.
+  for (const std::string& note : copy_notes_) mount_notes_.push_back(note + " [rewritten by a checkpoint]");
+  copy_notes_.clear();
   count_checkpoint_blocks();
   journal_->reset(generation);
   return {};
@@ -374,11 +383,14 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   if (first.has_value()) copies.push_back(&checkpoint_), copy_numbers.push_back(1);
   if (second.has_value()) copies.push_back(&checkpoint_copy_), copy_numbers.push_back(2);
   auto read = [this](uint64_t b, std::byte* out) { return read_block(b, out); };
+  constexpr uint64_t kBlockNotesMax = 16;  // a badly damaged copy gives a readable report
+  uint64_t damaged_blocks = 0;
   auto read_copies = [&](SectionId id, const format::VisitPayload& visit) {
     std::vector<const format::SectionInfo*> sections;
     for (const auto* c : copies) sections.push_back(&c->sections[id]);
     return format::read_section_copies(read, sections, id, known.generation, visit,
                                        [&](uint32_t copy, uint64_t b, const std::string& why) {
+      if (++damaged_blocks > kBlockNotesMax) return;
       copy_notes_.push_back("checkpoint copy " + std::to_string(copy_numbers[copy]) + ": " + why + " (block " +
                             std::to_string(b) + "); the other copy is used");
     });
@@ -423,6 +435,12 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     return apply_loaded(TRY(format::decode_bad_range(d)));
   }));
   std::vector<format::RefcountRecord> recorded;
+  auto note_the_rest = [&] {
+    if (damaged_blocks > kBlockNotesMax) {
+      copy_notes_.push_back("... and " + std::to_string(damaged_blocks - kBlockNotesMax) +
+                            " more damaged checkpoint blocks in one copy");
+    }
+  };
   TRY(read_fixed_records<format::DiskRefcount>(read_copies, format::kSectionRefcounts,
                                                [&](const format::DiskRefcount& d) -> Result<void> {
     auto r = TRY(format::decode_refcount(d));
@@ -433,6 +451,7 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     recorded.push_back(r);
     return {};
   }));
+  note_the_rest();
   if (sb.version != format::kFormatVersionSingleCopy) compare_sharing(recorded);
   if (known.next_ino < next_ino_) {
     return fail(EUCLEAN, "checkpoint's next inode number is below an inode in use");
@@ -491,19 +510,27 @@ std::vector<format::RefcountRecord> FsImpl::shared_runs_of_extents() const {
 void FsImpl::compare_sharing(const std::vector<format::RefcountRecord>& recorded) {
   const std::vector<format::RefcountRecord> derived = shared_runs_of_extents();
   if (derived == recorded) return;
-  // Name the first block where they differ, and the files claiming it.
-  size_t i = 0;
-  while (i < derived.size() && i < recorded.size() && derived[i] == recorded[i]) ++i;
-  auto start_at = [&](const std::vector<format::RefcountRecord>& v) {
-    return i < v.size() ? v[i].start_block : UINT64_MAX;
+  // The first block whose count differs (the lists merge adjacent runs of one
+  // count, so compare them as functions of the block, not record by record).
+  auto count_at = [](const std::vector<format::RefcountRecord>& v, uint64_t block) -> uint64_t {
+    auto it = std::upper_bound(v.begin(), v.end(), block,
+                               [](uint64_t b, const format::RefcountRecord& r) { return b < r.start_block; });
+    if (it == v.begin()) return 1;
+    --it;
+    return block < it->start_block + it->block_count ? it->refcount : 1;
   };
-  const uint64_t block = std::min(start_at(derived), start_at(recorded));
-  auto count_at = [&](const std::vector<format::RefcountRecord>& v) -> uint64_t {
-    for (const auto& r : v) {
-      if (r.start_block <= block && block < r.start_block + r.block_count) return r.refcount;
+  std::vector<uint64_t> edges;
+  for (const auto* v : {&derived, &recorded}) {
+    for (const auto& r : *v) edges.insert(edges.end(), {r.start_block, r.start_block + r.block_count});
+  }
+  std::sort(edges.begin(), edges.end());
+  uint64_t block = edges.empty() ? 0 : edges.front();
+  for (uint64_t e : edges) {
+    if (count_at(derived, e) != count_at(recorded, e)) {
+      block = e;
+      break;
     }
-    return 1;
-  };
+  }
   std::string claimants;
   for (const auto& [ino, inode] : inodes_) {
     inode->extents.for_each([&](const Extent& m) {
@@ -513,8 +540,8 @@ void FsImpl::compare_sharing(const std::vector<format::RefcountRecord>& recorded
       }
     });
   }
-  const uint64_t files = count_at(derived);
-  const uint64_t recorded_count = count_at(recorded);
+  const uint64_t files = count_at(derived, block);
+  const uint64_t recorded_count = count_at(recorded, block);
   sharing_problems_.push_back(
       "device block " + std::to_string(block) + " is claimed by " + std::to_string(files) +
       (files == 1 ? " file" : " files") + (claimants.empty() ? "" : " (" + claimants + ")") +
@@ -523,7 +550,8 @@ void FsImpl::compare_sharing(const std::vector<format::RefcountRecord>& recorded
                               : ": a refcount record without the sharing it records"));
 }
 
-Result<void> FsImpl::rebuild_space(OwnershipMap* ownership, FreeSpace* free) const {
+Result<void> FsImpl::rebuild_space(OwnershipMap* ownership, FreeSpace* free,
+                                   std::optional<OwnershipMap::Conflict>* conflict_out) const {
   const uint64_t size = sb_.size_blocks;
   std::vector<Claim> claims;
   claims.reserve(extent_count_.load() + 8);
@@ -547,6 +575,7 @@ Result<void> FsImpl::rebuild_space(OwnershipMap* ownership, FreeSpace* free) con
     claims.push_back({DevRun{DevBlock(r.start), r.length}, bad_owner(DevBlock(r.start))});
   }
   if (auto conflict = ownership->build(std::move(claims))) {
+    if (conflict_out != nullptr) *conflict_out = conflict;
     std::string who;
     for (const Owner& o : conflict->owners) {
       if (o.is_bad()) continue;

@@ -130,6 +130,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<std::vector<FsmapRecord>> fsmap(uint64_t offset, uint64_t length) override;
   FsInfo info() override;
   CheckReport check() override;
+  std::vector<std::string> mount_warnings() const override { return mount_warnings_; }
   void release(InodeNumber ino) override;
   Result<void> retain(InodeNumber ino) override;
 
@@ -309,7 +310,11 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   void compare_sharing(const std::vector<format::RefcountRecord>& recorded);
   // Derives ownership and free space from the superblocks, journal, checkpoint
   // and every extent map; EUCLEAN if a file claims metadata blocks.
-  Result<void> rebuild_space(OwnershipMap* ownership, FreeSpace* free) const;
+  Result<void> rebuild_space(OwnershipMap* ownership, FreeSpace* free,
+                             std::optional<OwnershipMap::Conflict>* conflict = nullptr) const;
+  // A repair's load: file extents on metadata blocks are dropped (logged) until
+  // the reverse map builds.
+  Result<void> rebuild_space_dropping_conflicts();
   // `copy` 0 or 1: which of the two copies (their owners differ by kSecondCopyOffset).
   void add_checkpoint_owners(const format::CheckpointRootInfo& root, uint64_t root_block, uint32_t copy,
                              OwnershipMap* ownership) const;
@@ -342,6 +347,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   std::vector<std::string> sharing_problems_;
   std::vector<std::string> superblock_notes_;  // a stale or damaged copy, for check(); a checkpoint repairs it
   std::vector<std::string> mount_notes_;       // what this mount found and left as it is (a journal gap)
+  std::vector<std::string> mount_warnings_;    // of those, what was not applied (mount_warnings())
   uint64_t data_start_ = 0;                // first block after the journal
   uint64_t data_end_ = 0;                  // the secondary superblock
 

@@ -55,6 +55,18 @@ Result<uint64_t> Journal::replay(uint64_t generation,
                                         std::to_string(write_offset_) + " was read from copy 2: copy 1 " +
                                         why_bad);
         }
+        // The copies after this one must hold it too: a damaged one is told.
+        for (size_t d = c + 1; d < copies.size() && options.copy_notes != nullptr; ++d) {
+          const uint64_t other_readable = copies[d].readable_from(write_offset_, capacity_);
+          auto other = format::decode_tx(copies[d].region, other_readable, write_offset_, generation, next_lsn_);
+          if (!other.has_value()) {
+            options.copy_notes->push_back("journal transaction " + std::to_string(next_lsn_) + " at byte " +
+                                          std::to_string(write_offset_) + ": copy " + std::to_string(d + 1) +
+                                          (other_readable < capacity_ && other_readable <= write_offset_
+                                               ? " lies on failed memory"
+                                               : " is bad (" + other.error().message + ")"));
+          }
+        }
         tx = std::move(got);
         break;
       }

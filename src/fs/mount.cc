@@ -215,7 +215,10 @@ Result<void> FsImpl::load() {
       },
       replay_options));
   mount_notes_.clear();
-  if (!gap_note.empty()) mount_notes_.push_back(gap_note);  // kept for check(): no checkpoint clears it
+  if (!gap_note.empty()) {  // kept for check(): no checkpoint clears it
+    mount_notes_.push_back(gap_note);
+    mount_warnings_.push_back(gap_note);
+  }
   constexpr size_t kCopyNotesMax = 8;
   if (journal_copy_notes.size() > kCopyNotesMax) {
     const size_t more = journal_copy_notes.size() - kCopyNotesMax;
@@ -234,7 +237,11 @@ Result<void> FsImpl::load() {
   if (!sharing_problems_.empty() && options_.mode == MountMode::ReadWrite && !repairing_) {
     return fail(EUCLEAN, sharing_problems_.front() + "; mount read-only to copy the data out");
   }
-  TRY(rebuild_space(&ownership_, &free_));
+  if (repairing_) {
+    TRY(rebuild_space_dropping_conflicts());
+  } else {
+    TRY(rebuild_space(&ownership_, &free_));
+  }
   mounted_ = true;
   mappings_->attach(this);
   if (device_.map_fd() >= 0) failure::install_fault_handler();
@@ -293,14 +300,8 @@ Result<void> FsImpl::load() {
     }
   }
   if (!superblock_notes_.empty() || !copy_notes_.empty()) {
-    std::vector<std::string> repaired = superblock_notes_;
-    repaired.insert(repaired.end(), copy_notes_.begin(), copy_notes_.end());
-    std::unique_lock quiet(gate_);
-    auto written = write_checkpoint();
-    if (!written.has_value() && written.error().code != ENOSPC) return written;
-    if (written.has_value()) {  // check() still says what this mount found and rewrote
-      for (const std::string& note : repaired) mount_notes_.push_back(note + " [rewritten at mount]");
-    }
+    std::unique_lock quiet(gate_);  // the checkpoint keeps what it rewrote among the notes
+    if (auto written = write_checkpoint(); !written.has_value() && written.error().code != ENOSPC) return written;
   }
   return {};
 }
@@ -353,6 +354,36 @@ Result<void> FsImpl::verify_tree() const {
     }
   }
   return {};
+}
+
+Result<void> FsImpl::rebuild_space_dropping_conflicts() {
+  // Bounded: each round drops at least one file extent's claim.
+  for (uint64_t round = 0;; ++round) {
+    std::optional<OwnershipMap::Conflict> conflict;
+    ownership_ = OwnershipMap{};
+    free_ = FreeSpace{};
+    auto built = rebuild_space(&ownership_, &free_, &conflict);
+    if (built.has_value()) return {};
+    if (!conflict || round > extent_count_.load() + 1) return built;
+    std::string metadata;
+    for (const Owner& o : conflict->owners) {
+      if (o.is_metadata()) metadata = to_string(static_cast<MetadataKind>(o.id & 0xFF));
+    }
+    bool dropped = false;
+    for (const Owner& o : conflict->owners) {
+      if (!o.is_file() || metadata.empty()) continue;
+      replaying_ = true;  // in memory only: the repair's checkpoint writes it
+      auto cleared = apply(format::ExtentClearRecord{o.id, o.offset_blocks, conflict->run.count}, {});
+      replaying_ = false;
+      if (!cleared.has_value()) return built;
+      repair_log_.push_back("inode " + std::to_string(o.id) + ": unmapped file blocks " +
+                            std::to_string(o.offset_blocks) + ".." + std::to_string(o.offset_blocks + conflict->run.count) +
+                            ", which lay on the " + metadata + " (device block " +
+                            std::to_string(conflict->run.start.value()) + ")");
+      dropped = true;
+    }
+    if (!dropped) return built;  // metadata over metadata: nothing a repair can choose
+  }
 }
 
 Result<void> FsImpl::add_second_copies() {

@@ -45,18 +45,24 @@ Result<RepairReport> Filesystem::repair(Device& device, const RepairOptions& opt
 }
 
 Result<void> FsImpl::commit_repair(const Records& records) {
-  Op op = TRY(begin_op(format::kTxBytesMax));
-  std::unique_lock ns(ns_mutex_);
-  commit(op, records, {});
+  // At most 256 records (a name is under 300 bytes) a transaction.
+  constexpr size_t kRecordsPerTx = 256;
+  for (size_t i = 0; i < records.size(); i += kRecordsPerTx) {
+    Op op = TRY(begin_op(format::kTxBytesMax));
+    std::unique_lock ns(ns_mutex_);
+    commit(op, Records(records.begin() + i, records.begin() + std::min(records.size(), i + kRecordsPerTx)), {});
+  }
   return {};
 }
 
 Result<RepairReport> FsImpl::repair_loaded() {
   RepairReport report;
   auto& changes = report.changes;
-  changes.insert(changes.end(), repair_log_.begin(), repair_log_.end());
-  changes.insert(changes.end(), mount_notes_.begin(), mount_notes_.end());  // journal gap, rewritten copies
-  for (const format::DecodedTx& tx : lost_transactions_) changes.push_back(describe_lost(tx));
+  report.lost = repair_log_;  // records that could not be applied, file blocks that lay on metadata
+  for (const std::string& note : mount_notes_) {  // a journal gap (a loss), rewritten copies (a change)
+    (note.find("were not applied") != std::string::npos ? report.lost : changes).push_back(note);
+  }
+  for (const format::DecodedTx& tx : lost_transactions_) report.lost.push_back(describe_lost(tx));
   for (const std::string& p : sharing_problems_) {
     changes.push_back(p + "; kept as copy-on-write sharing (a write to either file now copies the block first)");
   }
@@ -115,14 +121,21 @@ Result<void> FsImpl::repair_tree(std::vector<std::string>* changes) {
     changes->push_back("created /" + name);
     return lost_found;
   };
-  // Moves `ino` to /lost+found as "#ino", dropping every other name it has.
+  // Moves `ino` to /lost+found as "#ino" (or "#ino.N" if taken), dropping every
+  // other name it has.
   auto adopt = [&](uint64_t ino, const std::vector<Name>& old_names, const char* why) -> Result<void> {
     const uint64_t lf = TRY(lost_and_found());
+    std::string name = "#" + std::to_string(ino);
+    {
+      std::shared_lock ns(ns_mutex_);
+      const DirEntries& in_lf = *find_inode(InodeNumber(lf))->entries;
+      for (int i = 1; in_lf.contains(name); ++i) name = "#" + std::to_string(ino) + "." + std::to_string(i);
+    }
     Records records;
     for (const Name& n : old_names) records.push_back(format::DirentRemoveRecord{n.dir, n.name});
-    records.push_back(format::DirentRecord{lf, ino, "#" + std::to_string(ino)});
     TRY(commit_repair(records));
-    changes->push_back("moved inode " + std::to_string(ino) + " (" + why + ") to /lost+found/#" + std::to_string(ino));
+    TRY(commit_repair({format::DirentRecord{lf, ino, name}}));
+    changes->push_back("moved inode " + std::to_string(ino) + " (" + why + ") to /lost+found/" + name);
     return {};
   };
 

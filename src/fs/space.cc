@@ -17,8 +17,8 @@ uint64_t FsImpl::checkpoint_reserve_blocks() const {
   constexpr uint64_t kMarginBlocks = 16;  // partial blocks, the root, growth during a checkpoint
   return metadata_copies() * (blocks(inode_count_.load() * sizeof(format::DiskInode), kSectionPayloadBytes) +
          blocks(extent_count_.load() * sizeof(format::DiskExtent), kSectionPayloadBytes) +
-         // Shared runs (version 2): at most about one per extent.
-         (sb_.has_copies() ? blocks(extent_count_.load() * sizeof(format::DiskRefcount), kSectionPayloadBytes) : 0) +
+         // Shared runs (version 2): fewer than two per extent.
+         (sb_.has_copies() ? blocks(2 * extent_count_.load() * sizeof(format::DiskRefcount), kSectionPayloadBytes) : 0) +
          blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load(), dirent_block_bytes) + kMarginBlocks);
 }
 
