@@ -246,6 +246,20 @@ std::unique_ptr<MemoryDevice> journal_with_transactions(int ops, std::vector<uin
   return device;
 }
 
+// A device on which `ops` ran and the filesystem then stopped as if the power
+// went: everything they did is in the journal only.
+std::unique_ptr<MemoryDevice> journaled_image(const std::function<void(Filesystem&)>& ops,
+                                              std::vector<uint64_t>* journals) {
+  auto device = std::make_unique<MemoryDevice>(kBytes);
+  EXPECT_TRUE(Filesystem::format(*device).has_value());
+  auto fs = Filesystem::mount(*device);
+  EXPECT_TRUE(fs.has_value());
+  *journals = journal_copies(**fs);
+  ops(**fs);
+  (*fs)->shutdown();
+  return device;
+}
+
 // The byte offset (in the device) of the sealed transaction with this lsn.
 uint64_t transaction_at(const MemoryDevice& device, uint64_t journal_offset, uint64_t lsn) {
   for (uint64_t at = 0; at < (1u << 20); at += format::kTxAlign) {
@@ -337,11 +351,12 @@ void append_transaction(MemoryDevice& device, const std::vector<uint64_t>& journ
   }
 }
 
-TEST(Corruption, ADirectoryCycleIsRefusedBeforeAnythingCanHang) {
+// /d1 (inode 2) moved under /d2 (inode 3) and /d2 under /d1 by a checksummed
+// transaction: a loop that no path from the root reaches.
+std::unique_ptr<MemoryDevice> image_with_a_directory_cycle() {
   std::vector<uint64_t> journals;
-  auto device = journal_with_transactions(2, &journals);  // /d1 and /d2, inodes 2 and 3
+  auto device = journal_with_transactions(2, &journals);
   format::TxEncoder tx;
-  // /d1 moves under /d2 and /d2 under /d1: a loop that no path from the root reaches.
   tx.add(format::DirentRemoveRecord{1, "d1"});
   tx.add(format::DirentRemoveRecord{1, "d2"});
   tx.add(format::DirentRecord{3, 2, "loop1"});
@@ -350,6 +365,11 @@ TEST(Corruption, ADirectoryCycleIsRefusedBeforeAnythingCanHang) {
   tx.add(format::InodeCore{2, format::kModeDirectory | 0755, 3, 0, 0, 0, 0, 0, 0});
   tx.add(format::InodeCore{3, format::kModeDirectory | 0755, 3, 0, 0, 0, 0, 0, 0});
   append_transaction(*device, journals, 2, tx);
+  return device;
+}
+
+TEST(Corruption, ADirectoryCycleIsRefusedBeforeAnythingCanHang) {
+  auto device = image_with_a_directory_cycle();
   int code = 0;
   std::string message = mount_error(*device, &code);
   EXPECT_EQ(code, EUCLEAN) << message;
@@ -367,16 +387,10 @@ TEST(Corruption, ADirectoryCycleIsRefusedBeforeAnythingCanHang) {
 
 TEST(Corruption, ALinkCountBelowTheNamesIsRefused) {
   std::vector<uint64_t> journals;
-  auto device = std::make_unique<MemoryDevice>(kBytes);
-  ASSERT_TRUE(Filesystem::format(*device).has_value());
-  {
-    auto fs = Filesystem::mount(*device);
-    ASSERT_TRUE(fs.has_value());
-    journals = journal_copies(**fs);
-    ASSERT_TRUE((*fs)->create("/f").has_value());              // lsn 1, inode 2
-    ASSERT_TRUE((*fs)->link("/f", "/second-name").has_value());  // lsn 2
-    (*fs)->shutdown();
-  }
+  auto device = journaled_image([](Filesystem& fs) {
+    EXPECT_TRUE(fs.create("/f").has_value());              // lsn 1, inode 2
+    EXPECT_TRUE(fs.link("/f", "/second-name").has_value());  // lsn 2
+  }, &journals);
   format::TxEncoder tx;
   tx.add(format::InodeCore{2, format::kModeRegular | 0644, 1, 0, 0, 0, 0, 0, 0});  // one link, two names
   append_transaction(*device, journals, 2, tx);
@@ -581,6 +595,34 @@ void edit_checkpoint_roots(MemoryDevice& device, const std::function<void(format
   }
 }
 
+// Rewrites, in both checkpoint copies, the extent records of inode `ino` in the
+// extent section's first block through `edit`, and seals the blocks again
+// (damage no checksum can see). Returns how many records were edited.
+int edit_extent_records(MemoryDevice& device, uint64_t ino, const std::function<void(format::DiskExtent*)>& edit) {
+  format::SuperblockInfo sb = superblock_of(device);
+  int edited = 0;
+  for (uint64_t at : {sb.checkpoint_root_block, sb.checkpoint_copy_root_block}) {
+    auto root = format::decode_checkpoint_root(device.data() + at * kBlockSize, at, sb.checkpoint_generation,
+                                               sb.journal_start_block + sb.journal_blocks, sb.size_blocks - 1);
+    EXPECT_TRUE(root.has_value());
+    if (!root.has_value()) return 0;
+    const uint64_t extents = root->sections[format::kSectionExtents].runs.at(0).start_block;
+    std::byte* block = device.data() + extents * kBlockSize;
+    format::SectionBlockHeader h;
+    std::memcpy(&h, block, sizeof h);
+    for (uint32_t i = 0; i < h.records.get(); ++i) {
+      format::DiskExtent e;
+      std::memcpy(&e, block + sizeof h + i * sizeof e, sizeof e);
+      if (e.ino.get() != ino) continue;
+      edit(&e);
+      std::memcpy(block + sizeof h + i * sizeof e, &e, sizeof e);
+      ++edited;
+    }
+    format::seal_block(block, h.header.kind.get(), extents, h.header.generation.get(), h.header.used_bytes.get());
+  }
+  return edited;
+}
+
 std::unique_ptr<MemoryDevice> image_with_a_reflink() {
   auto device = std::make_unique<MemoryDevice>(kBytes);
   EXPECT_TRUE(Filesystem::format(*device).has_value());
@@ -628,22 +670,8 @@ TEST(Corruption, ARefcountRecordWithoutSharingIsFound) {
   auto device = image_with_a_reflink();
   // Point /b's extent elsewhere (both copies, sealed again): /a alone holds the
   // blocks the refcount record says two files share.
-  format::SuperblockInfo sb = superblock_of(*device);
-  for (uint64_t at : {sb.checkpoint_root_block, sb.checkpoint_copy_root_block}) {
-    auto root = *format::decode_checkpoint_root(device->data() + at * kBlockSize, at, sb.checkpoint_generation,
-                                                sb.journal_start_block + sb.journal_blocks, sb.size_blocks - 1);
-    const uint64_t extents = root.sections[format::kSectionExtents].runs.at(0).start_block;
-    std::byte* block = device->data() + extents * kBlockSize;
-    format::SectionBlockHeader h;
-    std::memcpy(&h, block, sizeof h);
-    ASSERT_EQ(h.records.get(), 2u);
-    format::DiskExtent second;
-    std::memcpy(&second, block + sizeof h + sizeof(format::DiskExtent), sizeof second);
-    ASSERT_EQ(second.ino.get(), 3u);
-    second.dev_block.set(second.dev_block.get() + 1000);
-    std::memcpy(block + sizeof h + sizeof(format::DiskExtent), &second, sizeof second);
-    format::seal_block(block, h.header.kind.get(), extents, h.header.generation.get(), h.header.used_bytes.get());
-  }
+  ASSERT_EQ(edit_extent_records(*device, 3, [](format::DiskExtent* e) { e->dev_block.set(e->dev_block.get() + 1000); }),
+            2);
   auto report = Filesystem::check_device(*device);
   ASSERT_TRUE(report.has_value());
   ASSERT_FALSE(report->clean());
@@ -685,17 +713,7 @@ TEST(Repair, ACleanImageNeedsNothing) {
 }
 
 TEST(Repair, ADirectoryCycleMovesToLostAndFoundWithItsContents) {
-  std::vector<uint64_t> journals;
-  auto device = journal_with_transactions(2, &journals);  // /d1 and /d2, inodes 2 and 3
-  format::TxEncoder tx;
-  tx.add(format::DirentRemoveRecord{1, "d1"});
-  tx.add(format::DirentRemoveRecord{1, "d2"});
-  tx.add(format::DirentRecord{3, 2, "loop1"});
-  tx.add(format::DirentRecord{2, 3, "loop2"});
-  tx.add(format::InodeCore{1, format::kModeDirectory | 0755, 2, 0, 0, 0, 0, 0, 0});
-  tx.add(format::InodeCore{2, format::kModeDirectory | 0755, 3, 0, 0, 0, 0, 0, 0});
-  tx.add(format::InodeCore{3, format::kModeDirectory | 0755, 3, 0, 0, 0, 0, 0, 0});
-  append_transaction(*device, journals, 2, tx);
+  auto device = image_with_a_directory_cycle();
   ASSERT_FALSE(Filesystem::mount(*device).has_value());
   auto r = Filesystem::repair(*device);
   ASSERT_TRUE(r.has_value()) << r.error().message;
@@ -712,17 +730,11 @@ TEST(Repair, ADirectoryCycleMovesToLostAndFoundWithItsContents) {
 
 TEST(Repair, LinkCountsAreSetToTheNamesAndANamelessFileIsAdopted) {
   std::vector<uint64_t> journals;
-  auto device = std::make_unique<MemoryDevice>(kBytes);
-  ASSERT_TRUE(Filesystem::format(*device).has_value());
-  {
-    auto fs = Filesystem::mount(*device);
-    ASSERT_TRUE(fs.has_value());
-    journals = journal_copies(**fs);
-    ASSERT_TRUE((*fs)->create("/f").has_value());                // lsn 1, inode 2
-    ASSERT_TRUE((*fs)->link("/f", "/second-name").has_value());  // lsn 2
-    ASSERT_TRUE((*fs)->create("/g").has_value());                // lsn 3, inode 3
-    (*fs)->shutdown();
-  }
+  auto device = journaled_image([](Filesystem& fs) {
+    EXPECT_TRUE(fs.create("/f").has_value());                // lsn 1, inode 2
+    EXPECT_TRUE(fs.link("/f", "/second-name").has_value());  // lsn 2
+    EXPECT_TRUE(fs.create("/g").has_value());                // lsn 3, inode 3
+  }, &journals);
   format::TxEncoder tx;
   tx.add(format::InodeCore{2, format::kModeRegular | 0644, 1, 0, 0, 0, 0, 0, 0});  // one link, two names
   tx.add(format::DirentRemoveRecord{1, "g"});                                     // /g loses its only name
@@ -801,16 +813,11 @@ TEST(Repair, ADryRunWritesNothingAndReportsWhatTheRepairDoes) {
 // transaction holds, a cross-link beside a reflink of the same count.
 TEST(Repair, ATakenNameInLostAndFoundGetsASuffix) {
   std::vector<uint64_t> journals;
-  auto device = std::make_unique<MemoryDevice>(kBytes);
-  ASSERT_TRUE(Filesystem::format(*device).has_value());
-  {
-    auto fs = Filesystem::mount(*device);
-    journals = journal_copies(**fs);
-    ASSERT_TRUE((*fs)->mkdir("/lost+found").has_value());  // lsn 1, inode 2
-    ASSERT_TRUE((*fs)->create("/g").has_value());          // lsn 2, inode 3
-    ASSERT_TRUE((*fs)->create("/lost+found/#3").has_value());  // lsn 3, inode 4
-    (*fs)->shutdown();
-  }
+  auto device = journaled_image([](Filesystem& fs) {
+    EXPECT_TRUE(fs.mkdir("/lost+found").has_value());  // lsn 1, inode 2
+    EXPECT_TRUE(fs.create("/g").has_value());          // lsn 2, inode 3
+    EXPECT_TRUE(fs.create("/lost+found/#3").has_value());  // lsn 3, inode 4
+  }, &journals);
   format::TxEncoder tx;
   tx.add(format::DirentRemoveRecord{1, "g"});  // /g (inode 3) loses its only name
   append_transaction(*device, journals, 3, tx);
@@ -826,14 +833,9 @@ TEST(Repair, ATakenNameInLostAndFoundGetsASuffix) {
 
 TEST(Repair, ADirectoryWithMoreNamesThanOneTransactionHolds) {
   std::vector<uint64_t> journals;
-  auto device = std::make_unique<MemoryDevice>(kBytes);
-  ASSERT_TRUE(Filesystem::format(*device).has_value());
-  {
-    auto fs = Filesystem::mount(*device);
-    journals = journal_copies(**fs);
-    ASSERT_TRUE((*fs)->mkdir("/d").has_value());  // lsn 1, inode 2
-    (*fs)->shutdown();
-  }
+  auto device = journaled_image([](Filesystem& fs) {
+    EXPECT_TRUE(fs.mkdir("/d").has_value());  // lsn 1, inode 2
+  }, &journals);
   // 1,100 more names of /d with 250-byte names: 300 KiB of removals.
   for (int t = 0; t < 2; ++t) {
     format::TxEncoder tx;
@@ -874,26 +876,7 @@ TEST(Repair, ACrossLinkBesideAReflinkIsNamedAtItsOwnBlock) {
   }
   ASSERT_NE(a_third, 0u);
   // /c's extent now points at /a's third block, beside the shared two (both copies, sealed again).
-  format::SuperblockInfo sb = superblock_of(*device);
-  for (uint64_t at : {sb.checkpoint_root_block, sb.checkpoint_copy_root_block}) {
-    auto root = *format::decode_checkpoint_root(device->data() + at * kBlockSize, at, sb.checkpoint_generation,
-                                                sb.journal_start_block + sb.journal_blocks, sb.size_blocks - 1);
-    const uint64_t extents = root.sections[format::kSectionExtents].runs.at(0).start_block;
-    std::byte* block = device->data() + extents * kBlockSize;
-    format::SectionBlockHeader h;
-    std::memcpy(&h, block, sizeof h);
-    bool edited = false;
-    for (uint32_t i = 0; i < h.records.get(); ++i) {
-      format::DiskExtent e;
-      std::memcpy(&e, block + sizeof h + i * sizeof e, sizeof e);
-      if (e.ino.get() != 4) continue;
-      e.dev_block.set(a_third);
-      std::memcpy(block + sizeof h + i * sizeof e, &e, sizeof e);
-      edited = true;
-    }
-    ASSERT_TRUE(edited);
-    format::seal_block(block, h.header.kind.get(), extents, h.header.generation.get(), h.header.used_bytes.get());
-  }
+  ASSERT_EQ(edit_extent_records(*device, 4, [&](format::DiskExtent* e) { e->dev_block.set(a_third); }), 2);
   auto report = Filesystem::check_device(*device);
   ASSERT_TRUE(report.has_value());
   ASSERT_FALSE(report->clean());
@@ -946,21 +929,8 @@ TEST(Corruption, DamageToJournalCopyTwoIsFound) {
 
 TEST(Repair, AFileExtentOnMetadataIsUnmappedAndNamed) {
   auto device = formatted_with_a_file();  // /kept is inode 2
-  format::SuperblockInfo sb = superblock_of(*device);
-  for (uint64_t at : {sb.checkpoint_root_block, sb.checkpoint_copy_root_block}) {
-    auto root = *format::decode_checkpoint_root(device->data() + at * kBlockSize, at, sb.checkpoint_generation,
-                                                sb.journal_start_block + sb.journal_blocks, sb.size_blocks - 1);
-    const uint64_t extents = root.sections[format::kSectionExtents].runs.at(0).start_block;
-    std::byte* block = device->data() + extents * kBlockSize;
-    format::SectionBlockHeader h;
-    std::memcpy(&h, block, sizeof h);
-    format::DiskExtent e;
-    std::memcpy(&e, block + sizeof h, sizeof e);
-    ASSERT_EQ(e.ino.get(), 2u);
-    e.dev_block.set(sb.journal_copy_start_block + 5);  // inside the journal's second copy
-    std::memcpy(block + sizeof h, &e, sizeof e);
-    format::seal_block(block, h.header.kind.get(), extents, h.header.generation.get(), h.header.used_bytes.get());
-  }
+  const uint64_t journal_copy = superblock_of(*device).journal_copy_start_block;
+  ASSERT_EQ(edit_extent_records(*device, 2, [&](format::DiskExtent* e) { e->dev_block.set(journal_copy + 5); }), 2);
   ASSERT_FALSE(Filesystem::mount(*device).has_value());
   auto r = Filesystem::repair(*device);
   ASSERT_TRUE(r.has_value()) << r.error().message;
