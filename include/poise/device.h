@@ -107,9 +107,16 @@ class Device {
   virtual int map_fd() const { return -1; }
 
   // Copies bytes out inside a read-side section that removal waits for. EIO for
-  // poisoned memory, ENXIO once removal has begun.
+  // poisoned memory, ENXIO once removal has begun. The copy is machine-check
+  // safe: memory that fails under it (SIGBUS BUS_MCEERR_AR, or a page of an
+  // emulated device's file that is gone) ends the copy with EIO naming the
+  // bytes, and the process lives; take_failed_read() then says where.
   // REQUIRES: offset + length <= size_bytes().
   virtual Result<void> read(uint64_t offset, void* dst, size_t length) const;
+  // The device bytes a read() of this thread last found failed under its copy
+  // (a machine check), once: the caller reports them (notify_failure) when it
+  // holds no locks.
+  static std::optional<BadRange> take_failed_read();
 
   // Stores and writes back; durable after the next drain().
   // REQUIRES: offset + length <= size_bytes().

@@ -1,3 +1,4 @@
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -6,10 +7,15 @@
 
 #include "device/backends.h"
 #include "device/poison_list.h"
+#include "base/safe_copy.h"
 #include "device/read_section.h"
 #include "poise/device.h"
 
 namespace poise {
+
+namespace {
+thread_local std::optional<BadRange> failed_read;  // see Device::take_failed_read
+}  // namespace
 
 const char* to_string(PersistenceDomain domain) {
   switch (domain) {
@@ -30,8 +36,23 @@ Result<void> Device::read(uint64_t offset, void* dst, size_t length) const {
   }
   ReadSection section;
   if (state() != DeviceState::Alive) return fail(ENXIO, describe() + ": the device is being removed");
-  std::memcpy(dst, data() + offset, length);
+  if (auto fault = copy_or_fault(dst, data() + offset, length)) {
+    const uint64_t granule = 1ull << fault->addr_lsb;
+    const uint64_t at = (fault->addr - reinterpret_cast<uintptr_t>(data())) & ~(granule - 1);
+    failed_read = BadRange{at, granule};
+    return fail(EIO, describe() + ": device bytes " + std::to_string(at) + ".." + std::to_string(at + granule) +
+                         " failed under a read (" +
+                         (fault->code == BUS_MCEERR_AR || fault->code == BUS_MCEERR_AO ? "machine check"
+                                                                                        : "bus error") +
+                         ")");
+  }
   return {};
+}
+
+std::optional<BadRange> Device::take_failed_read() {
+  auto out = failed_read;
+  failed_read.reset();
+  return out;
 }
 
 Result<void> Device::edit_poison(uint64_t offset, uint64_t length, PoisonEdit edit) {

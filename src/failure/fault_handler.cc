@@ -4,11 +4,13 @@
 #include <signal.h>
 #include <ucontext.h>
 
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "mapping/address_index.h"
 #include "mapping/registry.h"
@@ -33,6 +35,47 @@ struct sigaction previous_bus;
 // mapping's addresses takes the default path (SIGSEGV) instead of being
 // resolved into device memory that the parent may free and reuse.
 std::atomic<pid_t> owner_pid{0};
+
+// Asynchronous machine checks (BUS_MCEERR_AO) arrive at any moment, perhaps
+// while the interrupted thread holds a filesystem lock: the handler only queues
+// them (async-signal-safe: atomics and an eventfd write), and a poise thread runs
+// the failure flow. A full queue drops the notice; the next access of the memory
+// then gets the synchronous machine check (AR).
+struct AsyncNotice {
+  std::atomic<uintptr_t> addr{0};
+  std::atomic<uint64_t> length{0};
+  std::atomic<bool> full{false};
+};
+constexpr size_t kAsyncSlots = 256;
+AsyncNotice async_notices[kAsyncSlots];
+std::atomic<uint64_t> async_next{0};
+int async_event_fd = -1;
+
+void queue_async(uintptr_t addr, uint64_t length) {
+  AsyncNotice& slot = async_notices[async_next.fetch_add(1, std::memory_order_relaxed) % kAsyncSlots];
+  if (slot.full.load(std::memory_order_acquire)) return;  // the queue is full: dropped
+  slot.addr.store(addr, std::memory_order_relaxed);
+  slot.length.store(length, std::memory_order_relaxed);
+  slot.full.store(true, std::memory_order_release);
+  const uint64_t one = 1;
+  (void)!::write(async_event_fd, &one, sizeof one);
+}
+
+void run_async_notices() {
+  for (;;) {
+    uint64_t count = 0;
+    if (::read(async_event_fd, &count, sizeof count) != sizeof count) continue;
+    for (AsyncNotice& slot : async_notices) {
+      if (!slot.full.load(std::memory_order_acquire)) continue;
+      const uintptr_t addr = slot.addr.load(std::memory_order_relaxed);
+      const uint64_t length = slot.length.load(std::memory_order_relaxed);
+      slot.full.store(false, std::memory_order_release);
+      std::shared_ptr<mapping::MapState> m = mapping::find_mapping_at(addr);
+      if (!m) continue;  // unmapped meanwhile: nobody to tell
+      if (auto registry = m->registry.lock()) (void)registry->machine_check(m, addr, length, false);
+    }
+  }
+}
 
 // The innermost guarded() scope of this thread and the error it receives.
 thread_local sigjmp_buf* scope_env = nullptr;
@@ -110,11 +153,16 @@ mapping::FaultOutcome decide(int sig, siginfo_t* info, void* context) {
   if (!registry) return FaultOutcome{FaultOutcome::Failed, ESHUTDOWN, false, "the filesystem of this mapping is gone"};
   if (sig == SIGSEGV) return registry->handle_fault(m, addr, is_write_fault(context));
 
-  // A machine check: tell the device's holder about the memory behind the range.
+  // A machine check: tell the device's holder about the memory behind the range,
+  // from a poise thread when it is asynchronous.
   const bool action_required = info->si_code == BUS_MCEERR_AR;
   unsigned lsb = info->si_addr_lsb >= 12 && info->si_addr_lsb < 48 ? info->si_addr_lsb : 12;
   uint64_t length = 1ull << lsb;
-  return registry->machine_check(m, addr & ~(length - 1), length, action_required);
+  if (!action_required) {
+    queue_async(addr & ~(length - 1), length);
+    return FaultOutcome{FaultOutcome::Retry};
+  }
+  return registry->machine_check(m, addr & ~(length - 1), length, true);
 }
 
 void on_signal(int sig, siginfo_t* info, void* context) {
@@ -154,6 +202,9 @@ void install_fault_handler() {
     sa.sa_sigaction = on_signal;
     sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
     sigemptyset(&sa.sa_mask);
+    async_event_fd = ::eventfd(0, EFD_CLOEXEC);
+    POISE_ASSERT(async_event_fd >= 0);
+    std::thread(run_async_notices).detach();  // lives as long as the process
     POISE_ASSERT(::sigaction(SIGSEGV, &sa, &previous_segv) == 0);
     POISE_ASSERT(::sigaction(SIGBUS, &sa, &previous_bus) == 0);
   });

@@ -61,7 +61,13 @@ class RunCursor {
 }  // namespace
 
 Result<void> FsImpl::read_block(uint64_t block, std::byte* out) const {
-  return device_.read(block * kBlockSize, out, kBlockSize);
+  auto r = device_.read(block * kBlockSize, out, kBlockSize);
+  if (!r.has_value()) {
+    // Memory that failed under the copy: told to the failure flow once the mount
+    // can take it (the other copy stands in meanwhile).
+    if (auto failed = Device::take_failed_read()) failed_at_load_.push_back(*failed);
+  }
+  return r;
 }
 
 Result<void> FsImpl::write_superblocks(uint64_t root_block, uint64_t copy_root_block, uint64_t generation) {
@@ -533,9 +539,10 @@ void FsImpl::compare_sharing(const std::vector<format::RefcountRecord>& recorded
   }
   std::string claimants;
   for (const auto& [ino, inode] : inodes_) {
+    const uint64_t owner = inode->ino.value();  // (clang 14 cannot capture a structured binding)
     inode->extents.for_each([&](const Extent& m) {
       if (m.dev_block.value() <= block && block < m.dev_block.value() + m.block_count) {
-        claimants += (claimants.empty() ? "" : ", ") + std::string("inode ") + std::to_string(ino) + " at file block " +
+        claimants += (claimants.empty() ? "" : ", ") + std::string("inode ") + std::to_string(owner) + " at file block " +
                      std::to_string(m.file_block.value() + (block - m.dev_block.value()));
       }
     });

@@ -15,6 +15,9 @@ std::optional<DevRun> FsImpl::bad_overlap(DevBlock dev, uint64_t count) const {
 }
 
 std::optional<DevRun> FsImpl::poisoned_blocks(uint64_t offset, uint64_t length) const {
+  if (auto failed = Device::take_failed_read()) {  // a machine check under the copy
+    return blocks_covering(failed->offset_bytes, failed->length_bytes, UINT64_MAX);
+  }
   auto listed = device_.bad_ranges();
   if (!listed.has_value()) return std::nullopt;
   for (const BadRange& b : *listed) {
@@ -137,6 +140,9 @@ Result<void> FsImpl::wait_until_thawed() {
 
 Result<void> FsImpl::take_in_device_bad_ranges() {
   auto listed = TRY(device_.bad_ranges());
+  // Memory that failed under the mount's own reads (a machine check) is as known.
+  listed.insert(listed.end(), failed_at_load_.begin(), failed_at_load_.end());
+  failed_at_load_.clear();
   constexpr size_t kBadRangesMax = 1 << 20;
   if (listed.size() > kBadRangesMax) return fail(E2BIG, "the device reports more than 2^20 bad ranges");
   for (const BadRange& b : listed) {

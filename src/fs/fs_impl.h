@@ -372,6 +372,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   bool frozen_ = false;                // guarded by freeze_mutex_
   std::atomic<bool> frozen_flag_{false};  // frozen_, for the lock-free check
   bool replaying_ = false;
+  mutable std::vector<BadRange> failed_at_load_;  // machine checks under metadata reads at load
   bool repairing_ = false;
   std::vector<std::string> repair_log_;             // records a repair's load skipped
   std::vector<format::DecodedTx> lost_transactions_;  // past a mid-log gap, found by a repair's load

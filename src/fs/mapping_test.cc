@@ -437,6 +437,42 @@ TEST_F(MappingTest, MachineCheckSigbusBecomesARangedNotification) {
   EXPECT_EQ(*read_range(*fs_, "/m", 3 * kPage, 1), "m");
 }
 
+// An asynchronous machine check (BUS_MCEERR_AO: the memory failed, nobody
+// consumed it yet) may interrupt a thread holding any lock: the handler only
+// queues it and returns at once; a poise thread runs the failure flow, which
+// revokes the page and tells its owner (defect 3).
+TEST_F(MappingTest, AnAsynchronousMachineCheckIsHandledByAPoiseThread) {
+  write_file(*fs_, "/ao", pattern('a', 4 * kPage));
+  Inbox inbox;
+  std::atomic<bool> told_on_this_thread{false};
+  const std::thread::id self_id = std::this_thread::get_id();
+  auto owner = std::make_shared<MapOwner>(MapOwner{"ao", [&](const MappingEvent& e) {
+    if (std::this_thread::get_id() == self_id) told_on_this_thread = true;
+    inbox.owner("ao")->on_event(e);
+  }});
+  Mapping m = map("/ao", 0, 4 * kPage, MapAccess::Read, owner);
+  const uint64_t lost = device_offset_of(*fs_, "/ao", kPage);
+  siginfo_t si;
+  std::memset(&si, 0, sizeof si);
+  si.si_signo = SIGBUS;
+  si.si_code = BUS_MCEERR_AO;
+  si.si_addr = m.data() + kPage + 7;
+  si.si_addr_lsb = 12;
+  const pid_t self = ::gettid();
+  ASSERT_EQ(::syscall(SYS_rt_tgsigqueueinfo, ::getpid(), self, SIGBUS, &si), 0);
+  // The handler returned (we are here); the notice comes from another thread.
+  for (int i = 0; i < 500 && inbox.of("ao").empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  auto got = inbox.of("ao");
+  ASSERT_EQ(got.size(), 1u) << "the owner was never told";
+  EXPECT_EQ(got[0].file_offset, kPage);
+  EXPECT_FALSE(got[0].consumed) << "nobody consumed it: an early notice";
+  EXPECT_FALSE(told_on_this_thread) << "the failure flow ran inside the signal handler";
+  bool bad = false;
+  for (const auto& r : *fs_->fsmap(lost, kPage)) bad |= r.owner == OwnerKind::Bad;
+  EXPECT_TRUE(bad);
+  EXPECT_EQ(*read_range(*fs_, "/ao", 0, 1), "a");
+}
+
 // Not MappingTest: its SetUp would install poise's handler before the test's own.
 TEST(FaultHandler, SignalsForOtherAddressesGoToTheHandlerInstalledBefore) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");  // a fresh process: our handler installs after the test's

@@ -1,0 +1,98 @@
+#include "base/safe_copy.h"
+
+#include <setjmp.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstring>
+#include <mutex>
+
+#include "poise/result.h"
+
+namespace poise {
+
+namespace {
+
+struct CopyScope {
+  sigjmp_buf env;
+  uintptr_t lo = 0;
+  uintptr_t hi = 0;
+  CopyFault fault;
+};
+thread_local CopyScope* scope = nullptr;
+struct sigaction previous_bus;
+
+void chain(int sig, siginfo_t* info, void* context) {
+  if ((previous_bus.sa_flags & SA_SIGINFO) != 0 && previous_bus.sa_sigaction != nullptr) {
+    previous_bus.sa_sigaction(sig, info, context);
+    return;
+  }
+  if (previous_bus.sa_handler != SIG_DFL && previous_bus.sa_handler != SIG_IGN && previous_bus.sa_handler != nullptr) {
+    previous_bus.sa_handler(sig);
+    return;
+  }
+  // Only an asynchronous notice may be ignored; a synchronous fault would repeat forever.
+  if (previous_bus.sa_handler == SIG_IGN && info->si_code == BUS_MCEERR_AO) return;
+  ::signal(sig, SIG_DFL);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, sig);
+  ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  ::raise(sig);
+}
+
+void on_sigbus(int sig, siginfo_t* info, void* context) {
+  CopyScope* s = scope;
+  const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  if (s != nullptr && addr >= s->lo && addr < s->hi) {
+    s->fault.addr = addr;
+    s->fault.code = info->si_code;
+    const bool mce = info->si_code == BUS_MCEERR_AR || info->si_code == BUS_MCEERR_AO;
+    s->fault.addr_lsb = mce && info->si_addr_lsb >= 12 && info->si_addr_lsb < 48 ? info->si_addr_lsb : 12;
+    siglongjmp(s->env, 1);
+  }
+  chain(sig, info, context);
+}
+
+void install_once() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    // SA_NODEFER: leaving by siglongjmp without restoring the mask keeps SIGBUS open.
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    POISE_ASSERT(::sigaction(SIGBUS, &sa, &previous_bus) == 0);
+  });
+}
+
+}  // namespace
+
+std::optional<CopyFault> copy_or_fault(void* dst, const void* src, size_t n) {
+  install_once();
+  CopyScope here;
+  here.lo = reinterpret_cast<uintptr_t>(src);
+  here.hi = here.lo + n;
+  CopyScope* const outer = scope;
+  if (sigsetjmp(here.env, 0) == 0) {
+    scope = &here;
+    // The handler reads `scope`: the stores around the copy must stay where they
+    // are (the compiler knows memcpy does not read it and would drop the first).
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    std::memcpy(dst, src, n);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    scope = outer;
+    return std::nullopt;
+  }
+  scope = outer;
+  // Reached through another handler (poise's mapping fault handler chains here),
+  // SIGBUS may still be blocked in this thread: open it again.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGBUS);
+  ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  return here.fault;
+}
+
+}  // namespace poise
