@@ -172,20 +172,31 @@ void TxEncoder::clear() {
   count_ = 0;
 }
 
+uint64_t tx_sealed_bytes(const TxHeader& h) {
+  uint64_t sealed = (sizeof h + uint64_t{h.payload_bytes.get()} + kTxAlign - 1) / kTxAlign * kTxAlign;
+  return sealed > kTxBytesMax ? 0 : sealed;
+}
+
 Result<DecodedTx> decode_tx(const std::byte* region, uint64_t region_bytes, uint64_t offset,
                             uint64_t generation, uint64_t lsn) {
   if (offset % kTxAlign != 0 || offset + sizeof(TxHeader) > region_bytes) {
     return fail(ENODATA, "end of journal region");
   }
+  return decode_tx_copy(region + offset, region_bytes - offset, offset, generation, lsn);
+}
+
+Result<DecodedTx> decode_tx_copy(const std::byte* tx_bytes, uint64_t available, uint64_t offset,
+                                 uint64_t generation, uint64_t lsn) {
+  if (offset % kTxAlign != 0 || sizeof(TxHeader) > available) return fail(ENODATA, "end of journal region");
   TxHeader h;
-  std::memcpy(&h, region + offset, sizeof h);
+  std::memcpy(&h, tx_bytes, sizeof h);
   if (h.magic.get() != kTxMagic) return fail(ENODATA, "no transaction magic");
   uint64_t payload = h.payload_bytes.get();
-  uint64_t sealed = (sizeof h + payload + kTxAlign - 1) / kTxAlign * kTxAlign;
-  if (sealed > kTxBytesMax || offset + sealed > region_bytes) {
+  uint64_t sealed = tx_sealed_bytes(h);
+  if (sealed == 0 || sealed > available) {
     return fail(ENODATA, "transaction length out of range");
   }
-  const auto* body = reinterpret_cast<const unsigned char*>(region + offset + sizeof h);
+  const auto* body = reinterpret_cast<const unsigned char*>(tx_bytes + sizeof h);
   if (h.crc.get() != tx_crc(h, body, payload)) return fail(ENODATA, "torn transaction");
   if (h.generation.get() != generation || h.lsn.get() != lsn || h.self_offset.get() != offset) {
     return fail(ENODATA, "stale transaction from an earlier generation");

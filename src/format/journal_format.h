@@ -53,6 +53,13 @@ struct DecodedTx {
 // EUCLEAN: the checksum matches but the contents are malformed (corruption).
 Result<DecodedTx> decode_tx(const std::byte* region, uint64_t region_bytes, uint64_t offset,
                             uint64_t generation, uint64_t lsn);
+// The same for a transaction copied out of the region: `tx` holds `available`
+// bytes from its header on, and `offset` is where it lay in the region.
+Result<DecodedTx> decode_tx_copy(const std::byte* tx, uint64_t available, uint64_t offset, uint64_t generation,
+                                 uint64_t lsn);
+// The bytes a transaction takes in the region (header, payload, padding), from
+// its header; 0 when the length is out of range.
+uint64_t tx_sealed_bytes(const TxHeader& h);
 
 // Whether the transaction that would come next at `offset` may lie (partly) at
 // or past `readable_bytes`: its header is there, or a header of `generation`

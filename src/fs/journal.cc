@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <map>
 
+#include "base/safe_copy.h"
+
 #include "poise/types.h"
 
 namespace poise {
@@ -48,7 +50,13 @@ Result<uint64_t> Journal::replay(uint64_t generation,
     for (size_t c = 0; c < copies.size(); ++c) {
       const Copy& copy = copies[c];
       const uint64_t readable = copy.readable_from(write_offset_, capacity_);
-      auto got = format::decode_tx(copy.region, readable, write_offset_, generation, next_lsn_);
+      std::optional<BadRange> failed;
+      auto got = read_tx(copy, readable, generation, next_lsn_, &failed);
+      if (failed) {  // memory failed under the copy: as if it were known bad there
+        if (options.machine_checks != nullptr) options.machine_checks->push_back(*failed);
+        if (c == 0) why_bad = "lies on memory that failed under the read (machine check)";
+        continue;
+      }
       if (got.has_value()) {
         if (c > 0 && options.copy_notes != nullptr) {
           options.copy_notes->push_back("journal transaction " + std::to_string(next_lsn_) + " at byte " +
@@ -58,7 +66,9 @@ Result<uint64_t> Journal::replay(uint64_t generation,
         // The copies after this one must hold it too: a damaged one is told.
         for (size_t d = c + 1; d < copies.size() && options.copy_notes != nullptr; ++d) {
           const uint64_t other_readable = copies[d].readable_from(write_offset_, capacity_);
-          auto other = format::decode_tx(copies[d].region, other_readable, write_offset_, generation, next_lsn_);
+          std::optional<BadRange> other_failed;
+          auto other = read_tx(copies[d], other_readable, generation, next_lsn_, &other_failed);
+          if (other_failed && options.machine_checks != nullptr) options.machine_checks->push_back(*other_failed);
           if (!other.has_value()) {
             options.copy_notes->push_back("journal transaction " + std::to_string(next_lsn_) + " at byte " +
                                           std::to_string(write_offset_) + ": copy " + std::to_string(d + 1) +
@@ -124,6 +134,29 @@ Result<uint64_t> Journal::replay(uint64_t generation,
   }
   durable_lsn_ = next_lsn_ - 1;
   return replayed;
+}
+
+Result<format::DecodedTx> Journal::read_tx(const Copy& copy, uint64_t readable, uint64_t generation, uint64_t lsn,
+                                           std::optional<BadRange>* failed) {
+  const uint64_t at = write_offset_;
+  if (at % format::kTxAlign != 0 || at + sizeof(format::TxHeader) > readable) {
+    return fail(ENODATA, "end of journal region");
+  }
+  auto copy_out = [&](void* dst, uint64_t n) -> bool {
+    auto fault = copy_or_fault(dst, copy.region + at, n);
+    if (!fault) return true;
+    const uint64_t granule = 1ull << fault->addr_lsb;
+    const uint64_t dev = (fault->addr - reinterpret_cast<uintptr_t>(device_.data())) & ~(granule - 1);
+    *failed = BadRange{dev, granule};
+    return false;
+  };
+  format::TxHeader h;
+  if (!copy_out(&h, sizeof h)) return fail(EIO, "journal memory failed under the read");
+  const uint64_t sealed = h.magic.get() == format::kTxMagic ? format::tx_sealed_bytes(h) : 0;
+  const uint64_t n = sealed != 0 ? std::min(sealed, readable - at) : sizeof h;
+  scratch_.resize(n);
+  if (!copy_out(scratch_.data(), n)) return fail(EIO, "journal memory failed under the read");
+  return format::decode_tx_copy(scratch_.data(), n, at, generation, lsn);
 }
 
 uint64_t Journal::Copy::readable_from(uint64_t at, uint64_t capacity) const {

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,9 @@ class Journal {
     std::vector<std::string>* copy_notes = nullptr;
     // With gap_note: the sealed transactions found past the gap, not applied.
     std::vector<format::DecodedTx>* lost = nullptr;
+    // Device ranges that failed under replay's own copies (a machine check):
+    // that copy's transaction is taken from the other, and the caller reports them.
+    std::vector<BadRange>* machine_checks = nullptr;
   };
   // Reads transactions of `generation` from the start of the region, in order,
   // handing each to `apply`, and positions the journal after the last one. Each
@@ -96,6 +100,11 @@ class Journal {
     // itself inside one).
     uint64_t readable_from(uint64_t at, uint64_t capacity) const;
   };
+  // The transaction at write_offset_ of a copy, copied out machine-check safe
+  // (replay never loads device memory directly): EIO and *failed set when the
+  // memory failed under the copy.
+  Result<format::DecodedTx> read_tx(const Copy& copy, uint64_t readable, uint64_t generation, uint64_t lsn,
+                                    std::optional<BadRange>* failed);
   // After a gap: the sealed transactions of `generation` further on, by lsn.
   void collect_lost(const std::vector<Copy>& copies, uint64_t generation, std::vector<format::DecodedTx>* lost) const;
   // Stores (or zeroes, src == nullptr) [offset, +length) of the region in every copy.
@@ -112,7 +121,8 @@ class Journal {
   uint64_t write_offset_ = 0;
   uint64_t reserved_ = 0;
   uint64_t durable_lsn_ = 0;
-  std::vector<std::byte> image_;  // the sealed transaction being stored, reused
+  std::vector<std::byte> image_;    // the sealed transaction being stored, reused
+  std::vector<std::byte> scratch_;  // a transaction being replayed, copied out
 };
 
 }  // namespace poise

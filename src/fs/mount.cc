@@ -207,6 +207,7 @@ Result<void> FsImpl::load() {
   // A repair ends the log at damage in mid-log too, and reports what lies past it.
   if (device_.domain() == PersistenceDomain::PageCache || repairing_) replay_options.gap_note = &gap_note;
   if (repairing_) replay_options.lost = &lost_transactions_;
+  replay_options.machine_checks = &failed_at_load_;  // fed to the failure flow with the device's list
   uint64_t replayed = TRY(journal_->replay(
       sb_.checkpoint_generation,
       [&](const format::DecodedTx& tx) -> Result<void> {
