@@ -3,6 +3,7 @@
 #include <setjmp.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <mutex>
@@ -44,11 +45,15 @@ void chain(int sig, siginfo_t* info, void* context) {
 void on_sigbus(int sig, siginfo_t* info, void* context) {
   CopyScope* s = scope;
   const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
-  if (s != nullptr && addr >= s->lo && addr < s->hi) {
-    s->fault.addr = addr;
+  const bool mce = info->si_code == BUS_MCEERR_AR || info->si_code == BUS_MCEERR_AO;
+  const unsigned lsb = mce && info->si_addr_lsb >= 12 && info->si_addr_lsb < 48 ? info->si_addr_lsb : 0;
+  // A machine check names the failed granule (its start may lie before the copy's).
+  const uintptr_t first = addr & ~((uintptr_t{1} << lsb) - 1);
+  const uintptr_t end = first + (uintptr_t{1} << lsb);
+  if (s != nullptr && first < s->hi && end > s->lo) {
+    s->fault.addr = std::max(first, s->lo);
     s->fault.code = info->si_code;
-    const bool mce = info->si_code == BUS_MCEERR_AR || info->si_code == BUS_MCEERR_AO;
-    s->fault.addr_lsb = mce && info->si_addr_lsb >= 12 && info->si_addr_lsb < 48 ? info->si_addr_lsb : 12;
+    s->fault.addr_lsb = lsb >= 12 ? lsb : 12;
     siglongjmp(s->env, 1);
   }
   chain(sig, info, context);
@@ -69,7 +74,7 @@ void install_once() {
 
 }  // namespace
 
-std::optional<CopyFault> copy_or_fault(void* dst, const void* src, size_t n) {
+std::optional<CopyFault> access_or_fault(const void* src, size_t n, const std::function<void()>& fn) {
   install_once();
   CopyScope here;
   here.lo = reinterpret_cast<uintptr_t>(src);
@@ -77,22 +82,27 @@ std::optional<CopyFault> copy_or_fault(void* dst, const void* src, size_t n) {
   CopyScope* const outer = scope;
   if (sigsetjmp(here.env, 0) == 0) {
     scope = &here;
-    // The handler reads `scope`: the stores around the copy must stay where they
-    // are (the compiler knows memcpy does not read it and would drop the first).
+    // The handler reads `scope`: the stores around the access must stay where
+    // they are (the compiler may know fn does not read it and drop the first).
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    std::memcpy(dst, src, n);
+    fn();
     std::atomic_signal_fence(std::memory_order_seq_cst);
     scope = outer;
     return std::nullopt;
   }
   scope = outer;
-  // Reached through another handler (poise's mapping fault handler chains here),
-  // SIGBUS may still be blocked in this thread: open it again.
+  // Reached through another handler (poise's mapping fault handler chains here,
+  // from a SIGSEGV), SIGBUS or SIGSEGV may still be blocked: open both again.
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGBUS);
+  sigaddset(&set, SIGSEGV);
   ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
   return here.fault;
+}
+
+std::optional<CopyFault> copy_or_fault(void* dst, const void* src, size_t n) {
+  return access_or_fault(src, n, [&] { std::memcpy(dst, src, n); });
 }
 
 }  // namespace poise

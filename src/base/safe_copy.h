@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 
 namespace poise {
@@ -27,5 +28,10 @@ struct CopyFault {
 // Copies n bytes; nullopt when all were copied, else where the source failed
 // (dst then holds an unspecified prefix).
 std::optional<CopyFault> copy_or_fault(void* dst, const void* src, size_t n);
+
+// Runs fn, which only loads from [src, +n) (plain loads: nothing with a
+// destructor, no allocation, no lock: it does not resume after a fault); a bus
+// error in that range ends it and says where.
+std::optional<CopyFault> access_or_fault(const void* src, size_t n, const std::function<void()>& fn);
 
 }  // namespace poise

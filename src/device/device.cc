@@ -28,6 +28,7 @@ const char* to_string(PersistenceDomain domain) {
 
 Result<void> Device::read(uint64_t offset, void* dst, size_t length) const {
   check_range(offset, length);
+  failed_read.reset();  // says only what this read met
   if (PoisonList* poison = emulated_poison()) {
     if (auto bad = poison->first_overlap(offset, length)) {
       return fail(EIO, describe() + ": device bytes " + std::to_string(bad->offset_bytes) + ".." +

@@ -70,9 +70,11 @@ void run_async_notices() {
       const uintptr_t addr = slot.addr.load(std::memory_order_relaxed);
       const uint64_t length = slot.length.load(std::memory_order_relaxed);
       slot.full.store(false, std::memory_order_release);
+      // Not poise's, or unmapped meanwhile: nobody to tell (an address reused by
+      // a new mapping since is told instead, as the kernel's early kill would).
       std::shared_ptr<mapping::MapState> m = mapping::find_mapping_at(addr);
-      if (!m) continue;  // unmapped meanwhile: nobody to tell
-      if (auto registry = m->registry.lock()) (void)registry->machine_check(m, addr, length, false);
+      if (!m) continue;
+      if (auto registry = m->registry.lock()) (void)registry->machine_check(m, addr & ~(length - 1), length, false);
     }
   }
 }
@@ -147,6 +149,13 @@ mapping::FaultOutcome decide(int sig, siginfo_t* info, void* context) {
   if (sig == SIGBUS && info->si_code != BUS_MCEERR_AR && info->si_code != BUS_MCEERR_AO) {
     return FaultOutcome{FaultOutcome::NotOurs};
   }
+  if (sig == SIGBUS && info->si_code == BUS_MCEERR_AO) {
+    // Asynchronous: the interrupted thread may hold any lock (the address index's
+    // too), so nothing is looked up here. The poise thread finds the mapping.
+    const unsigned lsb = info->si_addr_lsb >= 12 && info->si_addr_lsb < 48 ? info->si_addr_lsb : 12;
+    queue_async(addr, 1ull << lsb);
+    return FaultOutcome{FaultOutcome::Retry};
+  }
   std::shared_ptr<mapping::MapState> m = mapping::find_mapping_at(addr);
   if (!m) return FaultOutcome{FaultOutcome::NotOurs};
   std::shared_ptr<mapping::MappingRegistry> registry = m->registry.lock();
@@ -158,11 +167,7 @@ mapping::FaultOutcome decide(int sig, siginfo_t* info, void* context) {
   const bool action_required = info->si_code == BUS_MCEERR_AR;
   unsigned lsb = info->si_addr_lsb >= 12 && info->si_addr_lsb < 48 ? info->si_addr_lsb : 12;
   uint64_t length = 1ull << lsb;
-  if (!action_required) {
-    queue_async(addr & ~(length - 1), length);
-    return FaultOutcome{FaultOutcome::Retry};
-  }
-  return registry->machine_check(m, addr & ~(length - 1), length, true);
+  return registry->machine_check(m, addr & ~(length - 1), length, action_required);
 }
 
 void on_signal(int sig, siginfo_t* info, void* context) {

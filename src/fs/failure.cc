@@ -16,7 +16,9 @@ std::optional<DevRun> FsImpl::bad_overlap(DevBlock dev, uint64_t count) const {
 
 std::optional<DevRun> FsImpl::poisoned_blocks(uint64_t offset, uint64_t length) const {
   if (auto failed = Device::take_failed_read()) {  // a machine check under the copy
-    return blocks_covering(failed->offset_bytes, failed->length_bytes, UINT64_MAX);
+    if (failed->offset_bytes < offset + length && offset < failed->offset_bytes + failed->length_bytes) {
+      return blocks_covering(failed->offset_bytes, failed->length_bytes, UINT64_MAX);
+    }
   }
   auto listed = device_.bad_ranges();
   if (!listed.has_value()) return std::nullopt;

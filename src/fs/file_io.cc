@@ -382,7 +382,12 @@ Result<void> FsImpl::zero_eof_tail(InodeNumber ino, uint64_t new_size) {
   Records records;
   bool fresh = false;
   TRY(zero_partial_block(inode, old, end - old, &records, &fresh));  // in place, or a copy
-  if (records.empty()) return {};  // stored in place: the next commit's fence covers it
+  if (records.empty()) {
+    // Stored in place: fenced now, before the transaction that grows the file
+    // (a fence shared with it would let a crash keep the size without the zeros).
+    device_.drain();
+    return {};
+  }
   if (fresh) device_.drain();
   commit(file_op.op, records, {&inode});
   return {};

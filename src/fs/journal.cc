@@ -40,8 +40,27 @@ Result<uint64_t> Journal::replay(uint64_t generation,
   next_lsn_ = 1;
   write_offset_ = 0;
   uint64_t replayed = 0;
-  std::vector<Copy> copies{{device_.data() + base_offset_, &options.failed[0]}};
-  if (copy_offset_ != 0) copies.push_back({device_.data() + copy_offset_, &options.failed[1]});
+  // Failed ranges per copy: those the device reported, and those that fail
+  // under replay's own reads (machine checks), which are never read again.
+  std::vector<std::pair<uint64_t, uint64_t>> failed_ranges[2] = {options.failed[0], options.failed[1]};
+  std::vector<Copy> copies{{device_.data() + base_offset_, &failed_ranges[0]}};
+  if (copy_offset_ != 0) copies.push_back({device_.data() + copy_offset_, &failed_ranges[1]});
+  auto failed_under_read = [&](size_t c, const BadRange& f) {
+    if (options.machine_checks != nullptr) options.machine_checks->push_back(f);
+    const uint64_t base = c == 0 ? base_offset_ : copy_offset_;
+    const uint64_t s = f.offset_bytes > base ? f.offset_bytes - base : 0;
+    const uint64_t e = std::min(capacity_, f.offset_bytes + f.length_bytes - base);
+    if (s < e) failed_ranges[c].emplace_back(s / kBlockSize * kBlockSize, std::min(capacity_, (e + kBlockSize - 1) / kBlockSize * kBlockSize));
+  };
+  // Runs a scan that loads from a copy in place, machine-check safe.
+  auto scan = [&](size_t c, const std::function<void()>& fn) {
+    if (auto fault = access_or_fault(copies[c].region, capacity_, fn)) {
+      const uint64_t granule = 1ull << fault->addr_lsb;
+      failed_under_read(c, BadRange{(fault->addr - reinterpret_cast<uintptr_t>(device_.data())) & ~(granule - 1), granule});
+      return false;
+    }
+    return true;
+  };
   // Bounded: every transaction advances by at least 64 bytes within the region.
   while (write_offset_ < capacity_) {
     Result<format::DecodedTx> tx = fail(ENODATA, "no copy");
@@ -53,7 +72,7 @@ Result<uint64_t> Journal::replay(uint64_t generation,
       std::optional<BadRange> failed;
       auto got = read_tx(copy, readable, generation, next_lsn_, &failed);
       if (failed) {  // memory failed under the copy: as if it were known bad there
-        if (options.machine_checks != nullptr) options.machine_checks->push_back(*failed);
+        failed_under_read(c, *failed);
         if (c == 0) why_bad = "lies on memory that failed under the read (machine check)";
         continue;
       }
@@ -68,7 +87,7 @@ Result<uint64_t> Journal::replay(uint64_t generation,
           const uint64_t other_readable = copies[d].readable_from(write_offset_, capacity_);
           std::optional<BadRange> other_failed;
           auto other = read_tx(copies[d], other_readable, generation, next_lsn_, &other_failed);
-          if (other_failed && options.machine_checks != nullptr) options.machine_checks->push_back(*other_failed);
+          if (other_failed) failed_under_read(d, *other_failed);
           if (!other.has_value()) {
             options.copy_notes->push_back("journal transaction " + std::to_string(next_lsn_) + " at byte " +
                                           std::to_string(write_offset_) + ": copy " + std::to_string(d + 1) +
@@ -80,8 +99,11 @@ Result<uint64_t> Journal::replay(uint64_t generation,
         tx = std::move(got);
         break;
       }
-      const bool blocked = readable < capacity_ &&
-                           format::tx_may_reach(copy.region, readable, write_offset_, generation, next_lsn_);
+      bool blocked = false;
+      if (readable < capacity_ &&
+          !scan(c, [&] { blocked = format::tx_may_reach(copy.region, readable, write_offset_, generation, next_lsn_); })) {
+        blocked = true;  // its header failed under the read
+      }
       some_copy_readable = some_copy_readable || !blocked;
       if (got.error().code != ENODATA) {
         if (!tx.has_value() && tx.error().code == ENODATA) tx = Unexpected<Error>(got.error());
@@ -98,13 +120,16 @@ Result<uint64_t> Journal::replay(uint64_t generation,
       // The end of the log, unless a valid later transaction shows it was not.
       // Searched in every stretch of every copy that can be read.
       std::optional<format::TxLocation> later;
-      for (const Copy& copy : copies) {
+      for (size_t c = 0; c < copies.size(); ++c) {
+        const Copy& copy = copies[c];
+        // Bounded: each round moves past a readable stretch, or one that failed.
         for (uint64_t from = write_offset_; !later && from < capacity_;) {
           const uint64_t end = copy.readable_from(from, capacity_);
           if (end > from) {
             const uint64_t before = from == write_offset_ ? from : from - format::kTxAlign;  // the search starts past it
-            later = format::find_later_tx(copy.region, end, before, generation, next_lsn_ + 1);
-            from = end;
+            if (scan(c, [&] { later = format::find_later_tx(copy.region, end, before, generation, next_lsn_ + 1); })) {
+              from = end;
+            }  // else: the failed range is known now, and the next round steps around it
           } else {
             from += format::kTxAlign;  // inside failed memory: step over it
           }

@@ -803,10 +803,11 @@ namespace poise {
 namespace {
 
 // Bytes a mapping stores past the end of the file (in its last page) are not
-// file data: when the file grows, by truncate, a write past the end or
-// fallocate, they read as zeros (defect 7).
+// file data: when the file grows, by truncate, a write past the end,
+// fallocate or clone_range, they read as zeros (defect 7).
 TEST_F(MappingTest, StoresPastTheEndNeverBecomeFileDataWhenTheFileGrows) {
-  for (int how = 0; how < 3; ++how) {
+  write_file(*fs_, "/clone-source", std::string(4096, 's'));
+  for (int how = 0; how < 4; ++how) {
     SCOPED_TRACE(how);
     const std::string path = "/tail" + std::to_string(how);
     write_file(*fs_, path, std::string(100, 'd'));
@@ -818,12 +819,87 @@ TEST_F(MappingTest, StoresPastTheEndNeverBecomeFileDataWhenTheFileGrows) {
     if (how == 0) ASSERT_OK(fs_->truncate(ino(path), 2 * kPage));
     if (how == 1) write_file(*fs_, path, "end", 3000);
     if (how == 2) ASSERT_OK(fs_->fallocate(ino(path), 0, 2 * kPage, FallocateMode::ExtendSize));
+    if (how == 3) ASSERT_OK(fs_->clone_range(ino("/clone-source"), 0, ino(path), kPage, kPage));
     std::string got = *read_range(*fs_, path, 0, how == 1 ? 3003 : 2 * kPage);
     std::string want = std::string(100, 'd') + std::string(got.size() - 100, '\0');
     if (how == 1) want.replace(3000, 3, "end");
+    if (how == 3) want.replace(kPage, kPage, std::string(kPage, 's'));
     EXPECT_EQ(got, want) << "bytes stored past the end became file data";
   }
   expect_clean();
+}
+
+}  // namespace
+}  // namespace poise
+
+namespace poise {
+namespace {
+
+// Unmounting (or destroying) a filesystem waits for pins to go; a pin of the
+// calling thread never would. unmount() says so (EBUSY); destroying it anyway
+// stops the process with a message instead of hanging for ever (defect 5).
+TEST_F(MappingTest, AThreadHoldingAPinCannotUnmountAndNeverHangs) {
+  write_file(*fs_, "/p", pattern('p'));
+  {
+    auto pin = fs_->pin(ino("/p"), 0, kPage);
+    ASSERT_OK(pin);
+    auto refused = fs_->unmount();
+    ASSERT_FALSE(refused.has_value());
+    EXPECT_EQ(refused.error().code, EBUSY) << refused.error().message;
+    EXPECT_EQ(*read_range(*fs_, "/p", 0, 1), "p") << "still mounted";
+  }
+  ASSERT_OK(fs_->unmount());  // the pin is gone
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        MemoryDevice device(64ull << 20, MemoryDevice::Backing::Shared);
+        (void)Filesystem::format(device);
+        auto fs = *Filesystem::mount(device);
+        write_file(*fs, "/q", "q");
+        auto pin = fs->pin(*fs->lookup("/q"), 0, 1);
+        fs.reset();  // would wait for `pin` for ever
+      },
+      "still holds one of its pins");
+}
+
+}  // namespace
+}  // namespace poise
+
+namespace poise {
+namespace {
+
+// map() racing a shutdown: whatever map() returns, no page of it may read
+// device memory once the shutdown is done (defect 5). Run many times: the
+// window is a few microseconds wide.
+TEST(MappingRace, AMappingMadeDuringAShutdownNeverShowsDeviceMemory) {
+  for (int round = 0; round < 40; ++round) {
+    MemoryDevice device(64ull << 20, MemoryDevice::Backing::Shared);
+    ASSERT_OK(Filesystem::format(device));
+    auto fs = *Filesystem::mount(device);
+    write_file(*fs, "/r", std::string(4096, 'r'));
+    const InodeNumber ino = *fs->lookup("/r");
+    std::atomic<bool> go{false};
+    std::vector<Mapping> made;
+    std::thread mapper([&] {
+      while (!go.load()) {
+      }
+      for (int i = 0; i < 200; ++i) {
+        auto m = fs->map(ino, 0, 4096, MapAccess::Read, nullptr);
+        if (!m.has_value()) break;
+        made.push_back(std::move(*m));
+      }
+    });
+    go = true;
+    std::this_thread::sleep_for(std::chrono::microseconds(50 * (round % 5)));
+    fs->shutdown();
+    mapper.join();
+    for (Mapping& m : made) {
+      char c = 0;
+      auto read = guarded([&] { c = static_cast<char>(m.data()[0]); });
+      ASSERT_FALSE(read.has_value()) << "round " << round << ": a mapping read device memory after the shutdown";
+    }
+    made.clear();
+  }
 }
 
 }  // namespace

@@ -447,6 +447,9 @@ Result<void> FsImpl::checkpoint() {
 
 Result<void> FsImpl::unmount() {
   if (!mounted_) return fail(EIO, "filesystem is not mounted");
+  if (mappings_->holds_any_pin()) {  // unmount waits for pins: this one would never go
+    return fail(EBUSY, "this thread holds a pin of the filesystem: release it before unmounting");
+  }
   if (options_.mode == MountMode::ReadWrite) {
     std::unique_lock quiet(gate_);
     mappings_->flush_writable(std::nullopt);

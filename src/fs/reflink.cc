@@ -62,6 +62,9 @@ Result<void> FsImpl::clone_range(InodeNumber src, uint64_t src_offset, InodeNumb
   }
   InodePtr s = TRY(writable_file(src));
   InodePtr d = TRY(writable_file(dst));
+  if (length < (1ull << 60) && dst_offset < (1ull << 60)) {
+    TRY(zero_eof_tail(dst, dst_offset + length));  // dst may grow: its old tail reads zeros
+  }
   auto op = TRY(begin_op(format::kTxBytesMax));
   auto locks = lock_in_order(*s, *d);
   if (s->freed || d->freed) return fail(ENOENT, "file was deleted");

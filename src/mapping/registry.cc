@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "mapping/address_index.h"
@@ -54,6 +56,12 @@ void MappingRegistry::attach(MappingBackend* backend) {
 }
 
 void MappingRegistry::detach(std::vector<Notice>* notices) {
+  if (holds_any_pin()) {
+    std::fputs("poise: a filesystem is being destroyed by a thread that still holds one of its pins; "
+               "release the pin first (waiting would never end)\n",
+               stderr);
+    std::abort();
+  }
   kill_all(MappingCause::Shutdown, notices);
   {
     std::unique_lock lock(mutex_);
@@ -199,6 +207,11 @@ Result<Mapping> MappingRegistry::map(InodeNumber ino, uint64_t offset, uint64_t 
   m->runs = PageRuns(pages);
   {
     std::lock_guard lock(mutex_);
+    if (all_killed_) {  // shut down (or removed) while this mapping was being made
+      ::munmap(va, pages * kPageSize);
+      backend_->release(ino);
+      return fail(ESHUTDOWN, "filesystem has shut down");
+    }
     by_file_[ino.value()].push_back(m);
     live_mappings_.fetch_add(1, std::memory_order_release);
   }
@@ -209,7 +222,8 @@ Result<Mapping> MappingRegistry::map(InodeNumber ino, uint64_t offset, uint64_t 
   auto shown = backend_->with_layout(ino, first, pages, access == MapAccess::ReadWrite,
                                      [&](uint64_t, std::span<const PageExtent> layout) {
                                        std::lock_guard lock(m->mu);
-                                       if (suspended()) return;
+                                       // Killed meanwhile: no live page may appear in it.
+                                       if (suspended() || m->dead) return;
                                        for (const PageExtent& e : layout) {
                                          auto r = set_pages(*m, e.first_page - first, e.count, e.state, e.dev_block);
                                          if (!r.has_value()) installed = std::move(r);
@@ -301,6 +315,10 @@ Result<Pin> MappingRegistry::pin(InodeNumber ino, uint64_t offset, uint64_t leng
       segments.emplace_back(base + (from - e.first_page * kPageSize), to - from);
     }
     std::lock_guard lock(mutex_);
+    if (all_killed_) {
+      refused = fail(ESHUTDOWN, "filesystem has shut down");
+      return;
+    }
     id = next_id_.fetch_add(1);
     pins_[ino.value()].push_back(PinEntry{id, first, count, std::this_thread::get_id()});
     pin_files_[id] = ino.value();
@@ -352,6 +370,18 @@ bool MappingRegistry::holds_pin(InodeNumber ino) const {
   if (it == pins_.end()) return false;
   auto me = std::this_thread::get_id();
   return std::any_of(it->second.begin(), it->second.end(), [&](const PinEntry& p) { return p.thread == me; });
+}
+
+bool MappingRegistry::holds_any_pin() const {
+  if (live_pins_.load(std::memory_order_acquire) == 0) return false;
+  std::lock_guard lock(mutex_);
+  auto me = std::this_thread::get_id();
+  for (const auto& [ino, entries] : pins_) {
+    for (const PinEntry& p : entries) {
+      if (p.thread == me) return true;
+    }
+  }
+  return false;
 }
 
 size_t MappingRegistry::pin_count() const {
@@ -426,6 +456,10 @@ void MappingRegistry::suspend_all(std::vector<Notice>* notices) {
 void MappingRegistry::resume_all() { suspended_.store(false, std::memory_order_release); }
 
 void MappingRegistry::kill_all(MappingCause cause, std::vector<Notice>* notices) {
+  {
+    std::lock_guard lock(mutex_);  // a mapping registered from here on is refused
+    all_killed_ = true;
+  }
   for (const auto& m : all_mappings()) {
     std::lock_guard lock(m->mu);
     if (m->dead) continue;

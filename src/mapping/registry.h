@@ -112,6 +112,8 @@ class MappingRegistry final : public std::enable_shared_from_this<MappingRegistr
 
   void attach(MappingBackend* backend);
   // Kills every mapping (cause Shutdown), waits for pins, and forgets the backend.
+  // A pin of the calling thread would never go: that is a programmer error, and
+  // the process stops with a message rather than hang (unmount() refuses it first).
   void detach(std::vector<Notice>* notices);
 
   // Filesystem::map: offset and length are rounded out to pages.
@@ -136,6 +138,8 @@ class MappingRegistry final : public std::enable_shared_from_this<MappingRegistr
   void wait_for_pins(InodeNumber ino, uint64_t first, uint64_t count);
   // Whether the calling thread holds a pin of the file (it must not modify it).
   bool holds_pin(InodeNumber ino) const;
+  // Whether the calling thread holds any pin (it cannot wait for pins to go).
+  bool holds_any_pin() const;
 
   // Memory failure (flow 1): file pages [first, +count) of the file show failed
   // memory. Every mapping showing them revokes them for good; their owners get
@@ -221,6 +225,7 @@ class MappingRegistry final : public std::enable_shared_from_this<MappingRegistr
   std::shared_mutex backend_mutex_;  // shared while calling the backend
   MappingBackend* backend_ = nullptr;
   std::atomic<bool> suspended_{false};
+  bool all_killed_ = false;  // guarded by mutex_: after kill_all no mapping or pin is made
   std::atomic<uint64_t> next_id_{1};
   // Live mappings and pins: lets the write path skip the indexes when none exist.
   std::atomic<uint64_t> live_mappings_{0};
