@@ -20,7 +20,9 @@
 // asynchronous signals. poise's faults are synchronous (see fault_handler.h):
 // the faulting thread is in application code touching a mapping, so handling
 // the fault there, allocation included, is by design.
-extern "C" const char* __tsan_default_options() { return "report_signal_unsafe=0"; }
+// atexit_sleep_ms=0: poise's machine-check thread never ends, and TSan would
+// otherwise wait a second for it at every exit.
+extern "C" const char* __tsan_default_options() { return "report_signal_unsafe=0 atexit_sleep_ms=0"; }
 #endif
 
 namespace poise {
@@ -49,9 +51,10 @@ struct AsyncNotice {
 constexpr size_t kAsyncSlots = 256;
 AsyncNotice async_notices[kAsyncSlots];
 std::atomic<uint64_t> async_next{0};
-int async_event_fd = -1;
+std::atomic<int> async_event_fd{-1};
 
 void queue_async(uintptr_t addr, uint64_t length) {
+  if (async_event_fd < 0) return;  // no mapping was ever made: nobody to tell
   AsyncNotice& slot = async_notices[async_next.fetch_add(1, std::memory_order_relaxed) % kAsyncSlots];
   if (slot.full.load(std::memory_order_acquire)) return;  // the queue is full: dropped
   slot.addr.store(addr, std::memory_order_relaxed);
@@ -207,11 +210,18 @@ void install_fault_handler() {
     sa.sa_sigaction = on_signal;
     sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
     sigemptyset(&sa.sa_mask);
-    async_event_fd = ::eventfd(0, EFD_CLOEXEC);
-    POISE_ASSERT(async_event_fd >= 0);
-    std::thread(run_async_notices).detach();  // lives as long as the process
     POISE_ASSERT(::sigaction(SIGSEGV, &sa, &previous_segv) == 0);
     POISE_ASSERT(::sigaction(SIGBUS, &sa, &previous_bus) == 0);
+  });
+}
+
+void start_machine_check_thread() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const int fd = ::eventfd(0, EFD_CLOEXEC);
+    POISE_ASSERT(fd >= 0);
+    std::thread(run_async_notices).detach();  // lives as long as the process
+    async_event_fd = fd;  // from here on the handler queues
   });
 }
 

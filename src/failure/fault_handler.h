@@ -30,5 +30,10 @@ namespace poise::failure {
 
 // Installs the handlers once per process; later calls do nothing. Thread-safe.
 void install_fault_handler();
+// Starts the thread that runs the failure flow for asynchronous machine checks
+// (BUS_MCEERR_AO), once per process, when the first direct mapping is made:
+// before that no mapping can be told, and a process that maps nothing (the
+// CLI) runs no extra thread.
+void start_machine_check_thread();
 
 }  // namespace poise::failure

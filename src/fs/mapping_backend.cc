@@ -2,6 +2,7 @@
 // layer shows (src/mapping/), and the one-page store a write fault needs.
 #include <algorithm>
 
+#include "failure/fault_handler.h"
 #include "fs/fs_impl.h"
 
 namespace poise {
@@ -15,6 +16,7 @@ Result<Mapping> FsImpl::map(InodeNumber ino, uint64_t offset, uint64_t length, M
   if (!mounted_) return fail(EIO, "filesystem is not mounted");
   if (access == MapAccess::ReadWrite) TRY(check_writable());
   InodePtr inode = TRY(writable_file(ino));
+  failure::start_machine_check_thread();
   return mappings_->map(ino, offset, length, access, std::move(owner));
 }
 
