@@ -1,5 +1,7 @@
 #include "base/safe_copy.h"
 
+#include "base/signal_chain.h"
+
 #include <setjmp.h>
 #include <signal.h>
 
@@ -23,25 +25,6 @@ struct CopyScope {
 thread_local CopyScope* scope = nullptr;
 struct sigaction previous_bus;
 
-void chain(int sig, siginfo_t* info, void* context) {
-  if ((previous_bus.sa_flags & SA_SIGINFO) != 0 && previous_bus.sa_sigaction != nullptr) {
-    previous_bus.sa_sigaction(sig, info, context);
-    return;
-  }
-  if (previous_bus.sa_handler != SIG_DFL && previous_bus.sa_handler != SIG_IGN && previous_bus.sa_handler != nullptr) {
-    previous_bus.sa_handler(sig);
-    return;
-  }
-  // Only an asynchronous notice may be ignored; a synchronous fault would repeat forever.
-  if (previous_bus.sa_handler == SIG_IGN && info->si_code == BUS_MCEERR_AO) return;
-  ::signal(sig, SIG_DFL);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, sig);
-  ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
-  ::raise(sig);
-}
-
 void on_sigbus(int sig, siginfo_t* info, void* context) {
   CopyScope* s = scope;
   const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
@@ -56,7 +39,7 @@ void on_sigbus(int sig, siginfo_t* info, void* context) {
     s->fault.addr_lsb = lsb >= 12 ? lsb : 12;
     siglongjmp(s->env, 1);
   }
-  chain(sig, info, context);
+  pass_on(previous_bus, sig, info, context);
 }
 
 void install_once() {

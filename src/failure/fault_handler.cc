@@ -12,6 +12,7 @@
 #include <mutex>
 #include <thread>
 
+#include "base/signal_chain.h"
 #include "mapping/address_index.h"
 #include "mapping/registry.h"
 
@@ -97,38 +98,9 @@ bool is_write_fault(void* context) {
 #endif
 }
 
-[[noreturn]] void die_of(int sig) {
-  ::signal(sig, SIG_DFL);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, sig);
-  ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
-  ::raise(sig);
-  ::_exit(128 + sig);
-}
-
-// Calls the handler installed before poise's, if it is a function.
-bool call_previous(const struct sigaction& prev, int sig, siginfo_t* info, void* context) {
-  if ((prev.sa_flags & SA_SIGINFO) != 0 && prev.sa_sigaction != nullptr) {
-    prev.sa_sigaction(sig, info, context);
-    return true;
-  }
-  if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN && prev.sa_handler != nullptr) {
-    prev.sa_handler(sig);
-    return true;
-  }
-  return false;
-}
-
-// A fault that is not poise's goes to the handler installed before. A
-// synchronous fault cannot be ignored (returning would run the access again,
-// forever): like the kernel, which forces the default action then, die of it.
-// Only an asynchronous machine-check notice (BUS_MCEERR_AO) may be ignored.
+// A fault that is not poise's goes to the handler installed before.
 void chain(int sig, siginfo_t* info, void* context) {
-  const struct sigaction& prev = sig == SIGSEGV ? previous_segv : previous_bus;
-  if (call_previous(prev, sig, info, context)) return;
-  if (prev.sa_handler == SIG_IGN && sig == SIGBUS && info->si_code == BUS_MCEERR_AO) return;
-  die_of(sig);
+  pass_on(sig == SIGSEGV ? previous_segv : previous_bus, sig, info, context);
 }
 
 // A failed access outside any guarded() scope: SIGBUS, as the kernel sends it.

@@ -236,6 +236,16 @@ TEST(MetadataFailure, EveryKindIsRewrittenOrShutsDownCleanly) {
 namespace poise {
 namespace {
 
+// Maps an empty memfd over the device page at `offset`: any load there raises
+// SIGBUS from then on, as failed memory does.
+void make_page_vanish(MemoryDevice& device, uint64_t offset) {
+  int empty = ::memfd_create("poise-test-gone", MFD_CLOEXEC);
+  ASSERT_GE(empty, 0);
+  ASSERT_NE(::mmap(device.data() + offset, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, empty, 0),
+            MAP_FAILED);
+  ::close(empty);
+}
+
 // Memory that fails under poise's own copy out of the device (a machine check
 // in a real machine; here a page whose backing is gone, which raises SIGBUS the
 // same way): the read fails with EIO for exactly that block, the process lives,
@@ -246,12 +256,7 @@ TEST(MachineCheckSafeCopy, AFaultUnderAReadIsEioForThatBlockAndTheProcessLives) 
   auto fs = *Filesystem::mount(device);
   write_file(*fs, "/f", std::string(4096, 'a') + std::string(4096, 'b') + std::string(4096, 'c'));
   const uint64_t lost = device_offset_of(*fs, "/f", 4096);
-  // The page behind file block 1 now maps an empty memfd: any load there is SIGBUS.
-  int empty = ::memfd_create("poise-test-gone", MFD_CLOEXEC);
-  ASSERT_GE(empty, 0);
-  void* page = ::mmap(device.data() + lost, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, empty, 0);
-  ASSERT_NE(page, MAP_FAILED);
-  ::close(empty);
+  make_page_vanish(device, lost);  // the page behind file block 1
   auto whole = read_range(*fs, "/f", 0, 3 * 4096);
   ASSERT_FALSE(whole.has_value());
   EXPECT_EQ(whole.error().code, EIO);
@@ -293,11 +298,7 @@ TEST(MachineCheckSafeCopy, AFaultUnderJournalReplayIsReadFromTheOtherCopy) {
     for (int i = 0; i < 100; ++i) ASSERT_OK(fs->mkdir("/d" + std::to_string(i)));
     fs->shutdown();  // everything is in the journal only
   }
-  int empty = ::memfd_create("poise-test-gone", MFD_CLOEXEC);
-  ASSERT_GE(empty, 0);
-  ASSERT_NE(::mmap(device.data() + journal, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, empty, 0),
-            MAP_FAILED);
-  ::close(empty);
+  make_page_vanish(device, journal);
   MountOptions ro;
   ro.mode = MountMode::ReadOnly;
   auto fs = Filesystem::mount(device, ro);

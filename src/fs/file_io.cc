@@ -297,14 +297,16 @@ Result<size_t> FsImpl::write(InodeNumber ino, uint64_t offset, std::span<const s
     return fail(EFBIG, "write beyond the 1 PiB file size limit");
   }
   TRY(refuse_own_pins(ino));
+  bool past_a_partial_end = false;  // the old last block's tail must read zeros first
   {  // ENOSPC before anything changes when the whole write cannot fit
     InodePtr inode = TRY(writable_file(ino));
     std::shared_lock lock(inode->lock);
     uint64_t first = offset / kBlockSize;
     TRY(expect_space(blocks_needed_for_store(*inode, FileBlock(first), ceil_blocks(offset + in.size()) - first),
                      "write"));
+    past_a_partial_end = offset > inode->core.size_bytes && inode->core.size_bytes % kBlockSize != 0;
   }
-  TRY(zero_eof_tail(ino, offset));
+  if (past_a_partial_end) TRY(zero_eof_tail(ino, offset));
   return for_each_chunk(offset, in.size(), [&](uint64_t pos, uint64_t len) -> Result<void> {
     TRY(write_chunk(ino, pos, in.data() + (pos - offset), len));
     return {};
