@@ -175,6 +175,33 @@ echo "precious" >"$WORK/precious"
 expect 3 "$POISE" get "$IMG" /no-such-file "$WORK/precious"
 expect 8 "$POISE" get "$IMG" /d "$WORK/precious"
 [ "$(cat "$WORK/precious")" = precious ] && ok || bad "get emptied LOCAL although PATH could not be read"
+# get replaces LOCAL whole or not at all: a read that fails midway (a poisoned
+# block) keeps LOCAL's old content and leaves no hidden file; a symbolic link
+# LOCAL stays a link and its target is replaced; a replaced file keeps its mode.
+head -c 3000000 /dev/urandom >"$WORK/three"
+expect 0 "$POISE" put "$IMG" "$WORK/three" /three
+expect 0 "$POISE" fsmap "$IMG" --json
+GOFF=$(python3 -c "
+import json
+r = [r for r in json.load(open('$WORK/out')) if r.get('path') == '/three' and r['file_offset'] <= 2097152 < r['file_offset'] + r['length']][0]
+print(r['device_offset'] + 2097152 - r['file_offset'])")
+mkdir -p "$WORK/getdir"
+echo precious >"$WORK/getdir/local"
+chmod 640 "$WORK/getdir/local"
+ln -s local "$WORK/getdir/link"
+expect 0 "$POISE" inject-poison "$IMG" --offset "$GOFF" --length 64
+expect 4 "$POISE" get "$IMG" /three "$WORK/getdir/local"
+[ "$(cat "$WORK/getdir/local")" = precious ] && ok || bad "a get that failed midway destroyed LOCAL"
+[ "$(ls -A "$WORK/getdir" | wc -l)" -eq 2 ] && ok || bad "a failed get left files behind: $(ls -A "$WORK/getdir")"
+expect 0 "$POISE" clear-poison "$IMG" --offset "$GOFF" --length 64
+expect 0 "$POISE" put "$IMG" "$WORK/three" /three
+expect 0 "$POISE" get "$IMG" /three "$WORK/getdir/link"
+[ -L "$WORK/getdir/link" ] && ok || bad "get replaced the symbolic link instead of its target"
+same "$WORK/getdir/local" "$WORK/three" "get through a symbolic link"
+[ "$(stat -c %a "$WORK/getdir/local")" = 640 ] && ok || bad "get changed the mode of the file it replaced"
+[ "$(ls -A "$WORK/getdir" | wc -l)" -eq 2 ] && ok || bad "a get left files behind: $(ls -A "$WORK/getdir")"
+rm -rf "$WORK/getdir" "$WORK/three"
+expect 0 "$POISE" rm "$IMG" /three
 expect 8 "$POISE" reflink "$IMG" /d /reflink-of-a-dir
 expect 3 "$POISE" stat "$IMG" /reflink-of-a-dir
 # Relative paths are relative to the root, for every command.

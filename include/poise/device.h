@@ -165,10 +165,13 @@ class Device {
   void set_poison_listener(PoisonListener* listener);
 
   // Removal (DESIGN flow 3). pre_remove() is notify_failure(0, size, PreRemove):
-  // the holder freezes, syncs, revokes and notifies. Then either cancel_removal()
-  // (the holder thaws) or remove(): new accesses fail with ENXIO from here on,
-  // the holder is told (Remove: it shuts down), in-flight readers are waited for
-  // (liburcu grace period), and the device is Dead.
+  // the holder freezes, syncs, revokes and notifies; no new mapping or pin is
+  // given out. Then either cancel_removal() (the holder thaws) or remove(): new
+  // accesses fail with ENXIO from here on, the holder is told (Remove: it shuts
+  // down and waits until every pin has been released, since a pin reads device
+  // memory directly), in-flight readers are waited for (liburcu grace period),
+  // and the device is Dead. remove() from a thread that itself holds a pin
+  // fails with EDEADLK and changes nothing.
   Result<void> pre_remove();
   void cancel_removal();
   Result<void> remove();

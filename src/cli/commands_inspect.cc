@@ -1,9 +1,11 @@
 // Commands that only look: info, ls, stat, get, cat, fsmap, check. They mount
 // read-only, so they never write to the image.
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <map>
@@ -188,30 +190,90 @@ int copy_out(Filesystem& fs, const std::string& path, uint64_t offset, std::opti
   return kExitOk;
 }
 
+// Where `get` writes LOCAL all-or-nothing: a hidden file beside it, renamed over
+// it once every byte is out. Special files (a FIFO, /dev/null, a terminal) are
+// written in place: they have no old content to keep.
+struct LocalOutput {
+  std::string target;     // LOCAL, symbolic links followed
+  std::string temporary;  // empty when writing in place
+  std::FILE* file = nullptr;
+};
+
+int open_local_output(const std::string& local, LocalOutput* out) {
+  struct stat st {};
+  bool exists = ::stat(local.c_str(), &st) == 0;
+  if (exists && !S_ISREG(st.st_mode)) {
+    out->target = local;
+    out->file = std::fopen(local.c_str(), "wb");
+  } else {
+    if (exists) {
+      char* resolved = ::realpath(local.c_str(), nullptr);
+      out->target = resolved != nullptr ? resolved : local;
+      std::free(resolved);
+    } else {
+      out->target = local;
+    }
+    size_t slash = out->target.rfind('/');
+    std::string dir = slash == std::string::npos ? "" : out->target.substr(0, slash + 1);
+    std::string base = slash == std::string::npos ? out->target : out->target.substr(slash + 1);
+    std::string name = dir + "." + base + ".poise-get-XXXXXX";
+    int fd = ::mkstemp(name.data());
+    if (fd >= 0) {
+      mode_t mask = ::umask(0);
+      ::umask(mask);
+      // A replaced file keeps its permission bits; a new one gets 0666 less the umask.
+      (void)::fchmod(fd, exists ? (st.st_mode & 07777) : (0666 & ~mask));
+      out->temporary = name;
+      out->file = ::fdopen(fd, "wb");
+      if (out->file == nullptr) ::close(fd);
+    }
+  }
+  if (out->file == nullptr) {
+    int err = errno;
+    if (!out->temporary.empty()) ::unlink(out->temporary.c_str());
+    eprint("poise: get: cannot create {}: {}\n", local, std::strerror(err));
+    return kExitFailure;
+  }
+  return kExitOk;
+}
+
+// Closes LOCAL: on success the hidden file replaces it; on failure it is removed
+// and LOCAL keeps its old content.
+int finish_local_output(const std::string& local, LocalOutput& out, int code) {
+  bool written = std::fflush(out.file) == 0 && (out.temporary.empty() || ::fsync(::fileno(out.file)) == 0);
+  int err = errno;
+  written = std::fclose(out.file) == 0 && written;
+  if (!written) err = errno != 0 ? errno : err;
+  if (code == kExitOk && !written) {
+    eprint("poise: get: writing {} failed: {}\n", local, std::strerror(err));
+    code = kExitFailure;
+  }
+  if (out.temporary.empty()) return code;
+  if (code == kExitOk && ::rename(out.temporary.c_str(), out.target.c_str()) != 0) {
+    eprint("poise: get: cannot replace {}: {}\n", local, std::strerror(errno));
+    code = kExitFailure;
+  }
+  if (code != kExitOk) ::unlink(out.temporary.c_str());
+  return code;
+}
+
 int get(const Args& a) {
   if (is_the_image(a.local, a.image) || (a.local == "-" && stream_is_the_image(STDOUT_FILENO, a.image))) {
     eprint("poise: get: {} is the image itself; writing the file there would destroy the image\n", a.local);
     return kExitInvalid;
   }
   return with_ro(a, [&](Filesystem& fs) {
-    // LOCAL is opened (and emptied) only once PATH is known to be a readable file.
+    // LOCAL is touched only once PATH is known to be a readable file.
     auto st = fs.stat(a.path);
     if (!st.has_value()) return report("get " + a.path, st.error());
     if (st->type == FileType::Directory) {
       eprint("poise: get: {} is a directory\n", a.path);
       return int(kExitInvalid);
     }
-    std::FILE* out = a.local == "-" ? stdout : std::fopen(a.local.c_str(), "wb");
-    if (out == nullptr) {
-      eprint("poise: get: cannot create {}: {}\n", a.local, std::strerror(errno));
-      return int(kExitFailure);
-    }
-    int code = copy_out(fs, a.path, 0, std::nullopt, out);
-    if (out != stdout && std::fclose(out) != 0 && code == kExitOk) {
-      eprint("poise: get: writing {} failed: {}\n", a.local, std::strerror(errno));
-      code = kExitFailure;
-    }
-    return code;
+    if (a.local == "-") return copy_out(fs, a.path, 0, std::nullopt, stdout);
+    LocalOutput out;
+    if (int code = open_local_output(a.local, &out); code != kExitOk) return code;
+    return finish_local_output(a.local, out, copy_out(fs, a.path, 0, std::nullopt, out.file));
   });
 }
 

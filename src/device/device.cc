@@ -136,10 +136,17 @@ Result<void> Device::remove() {
   if (!state_.compare_exchange_strong(expected, DeviceState::Dying)) {
     return fail(ENXIO, describe() + ": removal has already begun");
   }
-  // New accesses now fail; the holder revokes the existing ones and stops.
+  // New accesses now fail; the holder revokes the existing ones, waits for its
+  // pins and stops. EDEADLK (the caller itself holds a pin) changes nothing.
   {
     std::shared_lock lock(holder_mutex_);
-    if (holder_ != nullptr) (void)holder_->notify_failure(0, size_bytes(), FailureFlags::Remove);
+    if (holder_ != nullptr) {
+      auto told = holder_->notify_failure(0, size_bytes(), FailureFlags::Remove);
+      if (!told.has_value() && told.error().code == EDEADLK) {
+        state_.store(DeviceState::Alive, std::memory_order_release);
+        return told;
+      }
+    }
   }
   ReadSection::wait_for_readers();  // accesses that began before Dying are done
   state_.store(DeviceState::Dead, std::memory_order_release);

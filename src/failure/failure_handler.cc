@@ -8,7 +8,13 @@ constexpr uint64_t kBlockSize = 4096;
 
 Result<void> FailureHandler::notify_failure(uint64_t offset, uint64_t length, FailureFlags flags) {
   if (has(flags, FailureFlags::Remove)) {
+    // Pins read device memory directly, so removal waits for them to be released;
+    // a pin of this very thread would never be.
+    if (mappings_.holds_any_pin()) {
+      return fail(EDEADLK, "this thread holds a pin of the filesystem: release it before removing the device");
+    }
     fs_.shutdown();  // the memory is gone: every call and every mapped access fails from now on
+    mappings_.wait_for_all_pins();
     return {};
   }
   if (has(flags, FailureFlags::PreRemove)) return pre_remove();

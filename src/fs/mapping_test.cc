@@ -765,6 +765,35 @@ TEST_F(MappingTest, APinHoldsOffTruncateUntilReleased) {
   EXPECT_TRUE(truncated);
 }
 
+// A pin reads device memory directly, so removal waits until every pin has
+// been released (defect 5), no new pin is given out once removal is announced,
+// and the pin's own thread cannot remove the device (it would wait for itself).
+TEST_F(MappingTest, RemovalWaitsForPinsAndRefusesNewOnes) {
+  write_file(*fs_, "/held", pattern('h', 2 * kPage));
+  InodeNumber held = ino("/held");
+  auto pin = fs_->pin(held, 0, 2 * kPage);
+  ASSERT_OK(pin);
+  ASSERT_OK(device_->pre_remove());
+  EXPECT_ERRNO(fs_->pin(held, 0, kPage), EAGAIN);
+  EXPECT_ERRNO(device_->remove(), EDEADLK);
+  EXPECT_EQ(device_->state(), DeviceState::Alive) << "a refused removal changed the device";
+  std::atomic<bool> removed{false};
+  std::atomic<pid_t> tid{0};
+  std::thread t([&] {
+    tid = static_cast<pid_t>(::syscall(SYS_gettid));
+    EXPECT_TRUE(device_->remove().has_value());
+    removed = true;
+  });
+  while (tid == 0) std::this_thread::yield();
+  ASSERT_TRUE(wait_until_blocked(tid)) << "removal never waited";
+  EXPECT_FALSE(removed) << "the device was removed while a pin still reads its memory";
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(pin->segments()[0].data()), 4), "hhhh");
+  pin->release();
+  t.join();
+  EXPECT_TRUE(removed);
+  EXPECT_EQ(device_->state(), DeviceState::Dead);
+}
+
 TEST_F(MappingTest, ShutdownMakesEveryMappedAccessFail) {
   write_file(*fs_, "/s", pattern('s'));
   Inbox inbox;

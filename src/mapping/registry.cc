@@ -63,10 +63,7 @@ void MappingRegistry::detach(std::vector<Notice>* notices) {
     std::abort();
   }
   kill_all(MappingCause::Shutdown, notices);
-  {
-    std::unique_lock lock(mutex_);
-    pins_released_.wait(lock, [&] { return pin_files_.empty(); });
-  }
+  wait_for_all_pins();
   std::unique_lock lock(backend_mutex_);
   backend_ = nullptr;
 }
@@ -286,6 +283,8 @@ void MappingRegistry::flush_writable(std::optional<InodeNumber> ino) {
 Result<Pin> MappingRegistry::pin(InodeNumber ino, uint64_t offset, uint64_t length) {
   if (length == 0) return fail(EINVAL, "a pin of zero bytes");
   if (device_.state() != DeviceState::Alive) return fail(ENXIO, device_.describe() + ": the device is being removed");
+  // Removal waits for every pin to go: none may start once it is announced.
+  if (suspended()) return fail(EAGAIN, "the device is about to be removed: no new pins");
   std::shared_lock backend_lock(backend_mutex_);
   if (backend_ == nullptr) return fail(ESHUTDOWN, "filesystem is not mounted");
   const uint64_t first = offset / kPageSize;
@@ -347,6 +346,11 @@ void MappingRegistry::unpin(uint64_t id) {
   pins_released_.notify_all();
   std::shared_lock backend_lock(backend_mutex_);
   if (backend_ != nullptr) backend_->release(InodeNumber(ino));
+}
+
+void MappingRegistry::wait_for_all_pins() {
+  std::unique_lock lock(mutex_);
+  pins_released_.wait(lock, [&] { return pin_files_.empty(); });
 }
 
 void MappingRegistry::wait_for_pins(InodeNumber ino, uint64_t first, uint64_t count) {

@@ -136,6 +136,9 @@ class MappingRegistry final : public std::enable_shared_from_this<MappingRegistr
   void write_protect(InodeNumber ino, uint64_t first, uint64_t count);
   // Waits until no pin of the file overlaps [first, +count).
   void wait_for_pins(InodeNumber ino, uint64_t first, uint64_t count);
+  // Waits until no pin of any file is held (device removal: a pin reads device
+  // memory directly, so the memory may go only once every pin has).
+  void wait_for_all_pins();
   // Whether the calling thread holds a pin of the file (it must not modify it).
   bool holds_pin(InodeNumber ino) const;
   // Whether the calling thread holds any pin (it cannot wait for pins to go).
