@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -163,8 +164,12 @@ class Filesystem {
 
   // The namespace.
   virtual Result<InodeNumber> lookup(std::string_view path) = 0;
-  virtual Result<InodeNumber> create(std::string_view path, uint32_t mode = 0644) = 0;
-  virtual Result<InodeNumber> mkdir(std::string_view path, uint32_t mode = 0755) = 0;
+  // `owner` (optional) makes the new inode belong to that uid and gid instead
+  // of MountOptions::uid/gid.
+  virtual Result<InodeNumber> create(std::string_view path, uint32_t mode = 0644,
+                                     std::optional<Credentials> owner = std::nullopt) = 0;
+  virtual Result<InodeNumber> mkdir(std::string_view path, uint32_t mode = 0755,
+                                    std::optional<Credentials> owner = std::nullopt) = 0;
   virtual Result<void> unlink(std::string_view path) = 0;
   virtual Result<void> rmdir(std::string_view path) = 0;
   // Replaces an existing destination of the same kind (an empty directory for a

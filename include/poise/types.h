@@ -58,6 +58,13 @@ struct Stat {
   int64_t ctime_ns = 0;
 };
 
+// Who a new file or directory belongs to (a server creates files for its
+// clients): without it, the owner the filesystem was mounted with.
+struct Credentials {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+};
+
 struct DirEntry {
   std::string name;
   InodeNumber ino;

@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 
+#include "poise/client.h"
 #include "poise/filesystem.h"
 
 namespace poise::cli {
@@ -25,6 +26,18 @@ void add_modify_commands(CLI::App& app, std::function<int()>* run);
 void add_demo_command(CLI::App& app, std::function<int()>* run);
 void add_put_command(CLI::App& app, std::function<int()>* run);
 void add_failure_commands(CLI::App& app, std::function<int()>* run);
+void add_serve_command(CLI::App& app, std::function<int()>* run);
+
+// `poise --socket PATH`: the server to use for IMAGE (empty: IMAGE.sock if a
+// server answers there).
+extern std::string socket_option;
+// The server that serves IMAGE, if one does: *out is set and kExitOk. Not
+// served: *out stays empty and kExitOk. An explicit --socket nobody answers on
+// is an error (its exit code).
+int connect_if_served(const std::string& image, std::unique_ptr<RemoteFilesystem>* out);
+// For commands that need the device itself (mkfs, repair): kExitBusy with a
+// message naming the server when IMAGE is served, else kExitOk.
+int refuse_if_served(const std::string& image, const char* command);
 
 // An image opened and mounted for one command.
 struct Session {
@@ -38,6 +51,8 @@ int open_session(const std::string& image, MountMode mode, Session* out);
 // Unmounts; returns the exit code.
 int close_session(Session& session);
 // Opens and mounts IMAGE, runs fn, unmounts; the first failure's exit code.
+// When a server serves IMAGE, fn runs against it instead (same output, same
+// exit codes), whatever the mode.
 int with_mounted(const std::string& image, MountMode mode, const std::function<int(Filesystem&)>& fn);
 // Prints "poise: <context>: <message>" and returns the exit code for the error.
 int report(const std::string& context, const Error& error);

@@ -30,19 +30,35 @@ int edit_poison(const Args& a, bool inject) {
     eprint("poise: --length must be above 0\n");
     return kExitUsage;
   }
-  auto device = open_device(a.image);
-  if (!device.has_value()) return report(device.error());
-  auto r = inject ? (*device)->inject_poison(*offset, *length) : (*device)->clear_poison(*offset, *length);
+  std::unique_ptr<RemoteFilesystem> remote;
+  if (int code = connect_if_served(a.image, &remote); code != kExitOk) return code;
+  Result<void> r;
+  if (remote) {  // live: the running filesystem is told at once
+    r = inject ? remote->inject_poison(*offset, *length) : remote->clear_poison(*offset, *length);
+  } else {
+    auto device = open_device(a.image);
+    if (!device.has_value()) return report(device.error());
+    r = inject ? (*device)->inject_poison(*offset, *length) : (*device)->clear_poison(*offset, *length);
+  }
   if (!r.has_value()) return report(inject ? "inject-poison" : "clear-poison", r.error());
   fmt::print("{} device bytes {}..{} of {}\n", inject ? "poisoned" : "cleared", *offset, *offset + *length, a.image);
   return kExitOk;
 }
 
 int badblocks(const Args& a) {
+  std::unique_ptr<RemoteFilesystem> remote;
+  if (int code = connect_if_served(a.image, &remote); code != kExitOk) return code;
   Session session;
-  if (int code = open_session(a.image, MountMode::ReadOnly, &session); code != kExitOk) return code;
-  Filesystem& fs = *session.fs;
-  auto device_list = session.device->bad_ranges();
+  std::string description;
+  Result<std::vector<BadRange>> device_list = std::vector<BadRange>{};
+  if (remote) {
+    device_list = remote->bad_ranges(&description);
+  } else {
+    if (int code = open_session(a.image, MountMode::ReadOnly, &session); code != kExitOk) return code;
+    device_list = session.device->bad_ranges();
+    description = session.device->describe();
+  }
+  Filesystem& fs = remote ? static_cast<Filesystem&>(*remote) : *session.fs;
   if (!device_list.has_value()) return report("badblocks", device_list.error());
   auto map = fs.fsmap(0, fs.info().size_bytes);
   if (!map.has_value()) return report("badblocks", map.error());
@@ -70,7 +86,7 @@ int badblocks(const Args& a) {
     fmt::print("{}\n", json_text(json{{"device", reported}, {"filesystem", recorded}}));
     return kExitOk;
   }
-  fmt::print("reported by the device ({}): {} range(s)\n", session.device->describe(), reported.size());
+  fmt::print("reported by the device ({}): {} range(s)\n", description, reported.size());
   for (const auto& b : reported) fmt::print("  bytes {}..{}\n", b["offset"].get<uint64_t>(), b["offset"].get<uint64_t>() + b["length"].get<uint64_t>());
   fmt::print("recorded by the filesystem: {} range(s), fenced off for good\n", recorded.size());
   for (const auto& r : recorded) {

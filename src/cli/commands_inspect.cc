@@ -336,13 +336,20 @@ int fsmap(const Args& a) {
 }
 
 int check(const Args& a) {
-  OpenDeviceOptions read_only;
-  read_only.access = DeviceAccess::ReadOnly;
-  auto device = open_device(a.image, read_only);
-  if (!device.has_value()) return report("check", device.error());
-  auto result = Filesystem::check_device(**device);
-  if (!result.has_value()) return report("check " + a.image, result.error());
-  const CheckReport& r = *result;
+  std::unique_ptr<RemoteFilesystem> remote;
+  if (int code = connect_if_served(a.image, &remote); code != kExitOk) return code;
+  CheckReport r;
+  if (remote) {
+    r = remote->check();  // the mounted filesystem, checked by its server
+  } else {
+    OpenDeviceOptions read_only;
+    read_only.access = DeviceAccess::ReadOnly;
+    auto device = open_device(a.image, read_only);
+    if (!device.has_value()) return report("check", device.error());
+    auto result = Filesystem::check_device(**device);
+    if (!result.has_value()) return report("check " + a.image, result.error());
+    r = std::move(*result);
+  }
   if (a.json) {
     fmt::print("{}\n", json_text(json{{"clean", r.clean()}, {"problems", r.problems}, {"notes", r.notes},
                                        {"inodes", r.inodes}, {"directories", r.directories}, {"extents", r.extents},
@@ -389,7 +396,7 @@ void add_inspect_commands(CLI::App& app, std::function<int()>* run) {
       ->check(kNonEmptyValue);
   fsmap_cmd->add_option("--length", args->length, "Bytes to cover (default: to the end)")->check(kNonEmptyValue);
   fsmap_cmd->add_flag("--json", args->json, "Machine-readable output: one record per owner");
-  add("check", "Verify every invariant of an unmounted image (exit 5 if any fails)", check)
+  add("check", "Verify every invariant of an image, or of the mounted filesystem if it is served (exit 5 if any fails)", check)
       ->add_flag("--json", args->json, "Machine-readable output");
 }
 

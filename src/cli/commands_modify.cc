@@ -88,6 +88,7 @@ std::string what_the_image_holds(const std::string& image) {
 }
 
 int mkfs(const Args& args) {
+  if (int code = refuse_if_served(args.image, "mkfs"); code != kExitOk) return code;
   std::optional<uint64_t> size;
   if (!args.size.empty()) {
     size = parse_size(args.size);
@@ -204,6 +205,7 @@ int reflink_cmd(Filesystem& fs, const std::string& src, const std::string& dst) 
 }
 
 int repair(const Args& a) {
+  if (int code = refuse_if_served(a.image, "repair"); code != kExitOk) return code;
   const bool dry_run = a.flag;
   OpenDeviceOptions options;
   if (dry_run) options.access = DeviceAccess::ReadOnly;  // the repair runs on a private view

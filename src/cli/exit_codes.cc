@@ -25,6 +25,7 @@ int exit_code_for(int e) {
     case EBUSY: return kExitBusy;
     case ENOTSUP:
     case EROFS: return kExitUnsupported;
+    case EACCES: return kExitDenied;
     default: return kExitFailure;
   }
 }
@@ -41,7 +42,8 @@ const char* exit_code_table() {
          "  7  already exists\n"
          "  8  invalid operation (not a directory, is a directory, not empty, name too long, ...)\n"
          "  9  image busy (in use by another poise process)\n"
-         " 10  unsupported (newer format version, unknown features)\n";
+         " 10  unsupported (newer format version, unknown features)\n"
+         " 11  permission denied (by poise serve, for the caller's uid and gid)\n";
 }
 
 }  // namespace poise::cli

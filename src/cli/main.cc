@@ -51,7 +51,12 @@ int main(int argc, char** argv) {
   CLI::App app{"poise: a DAX filesystem for persistent and CXL memory, on a device or an emulated image file"};
   app.require_subcommand(1);
   app.footer(exit_code_table());
+  app.add_option("--socket", socket_option,
+                 "Use the poise server on this socket for IMAGE (default: IMAGE.sock when a server answers there)")
+      ->check(kNonEmptyValue);
+  app.fallthrough();  // --socket may also follow the command's name
   std::function<int()> run;
+  add_serve_command(app, &run);
   add_modify_commands(app, &run);
   add_put_command(app, &run);
   add_inspect_commands(app, &run);

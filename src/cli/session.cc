@@ -71,7 +71,40 @@ int open_session(const std::string& image, MountMode mode, Session* out) {
   return kExitOk;
 }
 
+std::string socket_option;
+
+int connect_if_served(const std::string& image, std::unique_ptr<RemoteFilesystem>* out) {
+  const bool explicit_socket = !socket_option.empty();
+  const std::string path = explicit_socket ? socket_option : default_socket_path(image);
+  struct stat st {};
+  if (!explicit_socket && (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode))) return kExitOk;
+  auto remote = connect(path);
+  if (remote.has_value()) {
+    *out = std::move(*remote);
+    return kExitOk;
+  }
+  // A socket left by a server that died: the image is used directly.
+  if (!explicit_socket && remote.error().code == ECONNREFUSED) return kExitOk;
+  return report(remote.error());
+}
+
+int refuse_if_served(const std::string& image, const char* command) {
+  std::unique_ptr<RemoteFilesystem> remote;
+  if (int code = connect_if_served(image, &remote); code != kExitOk) return code;
+  if (!remote) return kExitOk;
+  eprint("poise: {}: {} is served by poise serve (pid {}); stop the server first\n", command, image,
+         remote->server_pid());
+  return kExitBusy;
+}
+
 int with_mounted(const std::string& image, MountMode mode, const std::function<int(Filesystem&)>& fn) {
+  std::unique_ptr<RemoteFilesystem> remote;
+  if (int code = connect_if_served(image, &remote); code != kExitOk) return code;
+  if (remote) {
+    int code = fn(*remote);
+    (void)remote->unmount();
+    return code;
+  }
   Session session;
   if (int code = open_session(image, mode, &session); code != kExitOk) return code;
   int code = fn(*session.fs);

@@ -105,8 +105,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<void> checkpoint() override;
   void shutdown() override;
   Result<InodeNumber> lookup(std::string_view path) override;
-  Result<InodeNumber> create(std::string_view path, uint32_t mode) override;
-  Result<InodeNumber> mkdir(std::string_view path, uint32_t mode) override;
+  Result<InodeNumber> create(std::string_view path, uint32_t mode = 0644,
+                             std::optional<Credentials> owner = std::nullopt) override;
+  Result<InodeNumber> mkdir(std::string_view path, uint32_t mode = 0755,
+                            std::optional<Credentials> owner = std::nullopt) override;
   Result<void> unlink(std::string_view path) override;
   Result<void> rmdir(std::string_view path) override;
   Result<void> rename(std::string_view from, std::string_view to) override;
@@ -217,7 +219,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<InodePtr> resolve_parent(std::string_view path, std::string* leaf);
   InodePtr find_inode(InodeNumber ino) const;
   Result<InodePtr> get_inode(InodeNumber ino);
-  Result<InodeNumber> make_node(std::string_view path, uint32_t mode, FileType type);
+  Result<InodeNumber> make_node(std::string_view path, uint32_t mode, FileType type, std::optional<Credentials> owner);
   Result<void> remove_name(std::string_view path, FileType type);
   // Records that free the inode once its link count is nlink_after, if that is
   // zero and nobody has it open.

@@ -123,7 +123,8 @@ Result<InodeNumber> FsImpl::lookup(std::string_view path) {
   return TRY(resolve_locked(path))->ino;
 }
 
-Result<InodeNumber> FsImpl::make_node(std::string_view path, uint32_t mode, FileType type) {
+Result<InodeNumber> FsImpl::make_node(std::string_view path, uint32_t mode, FileType type,
+                                      std::optional<Credentials> owner) {
   auto op = TRY(begin_op(kNamespaceTxBytes));
   std::unique_lock ns(ns_mutex_);
   std::string leaf;
@@ -139,7 +140,8 @@ Result<InodeNumber> FsImpl::make_node(std::string_view path, uint32_t mode, File
   }
   int64_t t = now();
   format::InodeCore core{next_ino_, type_bits(type) | (mode & format::kModePermMask),
-                         type == FileType::Directory ? 2u : 1u, options_.uid, options_.gid, 0, t, t, t};
+                         type == FileType::Directory ? 2u : 1u, owner ? owner->uid : options_.uid,
+                         owner ? owner->gid : options_.gid, 0, t, t, t};
   format::InodeCore parent_core = parent->core;
   parent_core.mtime_ns = parent_core.ctime_ns = t;
   if (type == FileType::Directory) ++parent_core.nlink;
@@ -147,12 +149,12 @@ Result<InodeNumber> FsImpl::make_node(std::string_view path, uint32_t mode, File
   return InodeNumber(core.ino);
 }
 
-Result<InodeNumber> FsImpl::create(std::string_view path, uint32_t mode) {
-  return make_node(path, mode, FileType::Regular);
+Result<InodeNumber> FsImpl::create(std::string_view path, uint32_t mode, std::optional<Credentials> owner) {
+  return make_node(path, mode, FileType::Regular, owner);
 }
 
-Result<InodeNumber> FsImpl::mkdir(std::string_view path, uint32_t mode) {
-  return make_node(path, mode, FileType::Directory);
+Result<InodeNumber> FsImpl::mkdir(std::string_view path, uint32_t mode, std::optional<Credentials> owner) {
+  return make_node(path, mode, FileType::Directory, owner);
 }
 
 void FsImpl::free_inode_records(const Inode& inode, uint32_t nlink_after, Records* records) {

@@ -1,0 +1,142 @@
+// The messages between `poise serve` and its clients (docs/protocol.md): one
+// fixed little-endian layout, defined here once for both sides.
+//
+// A frame is a 16-byte header — u32 body length, u16 operation, u16 zero,
+// u64 request id — then the body. Requests carry the operation's arguments;
+// a reply echoes the operation and id, then an i32 status (0 or an errno
+// value), then either the error message or the operation's results. Every
+// field is read through Decoder, which checks each length against what is
+// left: a truncated, oversized or malformed message is an error for that
+// client, never a read past the buffer.
+//
+// Thread-safety: plain values; each connection is used by one thread at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "poise/filesystem.h"
+
+namespace poise::serve {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr size_t kHeaderBytes = 16;
+// The largest body either side accepts: 1 MiB of file data plus room for fields.
+inline constexpr uint32_t kBodyBytesMax = (1u << 20) + 4096;
+// The most file bytes one read or write message carries.
+inline constexpr uint32_t kDataBytesMax = 1u << 20;
+// A path or name is at most this long (PATH_MAX).
+inline constexpr uint32_t kPathBytesMax = 4096;
+
+enum class Op : uint16_t {
+  Hello = 1,  // u32 version -> u32 version, u32 server pid, string image
+  Lookup = 2,
+  Create = 3,
+  Mkdir = 4,
+  Unlink = 5,
+  Rmdir = 6,
+  Rename = 7,
+  Link = 8,
+  Readdir = 9,   // path, u64 first entry -> u32 n, n entries, u8 more
+  StatPath = 10,
+  StatIno = 11,
+  PathOf = 12,
+  Read = 13,
+  Write = 14,
+  Truncate = 15,
+  Fallocate = 16,
+  PunchHole = 17,
+  Fsync = 18,
+  Sync = 19,
+  Reflink = 20,
+  CloneRange = 21,
+  Fsmap = 22,  // u64 offset, u64 length -> u32 n, n records, u64 next offset (0: done)
+  Info = 23,
+  Check = 24,
+  MountWarnings = 25,
+  Checkpoint = 26,
+  Retain = 27,  // an open File on the client keeps the inode alive
+  Release = 28,
+  BadRanges = 29,    // the device's own bad-range list
+  InjectPoison = 30, // u64 offset, u64 length (emulated devices; root only)
+  ClearPoison = 31,
+};
+inline constexpr uint16_t kOpMax = 31;
+const char* op_name(Op op);
+
+struct Header {
+  uint32_t body_bytes = 0;
+  Op op = Op::Hello;
+  uint64_t id = 0;
+};
+
+// Appends fields to a frame; finish() fills in the header.
+class Encoder {
+ public:
+  Encoder(Op op, uint64_t id);
+  void u8(uint8_t v) { put(&v, 1); }
+  void u16(uint16_t v);
+  void u32(uint32_t v);
+  void u64(uint64_t v);
+  void i64(int64_t v) { u64(static_cast<uint64_t>(v)); }
+  void i32(int32_t v) { u32(static_cast<uint32_t>(v)); }
+  // u32 length, then the bytes.
+  void bytes(std::span<const std::byte> b);
+  void string(std::string_view s) { bytes(std::as_bytes(std::span(s.data(), s.size()))); }
+  void stat(const Stat& st);
+  void fsmap_record(const FsmapRecord& r);
+  void strings(const std::vector<std::string>& list);
+  // Bytes as they are (another encoder's body, say).
+  void raw(std::span<const std::byte> b) { put(b.data(), b.size()); }
+  // What has been added after the header so far.
+  std::span<const std::byte> body() const { return std::span(buf_).subspan(kHeaderBytes); }
+  // The frame, header included. REQUIRES: the body is at most kBodyBytesMax.
+  const std::vector<std::byte>& finish();
+
+ private:
+  void put(const void* p, size_t n);
+  std::vector<std::byte> buf_;
+};
+
+// Reads fields in order; after the first field that does not fit, every read
+// fails and ok() is false.
+class Decoder {
+ public:
+  explicit Decoder(std::span<const std::byte> body) : rest_(body) {}
+  bool u8(uint8_t* v) { return get(v, 1); }
+  bool u16(uint16_t* v);
+  bool u32(uint32_t* v);
+  bool u64(uint64_t* v);
+  bool i64(int64_t* v);
+  bool i32(int32_t* v);
+  // A length-prefixed field of at most `max` bytes (a view into the body).
+  bool bytes(std::span<const std::byte>* out, uint32_t max);
+  bool string(std::string* out, uint32_t max = kPathBytesMax);
+  bool stat(Stat* st);
+  bool fsmap_record(FsmapRecord* r);
+  bool strings(std::vector<std::string>* list);
+  bool ok() const { return ok_; }
+  // Whether every byte was read: a well-formed message has nothing left over.
+  bool done() const { return ok_ && rest_.empty(); }
+
+ private:
+  bool get(void* p, size_t n);
+  std::span<const std::byte> rest_;
+  bool ok_ = true;
+};
+
+// Parses a header; nullopt when the operation is unknown, the reserved field is
+// not zero or the body is larger than kBodyBytesMax.
+std::optional<Header> decode_header(std::span<const std::byte, kHeaderBytes> raw);
+
+// Sends a whole frame; reads exactly one frame (header and body). False when
+// the peer went away or sent a bad header.
+bool send_frame(int fd, std::span<const std::byte> frame);
+bool receive_frame(int fd, Header* header, std::vector<std::byte>* body);
+
+}  // namespace poise::serve

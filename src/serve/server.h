@@ -1,0 +1,70 @@
+// The server behind `poise serve`: one mounted filesystem shared by many
+// processes over a Unix socket (docs/protocol.md).
+//
+// Each client gets a thread. Its identity is the socket peer's (SO_PEERCRED:
+// uid, gid, pid; supplementary groups from /proc/PID/status), and every
+// operation is checked as the kernel would check the same system call: search
+// permission on every directory of a path, write and search permission on the
+// parent for a change to a name (with the sticky-bit rule), read or write
+// permission on the file for its data. Root and the server's own user may do
+// anything (they can open the image itself). Files a client creates belong to
+// its uid and gid. A malformed, truncated or oversized message disconnects
+// that client only; a client's death releases the inodes it kept open.
+//
+// Thread-safety: listen() and run() on one thread; clients on their own.
+#pragma once
+
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "poise/device.h"
+#include "poise/filesystem.h"
+
+namespace poise::serve {
+
+struct ServerOptions {
+  std::string image;        // reported to clients (Hello) and in the log
+  std::string socket_path;  // created; an old socket nobody answers on is replaced
+  uint32_t socket_mode = 0600;
+  std::optional<uint32_t> socket_group;  // chown the socket to this group
+  std::FILE* log = stderr;               // one line per significant event
+};
+
+class Server {
+ public:
+  // Binds and listens (nothing is served until run()). EADDRINUSE if a server
+  // already answers on the path; EEXIST if the path is something else.
+  static Result<std::unique_ptr<Server>> listen(Filesystem& fs, Device& device, const ServerOptions& options);
+  ~Server();  // disconnects every client, waits for their threads, removes the socket
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Accepts and serves clients until `stop_fd` becomes readable (a signalfd).
+  void run(int stop_fd);
+  // Writes one log line (with a timestamp) and flushes it.
+  void log(const std::string& line);
+
+  struct Client;
+
+ private:
+  Server(Filesystem& fs, Device& device, ServerOptions options, int listen_fd)
+      : fs_(fs), device_(device), options_(std::move(options)), listen_fd_(listen_fd) {}
+  void serve(const std::shared_ptr<Client>& client);
+
+  Filesystem& fs_;
+  Device& device_;
+  ServerOptions options_;
+  int listen_fd_;
+  std::mutex log_mutex_;
+  std::mutex clients_mutex_;
+  std::vector<std::shared_ptr<Client>> clients_;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace poise::serve
