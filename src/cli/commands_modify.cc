@@ -23,7 +23,7 @@ namespace {
 
 
 struct Args {
-  std::string image, a, b, size, journal;
+  std::string image, a, b, size, journal, mode;
   bool flag = false;
   bool json = false;
 };
@@ -140,7 +140,7 @@ int mkfs(const Args& args) {
   return kExitOk;
 }
 
-int mkdir_p(Filesystem& fs, const std::string& path) {
+int mkdir_p(Filesystem& fs, const std::string& path, uint32_t mode) {
   std::string prefix;
   size_t pos = 0;
   while (pos < path.size()) {
@@ -150,7 +150,7 @@ int mkdir_p(Filesystem& fs, const std::string& path) {
     pos = slash + 1;
     if (part.empty()) continue;
     prefix += "/" + part;
-    auto made = fs.mkdir(prefix);
+    auto made = fs.mkdir(prefix, mode);
     if (made.has_value()) continue;
     if (made.error().code != EEXIST) return report("mkdir " + prefix, made.error());
     auto st = fs.stat(prefix);
@@ -255,14 +255,20 @@ void add_modify_commands(CLI::App& app, std::function<int()>* run) {
   mkfs_cmd->add_flag("-f,--force", args->flag, "Overwrite an existing poise filesystem or other data");
 
   auto* mkdir_cmd = command(app, "mkdir", "Create a directory", run, args, [](const Args& a) {
+    std::optional<uint32_t> mode = 0755;
+    if (!a.mode.empty() && !(mode = parse_mode(a.mode))) {
+      eprint("poise: mkdir: --mode takes octal permission bits (755, 1777, ...), not '{}'\n", a.mode);
+      return int(kExitUsage);
+    }
     return with_fs(a, [&](Filesystem& fs) {
-      if (a.flag) return mkdir_p(fs, a.a);
-      auto r = fs.mkdir(a.a);
+      if (a.flag) return mkdir_p(fs, a.a, *mode);
+      auto r = fs.mkdir(a.a, *mode);
       return r.has_value() ? kExitOk : report("mkdir " + a.a, r.error());
     });
   });
   mkdir_cmd->add_option("IMAGE", args->image)->required();
   mkdir_cmd->add_option("PATH", args->a)->required()->check(kNonEmptyPath);
+  mkdir_cmd->add_option("-m,--mode", args->mode, "Permission bits, octal (default 755)")->check(kNonEmptyValue);
   mkdir_cmd->add_flag("-p,--parents", args->flag, "Create missing parents; no error if it exists");
 
   auto* rm_cmd = command(app, "rm", "Remove a file, or a directory tree with -r", run, args, [](const Args& a) {

@@ -12,6 +12,7 @@
 
 #include "cli/cli.h"
 #include "cli/exit_codes.h"
+#include "cli/sizes.h"
 #include "serve/server.h"
 
 namespace poise::cli {
@@ -22,16 +23,6 @@ struct Args {
   std::string image, socket, socket_mode = "0600", socket_group, log;
   bool background = false;
 };
-
-std::optional<uint32_t> parse_mode(const std::string& text) {
-  if (text.empty() || text.size() > 4) return std::nullopt;
-  uint32_t mode = 0;
-  for (char c : text) {
-    if (c < '0' || c > '7') return std::nullopt;
-    mode = mode * 8 + static_cast<uint32_t>(c - '0');
-  }
-  return mode;
-}
 
 std::optional<uint32_t> parse_group(const std::string& text) {
   if (group* g = ::getgrnam(text.c_str())) return g->gr_gid;
@@ -103,6 +94,7 @@ int serve_cmd(const Args& a) {
   serve::ServerOptions options;
   options.image = a.image;
   options.socket_path = a.socket.empty() ? default_socket_path(a.image) : a.socket;
+  if (int code = refuse_if_served(a.image, "serve"); code != kExitOk) return code;
   auto mode = parse_mode(a.socket_mode);
   if (!mode || (*mode & ~0777u) != 0) {
     eprint("poise: serve: --socket-mode takes octal permission bits (0600, 0660, ...), not '{}'\n", a.socket_mode);

@@ -43,4 +43,15 @@ std::string human_size(uint64_t bytes) {
   return fmt::format("{:.1f} {}", v, units[u]);
 }
 
+std::optional<uint32_t> parse_mode(const std::string& text) {
+  if (text.empty() || text.size() > 5) return std::nullopt;
+  uint32_t mode = 0;
+  for (char c : text) {
+    if (c < '0' || c > '7') return std::nullopt;
+    mode = mode * 8 + static_cast<uint32_t>(c - '0');
+  }
+  if (mode > 07777) return std::nullopt;
+  return mode;
+}
+
 }  // namespace poise::cli

@@ -383,6 +383,10 @@ Result<std::unique_ptr<RemoteFilesystem>> connect(const std::string& socket_path
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     int e = errno;
     ::close(fd);
+    if (e == EACCES) {
+      return fail(e, socket_path + ": permission denied by the socket's mode (its owner can share it with "
+                                   "poise serve --socket-mode and --socket-group)");
+    }
     return fail(e, socket_path + ": no poise server answers: " + std::strerror(e));
   }
   auto remote = std::make_unique<Remote>(fd);

@@ -58,16 +58,6 @@ std::string join(const std::vector<std::string>& parts, size_t n) {
 
 }  // namespace
 
-struct Server::Client {
-  int fd = -1;
-  uint32_t uid = 0, gid = 0;
-  pid_t pid = 0;
-  std::vector<uint32_t> groups;
-  bool privileged = false;         // root, or the server's own user
-  std::map<uint64_t, uint64_t> retained;  // inode -> Retain count, released when the client goes
-  std::atomic<bool> done{false};
-};
-
 namespace {
 
 // The permission checks, as the kernel makes them for the same system calls.
@@ -78,9 +68,9 @@ class Access {
   bool permits(const Stat& st, uint32_t want) const {
     if (c_.privileged) return true;
     uint32_t bits = st.mode & 07;
-    if (c_.uid == st.uid) {
+    if (c_.peer.uid == st.uid) {
       bits = (st.mode >> 6) & 07;
-    } else if (c_.gid == st.gid || std::find(c_.groups.begin(), c_.groups.end(), st.gid) != c_.groups.end()) {
+    } else if (c_.peer.gid == st.gid || std::find(c_.peer.groups.begin(), c_.peer.groups.end(), st.gid) != c_.peer.groups.end()) {
       bits = (st.mode >> 3) & 07;
     }
     return (bits & want) == want;
@@ -128,7 +118,7 @@ class Access {
     if (!permits(dir, 3)) return fail(EACCES, std::string(path) + ": permission denied (cannot write " + parent + ")");
     if (removes && (dir.mode & S_ISVTX) != 0) {
       auto victim = fs_.stat(path);
-      if (victim.has_value() && victim->uid != c_.uid && dir.uid != c_.uid) {
+      if (victim.has_value() && victim->uid != c_.peer.uid && dir.uid != c_.peer.uid) {
         return fail(EPERM, std::string(path) + ": operation not permitted (sticky directory)");
       }
     }
@@ -244,10 +234,10 @@ void Server::run(int stop_fd) {
     }
     auto client = std::make_shared<Client>();
     client->fd = fd;
-    client->uid = cred.uid;
-    client->gid = cred.gid;
-    client->pid = cred.pid;
-    client->groups = supplementary_groups(cred.pid);
+    client->peer.uid = cred.uid;
+    client->peer.gid = cred.gid;
+    client->peer.pid = cred.pid;
+    client->peer.groups = supplementary_groups(cred.pid);
     client->privileged = cred.uid == 0 || cred.uid == ::geteuid();
     log(fmt::format("client pid {} (uid {}, gid {}) connected", cred.pid, cred.uid, cred.gid));
     std::lock_guard lock(clients_mutex_);
@@ -263,7 +253,7 @@ namespace {
 // What one request comes to: its results (into `out`), or an error.
 class Handler {
  public:
-  Handler(Filesystem& fs, Device& device, Server::Client& client, Server& server)
+  Handler(Filesystem& fs, Device& device, Server::Client& client, Server* server)
       : fs_(fs), device_(device), c_(client), server_(server), access_(fs, client) {}
 
   // False: the message was malformed (the client is dropped).
@@ -275,7 +265,7 @@ class Handler {
   Filesystem& fs_;
   Device& device_;
   Server::Client& c_;
-  Server& server_;
+  Server* server_;
   Access access_;
   bool malformed_ = false;
 };
@@ -314,7 +304,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     case Op::Mkdir: {
       if (!in.string(&path) || !in.u32(&mode)) return bad();
       TRY(access_.may_change_name(path, false));
-      Credentials owner{c_.uid, c_.gid};
+      Credentials owner{c_.peer.uid, c_.peer.gid};
       auto ino = op == Op::Create ? fs_.create(path, mode & 07777, owner) : fs_.mkdir(path, mode & 07777, owner);
       out.u64(TRY(std::move(ino)).value());
       return {};
@@ -503,7 +493,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       TRY(device_.inject_poison(a, b));
       // The running filesystem hears of it at once, as from the kernel's
       // memory-failure path: owners are told and their pages revoked.
-      server_.log(fmt::format("pid {} poisoned device bytes {}..{}", c_.pid, a, a + b));
+      if (server_ != nullptr) server_->log(fmt::format("pid {} poisoned device bytes {}..{}", c_.peer.pid, a, a + b));
       return device_.notify_failure(a, b, FailureFlags::None);
   }
   return bad();
@@ -511,34 +501,41 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
 
 }  // namespace
 
+std::optional<std::vector<std::byte>> answer(Filesystem& fs, Device& device, Server::Client& client, Server* server,
+                                             const Header& header, std::span<const std::byte> body) {
+  Handler handler(fs, device, client, server);
+  Decoder in(body);
+  Encoder results(header.op, header.id);
+  Result<void> status;
+  if (!handler.handle(header.op, in, results, &status)) return std::nullopt;
+  Encoder reply(header.op, header.id);
+  if (status.has_value()) {
+    reply.i32(0);
+    reply.raw(results.body());
+  } else {
+    reply.i32(status.error().code);
+    reply.string(status.error().message.substr(0, kPathBytesMax * 2));
+  }
+  return reply.finish();
+}
+
 void Server::serve(const std::shared_ptr<Client>& client) {
-  Handler handler(fs_, device_, *client, *this);
   Header header;
   std::vector<std::byte> body;
   std::string why = "disconnected";  // closed its end, or sent a bad header
   while (receive_frame(client->fd, &header, &body)) {
-    Decoder in(body);
-    Encoder results(header.op, header.id);
-    Result<void> status;
-    if (!handler.handle(header.op, in, results, &status)) {
+    auto reply = answer(fs_, device_, *client, this, header, body);
+    if (!reply) {
       why = fmt::format("sent a malformed {} message: disconnected", op_name(header.op));
       break;
     }
-    Encoder reply(header.op, header.id);
-    if (status.has_value()) {
-      reply.i32(0);
-      reply.raw(results.body());
-    } else {
-      reply.i32(status.error().code);
-      reply.string(status.error().message.substr(0, kPathBytesMax * 2));
-    }
-    if (!send_frame(client->fd, reply.finish())) break;
+    if (!send_frame(client->fd, *reply)) break;
   }
   for (const auto& [ino, count] : client->retained) {
     for (uint64_t i = 0; i < count; ++i) fs_.release(InodeNumber(ino));
   }
   client->retained.clear();
-  log(fmt::format("client pid {} {}", client->pid, why));
+  log(fmt::format("client pid {} {}", client->peer.pid, why));
   ::shutdown(client->fd, SHUT_RDWR);  // closed when the thread is joined
   client->done = true;
 }

@@ -16,6 +16,8 @@
 
 #include <atomic>
 #include <cstdio>
+#include <map>
+#include <span>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -25,6 +27,7 @@
 
 #include "poise/device.h"
 #include "poise/filesystem.h"
+#include "serve/protocol.h"
 
 namespace poise::serve {
 
@@ -66,5 +69,28 @@ class Server {
   std::vector<std::shared_ptr<Client>> clients_;
   std::vector<std::thread> threads_;
 };
+
+// Who sent a request, as the server sees it.
+struct Peer {
+  uint32_t uid = 0, gid = 0;
+  int32_t pid = 0;
+  std::vector<uint32_t> groups;  // supplementary
+};
+
+// A client's state, held by the server for its connection.
+struct Server::Client {
+  int fd = -1;
+  Peer peer;
+  bool privileged = false;                // root, or the server's own user
+  std::map<uint64_t, uint64_t> retained;  // inode -> Retain count, released when the client goes
+  std::atomic<bool> done{false};
+};
+
+// Answers one request from `client` as the server does: the reply frame, or
+// nullopt when the message is malformed (the server then drops the client).
+// `server` (may be null) gets the log lines. Used by the server loop and by
+// the fuzzer (tests/fuzz/fuzz_protocol.cc).
+std::optional<std::vector<std::byte>> answer(Filesystem& fs, Device& device, Server::Client& client, Server* server,
+                                             const Header& header, std::span<const std::byte> body);
 
 }  // namespace poise::serve

@@ -1,0 +1,187 @@
+#!/bin/bash
+# poise serve with real processes: the CLI through a running server gives the
+# same output and exit codes as on the image itself; a second server, mkfs and
+# repair are refused; poison injected through the server reaches the running
+# filesystem at once; permissions for other users (run as uid 65534 with
+# setpriv when this runs as root); SIGTERM unmounts cleanly; kill -9 of the
+# server under load loses nothing a client was told is done.
+# Usage: serve_test.sh PATH_TO_POISE
+POISE=${1:?usage: serve_test.sh PATH_TO_POISE}
+WORK_NAME=poise-serve-test
+source "$(dirname "$0")/cli_lib.sh"
+SERVER_PIDS=()
+stop_servers() {
+  for p in "${SERVER_PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  cleanup
+}
+trap stop_servers EXIT
+
+# serve IMG ARGS...: starts a server in the background; its pid in $SERVER.
+serve() {
+  local img=$1; shift
+  "$POISE" serve "$img" --background --log "$WORK/serve.log" "$@" >"$WORK/out" 2>"$WORK/err"
+  local code=$?
+  # The server's pid, from its last "serving ... (pid N)" log line.
+  SERVER=$(grep -o 'serving .* (pid [0-9]*)' "$WORK/serve.log" 2>/dev/null | tail -1 | sed 's/.*(pid \([0-9]*\))/\1/')
+  [ -n "$SERVER" ] && SERVER_PIDS+=("$SERVER")
+  return $code
+}
+# stop: SIGTERM, then wait for the server to end (at most 30 s).
+stop() {
+  kill -TERM "$SERVER"
+  for _ in $(seq 300); do kill -0 "$SERVER" 2>/dev/null || return 0; sleep 0.1; done
+  return 1
+}
+
+expect 0 "$POISE" mkfs "$IMG" --size 64M
+head -c 300000 /dev/urandom >"$WORK/data"
+echo hello >"$WORK/hello"
+
+# --- the CLI through a server, with the same answers as without one
+serve "$IMG" && ok || bad "serve --background failed: $(cat "$WORK/err")"
+[ "$(cat "$WORK/out")" = "$IMG.sock" ] && ok || bad "serve --background must print the socket path, printed '$(cat "$WORK/out")'"
+[ -S "$IMG.sock" ] && ok || bad "no socket at IMAGE.sock"
+[ "$(stat -c %a "$IMG.sock")" = 600 ] && ok || bad "the socket must be 0600 by default, is $(stat -c %a "$IMG.sock")"
+expect 0 "$POISE" mkdir "$IMG" /d
+expect 0 "$POISE" put "$IMG" "$WORK/data" /d/data
+expect 0 "$POISE" put "$IMG" "$WORK/hello" /d/hello
+expect 0 "$POISE" reflink "$IMG" /d/data /d/copy
+expect 0 "$POISE" mv "$IMG" /d/hello /d/hi
+expect 0 "$POISE" get "$IMG" /d/copy "$WORK/copy.out"
+same() { if cmp -s "$1" "$2"; then ok; else bad "$3"; fi; }
+same "$WORK/copy.out" "$WORK/data" "get through the server"
+expect 3 "$POISE" cat "$IMG" /d/missing
+contains "$WORK/err" "/d/missing"
+expect 8 "$POISE" rm "$IMG" /d
+expect 7 "$POISE" mkdir "$IMG" /d
+expect 8 "$POISE" rm "$IMG" / -r
+for c in "ls $IMG /d -l" "ls $IMG / --json" "stat $IMG /d/copy" "cat $IMG /d/hi" "fsmap $IMG" "check $IMG"; do
+  "$POISE" $c >"$WORK/served.$(echo "$c" | tr ' /' '__')" 2>&1
+  echo $? >>"$WORK/served.$(echo "$c" | tr ' /' '__')"
+done
+expect 0 "$POISE" check "$IMG"
+contains "$WORK/out" "clean"
+# A second server, mkfs and repair on a served image are refused and name the server.
+"$POISE" serve "$IMG" --background >"$WORK/out" 2>"$WORK/err"
+[ $? -eq 9 ] && ok || bad "a second server on the same image must exit 9"
+contains "$WORK/err" "served by poise serve (pid $SERVER)"
+expect 9 "$POISE" mkfs "$IMG" --size 64M --force
+contains "$WORK/err" "stop the server first"
+expect 9 "$POISE" repair "$IMG"
+# SIGTERM: clients are let go, the filesystem unmounted cleanly, the socket removed.
+stop && ok || bad "the server did not stop on SIGTERM"
+[ -e "$IMG.sock" ] && bad "the socket outlived the server" || ok
+contains "$WORK/serve.log" "unmounted cleanly"
+# The same commands on the image itself answer the same.
+for c in "ls $IMG /d -l" "ls $IMG / --json" "stat $IMG /d/copy" "cat $IMG /d/hi" "fsmap $IMG" "check $IMG"; do
+  f=$WORK/served.$(echo "$c" | tr ' /' '__')
+  "$POISE" $c >"$f.direct" 2>&1
+  echo $? >>"$f.direct"
+  same "$f" "$f.direct" "'poise $c' through the server differs from the image itself: $(diff "$f" "$f.direct" | head -5)"
+done
+
+# --- poison injected through the server reaches the running filesystem at once
+serve "$IMG"
+expect 0 "$POISE" fsmap "$IMG" --json
+OFF=$(python3 -c "import json; print([r for r in json.load(open('$WORK/out')) if r.get('path')=='/d/data' and r['file_offset']==0][0]['device_offset'])")
+expect 0 "$POISE" inject-poison "$IMG" --offset $((OFF + 8192)) --length 64
+contains "$WORK/serve.log" "poisoned device bytes $((OFF + 8192))"
+# Told at once: the block is recorded bad (and both reflink sharers lose it) before anyone reads it.
+expect 0 "$POISE" badblocks "$IMG"
+contains "$WORK/out" "lost: /d/data bytes 8192..12288"
+contains "$WORK/out" "lost: /d/copy bytes 8192..12288"
+expect 4 "$POISE" cat "$IMG" /d/copy
+contains "$WORK/err" "file bytes 8192..12288 are lost"
+expect 0 "$POISE" cat "$IMG" /d/copy --offset 12288 --length 4096
+stop
+
+# --- another user, checked as the kernel would check it (needs root for setpriv)
+if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
+  AS_NOBODY=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+  chmod 755 "$WORK"
+  chmod 644 "$IMG"
+  serve "$IMG"
+  expect 11 "${AS_NOBODY[@]}" "$POISE" ls "$IMG" /
+  contains "$WORK/err" "permission denied by the socket's mode"
+  stop
+  serve "$IMG" --socket-mode 0666
+  [ "$(stat -c %a "$IMG.sock")" = 666 ] && ok || bad "--socket-mode 0666 not applied"
+  expect 0 "$POISE" mkdir "$IMG" /pub --mode 1777
+  expect 0 "$POISE" mkdir "$IMG" /closed --mode 700
+  chmod 600 "$WORK/hello"
+  expect 0 "$POISE" put "$IMG" "$WORK/hello" /secret
+  expect 0 "$POISE" put "$IMG" "$WORK/hello" /pub/roots
+  expect 0 "$POISE" put "$IMG" "$WORK/hello" /closed/inner
+  expect 0 "${AS_NOBODY[@]}" "$POISE" ls "$IMG" /
+  expect 11 "${AS_NOBODY[@]}" "$POISE" cat "$IMG" /secret
+  expect 11 "${AS_NOBODY[@]}" "$POISE" ls "$IMG" /closed
+  expect 11 "${AS_NOBODY[@]}" "$POISE" stat "$IMG" /closed/inner
+  expect 11 "${AS_NOBODY[@]}" "$POISE" mkdir "$IMG" /mine
+  expect 11 "${AS_NOBODY[@]}" "$POISE" rm "$IMG" /secret
+  expect 11 "${AS_NOBODY[@]}" "$POISE" fsmap "$IMG"
+  expect 11 "${AS_NOBODY[@]}" "$POISE" inject-poison "$IMG" --offset 0 --length 64
+  expect 0 "${AS_NOBODY[@]}" "$POISE" put "$IMG" "$WORK/data" /pub/theirs
+  expect 0 "$POISE" stat "$IMG" /pub/theirs --json
+  contains "$WORK/out" '"uid": 65534'
+  contains "$WORK/out" '"gid": 65534'
+  # The sticky bit: nobody may remove root's file in /pub, only its own.
+  "${AS_NOBODY[@]}" "$POISE" rm "$IMG" /pub/roots >"$WORK/out" 2>"$WORK/err"
+  [ $? -ne 0 ] && ok || bad "a sticky directory let another user remove root's file"
+  expect 0 "$POISE" stat "$IMG" /pub/roots
+  expect 0 "${AS_NOBODY[@]}" "$POISE" rm "$IMG" /pub/theirs
+  # Root's 0644 file is readable but not writable by others.
+  expect 0 "$POISE" put "$IMG" "$WORK/data" /readable
+  expect 0 "${AS_NOBODY[@]}" "$POISE" cat "$IMG" /readable
+  echo other >"$WORK/other"
+  chmod 644 "$WORK/other"
+  expect 11 "${AS_NOBODY[@]}" "$POISE" put "$IMG" "$WORK/other" /readable
+  expect 0 "$POISE" cat "$IMG" /readable
+  same "$WORK/out" "$WORK/data" "a denied put changed the file"
+  stop
+else
+  echo "serve_test: not root (or no setpriv): the other-user checks are skipped"
+fi
+
+# --- kill -9 of the server under load: every put a client was told is done survives
+serve "$IMG"
+(
+  for i in $(seq 1 400); do
+    [ -e "$WORK/stop-writing" ] && break
+    "$POISE" put "$IMG" "$WORK/hello" "/load$i" >/dev/null 2>&1 && echo "$i" >>"$WORK/acked"
+  done
+) &
+WRITER=$!
+for _ in $(seq 100); do [ -s "$WORK/acked" ] && [ "$(wc -l <"$WORK/acked")" -ge 20 ] && break; sleep 0.1; done
+kill -9 "$SERVER"
+touch "$WORK/stop-writing"  # (one or two more puts go to the image itself)
+wait "$WRITER"
+[ -S "$IMG.sock" ] && ok || bad "expected the killed server's socket to be left behind"
+# The socket left behind answers nobody: commands use the image itself.
+expect 0 "$POISE" check "$IMG"
+contains "$WORK/out" "clean"
+acked=$(wc -l <"$WORK/acked")
+[ "$acked" -ge 20 ] && ok || bad "only $acked puts were acknowledged before the kill"
+missing=0
+while read -r i; do
+  "$POISE" stat "$IMG" "/load$i" >/dev/null 2>&1 || missing=$((missing + 1))
+done <"$WORK/acked"
+[ "$missing" -eq 0 ] && ok || bad "$missing acknowledged puts were lost when the server was killed"
+# A new server replaces the dead one's socket.
+serve "$IMG" && ok || bad "a server could not start over a dead server's socket: $(cat "$WORK/err")"
+expect 0 "$POISE" ls "$IMG" /
+stop
+
+# --- explicit sockets and bad arguments
+serve "$IMG" --socket "$WORK/custom.sock"
+expect 0 "$POISE" --socket "$WORK/custom.sock" ls "$IMG" /d
+expect 0 "$POISE" ls "$IMG" /d --socket "$WORK/custom.sock"
+expect 3 "$POISE" --socket "$WORK/nobody.sock" ls "$IMG" /d
+stop
+expect 2 "$POISE" serve "$IMG" --socket-mode 999
+expect 2 "$POISE" serve "$IMG" --socket-group no-such-group-here
+expect 3 "$POISE" serve "$WORK/missing.img" --background
+touch "$WORK/not-a-socket"
+expect 7 "$POISE" serve "$IMG" --background --socket "$WORK/not-a-socket"
+[ -f "$WORK/not-a-socket" ] && ok || bad "serve removed a file that was not a socket"
+
+finish serve_test
