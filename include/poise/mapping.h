@@ -59,12 +59,28 @@ struct MappingEvent {
   bool consumed = false;  // this mapping's own access ran into the failure
 };
 
+// For poise serve: another process shows the same pages as a mapping made in
+// this one (the server's copy of a client's mapping, a "lease"). Told of every
+// change of the mapping's pages, in order, with the mapping's lock held: it
+// returns once the other process shows the change too, or is dead, so that no
+// memory is freed or reused while another process still reaches it.
+class MappingMirror {
+ public:
+  virtual ~MappingMirror() = default;
+  // Pages [first, +count) of the mapping now show `state` (a
+  // mapping::PageState) at device block `dev_block` (for states on the device).
+  virtual void pages_changed(uint64_t first, uint64_t count, uint8_t state, uint64_t dev_block) = 0;
+  // The mapping is dead (shutdown, removal): every later access fails.
+  virtual void died(MappingCause cause) = 0;
+};
+
 // Who holds a mapping: a name for reports and an optional sink for early notice.
 // The sink is called from the thread that handles the event, with no poise lock
 // held; it should be quick and must not block on the mapping's users.
 struct MapOwner {
   std::string name;
   std::function<void(const MappingEvent&)> on_event;  // empty: no early notice
+  std::shared_ptr<MappingMirror> mirror;  // poise serve only: nullptr
 };
 
 namespace mapping {
@@ -89,6 +105,7 @@ class Mapping {
   size_t size() const;
   uint64_t file_offset() const;  // of data()[0]
   uint64_t id() const;
+  const MapOwner* owner() const;  // who holds it (nullptr when not mapped)
   // Makes the stores made through this mapping durable (as msync(2)).
   Result<void> sync();
   void unmap();

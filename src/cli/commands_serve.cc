@@ -20,7 +20,7 @@ namespace poise::cli {
 namespace {
 
 struct Args {
-  std::string image, socket, socket_mode = "0600", socket_group, log;
+  std::string image, socket, socket_mode = "0600", socket_group, log, recall_timeout = "1000";
   bool background = false;
 };
 
@@ -101,6 +101,12 @@ int serve_cmd(const Args& a) {
     return kExitUsage;
   }
   options.socket_mode = *mode;
+  if (a.recall_timeout.empty() || a.recall_timeout.size() > 7 ||
+      a.recall_timeout.find_first_not_of("0123456789") != std::string::npos || std::stoul(a.recall_timeout) == 0) {
+    eprint("poise: serve: --recall-timeout takes milliseconds, 1..9999999, not '{}'\n", a.recall_timeout);
+    return kExitUsage;
+  }
+  options.recall_timeout_ms = static_cast<uint32_t>(std::stoul(a.recall_timeout));
   if (!a.socket_group.empty()) {
     options.socket_group = parse_group(a.socket_group);
     if (!options.socket_group) {
@@ -167,6 +173,10 @@ void add_serve_command(CLI::App& app, std::function<int()>* run) {
   sub->add_option("--socket-mode", args->socket_mode, "Permission bits of the socket, octal (default 0600)")
       ->check(kNonEmptyValue);
   sub->add_option("--socket-group", args->socket_group, "Group of the socket (a name or a number)")
+      ->check(kNonEmptyValue);
+  sub->add_option("--recall-timeout", args->recall_timeout,
+                  "Milliseconds a client has to give up mapped pages the server recalls before it is killed "
+                  "(default 1000)")
       ->check(kNonEmptyValue);
   sub->add_option("--log", args->log, "Append the log to FILE instead of standard error")->check(kNonEmptyValue);
   sub->footer(

@@ -43,7 +43,7 @@ const char* exit_code_table() {
          "  8  invalid operation (not a directory, is a directory, not empty, name too long, ...)\n"
          "  9  image busy (in use by another poise process)\n"
          " 10  unsupported (newer format version, unknown features)\n"
-         " 11  permission denied (by poise serve, for the caller's uid and gid)\n";
+         " 11  permission denied (the image file, or poise serve for the caller's uid and gid)\n";
 }
 
 }  // namespace poise::cli

@@ -16,7 +16,7 @@ enum ExitCode : int {
   kExitInvalid = 8,      // EINVAL, ENOTDIR, EISDIR, ENOTEMPTY, EPERM, ENAMETOOLONG, EFBIG
   kExitBusy = 9,         // EBUSY: the image is in use by another poise process
   kExitUnsupported = 10,  // ENOTSUP/EROFS: a newer format or unknown features
-  kExitDenied = 11        // EACCES: a server refused the caller's uid/gid
+  kExitDenied = 11        // EACCES: the image file, or a server refusing the caller's uid/gid
 };
 
 int exit_code_for(int error_number);

@@ -32,7 +32,8 @@ TEST(ExitCodes, DistinctForEachKindOfFailure) {
   EXPECT_EQ(exit_code_for(ENOSPC), kExitNoSpace);
   EXPECT_EQ(exit_code_for(EBUSY), kExitBusy);
   EXPECT_EQ(exit_code_for(ENOTSUP), kExitUnsupported);
-  EXPECT_EQ(exit_code_for(EACCES), kExitFailure);
+  EXPECT_EQ(exit_code_for(EACCES), kExitDenied);
+  EXPECT_EQ(exit_code_for(ECONNREFUSED), kExitFailure);
 }
 
 }  // namespace

@@ -131,8 +131,12 @@ Result<void> MappingRegistry::set_pages(MapState& m, uint64_t first, uint64_t co
     int e = errno;
     return fail(e, "cannot map " + std::to_string(length) + " bytes of device memory: " + std::strerror(e));
   }
-  std::lock_guard lock(mutex_);
-  m.runs.set(first, count, state, dev_block, [&](const PageRun& run, bool added) { index_run(m, run, added); });
+  {
+    std::lock_guard lock(mutex_);
+    m.runs.set(first, count, state, dev_block, [&](const PageRun& run, bool added) { index_run(m, run, added); });
+  }
+  // A client process showing the same pages follows before anything proceeds.
+  if (m.owner && m.owner->mirror) m.owner->mirror->pages_changed(first, count, static_cast<uint8_t>(state), dev_block);
   return {};
 }
 
@@ -250,8 +254,90 @@ void MappingRegistry::unmap(const std::shared_ptr<MapState>& m) {
   }
   unindex_address_range(m->va);
   ::munmap(m->va, m->pages * kPageSize);
+  if (forwarder_ != nullptr) {
+    {
+      std::lock_guard lock(mutex_);
+      followers_.erase(m->id);
+    }
+    forwarder_->unmapped(*m);
+    return;
+  }
   std::shared_lock backend_lock(backend_mutex_);
   if (backend_ != nullptr) backend_->release(m->ino);
+}
+
+// --- follower registries (poise serve clients) --------------------------------
+
+Result<Mapping> MappingRegistry::map_follower(InodeNumber ino, uint64_t offset, uint64_t length, MapAccess access,
+                                              std::shared_ptr<MapOwner> owner) {
+  POISE_ASSERT(forwarder_ != nullptr);
+  if (length == 0) return fail(EINVAL, "a mapping of zero bytes");
+  if (offset > (1ull << 50) || length > (1ull << 50)) return fail(EFBIG, "mapping beyond the 1 PiB file size limit");
+  if (!owner) owner = std::make_shared<MapOwner>(MapOwner{"anonymous", {}, nullptr});
+  const uint64_t first = offset / kPageSize;
+  const uint64_t pages = ceil_pages(offset + length) - first;
+  void* va = ::mmap(nullptr, pages * kPageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (va == MAP_FAILED) {
+    return fail(ENOMEM, "no address space for a mapping of " + std::to_string(pages * kPageSize) + " bytes");
+  }
+  auto m = std::make_shared<MapState>();
+  m->id = next_id_.fetch_add(1);
+  m->owner = std::move(owner);
+  m->ino = ino;
+  m->first_page = first;
+  m->pages = pages;
+  m->access = access;
+  m->va = static_cast<std::byte*>(va);
+  m->registry = weak_from_this();
+  m->runs = PageRuns(pages);
+  {
+    std::lock_guard lock(mutex_);
+    if (all_killed_) {
+      ::munmap(va, pages * kPageSize);
+      return fail(ESHUTDOWN, "the connection to the poise server is closed");
+    }
+    by_file_[ino.value()].push_back(m);
+    followers_[m->id] = m;
+    live_mappings_.fetch_add(1, std::memory_order_release);
+  }
+  index_address_range(m->va, pages * kPageSize, m);
+  return Mapping(m);
+}
+
+Result<void> MappingRegistry::follow(uint64_t id, uint64_t first, uint64_t count, PageState state, uint64_t dev_block) {
+  std::shared_ptr<MapState> m;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = followers_.find(id);
+    if (it != followers_.end()) m = it->second.lock();
+  }
+  if (!m) return {};  // unmapped here meanwhile: nothing shows the pages
+  std::lock_guard lock(m->mu);
+  if (m->dead || first > m->pages || count > m->pages - first) return {};
+  return set_pages(*m, first, count, state, dev_block);
+}
+
+void MappingRegistry::follow_death(uint64_t id, MappingCause cause) {
+  std::shared_ptr<MapState> m;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = followers_.find(id);
+    if (it != followers_.end()) m = it->second.lock();
+  }
+  if (!m) return;
+  std::lock_guard lock(m->mu);
+  if (m->dead) return;
+  (void)set_pages(*m, 0, m->pages, PageState::Absent, 0);
+  m->dead = true;
+  m->dead_cause = cause;
+}
+
+std::shared_ptr<MapOwner> MappingRegistry::owner_of(uint64_t id) const {
+  std::lock_guard lock(mutex_);
+  auto it = followers_.find(id);
+  if (it == followers_.end()) return nullptr;
+  auto m = it->second.lock();
+  return m ? m->owner : nullptr;
 }
 
 void MappingRegistry::flush_writable_locked(MapState& m) {
@@ -264,8 +350,11 @@ Result<void> MappingRegistry::sync(MapState& m) {
   {
     std::lock_guard lock(m.mu);
     if (m.dead) return fail(ESHUTDOWN, "mapping is dead");
-    flush_writable_locked(m);
+    if (forwarder_ == nullptr) flush_writable_locked(m);
   }
+  // A client's stores are the server's to write back: the cache lines are the
+  // same whichever process's mapping flushes them.
+  if (forwarder_ != nullptr) return forwarder_->sync(m);
   if (device_.domain() == PersistenceDomain::PageCache) return device_.sync();
   device_.drain();
   return {};
@@ -470,6 +559,7 @@ void MappingRegistry::kill_all(MappingCause cause, std::vector<Notice>* notices)
     (void)set_pages(*m, 0, m->pages, PageState::Absent, 0);
     m->dead = true;
     m->dead_cause = cause;
+    if (m->owner && m->owner->mirror) m->owner->mirror->died(cause);
     notices->push_back(Notice{m->owner, event_for(*m, 0, m->pages, cause)});
   }
 }
@@ -571,6 +661,13 @@ FaultOutcome MappingRegistry::handle_fault(const std::shared_ptr<MapState>& m, u
   };
   const uint64_t page = (addr - reinterpret_cast<uintptr_t>(m->va)) / kPageSize;
   const uint64_t file_byte = (m->first_page + page) * kPageSize;
+  if (forwarder_ != nullptr) {  // a poise serve client: the server decides
+    {
+      std::lock_guard lock(m->mu);
+      if (m->dead) return failed(ESHUTDOWN, std::string("mapping is dead: ") + to_string(m->dead_cause));
+    }
+    return forwarder_->forward_fault(*m, page, is_write);
+  }
   for (int attempt = 0; attempt < kFaultAttemptsMax; ++attempt) {
     PageRun run;
     MappingCause cause;
@@ -678,6 +775,8 @@ std::byte* Mapping::data() const { return state_ ? state_->va : nullptr; }
 size_t Mapping::size() const { return state_ ? state_->pages * mapping::kPageSize : 0; }
 uint64_t Mapping::file_offset() const { return state_ ? state_->first_page * mapping::kPageSize : 0; }
 uint64_t Mapping::id() const { return state_ ? state_->id : 0; }
+
+const MapOwner* Mapping::owner() const { return state_ ? state_->owner.get() : nullptr; }
 
 Result<void> Mapping::sync() {
   if (!state_) return fail(EINVAL, "not mapped");

@@ -71,6 +71,26 @@ class MappingBackend {
   virtual std::string describe(InodeNumber ino) = 0;  // a path, for messages
 };
 
+// What a fault in a mapping comes to.
+struct FaultOutcome {
+  enum Kind : uint8_t { Retry, NotOurs, Failed } kind = Retry;
+  int code = 0;  // Failed: the errno
+  bool lost_memory = false;  // Failed: the memory failed (BUS_MCEERR_AR)
+  std::string message;
+};
+
+// Where a follower registry (a poise serve client) sends what the server must
+// decide: its faults, its syncs and its unmaps.
+class FaultForwarder {
+ public:
+  virtual ~FaultForwarder() = default;
+  // The server takes the fault on its copy of mapping m; its page changes have
+  // reached this process (follow()) when this returns.
+  virtual FaultOutcome forward_fault(const MapState& m, uint64_t page, bool is_write) = 0;
+  virtual Result<void> sync(const MapState& m) = 0;
+  virtual void unmapped(const MapState& m) = 0;  // REQUIRES: no poise lock held
+};
+
 // One mapping. Fields above `mu` never change after map().
 struct MapState {
   uint64_t id = 0;
@@ -95,13 +115,6 @@ struct Notice {
   MappingEvent event;
 };
 
-// What a fault in a mapping comes to.
-struct FaultOutcome {
-  enum Kind : uint8_t { Retry, NotOurs, Failed } kind = Retry;
-  int code = 0;  // Failed: the errno
-  bool lost_memory = false;  // Failed: the memory failed (BUS_MCEERR_AR)
-  std::string message;
-};
 
 class MappingRegistry final : public std::enable_shared_from_this<MappingRegistry>, public PoisonListener {
  public:
@@ -123,6 +136,19 @@ class MappingRegistry final : public std::enable_shared_from_this<MappingRegistr
   Result<void> sync(MapState& m);
   // Filesystem::pin.
   Result<Pin> pin(InodeNumber ino, uint64_t offset, uint64_t length);
+
+  // A follower registry (a poise serve client): it has no backend; its
+  // mappings show what the server's copies show (follow(), follow_death()),
+  // and their faults, syncs and unmaps go to the forwarder.
+  void set_forwarder(FaultForwarder* forwarder) { forwarder_ = forwarder; }
+  // A mapping with every page absent, for the server to fill.
+  Result<Mapping> map_follower(InodeNumber ino, uint64_t offset, uint64_t length, MapAccess access,
+                               std::shared_ptr<MapOwner> owner);
+  // The server's copy of mapping `id` changed pages [first, +count).
+  Result<void> follow(uint64_t id, uint64_t first, uint64_t count, PageState state, uint64_t dev_block);
+  void follow_death(uint64_t id, MappingCause cause);
+  // The owner of mapping `id` (for notices), or nullptr.
+  std::shared_ptr<MapOwner> owner_of(uint64_t id) const;
   void unpin(uint64_t id);
 
   // Layout breaking (DESIGN flow 4). REQUIRES: the inode locked exclusively.
@@ -240,6 +266,8 @@ class MappingRegistry final : public std::enable_shared_from_this<MappingRegistr
   absl::flat_hash_map<uint64_t, std::vector<PinEntry>> pins_;  // by inode
   absl::flat_hash_map<uint64_t, uint64_t> pin_files_;  // pin id -> inode
   std::condition_variable pins_released_;
+  FaultForwarder* forwarder_ = nullptr;  // set before any mapping exists
+  absl::flat_hash_map<uint64_t, std::weak_ptr<MapState>> followers_;  // by id, guarded by mutex_
 };
 
 }  // namespace poise::mapping

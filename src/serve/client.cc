@@ -1,6 +1,7 @@
 // The client side of docs/protocol.md: poise::connect and RemoteFilesystem.
 #include "poise/client.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -8,8 +9,12 @@
 #include <cerrno>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <mutex>
+#include <thread>
 
+#include "failure/fault_handler.h"
+#include "mapping/registry.h"
 #include "serve/protocol.h"
 
 namespace poise {
@@ -20,16 +25,56 @@ using serve::Decoder;
 using serve::Encoder;
 using serve::Op;
 
-class Remote final : public RemoteFilesystem {
+// The server's device as this process sees it: only the descriptor the server
+// passed (read-only, or read-write once a writable mapping needed it), which
+// the mapping layer maps page runs of. Nothing is read or written through it
+// otherwise; the server writes back what mapped stores leave in the caches.
+class ClientDevice final : public Device {
  public:
-  explicit Remote(int fd) : fd_(fd) {}
+  explicit ClientDevice(std::string name) : name_(std::move(name)) {}
+  ~ClientDevice() override {
+    for (int fd : {ro_.load(), rw_.load()}) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+  void set_fd(int fd, bool writable) { (writable ? rw_ : ro_).store(fd, std::memory_order_release); }
+  bool has_fd(bool writable) const { return writable ? rw_.load() >= 0 : map_fd() >= 0; }
+
+  uint64_t size_bytes() const override { return UINT64_MAX; }
+  PersistenceDomain domain() const override { return PersistenceDomain::PageCache; }
+  uint64_t alignment_bytes() const override { return 4096; }
+  std::string describe() const override { return name_; }
+  const std::byte* data() const override { return nullptr; }
+  std::byte* data() override { return nullptr; }
+  int map_fd() const override {
+    int rw = rw_.load(std::memory_order_acquire);
+    return rw >= 0 ? rw : ro_.load(std::memory_order_acquire);
+  }
+  void write(uint64_t, const void*, size_t) override { POISE_ASSERT(false && "a client never writes the device"); }
+  void fill(uint64_t, int, size_t) override { POISE_ASSERT(false && "a client never writes the device"); }
+  void flush(uint64_t, size_t) override {}
+  void drain() override {}
+  Result<void> sync() override { return {}; }
+
+ private:
+  std::string name_;
+  std::atomic<int> ro_{-1}, rw_{-1};
+};
+
+// Set while this thread is inside a request: a fault it takes then (its buffer
+// lies in a poise mapping not shown yet) cannot wait for the connection.
+thread_local bool in_request = false;
+
+class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
+ public:
+  Remote(int fd, std::string socket_path) : fd_(fd), socket_path_(std::move(socket_path)) {}
   ~Remote() override { disconnect(); }
 
   Result<void> hello() {
     uint32_t version = 0, pid = 0;
     TRY(call(
         Op::Hello, [](Encoder& e) { e.u32(serve::kProtocolVersion); },
-        [&](Decoder& d) { return d.u32(&version) && d.u32(&pid); }));
+        [&](Decoder& d) { return d.u32(&version) && d.u32(&pid) && d.u64(&token_); }));
     pid_ = pid;
     return {};
   }
@@ -131,6 +176,7 @@ class Remote final : public RemoteFilesystem {
 
   Result<size_t> read(InodeNumber ino, uint64_t offset, std::span<std::byte> out) override {
     size_t done = 0;
+    std::vector<std::byte> bounce;
     while (done < out.size()) {
       const uint64_t want = std::min<uint64_t>(out.size() - done, serve::kDataBytesMax);
       size_t got = 0;
@@ -144,10 +190,13 @@ class Remote final : public RemoteFilesystem {
           [&](Decoder& d) {
             std::span<const std::byte> bytes;
             if (!d.bytes(&bytes, static_cast<uint32_t>(want))) return false;
-            std::memcpy(out.data() + done, bytes.data(), bytes.size());
-            got = bytes.size();
+            bounce.assign(bytes.begin(), bytes.end());
             return true;
           }));
+      // Copied once the connection is free: `out` may lie in a poise mapping
+      // whose fault needs the connection.
+      got = bounce.size();
+      std::memcpy(out.data() + done, bounce.data(), got);
       done += got;
       if (got < want) break;  // the end of the file
     }
@@ -213,13 +262,64 @@ class Remote final : public RemoteFilesystem {
     });
   }
 
-  Result<Mapping> map(InodeNumber, uint64_t, uint64_t, MapAccess, std::shared_ptr<MapOwner>) override {
-    return fail(ENOTSUP, "direct mappings are not yet given out through poise serve; map in the serving process");
+  Result<Mapping> map(InodeNumber ino, uint64_t offset, uint64_t length, MapAccess access,
+                      std::shared_ptr<MapOwner> owner) override {
+    const bool writable = access == MapAccess::ReadWrite;
+    TRY(start_following());
+    TRY(get_device_fd(writable));
+    Mapping m = TRY(registry_->map_follower(ino, offset, length, access, std::move(owner)));
+    uint64_t lease = 0;
+    // The server's copy is made, and its pages reach this mapping through the
+    // follow channel, before the answer comes.
+    TRY(call(
+        Op::Map,
+        [&](Encoder& e) {
+          e.u64(ino.value());
+          e.u64(offset);
+          e.u64(length);
+          e.u8(writable ? 1 : 0);
+          e.u64(m.id());
+        },
+        [&](Decoder& d) { return d.u64(&lease); }));
+    std::lock_guard lock(leases_mu_);
+    leases_[m.id()] = Lease{lease, ino};
+    return m;
   }
   Result<Pin> pin(InodeNumber, uint64_t, uint64_t) override {
-    return fail(ENOTSUP, "pins are not yet given out through poise serve; pin in the serving process");
+    return fail(ENOTSUP, "pins are not given out through poise serve: map the range read-only instead");
   }
-  size_t mapping_count() override { return 0; }
+  size_t mapping_count() override { return registry_ ? registry_->mapping_count() : 0; }
+
+  // mapping::FaultForwarder: what the follower registry asks of the server.
+  mapping::FaultOutcome forward_fault(const mapping::MapState& m, uint64_t page, bool is_write) override {
+    using mapping::FaultOutcome;
+    if (in_request) {
+      return FaultOutcome{FaultOutcome::Failed, EDEADLK,
+                          false, "an access inside a poise call ran into a mapping page not shown yet"};
+    }
+    auto lease = lease_of(m.id);
+    if (!lease) return FaultOutcome{FaultOutcome::Failed, ESHUTDOWN, false, "the mapping has no lease"};
+    auto r = call0(Op::Fault, [&](Encoder& e) {
+      e.u64(lease->id);
+      e.u64(page);
+      e.u8(is_write ? 1 : 0);
+    });
+    if (r.has_value()) return FaultOutcome{};  // shown now: retry the access
+    const Error& e = r.error();
+    return FaultOutcome{FaultOutcome::Failed, e.code, e.code == EIO, e.message};
+  }
+  Result<void> sync(const mapping::MapState& m) override { return fsync(m.ino); }
+  void unmapped(const mapping::MapState& m) override {
+    std::optional<Lease> lease;
+    {
+      std::lock_guard lock(leases_mu_);
+      auto it = leases_.find(m.id);
+      if (it == leases_.end()) return;
+      lease = it->second;
+      leases_.erase(it);
+    }
+    (void)call0(Op::Unmap, [&](Encoder& e) { e.u64(lease->id); });
+  }
 
   Result<std::vector<FsmapRecord>> fsmap(uint64_t offset, uint64_t length) override {
     std::vector<FsmapRecord> all;
@@ -310,11 +410,18 @@ class Remote final : public RemoteFilesystem {
  private:
   // One request and its reply: the server's error, or `parse` reads the results.
   Result<void> call(Op op, const std::function<void(Encoder&)>& args, const std::function<bool(Decoder&)>& parse) {
+    // The request is built before the connection is taken: its bytes may come
+    // from a poise mapping whose fault needs the connection.
+    Encoder request(op, 0);
+    args(request);
     std::lock_guard lock(mu_);
+    in_request = true;
+    struct Leave {
+      ~Leave() { in_request = false; }
+    } leave;
     if (fd_ < 0) return fail(ESHUTDOWN, "not connected to the poise server");
     const uint64_t id = ++next_id_;
-    Encoder request(op, id);
-    args(request);
+    request.set_id(id);
     if (request.body().size() > serve::kBodyBytesMax) return fail(ENAMETOOLONG, "request too large");
     serve::Header header;
     std::vector<std::byte> body;
@@ -353,8 +460,153 @@ class Remote final : public RemoteFilesystem {
     return st;
   }
   void disconnect() {
-    std::lock_guard lock(mu_);
-    close_locked();
+    // Nothing the server showed may stay reachable from this process.
+    if (registry_) {
+      std::vector<mapping::Notice> notices;
+      registry_->kill_all(MappingCause::Shutdown, &notices);
+    }
+    {
+      std::lock_guard lock(mu_);
+      close_locked();
+    }
+    // The server now revokes (already dead here) and closes the follow channel.
+    if (follow_thread_.joinable()) follow_thread_.join();
+    if (follow_fd_ >= 0) ::close(follow_fd_);
+    follow_fd_ = -1;
+  }
+
+  struct Lease {
+    uint64_t id;
+    InodeNumber ino;
+  };
+  std::optional<Lease> lease_of(uint64_t mapping_id) {
+    std::lock_guard lock(leases_mu_);
+    auto it = leases_.find(mapping_id);
+    if (it == leases_.end()) return std::nullopt;
+    return it->second;
+  }
+
+  // The second connection, on which the server pushes page changes and notices
+  // and this process acknowledges each once it shows it.
+  Result<void> start_following() {
+    std::lock_guard lock(follow_start_mu_);
+    if (follow_thread_.joinable()) return {};
+    failure::install_fault_handler();
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, socket_path_.data(), socket_path_.size());
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      int e = errno;
+      if (fd >= 0) ::close(fd);
+      return fail(e, socket_path_ + ": cannot open the follow channel: " + std::strerror(e));
+    }
+    Encoder follow(Op::Follow, 1);
+    follow.u64(token_);
+    serve::Header h;
+    std::vector<std::byte> body;
+    Decoder d(body);
+    int32_t status = -1;
+    if (!serve::send_frame(fd, follow.finish()) || !serve::receive_frame(fd, &h, &body) ||
+        !Decoder(body).i32(&status) || status != 0) {
+      ::close(fd);
+      return fail(EPROTO, "the poise server refused the follow channel");
+    }
+    device_ = std::make_unique<ClientDevice>("the device of the poise server on " + socket_path_);
+    registry_ = std::make_shared<mapping::MappingRegistry>(*device_);
+    registry_->set_forwarder(this);
+    follow_fd_ = fd;
+    follow_thread_ = std::thread([this] { follow_loop(); });
+    return {};
+  }
+
+  Result<void> get_device_fd(bool writable) {
+    std::lock_guard lock(follow_start_mu_);
+    if (device_->has_fd(writable)) return {};
+    // (A read-write descriptor serves read-only mappings too.)
+    std::lock_guard call_lock(mu_);
+    if (fd_ < 0) return fail(ESHUTDOWN, "not connected to the poise server");
+    const uint64_t id = ++next_id_;
+    Encoder request(Op::DeviceFd, id);
+    request.u8(writable ? 1 : 0);
+    serve::Header h;
+    std::vector<std::byte> body;
+    int passed = -1;
+    if (!serve::send_frame(fd_, request.finish()) || !serve::receive_frame(fd_, &h, &body, &passed)) {
+      close_locked();
+      return fail(ESHUTDOWN, "the poise server went away");
+    }
+    Decoder reply(body);
+    int32_t status = 0;
+    if (!reply.i32(&status) || h.id != id) {
+      if (passed >= 0) ::close(passed);
+      return fail(EPROTO, "the poise server sent a malformed reply");
+    }
+    if (status != 0) {
+      if (passed >= 0) ::close(passed);
+      std::string message;
+      (void)reply.string(&message, UINT32_MAX);
+      return fail(status, message);
+    }
+    if (passed < 0) return fail(EPROTO, "the poise server sent no device descriptor");
+    device_->set_fd(passed, writable);
+    return {};
+  }
+
+  void follow_loop() {
+    serve::Header h;
+    std::vector<std::byte> body;
+    while (serve::receive_frame(follow_fd_, &h, &body)) {
+      Decoder d(body);
+      uint64_t id = 0, first = 0, count = 0, dev = 0;
+      uint8_t state = 0, cause = 0, consumed = 0;
+      bool understood = false;
+      switch (h.op) {
+        case Op::PagesChanged:
+          understood = d.u64(&id) && d.u64(&first) && d.u64(&count) && d.u8(&state) && d.u64(&dev) && d.done() &&
+                       state <= static_cast<uint8_t>(mapping::PageState::Poisoned);
+          if (understood) {
+            auto shown = registry_->follow(id, first, count, static_cast<mapping::PageState>(state), dev);
+            // Pages that cannot be shown are not acknowledged: the server then
+            // treats this process as one that did not follow.
+            understood = shown.has_value();
+          }
+          break;
+        case Op::MappingDied:
+          understood = d.u64(&id) && d.u8(&cause) && d.done() && cause <= static_cast<uint8_t>(MappingCause::Shutdown);
+          if (understood) registry_->follow_death(id, static_cast<MappingCause>(cause));
+          break;
+        case Op::Notice:
+          understood = d.u64(&id) && d.u64(&first) && d.u64(&count) && d.u8(&cause) && d.u8(&consumed) && d.done() &&
+                       cause <= static_cast<uint8_t>(MappingCause::Shutdown);
+          if (understood) {
+            auto owner = registry_->owner_of(id);
+            auto lease = lease_of(id);
+            if (owner && owner->on_event) {
+              MappingEvent e;
+              e.mapping_id = id;
+              e.owner = owner->name;
+              e.ino = lease ? lease->ino : InodeNumber();
+              e.file_offset = first;
+              e.length = count;
+              e.cause = static_cast<MappingCause>(cause);
+              e.consumed = consumed != 0;
+              owner->on_event(e);
+            }
+          }
+          break;
+        default:
+          break;
+      }
+      if (!understood) break;
+      Encoder ack(h.op, h.id);
+      if (!serve::send_frame(follow_fd_, ack.finish())) break;
+    }
+    // The server is gone (or this process is leaving): nothing it showed may
+    // be reached any more.
+    std::vector<mapping::Notice> notices;
+    registry_->kill_all(MappingCause::Shutdown, &notices);
+    mapping::MappingRegistry::deliver(notices);
   }
   void close_locked() {
     if (fd_ >= 0) ::close(fd_);
@@ -365,6 +617,16 @@ class Remote final : public RemoteFilesystem {
   int fd_;
   uint64_t next_id_ = 0;
   uint32_t pid_ = 0;
+  std::string socket_path_;
+  uint64_t token_ = 0;
+
+  std::mutex follow_start_mu_;
+  std::unique_ptr<ClientDevice> device_;
+  std::shared_ptr<mapping::MappingRegistry> registry_;
+  int follow_fd_ = -1;
+  std::thread follow_thread_;
+  std::mutex leases_mu_;
+  std::map<uint64_t, Lease> leases_;  // client mapping id -> the server's lease
 };
 
 }  // namespace
@@ -389,7 +651,7 @@ Result<std::unique_ptr<RemoteFilesystem>> connect(const std::string& socket_path
     }
     return fail(e, socket_path + ": no poise server answers: " + std::strerror(e));
   }
-  auto remote = std::make_unique<Remote>(fd);
+  auto remote = std::make_unique<Remote>(fd, socket_path);
   TRY(remote->hello());
   return std::unique_ptr<RemoteFilesystem>(std::move(remote));
 }

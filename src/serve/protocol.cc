@@ -42,6 +42,14 @@ const char* op_name(Op op) {
     case Op::BadRanges: return "badblocks";
     case Op::InjectPoison: return "inject-poison";
     case Op::ClearPoison: return "clear-poison";
+    case Op::DeviceFd: return "device-fd";
+    case Op::Map: return "map";
+    case Op::Unmap: return "unmap";
+    case Op::Fault: return "fault";
+    case Op::Follow: return "follow";
+    case Op::PagesChanged: return "pages-changed";
+    case Op::MappingDied: return "mapping-died";
+    case Op::Notice: return "notice";
   }
   return "unknown";
 }
@@ -52,6 +60,10 @@ Encoder::Encoder(Op op, uint64_t id) {
   buf_.resize(kHeaderBytes);
   uint16_t o = static_cast<uint16_t>(op);
   for (int i = 0; i < 2; ++i) buf_[4 + i] = std::byte(o >> (8 * i));
+  for (int i = 0; i < 8; ++i) buf_[8 + i] = std::byte(id >> (8 * i));
+}
+
+void Encoder::set_id(uint64_t id) {
   for (int i = 0; i < 8; ++i) buf_[8 + i] = std::byte(id >> (8 * i));
 }
 
@@ -227,22 +239,59 @@ std::optional<Header> decode_header(std::span<const std::byte, kHeaderBytes> raw
 
 // --- the socket ---------------------------------------------------------------
 
-bool send_frame(int fd, std::span<const std::byte> frame) {
+bool send_frame(int fd, std::span<const std::byte> frame, int pass_fd) {
   while (!frame.empty()) {
-    ssize_t n = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
+    iovec iov{const_cast<std::byte*>(frame.data()), frame.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    if (pass_fd >= 0) {  // with the first byte only
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof(control);
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+    }
+    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
+    pass_fd = -1;
     frame = frame.subspan(static_cast<size_t>(n));
   }
   return true;
 }
 
 namespace {
-bool receive_all(int fd, std::byte* p, size_t n) {
+// Reads n bytes; a descriptor that arrives with them goes to *received_fd (one
+// at most: any other is closed, so a peer cannot fill our descriptor table).
+bool receive_all(int fd, std::byte* p, size_t n, int* received_fd) {
   while (n > 0) {
-    ssize_t got = ::recv(fd, p, n, 0);
+    iovec iov{p, n};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))];
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    ssize_t got = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) return false;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int passed;
+        std::memcpy(&passed, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        if (received_fd != nullptr && *received_fd < 0) {
+          *received_fd = passed;
+        } else {
+          ::close(passed);
+        }
+      }
+    }
     p += got;
     n -= static_cast<size_t>(got);
   }
@@ -250,14 +299,14 @@ bool receive_all(int fd, std::byte* p, size_t n) {
 }
 }  // namespace
 
-bool receive_frame(int fd, Header* header, std::vector<std::byte>* body) {
+bool receive_frame(int fd, Header* header, std::vector<std::byte>* body, int* received_fd) {
   std::array<std::byte, kHeaderBytes> raw;
-  if (!receive_all(fd, raw.data(), raw.size())) return false;
+  if (!receive_all(fd, raw.data(), raw.size(), received_fd)) return false;
   auto h = decode_header(raw);
   if (!h) return false;
   *header = *h;
   body->resize(h->body_bytes);
-  return receive_all(fd, body->data(), body->size());
+  return receive_all(fd, body->data(), body->size(), received_fd);
 }
 
 }  // namespace poise::serve

@@ -65,8 +65,19 @@ enum class Op : uint16_t {
   BadRanges = 29,    // the device's own bad-range list
   InjectPoison = 30, // u64 offset, u64 length (emulated devices; root only)
   ClearPoison = 31,
+  // Direct mappings across processes (layout leases).
+  DeviceFd = 32,  // u8 writable -> u8 writable; the device descriptor rides along (SCM_RIGHTS)
+  Map = 33,       // u64 ino, u64 offset, u64 length, u8 writable, u64 client mapping id -> u64 lease
+  Unmap = 34,     // u64 lease
+  Fault = 35,     // u64 lease, u64 page, u8 is_write: the server takes the fault on its copy
+  Follow = 36,    // u64 token: this connection becomes the sender's follow channel
+  // Server to client, on the follow channel; the client answers each with an
+  // empty frame of the same op and id (its acknowledgement).
+  PagesChanged = 37,  // u64 client mapping id, u64 first, u64 count, u8 state, u64 device block
+  MappingDied = 38,   // u64 client mapping id, u8 cause
+  Notice = 39,        // u64 client mapping id, u64 file offset, u64 length, u8 cause, u8 consumed
 };
-inline constexpr uint16_t kOpMax = 31;
+inline constexpr uint16_t kOpMax = 39;
 const char* op_name(Op op);
 
 struct Header {
@@ -91,6 +102,7 @@ class Encoder {
   void stat(const Stat& st);
   void fsmap_record(const FsmapRecord& r);
   void strings(const std::vector<std::string>& list);
+  void set_id(uint64_t id);
   // Bytes as they are (another encoder's body, say).
   void raw(std::span<const std::byte> b) { put(b.data(), b.size()); }
   // What has been added after the header so far.
@@ -134,9 +146,11 @@ class Decoder {
 // not zero or the body is larger than kBodyBytesMax.
 std::optional<Header> decode_header(std::span<const std::byte, kHeaderBytes> raw);
 
-// Sends a whole frame; reads exactly one frame (header and body). False when
-// the peer went away or sent a bad header.
-bool send_frame(int fd, std::span<const std::byte> frame);
-bool receive_frame(int fd, Header* header, std::vector<std::byte>* body);
+// Sends a whole frame (with `pass_fd` attached when it is not -1); reads
+// exactly one frame (header and body), taking a descriptor that came with it
+// into *received_fd (closed when received_fd is null). False when the peer
+// went away or sent a bad header.
+bool send_frame(int fd, std::span<const std::byte> frame, int pass_fd = -1);
+bool receive_frame(int fd, Header* header, std::vector<std::byte>* body, int* received_fd = nullptr);
 
 }  // namespace poise::serve

@@ -26,7 +26,7 @@ using namespace poise::testing;
 
 class Served {
  public:
-  Served() : device_(64ull << 20, MemoryDevice::Backing::Shared) {
+  explicit Served(uint32_t recall_timeout_ms = 1000) : device_(64ull << 20, MemoryDevice::Backing::Shared) {
     EXPECT_TRUE(Filesystem::format(device_).has_value());
     fs_ = std::move(*Filesystem::mount(device_));
     char dir[] = "/tmp/poise-serve-test.XXXXXX";
@@ -35,6 +35,7 @@ class Served {
     options.image = "test";
     options.socket_path = dir_ + "/s.sock";
     options.log = nullptr;
+    options.recall_timeout_ms = recall_timeout_ms;
     server_ = std::move(*Server::listen(*fs_, device_, options));
     EXPECT_EQ(::pipe(stop_), 0);
     thread_ = std::thread([this] { server_->run(stop_[0]); });
@@ -56,6 +57,7 @@ class Served {
     return c.has_value() ? std::move(*c) : nullptr;
   }
   Filesystem& fs() { return *fs_; }
+  MemoryDevice& device() { return device_; }
 
  private:
   MemoryDevice device_;
@@ -310,6 +312,251 @@ TEST(Serve, WhenTheServerGoesAwayEveryCallFailsInsteadOfHanging) {
   EXPECT_ERRNO(remote->stat("/x"), ESHUTDOWN);
   EXPECT_ERRNO(remote->create("/y"), ESHUTDOWN);
   EXPECT_FALSE(remote->check().clean()) << "a check that could not run must not say clean";
+}
+
+// --- direct mappings across processes ---------------------------------------
+
+// A child process and two one-byte channels: the child says "ready", the
+// parent says "go". The child's exit code is its verdict (0: every check held).
+class Child {
+ public:
+  template <class Fn>
+  explicit Child(Fn fn) {
+    EXPECT_EQ(::pipe(up_), 0);
+    EXPECT_EQ(::pipe(down_), 0);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::close(up_[0]);
+      ::close(down_[1]);
+      int code = fn(*this);
+      std::fflush(nullptr);
+      std::_Exit(code);
+    }
+    ::close(up_[1]);
+    ::close(down_[0]);
+  }
+  ~Child() {
+    if (pid_ > 0 && !reaped_) {
+      ::kill(pid_, SIGKILL);
+      (void)wait();
+    }
+    ::close(up_[0]);
+    ::close(down_[1]);
+  }
+  // In the child.
+  void ready() { (void)!::write(up_[1], "r", 1); }
+  bool wait_for_go() {
+    char c;
+    return ::read(down_[0], &c, 1) == 1;
+  }
+  // In the parent.
+  bool wait_until_ready() {
+    char c;
+    return ::read(up_[0], &c, 1) == 1;
+  }
+  void go() { (void)!::write(down_[1], "g", 1); }
+  int wait() {
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    reaped_ = true;
+    return status;
+  }
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  int up_[2] = {-1, -1}, down_[2] = {-1, -1};
+  bool reaped_ = false;
+};
+
+Result<std::string> load(const std::byte* p, size_t n) {
+  std::string out(n, '\0');
+  char* dst = out.data();
+  TRY(guarded([&] { std::memcpy(dst, p, n); }));
+  return out;
+}
+
+Result<void> store(std::byte* p, const std::string& s) {
+  const char* src = s.data();
+  size_t n = s.size();
+  return guarded([&] { std::memcpy(p, src, n); });
+}
+
+// The child's checks: each failed one is printed and makes the exit code 1.
+#define CHILD_CHECK(cond)                                                        \
+  do {                                                                           \
+    if (!(cond)) {                                                               \
+      std::fprintf(stderr, "child %d: check failed: %s (line %d)\n", ::getpid(), #cond, __LINE__); \
+      return 1;                                                                  \
+    }                                                                            \
+  } while (0)
+
+int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
+
+TEST(ServeMapping, AClientMapsZeroCopyBothWays) {
+  Served served;
+  write_file(served.fs(), "/f", std::string(8192, '.'));
+  Child child([&](Child& me) {
+    auto fs = connect(served.socket());
+    CHILD_CHECK(fs.has_value());
+    auto m = (*fs)->map(*(*fs)->lookup("/f"), 0, 8192, MapAccess::ReadWrite);
+    CHILD_CHECK(m.has_value());
+    CHILD_CHECK(store(m->data(), "from the child").has_value());
+    me.ready();
+    CHILD_CHECK(me.wait_for_go());
+    auto seen = load(m->data() + 4096, 15);
+    CHILD_CHECK(seen.has_value() && *seen == "from the server");
+    CHILD_CHECK((*fs)->mapping_count() == 1);
+    return 0;
+  });
+  ASSERT_TRUE(child.wait_until_ready());
+  EXPECT_EQ(read_file(served.fs(), "/f").substr(0, 14), "from the child") << "a client's store did not reach the file";
+  write_file(served.fs(), "/f", "from the server", 4096);
+  child.go();
+  EXPECT_EQ(exit_code(child.wait()), 0);
+  // The client's lease is gone with it.
+  for (int i = 0; i < 200 && served.fs().mapping_count() != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(served.fs().mapping_count(), 0u);
+}
+
+TEST(ServeMapping, TruncateRecallsTheClientsPagesBeforeFreeingThem) {
+  Served served;
+  write_file(served.fs(), "/t", std::string(8192, 't'));
+  Child child([&](Child& me) {
+    auto fs = connect(served.socket());
+    CHILD_CHECK(fs.has_value());
+    auto m = (*fs)->map(*(*fs)->lookup("/t"), 0, 8192, MapAccess::Read);
+    CHILD_CHECK(m.has_value());
+    CHILD_CHECK(load(m->data() + 4096, 4).value_or("") == "tttt");
+    me.ready();
+    CHILD_CHECK(me.wait_for_go());
+    auto beyond = load(m->data() + 4096, 4);
+    CHILD_CHECK(!beyond.has_value() && beyond.error().code == EFAULT);
+    CHILD_CHECK(load(m->data(), 4).value_or("") == "tttt");
+    return 0;
+  });
+  ASSERT_TRUE(child.wait_until_ready());
+  ASSERT_OK(served.fs().truncate(*served.fs().lookup("/t"), 4096));
+  // The freed block is reused at once: the client must not see these bytes.
+  write_file(served.fs(), "/reuse", std::string(1 << 20, 'R'));
+  child.go();
+  EXPECT_EQ(exit_code(child.wait()), 0);
+}
+
+TEST(ServeMapping, APoisonedSharedBlockTellsExactlyTheProcessesThatMapIt) {
+  Served served;
+  write_file(served.fs(), "/a", std::string(8192, 'a'));
+  ASSERT_OK(served.fs().create("/b"));
+  ASSERT_OK(served.fs().reflink(*served.fs().lookup("/a"), *served.fs().lookup("/b")));
+  write_file(served.fs(), "/c", std::string(8192, 'c'));
+  auto mapper = [&](const std::string& path, bool expect_loss) {
+    return [&served, path, expect_loss](Child& me) {
+      auto fs = connect(served.socket());
+      CHILD_CHECK(fs.has_value());
+      std::atomic<int> told{0};
+      std::atomic<uint64_t> told_offset{UINT64_MAX};
+      auto owner = std::make_shared<MapOwner>(MapOwner{"p", [&](const MappingEvent& e) {
+                                                         told_offset = e.file_offset;
+                                                         ++told;
+                                                       }, nullptr});
+      auto m = (*fs)->map(*(*fs)->lookup(path), 0, 8192, MapAccess::Read, owner);
+      CHILD_CHECK(m.has_value());
+      CHILD_CHECK(load(m->data(), 4).has_value());
+      me.ready();
+      CHILD_CHECK(me.wait_for_go());
+      // Early notice: told before the failure call returned in the server.
+      CHILD_CHECK(told.load() == (expect_loss ? 1 : 0));
+      auto first = load(m->data(), 4);
+      if (expect_loss) {
+        CHILD_CHECK(told_offset.load() == 0);
+        CHILD_CHECK(!first.has_value() && first.error().code == EIO);
+      } else {
+        CHILD_CHECK(first.has_value());
+      }
+      CHILD_CHECK(load(m->data() + 4096, 4).has_value());  // only the lost page
+      return 0;
+    };
+  };
+  Child p1(mapper("/a", true)), p2(mapper("/b", true)), p3(mapper("/c", false));
+  for (Child* c : {&p1, &p2, &p3}) ASSERT_TRUE(c->wait_until_ready());
+  uint64_t off = device_offset_of(served.fs(), "/a", 0);
+  ASSERT_OK(served.device().inject_poison(off, 4096));
+  ASSERT_OK(served.device().notify_failure(off, 4096, FailureFlags::None));
+  for (Child* c : {&p1, &p2, &p3}) c->go();
+  EXPECT_EQ(exit_code(p1.wait()), 0) << "the process mapping /a";
+  EXPECT_EQ(exit_code(p2.wait()), 0) << "the process mapping /b, its reflink";
+  EXPECT_EQ(exit_code(p3.wait()), 0) << "the process mapping an unrelated file";
+}
+
+TEST(ServeMapping, AStoreToAReflinkedPageInAClientCopiesOnWrite) {
+  Served served;
+  write_file(served.fs(), "/s", std::string(4096, 's'));
+  Child child([&](Child& me) {
+    auto fs = connect(served.socket());
+    CHILD_CHECK(fs.has_value());
+    auto m = (*fs)->map(*(*fs)->lookup("/s"), 0, 4096, MapAccess::ReadWrite);
+    CHILD_CHECK(m.has_value());
+    CHILD_CHECK(store(m->data(), "one").has_value());
+    me.ready();
+    CHILD_CHECK(me.wait_for_go());
+    CHILD_CHECK(store(m->data(), "two").has_value());
+    me.ready();
+    CHILD_CHECK(me.wait_for_go());
+    return 0;
+  });
+  ASSERT_TRUE(child.wait_until_ready());
+  ASSERT_OK(served.fs().create("/clone"));
+  ASSERT_OK(served.fs().reflink(*served.fs().lookup("/s"), *served.fs().lookup("/clone")));
+  child.go();
+  ASSERT_TRUE(child.wait_until_ready());
+  EXPECT_EQ(read_file(served.fs(), "/s").substr(0, 3), "two");
+  EXPECT_EQ(read_file(served.fs(), "/clone").substr(0, 3), "one") << "a client's old writable page wrote into the clone";
+  child.go();
+  EXPECT_EQ(exit_code(child.wait()), 0);
+  EXPECT_TRUE(served.fs().check().clean());
+}
+
+TEST(ServeMapping, AClientThatDoesNotAnswerARecallIsKilledBeforeTheBlockIsFreed) {
+  Served served(300);
+  write_file(served.fs(), "/k", std::string(8192, 'k'));
+  Child child([&](Child& me) {
+    auto fs = connect(served.socket());
+    CHILD_CHECK(fs.has_value());
+    auto m = (*fs)->map(*(*fs)->lookup("/k"), 0, 8192, MapAccess::Read);
+    CHILD_CHECK(m.has_value());
+    CHILD_CHECK(load(m->data() + 4096, 1).has_value());
+    me.ready();
+    for (;;) ::pause();
+  });
+  ASSERT_TRUE(child.wait_until_ready());
+  ::kill(child.pid(), SIGSTOP);  // it cannot answer
+  ASSERT_OK(served.fs().truncate(*served.fs().lookup("/k"), 0));
+  // truncate returned: the client must already be dead (killed, not stopped).
+  int status = 0;
+  ASSERT_EQ(::waitpid(child.pid(), &status, WNOHANG), child.pid()) << "the block was freed while the client lived";
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+}
+
+TEST(ServeMapping, WhenTheServerStopsEveryClientMappingIsRevoked) {
+  auto served = std::make_unique<Served>();
+  write_file(served->fs(), "/x", std::string(4096, 'x'));
+  Child child([&](Child& me) {
+    auto fs = connect(served->socket());
+    CHILD_CHECK(fs.has_value());
+    auto m = (*fs)->map(*(*fs)->lookup("/x"), 0, 4096, MapAccess::ReadWrite);
+    CHILD_CHECK(m.has_value());
+    CHILD_CHECK(load(m->data(), 1).has_value());
+    me.ready();
+    CHILD_CHECK(me.wait_for_go());
+    auto after = load(m->data(), 1);
+    CHILD_CHECK(!after.has_value() && after.error().code == ESHUTDOWN);
+    CHILD_CHECK(!store(m->data(), "late").has_value());
+    return 0;
+  });
+  ASSERT_TRUE(child.wait_until_ready());
+  served->stop();
+  child.go();
+  EXPECT_EQ(exit_code(child.wait()), 0);
 }
 
 }  // namespace

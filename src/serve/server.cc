@@ -1,7 +1,10 @@
 #include "serve/server.h"
 
 #include <fmt/format.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -15,6 +18,7 @@
 #include <map>
 #include <sstream>
 
+#include "base/random.h"
 #include "serve/protocol.h"
 
 namespace poise::serve {
@@ -181,10 +185,16 @@ Result<std::unique_ptr<Server>> Server::listen(Filesystem& fs, Device& device, c
 Server::~Server() {
   {
     std::lock_guard lock(clients_mutex_);
-    for (const auto& c : clients_) ::shutdown(c->fd, SHUT_RDWR);  // each thread sees its socket close
+    // Each thread sees its socket close, and revokes its client's mappings on the way out.
+    for (const auto& c : clients_) {
+      if (c->fd >= 0) ::shutdown(c->fd, SHUT_RDWR);
+    }
   }
   for (auto& t : threads_) t.join();
-  for (const auto& c : clients_) ::close(c->fd);
+  for (const auto& c : clients_) {
+    if (c->fd >= 0) ::close(c->fd);
+    if (c->pidfd >= 0) ::close(c->pidfd);
+  }
   ::close(listen_fd_);
   ::unlink(options_.socket_path.c_str());
 }
@@ -215,7 +225,8 @@ void Server::run(int stop_fd) {
       for (size_t i = 0; i < clients_.size();) {
         if (clients_[i]->done.load()) {
           threads_[i].join();
-          ::close(clients_[i]->fd);
+          if (clients_[i]->fd >= 0) ::close(clients_[i]->fd);
+          if (clients_[i]->pidfd >= 0) ::close(clients_[i]->pidfd);
           clients_.erase(clients_.begin() + static_cast<long>(i));
           threads_.erase(threads_.begin() + static_cast<long>(i));
         } else {
@@ -238,6 +249,8 @@ void Server::run(int stop_fd) {
     client->peer.gid = cred.gid;
     client->peer.pid = cred.pid;
     client->peer.groups = supplementary_groups(cred.pid);
+    client->pidfd = static_cast<int>(::syscall(SYS_pidfd_open, cred.pid, 0));
+    fill_random(reinterpret_cast<unsigned char*>(&client->token), sizeof(client->token));
     client->privileged = cred.uid == 0 || cred.uid == ::geteuid();
     log(fmt::format("client pid {} (uid {}, gid {}) connected", cred.pid, cred.uid, cred.gid));
     std::lock_guard lock(clients_mutex_);
@@ -248,13 +261,64 @@ void Server::run(int stop_fd) {
 
 // --- one client -----------------------------------------------------------------
 
+std::optional<Reply> answer_as(Filesystem& fs, Device& device, Server::Client& client,
+                               std::weak_ptr<Server::Client> shared, Server* server, const Header& header,
+                               std::span<const std::byte> body);
+
 namespace {
+
+// The server's copy of a client's mapping tells the client of every page it
+// changes (a recall when a page goes away or loses write access), and passes
+// on the owner's notices.
+class ServerMirror final : public MappingMirror {
+ public:
+  ServerMirror(Server& server, std::weak_ptr<Server::Client> client, uint64_t client_mapping)
+      : server_(server), client_(std::move(client)), id_(client_mapping) {}
+
+  void pages_changed(uint64_t first, uint64_t count, uint8_t state, uint64_t dev_block) override {
+    Encoder e(Op::PagesChanged, 0);
+    e.u64(id_);
+    e.u64(first);
+    e.u64(count);
+    e.u8(state);
+    e.u64(dev_block);
+    send(e);
+  }
+  void died(MappingCause cause) override {
+    Encoder e(Op::MappingDied, 0);
+    e.u64(id_);
+    e.u8(static_cast<uint8_t>(cause));
+    send(e);
+  }
+  void notice(const MappingEvent& event) {
+    Encoder e(Op::Notice, 0);
+    e.u64(id_);
+    e.u64(event.file_offset);
+    e.u64(event.length);
+    e.u8(static_cast<uint8_t>(event.cause));
+    e.u8(event.consumed ? 1 : 0);
+    send(e);
+  }
+
+ private:
+  void send(Encoder& e) {
+    if (auto client = client_.lock()) server_.push(*client, e.finish());
+  }
+  Server& server_;
+  std::weak_ptr<Server::Client> client_;
+  uint64_t id_;
+};
 
 // What one request comes to: its results (into `out`), or an error.
 class Handler {
  public:
   Handler(Filesystem& fs, Device& device, Server::Client& client, Server* server)
       : fs_(fs), device_(device), c_(client), server_(server), access_(fs, client) {}
+
+  // A descriptor the reply passes along (DeviceFd), or -1.
+  int reply_fd() const { return reply_fd_; }
+  // The client as shared by the server (for its mirrors), when it has one.
+  void set_client_ptr(std::weak_ptr<Server::Client> p) { client_ptr_ = std::move(p); }
 
   // False: the message was malformed (the client is dropped).
   bool handle(Op op, Decoder& in, Encoder& out, Result<void>* status);
@@ -265,9 +329,16 @@ class Handler {
   Filesystem& fs_;
   Device& device_;
   Server::Client& c_;
+  bool has_follow_channel() {
+    std::lock_guard lock(c_.follow_mutex);
+    return c_.follow_fd >= 0 && !c_.gone;
+  }
+
   Server* server_;
   Access access_;
   bool malformed_ = false;
+  int reply_fd_ = -1;
+  std::weak_ptr<Server::Client> client_ptr_;
 };
 
 bool Handler::handle(Op op, Decoder& in, Encoder& out, Result<void>* status) {
@@ -293,6 +364,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       }
       out.u32(kProtocolVersion);
       out.u32(static_cast<uint32_t>(::getpid()));
+      out.u64(c_.token);
       return {};
     }
     case Op::Lookup:
@@ -485,6 +557,80 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       }
       return {};
     }
+    case Op::DeviceFd: {
+      uint8_t writable = 0;
+      if (!in.u8(&writable) || writable > 1) return bad();
+      // The descriptor grants the device, so it comes with no more access than
+      // the client's mappings need: read-write only to one that may write.
+      int fd = ::open(("/proc/self/fd/" + std::to_string(device_.map_fd())).c_str(),
+                      (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+      if (device_.map_fd() < 0 || fd < 0) {
+        return fail(ENOTSUP, device_.describe() + ": its memory cannot be mapped by other processes");
+      }
+      reply_fd_ = fd;
+      out.u8(writable);
+      return {};
+    }
+    case Op::Map: {
+      uint8_t writable = 0;
+      if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c) || !in.u8(&writable) || writable > 1 || !in.u64(&d)) return bad();
+      if (server_ == nullptr || !has_follow_channel()) {
+        return fail(EPROTO, "a mapping needs the follow channel (connect it with Follow first)");
+      }
+      TRY(access_.may_use(InodeNumber(a), writable ? 6 : 4));
+      auto mirror = std::make_shared<ServerMirror>(*server_, client_ptr_, d);
+      auto owner = std::make_shared<MapOwner>(MapOwner{
+          fmt::format("pid {}", c_.peer.pid),
+          [mirror](const MappingEvent& e) { mirror->notice(e); }, mirror});
+      Mapping m = TRY(fs_.map(InodeNumber(a), b, c, writable ? MapAccess::ReadWrite : MapAccess::Read, owner));
+      const uint64_t lease = m.id();
+      {
+        std::lock_guard lock(c_.leases_mutex);
+        c_.leases.emplace(lease, std::move(m));
+      }
+      out.u64(lease);
+      return {};
+    }
+    case Op::Unmap: {
+      if (!in.u64(&a)) return bad();
+      Mapping dropped;
+      {
+        std::lock_guard lock(c_.leases_mutex);
+        auto it = c_.leases.find(a);
+        if (it == c_.leases.end()) return fail(EINVAL, "no lease " + std::to_string(a));
+        dropped = std::move(it->second);
+        c_.leases.erase(it);
+      }
+      return {};  // `dropped` unmaps the server's copy
+    }
+    case Op::Fault: {
+      uint8_t is_write = 0;
+      if (!in.u64(&a) || !in.u64(&b) || !in.u8(&is_write) || is_write > 1) return bad();
+      std::byte* page = nullptr;
+      {
+        std::lock_guard lock(c_.leases_mutex);
+        auto it = c_.leases.find(a);
+        if (it == c_.leases.end()) return fail(EINVAL, "no lease " + std::to_string(a));
+        if (b >= it->second.size() / 4096) return fail(EFAULT, "page " + std::to_string(b) + " is outside lease " + std::to_string(a));
+        page = it->second.data() + b * 4096;
+      }
+      // The server's copy takes the same fault, through the same code as an
+      // in-process mapping; every page it changes reaches the client (pushed and
+      // acknowledged) before this returns. A store fault is a locked add of
+      // zero: it changes no byte, whatever the client stores meanwhile.
+      return guarded([&] {
+        if (is_write) {
+          __atomic_fetch_add(reinterpret_cast<uint8_t*>(page), 0, __ATOMIC_RELAXED);
+        } else {
+          (void)*reinterpret_cast<volatile const uint8_t*>(page);
+        }
+      });
+    }
+    case Op::Follow:
+    case Op::PagesChanged:
+    case Op::MappingDied:
+    case Op::Notice:
+      return bad();  // Follow is taken before dispatch; the rest only go the other way
     case Op::InjectPoison:
     case Op::ClearPoison:
       if (!in.u64(&a) || !in.u64(&b)) return bad();
@@ -501,22 +647,36 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
 
 }  // namespace
 
-std::optional<std::vector<std::byte>> answer(Filesystem& fs, Device& device, Server::Client& client, Server* server,
-                                             const Header& header, std::span<const std::byte> body) {
+std::optional<Reply> answer_as(Filesystem& fs, Device& device, Server::Client& client,
+                               std::weak_ptr<Server::Client> shared, Server* server, const Header& header,
+                               std::span<const std::byte> body) {
   Handler handler(fs, device, client, server);
+  handler.set_client_ptr(std::move(shared));
   Decoder in(body);
   Encoder results(header.op, header.id);
   Result<void> status;
-  if (!handler.handle(header.op, in, results, &status)) return std::nullopt;
-  Encoder reply(header.op, header.id);
-  if (status.has_value()) {
-    reply.i32(0);
-    reply.raw(results.body());
-  } else {
-    reply.i32(status.error().code);
-    reply.string(status.error().message.substr(0, kPathBytesMax * 2));
+  bool well_formed = handler.handle(header.op, in, results, &status);
+  Reply reply;
+  reply.fd = handler.reply_fd();
+  if (!well_formed) {
+    if (reply.fd >= 0) ::close(reply.fd);
+    return std::nullopt;
   }
-  return reply.finish();
+  Encoder frame(header.op, header.id);
+  if (status.has_value()) {
+    frame.i32(0);
+    frame.raw(results.body());
+  } else {
+    frame.i32(status.error().code);
+    frame.string(status.error().message.substr(0, kPathBytesMax * 2));
+  }
+  reply.frame = frame.finish();
+  return reply;
+}
+
+std::optional<Reply> answer(Filesystem& fs, Device& device, Server::Client& client, Server* server,
+                            const Header& header, std::span<const std::byte> body) {
+  return answer_as(fs, device, client, {}, server, header, body);
 }
 
 void Server::serve(const std::shared_ptr<Client>& client) {
@@ -524,13 +684,42 @@ void Server::serve(const std::shared_ptr<Client>& client) {
   std::vector<std::byte> body;
   std::string why = "disconnected";  // closed its end, or sent a bad header
   while (receive_frame(client->fd, &header, &body)) {
-    auto reply = answer(fs_, device_, *client, this, header, body);
+    if (header.op == Op::Follow) {  // this connection becomes another client's follow channel
+      Decoder in(body);
+      uint64_t token = 0;
+      bool taken = in.u64(&token) && in.done() && attach_follower(token, client->fd);
+      Encoder reply(Op::Follow, header.id);
+      reply.i32(taken ? 0 : EINVAL);
+      if (!taken) reply.string("no client is waiting for this follow channel");
+      if (taken) {
+        // Sent under the follow lock: no push may come before this answer.
+        std::shared_ptr<Client> owner;
+        {
+          std::lock_guard lock(clients_mutex_);
+          for (const auto& c : clients_) {
+            if (c->token == token) owner = c;
+          }
+        }
+        std::lock_guard lock(owner->follow_mutex);
+        (void)send_frame(client->fd, reply.finish());
+        client->fd = -1;  // the owner's now
+        client->done = true;
+        return;
+      }
+      (void)send_frame(client->fd, reply.finish());
+      why = "sent a follow request nobody was waiting for: disconnected";
+      break;
+    }
+    auto reply = answer_as(fs_, device_, *client, client, this, header, body);
     if (!reply) {
       why = fmt::format("sent a malformed {} message: disconnected", op_name(header.op));
       break;
     }
-    if (!send_frame(client->fd, *reply)) break;
+    bool sent = send_frame(client->fd, reply->frame, reply->fd);
+    if (reply->fd >= 0) ::close(reply->fd);
+    if (!sent) break;
   }
+  drop_leases(*client);
   for (const auto& [ino, count] : client->retained) {
     for (uint64_t i = 0; i < count; ++i) fs_.release(InodeNumber(ino));
   }
@@ -538,6 +727,78 @@ void Server::serve(const std::shared_ptr<Client>& client) {
   log(fmt::format("client pid {} {}", client->peer.pid, why));
   ::shutdown(client->fd, SHUT_RDWR);  // closed when the thread is joined
   client->done = true;
+}
+
+bool Server::attach_follower(uint64_t token, int connection) {
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (token == 0 || ::getsockopt(connection, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
+  std::lock_guard lock(clients_mutex_);
+  for (const auto& c : clients_) {
+    if (c->token != token) continue;
+    // Only the process that was given the token may follow for it.
+    if (static_cast<pid_t>(c->peer.pid) != cred.pid || c->peer.uid != cred.uid) return false;
+    std::lock_guard follow(c->follow_mutex);
+    if (c->follow_fd >= 0 || c->gone) return false;
+    c->follow_fd = connection;
+    return true;
+  }
+  return false;
+}
+
+void Server::drop_leases(Client& client) {
+  std::map<uint64_t, Mapping> leases;
+  {
+    std::lock_guard lock(client.leases_mutex);
+    leases.swap(client.leases);
+  }
+  // A client that left (or is leaving) must not keep showing device memory:
+  // each of its mappings is revoked in it (or it is killed) before the
+  // server's copy goes and its blocks may be reused.
+  for (auto& [lease, m] : leases) {
+    (void)lease;
+    if (auto* owner = m.owner(); owner != nullptr && owner->mirror) owner->mirror->died(MappingCause::Shutdown);
+  }
+  leases.clear();
+  std::lock_guard lock(client.follow_mutex);
+  if (client.follow_fd >= 0) {
+    ::shutdown(client.follow_fd, SHUT_RDWR);
+    ::close(client.follow_fd);
+    client.follow_fd = -1;
+  }
+  client.gone = true;
+}
+
+void Server::push(Client& client, const std::vector<std::byte>& frame_in) {
+  std::lock_guard lock(client.follow_mutex);
+  if (client.gone || client.follow_fd < 0) return;
+  std::vector<std::byte> frame = frame_in;
+  const uint64_t id = client.next_push++;
+  for (int i = 0; i < 8; ++i) frame[8 + i] = std::byte(id >> (8 * i));
+  const Op op = decode_header(std::span<const std::byte, kHeaderBytes>(frame.data(), kHeaderBytes))->op;
+  bool acknowledged = false;
+  if (send_frame(client.follow_fd, frame)) {
+    pollfd p{client.follow_fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(options_.recall_timeout_ms)) == 1) {
+      Header h;
+      std::vector<std::byte> body;
+      acknowledged = receive_frame(client.follow_fd, &h, &body) && h.op == op && h.id == id;
+    }
+  }
+  if (acknowledged) return;
+  client.gone = true;
+  // Not acknowledged: the client may still reach the memory. It is killed,
+  // and the change goes on only once it is dead (as the kernel kills what it
+  // must before reusing memory).
+  pollfd dead{client.pidfd, POLLIN, 0};
+  if (client.pidfd >= 0 && ::poll(&dead, 1, 0) == 0) {
+    log(fmt::format("client pid {} did not acknowledge a {} within {} ms: killed", client.peer.pid, op_name(op),
+                    options_.recall_timeout_ms));
+    (void)::syscall(SYS_pidfd_send_signal, client.pidfd, SIGKILL, nullptr, 0);
+    while (::poll(&dead, 1, 1000) == 0) {
+      log(fmt::format("waiting for client pid {} to die", client.peer.pid));
+    }
+  }
 }
 
 }  // namespace poise::serve

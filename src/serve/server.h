@@ -37,6 +37,9 @@ struct ServerOptions {
   uint32_t socket_mode = 0600;
   std::optional<uint32_t> socket_group;  // chown the socket to this group
   std::FILE* log = stderr;               // one line per significant event
+  // How long a client has to acknowledge a recall of its mapped pages before
+  // it is killed (SIGKILL) and the change goes on once it is dead.
+  uint32_t recall_timeout_ms = 1000;
 };
 
 class Server {
@@ -54,11 +57,20 @@ class Server {
   void log(const std::string& line);
 
   struct Client;
+  // Sends a message on the client's follow channel and waits for its
+  // acknowledgement; a client that does not answer in time is killed, and
+  // this returns once it is dead. Nothing is sent to a client that is gone.
+  void push(Client& client, const std::vector<std::byte>& frame);
+  uint32_t recall_timeout_ms() const { return options_.recall_timeout_ms; }
 
  private:
   Server(Filesystem& fs, Device& device, ServerOptions options, int listen_fd)
       : fs_(fs), device_(device), options_(std::move(options)), listen_fd_(listen_fd) {}
   void serve(const std::shared_ptr<Client>& client);
+  // Makes `connection` the follow channel of the client that was given `token`.
+  bool attach_follower(uint64_t token, int connection);
+  // The client's mappings (the server's copies) are revoked in it and dropped.
+  void drop_leases(Client& client);
 
   Filesystem& fs_;
   Device& device_;
@@ -81,16 +93,34 @@ struct Peer {
 struct Server::Client {
   int fd = -1;
   Peer peer;
+  int pidfd = -1;                         // to kill it, and to know when it is dead
+  uint64_t token = 0;                     // names it on its follow connection
   bool privileged = false;                // root, or the server's own user
   std::map<uint64_t, uint64_t> retained;  // inode -> Retain count, released when the client goes
   std::atomic<bool> done{false};
+  bool sent_fd = false, sent_writable_fd = false;  // the device descriptor, once per access
+
+  std::mutex follow_mutex;  // one push at a time on the follow channel
+  int follow_fd = -1;       // guarded by follow_mutex
+  bool gone = false;        // guarded by follow_mutex: dead or killed; nothing more is sent
+  uint64_t next_push = 1;   // guarded by follow_mutex
+
+  std::mutex leases_mutex;
+  std::map<uint64_t, Mapping> leases;  // guarded by leases_mutex: lease id -> the server's copy
+};
+
+// One reply: the frame, and a descriptor to pass with it (-1: none; the caller
+// closes it after sending).
+struct Reply {
+  std::vector<std::byte> frame;
+  int fd = -1;
 };
 
 // Answers one request from `client` as the server does: the reply frame, or
 // nullopt when the message is malformed (the server then drops the client).
 // `server` (may be null) gets the log lines. Used by the server loop and by
 // the fuzzer (tests/fuzz/fuzz_protocol.cc).
-std::optional<std::vector<std::byte>> answer(Filesystem& fs, Device& device, Server::Client& client, Server* server,
-                                             const Header& header, std::span<const std::byte> body);
+std::optional<Reply> answer(Filesystem& fs, Device& device, Server::Client& client, Server* server,
+                            const Header& header, std::span<const std::byte> body);
 
 }  // namespace poise::serve

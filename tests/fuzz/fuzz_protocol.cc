@@ -4,6 +4,8 @@
 // root, exactly as the server answers a socket. A malformed frame ends the
 // stream, as it ends a connection. Errors are fine; crashes, hangs, leaks and
 // reads past a message are not.
+#include <unistd.h>
+
 #include <cstring>
 #include <memory>
 #include <string>
@@ -57,9 +59,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     serve::Server::Client& client = clients[turn % 2];
     auto reply = serve::answer(**fs, device, client, nullptr, *header, body);
     if (!reply) break;
+    if (reply->fd >= 0) ::close(reply->fd);
     // Every reply is itself a well-formed frame.
-    auto back = serve::decode_header(std::span<const std::byte, serve::kHeaderBytes>(reply->data(), serve::kHeaderBytes));
-    POISE_ASSERT(back.has_value() && back->body_bytes + serve::kHeaderBytes == reply->size());
+    auto back = serve::decode_header(std::span<const std::byte, serve::kHeaderBytes>(reply->frame.data(), serve::kHeaderBytes));
+    POISE_ASSERT(back.has_value() && back->body_bytes + serve::kHeaderBytes == reply->frame.size());
   }
   for (auto& c : clients) {
     for (const auto& [ino, count] : c.retained) {
