@@ -124,6 +124,26 @@ if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
   expect 0 "$POISE" stat "$IMG" /pub/theirs --json
   contains "$WORK/out" '"uid": 65534'
   contains "$WORK/out" '"gid": 65534'
+  # An inode number is no way around a directory the user cannot search, and
+  # direct mappings (the device descriptor) are for root and the server's user.
+  expect 0 "$POISE" stat "$IMG" /closed/inner --json
+  INNER=$(python3 -c "import json; print(json.load(open('$WORK/out'))['ino'])")
+  cat >"$WORK/raw.py" <<'PY'
+import socket, struct, sys
+def frame(op, body, id=1): return struct.pack('<IHHQ', len(body), op, 0, id) + body
+def ask(s, op, body):
+    s.sendall(frame(op, body))
+    head = s.recv(16, socket.MSG_WAITALL)
+    n = struct.unpack('<I', head[:4])[0]
+    data = s.recv(n, socket.MSG_WAITALL) if n else b''
+    return struct.unpack('<i', data[:4])[0]
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+assert ask(s, 1, struct.pack('<I', 1)) == 0
+print(ask(s, 13, struct.pack('<QQQ', int(sys.argv[2]), 0, 16)), ask(s, 11, struct.pack('<Q', int(sys.argv[2]))),
+      ask(s, 12, struct.pack('<Q', int(sys.argv[2]))), ask(s, 32, bytes([0])))
+PY
+  "${AS_NOBODY[@]}" /usr/bin/python3 "$WORK/raw.py" "$IMG.sock" "$INNER" >"$WORK/out" 2>"$WORK/err"
+  [ "$(cat "$WORK/out")" = "13 13 13 13" ] && ok || bad "read/stat/path-of by inode number, or the device descriptor, given to another user: $(cat "$WORK/out" "$WORK/err")"
   # The sticky bit: nobody may remove root's file in /pub, only its own.
   "${AS_NOBODY[@]}" "$POISE" rm "$IMG" /pub/roots >"$WORK/out" 2>"$WORK/err"
   [ $? -ne 0 ] && ok || bad "a sticky directory let another user remove root's file"
@@ -170,6 +190,26 @@ done <"$WORK/acked"
 serve "$IMG" && ok || bad "a server could not start over a dead server's socket: $(cat "$WORK/err")"
 expect 0 "$POISE" ls "$IMG" /
 stop
+
+# --- poise offline: pre-remove, cancel, remove
+expect 8 "$POISE" offline "$IMG"
+contains "$WORK/err" "not served"
+serve "$IMG"
+expect 0 "$POISE" offline "$IMG"
+contains "$WORK/out" "pre-removed"
+expect 0 "$POISE" ls "$IMG" /     # reading goes on while frozen
+expect 0 "$POISE" offline "$IMG" --cancel
+expect 0 "$POISE" mkdir "$IMG" /after-cancel
+expect 2 "$POISE" offline "$IMG" --cancel --remove
+expect 0 "$POISE" offline "$IMG" --remove
+contains "$WORK/out" "removed"
+contains "$WORK/serve.log" "removed"
+"$POISE" mkdir "$IMG" /after-removal >"$WORK/out" 2>"$WORK/err"
+[ $? -ne 0 ] && ok || bad "a write after removal succeeded"
+stop && ok || bad "the server did not stop after a removal"
+expect 0 "$POISE" check "$IMG"        # mounts again where the memory now lives
+expect 0 "$POISE" stat "$IMG" /after-cancel
+expect 3 "$POISE" stat "$IMG" /after-removal
 
 # --- explicit sockets and bad arguments
 serve "$IMG" --socket "$WORK/custom.sock"

@@ -10,10 +10,14 @@
 // uid and gid (the server checks them as the kernel would) are not enough.
 // Files it creates belong to the calling process's uid and gid (the `owner`
 // argument of create/mkdir is ignored). File data travels through the socket
-// in messages of up to 1 MiB. Not yet through a server: map() and pin()
-// (ENOTSUP); unmount() and shutdown() only disconnect this client (the
-// server's filesystem stays mounted). When the server goes away every later
-// call fails with ESHUTDOWN.
+// in messages of up to 1 MiB. map() gives a direct mapping of the device
+// memory, kept safe by a lease the server recalls before it changes the pages
+// (docs/protocol.md); it is for root and the server's own user, since the
+// device descriptor it needs reaches the whole device. pin() is not given out
+// (ENOTSUP). unmount() and shutdown() only disconnect this client (the
+// server's filesystem stays mounted). When the server goes away every mapping
+// is revoked and every later call fails with ESHUTDOWN. MapOwner::on_event is
+// called from a poise thread of this process.
 //
 // Thread-safety: any number of threads; their requests take turns on the one
 // connection.
@@ -31,6 +35,10 @@ class RemoteFilesystem : public Filesystem {
  public:
   // The serving process's pid.
   virtual uint32_t server_pid() const = 0;
+  // info() and check() with the request's own error (EACCES, ESHUTDOWN)
+  // instead of an empty or failed report.
+  virtual Result<FsInfo> fs_info() = 0;
+  virtual Result<CheckReport> check_report() = 0;
   // What the device reports as bad, and its description (`poise badblocks`).
   virtual Result<std::vector<BadRange>> bad_ranges(std::string* device_description) = 0;
   // Poisons (an emulated device's) memory and tells the running filesystem at
@@ -38,6 +46,11 @@ class RemoteFilesystem : public Filesystem {
   // For root and the server's own user.
   virtual Result<void> inject_poison(uint64_t offset, uint64_t length) = 0;
   virtual Result<void> clear_poison(uint64_t offset, uint64_t length) = 0;
+  // Device removal, as the seed threads' pre-remove: step 0 freezes, syncs and
+  // revokes every mapping in every process (owners told); then 1 cancels (thaw)
+  // or 2 removes (waiting writers fail, every later access fails). Returns the
+  // server's account of the new state. For root and the server's own user.
+  virtual Result<std::string> offline(uint8_t step) = 0;
 };
 
 // Connects to the server listening on `socket_path`. ENOENT/ECONNREFUSED when

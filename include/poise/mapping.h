@@ -106,6 +106,7 @@ class Mapping {
   uint64_t file_offset() const;  // of data()[0]
   uint64_t id() const;
   const MapOwner* owner() const;  // who holds it (nullptr when not mapped)
+  MapAccess access() const;
   // Makes the stores made through this mapping durable (as msync(2)).
   Result<void> sync();
   void unmap();

@@ -104,6 +104,26 @@ int badblocks(const Args& a) {
   return kExitOk;
 }
 
+struct OfflineArgs {
+  std::string image;
+  bool cancel = false, remove = false;
+};
+
+int offline(const OfflineArgs& a) {
+  std::unique_ptr<RemoteFilesystem> remote;
+  if (int code = connect_if_served(a.image, &remote); code != kExitOk) return code;
+  if (!remote) {
+    eprint("poise: offline: {} is not served (poise serve): no process uses it, so it can be removed as it is\n",
+           a.image);
+    return kExitInvalid;
+  }
+  uint8_t step = a.cancel ? 1 : a.remove ? 2 : 0;
+  auto state = remote->offline(step);
+  if (!state.has_value()) return report("offline", state.error());
+  fmt::print("{}: {}\n", a.image, *state);
+  return kExitOk;
+}
+
 }  // namespace
 
 void add_failure_commands(CLI::App& app, std::function<int()>* run) {
@@ -124,6 +144,16 @@ void add_failure_commands(CLI::App& app, std::function<int()>* run) {
   }
   add("badblocks", "Show the device's bad ranges and what the filesystem recorded, with owners", badblocks)
       ->add_flag("--json", args->json, "Machine-readable output");
+
+  auto offline_args = std::make_shared<OfflineArgs>();
+  CLI::App* off = app.add_subcommand(
+      "offline", "Prepare a served image's device for removal: freeze, sync, revoke every mapping in every process");
+  off->callback([run, offline_args] { *run = [offline_args] { return offline(*offline_args); }; });
+  off->add_option("IMAGE", offline_args->image, "Image served by poise serve")->required();
+  auto* cancel = off->add_flag("--cancel", offline_args->cancel, "The removal will not happen: thaw, mappings resume");
+  auto* remove = off->add_flag("--remove", offline_args->remove,
+                               "Remove: waiting writers fail, every later access in every process fails");
+  cancel->excludes(remove);
 }
 
 }  // namespace poise::cli

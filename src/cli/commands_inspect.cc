@@ -89,7 +89,14 @@ json stat_json(const Stat& st) {
 
 int info(const Args& a) {
   return with_ro(a, [&](Filesystem& fs) {
-    FsInfo i = fs.info();
+    FsInfo i;
+    if (auto* remote = dynamic_cast<RemoteFilesystem*>(&fs)) {  // served: its error, not zeros
+      auto got = remote->fs_info();
+      if (!got.has_value()) return report("info", got.error());
+      i = *got;
+    } else {
+      i = fs.info();
+    }
     if (a.json) {
       fmt::print("{}\n", json_text(json{{"size_bytes", i.size_bytes}, {"block_size", i.block_size},
                                          {"used_bytes", i.used_bytes}, {"free_bytes", i.free_bytes},
@@ -340,7 +347,9 @@ int check(const Args& a) {
   if (int code = connect_if_served(a.image, &remote); code != kExitOk) return code;
   CheckReport r;
   if (remote) {
-    r = remote->check();  // the mounted filesystem, checked by its server
+    auto checked = remote->check_report();  // the mounted filesystem, checked by its server
+    if (!checked.has_value()) return report("check", checked.error());
+    r = std::move(*checked);
   } else {
     OpenDeviceOptions read_only;
     read_only.access = DeviceAccess::ReadOnly;

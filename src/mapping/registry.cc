@@ -777,6 +777,7 @@ uint64_t Mapping::file_offset() const { return state_ ? state_->first_page * map
 uint64_t Mapping::id() const { return state_ ? state_->id : 0; }
 
 const MapOwner* Mapping::owner() const { return state_ ? state_->owner.get() : nullptr; }
+MapAccess Mapping::access() const { return state_ ? state_->access : MapAccess::Read; }
 
 Result<void> Mapping::sync() {
   if (!state_) return fail(EINVAL, "not mapped");

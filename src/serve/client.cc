@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 #include <functional>
+#include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -297,6 +299,9 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
       return FaultOutcome{FaultOutcome::Failed, EDEADLK,
                           false, "an access inside a poise call ran into a mapping page not shown yet"};
     }
+    // A store to a read-only mapping is the program's error, as with the kernel:
+    // SIGSEGV, never a request.
+    if (is_write && m.access == MapAccess::Read) return FaultOutcome{FaultOutcome::NotOurs};
     auto lease = lease_of(m.id);
     if (!lease) return FaultOutcome{FaultOutcome::Failed, ESHUTDOWN, false, "the mapping has no lease"};
     auto r = call0(Op::Fault, [&](Encoder& e) {
@@ -348,25 +353,32 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     return all;
   }
 
-  FsInfo info() override {
+  FsInfo info() override { return fs_info().value_or(FsInfo{}); }
+  Result<FsInfo> fs_info() override {
     FsInfo info;
-    (void)call(Op::Info, [](Encoder&) {}, [&](Decoder& d) {
+    TRY(call(Op::Info, [](Encoder&) {}, [&](Decoder& d) {
       return d.u64(&info.size_bytes) && d.u32(&info.block_size) && d.u64(&info.used_bytes) &&
              d.u64(&info.free_bytes) && d.u64(&info.files) && d.u64(&info.journal_bytes) &&
              d.u64(&info.checkpoint_generation);
-    });
+    }));
     return info;
   }
 
   CheckReport check() override {
+    auto got = check_report();
+    if (got.has_value()) return std::move(*got);
+    // The report cannot say "clean" about what it could not check.
     CheckReport r;
-    auto got = call(Op::Check, [](Encoder&) {}, [&](Decoder& d) {
+    r.problems.push_back("check through the server failed: " + got.error().message);
+    return r;
+  }
+  Result<CheckReport> check_report() override {
+    CheckReport r;
+    TRY(call(Op::Check, [](Encoder&) {}, [&](Decoder& d) {
       return d.strings(&r.problems) && d.strings(&r.notes) && d.u64(&r.inodes) && d.u64(&r.directories) &&
              d.u64(&r.extents) && d.u64(&r.used_blocks) && d.u64(&r.shared_blocks) && d.u64(&r.bad_blocks) &&
              d.u64(&r.free_blocks);
-    });
-    // The report cannot say "clean" about what it could not check.
-    if (!got.has_value()) r.problems.push_back("check through the server failed: " + got.error().message);
+    }));
     return r;
   }
 
@@ -399,6 +411,11 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
       e.u64(offset);
       e.u64(length);
     });
+  }
+  Result<std::string> offline(uint8_t step) override {
+    std::string state;
+    TRY(call(Op::Offline, [&](Encoder& e) { e.u8(step); }, [&](Decoder& d) { return d.string(&state, UINT32_MAX); }));
+    return state;
   }
   Result<void> clear_poison(uint64_t offset, uint64_t length) override {
     return call0(Op::ClearPoison, [&](Encoder& e) {
@@ -471,6 +488,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     }
     // The server now revokes (already dead here) and closes the follow channel.
     if (follow_thread_.joinable()) follow_thread_.join();
+    if (notice_thread_.joinable()) notice_thread_.join();
     if (follow_fd_ >= 0) ::close(follow_fd_);
     follow_fd_ = -1;
   }
@@ -505,10 +523,9 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     follow.u64(token_);
     serve::Header h;
     std::vector<std::byte> body;
-    Decoder d(body);
     int32_t status = -1;
-    if (!serve::send_frame(fd, follow.finish()) || !serve::receive_frame(fd, &h, &body) ||
-        !Decoder(body).i32(&status) || status != 0) {
+    if (!serve::send_frame(fd, follow.finish()) || !serve::receive_frame(fd, &h, &body) || h.op != Op::Follow ||
+        h.id != 1 || !Decoder(body).i32(&status) || status != 0) {
       ::close(fd);
       return fail(EPROTO, "the poise server refused the follow channel");
     }
@@ -517,6 +534,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     registry_->set_forwarder(this);
     follow_fd_ = fd;
     follow_thread_ = std::thread([this] { follow_loop(); });
+    notice_thread_ = std::thread([this] { notice_loop(); });
     return {};
   }
 
@@ -533,13 +551,15 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     std::vector<std::byte> body;
     int passed = -1;
     if (!serve::send_frame(fd_, request.finish()) || !serve::receive_frame(fd_, &h, &body, &passed)) {
+      if (passed >= 0) ::close(passed);
       close_locked();
       return fail(ESHUTDOWN, "the poise server went away");
     }
     Decoder reply(body);
     int32_t status = 0;
-    if (!reply.i32(&status) || h.id != id) {
+    if (!reply.i32(&status) || h.id != id || h.op != Op::DeviceFd) {
       if (passed >= 0) ::close(passed);
+      close_locked();
       return fail(EPROTO, "the poise server sent a malformed reply");
     }
     if (status != 0) {
@@ -548,7 +568,11 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
       (void)reply.string(&message, UINT32_MAX);
       return fail(status, message);
     }
-    if (passed < 0) return fail(EPROTO, "the poise server sent no device descriptor");
+    uint8_t given = 0;
+    if (passed < 0 || !reply.u8(&given) || !reply.done() || given != (writable ? 1 : 0)) {
+      if (passed >= 0) ::close(passed);
+      return fail(EPROTO, "the poise server sent no device descriptor");
+    }
     device_->set_fd(passed, writable);
     return {};
   }
@@ -591,7 +615,12 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
               e.length = count;
               e.cause = static_cast<MappingCause>(cause);
               e.consumed = consumed != 0;
-              owner->on_event(e);
+              // Delivered by another thread once acknowledged: a sink that
+              // touches its mapping (whose fault the server answers with
+              // pushes) must not stall this channel.
+              std::lock_guard lock(notices_mu_);
+              notices_.push_back(mapping::Notice{owner, e});
+              notices_cv_.notify_one();
             }
           }
           break;
@@ -606,7 +635,23 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     // be reached any more.
     std::vector<mapping::Notice> notices;
     registry_->kill_all(MappingCause::Shutdown, &notices);
-    mapping::MappingRegistry::deliver(notices);
+    std::lock_guard lock(notices_mu_);
+    for (auto& n : notices) notices_.push_back(std::move(n));
+    following_ = false;
+    notices_cv_.notify_one();
+  }
+
+  void notice_loop() {
+    std::unique_lock lock(notices_mu_);
+    for (;;) {
+      notices_cv_.wait(lock, [&] { return !notices_.empty() || !following_; });
+      if (notices_.empty()) return;
+      std::vector<mapping::Notice> batch(notices_.begin(), notices_.end());
+      notices_.clear();
+      lock.unlock();
+      mapping::MappingRegistry::deliver(batch);
+      lock.lock();
+    }
   }
   void close_locked() {
     if (fd_ >= 0) ::close(fd_);
@@ -625,6 +670,11 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   std::shared_ptr<mapping::MappingRegistry> registry_;
   int follow_fd_ = -1;
   std::thread follow_thread_;
+  std::thread notice_thread_;
+  std::mutex notices_mu_;
+  std::condition_variable notices_cv_;
+  std::deque<mapping::Notice> notices_;  // guarded by notices_mu_
+  bool following_ = true;                // guarded by notices_mu_
   std::mutex leases_mu_;
   std::map<uint64_t, Lease> leases_;  // client mapping id -> the server's lease
 };

@@ -50,6 +50,7 @@ const char* op_name(Op op) {
     case Op::PagesChanged: return "pages-changed";
     case Op::MappingDied: return "mapping-died";
     case Op::Notice: return "notice";
+    case Op::Offline: return "offline";
   }
   return "unknown";
 }

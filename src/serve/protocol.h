@@ -76,8 +76,13 @@ enum class Op : uint16_t {
   PagesChanged = 37,  // u64 client mapping id, u64 first, u64 count, u8 state, u64 device block
   MappingDied = 38,   // u64 client mapping id, u8 cause
   Notice = 39,        // u64 client mapping id, u64 file offset, u64 length, u8 cause, u8 consumed
+  // Device removal (root and the server's own user): u8 step -> string state.
+  Offline = 40,
 };
-inline constexpr uint16_t kOpMax = 39;
+inline constexpr uint16_t kOpMax = 40;
+
+// The steps of Op::Offline.
+enum class OfflineStep : uint8_t { PreRemove = 0, Cancel = 1, Remove = 2 };
 const char* op_name(Op op);
 
 struct Header {

@@ -27,18 +27,47 @@ namespace {
 
 constexpr size_t kReplyBudgetBytes = 900 * 1024;  // lists are cut into pages below this
 constexpr uint32_t kFsmapRecordsPerReply = 16384;
+constexpr size_t kLeasesPerClientMax = 4096;
 
-std::vector<uint32_t> supplementary_groups(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  std::vector<uint32_t> groups;
-  while (std::getline(in, line)) {
-    if (line.rfind("Groups:", 0) != 0) continue;
-    std::istringstream fields(line.substr(7));
-    uint32_t g = 0;
-    while (fields >> g) groups.push_back(g);
+// The peer's supplementary groups, as the kernel recorded them at connect
+// (SO_PEERGROUPS): never another process's, whatever happened to the pid since.
+std::vector<uint32_t> peer_groups(int fd) {
+  std::vector<gid_t> groups(64);
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    socklen_t len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) == 0) {
+      groups.resize(len / sizeof(gid_t));
+      return std::vector<uint32_t>(groups.begin(), groups.end());
+    }
+    if (errno != ERANGE) break;
+    groups.resize(len / sizeof(gid_t) + 1);
   }
-  return groups;
+  return {};
+}
+
+// A descriptor of the peer process, for killing it and for knowing when it is
+// dead: from the socket itself where the kernel offers it (SO_PEERPIDFD, Linux
+// 6.5), else by pid right after the connection (pidfd_open).
+int peer_pidfd(int fd, pid_t pid) {
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+  int pidfd = -1;
+  socklen_t len = sizeof(pidfd);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0 && pidfd >= 0) return pidfd;
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+}
+
+// A list too long for one message keeps its first lines and says so.
+std::vector<std::string> cut(std::vector<std::string> list, size_t budget) {
+  size_t bytes = 0, keep = 0;
+  while (keep < list.size() && bytes + list[keep].size() + 4 < budget) bytes += list[keep++].size() + 4;
+  if (keep < list.size()) {
+    size_t more = list.size() - keep;
+    list.resize(keep);
+    list.push_back("... and " + std::to_string(more) + " more (run the command on the unserved image)");
+  }
+  return list;
 }
 
 // Path components, empty ones dropped ("/a//b/" -> a, b).
@@ -103,7 +132,14 @@ class Access {
     return st;
   }
 
+  // An inode named by number: one this client reached through a checked path.
+  Result<void> may_name(InodeNumber ino) const {
+    if (c_.privileged || c_.reached.count(ino.value()) != 0) return {};
+    return fail(EACCES, "inode " + std::to_string(ino.value()) + ": permission denied (look it up by path first)");
+  }
+
   Result<Stat> may_use(InodeNumber ino, uint32_t want) const {
+    TRY(may_name(ino));
     auto st = TRY(fs_.stat(ino));
     if (!permits(st, want)) return fail(EACCES, "inode " + std::to_string(ino.value()) + ": permission denied");
     return st;
@@ -248,8 +284,8 @@ void Server::run(int stop_fd) {
     client->peer.uid = cred.uid;
     client->peer.gid = cred.gid;
     client->peer.pid = cred.pid;
-    client->peer.groups = supplementary_groups(cred.pid);
-    client->pidfd = static_cast<int>(::syscall(SYS_pidfd_open, cred.pid, 0));
+    client->peer.groups = peer_groups(fd);
+    client->pidfd = peer_pidfd(fd, cred.pid);
     fill_random(reinterpret_cast<unsigned char*>(&client->token), sizeof(client->token));
     client->privileged = cred.uid == 0 || cred.uid == ::geteuid();
     log(fmt::format("client pid {} (uid {}, gid {}) connected", cred.pid, cred.uid, cred.gid));
@@ -329,6 +365,18 @@ class Handler {
   Filesystem& fs_;
   Device& device_;
   Server::Client& c_;
+  // Direct mappings: the device descriptor they need reaches every byte of the
+  // device, so only a client that could open the image itself gets one; and
+  // only one the server can kill, should it not give memory back in time.
+  Result<void> may_map() const {
+    TRY(access_.privileged("a direct mapping"));
+    if (c_.pidfd < 0 || ::syscall(SYS_pidfd_send_signal, c_.pidfd, 0, nullptr, 0) != 0) {
+      return fail(EPERM, "the server cannot signal this process (to kill it should it hold memory too long): "
+                         "no direct mappings for it");
+    }
+    return {};
+  }
+
   bool has_follow_channel() {
     std::lock_guard lock(c_.follow_mutex);
     return c_.follow_fd >= 0 && !c_.gone;
@@ -367,18 +415,23 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       out.u64(c_.token);
       return {};
     }
-    case Op::Lookup:
+    case Op::Lookup: {
       if (!in.string(&path)) return bad();
       TRY(access_.may_walk(path));
-      out.u64(TRY(fs_.lookup(path)).value());
+      const uint64_t ino = TRY(fs_.lookup(path)).value();
+      c_.reached.insert(ino);
+      out.u64(ino);
       return {};
+    }
     case Op::Create:
     case Op::Mkdir: {
       if (!in.string(&path) || !in.u32(&mode)) return bad();
       TRY(access_.may_change_name(path, false));
       Credentials owner{c_.peer.uid, c_.peer.gid};
       auto ino = op == Op::Create ? fs_.create(path, mode & 07777, owner) : fs_.mkdir(path, mode & 07777, owner);
-      out.u64(TRY(std::move(ino)).value());
+      const uint64_t made = TRY(std::move(ino)).value();
+      c_.reached.insert(made);
+      out.u64(made);
       return {};
     }
     case Op::Unlink:
@@ -415,17 +468,23 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       out.u8(i < entries.size() ? 1 : 0);
       return {};
     }
-    case Op::StatPath:
+    case Op::StatPath: {
       if (!in.string(&path)) return bad();
       TRY(access_.may_walk(path));
-      out.stat(TRY(fs_.stat(path)));
+      Stat st = TRY(fs_.stat(path));
+      c_.reached.insert(st.ino.value());
+      out.stat(st);
       return {};
+    }
     case Op::StatIno:
       if (!in.u64(&a)) return bad();
+      TRY(access_.may_name(InodeNumber(a)));
       out.stat(TRY(fs_.stat(InodeNumber(a))));
       return {};
     case Op::PathOf:
       if (!in.u64(&a)) return bad();
+      // A path names every directory above the file: root and the server's user only.
+      TRY(access_.privileged("path-of"));
       out.string(TRY(fs_.path_of(InodeNumber(a))));
       return {};
     case Op::Read: {
@@ -460,6 +519,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       return fs_.punch_hole(InodeNumber(a), b, c);
     case Op::Fsync:
       if (!in.u64(&a)) return bad();
+      TRY(access_.may_name(InodeNumber(a)));
       return fs_.fsync(InodeNumber(a));
     case Op::Sync:
       return fs_.sync();
@@ -505,17 +565,6 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     case Op::Check: {
       TRY(access_.privileged("check"));
       CheckReport r = fs_.check();
-      // A report too long for one message keeps its first lines and says so.
-      auto cut = [](std::vector<std::string> list, size_t budget) {
-        size_t bytes = 0, keep = 0;
-        while (keep < list.size() && bytes + list[keep].size() + 4 < budget) bytes += list[keep++].size() + 4;
-        if (keep < list.size()) {
-          size_t more = list.size() - keep;
-          list.resize(keep);
-          list.push_back("... and " + std::to_string(more) + " more (run check on the unserved image)");
-        }
-        return list;
-      };
       out.strings(cut(r.problems, kReplyBudgetBytes / 2));
       out.strings(cut(r.notes, kReplyBudgetBytes / 4));
       for (uint64_t v : {r.inodes, r.directories, r.extents, r.used_blocks, r.shared_blocks, r.bad_blocks, r.free_blocks}) {
@@ -524,12 +573,13 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       return {};
     }
     case Op::MountWarnings:
-      out.strings(fs_.mount_warnings());
+      out.strings(cut(fs_.mount_warnings(), kReplyBudgetBytes));
       return {};
     case Op::Checkpoint:
       return fs_.checkpoint();
     case Op::Retain: {
       if (!in.u64(&a)) return bad();
+      TRY(access_.may_name(InodeNumber(a)));
       auto st = TRY(fs_.stat(InodeNumber(a)));
       if (!access_.permits(st, 4) && !access_.permits(st, 2)) {
         return fail(EACCES, "inode " + std::to_string(a) + ": permission denied");
@@ -560,6 +610,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     case Op::DeviceFd: {
       uint8_t writable = 0;
       if (!in.u8(&writable) || writable > 1) return bad();
+      TRY(may_map());
       // The descriptor grants the device, so it comes with no more access than
       // the client's mappings need: read-write only to one that may write.
       int fd = ::open(("/proc/self/fd/" + std::to_string(device_.map_fd())).c_str(),
@@ -574,8 +625,15 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     case Op::Map: {
       uint8_t writable = 0;
       if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c) || !in.u8(&writable) || writable > 1 || !in.u64(&d)) return bad();
+      TRY(may_map());
       if (server_ == nullptr || !has_follow_channel()) {
         return fail(EPROTO, "a mapping needs the follow channel (connect it with Follow first)");
+      }
+      {
+        std::lock_guard lock(c_.leases_mutex);
+        if (c_.leases.size() >= kLeasesPerClientMax) {
+          return fail(EMFILE, "this client holds " + std::to_string(kLeasesPerClientMax) + " mappings, the most a client may");
+        }
       }
       TRY(access_.may_use(InodeNumber(a), writable ? 6 : 4));
       auto mirror = std::make_shared<ServerMirror>(*server_, client_ptr_, d);
@@ -612,6 +670,11 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
         auto it = c_.leases.find(a);
         if (it == c_.leases.end()) return fail(EINVAL, "no lease " + std::to_string(a));
         if (b >= it->second.size() / 4096) return fail(EFAULT, "page " + std::to_string(b) + " is outside lease " + std::to_string(a));
+        // A store fault in a read-only lease would be a stray store in the
+        // server's copy (a SIGSEGV here): the client's error, refused.
+        if (is_write && it->second.access() != MapAccess::ReadWrite) {
+          return fail(EACCES, "a store to read-only lease " + std::to_string(a));
+        }
         page = it->second.data() + b * 4096;
       }
       // The server's copy takes the same fault, through the same code as an
@@ -631,6 +694,35 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     case Op::MappingDied:
     case Op::Notice:
       return bad();  // Follow is taken before dispatch; the rest only go the other way
+    case Op::Offline: {
+      uint8_t step = 0;
+      if (!in.u8(&step) || step > 2) return bad();
+      TRY(access_.privileged("offline"));
+      auto say = [&](const std::string& line) {
+        if (server_ != nullptr) server_->log(line);
+        out.string(line);
+      };
+      switch (static_cast<OfflineStep>(step)) {
+        case OfflineStep::PreRemove:
+          TRY(device_.pre_remove());
+          say("pre-removed: writers wait, everything is synced, every mapping in every process is revoked and its "
+              "owner told; next: poise offline --cancel (thaw) or --remove");
+          return {};
+        case OfflineStep::Cancel:
+          if (device_.state() != DeviceState::Alive) return fail(ENXIO, device_.describe() + ": already removed");
+          device_.cancel_removal();
+          say("removal cancelled: writers and mappings resume");
+          return {};
+        case OfflineStep::Remove:
+          if (device_.state() != DeviceState::Alive) return fail(ENXIO, device_.describe() + ": already removed");
+          TRY(device_.pre_remove());  // frozen and synced first (again, if it was: nothing new to sync)
+          TRY(device_.remove());
+          say("removed: waiting writers got an error, every later access in every process fails; the image "
+              "mounts again where the memory now lives");
+          return {};
+      }
+      return bad();
+    }
     case Op::InjectPoison:
     case Op::ClearPoison:
       if (!in.u64(&a) || !in.u64(&b)) return bad();
@@ -687,25 +779,14 @@ void Server::serve(const std::shared_ptr<Client>& client) {
     if (header.op == Op::Follow) {  // this connection becomes another client's follow channel
       Decoder in(body);
       uint64_t token = 0;
-      bool taken = in.u64(&token) && in.done() && attach_follower(token, client->fd);
-      Encoder reply(Op::Follow, header.id);
-      reply.i32(taken ? 0 : EINVAL);
-      if (!taken) reply.string("no client is waiting for this follow channel");
-      if (taken) {
-        // Sent under the follow lock: no push may come before this answer.
-        std::shared_ptr<Client> owner;
-        {
-          std::lock_guard lock(clients_mutex_);
-          for (const auto& c : clients_) {
-            if (c->token == token) owner = c;
-          }
-        }
-        std::lock_guard lock(owner->follow_mutex);
-        (void)send_frame(client->fd, reply.finish());
+      if (in.u64(&token) && in.done() && attach_follower(token, client->fd, header.id)) {
         client->fd = -1;  // the owner's now
         client->done = true;
         return;
       }
+      Encoder reply(Op::Follow, header.id);
+      reply.i32(EINVAL);
+      reply.string("no client is waiting for this follow channel");
       (void)send_frame(client->fd, reply.finish());
       why = "sent a follow request nobody was waiting for: disconnected";
       break;
@@ -729,7 +810,7 @@ void Server::serve(const std::shared_ptr<Client>& client) {
   client->done = true;
 }
 
-bool Server::attach_follower(uint64_t token, int connection) {
+bool Server::attach_follower(uint64_t token, int connection, uint64_t request_id) {
   ucred cred{};
   socklen_t len = sizeof(cred);
   if (token == 0 || ::getsockopt(connection, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
@@ -740,6 +821,15 @@ bool Server::attach_follower(uint64_t token, int connection) {
     if (static_cast<pid_t>(c->peer.pid) != cred.pid || c->peer.uid != cred.uid) return false;
     std::lock_guard follow(c->follow_mutex);
     if (c->follow_fd >= 0 || c->gone) return false;
+    // A client that stops reading (or answers half a frame) must not hold the
+    // server beyond the recall timeout.
+    timeval tv{static_cast<time_t>(options_.recall_timeout_ms / 1000),
+               static_cast<suseconds_t>(options_.recall_timeout_ms % 1000) * 1000};
+    (void)::setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    (void)::setsockopt(connection, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    Encoder reply(Op::Follow, request_id);
+    reply.i32(0);
+    if (!send_frame(connection, reply.finish())) return false;
     c->follow_fd = connection;
     return true;
   }
@@ -794,7 +884,10 @@ void Server::push(Client& client, const std::vector<std::byte>& frame_in) {
   if (client.pidfd >= 0 && ::poll(&dead, 1, 0) == 0) {
     log(fmt::format("client pid {} did not acknowledge a {} within {} ms: killed", client.peer.pid, op_name(op),
                     options_.recall_timeout_ms));
-    (void)::syscall(SYS_pidfd_send_signal, client.pidfd, SIGKILL, nullptr, 0);
+    if (::syscall(SYS_pidfd_send_signal, client.pidfd, SIGKILL, nullptr, 0) != 0) {
+      log(fmt::format("cannot kill client pid {}: {}; waiting for it to end", client.peer.pid, std::strerror(errno)));
+    }
+    // The memory may be reused only once the process is gone.
     while (::poll(&dead, 1, 1000) == 0) {
       log(fmt::format("waiting for client pid {} to die", client.peer.pid));
     }

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstdio>
 #include <map>
+#include <set>
 #include <span>
 #include <memory>
 #include <mutex>
@@ -67,8 +68,9 @@ class Server {
   Server(Filesystem& fs, Device& device, ServerOptions options, int listen_fd)
       : fs_(fs), device_(device), options_(std::move(options)), listen_fd_(listen_fd) {}
   void serve(const std::shared_ptr<Client>& client);
-  // Makes `connection` the follow channel of the client that was given `token`.
-  bool attach_follower(uint64_t token, int connection);
+  // Makes `connection` the follow channel of the client that was given
+  // `token`, sending `reply` on it first (so no push can come before it).
+  bool attach_follower(uint64_t token, int connection, uint64_t request_id);
   // The client's mappings (the server's copies) are revoked in it and dropped.
   void drop_leases(Client& client);
 
@@ -97,6 +99,9 @@ struct Server::Client {
   uint64_t token = 0;                     // names it on its follow connection
   bool privileged = false;                // root, or the server's own user
   std::map<uint64_t, uint64_t> retained;  // inode -> Retain count, released when the client goes
+  // Inodes this client reached through a path it was allowed to walk: the only
+  // ones it may name by number (the kernel's by-handle opens need a capability).
+  std::set<uint64_t> reached;
   std::atomic<bool> done{false};
   bool sent_fd = false, sent_writable_fd = false;  // the device descriptor, once per access
 
