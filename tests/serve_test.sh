@@ -80,8 +80,14 @@ for c in "ls $IMG /d -l" "ls $IMG / --json" "stat $IMG /d/copy" "cat $IMG /d/hi"
   same "$f" "$f.direct" "'poise $c' through the server differs from the image itself: $(diff "$f" "$f.direct" | head -5)"
 done
 
-# --- poison injected through the server reaches the running filesystem at once
+# --- poison injected through the server reaches the running filesystem at once,
+# and the event stream names every owner
 serve "$IMG"
+"$POISE" events "$IMG" --json >"$WORK/events.json" 2>&1 &
+EVENTS_JSON=$!
+"$POISE" events "$IMG" >"$WORK/events.txt" 2>&1 &
+EVENTS_TEXT=$!
+for _ in $(seq 300); do [ "$(grep -c 'subscribed to events' "$WORK/serve.log")" -ge 2 ] && break; sleep 0.1; done
 expect 0 "$POISE" fsmap "$IMG" --json
 OFF=$(python3 -c "import json; print([r for r in json.load(open('$WORK/out')) if r.get('path')=='/d/data' and r['file_offset']==0][0]['device_offset'])")
 expect 0 "$POISE" inject-poison "$IMG" --offset $((OFF + 8192)) --length 64
@@ -93,7 +99,25 @@ contains "$WORK/out" "lost: /d/copy bytes 8192..12288"
 expect 4 "$POISE" cat "$IMG" /d/copy
 contains "$WORK/err" "file bytes 8192..12288 are lost"
 expect 0 "$POISE" cat "$IMG" /d/copy --offset 12288 --length 4096
+expect 0 "$POISE" offline "$IMG"
+expect 0 "$POISE" offline "$IMG" --cancel
 stop
+wait "$EVENTS_JSON" && ok || bad "poise events --json did not end cleanly when the server stopped"
+wait "$EVENTS_TEXT" && ok || bad "poise events did not end cleanly when the server stopped"
+python3 - "$WORK/events.json" "$((OFF + 8192))" <<'PY' && ok || bad "the event stream: $(head -c 600 "$WORK/events.json")"
+import json, sys
+events = [json.loads(line) for line in open(sys.argv[1])]
+kinds = [e["event"] for e in events]
+failure = [e for e in events if e["event"] == "memory_failure"][0]
+assert failure["device_offset"] == int(sys.argv[2]) // 4096 * 4096, failure
+paths = sorted((f["path"], f["file_offset"], f["length"]) for f in failure["files"])
+assert paths == [("/d/copy", 8192, 4096), ("/d/data", 8192, 4096)], paths
+assert "recorded bad" in failure["action"], failure
+assert kinds.index("pre_remove") < kinds.index("removal_cancelled") < kinds.index("server_stopped"), kinds
+PY
+contains "$WORK/events.txt" "memory_failure: device bytes"
+contains "$WORK/events.txt" "lost: /d/copy bytes 8192..12288"
+contains "$WORK/events.txt" "server_stopped"
 
 # --- another user, checked as the kernel would check it (needs root for setpriv)
 if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
@@ -193,6 +217,8 @@ stop
 
 # --- poise offline: pre-remove, cancel, remove
 expect 8 "$POISE" offline "$IMG"
+contains "$WORK/err" "not served"
+expect 8 "$POISE" events "$IMG"
 contains "$WORK/err" "not served"
 serve "$IMG"
 expect 0 "$POISE" offline "$IMG"

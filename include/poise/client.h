@@ -51,6 +51,12 @@ class RemoteFilesystem : public Filesystem {
   // or 2 removes (waiting writers fail, every later access fails). Returns the
   // server's account of the new state. For root and the server's own user.
   virtual Result<std::string> offline(uint8_t step) = 0;
+  // The server's event stream (memory failures with every owner's path and
+  // range, recalls, clients killed, removal steps, the server stopping), one
+  // JSON object per call, on a connection of its own, until on_event returns
+  // false or the server goes away (then: success). For root and the server's
+  // own user.
+  virtual Result<void> watch_events(const std::function<bool(const std::string& json)>& on_event) = 0;
 };
 
 // Connects to the server listening on `socket_path`. ENOENT/ECONNREFUSED when

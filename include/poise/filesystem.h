@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -82,6 +83,24 @@ struct CheckReport {
   uint64_t free_blocks = 0;
   bool clean() const { return problems.empty(); }
 };
+
+// What the filesystem tells an event listener (poise serve's event stream):
+// the failure and removal flows as they happen.
+struct FsEvent {
+  enum class Kind : uint8_t { MemoryFailure, PreRemove, RemovalCancelled, Removed };
+  Kind kind = Kind::MemoryFailure;
+  uint64_t device_offset = 0;  // MemoryFailure: the failed device bytes
+  uint64_t length = 0;
+  struct FileRange {
+    InodeNumber ino;
+    uint64_t file_offset = 0;
+    uint64_t length = 0;
+  };
+  std::vector<FileRange> files;        // MemoryFailure: every owning file range (each reflink sharer)
+  std::vector<std::string> metadata;   // MemoryFailure: metadata that lived there
+  std::string action;                  // what was done
+};
+const char* to_string(FsEvent::Kind kind);
 
 struct RepairOptions {
   // Repair a private copy-on-write view of the device and report what would
@@ -225,6 +244,11 @@ class Filesystem {
   // What this mount did not apply and a user must hear of at once: journal
   // transactions past a gap (an emulated device after a machine crash). Cheap.
   virtual std::vector<std::string> mount_warnings() const = 0;
+
+  // Calls `listener` (from the thread that runs the flow, with no poise lock
+  // held) for each memory failure and removal step; empty: none. Quick work
+  // only: the flow waits for it.
+  virtual void set_event_listener(std::function<void(const FsEvent&)> listener) = 0;
 
   // Internal: called by File.
   virtual void release(InodeNumber ino) = 0;

@@ -124,6 +124,63 @@ int offline(const OfflineArgs& a) {
   return kExitOk;
 }
 
+struct EventsArgs {
+  std::string image;
+  bool json = false;
+};
+
+// One event as a line for people: its time, its kind, then what it says.
+std::string event_line(const json& e) {
+  std::string line = e.value("time", std::string("")) + " " + e.value("event", std::string("?"));
+  if (e.contains("device_offset")) {
+    uint64_t off = e["device_offset"];
+    line += fmt::format(": device bytes {}..{}", off, off + e.value("length", uint64_t(0)));
+  }
+  if (e.contains("pid")) line += fmt::format(": client pid {}", e["pid"].get<int64_t>());
+  if (e.contains("inode")) {
+    uint64_t off = e.value("file_offset", uint64_t(0));
+    line += fmt::format(", inode {} bytes {}..{}", e["inode"].get<uint64_t>(), off, off + e.value("length", uint64_t(0)));
+  }
+  if (e.contains("files")) {
+    for (const auto& f : e["files"]) {
+      uint64_t off = f.value("file_offset", uint64_t(0));
+      line += fmt::format("\n    lost: {} bytes {}..{}", f.value("path", std::string("?")), off,
+                          off + f.value("length", uint64_t(0)));
+    }
+  }
+  if (e.contains("metadata")) {
+    for (const auto& m : e["metadata"]) line += "\n    metadata: " + m.get<std::string>();
+  }
+  if (e.contains("action")) line += "\n    " + e["action"].get<std::string>();
+  return line;
+}
+
+int events(const EventsArgs& a) {
+  std::unique_ptr<RemoteFilesystem> remote;
+  if (int code = connect_if_served(a.image, &remote); code != kExitOk) return code;
+  if (!remote) {
+    eprint("poise: events: {} is not served (poise serve IMAGE): only a running server has events\n", a.image);
+    return kExitInvalid;
+  }
+  int code = kExitOk;
+  auto watched = remote->watch_events([&](const std::string& text) {
+    if (a.json) {
+      fmt::print("{}\n", text);
+    } else {
+      json e = json::parse(text, nullptr, false);
+      fmt::print("{}\n", e.is_discarded() ? text : event_line(e));
+    }
+    // A reader that went away (`poise events | head`) ends the stream.
+    if (std::fflush(stdout) != 0) {
+      code = kExitFailure;
+      return false;
+    }
+    return true;
+  });
+  if (!watched.has_value()) return report("events", watched.error());
+  return code;
+}
+
 }  // namespace
 
 void add_failure_commands(CLI::App& app, std::function<int()>* run) {
@@ -154,6 +211,13 @@ void add_failure_commands(CLI::App& app, std::function<int()>* run) {
   auto* remove = off->add_flag("--remove", offline_args->remove,
                                "Remove: waiting writers fail, every later access in every process fails");
   cancel->excludes(remove);
+
+  auto events_args = std::make_shared<EventsArgs>();
+  CLI::App* ev = app.add_subcommand(
+      "events", "Follow a served image's events: memory failures with their owners, recalls, kills, removal");
+  ev->callback([run, events_args] { *run = [events_args] { return events(*events_args); }; });
+  ev->add_option("IMAGE", events_args->image, "Image served by poise serve")->required();
+  ev->add_flag("--json", events_args->json, "One JSON object per line");
 }
 
 }  // namespace poise::cli

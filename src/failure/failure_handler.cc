@@ -15,6 +15,11 @@ Result<void> FailureHandler::notify_failure(uint64_t offset, uint64_t length, Fa
     }
     fs_.shutdown();  // the memory is gone: every call and every mapped access fails from now on
     mappings_.wait_for_all_pins();
+    FsEvent removed;
+    removed.kind = FsEvent::Kind::Removed;
+    removed.length = offset + length;
+    removed.action = "shut down: waiting writers failed, every mapping is dead, every later access fails";
+    fs_.report(removed);
     return {};
   }
   if (has(flags, FailureFlags::PreRemove)) return pre_remove();
@@ -40,17 +45,34 @@ Result<void> FailureHandler::notify_failure(uint64_t offset, uint64_t length, Fa
     fs_.with_file_locked(f.ino, [&] { mappings_.mark_lost(f.ino, f.file_block, f.count, f.dev_block, &notices); });
   }
   mapping::MappingRegistry::deliver(notices);
-  TRY(recorded);
-
-  if (fs_.is_read_only()) return {};  // nothing may be written: the record stays in memory
+  FsEvent event;
+  event.kind = FsEvent::Kind::MemoryFailure;
+  event.device_offset = first * kBlockSize;
+  event.length = (end - first) * kBlockSize;
+  for (const auto& f : owners.files) {
+    event.files.push_back({f.ino, f.file_block * kBlockSize, f.count * kBlockSize});
+  }
+  if (owners.journal) event.metadata.push_back("journal");
+  if (owners.superblocks > 0) event.metadata.push_back("superblock");
+  if (owners.checkpoint) event.metadata.push_back("checkpoint");
+  auto told = [&](Result<void> r, std::string action) {
+    event.action = std::move(action);
+    if (!r.has_value()) event.action += "; failed: " + r.error().message;
+    fs_.report(event);
+    return r;
+  };
+  if (!recorded.has_value()) return told(std::move(recorded), "pages revoked, owners told");
+  const std::string done = "recorded bad (never allocated again), pages revoked in every mapping, owners told";
+  if (fs_.is_read_only()) return told({}, done + " (read-only mount: the record is kept in memory)");
   if (owners.journal || owners.superblocks == 2) {
     fs_.checkpoint_and_shutdown();
-    return fail(EIO, owners.journal
-                         ? "the journal's memory failed: filesystem shut down (mount read-only to copy data out)"
-                         : "both superblocks failed: filesystem shut down");
+    return told(fail(EIO, owners.journal
+                              ? "the journal's memory failed: filesystem shut down (mount read-only to copy data out)"
+                              : "both superblocks failed: filesystem shut down"),
+                done + "; filesystem shut down");
   }
-  if (owners.checkpoint) TRY(fs_.rewrite_checkpoint());
-  return {};
+  if (owners.checkpoint) return told(fs_.rewrite_checkpoint(), done + "; checkpoint metadata rewritten elsewhere");
+  return told({}, done);
 }
 
 Result<void> FailureHandler::pre_remove() {
@@ -59,13 +81,23 @@ Result<void> FailureHandler::pre_remove() {
   std::vector<mapping::Notice> notices;
   mappings_.suspend_all(&notices);  // mapped stores stop; what they left is written back
   auto synced = fs_.sync_frozen();
+  const size_t revoked = notices.size();
   mapping::MappingRegistry::deliver(notices);
+  FsEvent event;
+  event.kind = FsEvent::Kind::PreRemove;
+  event.action = "frozen, synced, " + std::to_string(revoked) + " mapping(s) revoked and their owners told";
+  if (!synced.has_value()) event.action += "; sync failed: " + synced.error().message;
+  fs_.report(event);
   return synced;
 }
 
 void FailureHandler::removal_cancelled() {
   mappings_.resume_all();
   fs_.thaw();
+  FsEvent event;
+  event.kind = FsEvent::Kind::RemovalCancelled;
+  event.action = "thawed: writers and mappings resume";
+  fs_.report(event);
 }
 
 }  // namespace poise::failure

@@ -27,6 +27,7 @@
 
 #include "mapping/registry.h"
 #include "poise/device.h"
+#include "poise/filesystem.h"
 
 namespace poise::failure {
 
@@ -62,6 +63,8 @@ class FailureTarget {
   virtual void freeze() = 0;
   virtual void thaw() = 0;
   virtual Result<void> sync_frozen() = 0;
+  // Tells the event listener, if any. REQUIRES: no poise lock held.
+  virtual void report(const FsEvent& event) = 0;
   // Runs fn while the file's layout cannot change.
   virtual void with_file_locked(InodeNumber ino, const std::function<void()>& fn) = 0;
 };

@@ -133,6 +133,18 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   FsInfo info() override;
   CheckReport check() override;
   std::vector<std::string> mount_warnings() const override { return mount_warnings_; }
+  void set_event_listener(std::function<void(const FsEvent&)> listener) override {
+    std::lock_guard lock(event_mutex_);
+    event_listener_ = std::move(listener);
+  }
+  void report(const FsEvent& event) override {
+    std::function<void(const FsEvent&)> listener;
+    {
+      std::lock_guard lock(event_mutex_);
+      listener = event_listener_;
+    }
+    if (listener) listener(event);
+  }
   void release(InodeNumber ino) override;
   Result<void> retain(InodeNumber ino) override;
 
@@ -367,6 +379,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Direct mappings and pins (src/mapping/), and the device's failure holder
   // (src/failure/), which drives both through this filesystem.
   std::shared_ptr<mapping::MappingRegistry> mappings_;
+  std::mutex event_mutex_;
+  std::function<void(const FsEvent&)> event_listener_;  // guarded by event_mutex_
   std::unique_ptr<failure::FailureHandler> failure_handler_;
   // Freeze before removal: modifying operations wait in begin_op while frozen.
   std::mutex freeze_mutex_;

@@ -1,3 +1,4 @@
+#include "poise/filesystem.h"
 #include "poise/types.h"
 
 namespace poise {
@@ -22,6 +23,16 @@ const char* to_string(MetadataKind kind) {
     case MetadataKind::ExtentMap: return "extent_map";
     case MetadataKind::BadRangeList: return "bad_range_list";
     case MetadataKind::RefcountList: return "refcount_list";
+  }
+  return "unknown";
+}
+
+const char* to_string(FsEvent::Kind kind) {
+  switch (kind) {
+    case FsEvent::Kind::MemoryFailure: return "memory_failure";
+    case FsEvent::Kind::PreRemove: return "pre_remove";
+    case FsEvent::Kind::RemovalCancelled: return "removal_cancelled";
+    case FsEvent::Kind::Removed: return "removed";
   }
   return "unknown";
 }

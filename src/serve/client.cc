@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <functional>
@@ -18,6 +19,8 @@
 #include "failure/fault_handler.h"
 #include "mapping/registry.h"
 #include "serve/protocol.h"
+
+#include <nlohmann/json.hpp>
 
 namespace poise {
 
@@ -62,6 +65,26 @@ class ClientDevice final : public Device {
   std::string name_;
   std::atomic<int> ro_{-1}, rw_{-1};
 };
+
+// A connected stream socket to the server at `path`.
+Result<int> connect_socket(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) return fail(ENAMETOOLONG, path + ": not a usable socket path");
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fail(errno, std::string("socket: ") + std::strerror(errno));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    int e = errno;
+    ::close(fd);
+    if (e == EACCES) {
+      return fail(e, path + ": permission denied by the socket's mode (its owner can share it with "
+                            "poise serve --socket-mode and --socket-group)");
+    }
+    return fail(e, path + ": no poise server answers: " + std::strerror(e));
+  }
+  return fd;
+}
 
 // Set while this thread is inside a request: a fault it takes then (its buffer
 // lies in a poise mapping not shown yet) cannot wait for the connection.
@@ -412,6 +435,88 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
       e.u64(length);
     });
   }
+  // The in-process listener, fed from the event stream on a thread of its own.
+  void set_event_listener(std::function<void(const FsEvent&)> listener) override {
+    stop_listening();
+    if (!listener) return;
+    listening_ = true;
+    listener_thread_ = std::thread([this, listener = std::move(listener)] {
+      (void)watch_events([&](const std::string& text) {
+        auto j = nlohmann::json::parse(text, nullptr, false);
+        if (j.is_discarded() || !j.is_object()) return listening_.load();
+        const std::string kind = j.value("event", std::string());
+        FsEvent e;
+        if (kind == "memory_failure") {
+          e.kind = FsEvent::Kind::MemoryFailure;
+        } else if (kind == "pre_remove") {
+          e.kind = FsEvent::Kind::PreRemove;
+        } else if (kind == "removal_cancelled") {
+          e.kind = FsEvent::Kind::RemovalCancelled;
+        } else if (kind == "removed") {
+          e.kind = FsEvent::Kind::Removed;
+        } else {
+          return listening_.load();  // the server's own events (recalls, kills) have no FsEvent
+        }
+        e.device_offset = j.value("device_offset", uint64_t(0));
+        e.length = j.value("length", uint64_t(0));
+        e.action = j.value("action", std::string());
+        if (j.contains("files") && j["files"].is_array()) {
+          for (const auto& f : j["files"]) {
+            e.files.push_back({InodeNumber(f.value("inode", uint64_t(0))), f.value("file_offset", uint64_t(0)),
+                               f.value("length", uint64_t(0))});
+          }
+        }
+        if (j.contains("metadata") && j["metadata"].is_array()) {
+          for (const auto& m : j["metadata"]) {
+            if (m.is_string()) e.metadata.push_back(m.get<std::string>());
+          }
+        }
+        listener(e);
+        return listening_.load();
+      });
+    });
+  }
+
+  Result<void> watch_events(const std::function<bool(const std::string& json)>& on_event) override {
+    int fd = TRY(open_connection());
+    {
+      std::lock_guard lock(watch_mu_);
+      watch_fds_.push_back(fd);
+    }
+    struct Forget {
+      Remote* self;
+      int fd;
+      ~Forget() {
+        std::lock_guard lock(self->watch_mu_);
+        auto& v = self->watch_fds_;
+        v.erase(std::remove(v.begin(), v.end(), fd), v.end());
+        ::close(fd);  // under the lock: never shut down once its number is reused
+      }
+    } forget{this, fd};
+    Encoder subscribe(Op::Subscribe, 1);
+    serve::Header h;
+    std::vector<std::byte> body;
+    if (!serve::send_frame(fd, subscribe.finish()) || !serve::receive_frame(fd, &h, &body) || h.op != Op::Subscribe) {
+      return fail(ESHUTDOWN, "the poise server went away");
+    }
+    Decoder answer(body);
+    int32_t status = -1;
+    if (!answer.i32(&status) || status != 0) {
+      std::string message = "the poise server refused the event stream";
+      (void)answer.string(&message, UINT32_MAX);
+      return fail(status > 0 ? status : EPROTO, message);
+    }
+    while (serve::receive_frame(fd, &h, &body)) {
+      Decoder d(body);
+      std::string json;
+      if (h.op != Op::Event || !d.string(&json, UINT32_MAX) || !d.done()) {
+          return fail(EPROTO, "the poise server sent a malformed event");
+      }
+      if (!on_event(json)) break;
+    }
+    return {};
+  }
+
   Result<std::string> offline(uint8_t step) override {
     std::string state;
     TRY(call(Op::Offline, [&](Encoder& e) { e.u8(step); }, [&](Decoder& d) { return d.string(&state, UINT32_MAX); }));
@@ -476,7 +581,17 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     TRY(call(op, args, [&](Decoder& d) { return d.stat(&st); }));
     return st;
   }
+  void stop_listening() {
+    listening_ = false;
+    {
+      std::lock_guard lock(watch_mu_);
+      for (int fd : watch_fds_) ::shutdown(fd, SHUT_RDWR);  // the stream ends
+    }
+    if (listener_thread_.joinable()) listener_thread_.join();
+  }
+
   void disconnect() {
+    stop_listening();
     // Nothing the server showed may stay reachable from this process.
     if (registry_) {
       std::vector<mapping::Notice> notices;
@@ -497,6 +612,9 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     uint64_t id;
     InodeNumber ino;
   };
+
+  // Another connection to the same server (the follow channel, an event stream).
+  Result<int> open_connection() const { return connect_socket(socket_path_); }
   std::optional<Lease> lease_of(uint64_t mapping_id) {
     std::lock_guard lock(leases_mu_);
     auto it = leases_.find(mapping_id);
@@ -510,15 +628,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     std::lock_guard lock(follow_start_mu_);
     if (follow_thread_.joinable()) return {};
     failure::install_fault_handler();
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path, socket_path_.data(), socket_path_.size());
-    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-      int e = errno;
-      if (fd >= 0) ::close(fd);
-      return fail(e, socket_path_ + ": cannot open the follow channel: " + std::strerror(e));
-    }
+    int fd = TRY(open_connection());
     Encoder follow(Op::Follow, 1);
     follow.u64(token_);
     serve::Header h;
@@ -676,7 +786,11 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   std::deque<mapping::Notice> notices_;  // guarded by notices_mu_
   bool following_ = true;                // guarded by notices_mu_
   std::mutex leases_mu_;
-  std::map<uint64_t, Lease> leases_;  // client mapping id -> the server's lease
+  std::map<uint64_t, Lease> leases_;
+  std::mutex watch_mu_;
+  std::vector<int> watch_fds_;  // guarded by watch_mu_: open event streams
+  std::atomic<bool> listening_{false};
+  std::thread listener_thread_;  // client mapping id -> the server's lease
 };
 
 }  // namespace
@@ -684,23 +798,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
 std::string default_socket_path(const std::string& image) { return image + ".sock"; }
 
 Result<std::unique_ptr<RemoteFilesystem>> connect(const std::string& socket_path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.empty() || socket_path.size() >= sizeof(addr.sun_path)) {
-    return fail(ENAMETOOLONG, socket_path + ": not a usable socket path");
-  }
-  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return fail(errno, std::string("socket: ") + std::strerror(errno));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    int e = errno;
-    ::close(fd);
-    if (e == EACCES) {
-      return fail(e, socket_path + ": permission denied by the socket's mode (its owner can share it with "
-                                   "poise serve --socket-mode and --socket-group)");
-    }
-    return fail(e, socket_path + ": no poise server answers: " + std::strerror(e));
-  }
+  int fd = TRY(connect_socket(socket_path));
   auto remote = std::make_unique<Remote>(fd, socket_path);
   TRY(remote->hello());
   return std::unique_ptr<RemoteFilesystem>(std::move(remote));

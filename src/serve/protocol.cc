@@ -51,6 +51,8 @@ const char* op_name(Op op) {
     case Op::MappingDied: return "mapping-died";
     case Op::Notice: return "notice";
     case Op::Offline: return "offline";
+    case Op::Subscribe: return "subscribe";
+    case Op::Event: return "event";
   }
   return "unknown";
 }

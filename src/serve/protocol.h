@@ -78,8 +78,11 @@ enum class Op : uint16_t {
   Notice = 39,        // u64 client mapping id, u64 file offset, u64 length, u8 cause, u8 consumed
   // Device removal (root and the server's own user): u8 step -> string state.
   Offline = 40,
+  // This connection becomes an event stream (root and the server's own user).
+  Subscribe = 41,
+  Event = 42,  // server to subscriber: string, one JSON object
 };
-inline constexpr uint16_t kOpMax = 40;
+inline constexpr uint16_t kOpMax = 42;
 
 // The steps of Op::Offline.
 enum class OfflineStep : uint8_t { PreRemove = 0, Cancel = 1, Remove = 2 };

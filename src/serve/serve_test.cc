@@ -532,12 +532,34 @@ TEST(ServeMapping, AClientThatDoesNotAnswerARecallIsKilledBeforeTheBlockIsFreed)
     for (;;) ::pause();
   });
   ASSERT_TRUE(child.wait_until_ready());
+  // An operator's event stream, through the client library.
+  auto watcher_fs = served.client();
+  std::mutex events_mu;
+  std::vector<std::string> events;
+  std::atomic<bool> subscribed{false};
+  std::thread watcher([&] {
+    subscribed = true;
+    (void)watcher_fs->watch_events([&](const std::string& e) {
+      std::lock_guard lock(events_mu);
+      events.push_back(e);
+      return true;
+    });
+  });
+  while (!subscribed) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // (the subscription reaches the server)
   ::kill(child.pid(), SIGSTOP);  // it cannot answer
   ASSERT_OK(served.fs().truncate(*served.fs().lookup("/k"), 0));
   // truncate returned: the client must already be dead (killed, not stopped).
   int status = 0;
   ASSERT_EQ(::waitpid(child.pid(), &status, WNOHANG), child.pid()) << "the block was freed while the client lived";
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  served.stop();
+  watcher.join();
+  std::string all;
+  for (const auto& e : events) all += e + "\n";
+  EXPECT_NE(all.find("\"event\":\"lease_recalled\""), std::string::npos) << all;
+  EXPECT_NE(all.find("\"event\":\"client_killed\",\"pid\":" + std::to_string(child.pid())), std::string::npos) << all;
+  EXPECT_NE(all.find("server_stopped"), std::string::npos) << all;
 }
 
 // A store to a read-only mapping kills the client with SIGSEGV, as the kernel

@@ -1,6 +1,7 @@
 #include "serve/server.h"
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -19,6 +20,7 @@
 #include <sstream>
 
 #include "base/random.h"
+#include "mapping/page_runs.h"
 #include "serve/protocol.h"
 
 namespace poise::serve {
@@ -215,10 +217,59 @@ Result<std::unique_ptr<Server>> Server::listen(Filesystem& fs, Device& device, c
     ::unlink(options.socket_path.c_str());
     return fail(e, options.socket_path + ": " + std::strerror(e));
   }
-  return std::unique_ptr<Server>(new Server(fs, device, options, fd));
+  std::unique_ptr<Server> server(new Server(fs, device, options, fd));
+  Server* raw = server.get();
+  fs.set_event_listener([raw](const FsEvent& e) { raw->publish(raw->event_json(e)); });
+  return server;
+}
+
+namespace {
+std::string now_text() {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&now, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return stamp;
+}
+}  // namespace
+
+std::string Server::event_json(const FsEvent& e) {
+  nlohmann::json j{{"time", now_text()}, {"event", to_string(e.kind)}};
+  if (e.kind == FsEvent::Kind::MemoryFailure) {
+    j["device_offset"] = e.device_offset;
+    j["length"] = e.length;
+    nlohmann::json owners = nlohmann::json::array();
+    for (const auto& f : e.files) {
+      owners.push_back({{"inode", f.ino.value()},
+                        {"path", fs_.path_of(f.ino).value_or("")},
+                        {"file_offset", f.file_offset},
+                        {"length", f.length}});
+    }
+    j["files"] = owners;
+    j["metadata"] = e.metadata;
+  }
+  j["action"] = e.action;
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+void Server::publish(const std::string& json) {
+  Encoder e(Op::Event, 0);
+  e.string(json.substr(0, kBodyBytesMax - 16));
+  const auto& frame = e.finish();
+  std::lock_guard lock(subscribers_mutex_);
+  for (size_t i = 0; i < subscribers_.size();) {
+    if (send_frame(subscribers_[i], frame)) {
+      ++i;
+      continue;
+    }
+    ::close(subscribers_[i]);
+    subscribers_.erase(subscribers_.begin() + static_cast<long>(i));
+  }
 }
 
 Server::~Server() {
+  fs_.set_event_listener({});
   {
     std::lock_guard lock(clients_mutex_);
     // Each thread sees its socket close, and revokes its client's mappings on the way out.
@@ -227,6 +278,14 @@ Server::~Server() {
     }
   }
   for (auto& t : threads_) t.join();
+  publish(nlohmann::json{{"time", now_text()}, {"event", "server_stopped"},
+                         {"action", "every client's mappings revoked; the filesystem is unmounted next"}}
+              .dump());
+  {
+    std::lock_guard lock(subscribers_mutex_);
+    for (int fd : subscribers_) ::close(fd);
+    subscribers_.clear();
+  }
   for (const auto& c : clients_) {
     if (c->fd >= 0) ::close(c->fd);
     if (c->pidfd >= 0) ::close(c->pidfd);
@@ -308,10 +367,23 @@ namespace {
 // on the owner's notices.
 class ServerMirror final : public MappingMirror {
  public:
-  ServerMirror(Server& server, std::weak_ptr<Server::Client> client, uint64_t client_mapping)
-      : server_(server), client_(std::move(client)), id_(client_mapping) {}
+  ServerMirror(Server& server, std::weak_ptr<Server::Client> client, uint64_t client_mapping, InodeNumber ino,
+               uint64_t first_page)
+      : server_(server), client_(std::move(client)), id_(client_mapping), ino_(ino), first_page_(first_page) {}
 
   void pages_changed(uint64_t first, uint64_t count, uint8_t state, uint64_t dev_block) override {
+    const auto s = static_cast<mapping::PageState>(state);
+    if (s == mapping::PageState::Absent || s == mapping::PageState::Lost || s == mapping::PageState::Poisoned) {
+      if (auto client = client_.lock()) {
+        server_.publish(nlohmann::json{{"event", "lease_recalled"},
+                                       {"pid", client->peer.pid},
+                                       {"inode", ino_.value()},
+                                       {"file_offset", (first_page_ + first) * 4096},
+                                       {"length", count * 4096},
+                                       {"pages_now", mapping::to_string(s)}}
+                            .dump());
+      }
+    }
     Encoder e(Op::PagesChanged, 0);
     e.u64(id_);
     e.u64(first);
@@ -343,6 +415,8 @@ class ServerMirror final : public MappingMirror {
   Server& server_;
   std::weak_ptr<Server::Client> client_;
   uint64_t id_;
+  InodeNumber ino_;
+  uint64_t first_page_;
 };
 
 // What one request comes to: its results (into `out`), or an error.
@@ -636,7 +710,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
         }
       }
       TRY(access_.may_use(InodeNumber(a), writable ? 6 : 4));
-      auto mirror = std::make_shared<ServerMirror>(*server_, client_ptr_, d);
+      auto mirror = std::make_shared<ServerMirror>(*server_, client_ptr_, d, InodeNumber(a), b / 4096);
       auto owner = std::make_shared<MapOwner>(MapOwner{
           fmt::format("pid {}", c_.peer.pid),
           [mirror](const MappingEvent& e) { mirror->notice(e); }, mirror});
@@ -689,6 +763,8 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
         }
       });
     }
+    case Op::Subscribe:
+    case Op::Event:
     case Op::Follow:
     case Op::PagesChanged:
     case Op::MappingDied:
@@ -791,6 +867,29 @@ void Server::serve(const std::shared_ptr<Client>& client) {
       why = "sent a follow request nobody was waiting for: disconnected";
       break;
     }
+    if (header.op == Op::Subscribe) {  // this connection becomes an event stream
+      Encoder reply(Op::Subscribe, header.id);
+      if (!body.empty()) {
+        why = "sent a malformed subscribe message: disconnected";
+        break;
+      }
+      if (!client->privileged) {
+        reply.i32(EACCES);
+        reply.string("the event stream names every file: it is for root and the server's own user");
+        if (!send_frame(client->fd, reply.finish())) break;
+        continue;
+      }
+      reply.i32(0);
+      timeval tv{1, 0};
+      (void)::setsockopt(client->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+      std::lock_guard lock(subscribers_mutex_);  // no event before the answer
+      if (!send_frame(client->fd, reply.finish())) break;
+      subscribers_.push_back(client->fd);
+      log(fmt::format("client pid {} subscribed to events", client->peer.pid));
+      client->fd = -1;
+      client->done = true;
+      return;
+    }
     auto reply = answer_as(fs_, device_, *client, client, this, header, body);
     if (!reply) {
       why = fmt::format("sent a malformed {} message: disconnected", op_name(header.op));
@@ -884,6 +983,10 @@ void Server::push(Client& client, const std::vector<std::byte>& frame_in) {
   if (client.pidfd >= 0 && ::poll(&dead, 1, 0) == 0) {
     log(fmt::format("client pid {} did not acknowledge a {} within {} ms: killed", client.peer.pid, op_name(op),
                     options_.recall_timeout_ms));
+    publish(nlohmann::json{{"time", now_text()}, {"event", "client_killed"}, {"pid", client.peer.pid},
+                           {"action", fmt::format("did not acknowledge a {} within {} ms", op_name(op),
+                                                  options_.recall_timeout_ms)}}
+                .dump());
     if (::syscall(SYS_pidfd_send_signal, client.pidfd, SIGKILL, nullptr, 0) != 0) {
       log(fmt::format("cannot kill client pid {}: {}; waiting for it to end", client.peer.pid, std::strerror(errno)));
     }

@@ -63,10 +63,14 @@ class Server {
   // this returns once it is dead. Nothing is sent to a client that is gone.
   void push(Client& client, const std::vector<std::byte>& frame);
   uint32_t recall_timeout_ms() const { return options_.recall_timeout_ms; }
+  // Sends one event (a JSON object) to every subscriber; one that cannot take
+  // it within a second is dropped.
+  void publish(const std::string& json);
 
  private:
   Server(Filesystem& fs, Device& device, ServerOptions options, int listen_fd)
       : fs_(fs), device_(device), options_(std::move(options)), listen_fd_(listen_fd) {}
+  std::string event_json(const FsEvent& event);
   void serve(const std::shared_ptr<Client>& client);
   // Makes `connection` the follow channel of the client that was given
   // `token`, sending `reply` on it first (so no push can come before it).
@@ -82,6 +86,8 @@ class Server {
   std::mutex clients_mutex_;
   std::vector<std::shared_ptr<Client>> clients_;
   std::vector<std::thread> threads_;
+  std::mutex subscribers_mutex_;
+  std::vector<int> subscribers_;  // guarded by subscribers_mutex_
 };
 
 // Who sent a request, as the server sees it.
