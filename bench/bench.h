@@ -102,5 +102,6 @@ void reflink_bench(const Options& o, Table* t);
 void failure_bench(const Options& o, Table* t);
 void mapping_bench(const Options& o, Table* t);
 void cli_bench(const Options& o, Table* t);
+void serve_bench(const Options& o, Table* t);
 
 }  // namespace poise::bench

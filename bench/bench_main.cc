@@ -1,5 +1,5 @@
 // poise_bench: runs every benchmark and prints one table.
-// Usage: poise_bench [--quick] [namespace|io|mount|reflink|failure|mapping|cli ...]
+// Usage: poise_bench [--quick] [namespace|io|mount|reflink|failure|mapping|cli|serve ...]
 #include <fmt/format.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -107,6 +107,7 @@ int main(int argc, char** argv) {
   if (want("failure")) failure_bench(options, &table);
   if (want("mapping")) mapping_bench(options, &table);
   if (want("cli")) cli_bench(options, &table);
+  if (want("serve")) serve_bench(options, &table);
   table.print();
   return table.all_met() ? 0 : 1;
 }

@@ -221,7 +221,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
       // Copied once the connection is free: `out` may lie in a poise mapping
       // whose fault needs the connection.
       got = bounce.size();
-      std::memcpy(out.data() + done, bounce.data(), got);
+      if (got > 0) std::memcpy(out.data() + done, bounce.data(), got);
       done += got;
       if (got < want) break;  // the end of the file
     }

@@ -219,7 +219,12 @@ Result<std::unique_ptr<Server>> Server::listen(Filesystem& fs, Device& device, c
   }
   std::unique_ptr<Server> server(new Server(fs, device, options, fd));
   Server* raw = server.get();
-  fs.set_event_listener([raw](const FsEvent& e) { raw->publish(raw->event_json(e)); });
+  fs.set_event_listener([raw](const FsEvent& e) {
+    raw->publish(raw->event_json(e));
+    // A failure's recalls and notices went to every client at once: the flow
+    // ends when all of them have acknowledged (or been killed).
+    if (e.kind == FsEvent::Kind::MemoryFailure) raw->settle_all();
+  });
   return server;
 }
 
@@ -390,13 +395,16 @@ class ServerMirror final : public MappingMirror {
     e.u64(count);
     e.u8(state);
     e.u64(dev_block);
-    send(e);
+    // Failed memory is never reused: its recall need not hold the failure flow
+    // up client by client; the flow's end waits for every acknowledgement at
+    // once (Server::settle_all). Every other change waits for its own.
+    send(e, !(s == mapping::PageState::Lost || s == mapping::PageState::Poisoned));
   }
   void died(MappingCause cause) override {
     Encoder e(Op::MappingDied, 0);
     e.u64(id_);
     e.u8(static_cast<uint8_t>(cause));
-    send(e);
+    send(e, true);
   }
   void notice(const MappingEvent& event) {
     Encoder e(Op::Notice, 0);
@@ -405,12 +413,12 @@ class ServerMirror final : public MappingMirror {
     e.u64(event.length);
     e.u8(static_cast<uint8_t>(event.cause));
     e.u8(event.consumed ? 1 : 0);
-    send(e);
+    send(e, false);
   }
 
  private:
-  void send(Encoder& e) {
-    if (auto client = client_.lock()) server_.push(*client, e.finish());
+  void send(Encoder& e, bool wait) {
+    if (auto client = client_.lock()) server_.push(*client, e.finish(), wait);
   }
   Server& server_;
   std::weak_ptr<Server::Client> client_;
@@ -958,42 +966,65 @@ void Server::drop_leases(Client& client) {
   client.gone = true;
 }
 
-void Server::push(Client& client, const std::vector<std::byte>& frame_in) {
+void Server::push(Client& client, const std::vector<std::byte>& frame_in, bool wait) {
   std::lock_guard lock(client.follow_mutex);
   if (client.gone || client.follow_fd < 0) return;
   std::vector<std::byte> frame = frame_in;
   const uint64_t id = client.next_push++;
   for (int i = 0; i < 8; ++i) frame[8 + i] = std::byte(id >> (8 * i));
   const Op op = decode_header(std::span<const std::byte, kHeaderBytes>(frame.data(), kHeaderBytes))->op;
+  // In order: the acknowledgement still owed comes first.
+  if (!settle_locked(client) || !send_frame(client.follow_fd, frame)) return kill_locked(client, op);
+  client.pending_ack = id;
+  client.pending_op = op;
+  if (wait && !settle_locked(client)) kill_locked(client, op);
+}
+
+bool Server::settle_locked(Client& client) {
+  if (client.pending_ack == 0) return true;
+  pollfd p{client.follow_fd, POLLIN, 0};
   bool acknowledged = false;
-  if (send_frame(client.follow_fd, frame)) {
-    pollfd p{client.follow_fd, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(options_.recall_timeout_ms)) == 1) {
-      Header h;
-      std::vector<std::byte> body;
-      acknowledged = receive_frame(client.follow_fd, &h, &body) && h.op == op && h.id == id;
-    }
+  if (::poll(&p, 1, static_cast<int>(options_.recall_timeout_ms)) == 1) {
+    Header h;
+    std::vector<std::byte> body;
+    acknowledged = receive_frame(client.follow_fd, &h, &body) && h.op == client.pending_op && h.id == client.pending_ack;
   }
-  if (acknowledged) return;
+  if (acknowledged) client.pending_ack = 0;
+  return acknowledged;
+}
+
+void Server::settle_all() {
+  std::vector<std::shared_ptr<Client>> clients;
+  {
+    std::lock_guard lock(clients_mutex_);
+    clients = clients_;
+  }
+  for (const auto& c : clients) {
+    std::lock_guard lock(c->follow_mutex);
+    if (c->gone || c->follow_fd < 0) continue;
+    if (!settle_locked(*c)) kill_locked(*c, c->pending_op);
+  }
+}
+
+void Server::kill_locked(Client& client, Op op) {
   client.gone = true;
   // Not acknowledged: the client may still reach the memory. It is killed,
   // and the change goes on only once it is dead (as the kernel kills what it
   // must before reusing memory).
   pollfd dead{client.pidfd, POLLIN, 0};
-  if (client.pidfd >= 0 && ::poll(&dead, 1, 0) == 0) {
-    log(fmt::format("client pid {} did not acknowledge a {} within {} ms: killed", client.peer.pid, op_name(op),
-                    options_.recall_timeout_ms));
-    publish(nlohmann::json{{"time", now_text()}, {"event", "client_killed"}, {"pid", client.peer.pid},
-                           {"action", fmt::format("did not acknowledge a {} within {} ms", op_name(op),
-                                                  options_.recall_timeout_ms)}}
-                .dump());
-    if (::syscall(SYS_pidfd_send_signal, client.pidfd, SIGKILL, nullptr, 0) != 0) {
-      log(fmt::format("cannot kill client pid {}: {}; waiting for it to end", client.peer.pid, std::strerror(errno)));
-    }
-    // The memory may be reused only once the process is gone.
-    while (::poll(&dead, 1, 1000) == 0) {
-      log(fmt::format("waiting for client pid {} to die", client.peer.pid));
-    }
+  if (client.pidfd < 0 || ::poll(&dead, 1, 0) != 0) return;  // (no mapping without a pidfd)
+  log(fmt::format("client pid {} did not acknowledge a {} within {} ms: killed", client.peer.pid, op_name(op),
+                  options_.recall_timeout_ms));
+  publish(nlohmann::json{{"time", now_text()}, {"event", "client_killed"}, {"pid", client.peer.pid},
+                         {"action", fmt::format("did not acknowledge a {} within {} ms", op_name(op),
+                                                options_.recall_timeout_ms)}}
+              .dump());
+  if (::syscall(SYS_pidfd_send_signal, client.pidfd, SIGKILL, nullptr, 0) != 0) {
+    log(fmt::format("cannot kill client pid {}: {}; waiting for it to end", client.peer.pid, std::strerror(errno)));
+  }
+  // The memory may be reused only once the process is gone.
+  while (::poll(&dead, 1, 1000) == 0) {
+    log(fmt::format("waiting for client pid {} to die", client.peer.pid));
   }
 }
 

@@ -58,10 +58,13 @@ class Server {
   void log(const std::string& line);
 
   struct Client;
-  // Sends a message on the client's follow channel and waits for its
-  // acknowledgement; a client that does not answer in time is killed, and
-  // this returns once it is dead. Nothing is sent to a client that is gone.
-  void push(Client& client, const std::vector<std::byte>& frame);
+  // Sends a message on the client's follow channel, after the acknowledgement
+  // of the one before; with `wait`, returns once this one is acknowledged too.
+  // A client that does not answer in time is killed, and this returns once it
+  // is dead. Nothing is sent to a client that is gone.
+  void push(Client& client, const std::vector<std::byte>& frame, bool wait);
+  // Waits for every acknowledgement still owed, by every client.
+  void settle_all();
   uint32_t recall_timeout_ms() const { return options_.recall_timeout_ms; }
   // Sends one event (a JSON object) to every subscriber; one that cannot take
   // it within a second is dropped.
@@ -77,6 +80,8 @@ class Server {
   bool attach_follower(uint64_t token, int connection, uint64_t request_id);
   // The client's mappings (the server's copies) are revoked in it and dropped.
   void drop_leases(Client& client);
+  bool settle_locked(Client& client);        // REQUIRES: client.follow_mutex held
+  void kill_locked(Client& client, Op op);   // REQUIRES: client.follow_mutex held
 
   Filesystem& fs_;
   Device& device_;
@@ -115,6 +120,8 @@ struct Server::Client {
   int follow_fd = -1;       // guarded by follow_mutex
   bool gone = false;        // guarded by follow_mutex: dead or killed; nothing more is sent
   uint64_t next_push = 1;   // guarded by follow_mutex
+  uint64_t pending_ack = 0; // guarded by follow_mutex: the push whose acknowledgement is owed (0: none)
+  Op pending_op = Op::PagesChanged;
 
   std::mutex leases_mutex;
   std::map<uint64_t, Mapping> leases;  // guarded by leases_mutex: lease id -> the server's copy
