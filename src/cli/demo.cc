@@ -2,9 +2,11 @@
 // step and with checks, what poise does: DAX files, reflink copies that share
 // blocks, copy-on-write, the reverse map, crash safety, direct mappings by
 // several owners, a poisoned block and who was told, metadata rewritten off a
-// failed block, the checker, and a device removed under load with nothing lost.
+// failed block, the checker, a device removed under load with nothing lost, and
+// three processes sharing the filesystem through poise serve when memory fails.
 #include <fmt/format.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -17,6 +19,7 @@
 #include "cli/cli.h"
 #include "cli/exit_codes.h"
 #include "cli/sizes.h"
+#include "serve/server.h"
 
 namespace poise::cli {
 
@@ -61,6 +64,135 @@ std::string owners_of(Filesystem& fs, const std::string& path, uint64_t file_off
     const auto& demo_result_ = (expr);                                   \
     if (!demo_result_.has_value()) return ::poise::cli::report(what, demo_result_.error()); \
   } while (0)
+
+// Scene 10: a server on a thread of this process, three client processes
+// (fork) that each map one file through it: /shared/a, its reflink /shared/b,
+// and an unrelated /shared/c. A block of /shared/a fails: the two processes
+// whose mappings show it are told at once and lose exactly that page; the
+// third is untouched. Each process reports what it saw through a pipe.
+int served_processes_scene(Filesystem& fs, Device& device, const std::string& dir, CheckReport* findings) {
+  DEMO_TRY(fs.mkdir("/shared"), "mkdir");
+  auto a = fs.create("/shared/a");
+  DEMO_TRY(a, "create");
+  DEMO_TRY(fs.write(*a, 0, bytes_of(std::string(8192, 'a'))), "write");
+  auto b = fs.create("/shared/b");
+  DEMO_TRY(b, "create");
+  DEMO_TRY(fs.reflink(*a, *b), "reflink");
+  auto c = fs.create("/shared/c");
+  DEMO_TRY(c, "create");
+  DEMO_TRY(fs.write(*c, 0, bytes_of(std::string(8192, 'c'))), "write");
+  serve::ServerOptions options;
+  options.socket_path = dir + "/demo.sock";
+  options.log = nullptr;
+  auto server = serve::Server::listen(fs, device, options);
+  DEMO_TRY(server, "serve");
+  int stop[2];
+  if (::pipe(stop) != 0) return kExitFailure;
+  std::thread serving([&] { (*server)->run(stop[0]); });
+  struct Client {
+    std::string path;
+    pid_t pid = -1;
+    int report = -1;  // the child's account, read when it is done
+    int go = -1;
+  };
+  std::vector<Client> clients = {{"/shared/a"}, {"/shared/b"}, {"/shared/c"}};
+  int ready[2];
+  if (::pipe(ready) != 0) return kExitFailure;
+  for (auto& client : clients) {
+    int report[2], go[2];
+    if (::pipe(report) != 0 || ::pipe(go) != 0) return kExitFailure;
+    std::fflush(nullptr);
+    client.pid = ::fork();
+    if (client.pid == 0) {
+      ::close(report[0]);
+      ::close(go[1]);
+      std::string said;
+      auto remote = connect(options.socket_path);
+      std::atomic<int> told{0};
+      std::string told_text;
+      std::mutex told_mutex;
+      auto owner = std::make_shared<MapOwner>(MapOwner{"p", [&](const MappingEvent& e) {
+                                                         std::lock_guard lock(told_mutex);
+                                                         told_text = fmt::format("file bytes {}..{} ({})", e.file_offset,
+                                                                                 e.file_offset + e.length, to_string(e.cause));
+                                                         ++told;
+                                                       }, nullptr});
+      std::optional<Mapping> m;
+      if (remote) {
+        auto ino = (*remote)->lookup(client.path);
+        if (ino) {
+          auto mapped = (*remote)->map(*ino, 0, 8192, MapAccess::Read, owner);
+          if (mapped) m = std::move(*mapped);
+        }
+      }
+      (void)!::write(ready[1], "r", 1);
+      char g;
+      (void)!::read(go[0], &g, 1);
+      if (!m) {
+        said = "could not map its file";
+      } else {
+        for (int i = 0; i < 200 && told.load() == 0; ++i) ::usleep(5000);
+        char first = 0, second = 0;
+        auto r0 = guarded([&] { first = static_cast<char>(m->data()[0]); });
+        auto r1 = guarded([&] { second = static_cast<char>(m->data()[4096]); });
+        std::lock_guard lock(told_mutex);
+        said = fmt::format("{}; reads page 0: {}; page 1: {}", told.load() ? "told of " + told_text : "told nothing",
+                           r0 ? fmt::format("'{}'", first) : std::string(std::strerror(r0.error().code)),
+                           r1 ? fmt::format("'{}'", second) : std::string(std::strerror(r1.error().code)));
+      }
+      (void)!::write(report[1], said.data(), said.size());
+      std::fflush(nullptr);
+      std::_Exit(0);
+    }
+    ::close(report[1]);
+    ::close(go[0]);
+    client.report = report[0];
+    client.go = go[1];
+  }
+  ::close(ready[1]);
+  for (size_t i = 0; i < clients.size(); ++i) {
+    char r;
+    (void)!::read(ready[0], &r, 1);
+  }
+  ::close(ready[0]);
+  uint64_t dev = 0;
+  auto map = fs.fsmap(0, device.size_bytes());
+  DEMO_TRY(map, "fsmap");
+  for (const auto& r : *map) {
+    if (r.owner == OwnerKind::File && r.ino == *a && r.file_offset_bytes == 0) dev = r.device_offset_bytes;
+  }
+  fmt::print("   processes {}, {}, {} map /shared/a, its reflink /shared/b, and /shared/c through the server\n",
+             clients[0].pid, clients[1].pid, clients[2].pid);
+  fmt::print("   poisoning device bytes {}..{} (block 0 of /shared/a and /shared/b)\n", dev, dev + 4096);
+  DEMO_TRY(device.inject_poison(dev, 4096), "inject-poison");
+  DEMO_TRY(device.notify_failure(dev, 4096, FailureFlags::None), "memory failure");
+  bool exact = true;
+  for (auto& client : clients) {
+    (void)!::write(client.go, "g", 1);
+    std::string said(512, '\0');
+    ssize_t n = 0, got = 0;
+    while ((n = ::read(client.report, said.data() + got, said.size() - static_cast<size_t>(got))) > 0) got += n;
+    said.resize(static_cast<size_t>(std::max<ssize_t>(got, 0)));
+    ::waitpid(client.pid, nullptr, 0);
+    ::close(client.report);
+    ::close(client.go);
+    fmt::print("   process {} ({}): {}\n", client.pid, client.path, said);
+    const bool shares = client.path != "/shared/c";
+    const bool was_told = said.find("told of file bytes 0..4096") != std::string::npos;
+    const bool lost_page0 = said.find("page 0: Input/output error") != std::string::npos;
+    const bool kept_page1 = said.find("page 1: '") != std::string::npos;
+    exact = exact && was_told == shares && lost_page0 == shares && kept_page1;
+  }
+  fmt::print("   {}\n", exact ? "exactly the two processes that map the block were told and lost exactly that page"
+                                : "WRONG: the wrong processes were told (bug!)");
+  if (!exact) findings->problems.push_back("a failure notice reached the wrong processes");
+  (void)!::write(stop[1], "x", 1);
+  serving.join();
+  server->reset();
+  ::close(stop[0]);
+  ::close(stop[1]);
+  return kExitOk;
+}
 
 int run_demo(const DemoArgs& args) {
   std::string dir = args.dir;
@@ -284,6 +416,13 @@ int run_demo(const DemoArgs& args) {
   fmt::print("   the image mounts again: the last acknowledged entry \"{}\" is {}; the checker says {}\n",
              last.substr(0, kEntry - 1), intact ? "there" : "MISSING (bug!)", findings.clean() ? "clean" : "PROBLEMS FOUND");
   if (!intact) findings.problems.push_back("an acknowledged write was lost");
+
+  step(10, "poise serve: three processes map files through one server, and memory fails under a block two share");
+#if defined(__SANITIZE_THREAD__)
+  fmt::print("   (skipped in this ThreadSanitizer build: it cannot follow forked processes that start threads)\n");
+#else
+  if (int code = served_processes_scene(*fs, **device, dir, &findings); code != kExitOk) return code;
+#endif
   DEMO_TRY(fs->unmount(), "unmount");
   fs.reset();
   device->reset();

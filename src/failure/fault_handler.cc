@@ -23,7 +23,11 @@
 // the fault there, allocation included, is by design.
 // atexit_sleep_ms=0: poise's machine-check thread never ends, and TSan would
 // otherwise wait a second for it at every exit.
-extern "C" const char* __tsan_default_options() { return "report_signal_unsafe=0 atexit_sleep_ms=0"; }
+// die_after_fork=0: poise serve's tests fork client processes from a process
+// whose server threads run, and those clients start threads of their own.
+extern "C" const char* __tsan_default_options() {
+  return "report_signal_unsafe=0 atexit_sleep_ms=0 die_after_fork=0";
+}
 #endif
 
 namespace poise {

@@ -49,19 +49,6 @@ struct Inbox {
   }
 };
 
-// Reads n bytes at p inside a guarded scope: the bytes, or the access's error.
-Result<std::string> load(const std::byte* p, size_t n) {
-  std::string out(n, '\0');
-  char* dst = out.data();
-  TRY(guarded([&] { std::memcpy(dst, p, n); }));
-  return out;
-}
-
-Result<void> store(std::byte* p, const std::string& s) {
-  const char* src = s.data();
-  size_t n = s.size();
-  return guarded([&] { std::memcpy(p, src, n); });
-}
 
 class MappingTest : public FsTest {
  protected:

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +31,22 @@ inline std::span<const std::byte> as_bytes(const std::string& s) {
     ASSERT_FALSE(poise_err_.has_value()) << "expected errno " << (expected_errno);     \
     EXPECT_EQ(poise_err_.error().code, (expected_errno)) << poise_err_.error().message; \
   } while (0)
+
+// Reads n bytes at p inside a guarded scope (a poise mapping): the bytes, or
+// the access's error.
+inline Result<std::string> load(const std::byte* p, size_t n) {
+  std::string out(n, '\0');
+  char* dst = out.data();
+  TRY(guarded([&] { std::memcpy(dst, p, n); }));
+  return out;
+}
+
+// Stores s at p inside a guarded scope.
+inline Result<void> store(std::byte* p, const std::string& s) {
+  const char* src = s.data();
+  size_t n = s.size();
+  return guarded([&] { std::memcpy(p, src, n); });
+}
 
 // Reads a whole file by path (empty string with a test failure if it cannot).
 inline std::string read_file(Filesystem& fs, const std::string& path) {

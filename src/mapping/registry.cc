@@ -191,21 +191,13 @@ Result<Mapping> MappingRegistry::map(InodeNumber ino, uint64_t offset, uint64_t 
   const uint64_t first = offset / kPageSize;
   const uint64_t pages = ceil_pages(offset + length) - first;
   TRY(backend_->retain(ino));
-  void* va = ::mmap(nullptr, pages * kPageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (va == MAP_FAILED) {
+  auto made = new_state(ino, first, pages, access, std::move(owner));
+  if (!made.has_value()) {
     backend_->release(ino);
-    return fail(ENOMEM, "no address space for a mapping of " + std::to_string(pages * kPageSize) + " bytes");
+    return Unexpected<Error>(std::move(made).error());
   }
-  auto m = std::make_shared<MapState>();
-  m->id = next_id_.fetch_add(1);
-  m->owner = std::move(owner);
-  m->ino = ino;
-  m->first_page = first;
-  m->pages = pages;
-  m->access = access;
-  m->va = static_cast<std::byte*>(va);
-  m->registry = weak_from_this();
-  m->runs = PageRuns(pages);
+  std::shared_ptr<MapState> m = std::move(*made);
+  void* va = m->va;
   {
     std::lock_guard lock(mutex_);
     if (all_killed_) {  // shut down (or removed) while this mapping was being made
@@ -266,16 +258,8 @@ void MappingRegistry::unmap(const std::shared_ptr<MapState>& m) {
   if (backend_ != nullptr) backend_->release(m->ino);
 }
 
-// --- follower registries (poise serve clients) --------------------------------
-
-Result<Mapping> MappingRegistry::map_follower(InodeNumber ino, uint64_t offset, uint64_t length, MapAccess access,
-                                              std::shared_ptr<MapOwner> owner) {
-  POISE_ASSERT(forwarder_ != nullptr);
-  if (length == 0) return fail(EINVAL, "a mapping of zero bytes");
-  if (offset > (1ull << 50) || length > (1ull << 50)) return fail(EFBIG, "mapping beyond the 1 PiB file size limit");
-  if (!owner) owner = std::make_shared<MapOwner>(MapOwner{"anonymous", {}, nullptr});
-  const uint64_t first = offset / kPageSize;
-  const uint64_t pages = ceil_pages(offset + length) - first;
+Result<std::shared_ptr<MapState>> MappingRegistry::new_state(InodeNumber ino, uint64_t first, uint64_t pages,
+                                                            MapAccess access, std::shared_ptr<MapOwner> owner) {
   void* va = ::mmap(nullptr, pages * kPageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (va == MAP_FAILED) {
     return fail(ENOMEM, "no address space for a mapping of " + std::to_string(pages * kPageSize) + " bytes");
@@ -290,6 +274,21 @@ Result<Mapping> MappingRegistry::map_follower(InodeNumber ino, uint64_t offset, 
   m->va = static_cast<std::byte*>(va);
   m->registry = weak_from_this();
   m->runs = PageRuns(pages);
+  return m;
+}
+
+// --- follower registries (poise serve clients) --------------------------------
+
+Result<Mapping> MappingRegistry::map_follower(InodeNumber ino, uint64_t offset, uint64_t length, MapAccess access,
+                                              std::shared_ptr<MapOwner> owner) {
+  POISE_ASSERT(forwarder_ != nullptr);
+  if (length == 0) return fail(EINVAL, "a mapping of zero bytes");
+  if (offset > (1ull << 50) || length > (1ull << 50)) return fail(EFBIG, "mapping beyond the 1 PiB file size limit");
+  if (!owner) owner = std::make_shared<MapOwner>(MapOwner{"anonymous", {}, nullptr});
+  const uint64_t first = offset / kPageSize;
+  const uint64_t pages = ceil_pages(offset + length) - first;
+  std::shared_ptr<MapState> m = TRY(new_state(ino, first, pages, access, std::move(owner)));
+  void* va = m->va;
   {
     std::lock_guard lock(mutex_);
     if (all_killed_) {

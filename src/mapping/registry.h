@@ -238,6 +238,9 @@ class MappingRegistry final : public std::enable_shared_from_this<MappingRegistr
   // Sets pages [first, +count) of m (mapping-relative) to `state` in both the
   // run list and the page tables. REQUIRES: m.mu held.
   Result<void> set_pages(MapState& m, uint64_t first, uint64_t count, PageState state, uint64_t dev_block);
+  // A mapping's state over fresh PROT_NONE address space, every page Absent.
+  Result<std::shared_ptr<MapState>> new_state(InodeNumber ino, uint64_t first, uint64_t pages, MapAccess access,
+                                              std::shared_ptr<MapOwner> owner);
   // Installs file layout into the Absent run around `page`. REQUIRES: nothing held.
   Result<void> resolve(const std::shared_ptr<MapState>& m, uint64_t page, bool* beyond_eof);
   void index_run(MapState& m, const PageRun& run, bool added);  // REQUIRES: mutex_ held

@@ -863,9 +863,8 @@ void Server::serve(const std::shared_ptr<Client>& client) {
     if (header.op == Op::Follow) {  // this connection becomes another client's follow channel
       Decoder in(body);
       uint64_t token = 0;
-      if (in.u64(&token) && in.done() && attach_follower(token, client->fd, header.id)) {
-        client->fd = -1;  // the owner's now
-        client->done = true;
+      if (in.u64(&token) && in.done() && attach_follower(token, *client, header.id)) {
+        client->done = true;  // its descriptor is the owner's now
         return;
       }
       Encoder reply(Op::Follow, header.id);
@@ -890,11 +889,15 @@ void Server::serve(const std::shared_ptr<Client>& client) {
       reply.i32(0);
       timeval tv{1, 0};
       (void)::setsockopt(client->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-      std::lock_guard lock(subscribers_mutex_);  // no event before the answer
-      if (!send_frame(client->fd, reply.finish())) break;
-      subscribers_.push_back(client->fd);
+      {
+        // Lock order: clients_mutex_, a client's follow_mutex, subscribers_mutex_.
+        std::lock_guard clients(clients_mutex_);  // the destructor never shuts down a descriptor handed on
+        std::lock_guard lock(subscribers_mutex_);  // no event before the answer
+        if (!send_frame(client->fd, reply.finish())) break;
+        subscribers_.push_back(client->fd);
+        client->fd = -1;
+      }
       log(fmt::format("client pid {} subscribed to events", client->peer.pid));
-      client->fd = -1;
       client->done = true;
       return;
     }
@@ -917,7 +920,8 @@ void Server::serve(const std::shared_ptr<Client>& client) {
   client->done = true;
 }
 
-bool Server::attach_follower(uint64_t token, int connection, uint64_t request_id) {
+bool Server::attach_follower(uint64_t token, Client& from, uint64_t request_id) {
+  const int connection = from.fd;
   ucred cred{};
   socklen_t len = sizeof(cred);
   if (token == 0 || ::getsockopt(connection, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
@@ -938,6 +942,7 @@ bool Server::attach_follower(uint64_t token, int connection, uint64_t request_id
     reply.i32(0);
     if (!send_frame(connection, reply.finish())) return false;
     c->follow_fd = connection;
+    from.fd = -1;  // under clients_mutex_: the destructor never shuts down a descriptor handed on
     return true;
   }
   return false;

@@ -77,7 +77,7 @@ class Server {
   void serve(const std::shared_ptr<Client>& client);
   // Makes `connection` the follow channel of the client that was given
   // `token`, sending `reply` on it first (so no push can come before it).
-  bool attach_follower(uint64_t token, int connection, uint64_t request_id);
+  bool attach_follower(uint64_t token, Client& from, uint64_t request_id);
   // The client's mappings (the server's copies) are revoked in it and dropped.
   void drop_leases(Client& client);
   bool settle_locked(Client& client);        // REQUIRES: client.follow_mutex held
@@ -104,7 +104,7 @@ struct Peer {
 
 // A client's state, held by the server for its connection.
 struct Server::Client {
-  int fd = -1;
+  int fd = -1;  // written under Server::clients_mutex_ once the client is listed
   Peer peer;
   int pidfd = -1;                         // to kill it, and to know when it is dead
   uint64_t token = 0;                     // names it on its follow connection
