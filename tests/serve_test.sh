@@ -168,6 +168,26 @@ print(ask(s, 13, struct.pack('<QQQ', int(sys.argv[2]), 0, 16)), ask(s, 11, struc
 PY
   "${AS_NOBODY[@]}" /usr/bin/python3 "$WORK/raw.py" "$IMG.sock" "$INNER" >"$WORK/out" 2>"$WORK/err"
   [ "$(cat "$WORK/out")" = "13 13 13 13" ] && ok || bad "read/stat/path-of by inode number, or the device descriptor, given to another user: $(cat "$WORK/out" "$WORK/err")"
+  # A NUL byte in a name is refused (it would make the image unmountable).
+  cat >"$WORK/nul.py" <<'PY'
+import socket, struct, sys
+def frame(op, body, id=1): return struct.pack('<IHHQ', len(body), op, 0, id) + body
+def ask(s, op, body):
+    s.sendall(frame(op, body))
+    head = s.recv(16, socket.MSG_WAITALL)
+    n = struct.unpack('<I', head[:4])[0]
+    data = s.recv(n, socket.MSG_WAITALL) if n else b''
+    return struct.unpack('<i', data[:4])[0]
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+ask(s, 1, struct.pack('<I', 1))
+name = b'/pub/a\0b'
+print(ask(s, 3, struct.pack('<I', len(name)) + name + struct.pack('<I', 0o644)),
+      ask(s, 4, struct.pack('<I', len(name)) + name + struct.pack('<I', 0o755)))
+PY
+  "${AS_NOBODY[@]}" /usr/bin/python3 "$WORK/nul.py" "$IMG.sock" >"$WORK/out" 2>"$WORK/err"
+  [ "$(cat "$WORK/out")" = "22 22" ] && ok || bad "a name with a NUL byte was not refused: $(cat "$WORK/out" "$WORK/err")"
+  # Hard links as the kernel with fs.protected_hardlinks: not to another user's 0600 file.
+  expect 8 "${AS_NOBODY[@]}" "$POISE" ln "$IMG" /secret /pub/stolen-link
   # The sticky bit: nobody may remove root's file in /pub, only its own.
   "${AS_NOBODY[@]}" "$POISE" rm "$IMG" /pub/roots >"$WORK/out" 2>"$WORK/err"
   [ $? -ne 0 ] && ok || bad "a sticky directory let another user remove root's file"
@@ -182,6 +202,28 @@ PY
   expect 0 "$POISE" cat "$IMG" /readable
   same "$WORK/out" "$WORK/data" "a denied put changed the file"
   stop
+  expect 0 "$POISE" check "$IMG"
+  # A socket another user bound beside an image is not believed.
+  mkdir -m 1777 "$WORK/open"
+  cp "$IMG" "$WORK/open/img"
+  cat >"$WORK/fake.py" <<'PY'
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(4)
+print("ready", flush=True)
+c, _ = s.accept()
+head = c.recv(16, socket.MSG_WAITALL)
+n, op, _, rid = struct.unpack('<IHHQ', head)
+c.recv(n, socket.MSG_WAITALL)
+body = struct.pack('<iIIQ', 0, 1, 4242, 7)
+c.sendall(struct.pack('<IHHQ', len(body), op, 0, rid) + body)
+c.recv(1 << 16)
+PY
+  "${AS_NOBODY[@]}" /usr/bin/python3 "$WORK/fake.py" "$WORK/open/img.sock" >"$WORK/fake.out" 2>&1 &
+  FAKE=$!
+  for _ in $(seq 100); do grep -q ready "$WORK/fake.out" 2>/dev/null && break; sleep 0.1; done
+  expect 11 "$POISE" ls "$WORK/open/img" /
+  contains "$WORK/err" "not trusted"
+  kill "$FAKE" 2>/dev/null; wait "$FAKE" 2>/dev/null
 else
   echo "serve_test: not root (or no setpriv): the other-user checks are skipped"
 fi

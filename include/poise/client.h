@@ -33,8 +33,10 @@ namespace poise {
 
 class RemoteFilesystem : public Filesystem {
  public:
-  // The serving process's pid.
+  // The serving process's pid, and its uid as the kernel saw it at connect
+  // (SO_PEERCRED): check it before trusting a socket others could have bound.
   virtual uint32_t server_pid() const = 0;
+  virtual uint32_t server_uid() const = 0;
   // info() and check() with the request's own error (EACCES, ESHUTDOWN)
   // instead of an empty or failed report.
   virtual Result<FsInfo> fs_info() = 0;

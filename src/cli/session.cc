@@ -80,6 +80,16 @@ int connect_if_served(const std::string& image, std::unique_ptr<RemoteFilesystem
   if (!explicit_socket && (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode))) return kExitOk;
   auto remote = connect(path);
   if (remote.has_value()) {
+    // A socket beside the image could have been bound by anyone who may write
+    // that directory: only root, the image's owner or this user is believed.
+    struct stat image_st {};
+    const uint32_t server = (*remote)->server_uid();
+    const bool owner = ::stat(image.c_str(), &image_st) == 0 && image_st.st_uid == server;
+    if (server != 0 && server != ::geteuid() && !owner) {
+      eprint("poise: {}: answered by a process of uid {}, which is not root, the image's owner or you: not trusted\n",
+             path, server);
+      return kExitDenied;
+    }
     *out = std::move(*remote);
     return kExitOk;
   }

@@ -47,6 +47,25 @@ TEST_F(FsTest, AnEmptyPathNamesNothing) {
   EXPECT_EQ(read_file(*fs_, "f"), "data");
 }
 
+// A NUL byte in a name would be stored and then refused by every later mount
+// (the checker's rule for names): every call refuses it up front. (The CLI
+// cannot pass one; a poise serve client can.)
+TEST_F(FsTest, ANulInAPathIsRefusedAndNeverStored) {
+  write_file(*fs_, "/f", "data");
+  ASSERT_OK(fs_->mkdir("/d"));
+  const std::string nul("/d/a\0b", 6);
+  EXPECT_ERRNO(fs_->create(nul), EINVAL);
+  EXPECT_ERRNO(fs_->mkdir(nul), EINVAL);
+  EXPECT_ERRNO(fs_->rename("/f", nul), EINVAL);
+  EXPECT_ERRNO(fs_->link("/f", nul), EINVAL);
+  EXPECT_ERRNO(fs_->open(nul, OpenFlags::Create), EINVAL);
+  EXPECT_ERRNO(fs_->stat(std::string("/f\0", 3)), EINVAL);
+  EXPECT_ERRNO(fs_->mkdir(std::string("/x\0/y", 5)), EINVAL);
+  remount();
+  EXPECT_EQ(read_file(*fs_, "/f"), "data");
+  EXPECT_TRUE(fs_->check().clean());
+}
+
 TEST_F(FsTest, ATrailingSlashNamesOnlyADirectory) {
   write_file(*fs_, "/f", "data");
   ASSERT_OK(fs_->mkdir("/d/"));

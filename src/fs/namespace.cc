@@ -25,6 +25,8 @@ template <class Fn>
 Result<void> for_each_component(std::string_view path, Fn&& fn) {
   if (path.empty()) return fail(EINVAL, "empty path (the root is \"/\")");
   if (path.size() > kPathBytesMax) return fail(ENAMETOOLONG, "path longer than 4096 bytes");
+  // A name on media never holds a NUL (the checker refuses one): neither may a path.
+  if (path.find('\0') != std::string_view::npos) return fail(EINVAL, "a path cannot hold a NUL byte");
   int components = 0;
   size_t pos = 0;
   while (pos <= path.size()) {
@@ -87,6 +89,7 @@ Result<InodePtr> FsImpl::resolve(std::string_view path) {
 Result<InodePtr> FsImpl::resolve_parent(std::string_view path, std::string* leaf) {
   if (path.empty()) return fail(EINVAL, "empty path (the root is \"/\")");
   if (path.size() > kPathBytesMax) return fail(ENAMETOOLONG, "path longer than 4096 bytes");
+  if (path.find('\0') != std::string_view::npos) return fail(EINVAL, "a path cannot hold a NUL byte");
   size_t end = path.size();
   while (end > 0 && path[end - 1] == '/') --end;
   size_t slash = end == 0 ? std::string_view::npos : path.rfind('/', end - 1);

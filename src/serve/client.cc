@@ -101,10 +101,15 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
         Op::Hello, [](Encoder& e) { e.u32(serve::kProtocolVersion); },
         [&](Decoder& d) { return d.u32(&version) && d.u32(&pid) && d.u64(&token_); }));
     pid_ = pid;
+    ucred cred{};
+    socklen_t len = sizeof(cred);
+    if (::getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return fail(errno, "SO_PEERCRED");
+    server_uid_ = cred.uid;
     return {};
   }
 
   uint32_t server_pid() const override { return pid_; }
+  uint32_t server_uid() const override { return server_uid_; }
 
   Result<void> unmount() override {
     disconnect();
@@ -772,6 +777,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   int fd_;
   uint64_t next_id_ = 0;
   uint32_t pid_ = 0;
+  uint32_t server_uid_ = 0;
   std::string socket_path_;
   uint64_t token_ = 0;
 

@@ -30,6 +30,7 @@ namespace {
 constexpr size_t kReplyBudgetBytes = 900 * 1024;  // lists are cut into pages below this
 constexpr uint32_t kFsmapRecordsPerReply = 16384;
 constexpr size_t kLeasesPerClientMax = 4096;
+constexpr size_t kConnectionsPerUserMax = 128;  // for users other than root and the server's own
 
 // The peer's supplementary groups, as the kernel recorded them at connect
 // (SO_PEERGROUPS): never another process's, whatever happened to the pid since.
@@ -352,6 +353,19 @@ void Server::run(int stop_fd) {
     client->pidfd = peer_pidfd(fd, cred.pid);
     fill_random(reinterpret_cast<unsigned char*>(&client->token), sizeof(client->token));
     client->privileged = cred.uid == 0 || cred.uid == ::geteuid();
+    if (!client->privileged) {
+      // One user cannot take every descriptor and thread of the server.
+      std::lock_guard lock(clients_mutex_);
+      size_t held = 0;
+      for (const auto& c : clients_) held += c->peer.uid == cred.uid && !c->done.load() ? 1 : 0;
+      if (held >= kConnectionsPerUserMax) {
+        ::close(fd);
+        if (client->pidfd >= 0) ::close(client->pidfd);
+        log(fmt::format("client pid {} (uid {}) refused: that user holds {} connections already", cred.pid, cred.uid,
+                        held));
+        continue;
+      }
+    }
     log(fmt::format("client pid {} (uid {}, gid {}) connected", cred.pid, cred.uid, cred.gid));
     std::lock_guard lock(clients_mutex_);
     clients_.push_back(client);
@@ -526,11 +540,17 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       TRY(access_.may_change_name(path, true));
       TRY(access_.may_change_name(other, true));
       return fs_.rename(path, other);
-    case Op::Link:
+    case Op::Link: {
       if (!in.string(&path) || !in.string(&other)) return bad();
-      TRY(access_.may_walk(path));
+      auto target = TRY(access_.may_use(path, 0));
+      // As the kernel with fs.protected_hardlinks: a link only to a file the
+      // caller owns or may read and write.
+      if (!c_.privileged && target.uid != c_.peer.uid && !access_.permits(target, 6)) {
+        return fail(EPERM, std::string(path) + ": a hard link needs the file's owner, or read and write permission");
+      }
       TRY(access_.may_change_name(other, false));
       return fs_.link(path, other);
+    }
     case Op::Readdir: {
       if (!in.string(&path) || !in.u64(&a)) return bad();
       TRY(access_.may_use(path, 4));
@@ -571,7 +591,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       return {};
     case Op::Read: {
       if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c)) return bad();
-      if (c > kDataBytesMax) return bad();
+      if (c > kDataBytesMax) return fail(EINVAL, "a read of more than 1 MiB in one message");
       TRY(access_.may_use(InodeNumber(a), 4));
       std::vector<std::byte> buf(c);
       size_t n = TRY(fs_.read(InodeNumber(a), b, buf));
