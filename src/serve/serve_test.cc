@@ -58,6 +58,12 @@ class Served {
   }
   Filesystem& fs() { return *fs_; }
   MemoryDevice& device() { return device_; }
+  // Returns once `n` event streams are attached (or after 10 s).
+  void wait_for_subscribers(size_t n) {
+    for (int i = 0; i < 1000 && server_->subscriber_count() < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
 
  private:
   MemoryDevice device_;
@@ -332,6 +338,7 @@ TEST(Serve, AClientInThisProcessFollowsRecallsFailuresAndEvents) {
       return true;
     });
   });
+  served.wait_for_subscribers(1);
   std::atomic<int> told{0};
   auto owner = std::make_shared<MapOwner>(MapOwner{"in-process client", [&](const MappingEvent&) { ++told; }, nullptr});
   auto m = remote->map(*remote->lookup("/f"), 0, 8192, MapAccess::ReadWrite, owner);
@@ -590,7 +597,7 @@ TEST(ServeMapping, AClientThatDoesNotAnswerARecallIsKilledBeforeTheBlockIsFreed)
     });
   });
   while (!subscribed) std::this_thread::yield();
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // (the subscription reaches the server)
+  served.wait_for_subscribers(1);
   ::kill(child.pid(), SIGSTOP);  // it cannot answer
   ASSERT_OK(served.fs().truncate(*served.fs().lookup("/k"), 0));
   // truncate returned: the client must already be dead (killed, not stopped).

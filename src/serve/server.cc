@@ -259,6 +259,11 @@ std::string Server::event_json(const FsEvent& e) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+size_t Server::subscriber_count() {
+  std::lock_guard lock(subscribers_mutex_);
+  return subscribers_.size();
+}
+
 void Server::publish(const std::string& json) {
   Encoder e(Op::Event, 0);
   e.string(json.substr(0, kBodyBytesMax - 16));

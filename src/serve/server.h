@@ -69,6 +69,7 @@ class Server {
   // Sends one event (a JSON object) to every subscriber; one that cannot take
   // it within a second is dropped.
   void publish(const std::string& json);
+  size_t subscriber_count();
 
  private:
   Server(Filesystem& fs, Device& device, ServerOptions options, int listen_fd)
