@@ -5,6 +5,8 @@
 // failed block, the checker, a device removed under load with nothing lost, and
 // three processes sharing the filesystem through poise serve when memory fails.
 #include <fmt/format.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -150,11 +152,24 @@ int served_processes_scene(Filesystem& fs, Device& device, const std::string& di
     client.go = go[1];
   }
   ::close(ready[1]);
-  for (size_t i = 0; i < clients.size(); ++i) {
+  // A client that died before it was ready must not hang the demo.
+  size_t readies = 0;
+  for (; readies < clients.size(); ++readies) {
+    pollfd p{ready[0], POLLIN, 0};
     char r;
-    (void)!::read(ready[0], &r, 1);
+    if (::poll(&p, 1, 10000) != 1 || ::read(ready[0], &r, 1) != 1) break;
   }
   ::close(ready[0]);
+  if (readies < clients.size()) {
+    for (auto& client : clients) ::kill(client.pid, SIGKILL);
+    for (auto& client : clients) ::waitpid(client.pid, nullptr, 0);
+    findings->problems.push_back("a demo client process did not start");
+    fmt::print("   WRONG: a client process did not start (bug!)\n");
+    (void)!::write(stop[1], "x", 1);
+    serving.join();
+    server->reset();
+    return kExitOk;
+  }
   uint64_t dev = 0;
   auto map = fs.fsmap(0, device.size_bytes());
   DEMO_TRY(map, "fsmap");
@@ -171,7 +186,16 @@ int served_processes_scene(Filesystem& fs, Device& device, const std::string& di
     (void)!::write(client.go, "g", 1);
     std::string said(512, '\0');
     ssize_t n = 0, got = 0;
-    while ((n = ::read(client.report, said.data() + got, said.size() - static_cast<size_t>(got))) > 0) got += n;
+    for (;;) {  // until the client is done (at most 10 s between pieces)
+      pollfd p{client.report, POLLIN, 0};
+      if (::poll(&p, 1, 10000) != 1) {
+        ::kill(client.pid, SIGKILL);
+        break;
+      }
+      n = ::read(client.report, said.data() + got, said.size() - static_cast<size_t>(got));
+      if (n <= 0) break;
+      got += n;
+    }
     said.resize(static_cast<size_t>(std::max<ssize_t>(got, 0)));
     ::waitpid(client.pid, nullptr, 0);
     ::close(client.report);
@@ -418,8 +442,11 @@ int run_demo(const DemoArgs& args) {
   if (!intact) findings.problems.push_back("an acknowledged write was lost");
 
   step(10, "poise serve: three processes map files through one server, and memory fails under a block two share");
-#if defined(__SANITIZE_THREAD__)
-  fmt::print("   (skipped in this ThreadSanitizer build: it cannot follow forked processes that start threads)\n");
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  // The same scene runs as tests under both (ServeMapping.*, with TSan on an
+  // in-process client); forked demo clients of a sanitized process do not
+  // survive the sanitizer's runtime, so the demo shows it in release builds.
+  fmt::print("   (skipped in this sanitizer build; the release build shows it, the tests check it)\n");
 #else
   if (int code = served_processes_scene(*fs, **device, dir, &findings); code != kExitOk) return code;
 #endif
