@@ -152,37 +152,33 @@ if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
   # direct mappings (the device descriptor) are for root and the server's user.
   expect 0 "$POISE" stat "$IMG" /closed/inner --json
   INNER=$(python3 -c "import json; print(json.load(open('$WORK/out'))['ino'])")
-  cat >"$WORK/raw.py" <<'PY'
+  # Raw requests (docs/protocol.md): ask(op, body) answers the reply's status.
+  cat >"$WORK/wire.py" <<'PY'
 import socket, struct, sys
 def frame(op, body, id=1): return struct.pack('<IHHQ', len(body), op, 0, id) + body
-def ask(s, op, body):
-    s.sendall(frame(op, body))
-    head = s.recv(16, socket.MSG_WAITALL)
+def string(b): return struct.pack('<I', len(b)) + b
+sock = socket.socket(socket.AF_UNIX); sock.connect(sys.argv[1])
+def ask(op, body):
+    sock.sendall(frame(op, body))
+    head = sock.recv(16, socket.MSG_WAITALL)
     n = struct.unpack('<I', head[:4])[0]
-    data = s.recv(n, socket.MSG_WAITALL) if n else b''
+    data = sock.recv(n, socket.MSG_WAITALL) if n else b''
     return struct.unpack('<i', data[:4])[0]
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
-assert ask(s, 1, struct.pack('<I', 1)) == 0
-print(ask(s, 13, struct.pack('<QQQ', int(sys.argv[2]), 0, 16)), ask(s, 11, struct.pack('<Q', int(sys.argv[2]))),
-      ask(s, 12, struct.pack('<Q', int(sys.argv[2]))), ask(s, 32, bytes([0])))
+assert ask(1, struct.pack('<I', 1)) == 0  # hello
+PY
+  cat >"$WORK/raw.py" <<'PY'
+from wire import *
+ino = int(sys.argv[2])
+print(ask(13, struct.pack('<QQQ', ino, 0, 16)), ask(11, struct.pack('<Q', ino)), ask(12, struct.pack('<Q', ino)),
+      ask(32, bytes([0])))
 PY
   "${AS_NOBODY[@]}" /usr/bin/python3 "$WORK/raw.py" "$IMG.sock" "$INNER" >"$WORK/out" 2>"$WORK/err"
   [ "$(cat "$WORK/out")" = "13 13 13 13" ] && ok || bad "read/stat/path-of by inode number, or the device descriptor, given to another user: $(cat "$WORK/out" "$WORK/err")"
   # A NUL byte in a name is refused (it would make the image unmountable).
   cat >"$WORK/nul.py" <<'PY'
-import socket, struct, sys
-def frame(op, body, id=1): return struct.pack('<IHHQ', len(body), op, 0, id) + body
-def ask(s, op, body):
-    s.sendall(frame(op, body))
-    head = s.recv(16, socket.MSG_WAITALL)
-    n = struct.unpack('<I', head[:4])[0]
-    data = s.recv(n, socket.MSG_WAITALL) if n else b''
-    return struct.unpack('<i', data[:4])[0]
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
-ask(s, 1, struct.pack('<I', 1))
+from wire import *
 name = b'/pub/a\0b'
-print(ask(s, 3, struct.pack('<I', len(name)) + name + struct.pack('<I', 0o644)),
-      ask(s, 4, struct.pack('<I', len(name)) + name + struct.pack('<I', 0o755)))
+print(ask(3, string(name) + struct.pack('<I', 0o644)), ask(4, string(name) + struct.pack('<I', 0o755)))
 PY
   "${AS_NOBODY[@]}" /usr/bin/python3 "$WORK/nul.py" "$IMG.sock" >"$WORK/out" 2>"$WORK/err"
   [ "$(cat "$WORK/out")" = "22 22" ] && ok || bad "a name with a NUL byte was not refused: $(cat "$WORK/out" "$WORK/err")"

@@ -536,7 +536,21 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
 
  private:
   // One request and its reply: the server's error, or `parse` reads the results.
-  Result<void> call(Op op, const std::function<void(Encoder&)>& args, const std::function<bool(Decoder&)>& parse) {
+  // With `passed_fd`, a descriptor the answer carries (SCM_RIGHTS) goes there
+  // when the call succeeds; it is closed when it fails.
+  Result<void> call(Op op, const std::function<void(Encoder&)>& args, const std::function<bool(Decoder&)>& parse,
+                    int* passed_fd = nullptr) {
+    int passed = -1;
+    auto r = exchange(op, args, parse, passed_fd != nullptr ? &passed : nullptr);
+    if (r.has_value() && passed_fd != nullptr) {
+      *passed_fd = passed;
+    } else if (passed >= 0) {
+      ::close(passed);
+    }
+    return r;
+  }
+  Result<void> exchange(Op op, const std::function<void(Encoder&)>& args, const std::function<bool(Decoder&)>& parse,
+                        int* passed_fd) {
     // The request is built before the connection is taken: its bytes may come
     // from a poise mapping whose fault needs the connection.
     Encoder request(op, 0);
@@ -552,7 +566,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     if (request.body().size() > serve::kBodyBytesMax) return fail(ENAMETOOLONG, "request too large");
     serve::Header header;
     std::vector<std::byte> body;
-    if (!serve::send_frame(fd_, request.finish()) || !serve::receive_frame(fd_, &header, &body)) {
+    if (!serve::send_frame(fd_, request.finish()) || !serve::receive_frame(fd_, &header, &body, passed_fd)) {
       close_locked();
       return fail(ESHUTDOWN, "the poise server went away");
     }
@@ -655,39 +669,16 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
 
   Result<void> get_device_fd(bool writable) {
     std::lock_guard lock(follow_start_mu_);
-    if (device_->has_fd(writable)) return {};
-    // (A read-write descriptor serves read-only mappings too.)
-    std::lock_guard call_lock(mu_);
-    if (fd_ < 0) return fail(ESHUTDOWN, "not connected to the poise server");
-    const uint64_t id = ++next_id_;
-    Encoder request(Op::DeviceFd, id);
-    request.u8(writable ? 1 : 0);
-    serve::Header h;
-    std::vector<std::byte> body;
+    if (device_->has_fd(writable)) return {};  // (a read-write descriptor serves read-only mappings too)
     int passed = -1;
-    if (!serve::send_frame(fd_, request.finish()) || !serve::receive_frame(fd_, &h, &body, &passed)) {
-      if (passed >= 0) ::close(passed);
-      close_locked();
-      return fail(ESHUTDOWN, "the poise server went away");
-    }
-    Decoder reply(body);
-    int32_t status = 0;
-    if (!reply.i32(&status) || h.id != id || h.op != Op::DeviceFd) {
-      if (passed >= 0) ::close(passed);
-      close_locked();
-      return fail(EPROTO, "the poise server sent a malformed reply");
-    }
-    if (status != 0) {
-      if (passed >= 0) ::close(passed);
-      std::string message;
-      (void)reply.string(&message, UINT32_MAX);
-      return fail(status, message);
-    }
-    uint8_t given = 0;
-    if (passed < 0 || !reply.u8(&given) || !reply.done() || given != (writable ? 1 : 0)) {
-      if (passed >= 0) ::close(passed);
-      return fail(EPROTO, "the poise server sent no device descriptor");
-    }
+    TRY(call(
+        Op::DeviceFd, [&](Encoder& e) { e.u8(writable ? 1 : 0); },
+        [&](Decoder& d) {
+          uint8_t given = 0;
+          return d.u8(&given) && given == (writable ? 1 : 0);
+        },
+        &passed));
+    if (passed < 0) return fail(EPROTO, "the poise server sent no device descriptor");
     device_->set_fd(passed, writable);
     return {};
   }

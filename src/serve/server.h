@@ -26,6 +26,8 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "poise/device.h"
 #include "poise/filesystem.h"
 #include "serve/protocol.h"
@@ -66,15 +68,15 @@ class Server {
   // Waits for every acknowledgement still owed, by every client.
   void settle_all();
   uint32_t recall_timeout_ms() const { return options_.recall_timeout_ms; }
-  // Sends one event (a JSON object) to every subscriber; one that cannot take
-  // it within a second is dropped.
-  void publish(const std::string& json);
+  // Sends one event to every subscriber, with its time added; a subscriber
+  // that cannot take it within a second is dropped.
+  void publish(nlohmann::json event);
   size_t subscriber_count();
 
  private:
   Server(Filesystem& fs, Device& device, ServerOptions options, int listen_fd)
       : fs_(fs), device_(device), options_(std::move(options)), listen_fd_(listen_fd) {}
-  std::string event_json(const FsEvent& event);
+  nlohmann::json event_json(const FsEvent& event);
   void serve(const std::shared_ptr<Client>& client);
   // Makes `connection` the follow channel of the client that was given
   // `token`, sending `reply` on it first (so no push can come before it).
@@ -141,5 +143,10 @@ struct Reply {
 // the fuzzer (tests/fuzz/fuzz_protocol.cc).
 std::optional<Reply> answer(Filesystem& fs, Device& device, Server::Client& client, Server* server,
                             const Header& header, std::span<const std::byte> body);
+// The same, for a client the server shares with its mirrors (`shared`), which
+// may then map (requests.cc).
+std::optional<Reply> answer_as(Filesystem& fs, Device& device, Server::Client& client,
+                               std::weak_ptr<Server::Client> shared, Server* server, const Header& header,
+                               std::span<const std::byte> body);
 
 }  // namespace poise::serve

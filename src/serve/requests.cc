@@ -1,0 +1,642 @@
+// What the server answers to one request (src/serve/server.h: answer):
+// the permission checks, as the kernel makes them for the same system calls,
+// and each operation of docs/protocol.md against the filesystem; the server's
+// copy of a client mapping (ServerMirror), which tells the client of every
+// page it changes. server.cc holds the connections, the follow channel and
+// the event stream.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "mapping/page_runs.h"
+#include "serve/protocol.h"
+#include "serve/server.h"
+
+namespace poise::serve {
+
+namespace {
+
+constexpr size_t kReplyBudgetBytes = 900 * 1024;  // lists are cut into pages below this
+constexpr uint32_t kFsmapRecordsPerReply = 16384;
+constexpr size_t kLeasesPerClientMax = 4096;
+
+// A list too long for one message keeps its first lines and says so.
+std::vector<std::string> cut(std::vector<std::string> list, size_t budget) {
+  size_t bytes = 0, keep = 0;
+  while (keep < list.size() && bytes + list[keep].size() + 4 < budget) bytes += list[keep++].size() + 4;
+  if (keep < list.size()) {
+    size_t more = list.size() - keep;
+    list.resize(keep);
+    list.push_back("... and " + std::to_string(more) + " more (run the command on the unserved image)");
+  }
+  return list;
+}
+
+// Path components, empty ones dropped ("/a//b/" -> a, b).
+std::vector<std::string> components(std::string_view path) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at <= path.size()) {
+    size_t slash = path.find('/', at);
+    if (slash == std::string_view::npos) slash = path.size();
+    if (slash > at) out.emplace_back(path.substr(at, slash - at));
+    at = slash + 1;
+  }
+  return out;
+}
+
+std::string join(const std::vector<std::string>& parts, size_t n) {
+  std::string out;
+  for (size_t i = 0; i < n; ++i) out += "/" + parts[i];
+  return out.empty() ? "/" : out;
+}
+
+
+// The permission checks, as the kernel makes them for the same system calls.
+class Access {
+ public:
+  Access(Filesystem& fs, const Server::Client& c) : fs_(fs), c_(c) {}
+
+  bool permits(const Stat& st, uint32_t want) const {
+    if (c_.privileged) return true;
+    uint32_t bits = st.mode & 07;
+    if (c_.peer.uid == st.uid) {
+      bits = (st.mode >> 6) & 07;
+    } else if (c_.peer.gid == st.gid || std::find(c_.peer.groups.begin(), c_.peer.groups.end(), st.gid) != c_.peer.groups.end()) {
+      bits = (st.mode >> 3) & 07;
+    }
+    return (bits & want) == want;
+  }
+
+  // Search permission on every directory above the last component.
+  Result<void> may_walk(std::string_view path) const {
+    if (c_.privileged) return {};
+    auto parts = components(path);
+    for (size_t n = 0; n + 1 <= parts.size(); ++n) {
+      if (n == parts.size()) break;
+      std::string dir = join(parts, n);
+      auto st = TRY(fs_.stat(dir));
+      if (st.type == FileType::Directory && !permits(st, 1)) {
+        return fail(EACCES, std::string(path) + ": permission denied (no search permission on " + dir + ")");
+      }
+    }
+    return {};
+  }
+
+  // The file at PATH (walked to) allows `want`.
+  Result<Stat> may_use(std::string_view path, uint32_t want) const {
+    TRY(may_walk(path));
+    auto st = TRY(fs_.stat(path));
+    if (!permits(st, want)) return fail(EACCES, std::string(path) + ": permission denied");
+    return st;
+  }
+
+  // An inode named by number: one this client reached through a checked path.
+  Result<void> may_name(InodeNumber ino) const {
+    if (c_.privileged || c_.reached.count(ino.value()) != 0) return {};
+    return fail(EACCES, "inode " + std::to_string(ino.value()) + ": permission denied (look it up by path first)");
+  }
+
+  Result<Stat> may_use(InodeNumber ino, uint32_t want) const {
+    TRY(may_name(ino));
+    auto st = TRY(fs_.stat(ino));
+    if (!permits(st, want)) return fail(EACCES, "inode " + std::to_string(ino.value()) + ": permission denied");
+    return st;
+  }
+
+  // Adding, removing or renaming the last component of PATH: write and search
+  // permission on its directory; removing also needs, in a sticky directory,
+  // that the caller owns the directory or the entry.
+  Result<void> may_change_name(std::string_view path, bool removes) const {
+    if (c_.privileged) return {};
+    auto parts = components(path);
+    if (parts.empty()) return fail(EBUSY, "the root cannot be changed");
+    TRY(may_walk(path));
+    std::string parent = join(parts, parts.size() - 1);
+    auto dir = TRY(fs_.stat(parent));
+    if (!permits(dir, 3)) return fail(EACCES, std::string(path) + ": permission denied (cannot write " + parent + ")");
+    if (removes && (dir.mode & S_ISVTX) != 0) {
+      auto victim = fs_.stat(path);
+      if (victim.has_value() && victim->uid != c_.peer.uid && dir.uid != c_.peer.uid) {
+        return fail(EPERM, std::string(path) + ": operation not permitted (sticky directory)");
+      }
+    }
+    return {};
+  }
+
+  Result<void> privileged(const char* what) const {
+    if (c_.privileged) return {};
+    return fail(EACCES, std::string(what) + " through poise serve is for root and the server's own user");
+  }
+
+ private:
+  Filesystem& fs_;
+  const Server::Client& c_;
+};
+
+}  // namespace
+
+
+namespace {
+
+// The server's copy of a client's mapping tells the client of every page it
+// changes (a recall when a page goes away or loses write access), and passes
+// on the owner's notices.
+class ServerMirror final : public MappingMirror {
+ public:
+  ServerMirror(Server& server, std::weak_ptr<Server::Client> client, uint64_t client_mapping, InodeNumber ino,
+               uint64_t first_page)
+      : server_(server), client_(std::move(client)), id_(client_mapping), ino_(ino), first_page_(first_page) {}
+
+  void pages_changed(uint64_t first, uint64_t count, uint8_t state, uint64_t dev_block) override {
+    const auto s = static_cast<mapping::PageState>(state);
+    if (s == mapping::PageState::Absent || s == mapping::PageState::Lost || s == mapping::PageState::Poisoned) {
+      if (auto client = client_.lock()) {
+        server_.publish({{"event", "lease_recalled"},
+                         {"pid", client->peer.pid},
+                         {"inode", ino_.value()},
+                         {"file_offset", (first_page_ + first) * 4096},
+                         {"length", count * 4096},
+                         {"pages_now", mapping::to_string(s)}});
+      }
+    }
+    Encoder e(Op::PagesChanged, 0);
+    e.u64(id_);
+    e.u64(first);
+    e.u64(count);
+    e.u8(state);
+    e.u64(dev_block);
+    // Failed memory is never reused: its recall need not hold the failure flow
+    // up client by client; the flow's end waits for every acknowledgement at
+    // once (Server::settle_all). Every other change waits for its own.
+    send(e, !(s == mapping::PageState::Lost || s == mapping::PageState::Poisoned));
+  }
+  void died(MappingCause cause) override {
+    Encoder e(Op::MappingDied, 0);
+    e.u64(id_);
+    e.u8(static_cast<uint8_t>(cause));
+    send(e, true);
+  }
+  void notice(const MappingEvent& event) {
+    Encoder e(Op::Notice, 0);
+    e.u64(id_);
+    e.u64(event.file_offset);
+    e.u64(event.length);
+    e.u8(static_cast<uint8_t>(event.cause));
+    e.u8(event.consumed ? 1 : 0);
+    send(e, false);
+  }
+
+ private:
+  void send(Encoder& e, bool wait) {
+    if (auto client = client_.lock()) server_.push(*client, e.finish(), wait);
+  }
+  Server& server_;
+  std::weak_ptr<Server::Client> client_;
+  uint64_t id_;
+  InodeNumber ino_;
+  uint64_t first_page_;
+};
+
+// What one request comes to: its results (into `out`), or an error.
+class Handler {
+ public:
+  Handler(Filesystem& fs, Device& device, Server::Client& client, Server* server)
+      : fs_(fs), device_(device), c_(client), server_(server), access_(fs, client) {}
+
+  // A descriptor the reply passes along (DeviceFd), or -1.
+  int reply_fd() const { return reply_fd_; }
+  // The client as shared by the server (for its mirrors), when it has one.
+  void set_client_ptr(std::weak_ptr<Server::Client> p) { client_ptr_ = std::move(p); }
+
+  // False: the message was malformed (the client is dropped).
+  bool handle(Op op, Decoder& in, Encoder& out, Result<void>* status);
+
+ private:
+  Result<void> run(Op op, Decoder& in, Encoder& out);
+
+  Filesystem& fs_;
+  Device& device_;
+  Server::Client& c_;
+  // Direct mappings: the device descriptor they need reaches every byte of the
+  // device, so only a client that could open the image itself gets one; and
+  // only one the server can kill, should it not give memory back in time.
+  Result<void> may_map() const {
+    TRY(access_.privileged("a direct mapping"));
+    if (c_.pidfd < 0 || ::syscall(SYS_pidfd_send_signal, c_.pidfd, 0, nullptr, 0) != 0) {
+      return fail(EPERM, "the server cannot signal this process (to kill it should it hold memory too long): "
+                         "no direct mappings for it");
+    }
+    return {};
+  }
+
+  bool has_follow_channel() {
+    std::lock_guard lock(c_.follow_mutex);
+    return c_.follow_fd >= 0 && !c_.gone;
+  }
+
+  Server* server_;
+  Access access_;
+  bool malformed_ = false;
+  int reply_fd_ = -1;
+  std::weak_ptr<Server::Client> client_ptr_;
+};
+
+bool Handler::handle(Op op, Decoder& in, Encoder& out, Result<void>* status) {
+  *status = run(op, in, out);
+  return !malformed_ && in.done();
+}
+
+Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
+  auto bad = [&]() -> Result<void> {
+    malformed_ = true;
+    return fail(EPROTO, "malformed message");
+  };
+  std::string path, other;
+  uint64_t a = 0, b = 0, c = 0, d = 0, e = 0;
+  uint32_t mode = 0;
+  switch (op) {
+    case Op::Hello: {
+      uint32_t version = 0;
+      if (!in.u32(&version)) return bad();
+      if (version != kProtocolVersion) {
+        return fail(EPROTONOSUPPORT, "protocol version " + std::to_string(version) + " is not served (the server speaks " +
+                                         std::to_string(kProtocolVersion) + ")");
+      }
+      out.u32(kProtocolVersion);
+      out.u32(static_cast<uint32_t>(::getpid()));
+      out.u64(c_.token);
+      return {};
+    }
+    case Op::Lookup: {
+      if (!in.string(&path)) return bad();
+      TRY(access_.may_walk(path));
+      const uint64_t ino = TRY(fs_.lookup(path)).value();
+      c_.reached.insert(ino);
+      out.u64(ino);
+      return {};
+    }
+    case Op::Create:
+    case Op::Mkdir: {
+      if (!in.string(&path) || !in.u32(&mode)) return bad();
+      TRY(access_.may_change_name(path, false));
+      Credentials owner{c_.peer.uid, c_.peer.gid};
+      auto ino = op == Op::Create ? fs_.create(path, mode & 07777, owner) : fs_.mkdir(path, mode & 07777, owner);
+      const uint64_t made = TRY(std::move(ino)).value();
+      c_.reached.insert(made);
+      out.u64(made);
+      return {};
+    }
+    case Op::Unlink:
+    case Op::Rmdir:
+      if (!in.string(&path)) return bad();
+      TRY(access_.may_change_name(path, true));
+      return op == Op::Unlink ? fs_.unlink(path) : fs_.rmdir(path);
+    case Op::Rename:
+      if (!in.string(&path) || !in.string(&other)) return bad();
+      TRY(access_.may_change_name(path, true));
+      TRY(access_.may_change_name(other, true));
+      return fs_.rename(path, other);
+    case Op::Link: {
+      if (!in.string(&path) || !in.string(&other)) return bad();
+      auto target = TRY(access_.may_use(path, 0));
+      // As the kernel with fs.protected_hardlinks: a link only to a file the
+      // caller owns or may read and write.
+      if (!c_.privileged && target.uid != c_.peer.uid && !access_.permits(target, 6)) {
+        return fail(EPERM, std::string(path) + ": a hard link needs the file's owner, or read and write permission");
+      }
+      TRY(access_.may_change_name(other, false));
+      return fs_.link(path, other);
+    }
+    case Op::Readdir: {
+      if (!in.string(&path) || !in.u64(&a)) return bad();
+      TRY(access_.may_use(path, 4));
+      auto entries = TRY(fs_.readdir(path));
+      uint32_t n = 0;
+      size_t bytes = 0;
+      Encoder page(Op::Readdir, 0);
+      uint64_t i = a;
+      for (; i < entries.size() && bytes < kReplyBudgetBytes; ++i, ++n) {
+        page.string(entries[i].name);
+        page.u64(entries[i].ino.value());
+        page.u8(entries[i].type == FileType::Directory ? 1 : 0);
+        bytes += entries[i].name.size() + 13;
+      }
+      out.u32(n);
+      out.raw(page.body());
+      out.u8(i < entries.size() ? 1 : 0);
+      return {};
+    }
+    case Op::StatPath: {
+      if (!in.string(&path)) return bad();
+      TRY(access_.may_walk(path));
+      Stat st = TRY(fs_.stat(path));
+      c_.reached.insert(st.ino.value());
+      out.stat(st);
+      return {};
+    }
+    case Op::StatIno:
+      if (!in.u64(&a)) return bad();
+      TRY(access_.may_name(InodeNumber(a)));
+      out.stat(TRY(fs_.stat(InodeNumber(a))));
+      return {};
+    case Op::PathOf:
+      if (!in.u64(&a)) return bad();
+      // A path names every directory above the file: root and the server's user only.
+      TRY(access_.privileged("path-of"));
+      out.string(TRY(fs_.path_of(InodeNumber(a))));
+      return {};
+    case Op::Read: {
+      if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c)) return bad();
+      if (c > kDataBytesMax) return fail(EINVAL, "a read of more than 1 MiB in one message");
+      TRY(access_.may_use(InodeNumber(a), 4));
+      std::vector<std::byte> buf(c);
+      size_t n = TRY(fs_.read(InodeNumber(a), b, buf));
+      out.bytes({buf.data(), n});
+      return {};
+    }
+    case Op::Write: {
+      std::span<const std::byte> data;
+      if (!in.u64(&a) || !in.u64(&b) || !in.bytes(&data, kDataBytesMax)) return bad();
+      TRY(access_.may_use(InodeNumber(a), 2));
+      out.u64(TRY(fs_.write(InodeNumber(a), b, data)));
+      return {};
+    }
+    case Op::Truncate:
+      if (!in.u64(&a) || !in.u64(&b)) return bad();
+      TRY(access_.may_use(InodeNumber(a), 2));
+      return fs_.truncate(InodeNumber(a), b);
+    case Op::Fallocate: {
+      uint8_t keep = 0;
+      if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c) || !in.u8(&keep) || keep > 1) return bad();
+      TRY(access_.may_use(InodeNumber(a), 2));
+      return fs_.fallocate(InodeNumber(a), b, c, keep ? FallocateMode::KeepSize : FallocateMode::ExtendSize);
+    }
+    case Op::PunchHole:
+      if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c)) return bad();
+      TRY(access_.may_use(InodeNumber(a), 2));
+      return fs_.punch_hole(InodeNumber(a), b, c);
+    case Op::Fsync:
+      if (!in.u64(&a)) return bad();
+      TRY(access_.may_name(InodeNumber(a)));
+      return fs_.fsync(InodeNumber(a));
+    case Op::Sync:
+      return fs_.sync();
+    case Op::Reflink:
+      if (!in.u64(&a) || !in.u64(&b)) return bad();
+      TRY(access_.may_use(InodeNumber(a), 4));
+      TRY(access_.may_use(InodeNumber(b), 2));
+      return fs_.reflink(InodeNumber(a), InodeNumber(b));
+    case Op::CloneRange:
+      if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c) || !in.u64(&d) || !in.u64(&e)) return bad();
+      TRY(access_.may_use(InodeNumber(a), 4));
+      TRY(access_.may_use(InodeNumber(c), 2));
+      return fs_.clone_range(InodeNumber(a), b, InodeNumber(c), d, e);
+    case Op::Fsmap: {
+      if (!in.u64(&a) || !in.u64(&b)) return bad();
+      TRY(access_.privileged("fsmap"));
+      auto records = TRY(fs_.fsmap(a, b));
+      // A page ends where a new device offset begins, so the next one starts there.
+      size_t n = records.size();
+      uint64_t next = 0;
+      if (n > kFsmapRecordsPerReply) {
+        n = kFsmapRecordsPerReply;
+        while (n > 0 && records[n].device_offset_bytes == records[n - 1].device_offset_bytes) --n;
+        if (n == 0) n = records.size();  // (never: one offset has few owners)
+        if (n < records.size()) next = records[n].device_offset_bytes;
+      }
+      out.u32(static_cast<uint32_t>(n));
+      for (size_t i = 0; i < n; ++i) out.fsmap_record(records[i]);
+      out.u64(next);
+      return {};
+    }
+    case Op::Info: {
+      FsInfo info = fs_.info();
+      out.u64(info.size_bytes);
+      out.u32(info.block_size);
+      out.u64(info.used_bytes);
+      out.u64(info.free_bytes);
+      out.u64(info.files);
+      out.u64(info.journal_bytes);
+      out.u64(info.checkpoint_generation);
+      return {};
+    }
+    case Op::Check: {
+      TRY(access_.privileged("check"));
+      CheckReport r = fs_.check();
+      out.strings(cut(r.problems, kReplyBudgetBytes / 2));
+      out.strings(cut(r.notes, kReplyBudgetBytes / 4));
+      for (uint64_t v : {r.inodes, r.directories, r.extents, r.used_blocks, r.shared_blocks, r.bad_blocks, r.free_blocks}) {
+        out.u64(v);
+      }
+      return {};
+    }
+    case Op::MountWarnings:
+      out.strings(cut(fs_.mount_warnings(), kReplyBudgetBytes));
+      return {};
+    case Op::Checkpoint:
+      return fs_.checkpoint();
+    case Op::Retain: {
+      if (!in.u64(&a)) return bad();
+      TRY(access_.may_name(InodeNumber(a)));
+      auto st = TRY(fs_.stat(InodeNumber(a)));
+      if (!access_.permits(st, 4) && !access_.permits(st, 2)) {
+        return fail(EACCES, "inode " + std::to_string(a) + ": permission denied");
+      }
+      TRY(fs_.retain(InodeNumber(a)));
+      ++c_.retained[a];
+      return {};
+    }
+    case Op::Release: {
+      if (!in.u64(&a)) return bad();
+      auto it = c_.retained.find(a);
+      if (it == c_.retained.end()) return fail(EINVAL, "inode " + std::to_string(a) + " is not open by this client");
+      if (--it->second == 0) c_.retained.erase(it);
+      fs_.release(InodeNumber(a));
+      return {};
+    }
+    case Op::BadRanges: {
+      TRY(access_.privileged("badblocks"));
+      auto ranges = TRY(device_.bad_ranges());
+      out.string(device_.describe());
+      out.u32(static_cast<uint32_t>(std::min<size_t>(ranges.size(), kReplyBudgetBytes / 16)));
+      for (size_t i = 0; i < ranges.size() && i < kReplyBudgetBytes / 16; ++i) {
+        out.u64(ranges[i].offset_bytes);
+        out.u64(ranges[i].length_bytes);
+      }
+      return {};
+    }
+    case Op::DeviceFd: {
+      uint8_t writable = 0;
+      if (!in.u8(&writable) || writable > 1) return bad();
+      TRY(may_map());
+      // The descriptor grants the device, so it comes with no more access than
+      // the client's mappings need: read-write only to one that may write.
+      int fd = ::open(("/proc/self/fd/" + std::to_string(device_.map_fd())).c_str(),
+                      (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+      if (device_.map_fd() < 0 || fd < 0) {
+        return fail(ENOTSUP, device_.describe() + ": its memory cannot be mapped by other processes");
+      }
+      reply_fd_ = fd;
+      out.u8(writable);
+      return {};
+    }
+    case Op::Map: {
+      uint8_t writable = 0;
+      if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c) || !in.u8(&writable) || writable > 1 || !in.u64(&d)) return bad();
+      TRY(may_map());
+      if (server_ == nullptr || !has_follow_channel()) {
+        return fail(EPROTO, "a mapping needs the follow channel (connect it with Follow first)");
+      }
+      {
+        std::lock_guard lock(c_.leases_mutex);
+        if (c_.leases.size() >= kLeasesPerClientMax) {
+          return fail(EMFILE, "this client holds " + std::to_string(kLeasesPerClientMax) + " mappings, the most a client may");
+        }
+      }
+      TRY(access_.may_use(InodeNumber(a), writable ? 6 : 4));
+      auto mirror = std::make_shared<ServerMirror>(*server_, client_ptr_, d, InodeNumber(a), b / 4096);
+      auto owner = std::make_shared<MapOwner>(MapOwner{
+          fmt::format("pid {}", c_.peer.pid),
+          [mirror](const MappingEvent& e) { mirror->notice(e); }, mirror});
+      Mapping m = TRY(fs_.map(InodeNumber(a), b, c, writable ? MapAccess::ReadWrite : MapAccess::Read, owner));
+      const uint64_t lease = m.id();
+      {
+        std::lock_guard lock(c_.leases_mutex);
+        c_.leases.emplace(lease, std::move(m));
+      }
+      out.u64(lease);
+      return {};
+    }
+    case Op::Unmap: {
+      if (!in.u64(&a)) return bad();
+      Mapping dropped;
+      {
+        std::lock_guard lock(c_.leases_mutex);
+        auto it = c_.leases.find(a);
+        if (it == c_.leases.end()) return fail(EINVAL, "no lease " + std::to_string(a));
+        dropped = std::move(it->second);
+        c_.leases.erase(it);
+      }
+      return {};  // `dropped` unmaps the server's copy
+    }
+    case Op::Fault: {
+      uint8_t is_write = 0;
+      if (!in.u64(&a) || !in.u64(&b) || !in.u8(&is_write) || is_write > 1) return bad();
+      std::byte* page = nullptr;
+      {
+        std::lock_guard lock(c_.leases_mutex);
+        auto it = c_.leases.find(a);
+        if (it == c_.leases.end()) return fail(EINVAL, "no lease " + std::to_string(a));
+        if (b >= it->second.size() / 4096) return fail(EFAULT, "page " + std::to_string(b) + " is outside lease " + std::to_string(a));
+        // A store fault in a read-only lease would be a stray store in the
+        // server's copy (a SIGSEGV here): the client's error, refused.
+        if (is_write && it->second.access() != MapAccess::ReadWrite) {
+          return fail(EACCES, "a store to read-only lease " + std::to_string(a));
+        }
+        page = it->second.data() + b * 4096;
+      }
+      // The server's copy takes the same fault, through the same code as an
+      // in-process mapping; every page it changes reaches the client (pushed and
+      // acknowledged) before this returns. A store fault is a locked add of
+      // zero: it changes no byte, whatever the client stores meanwhile.
+      return guarded([&] {
+        if (is_write) {
+          __atomic_fetch_add(reinterpret_cast<uint8_t*>(page), 0, __ATOMIC_RELAXED);
+        } else {
+          (void)*reinterpret_cast<volatile const uint8_t*>(page);
+        }
+      });
+    }
+    case Op::Subscribe:
+    case Op::Event:
+    case Op::Follow:
+    case Op::PagesChanged:
+    case Op::MappingDied:
+    case Op::Notice:
+      return bad();  // Follow is taken before dispatch; the rest only go the other way
+    case Op::Offline: {
+      uint8_t step = 0;
+      if (!in.u8(&step) || step > 2) return bad();
+      TRY(access_.privileged("offline"));
+      auto say = [&](const std::string& line) {
+        if (server_ != nullptr) server_->log(line);
+        out.string(line);
+      };
+      switch (static_cast<OfflineStep>(step)) {
+        case OfflineStep::PreRemove:
+          TRY(device_.pre_remove());
+          say("pre-removed: writers wait, everything is synced, every mapping in every process is revoked and its "
+              "owner told; next: poise offline --cancel (thaw) or --remove");
+          return {};
+        case OfflineStep::Cancel:
+          if (device_.state() != DeviceState::Alive) return fail(ENXIO, device_.describe() + ": already removed");
+          device_.cancel_removal();
+          say("removal cancelled: writers and mappings resume");
+          return {};
+        case OfflineStep::Remove:
+          if (device_.state() != DeviceState::Alive) return fail(ENXIO, device_.describe() + ": already removed");
+          TRY(device_.pre_remove());  // frozen and synced first (again, if it was: nothing new to sync)
+          TRY(device_.remove());
+          say("removed: waiting writers got an error, every later access in every process fails; the image "
+              "mounts again where the memory now lives");
+          return {};
+      }
+      return bad();
+    }
+    case Op::InjectPoison:
+    case Op::ClearPoison:
+      if (!in.u64(&a) || !in.u64(&b)) return bad();
+      TRY(access_.privileged(op_name(op)));
+      if (op == Op::ClearPoison) return device_.clear_poison(a, b);
+      TRY(device_.inject_poison(a, b));
+      // The running filesystem hears of it at once, as from the kernel's
+      // memory-failure path: owners are told and their pages revoked.
+      if (server_ != nullptr) server_->log(fmt::format("pid {} poisoned device bytes {}..{}", c_.peer.pid, a, a + b));
+      return device_.notify_failure(a, b, FailureFlags::None);
+  }
+  return bad();
+}
+
+}  // namespace
+
+std::optional<Reply> answer_as(Filesystem& fs, Device& device, Server::Client& client,
+                               std::weak_ptr<Server::Client> shared, Server* server, const Header& header,
+                               std::span<const std::byte> body) {
+  Handler handler(fs, device, client, server);
+  handler.set_client_ptr(std::move(shared));
+  Decoder in(body);
+  Encoder results(header.op, header.id);
+  Result<void> status;
+  bool well_formed = handler.handle(header.op, in, results, &status);
+  Reply reply;
+  reply.fd = handler.reply_fd();
+  if (!well_formed) {
+    if (reply.fd >= 0) ::close(reply.fd);
+    return std::nullopt;
+  }
+  Encoder frame(header.op, header.id);
+  if (status.has_value()) {
+    frame.i32(0);
+    frame.raw(results.body());
+  } else {
+    frame.i32(status.error().code);
+    frame.string(status.error().message.substr(0, kPathBytesMax * 2));
+  }
+  reply.frame = frame.finish();
+  return reply;
+}
+
+std::optional<Reply> answer(Filesystem& fs, Device& device, Server::Client& client, Server* server,
+                            const Header& header, std::span<const std::byte> body) {
+  return answer_as(fs, device, client, {}, server, header, body);
+}
+
+}  // namespace poise::serve
