@@ -103,5 +103,6 @@ void failure_bench(const Options& o, Table* t);
 void mapping_bench(const Options& o, Table* t);
 void cli_bench(const Options& o, Table* t);
 void serve_bench(const Options& o, Table* t);
+void fuse_bench(const Options& o, Table* t);
 
 }  // namespace poise::bench

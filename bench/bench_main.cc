@@ -1,5 +1,5 @@
 // poise_bench: runs every benchmark and prints one table.
-// Usage: poise_bench [--quick] [namespace|io|mount|reflink|failure|mapping|cli|serve ...]
+// Usage: poise_bench [--quick] [namespace|io|mount|reflink|failure|mapping|cli|serve|fuse ...]
 #include <fmt/format.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -108,6 +108,7 @@ int main(int argc, char** argv) {
   if (want("mapping")) mapping_bench(options, &table);
   if (want("cli")) cli_bench(options, &table);
   if (want("serve")) serve_bench(options, &table);
+  if (want("fuse")) fuse_bench(options, &table);
   table.print();
   return table.all_met() ? 0 : 1;
 }

@@ -69,6 +69,20 @@ constexpr bool has(OpenFlags set, OpenFlags flag) { return (uint32_t(set) & uint
 
 enum class FallocateMode : uint8_t { ExtendSize, KeepSize };
 
+// rename_at: NoReplace fails with EEXIST if the destination exists (RENAME_NOREPLACE).
+enum class RenameFlags : uint8_t { None, NoReplace };
+
+// What set_attributes changes; an empty field is left as it is. The change
+// time is always set to now.
+struct SetAttributes {
+  static constexpr int64_t kNow = INT64_MIN;  // a time field set to the filesystem's clock
+  std::optional<uint32_t> mode;  // permission bits only (07777)
+  std::optional<uint32_t> uid;
+  std::optional<uint32_t> gid;
+  std::optional<int64_t> atime_ns;
+  std::optional<int64_t> mtime_ns;
+};
+
 // The checker's findings: `problems` are inconsistencies; `notes` are things a
 // later write repairs by itself (a stale superblock copy after a crash).
 struct CheckReport {
@@ -202,6 +216,28 @@ class Filesystem {
                             uint32_t mode = 0644) = 0;
   // One path that names the inode (for reports).
   virtual Result<std::string> path_of(InodeNumber ino) = 0;
+
+  // The namespace relative to a directory inode, as openat(2), unlinkat(2),
+  // renameat2(2) and linkat(2) are: `name` is one component (no '/'; lookup_at
+  // also takes "." and ".."). A FUSE mount works this way. The defaults here
+  // go through path_of() and the path calls; the mounted filesystem resolves
+  // the inode directly.
+  virtual Result<InodeNumber> lookup_at(InodeNumber dir, std::string_view name);
+  virtual Result<InodeNumber> create_at(InodeNumber dir, std::string_view name, uint32_t mode = 0644,
+                                        std::optional<Credentials> owner = std::nullopt);
+  virtual Result<InodeNumber> mkdir_at(InodeNumber dir, std::string_view name, uint32_t mode = 0755,
+                                       std::optional<Credentials> owner = std::nullopt);
+  virtual Result<void> unlink_at(InodeNumber dir, std::string_view name);
+  virtual Result<void> rmdir_at(InodeNumber dir, std::string_view name);
+  virtual Result<std::vector<DirEntry>> readdir_at(InodeNumber dir);
+  virtual Result<void> rename_at(InodeNumber from_dir, std::string_view from_name, InodeNumber to_dir,
+                                 std::string_view to_name, RenameFlags flags = RenameFlags::None);
+  // Gives the file `ino` one more name (ENOENT if its last name is gone).
+  virtual Result<void> link_at(InodeNumber ino, InodeNumber dir, std::string_view name);
+  // chmod, chown and utimens in one journaled change; returns the new attributes.
+  // The caller checks who may do it (the filesystem trusts its caller). The
+  // default is ENOTSUP.
+  virtual Result<Stat> set_attributes(InodeNumber ino, const SetAttributes& attrs);
 
   // File data, by inode number. Reads past the end return fewer bytes; holes
   // read as zeros.

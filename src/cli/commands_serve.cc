@@ -1,18 +1,32 @@
 // poise serve: mount an image once and serve it to many processes over a Unix
-// socket (src/serve/, docs/protocol.md). Other poise commands on the image then
-// go through the server (session.cc).
+// socket (src/serve/, docs/protocol.md), and with --mount to ordinary programs
+// through a FUSE mount (src/fuse/). Other poise commands on the image then go
+// through the server (session.cc). poise mount and poise umount are the short
+// forms for a mount.
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
 
 #include "cli/cli.h"
 #include "cli/exit_codes.h"
 #include "cli/sizes.h"
+#include "fuse/mount.h"
 #include "serve/server.h"
 
 namespace poise::cli {
@@ -22,6 +36,60 @@ namespace {
 struct Args {
   std::string image, socket, socket_mode = "0600", socket_group, log, recall_timeout = "1000";
   bool background = false;
+  std::string mount_dir;      // --mount DIR
+  std::string mount_options;  // -o OPTIONS
+  bool quiet_ready = false;   // poise mount: nothing printed once ready
+};
+
+// -o ro,allow_other,cache=SECONDS (the FUSE mount's options).
+std::optional<fusemount::MountOptions> parse_mount_options(const std::string& text, std::string* bad) {
+  fusemount::MountOptions o;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    if (item == "ro") {
+      o.read_only = true;
+    } else if (item == "rw") {
+      o.read_only = false;
+    } else if (item == "allow_other") {
+      o.allow_other = true;
+    } else if (item == "default_permissions") {
+      // always on: the kernel checks mode bits
+    } else if (item.starts_with("cache=")) {
+      std::string value = item.substr(6);
+      char* end = nullptr;
+      errno = 0;
+      double seconds = value.empty() ? -1 : std::strtod(value.c_str(), &end);
+      if (value.empty() || errno != 0 || *end != '\0' || !(seconds >= 0 && seconds <= 86400)) {
+        *bad = item + " (cache= takes seconds, 0..86400)";
+        return std::nullopt;
+      }
+      o.cache_seconds = seconds;
+    } else if (!item.empty()) {
+      *bad = item;
+      return std::nullopt;
+    }
+  }
+  return o;
+}
+
+// The FUSE mount of a server, reachable from the failure flow's listener; the
+// listener and shutdown take turns on it.
+struct MountSlot {
+  std::mutex mutex;
+  std::unique_ptr<fusemount::Mount> mount;
+  void on_event(const FsEvent& e) {
+    std::lock_guard lock(mutex);
+    if (mount) mount->on_event(e);
+  }
+  void stop() {
+    std::unique_ptr<fusemount::Mount> gone;
+    {
+      std::lock_guard lock(mutex);
+      gone = std::move(mount);
+    }
+    gone.reset();  // unmounts and joins its threads, outside the lock
+  }
 };
 
 std::optional<uint32_t> parse_group(const std::string& text) {
@@ -58,6 +126,8 @@ int serve_foreground(const Args& a, const serve::ServerOptions& base) {
   Session session;
   if (int code = open_session(a.image, MountMode::ReadWrite, &session); code != kExitOk) return code;
   serve::ServerOptions options = base;
+  auto slot = std::make_shared<MountSlot>();
+  options.on_event = [slot](const FsEvent& e) { slot->on_event(e); };
   auto server = serve::Server::listen(*session.fs, *session.device, options);
   if (!server.has_value()) {
     int code = report("serve", server.error());
@@ -65,13 +135,38 @@ int serve_foreground(const Args& a, const serve::ServerOptions& base) {
     return code;
   }
   (*server)->log(fmt::format("serving {} on {} (pid {})", a.image, options.socket_path, ::getpid()));
+  if (!a.mount_dir.empty()) {
+    std::string bad;
+    auto mount_options = parse_mount_options(a.mount_options, &bad);  // checked before: cannot fail here
+    char* absolute = ::realpath(a.image.c_str(), nullptr);
+    mount_options->source = absolute != nullptr ? absolute : a.image;
+    std::free(absolute);
+    mount_options->dir = a.mount_dir;
+    // The kernel ended the mount (umount, fusermount3 -u): stop as on SIGTERM.
+    mount_options->on_unmounted = [] { ::kill(::getpid(), SIGTERM); };
+    auto mounted = fusemount::Mount::start(*session.fs, *mount_options);
+    if (!mounted.has_value()) {
+      int code = report("mount", mounted.error());
+      server->reset();
+      (void)close_session(session);
+      return code;
+    }
+    {
+      std::lock_guard lock(slot->mutex);
+      slot->mount = std::move(*mounted);
+    }
+    (*server)->log(fmt::format("mounted on {} (FUSE{}{}, cache {} s)", a.mount_dir,
+                               mount_options->read_only ? ", read-only" : "",
+                               mount_options->allow_other ? ", allow_other" : "", mount_options->cache_seconds));
+  }
   if (ready_fd >= 0) {
-    fmt::print("{}\n", options.socket_path);
+    if (!a.quiet_ready) fmt::print("{}\n", options.socket_path);
     std::fflush(stdout);
     int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
     if (null >= 0) {  // the caller's terminal or pipe is let go
       ::dup2(null, STDIN_FILENO);
       ::dup2(null, STDOUT_FILENO);
+      if (a.quiet_ready && a.log.empty()) ::dup2(null, STDERR_FILENO);  // poise mount: no --log, no log
       ::close(null);
     }
     tell_caller(kExitOk);
@@ -80,6 +175,10 @@ int serve_foreground(const Args& a, const serve::ServerOptions& base) {
   signalfd_siginfo info{};
   (void)!::read(stop_fd, &info, sizeof(info));
   (*server)->log(fmt::format("signal {} received: disconnecting clients and unmounting", info.ssi_signo));
+  if (!a.mount_dir.empty()) {
+    slot->stop();  // programs using the mount see it go first
+    (*server)->log(fmt::format("unmounted {}", a.mount_dir));
+  }
   auto* log = options.log;
   server->reset();  // every client is disconnected and the socket removed
   int code = close_session(session);
@@ -115,6 +214,7 @@ int serve_cmd(const Args& a) {
     }
   }
   std::FILE* log = stderr;
+  if (a.quiet_ready && a.log.empty()) log = std::fopen("/dev/null", "we");  // poise mount without --log
   if (!a.log.empty()) {
     log = std::fopen(a.log.c_str(), "ae");
     if (log == nullptr) {
@@ -123,6 +223,22 @@ int serve_cmd(const Args& a) {
     }
   }
   options.log = log;
+  if (!a.mount_dir.empty()) {
+    std::string bad;
+    if (!parse_mount_options(a.mount_options, &bad)) {
+      eprint("poise: mount: unknown option '{}' (known: ro, rw, allow_other, default_permissions, cache=SECONDS)\n",
+             bad);
+      return kExitUsage;
+    }
+    struct stat st {};
+    if (::stat(a.mount_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      eprint("poise: mount: {}: not a directory\n", a.mount_dir);
+      return kExitInvalid;
+    }
+  } else if (!a.mount_options.empty()) {
+    eprint("poise: serve: -o needs --mount DIR\n");
+    return kExitUsage;
+  }
   if (!a.background) return serve_foreground(a, options);
 
   int pipe_fds[2];
@@ -159,6 +275,96 @@ int serve_cmd(const Args& a) {
   return byte;
 }
 
+// mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string unescape_mountinfo(const std::string& field) {
+  std::string out;
+  for (size_t i = 0; i < field.size(); ++i) {
+    if (field[i] == '\\' && i + 3 < field.size()) {
+      std::string digits = field.substr(i + 1, 3);
+      if (digits.size() == 3 && digits.find_first_not_of("01234567") == std::string::npos) {
+        out += static_cast<char>(std::stoi(digits, nullptr, 8));
+        i += 3;
+        continue;
+      }
+    }
+    out += field[i];
+  }
+  return out;
+}
+
+// The image of the poise mount at `dir` (absolute, no symbolic links), from
+// /proc/self/mountinfo; empty if nothing of poise's is mounted there.
+std::optional<std::string> poise_mount_source(const std::string& dir) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  std::optional<std::string> found;
+  while (std::getline(in, line)) {
+    // id parent major:minor root mount-point options [optional...] - fstype source super-options
+    std::istringstream fields(line);
+    std::string id, parent, devno, root, point;
+    fields >> id >> parent >> devno >> root >> point;
+    size_t dash = line.find(" - ");
+    if (dash == std::string::npos || unescape_mountinfo(point) != dir) continue;
+    std::istringstream tail(line.substr(dash + 3));
+    std::string fstype, source;
+    tail >> fstype >> source;
+    if (fstype == "fuse.poise") found = unescape_mountinfo(source);  // the last one mounted there wins
+  }
+  return found;
+}
+
+int umount_cmd(const std::string& dir_arg) {
+  char* resolved = ::realpath(dir_arg.c_str(), nullptr);
+  if (resolved == nullptr) {
+    eprint("poise: umount: {}: {}\n", dir_arg, std::strerror(errno));
+    return exit_code_for(errno);
+  }
+  std::string dir = resolved;
+  std::free(resolved);
+  auto image = poise_mount_source(dir);
+  if (!image) {
+    eprint("poise: umount: {}: not a poise mount\n", dir_arg);
+    return kExitInvalid;
+  }
+  if (::geteuid() == 0) {
+    if (::umount2(dir.c_str(), UMOUNT_NOFOLLOW) != 0) {
+      int err = errno;
+      eprint("poise: umount: {}: {}{}\n", dir_arg, std::strerror(err),
+             err == EBUSY ? " (programs still use it: close them, or stop the server with SIGTERM)" : "");
+      return err == EBUSY ? kExitBusy : exit_code_for(err);
+    }
+  } else {
+    std::fflush(nullptr);
+    pid_t child = ::fork();
+    if (child == 0) {
+      ::execlp("fusermount3", "fusermount3", "-u", "--", dir.c_str(), static_cast<char*>(nullptr));
+      std::_Exit(127);
+    }
+    int status = 0;
+    if (child < 0 || ::waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      eprint("poise: umount: {}: fusermount3 -u failed{}\n", dir_arg,
+             WIFEXITED(status) && WEXITSTATUS(status) == 127 ? " (is fuse3 installed?)" : "");
+      return kExitFailure;
+    }
+  }
+  // The server saw the mount end and is unmounting the filesystem: return once
+  // it has let go of the image, so the image is ready for anything next.
+  int fd = ::open(image->c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return kExitOk;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  int code = kExitOk;
+  while (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      eprint("poise: umount: {} is unmounted, but its server has not let go of {} after 120 s\n", dir_arg, *image);
+      code = kExitBusy;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ::close(fd);
+  return code;
+}
+
 }  // namespace
 
 void add_serve_command(CLI::App& app, std::function<int()>* run) {
@@ -179,10 +385,40 @@ void add_serve_command(CLI::App& app, std::function<int()>* run) {
                   "(default 1000)")
       ->check(kNonEmptyValue);
   sub->add_option("--log", args->log, "Append the log to FILE instead of standard error")->check(kNonEmptyValue);
+  sub->add_option("--mount", args->mount_dir, "Also mount the filesystem on DIR for ordinary programs (FUSE)")
+      ->check(kNonEmptyValue);
+  sub->add_option("-o", args->mount_options, "Mount options: ro, allow_other, cache=SECONDS (default 1)");
   sub->footer(
       "SIGTERM, SIGINT or SIGHUP stop the server: clients are disconnected and the filesystem is unmounted.\n"
       "Clients are checked as the kernel checks a process (mode bits, owner, group); root and the server's\n"
       "own user may do anything. See docs/protocol.md.");
+}
+
+void add_mount_commands(CLI::App& app, std::function<int()>* run) {
+  auto args = std::make_shared<Args>();
+  CLI::App* sub = app.add_subcommand(
+      "mount", "Mount IMAGE on DIR for ordinary programs (FUSE), served in the background like poise serve");
+  sub->callback([run, args] {
+    *run = [args] {
+      args->background = true;
+      args->quiet_ready = true;
+      return serve_cmd(*args);
+    };
+  });
+  sub->add_option("IMAGE", args->image, "Image file or /dev/daxX.Y")->required();
+  sub->add_option("DIR", args->mount_dir, "An existing directory")->required()->check(kNonEmptyValue);
+  sub->add_option("-o", args->mount_options, "ro, allow_other, cache=SECONDS (default 1)");
+  sub->add_option("--socket", args->socket, "Socket path of the server (default: IMAGE.sock)")->check(kNonEmptyValue);
+  sub->add_option("--log", args->log, "Append the server's log to FILE (default: discarded)")->check(kNonEmptyValue);
+  sub->footer(
+      "Returns once the mount is ready. The server also serves IMAGE on its socket, so every poise command\n"
+      "on IMAGE keeps working. poise umount DIR (or fusermount3 -u DIR) unmounts it cleanly.\n"
+      "mmap through the mount maps page-cache copies, not device memory: direct mappings are poise::connect's.");
+
+  auto dir = std::make_shared<std::string>();
+  CLI::App* um = app.add_subcommand("umount", "Unmount a poise mount and wait until its server has let go of the image");
+  um->callback([run, dir] { *run = [dir] { return umount_cmd(*dir); }; });
+  um->add_option("DIR", *dir, "The mount point")->required()->check(kNonEmptyValue);
 }
 
 }  // namespace poise::cli

@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
   app.fallthrough();  // --socket may also follow the command's name
   std::function<int()> run;
   add_serve_command(app, &run);
+  add_mount_commands(app, &run);
   add_modify_commands(app, &run);
   add_put_command(app, &run);
   add_inspect_commands(app, &run);

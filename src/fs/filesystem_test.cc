@@ -87,6 +87,136 @@ TEST_F(FsTest, ATrailingSlashNamesOnlyADirectory) {
   expect_clean();
 }
 
+// The calls a FUSE mount makes: a directory inode and one name, as openat(2)
+// and friends. Each behaves as its path version, survives a remount, and
+// refuses a name that is not one component.
+TEST_F(FsTest, NamespaceCallsRelativeToADirectory) {
+  auto d = fs_->mkdir_at(kRootInode, "d", 0750);
+  ASSERT_OK(d);
+  auto f = fs_->create_at(*d, "f", 0600, Credentials{7, 8});
+  ASSERT_OK(f);
+  write_file(*fs_, "/d/f", "hello");
+  EXPECT_EQ(*fs_->lookup("/d/f"), *f);
+  EXPECT_EQ(*fs_->lookup_at(*d, "f"), *f);
+  EXPECT_EQ(*fs_->lookup_at(*d, "."), *d);
+  EXPECT_EQ(*fs_->lookup_at(*d, ".."), kRootInode);
+  EXPECT_EQ(*fs_->lookup_at(kRootInode, ".."), kRootInode);
+  EXPECT_ERRNO(fs_->lookup_at(*d, "missing"), ENOENT);
+  EXPECT_ERRNO(fs_->lookup_at(*f, "x"), ENOTDIR);
+  EXPECT_ERRNO(fs_->lookup_at(InodeNumber(999), "x"), ENOENT);
+  EXPECT_EQ(fs_->stat(*f)->uid, 7u);
+  for (std::string_view bad : {std::string_view(""), std::string_view("a/b"), std::string_view("."),
+                               std::string_view(".."), std::string_view("a\0b", 3)}) {
+    SCOPED_TRACE(std::string(bad));
+    EXPECT_ERRNO(fs_->create_at(*d, bad), EINVAL);
+    EXPECT_ERRNO(fs_->mkdir_at(*d, bad), EINVAL);
+    EXPECT_ERRNO(fs_->unlink_at(*d, bad), EINVAL);
+    EXPECT_ERRNO(fs_->link_at(*f, *d, bad), EINVAL);
+  }
+  EXPECT_ERRNO(fs_->create_at(*d, std::string(256, 'n')), ENAMETOOLONG);
+  EXPECT_ERRNO(fs_->create_at(*f, "x"), ENOTDIR);
+  EXPECT_ERRNO(fs_->create_at(*d, "f"), EEXIST);
+
+  ASSERT_OK(fs_->link_at(*f, kRootInode, "g"));
+  EXPECT_EQ(fs_->stat(*f)->nlink, 2u);
+  EXPECT_ERRNO(fs_->link_at(*d, kRootInode, "dl"), EPERM);
+  // NoReplace: the existing destination stays, and so does the source.
+  EXPECT_ERRNO(fs_->rename_at(*d, "f", kRootInode, "g", RenameFlags::NoReplace), EEXIST);
+  ASSERT_OK(fs_->create_at(kRootInode, "h"));
+  EXPECT_ERRNO(fs_->rename_at(kRootInode, "h", *d, "f", RenameFlags::NoReplace), EEXIST);
+  EXPECT_EQ(read_file(*fs_, "/d/f"), "hello");
+  ASSERT_OK(fs_->rename_at(kRootInode, "h", *d, "h2", RenameFlags::NoReplace));
+  ASSERT_OK(fs_->rename_at(*d, "h2", *d, "f"));  // replaces f: g keeps the data
+  EXPECT_EQ(fs_->stat(*f)->nlink, 1u);
+  EXPECT_EQ(read_file(*fs_, "/g"), "hello");
+  EXPECT_ERRNO(fs_->rmdir_at(kRootInode, "d"), ENOTEMPTY);
+  EXPECT_ERRNO(fs_->rmdir_at(*d, "f"), ENOTDIR);
+  EXPECT_ERRNO(fs_->unlink_at(kRootInode, "d"), EISDIR);
+  ASSERT_OK(fs_->unlink_at(*d, "f"));
+  {
+    // A file whose last name is gone cannot get a new one, even while open.
+    auto open = fs_->open("/g");
+    ASSERT_OK(open);
+    ASSERT_OK(fs_->unlink_at(kRootInode, "g"));
+    EXPECT_ERRNO(fs_->link_at(*f, kRootInode, "again"), ENOENT);
+  }
+  ASSERT_OK(fs_->mkdir_at(*d, "sub"));
+  remount();
+  auto names = fs_->readdir("/d");
+  ASSERT_OK(names);
+  ASSERT_EQ(names->size(), 1u);
+  EXPECT_EQ((*names)[0].name, "sub");
+  EXPECT_ERRNO(fs_->lookup("/g"), ENOENT);
+  EXPECT_EQ(fs_->stat("/d")->mode, 0750u);
+  expect_clean();
+}
+
+// The base class's versions (what a remote filesystem uses) go through paths
+// and must agree with the mounted filesystem's own.
+TEST_F(FsTest, PathFallbacksOfTheDirectoryCallsAgree) {
+  Filesystem& fs = *fs_;
+  auto d = fs.Filesystem::mkdir_at(kRootInode, "d");
+  ASSERT_OK(d);
+  auto f = fs.Filesystem::create_at(*d, "f");
+  ASSERT_OK(f);
+  EXPECT_EQ(*fs.Filesystem::lookup_at(*d, "f"), *f);
+  EXPECT_EQ(*fs.lookup("/d/f"), *f);
+  ASSERT_OK(fs.Filesystem::link_at(*f, kRootInode, "g"));
+  ASSERT_OK(fs.Filesystem::rename_at(kRootInode, "g", *d, "g2"));
+  EXPECT_EQ(*fs.lookup("/d/g2"), *f);
+  EXPECT_ERRNO(fs.Filesystem::rename_at(*d, "g2", *d, "f", RenameFlags::NoReplace), ENOTSUP);
+  EXPECT_ERRNO(fs.Filesystem::create_at(*d, "a/b"), EINVAL);
+  ASSERT_OK(fs.Filesystem::unlink_at(*d, "g2"));
+  ASSERT_OK(fs.Filesystem::unlink_at(*d, "f"));
+  ASSERT_OK(fs.Filesystem::rmdir_at(kRootInode, "d"));
+  EXPECT_ERRNO(fs.lookup("/d"), ENOENT);
+  EXPECT_ERRNO(fs.Filesystem::set_attributes(kRootInode, {}), ENOTSUP);
+  expect_clean();
+}
+
+// chmod, chown and utimens: one journaled change each, replayed after a crash.
+TEST_F(FsTest, SetAttributesIsJournaledAndSurvivesACrash) {
+  write_file(*fs_, "/f", "data");
+  ASSERT_OK(fs_->mkdir("/d"));
+  InodeNumber f = *fs_->lookup("/f");
+  Stat before = *fs_->stat(f);
+  SetAttributes chmod;
+  chmod.mode = 04711;
+  auto after = fs_->set_attributes(f, chmod);
+  ASSERT_OK(after);
+  EXPECT_EQ(after->mode, 04711u);
+  EXPECT_EQ(after->type, FileType::Regular);
+  EXPECT_EQ(after->uid, before.uid);
+  EXPECT_EQ(after->mtime_ns, before.mtime_ns);
+  EXPECT_GE(after->ctime_ns, before.ctime_ns);
+  SetAttributes all;
+  all.uid = 1000;
+  all.gid = 2000;
+  all.atime_ns = 1'000'000'001;
+  all.mtime_ns = -5;  // before 1970: allowed, as utimensat allows it
+  ASSERT_OK(fs_->set_attributes(*fs_->lookup("/d"), all));
+  SetAttributes touch;
+  touch.mtime_ns = SetAttributes::kNow;
+  ASSERT_OK(fs_->set_attributes(f, touch));
+  EXPECT_GT(fs_->stat(f)->mtime_ns, 0);
+  SetAttributes type_bits;
+  type_bits.mode = 0100644;
+  EXPECT_ERRNO(fs_->set_attributes(f, type_bits), EINVAL);
+  EXPECT_ERRNO(fs_->set_attributes(InodeNumber(999), chmod), ENOENT);
+
+  crash_and_mount();
+  Stat fst = *fs_->stat("/f");
+  EXPECT_EQ(fst.mode, 04711u);
+  EXPECT_EQ(read_file(*fs_, "/f"), "data");
+  Stat dst = *fs_->stat("/d");
+  EXPECT_EQ(dst.type, FileType::Directory);
+  EXPECT_EQ(dst.uid, 1000u);
+  EXPECT_EQ(dst.gid, 2000u);
+  EXPECT_EQ(dst.atime_ns, 1'000'000'001);
+  EXPECT_EQ(dst.mtime_ns, -5);
+  expect_clean();
+}
+
 TEST_F(FsTest, WriteReadAtOffsetsWithHolesSurvivesRemount) {
   write_file(*fs_, "/a", "hello");
   write_file(*fs_, "/a", "world", 10000);  // leaves a hole, crosses into block 2

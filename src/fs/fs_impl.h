@@ -113,6 +113,18 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<void> rmdir(std::string_view path) override;
   Result<void> rename(std::string_view from, std::string_view to) override;
   Result<void> link(std::string_view existing, std::string_view new_path) override;
+  Result<InodeNumber> lookup_at(InodeNumber dir, std::string_view name) override;
+  Result<InodeNumber> create_at(InodeNumber dir, std::string_view name, uint32_t mode,
+                                std::optional<Credentials> owner) override;
+  Result<InodeNumber> mkdir_at(InodeNumber dir, std::string_view name, uint32_t mode,
+                               std::optional<Credentials> owner) override;
+  Result<void> unlink_at(InodeNumber dir, std::string_view name) override;
+  Result<void> rmdir_at(InodeNumber dir, std::string_view name) override;
+  Result<std::vector<DirEntry>> readdir_at(InodeNumber dir) override;
+  Result<void> rename_at(InodeNumber from_dir, std::string_view from_name, InodeNumber to_dir,
+                         std::string_view to_name, RenameFlags flags) override;
+  Result<void> link_at(InodeNumber ino, InodeNumber dir, std::string_view name) override;
+  Result<Stat> set_attributes(InodeNumber ino, const SetAttributes& attrs) override;
   Result<std::vector<DirEntry>> readdir(std::string_view path) override;
   Result<Stat> stat(std::string_view path) override;
   Result<Stat> stat(InodeNumber ino) override;
@@ -229,14 +241,27 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<InodePtr> resolve(std::string_view path);
   Result<Inode*> resolve_locked(std::string_view path);  // no reference taken
   Result<InodePtr> resolve_parent(std::string_view path, std::string* leaf);
+  // Where a name is made or removed: a path, or (dir set) a directory inode and one name.
+  struct Place {
+    std::string_view path;
+    InodeNumber dir{};
+    std::string_view name;
+    std::string shown() const;  // for messages
+    bool names_a_directory() const;  // a path ending in '/' or '/.'
+  };
+  Result<InodePtr> resolve_parent(const Place& place, std::string* leaf);
   InodePtr find_inode(InodeNumber ino) const;
   Result<InodePtr> get_inode(InodeNumber ino);
-  Result<InodeNumber> make_node(std::string_view path, uint32_t mode, FileType type, std::optional<Credentials> owner);
-  Result<void> remove_name(std::string_view path, FileType type);
+  Result<InodeNumber> make_node(const Place& place, uint32_t mode, FileType type, std::optional<Credentials> owner);
+  Result<void> remove_name(const Place& place, FileType type);
+  Result<void> rename_places(const Place& from, const Place& to, RenameFlags flags);
+  // `existing` names the file, or (empty) `ino` does.
+  Result<void> link_place(std::string_view existing, InodeNumber ino, const Place& place);
   // Records that free the inode once its link count is nlink_after, if that is
   // zero and nobody has it open.
   void free_inode_records(const Inode& inode, uint32_t nlink_after, Records* records);
   Stat stat_of(const Inode& inode) const;
+  std::vector<DirEntry> list_locked(const Inode& dir) const;  // sorted by name
 
   // space.cc: allocation with the checkpoint reserve kept back.
   Result<void> reserve_blocks(uint64_t count);

@@ -105,6 +105,28 @@ Result<InodePtr> FsImpl::resolve_parent(std::string_view path, std::string* leaf
   return parent;
 }
 
+Result<InodePtr> FsImpl::resolve_parent(const Place& place, std::string* leaf) {
+  if (place.dir == InodeNumber{}) return resolve_parent(place.path, leaf);
+  std::string_view name = place.name;
+  if (name.empty()) return fail(EINVAL, "empty name");
+  if (name == "." || name == "..") return fail(EINVAL, place.shown() + ": '.' and '..' cannot be made or removed");
+  if (name.find('/') != std::string_view::npos) return fail(EINVAL, place.shown() + ": a name cannot hold '/'");
+  if (name.find('\0') != std::string_view::npos) return fail(EINVAL, "a name cannot hold a NUL byte");
+  if (name.size() > format::kNameBytesMax) return fail(ENAMETOOLONG, "name longer than 255 bytes");
+  InodePtr parent = find_inode(place.dir);
+  if (parent == nullptr) return fail(ENOENT, place.shown() + ": no such directory");
+  if (!parent->is_dir()) return fail(ENOTDIR, place.shown() + ": parent is not a directory");
+  *leaf = std::string(name);
+  return parent;
+}
+
+std::string FsImpl::Place::shown() const {
+  if (dir == InodeNumber{}) return std::string(path);
+  return "inode " + std::to_string(dir.value()) + "/" + std::string(name);
+}
+
+bool FsImpl::Place::names_a_directory() const { return dir == InodeNumber{} && poise::names_a_directory(path); }
+
 Stat FsImpl::stat_of(const Inode& inode) const {
   Stat st;
   st.ino = inode.ino;
@@ -126,15 +148,32 @@ Result<InodeNumber> FsImpl::lookup(std::string_view path) {
   return TRY(resolve_locked(path))->ino;
 }
 
-Result<InodeNumber> FsImpl::make_node(std::string_view path, uint32_t mode, FileType type,
+Result<InodeNumber> FsImpl::lookup_at(InodeNumber dir, std::string_view name) {
+  if (!mounted_) return fail(EIO, "filesystem is not mounted");
+  std::shared_lock ns(ns_mutex_);
+  InodePtr parent = find_inode(dir);
+  if (parent == nullptr) return fail(ENOENT, "no inode " + std::to_string(dir.value()));
+  if (!parent->is_dir()) return fail(ENOTDIR, "inode " + std::to_string(dir.value()) + " is not a directory");
+  if (name.empty() || name.find('/') != std::string_view::npos || name.find('\0') != std::string_view::npos) {
+    return fail(EINVAL, "a name is one path component");
+  }
+  if (name.size() > format::kNameBytesMax) return fail(ENAMETOOLONG, "name longer than 255 bytes");
+  if (name == ".") return parent->ino;
+  if (name == "..") return parent->ino == kRootInode ? kRootInode : parent->parent;
+  auto it = parent->entries->find(name);
+  if (it == parent->entries->end()) return fail(ENOENT, std::string(name) + ": no such file or directory");
+  return it->second->ino;
+}
+
+Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileType type,
                                       std::optional<Credentials> owner) {
   auto op = TRY(begin_op(kNamespaceTxBytes));
   std::unique_lock ns(ns_mutex_);
   std::string leaf;
-  InodePtr parent = TRY(resolve_parent(path, &leaf));
-  if (parent->entries->count(leaf) != 0) return fail(EEXIST, std::string(path) + ": already exists");
-  if (type == FileType::Regular && names_a_directory(path)) {
-    return fail(EISDIR, std::string(path) + ": a file's name cannot end in '/'");
+  InodePtr parent = TRY(resolve_parent(place, &leaf));
+  if (parent->entries->count(leaf) != 0) return fail(EEXIST, place.shown() + ": already exists");
+  if (type == FileType::Regular && place.names_a_directory()) {
+    return fail(EISDIR, place.shown() + ": a file's name cannot end in '/'");
   }
   if (parent->entries->size() >= kDirEntriesMax) return fail(ENOSPC, "directory is full");
   TRY(expect_space(1, "create"));  // room for the inode in the next checkpoint
@@ -153,11 +192,21 @@ Result<InodeNumber> FsImpl::make_node(std::string_view path, uint32_t mode, File
 }
 
 Result<InodeNumber> FsImpl::create(std::string_view path, uint32_t mode, std::optional<Credentials> owner) {
-  return make_node(path, mode, FileType::Regular, owner);
+  return make_node(Place{path}, mode, FileType::Regular, owner);
 }
 
 Result<InodeNumber> FsImpl::mkdir(std::string_view path, uint32_t mode, std::optional<Credentials> owner) {
-  return make_node(path, mode, FileType::Directory, owner);
+  return make_node(Place{path}, mode, FileType::Directory, owner);
+}
+
+Result<InodeNumber> FsImpl::create_at(InodeNumber dir, std::string_view name, uint32_t mode,
+                                      std::optional<Credentials> owner) {
+  return make_node(Place{{}, dir, name}, mode, FileType::Regular, owner);
+}
+
+Result<InodeNumber> FsImpl::mkdir_at(InodeNumber dir, std::string_view name, uint32_t mode,
+                                     std::optional<Credentials> owner) {
+  return make_node(Place{{}, dir, name}, mode, FileType::Directory, owner);
 }
 
 void FsImpl::free_inode_records(const Inode& inode, uint32_t nlink_after, Records* records) {
@@ -168,29 +217,29 @@ void FsImpl::free_inode_records(const Inode& inode, uint32_t nlink_after, Record
   records->push_back(format::InodeFreeRecord{inode.ino.value()});
 }
 
-Result<void> FsImpl::remove_name(std::string_view path, FileType type) {
+Result<void> FsImpl::remove_name(const Place& place, FileType type) {
   auto op = TRY(begin_op(kNamespaceTxBytes, Journal::Use::Freeing));
   std::unique_lock ns(ns_mutex_);
   std::string leaf;
-  InodePtr parent = TRY(resolve_parent(path, &leaf));
+  InodePtr parent = TRY(resolve_parent(place, &leaf));
   auto it = parent->entries->find(leaf);
-  if (it == parent->entries->end()) return fail(ENOENT, std::string(path) + ": no such file or directory");
+  if (it == parent->entries->end()) return fail(ENOENT, place.shown() + ": no such file or directory");
   InodePtr child = find_inode(it->second->ino);
   int64_t t = now();
   format::InodeCore parent_core = parent->core;
   parent_core.mtime_ns = parent_core.ctime_ns = t;
   Records records{format::DirentRemoveRecord{parent->ino.value(), leaf}};
   if (type == FileType::Directory) {
-    if (!child->is_dir()) return fail(ENOTDIR, std::string(path) + ": not a directory");
-    if (!child->entries->empty()) return fail(ENOTEMPTY, std::string(path) + ": directory not empty");
+    if (!child->is_dir()) return fail(ENOTDIR, place.shown() + ": not a directory");
+    if (!child->entries->empty()) return fail(ENOTEMPTY, place.shown() + ": directory not empty");
     --parent_core.nlink;
     records.push_back(parent_core);
     records.push_back(format::InodeFreeRecord{child->ino.value()});
     commit(op, records, {});
     return {};
   }
-  if (child->is_dir()) return fail(EISDIR, std::string(path) + ": is a directory (use rmdir)");
-  if (names_a_directory(path)) return fail(ENOTDIR, std::string(path) + ": not a directory (the path ends in '/')");
+  if (child->is_dir()) return fail(EISDIR, place.shown() + ": is a directory (use rmdir)");
+  if (place.names_a_directory()) return fail(ENOTDIR, place.shown() + ": not a directory (the path ends in '/')");
   std::unique_lock file_lock(child->lock);
   format::InodeCore core = child->core;
   --core.nlink;
@@ -202,25 +251,43 @@ Result<void> FsImpl::remove_name(std::string_view path, FileType type) {
   return {};
 }
 
-Result<void> FsImpl::unlink(std::string_view path) { return remove_name(path, FileType::Regular); }
-Result<void> FsImpl::rmdir(std::string_view path) { return remove_name(path, FileType::Directory); }
+Result<void> FsImpl::unlink(std::string_view path) { return remove_name(Place{path}, FileType::Regular); }
+Result<void> FsImpl::rmdir(std::string_view path) { return remove_name(Place{path}, FileType::Directory); }
+Result<void> FsImpl::unlink_at(InodeNumber dir, std::string_view name) {
+  return remove_name(Place{{}, dir, name}, FileType::Regular);
+}
+Result<void> FsImpl::rmdir_at(InodeNumber dir, std::string_view name) {
+  return remove_name(Place{{}, dir, name}, FileType::Directory);
+}
 
 Result<void> FsImpl::rename(std::string_view from, std::string_view to) {
+  return rename_places(Place{from}, Place{to}, RenameFlags::None);
+}
+
+Result<void> FsImpl::rename_at(InodeNumber from_dir, std::string_view from_name, InodeNumber to_dir,
+                               std::string_view to_name, RenameFlags flags) {
+  return rename_places(Place{{}, from_dir, from_name}, Place{{}, to_dir, to_name}, flags);
+}
+
+Result<void> FsImpl::rename_places(const Place& from, const Place& to, RenameFlags flags) {
+  if (flags != RenameFlags::None && flags != RenameFlags::NoReplace) {
+    return fail(EINVAL, "rename: unknown flags (only NoReplace is supported)");
+  }
   auto op = TRY(begin_op(kNamespaceTxBytes));
   std::unique_lock ns(ns_mutex_);
   std::string src_leaf, dst_leaf;
   InodePtr src_dir = TRY(resolve_parent(from, &src_leaf));
   InodePtr dst_dir = TRY(resolve_parent(to, &dst_leaf));
   auto src_it = src_dir->entries->find(src_leaf);
-  if (src_it == src_dir->entries->end()) return fail(ENOENT, std::string(from) + ": no such file or directory");
+  if (src_it == src_dir->entries->end()) return fail(ENOENT, from.shown() + ": no such file or directory");
   InodePtr src = find_inode(src_it->second->ino);
-  if (!src->is_dir() && (names_a_directory(from) || names_a_directory(to))) {
-    return fail(ENOTDIR, std::string(from) + ": not a directory (a path ends in '/')");
+  if (!src->is_dir() && (from.names_a_directory() || to.names_a_directory())) {
+    return fail(ENOTDIR, from.shown() + ": not a directory (a path ends in '/')");
   }
   if (src->is_dir()) {  // a directory may not move below itself
     for (InodePtr up = dst_dir;; up = find_inode(up->parent)) {
       if (up->ino == src->ino) {
-        return fail(EINVAL, std::string(to) + ": cannot move a directory into itself");
+        return fail(EINVAL, to.shown() + ": cannot move a directory into itself");
       }
       if (up->ino == kRootInode) break;
     }
@@ -229,11 +296,12 @@ Result<void> FsImpl::rename(std::string_view from, std::string_view to) {
   InodePtr victim;
   if (auto dst_it = dst_dir->entries->find(dst_leaf); dst_it != dst_dir->entries->end()) {
     victim = find_inode(dst_it->second->ino);
+    if (flags == RenameFlags::NoReplace) return fail(EEXIST, to.shown() + ": already exists");
     if (victim->ino == src->ino) return {};  // both names already link the same inode
-    if (src->is_dir() && !victim->is_dir()) return fail(ENOTDIR, std::string(to) + ": not a directory");
-    if (!src->is_dir() && victim->is_dir()) return fail(EISDIR, std::string(to) + ": is a directory");
+    if (src->is_dir() && !victim->is_dir()) return fail(ENOTDIR, to.shown() + ": not a directory");
+    if (!src->is_dir() && victim->is_dir()) return fail(EISDIR, to.shown() + ": is a directory");
     if (victim->is_dir() && !victim->entries->empty()) {
-      return fail(ENOTEMPTY, std::string(to) + ": directory not empty");
+      return fail(ENOTEMPTY, to.shown() + ": directory not empty");
     }
   }
   // Lock the regular files whose attributes change, in inode order.
@@ -288,17 +356,34 @@ Result<void> FsImpl::rename(std::string_view from, std::string_view to) {
 }
 
 Result<void> FsImpl::link(std::string_view existing, std::string_view new_path) {
+  return link_place(existing, InodeNumber{}, Place{new_path});
+}
+
+Result<void> FsImpl::link_at(InodeNumber ino, InodeNumber dir, std::string_view name) {
+  return link_place({}, ino, Place{{}, dir, name});
+}
+
+Result<void> FsImpl::link_place(std::string_view existing, InodeNumber ino, const Place& place) {
   auto op = TRY(begin_op(kNamespaceTxBytes));
   std::unique_lock ns(ns_mutex_);
-  InodePtr target = TRY(resolve(existing));
-  if (target->is_dir()) return fail(EPERM, std::string(existing) + ": cannot hard-link a directory");
+  InodePtr target;
+  std::string shown = existing.empty() ? "inode " + std::to_string(ino.value()) : std::string(existing);
+  if (ino == InodeNumber{}) {
+    target = TRY(resolve(existing));
+  } else {
+    target = find_inode(ino);
+    if (target == nullptr) return fail(ENOENT, shown + ": no such file");
+  }
+  if (target->is_dir()) return fail(EPERM, shown + ": cannot hard-link a directory");
   std::string leaf;
-  InodePtr dir = TRY(resolve_parent(new_path, &leaf));
-  if (dir->entries->count(leaf) != 0) return fail(EEXIST, std::string(new_path) + ": already exists");
-  if (names_a_directory(new_path)) return fail(ENOTDIR, std::string(new_path) + ": a file's name cannot end in '/'");
+  InodePtr dir = TRY(resolve_parent(place, &leaf));
+  if (dir->entries->count(leaf) != 0) return fail(EEXIST, place.shown() + ": already exists");
+  if (place.names_a_directory()) return fail(ENOTDIR, place.shown() + ": a file's name cannot end in '/'");
   TRY(expect_space(1, "link"));  // room for the new name in the next checkpoint
   std::unique_lock file_lock(target->lock);
-  if (target->core.nlink >= kLinksMax) return fail(EMLINK, std::string(existing) + ": too many links");
+  // A file whose last name is gone (open but unlinked) cannot get a new one.
+  if (target->core.nlink == 0 || target->freed) return fail(ENOENT, shown + ": the file has been removed");
+  if (target->core.nlink >= kLinksMax) return fail(EMLINK, shown + ": too many links");
   int64_t t = now();
   format::InodeCore core = target->core;
   ++core.nlink;
@@ -310,13 +395,48 @@ Result<void> FsImpl::link(std::string_view existing, std::string_view new_path) 
   return {};
 }
 
+Result<Stat> FsImpl::set_attributes(InodeNumber ino, const SetAttributes& attrs) {
+  if (attrs.mode && (*attrs.mode & ~format::kModePermMask) != 0) {
+    return fail(EINVAL, "a mode holds permission bits only (07777)");
+  }
+  auto op = TRY(begin_op(kNamespaceTxBytes));
+  std::unique_lock ns(ns_mutex_);  // a directory's attributes are guarded by it
+  InodePtr inode = find_inode(ino);
+  if (inode == nullptr) return fail(ENOENT, "no inode " + std::to_string(ino.value()));
+  std::unique_lock lock(inode->lock);
+  if (inode->freed) return fail(ENOENT, "file was deleted");
+  format::InodeCore core = inode->core;
+  if (attrs.mode) core.mode = (core.mode & ~format::kModePermMask) | *attrs.mode;
+  if (attrs.uid) core.uid = *attrs.uid;
+  if (attrs.gid) core.gid = *attrs.gid;
+  int64_t t = now();
+  if (attrs.atime_ns) core.atime_ns = *attrs.atime_ns == SetAttributes::kNow ? t : *attrs.atime_ns;
+  if (attrs.mtime_ns) core.mtime_ns = *attrs.mtime_ns == SetAttributes::kNow ? t : *attrs.mtime_ns;
+  core.ctime_ns = t;
+  commit(op, {core}, {inode.get()});
+  return stat_of(*inode);
+}
+
 Result<std::vector<DirEntry>> FsImpl::readdir(std::string_view path) {
   std::shared_lock ns(ns_mutex_);
   InodePtr dir = TRY(resolve(path));
   if (!dir->is_dir()) return fail(ENOTDIR, std::string(path) + ": not a directory");
+  return list_locked(*dir);
+}
+
+Result<std::vector<DirEntry>> FsImpl::readdir_at(InodeNumber ino) {
+  if (!mounted_) return fail(EIO, "filesystem is not mounted");
+  std::shared_lock ns(ns_mutex_);
+  InodePtr dir = find_inode(ino);
+  if (dir == nullptr) return fail(ENOENT, "no inode " + std::to_string(ino.value()));
+  if (!dir->is_dir()) return fail(ENOTDIR, "inode " + std::to_string(ino.value()) + " is not a directory");
+  return list_locked(*dir);
+}
+
+std::vector<DirEntry> FsImpl::list_locked(const Inode& dir) const {
   std::vector<DirEntry> out;
-  out.reserve(dir->entries->size());
-  for (const auto& [name, child] : *dir->entries) {
+  out.reserve(dir.entries->size());
+  for (const auto& [name, child] : *dir.entries) {
     out.push_back(DirEntry{name, child->ino, child->is_dir() ? FileType::Directory : FileType::Regular});
   }
   std::sort(out.begin(), out.end(), [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });

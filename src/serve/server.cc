@@ -100,6 +100,7 @@ Result<std::unique_ptr<Server>> Server::listen(Filesystem& fs, Device& device, c
   std::unique_ptr<Server> server(new Server(fs, device, options, fd));
   Server* raw = server.get();
   fs.set_event_listener([raw](const FsEvent& e) {
+    if (raw->options_.on_event) raw->options_.on_event(e);
     raw->publish(raw->event_json(e));
     // A failure's recalls and notices went to every client at once: the flow
     // ends when all of them have acknowledged (or been killed).

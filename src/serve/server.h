@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <set>
 #include <span>
@@ -43,6 +44,9 @@ struct ServerOptions {
   // How long a client has to acknowledge a recall of its mapped pages before
   // it is killed (SIGKILL) and the change goes on once it is dead.
   uint32_t recall_timeout_ms = 1000;
+  // Also told of every failure and removal step, before the event is published
+  // (the FUSE mount drops what the kernel caches). Quick work only.
+  std::function<void(const FsEvent&)> on_event;
 };
 
 class Server {

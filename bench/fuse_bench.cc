@@ -1,0 +1,185 @@
+// The FUSE mount against tmpfs, through the same system calls in the same run:
+// create, stat (cached attributes), unlink, sequential 1 MiB writes and reads,
+// 4 KiB random reads, and untar of a tree of small files (GNU tar). The mount
+// runs on threads of this process over an emulated device; it needs root and
+// /dev/fuse (without them the rows say so and count as not measured).
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <random>
+
+#include "bench/bench.h"
+#include "fuse/mount.h"
+
+namespace poise::bench {
+
+namespace {
+
+constexpr long kTmpfsMagic = 0x01021994;
+
+struct Scratch {
+  std::string dir;
+  explicit Scratch(const std::string& parent) {
+    std::string pattern = parent + "/poise-fuse-bench-XXXXXX";
+    POISE_ASSERT(::mkdtemp(pattern.data()) != nullptr);
+    dir = pattern;
+  }
+  ~Scratch() { (void)!std::system(fmt::format("rm -rf '{}'", dir).c_str()); }
+};
+
+double files_per_second(int files, const std::function<void(int)>& each) {
+  double t = best_of(3, [&] {
+    for (int i = 0; i < files; ++i) each(i);
+  });
+  return files / t;
+}
+
+struct Figures {
+  double create = 0, stat = 0, unlink = 0, write_gbs = 0, read_gbs = 0, random_reads = 0, untar = 0;
+};
+
+// Every measurement, on a directory of either filesystem.
+Figures measure(const std::string& dir, const Options& o, const std::string& tarball, int tar_files) {
+  Figures f;
+  const int files = o.quick ? 1000 : 10000;
+  std::string names = dir + "/names";
+  POISE_ASSERT(::mkdir(names.c_str(), 0755) == 0);
+  auto name = [&](int i) { return fmt::format("{}/file{:06}", names, i); };
+  // Three rounds, each from an empty directory: the best create time counts.
+  double best_create = 1e30;
+  for (int round = 0; round < 3; ++round) {
+    double t0 = now_seconds();
+    for (int i = 0; i < files; ++i) {
+      int fd = ::open(name(i).c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+      POISE_ASSERT(fd >= 0);
+      ::close(fd);
+    }
+    best_create = std::min(best_create, now_seconds() - t0);
+    if (round < 2) {
+      for (int i = 0; i < files; ++i) ::unlink(name(i).c_str());
+    }
+  }
+  f.create = files / best_create;
+  f.stat = files_per_second(files, [&](int i) {
+    struct stat st {};
+    POISE_ASSERT(::stat(name(i).c_str(), &st) == 0);
+  });
+  double t0 = now_seconds();
+  for (int i = 0; i < files; ++i) POISE_ASSERT(::unlink(name(i).c_str()) == 0);
+  f.unlink = files / (now_seconds() - t0);
+
+  const size_t mib = 1 << 20;
+  const size_t total = o.quick ? (64u << 20) : (512u << 20);
+  std::vector<char> buf(mib, 'x');
+  std::string big = dir + "/big";
+  f.write_gbs = total / 1e9 / best_of(3, [&] {
+    ::unlink(big.c_str());
+    int fd = ::open(big.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    POISE_ASSERT(fd >= 0);
+    for (size_t off = 0; off < total; off += mib) POISE_ASSERT(::write(fd, buf.data(), mib) == ssize_t(mib));
+    ::close(fd);
+  });
+  f.read_gbs = total / 1e9 / best_of(3, [&] {
+    int fd = ::open(big.c_str(), O_RDONLY | O_CLOEXEC);  // (the mount's cached pages go at open)
+    POISE_ASSERT(fd >= 0);
+    for (size_t off = 0; off < total; off += mib) POISE_ASSERT(::read(fd, buf.data(), mib) == ssize_t(mib));
+    ::close(fd);
+  });
+  const int reads = o.quick ? 5000 : 50000;
+  f.random_reads = reads / best_of(3, [&] {
+    std::mt19937_64 rng(7);
+    int fd = ::open(big.c_str(), O_RDONLY | O_CLOEXEC);
+    POISE_ASSERT(fd >= 0);
+    for (int i = 0; i < reads; ++i) {
+      off_t page = static_cast<off_t>(rng() % (total / 4096));
+      POISE_ASSERT(::pread(fd, buf.data(), 4096, page * 4096) == 4096);
+    }
+    ::close(fd);
+  });
+  ::unlink(big.c_str());
+
+  f.untar = tar_files / best_of(3, [&] {
+    std::string into = dir + "/untar";
+    (void)!std::system(fmt::format("rm -rf '{0}' && mkdir '{0}' && tar -C '{0}' -xf '{1}'", into, tarball).c_str());
+  });
+  return f;
+}
+
+}  // namespace
+
+void fuse_bench(const Options& o, Table* t) {
+  const std::string settings = "FUSE: 4 threads, 1 MiB max read/write, names/attributes cached 3600 s, "
+                               "page cache dropped at open (no keep_cache), no writeback cache, no splice";
+  // The peer: tmpfs (/dev/shm), through the same calls.
+  struct statfs sfs {};
+  if (::statfs("/dev/shm", &sfs) != 0 || sfs.f_type != kTmpfsMagic) {
+    t->add({"FUSE mount vs tmpfs: /dev/shm is not tmpfs here, not measured", "-", "-", "-", "-", false});
+    return;
+  }
+  Scratch peer_dir("/dev/shm");
+  Scratch work("/tmp");
+  // A source tree of small files, packed once: what untar unpacks on both.
+  const int tar_files = o.quick ? 1000 : 10000;
+  std::string tree = work.dir + "/tree";
+  for (int d = 0; d < tar_files / 100; ++d) {
+    std::string sub = fmt::format("{}/d{:03}", tree, d);
+    POISE_ASSERT(::mkdir(tree.c_str(), 0755) == 0 || errno == EEXIST);
+    POISE_ASSERT(::mkdir(sub.c_str(), 0755) == 0);
+    for (int i = 0; i < 100; ++i) {
+      int fd = ::open(fmt::format("{}/f{:03}.c", sub, i).c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+      std::string body(static_cast<size_t>(200 + (d * 100 + i) * 37 % 8000), 'c');
+      POISE_ASSERT(::write(fd, body.data(), body.size()) == ssize_t(body.size()));
+      ::close(fd);
+    }
+  }
+  std::string tarball = work.dir + "/tree.tar";
+  POISE_ASSERT(std::system(fmt::format("tar -C '{}' -cf '{}' .", tree, tarball).c_str()) == 0);
+
+  MemoryDevice device(o.quick ? (512ull << 20) : (2048ull << 20), MemoryDevice::Backing::Shared);
+  POISE_ASSERT(Filesystem::format(device).has_value());
+  auto fs = std::move(*Filesystem::mount(device));
+  std::string mnt = work.dir + "/mnt";
+  POISE_ASSERT(::mkdir(mnt.c_str(), 0755) == 0);
+  fusemount::MountOptions options;
+  options.dir = mnt;
+  options.source = "poise-bench";
+  options.cache_seconds = 3600;
+  auto mount = fusemount::Mount::start(*fs, options);
+  if (!mount.has_value()) {
+    t->add({"FUSE mount vs tmpfs: not measured (" + mount.error().message + "; needs root and /dev/fuse)", "-", "-",
+            "-", "-", false});
+    return;
+  }
+  Figures mine = measure(mnt, o, tarball, tar_files);
+  mount->reset();
+  Figures peer = measure(peer_dir.dir, o, tarball, tar_files);
+  POISE_ASSERT(fs->unmount().has_value());
+
+  auto rate = [](double v, const char* unit) { return fmt::format("{:.0f} {}", v, unit); };
+  auto gbs = [](double v) { return fmt::format("{:.2f} GB/s", v); };
+  auto add = [&](const std::string& what, double a, double b, const std::string& fa, const std::string& fb,
+                 double target) {
+    t->add({what, fa, fb, fmt::format("{:.0f}%", 100 * a / b), fmt::format(">= {:.0f}%", target * 100),
+            a >= target * b});
+  };
+  add("FUSE create (open O_CREAT + close) vs tmpfs", mine.create, peer.create, rate(mine.create, "/s"),
+      rate(peer.create, "/s"), 0.5);
+  add("FUSE stat, cached attributes, vs tmpfs", mine.stat, peer.stat, rate(mine.stat, "/s"), rate(peer.stat, "/s"), 0.8);
+  add("FUSE unlink vs tmpfs", mine.unlink, peer.unlink, rate(mine.unlink, "/s"), rate(peer.unlink, "/s"), 0.5);
+  add("FUSE sequential 1 MiB writes vs tmpfs", mine.write_gbs, peer.write_gbs, gbs(mine.write_gbs),
+      gbs(peer.write_gbs), 0.6);
+  add("FUSE sequential 1 MiB reads (after open) vs tmpfs", mine.read_gbs, peer.read_gbs, gbs(mine.read_gbs),
+      gbs(peer.read_gbs), 0.6);
+  add("FUSE 4 KiB random reads vs tmpfs", mine.random_reads, peer.random_reads, rate(mine.random_reads, "/s"),
+      rate(peer.random_reads, "/s"), 0.4);
+  add(fmt::format("FUSE untar of {} small files vs tmpfs", tar_files), mine.untar, peer.untar,
+      rate(mine.untar, "files/s"), rate(peer.untar, "files/s"), 0.5);
+  t->add({settings, "-", "-", "-", "(report)", true});
+}
+
+}  // namespace poise::bench

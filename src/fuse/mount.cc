@@ -1,0 +1,555 @@
+#define FUSE_USE_VERSION 314
+#include "fuse/mount.h"
+
+#include <fuse_lowlevel.h>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+
+namespace poise::fusemount {
+
+namespace {
+
+constexpr uint64_t kBlockBytes = 4096;
+constexpr size_t kIoBytesMax = 1 << 20;  // the largest read or write the kernel sends
+
+Mount& mount_of(fuse_req_t req) { return *static_cast<Mount*>(fuse_req_userdata(req)); }
+Filesystem& fs_of(fuse_req_t req) { return mount_of(req).fs(); }
+
+void reply_error(fuse_req_t req, const Error& e) { fuse_reply_err(req, e.code > 0 ? e.code : EIO); }
+void reply_errno(fuse_req_t req, int code) { fuse_reply_err(req, code); }
+void reply_count(fuse_req_t req, size_t bytes) { fuse_reply_write(req, bytes); }
+
+timespec to_timespec(int64_t ns) {
+  int64_t sec = ns / 1'000'000'000;
+  int64_t rem = ns % 1'000'000'000;
+  if (rem < 0) {  // before 1970: tv_nsec stays in [0, 1e9)
+    rem += 1'000'000'000;
+    --sec;
+  }
+  return timespec{static_cast<time_t>(sec), static_cast<long>(rem)};
+}
+
+int64_t to_ns(const timespec& t) { return int64_t(t.tv_sec) * 1'000'000'000 + t.tv_nsec; }
+
+struct stat to_stat(const Stat& s) {
+  struct stat st {};
+  st.st_ino = s.ino.value();
+  st.st_mode = (s.type == FileType::Directory ? S_IFDIR : S_IFREG) | s.mode;
+  st.st_nlink = s.nlink;
+  st.st_uid = s.uid;
+  st.st_gid = s.gid;
+  st.st_size = static_cast<off_t>(s.size_bytes);
+  st.st_blksize = kBlockBytes;
+  st.st_blocks = static_cast<blkcnt_t>(s.blocks * (kBlockBytes / 512));
+  st.st_atim = to_timespec(s.atime_ns);
+  st.st_mtim = to_timespec(s.mtime_ns);
+  st.st_ctim = to_timespec(s.ctime_ns);
+  return st;
+}
+
+// Answers a request that made or found a name: the inode and its attributes,
+// which the kernel keeps for the cache time (and holds one reference to).
+void reply_entry(fuse_req_t req, InodeNumber ino) {
+  Mount& m = mount_of(req);
+  auto st = m.fs().stat(ino);
+  if (!st.has_value()) return reply_error(req, st.error());
+  fuse_entry_param e{};
+  e.ino = ino.value();
+  e.generation = 0;  // inode numbers are never reused
+  e.attr = to_stat(*st);
+  e.attr_timeout = m.options().cache_seconds;
+  e.entry_timeout = m.options().cache_seconds;
+  m.remember(ino.value());
+  if (fuse_reply_entry(req, &e) != 0) m.forget(ino.value(), 1);  // the caller was interrupted
+}
+
+void reply_result(fuse_req_t req, const Result<void>& r) {
+  if (!r.has_value()) return reply_error(req, r.error());
+  fuse_reply_err(req, 0);
+}
+
+Credentials caller(fuse_req_t req) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  return Credentials{static_cast<uint32_t>(ctx->uid), static_cast<uint32_t>(ctx->gid)};
+}
+
+// --- the request handlers ----------------------------------------------------------
+
+void op_init(void*, fuse_conn_info* conn) {
+  conn->max_write = kIoBytesMax;
+  conn->max_readahead = std::min<unsigned>(conn->max_readahead, kIoBytesMax);
+  conn->time_gran = 1;  // nanosecond timestamps
+  conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;  // O_TRUNC arrives as a setattr of the size
+}
+
+void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  auto ino = fs_of(req).lookup_at(InodeNumber(parent), name);
+  if (!ino.has_value()) return reply_error(req, ino.error());
+  reply_entry(req, *ino);
+}
+
+void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  mount_of(req).forget(ino, nlookup);
+  fuse_reply_none(req);
+}
+
+void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  for (size_t i = 0; i < count; ++i) mount_of(req).forget(forgets[i].ino, forgets[i].nlookup);
+  fuse_reply_none(req);
+}
+
+void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  auto st = fs_of(req).stat(InodeNumber(ino));
+  if (!st.has_value()) return reply_error(req, st.error());
+  struct stat out = to_stat(*st);
+  fuse_reply_attr(req, &out, mount_of(req).options().cache_seconds);
+}
+
+void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {
+  Filesystem& fs = fs_of(req);
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    if (attr->st_size < 0) return reply_errno(req, EINVAL);
+    auto truncated = fs.truncate(InodeNumber(ino), static_cast<uint64_t>(attr->st_size));
+    if (!truncated.has_value()) return reply_error(req, truncated.error());
+  }
+  SetAttributes change;
+  if (to_set & FUSE_SET_ATTR_MODE) change.mode = attr->st_mode & 07777;
+  if (to_set & FUSE_SET_ATTR_UID) change.uid = attr->st_uid;
+  if (to_set & FUSE_SET_ATTR_GID) change.gid = attr->st_gid;
+  if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
+    change.atime_ns = SetAttributes::kNow;
+  } else if (to_set & FUSE_SET_ATTR_ATIME) {
+    change.atime_ns = to_ns(attr->st_atim);
+  }
+  if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+    change.mtime_ns = SetAttributes::kNow;
+  } else if (to_set & FUSE_SET_ATTR_MTIME) {
+    change.mtime_ns = to_ns(attr->st_mtim);
+  }
+  if (change.mode || change.uid || change.gid || change.atime_ns || change.mtime_ns) {
+    auto changed = fs.set_attributes(InodeNumber(ino), change);
+    if (!changed.has_value()) return reply_error(req, changed.error());
+  }
+  op_getattr(req, ino, nullptr);
+}
+
+void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t) {
+  // The format has regular files and directories only (docs/format.md).
+  if (!S_ISREG(mode)) return reply_errno(req, EPERM);
+  auto ino = fs_of(req).create_at(InodeNumber(parent), name, mode & 07777, caller(req));
+  if (!ino.has_value()) return reply_error(req, ino.error());
+  reply_entry(req, *ino);
+}
+
+void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  auto ino = fs_of(req).mkdir_at(InodeNumber(parent), name, mode & 07777, caller(req));
+  if (!ino.has_value()) return reply_error(req, ino.error());
+  reply_entry(req, *ino);
+}
+
+void op_symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) {
+  fuse_reply_err(req, EPERM);  // symlink(2): the filesystem does not support symbolic links
+}
+
+void op_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  reply_result(req, fs_of(req).unlink_at(InodeNumber(parent), name));
+}
+
+void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  reply_result(req, fs_of(req).rmdir_at(InodeNumber(parent), name));
+}
+
+void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
+               const char* new_name, unsigned int flags) {
+  if (flags & ~unsigned(RENAME_NOREPLACE)) return reply_errno(req, EINVAL);  // RENAME_EXCHANGE, WHITEOUT
+  RenameFlags how = (flags & RENAME_NOREPLACE) ? RenameFlags::NoReplace : RenameFlags::None;
+  reply_result(req, fs_of(req).rename_at(InodeNumber(parent), name, InodeNumber(new_parent), new_name, how));
+}
+
+void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t new_parent, const char* new_name) {
+  auto linked = fs_of(req).link_at(InodeNumber(ino), InodeNumber(new_parent), new_name);
+  if (!linked.has_value()) return reply_error(req, linked.error());
+  reply_entry(req, InodeNumber(ino));
+}
+
+// An open file keeps its inode (and blocks) alive after its last name goes,
+// until release.
+void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Filesystem& fs = fs_of(req);
+  auto st = fs.stat(InodeNumber(ino));
+  if (!st.has_value()) return reply_error(req, st.error());
+  if (st->type == FileType::Directory) return reply_errno(req, EISDIR);
+  auto kept = fs.retain(InodeNumber(ino));
+  if (!kept.has_value()) return reply_error(req, kept.error());
+  fi->keep_cache = 0;  // pages are read again at each open: other paths' writes are seen
+  if (fuse_reply_open(req, fi) != 0) fs.release(InodeNumber(ino));
+}
+
+void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+  if (!S_ISREG(mode)) return reply_errno(req, EPERM);
+  Mount& m = mount_of(req);
+  Filesystem& fs = m.fs();
+  auto ino = fs.create_at(InodeNumber(parent), name, mode & 07777, caller(req));
+  if (!ino.has_value()) return reply_error(req, ino.error());
+  auto st = fs.stat(*ino);
+  if (!st.has_value()) return reply_error(req, st.error());
+  auto kept = fs.retain(*ino);
+  if (!kept.has_value()) return reply_error(req, kept.error());
+  fuse_entry_param e{};
+  e.ino = ino->value();
+  e.attr = to_stat(*st);
+  e.attr_timeout = m.options().cache_seconds;
+  e.entry_timeout = m.options().cache_seconds;
+  m.remember(ino->value());
+  if (fuse_reply_create(req, &e, fi) != 0) {
+    m.forget(ino->value(), 1);
+    fs.release(*ino);
+  }
+}
+
+void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  fs_of(req).release(InodeNumber(ino));
+  fuse_reply_err(req, 0);
+}
+
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  thread_local std::vector<std::byte> buffer;
+  size = std::min(size, kIoBytesMax);
+  if (buffer.size() < size) buffer.resize(size);
+  // A read that meets failed memory fails whole (EIO): the kernel then reads
+  // page by page, so exactly the lost pages fail. Never a short read, which the
+  // kernel would take for the end of the file.
+  auto n = fs_of(req).read(InodeNumber(ino), static_cast<uint64_t>(off), {buffer.data(), size});
+  if (!n.has_value()) return reply_error(req, n.error());
+  fuse_reply_buf(req, reinterpret_cast<const char*>(buffer.data()), *n);
+}
+
+void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info*) {
+  auto n = fs_of(req).write(InodeNumber(ino), static_cast<uint64_t>(off),
+                            {reinterpret_cast<const std::byte*>(buf), size});
+  if (!n.has_value()) return reply_error(req, n.error());
+  fuse_reply_write(req, *n);
+}
+
+void op_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+
+void op_fsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info*) {
+  reply_result(req, fs_of(req).fsync(InodeNumber(ino)));
+}
+
+void op_fsyncdir(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
+  reply_result(req, fs_of(req).sync());  // names are journaled; sync makes them durable everywhere
+}
+
+// A directory is listed once, at opendir, so that offsets stay stable while
+// the program reads it (as ext4's readdir does with its hash cookies).
+struct DirListing {
+  std::vector<DirEntry> entries;
+};
+
+void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Filesystem& fs = fs_of(req);
+  auto entries = fs.readdir_at(InodeNumber(ino));
+  if (!entries.has_value()) return reply_error(req, entries.error());
+  auto parent = fs.lookup_at(InodeNumber(ino), "..");
+  if (!parent.has_value()) return reply_error(req, parent.error());
+  auto listing = std::make_unique<DirListing>();
+  listing->entries.reserve(entries->size() + 2);
+  listing->entries.push_back(DirEntry{".", InodeNumber(ino), FileType::Directory});
+  listing->entries.push_back(DirEntry{"..", *parent, FileType::Directory});
+  for (auto& e : *entries) listing->entries.push_back(std::move(e));
+  fi->fh = reinterpret_cast<uint64_t>(listing.get());
+  if (fuse_reply_open(req, fi) == 0) listing.release();
+}
+
+void op_readdir(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  auto* listing = reinterpret_cast<DirListing*>(fi->fh);
+  std::vector<char> buf(std::min<size_t>(size, kIoBytesMax));
+  size_t used = 0;
+  for (size_t i = static_cast<size_t>(std::max<off_t>(off, 0)); i < listing->entries.size(); ++i) {
+    const DirEntry& e = listing->entries[i];
+    struct stat st {};
+    st.st_ino = e.ino.value();
+    st.st_mode = e.type == FileType::Directory ? S_IFDIR : S_IFREG;
+    size_t need = fuse_add_direntry(req, buf.data() + used, buf.size() - used, e.name.c_str(), &st,
+                                    static_cast<off_t>(i + 1));
+    if (need > buf.size() - used) break;
+    used += need;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void op_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  delete reinterpret_cast<DirListing*>(fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+void op_statfs(fuse_req_t req, fuse_ino_t) {
+  FsInfo info = fs_of(req).info();
+  struct statvfs out {};
+  out.f_bsize = kBlockBytes;
+  out.f_frsize = kBlockBytes;
+  out.f_blocks = info.size_bytes / kBlockBytes;
+  out.f_bfree = info.free_bytes / kBlockBytes;
+  out.f_bavail = out.f_bfree;
+  // Inodes take no fixed space: as many more as there are free blocks.
+  out.f_files = info.files + out.f_bfree;
+  out.f_ffree = out.f_bfree;
+  out.f_favail = out.f_bfree;
+  out.f_namemax = 255;
+  fuse_reply_statfs(req, &out);
+}
+
+void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, fuse_file_info*) {
+  if (offset < 0 || length <= 0) return reply_errno(req, EINVAL);
+  Filesystem& fs = fs_of(req);
+  const InodeNumber file(ino);
+  const auto off = static_cast<uint64_t>(offset), len = static_cast<uint64_t>(length);
+  if (mode == 0) return reply_result(req, fs.fallocate(file, off, len, FallocateMode::ExtendSize));
+  if (mode == FALLOC_FL_KEEP_SIZE) return reply_result(req, fs.fallocate(file, off, len, FallocateMode::KeepSize));
+  if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) return reply_result(req, fs.punch_hole(file, off, len));
+  fuse_reply_err(req, EOPNOTSUPP);  // zero-range, collapse, insert
+}
+
+// copy_file_range (how cp reaches a FUSE filesystem): block-aligned ranges are
+// shared, as a reflink, and copied by a later write; anything else is copied.
+void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_file_info*, fuse_ino_t ino_out,
+                        off_t off_out, fuse_file_info*, size_t len, int flags) {
+  if (flags != 0 || off_in < 0 || off_out < 0) return reply_errno(req, EINVAL);
+  Filesystem& fs = fs_of(req);
+  const InodeNumber src(ino_in), dst(ino_out);
+  auto st = fs.stat(src);
+  if (!st.has_value()) return reply_error(req, st.error());
+  const auto in = static_cast<uint64_t>(off_in), out = static_cast<uint64_t>(off_out);
+  if (in >= st->size_bytes) return reply_count(req, 0);
+  uint64_t want = std::min<uint64_t>(len, st->size_bytes - in);
+  const bool aligned = in % kBlockBytes == 0 && out % kBlockBytes == 0 &&
+                       (want % kBlockBytes == 0 || in + want == st->size_bytes);
+  const bool overlaps = src == dst && in < out + want && out < in + want;
+  if (aligned && !overlaps && fs.clone_range(src, in, dst, out, want).has_value()) {
+    return reply_count(req, want);
+  }
+  std::vector<std::byte> chunk(std::min<uint64_t>(want, kIoBytesMax));
+  uint64_t done = 0;
+  while (done < want) {
+    size_t piece = static_cast<size_t>(std::min<uint64_t>(chunk.size(), want - done));
+    auto got = fs.read(src, in + done, {chunk.data(), piece});
+    if (!got.has_value()) {
+      if (done == 0) return reply_error(req, got.error());
+      break;
+    }
+    if (*got == 0) break;
+    auto put = fs.write(dst, out + done, {chunk.data(), *got});
+    if (!put.has_value()) {
+      if (done == 0) return reply_error(req, put.error());
+      break;
+    }
+    done += *put;
+    if (*put < *got) break;
+  }
+  fuse_reply_write(req, done);
+}
+
+fuse_lowlevel_ops make_ops() {
+  fuse_lowlevel_ops ops{};
+  ops.init = op_init;
+  ops.lookup = op_lookup;
+  ops.forget = op_forget;
+  ops.forget_multi = op_forget_multi;
+  ops.getattr = op_getattr;
+  ops.setattr = op_setattr;
+  ops.mknod = op_mknod;
+  ops.mkdir = op_mkdir;
+  ops.symlink = op_symlink;
+  ops.unlink = op_unlink;
+  ops.rmdir = op_rmdir;
+  ops.rename = op_rename;
+  ops.link = op_link;
+  ops.open = op_open;
+  ops.create = op_create;
+  ops.release = op_release;
+  ops.read = op_read;
+  ops.write = op_write;
+  ops.flush = op_flush;
+  ops.fsync = op_fsync;
+  ops.fsyncdir = op_fsyncdir;
+  ops.opendir = op_opendir;
+  ops.readdir = op_readdir;
+  ops.releasedir = op_releasedir;
+  ops.statfs = op_statfs;
+  ops.fallocate = op_fallocate;
+  ops.copy_file_range = op_copy_file_range;
+  return ops;
+}
+
+// libfuse's option syntax: a comma or backslash in a value is escaped.
+std::string escape_option(const std::string& value) {
+  std::string out;
+  for (char c : value) {
+    if (c == ',' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+// --- the mount -------------------------------------------------------------------
+
+Result<std::unique_ptr<Mount>> Mount::start(Filesystem& fs, MountOptions options) {
+  struct stat st {};
+  if (::stat(options.dir.c_str(), &st) != 0) return fail(errno, options.dir + ": " + std::strerror(errno));
+  if (!S_ISDIR(st.st_mode)) return fail(ENOTDIR, options.dir + ": not a directory");
+  if (!(options.cache_seconds >= 0 && options.cache_seconds <= 86400)) {
+    return fail(EINVAL, "the cache time must be 0..86400 seconds");
+  }
+  if (options.threads == 0) options.threads = 1;
+  std::unique_ptr<Mount> m(new Mount(fs, std::move(options)));
+  const MountOptions& o = m->options_;
+  std::string mount_options = "default_permissions,subtype=poise,fsname=" + escape_option(o.source);
+  if (o.read_only) mount_options += ",ro";
+  if (o.allow_other) mount_options += ",allow_other";
+  std::vector<std::string> argv_text = {"poise", "-o", mount_options};
+  std::vector<char*> argv;
+  for (auto& a : argv_text) argv.push_back(a.data());
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  fuse_lowlevel_ops ops = make_ops();
+  m->session_ = fuse_session_new(&args, &ops, sizeof(ops), m.get());
+  if (m->session_ == nullptr) return fail(EINVAL, "libfuse refused the mount options: " + mount_options);
+  if (fuse_session_mount(m->session_, o.dir.c_str()) != 0) {
+    fuse_session_destroy(m->session_);
+    m->session_ = nullptr;
+    return fail(EIO, o.dir + ": the FUSE mount failed (is /dev/fuse there, and fusermount3 installed?)");
+  }
+  // Workers poll the request channel and a stop event; the channel never blocks them.
+  int fd = fuse_session_fd(m->session_);
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+  m->stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (m->stop_fd_ < 0) return fail(errno, std::string("eventfd: ") + std::strerror(errno));
+  m->invalidator_ = std::thread([raw = m.get()] { raw->send_invalidations(); });
+  for (unsigned i = 0; i < o.threads; ++i) m->workers_.emplace_back([raw = m.get()] { raw->serve_requests(); });
+  return m;
+}
+
+Mount::~Mount() {
+  if (stop_fd_ >= 0) {
+    uint64_t one = 1;
+    (void)!::write(stop_fd_, &one, sizeof(one));
+  }
+  for (auto& t : workers_) t.join();
+  {
+    std::lock_guard lock(inval_mutex_);
+    inval_stop_ = true;
+  }
+  inval_cv_.notify_all();
+  if (invalidator_.joinable()) invalidator_.join();
+  if (session_ != nullptr) {
+    // Unmounts unless the kernel already did (umount, fusermount3 -u); lazily
+    // if programs still use it.
+    fuse_session_unmount(session_);
+    fuse_session_destroy(session_);
+  }
+  if (stop_fd_ >= 0) ::close(stop_fd_);
+}
+
+void Mount::serve_requests() {
+  fuse_buf buf{};
+  const int fd = fuse_session_fd(session_);
+  while (!fuse_session_exited(session_)) {
+    pollfd fds[2] = {{fd, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (fds[1].revents != 0) break;
+    int got = fuse_session_receive_buf(session_, &buf);
+    if (got == -EINTR || got == -EAGAIN) continue;  // another worker took it
+    if (got <= 0) {
+      // ENODEV: the kernel unmounted (umount, fusermount3 -u). The first worker
+      // to see it stops the others and tells the server.
+      fuse_session_exit(session_);
+      uint64_t one = 1;
+      (void)!::write(stop_fd_, &one, sizeof(one));
+      if (!ended_by_kernel_.exchange(true) && options_.on_unmounted) options_.on_unmounted();
+      break;
+    }
+    fuse_session_process_buf(session_, &buf);
+  }
+  std::free(buf.mem);
+}
+
+void Mount::remember(uint64_t ino) {
+  std::lock_guard lock(known_mutex_);
+  ++known_[ino];
+}
+
+void Mount::forget(uint64_t ino, uint64_t count) {
+  std::lock_guard lock(known_mutex_);
+  auto it = known_.find(ino);
+  if (it == known_.end()) return;
+  if (it->second <= count) {
+    known_.erase(it);
+  } else {
+    it->second -= count;
+  }
+}
+
+// --- invalidation ------------------------------------------------------------------
+
+void Mount::on_event(const FsEvent& event) {
+  std::vector<Invalidation> items;
+  if (event.kind == FsEvent::Kind::MemoryFailure) {
+    for (const auto& f : event.files) {
+      // Whole pages: the kernel caches pages, and the failure is block-granular.
+      uint64_t from = f.file_offset / kBlockBytes * kBlockBytes;
+      uint64_t to = (f.file_offset + f.length + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
+      items.push_back({f.ino.value(), static_cast<int64_t>(from), static_cast<int64_t>(to - from)});
+    }
+  } else if (event.kind == FsEvent::Kind::PreRemove || event.kind == FsEvent::Kind::Removed) {
+    std::lock_guard lock(known_mutex_);
+    for (const auto& [ino, refs] : known_) items.push_back({ino, 0, 0});
+  }
+  if (!items.empty()) queue(std::move(items));
+}
+
+void Mount::queue(std::vector<Invalidation> items) {
+  {
+    std::lock_guard lock(inval_mutex_);
+    pending_.insert(pending_.end(), items.begin(), items.end());
+  }
+  inval_cv_.notify_all();
+}
+
+void Mount::drain_invalidations() {
+  std::unique_lock lock(inval_mutex_);
+  inval_cv_.wait(lock, [&] { return (pending_.empty() && !inval_busy_) || inval_stop_; });
+}
+
+void Mount::send_invalidations() {
+  std::unique_lock lock(inval_mutex_);
+  for (;;) {
+    inval_cv_.wait(lock, [&] { return !pending_.empty() || inval_stop_; });
+    if (inval_stop_) return;
+    Invalidation item = pending_.front();
+    pending_.pop_front();
+    inval_busy_ = true;
+    lock.unlock();
+    // ENOENT: the kernel no longer caches the inode, so there is nothing to drop.
+    (void)fuse_lowlevel_notify_inval_inode(session_, item.ino, item.offset, item.length);
+    lock.lock();
+    inval_busy_ = false;
+    inval_cv_.notify_all();
+  }
+}
+
+}  // namespace poise::fusemount

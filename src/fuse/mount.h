@@ -1,0 +1,116 @@
+// The FUSE mount (`poise serve IMAGE --mount DIR`, `poise mount IMAGE DIR`):
+// ordinary programs use the filesystem through the kernel, with libfuse3's
+// low-level API. Every request names inodes, and is answered by the mounted
+// Filesystem's inode calls (lookup_at, create_at, ...): no request resolves a
+// path, so a rename by another process can never redirect one.
+//
+// Permissions are the kernel's (`default_permissions`): it checks mode bits,
+// owner and group against the attributes poise returns, as for a local
+// filesystem; files a program creates belong to its uid and gid.
+//
+// What the kernel caches, and how poise keeps it honest:
+// - attributes and names, for `cache_seconds`; file pages until the next open
+//   of the file (no keep_cache), so a change made through the socket or the
+//   CLI is seen by the next open, and by everything within `cache_seconds`;
+// - when memory fails under a file, the kernel's cached pages of exactly the
+//   failed range are invalidated (so nobody goes on reading a stale copy), and
+//   the next read of those bytes fails with EIO, as through the library;
+// - before a removal (pre-remove), every page the kernel caches of every file
+//   it knows is invalidated; after the removal every request fails with EIO.
+//
+// mmap through the mount maps the kernel's page-cache copy, not device memory
+// (a FUSE filesystem cannot hand the kernel device pages): direct mappings are
+// the library's (poise::connect) feature.
+//
+// Threads: a few workers read requests from /dev/fuse; one more thread sends
+// invalidations (the failure flow only queues them, so it never waits on the
+// kernel). Thread-safety: start() and the destructor on one thread; on_event()
+// from any.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "poise/filesystem.h"
+
+struct fuse_session;
+
+namespace poise::fusemount {
+
+struct MountOptions {
+  std::string dir;     // the mount point: an existing directory
+  std::string source;  // what mount(8) shows as the source: the image
+  bool read_only = false;
+  bool allow_other = false;  // other users may use the mount (checked by mode bits)
+  double cache_seconds = 1.0;  // how long the kernel trusts names and attributes
+  unsigned threads = 4;
+  // Called once when the kernel ends the session by itself (umount,
+  // fusermount3 -u), from a worker thread: the server then stops.
+  std::function<void()> on_unmounted;
+};
+
+class Mount {
+ public:
+  // Mounts and starts serving. EINVAL for a bad option, ENOTDIR, or the
+  // error libfuse met (its message goes to standard error too).
+  static Result<std::unique_ptr<Mount>> start(Filesystem& fs, MountOptions options);
+  // Unmounts (lazily, if programs still use the mount: they then get ENOTCONN)
+  // unless the kernel already has, and waits for every thread.
+  ~Mount();
+  Mount(const Mount&) = delete;
+  Mount& operator=(const Mount&) = delete;
+
+  // The failure and removal flows (Filesystem::set_event_listener): the
+  // kernel's cached pages of what failed, or of everything, are dropped.
+  void on_event(const FsEvent& event);
+  // Waits until every invalidation queued so far has been sent (tests).
+  void drain_invalidations();
+  const std::string& dir() const { return options_.dir; }
+
+  // Used by the request handlers (mount.cc).
+  Filesystem& fs() { return fs_; }
+  const MountOptions& options() const { return options_; }
+  void remember(uint64_t ino);                 // the kernel got a reference to it
+  void forget(uint64_t ino, uint64_t count);   // ... and dropped `count` of them
+
+ private:
+  Mount(Filesystem& fs, MountOptions options) : fs_(fs), options_(std::move(options)) {}
+  void serve_requests();
+  void send_invalidations();
+  struct Invalidation {
+    uint64_t ino;
+    int64_t offset;  // with length 0: every page from offset on
+    int64_t length;
+  };
+  void queue(std::vector<Invalidation> items);
+
+  Filesystem& fs_;
+  MountOptions options_;
+  fuse_session* session_ = nullptr;
+  int stop_fd_ = -1;  // an eventfd: readable once the workers must stop
+  std::atomic<bool> ended_by_kernel_{false};
+  std::vector<std::thread> workers_;
+
+  std::mutex known_mutex_;
+  std::unordered_map<uint64_t, uint64_t> known_;  // inode -> the kernel's references
+
+  std::mutex inval_mutex_;
+  std::condition_variable inval_cv_;
+  std::deque<Invalidation> pending_;  // guarded by inval_mutex_
+  bool inval_busy_ = false;           // guarded by inval_mutex_
+  bool inval_stop_ = false;           // guarded by inval_mutex_
+  std::thread invalidator_;
+};
+
+}  // namespace poise::fusemount

@@ -1,0 +1,170 @@
+#!/usr/bin/python3
+"""A model test of the FUSE mount: the same random operations on the mount and
+on a reference directory (tmpfs), each outcome (success or errno) compared,
+and the two trees compared after every step: names, types, sizes, permission
+bits, link counts and file contents.
+
+Usage: fuse_model.py MOUNT_DIR REFERENCE_DIR [--seed N] [--steps N]
+Prints its seed first; rerun with --seed to replay a failure.
+"""
+import argparse
+import errno
+import hashlib
+import os
+import random
+import sys
+
+NAMES = ["a", "b", "c", "d1", "d2", "long-" + "n" * 40]
+
+
+def tree(root):
+    """Every entry under root: path -> (type, size or None, mode, nlink, digest)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            if os.path.isdir(full):
+                out[rel] = ("dir", None, st.st_mode & 0o7777, st.st_nlink, None)
+            else:
+                with open(full, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                out[rel] = ("file", st.st_size, st.st_mode & 0o7777, st.st_nlink, digest)
+    return out
+
+
+def outcome(fn):
+    try:
+        result = fn()
+        return ("ok", result)
+    except OSError as e:
+        return ("errno", errno.errorcode.get(e.errno, e.errno))
+
+
+def pick_dir(rng, entries):
+    dirs = [""] + [p for p, v in entries.items() if v[0] == "dir"]
+    return rng.choice(dirs)
+
+
+def pick_path(rng, entries, kind=None):
+    paths = [p for p, v in entries.items() if kind is None or v[0] == kind]
+    if paths and rng.random() < 0.85:
+        return rng.choice(paths)
+    return os.path.join(pick_dir(rng, entries), rng.choice(NAMES))  # often missing
+
+
+def make_op(rng, entries):
+    kind = rng.choice(["create", "create", "write", "write", "append", "truncate", "mkdir", "mkdir",
+                       "rename", "rename", "unlink", "rmdir", "link", "chmod", "read"])
+    if kind in ("create", "mkdir"):
+        path = os.path.join(pick_dir(rng, entries), rng.choice(NAMES))
+        data = rng.randbytes(rng.choice([0, 1, 100, 4096, 5000, 70000]))
+        return (kind, path, data, 0o755 if kind == "mkdir" else 0o644)
+    if kind in ("write", "append", "truncate", "read", "chmod"):
+        path = pick_path(rng, entries, "file")
+        return (kind, path, rng.randbytes(rng.choice([1, 10, 4096, 9000])),
+                rng.choice([0, 1, 4095, 4096, 10000, 70000]), rng.choice([0o600, 0o644, 0o755, 0o4711]))
+    if kind == "rename":
+        src = pick_path(rng, entries)
+        dst = os.path.join(pick_dir(rng, entries), rng.choice(NAMES))
+        return (kind, src, dst)
+    if kind == "link":
+        return (kind, pick_path(rng, entries, "file"), os.path.join(pick_dir(rng, entries), rng.choice(NAMES)))
+    if kind == "rmdir":
+        return (kind, pick_path(rng, entries, "dir"))
+    return (kind, pick_path(rng, entries))  # unlink
+
+
+def apply(op, root):
+    kind = op[0]
+    p = lambda rel: os.path.join(root, rel)
+
+    if kind == "create":
+        def fn():
+            fd = os.open(p(op[1]), os.O_CREAT | os.O_EXCL | os.O_WRONLY, op[3])
+            try:
+                os.write(fd, op[2])
+            finally:
+                os.close(fd)
+        return outcome(fn)
+    if kind == "mkdir":
+        return outcome(lambda: os.mkdir(p(op[1]), op[3]))
+    if kind == "write":
+        def fn():
+            fd = os.open(p(op[1]), os.O_WRONLY)
+            try:
+                return os.pwrite(fd, op[2], op[3])
+            finally:
+                os.close(fd)
+        return outcome(fn)
+    if kind == "append":
+        def fn():
+            fd = os.open(p(op[1]), os.O_WRONLY | os.O_APPEND)
+            try:
+                return os.write(fd, op[2])
+            finally:
+                os.close(fd)
+        return outcome(fn)
+    if kind == "truncate":
+        return outcome(lambda: os.truncate(p(op[1]), op[3]))
+    if kind == "read":
+        def fn():
+            fd = os.open(p(op[1]), os.O_RDONLY)
+            try:
+                return hashlib.sha256(os.pread(fd, 9000, op[3])).hexdigest()
+            finally:
+                os.close(fd)
+        return outcome(fn)
+    if kind == "chmod":
+        return outcome(lambda: os.chmod(p(op[1]), op[4]))
+    if kind == "rename":
+        return outcome(lambda: os.rename(p(op[1]), p(op[2])))
+    if kind == "link":
+        return outcome(lambda: os.link(p(op[1]), p(op[2])))
+    if kind == "rmdir":
+        return outcome(lambda: os.rmdir(p(op[1])))
+    if kind == "unlink":
+        return outcome(lambda: os.unlink(p(op[1])))
+    raise AssertionError(kind)
+
+
+def describe(op):
+    return " ".join(repr(x) if not isinstance(x, bytes) else f"<{len(x)} bytes>" for x in op)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mount")
+    parser.add_argument("reference")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=400)
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
+    print(f"fuse_model: seed {seed} ({args.steps} steps)", flush=True)
+    rng = random.Random(seed)
+    log = []
+    for step in range(args.steps):
+        entries = tree(args.reference)
+        op = make_op(rng, entries)
+        log.append(describe(op))
+        got, want = apply(op, args.mount), apply(op, args.reference)
+        if got != want:
+            print(f"FAIL at step {step} (seed {seed}): {describe(op)}\n  mount: {got}\n  reference: {want}")
+            print("last operations:\n  " + "\n  ".join(log[-10:]))
+            return 1
+        mine, theirs = tree(args.mount), tree(args.reference)
+        if mine != theirs:
+            diff = sorted(set(mine.items()) ^ set(theirs.items()))
+            print(f"FAIL after step {step} (seed {seed}): {describe(op)}: the trees differ")
+            for path, value in diff[:10]:
+                side = "mount" if mine.get(path) == value else "reference"
+                print(f"  {side}: {path}: {value}")
+            print("last operations:\n  " + "\n  ".join(log[-10:]))
+            return 1
+    print(f"fuse_model: {args.steps} steps agree, {len(tree(args.reference))} entries at the end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+#!/bin/bash
+# The FUSE mount with real programs and real processes: poise mount and umount;
+# cp -a, tar, rsync, git and sqlite3 on the mount, each outcome compared with
+# the source; a random-operations model test against a directory on tmpfs
+# (printed seed); memory failure under a file that a process holds open and
+# maps (EIO for exactly the lost page, SIGBUS on the mapped lost page, the rest
+# reads); pre-remove and removal; kill -9 of the server; permissions for
+# another user with allow_other; poise check clean after each part.
+# Needs root and /dev/fuse (exit 77, reported as skipped, without them).
+# Usage: fuse_test.sh PATH_TO_POISE
+POISE=${1:?usage: fuse_test.sh PATH_TO_POISE}
+WORK_NAME=poise-fuse-test
+source "$(dirname "$0")/cli_lib.sh"
+HERE=$(cd "$(dirname "$0")" && pwd)
+PY=/usr/bin/python3
+
+if [ "$(id -u)" -ne 0 ] || [ ! -c /dev/fuse ]; then
+  echo "fuse_test: SKIPPED: needs root and /dev/fuse"
+  exit 77
+fi
+
+MNT=$WORK/mnt
+mkdir -p "$MNT"
+unmount_all() {
+  # A mount whose server died (or a test that failed midway) is detached, so
+  # that the scratch folder can go.
+  grep -q " $MNT fuse.poise" /proc/self/mounts && umount -l "$MNT" 2>/dev/null
+  pkill -9 -f "poise mount $IMG" 2>/dev/null
+  cleanup
+}
+trap unmount_all EXIT
+
+# mount_img: poise mount, and the server's pid in $SERVER.
+mount_img() {
+  expect 0 "$POISE" mount "$IMG" "$MNT" --log "$WORK/serve.log" "$@"
+  SERVER=$(grep -o 'serving .* (pid [0-9]*)' "$WORK/serve.log" | tail -1 | sed 's/.*(pid \([0-9]*\))/\1/')
+  grep -q " $MNT fuse.poise" /proc/self/mounts && ok || bad "no fuse.poise mount on $MNT after poise mount"
+}
+umount_img() {
+  expect 0 "$POISE" umount "$MNT"
+  grep -q " $MNT fuse.poise" /proc/self/mounts && bad "still mounted after poise umount" || ok
+  [ -S "$IMG.sock" ] && bad "the server's socket is still there after poise umount" || ok
+}
+check_clean() {
+  expect 0 "$POISE" check "$IMG"
+  contains "$WORK/out" "clean"
+}
+same_files() {  # same_files A B: the same regular files, contents, modes and times
+  if diff -r "$1" "$2" >"$WORK/diff" 2>&1; then ok; else bad "diff -r $1 $2: $(head -5 "$WORK/diff")"; fi
+  (cd "$1" && find . -type f -printf '%P %m %s %n %T@\n' | sort) >"$WORK/meta.a"
+  (cd "$2" && find . -type f -printf '%P %m %s %n %T@\n' | sort) >"$WORK/meta.b"
+  if cmp -s "$WORK/meta.a" "$WORK/meta.b"; then ok; else bad "metadata differs: $(diff "$WORK/meta.a" "$WORK/meta.b" | head -4)"; fi
+}
+
+# A source tree: real headers, a few random binary files, a sparse one and hard links.
+SRC=$WORK/src
+mkdir -p "$SRC"
+cp -a /usr/include/linux "$SRC/linux"
+mkdir -p "$SRC/bin/deeper/still"
+for i in 1 2 3 4 5; do head -c $((i * 70001)) /dev/urandom >"$SRC/bin/r$i"; done
+truncate -s 5M "$SRC/bin/sparse"
+printf 'middle' | dd of="$SRC/bin/sparse" bs=1 seek=3000000 conv=notrunc 2>/dev/null
+ln "$SRC/bin/r1" "$SRC/bin/deeper/still/r1-link"
+chmod 0600 "$SRC/bin/r2"
+chmod 4711 "$SRC/bin/r3"
+touch -d '1999-12-31 23:59:59.123456789' "$SRC/bin/r4"
+
+expect 0 "$POISE" mkfs "$IMG" --size 256M
+
+# --- usage errors, before anything is mounted
+expect 8 "$POISE" mount "$IMG" "$WORK/missing"
+contains "$WORK/err" "not a directory"
+expect 2 "$POISE" mount "$IMG" "$MNT" -o bogus
+contains "$WORK/err" "unknown option 'bogus'"
+expect 2 "$POISE" mount "$IMG" "$MNT" -o cache=-1
+expect 8 "$POISE" umount "$WORK"
+contains "$WORK/err" "not a poise mount"
+expect 2 "$POISE" serve "$IMG" -o ro
+
+# --- real programs. Names and attributes are cached for an hour: whatever the
+# kernel must not keep (a failed page, a removed device) poise drops itself.
+mount_img -o cache=3600
+mount | grep -q "^$IMG on $MNT type fuse.poise" && ok || bad "mount(8) must show the image as the source"
+expect 9 "$POISE" mount "$IMG" "$WORK"   # already served
+expect 9 "$POISE" mkfs "$IMG" --size 64M
+cp -a "$SRC" "$MNT/cp" && ok || bad "cp -a onto the mount failed"
+same_files "$SRC" "$MNT/cp"
+[ "$(stat -c %h "$MNT/cp/bin/r1")" = 2 ] && ok || bad "cp -a must keep the hard link (nlink $(stat -c %h "$MNT/cp/bin/r1"))"
+[ "$(stat -c %i "$MNT/cp/bin/r1")" = "$(stat -c %i "$MNT/cp/bin/deeper/still/r1-link")" ] && ok || bad "hard link: different inodes"
+mkdir "$MNT/untar"
+tar --format=posix -C "$SRC" -cf - . | tar -C "$MNT/untar" -xf - && ok || bad "tar -x onto the mount failed"
+same_files "$SRC" "$MNT/untar"
+mkdir "$WORK/back"
+tar --format=posix -C "$MNT/untar" -cf - . | tar -C "$WORK/back" -xf - && ok || bad "tar -c from the mount failed"
+same_files "$SRC" "$WORK/back"
+rsync -aH "$SRC/" "$MNT/rsync/" && ok || bad "rsync -aH failed"
+same_files "$SRC" "$MNT/rsync"
+rsync -aH --stats "$SRC/" "$MNT/rsync/" >"$WORK/rsync2"
+contains "$WORK/rsync2" "Number of regular files transferred: 0"
+# git: init, add, commit, clone, fsck, all on the mount
+(
+  set -e
+  cd "$MNT" && git init -q repo && cp -a "$SRC/linux" repo/ && cd repo
+  git add -A && git -c user.email=t@example.org -c user.name=t commit -qm import
+  cd .. && git clone -q repo clone && cd clone && git fsck --strict --no-progress
+) >"$WORK/git.out" 2>&1 && ok || bad "git on the mount failed: $(tail -3 "$WORK/git.out")"
+if diff -r "$SRC/linux" "$MNT/clone/linux" >/dev/null; then ok; else bad "git clone on the mount differs from the source"; fi
+# sqlite3 in both journal modes, and a writer killed with -9 in the middle of a transaction
+for mode in DELETE WAL; do
+  db="$MNT/t-$mode.db"
+  sqlite3 "$db" "PRAGMA journal_mode=$mode; CREATE TABLE t(a INTEGER PRIMARY KEY, b TEXT);
+    WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<20000)
+    INSERT INTO t SELECT x, hex(randomblob(40)) FROM c;" >/dev/null && ok || bad "sqlite3 $mode: create failed"
+  # The killed transaction deletes every row, slowly; none of it may survive.
+  sqlite3 "$db" "BEGIN; DELETE FROM t WHERE a > 100;
+    WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<30000000) SELECT count(*) FROM c;
+    COMMIT;" >/dev/null 2>&1 &
+  victim=$!
+  sleep 0.7
+  kill -9 "$victim"
+  wait "$victim" 2>/dev/null
+  sqlite3 "$db" "PRAGMA integrity_check; SELECT count(*) FROM t;" >"$WORK/sql.out" 2>&1
+  [ "$(tr '\n' ' ' <"$WORK/sql.out")" = "ok 20000 " ] && ok || bad "sqlite3 $mode after a killed writer: $(cat "$WORK/sql.out")"
+done
+# What the mount shows is what the image holds (read through the server).
+expect 0 "$POISE" cat "$IMG" /cp/bin/r5
+cmp -s "$WORK/out" "$SRC/bin/r5" && ok || bad "poise cat through the server differs from what was written through the mount"
+df -B4096 "$MNT" | tail -1 | awk '{exit !($2 == 65536)}' && ok || bad "statfs: $(df -B4096 "$MNT" | tail -1)"
+check_clean
+
+# --- the model test: random operations on the mount and on tmpfs, trees compared after every step
+mkdir -p "$MNT/model" "$WORK/model-ref"
+if $PY "$HERE/fuse_model.py" "$MNT/model" "$WORK/model-ref" --steps 400 >"$WORK/model.out" 2>&1; then ok; else
+  bad "model test: $(cat "$WORK/model.out")"
+fi
+head -1 "$WORK/model.out"
+check_clean
+
+# --- memory failure under a file that one process holds open, has read and maps
+head -c 12288 /dev/urandom >"$WORK/three"
+cp "$WORK/three" "$MNT/three"
+expect 0 "$POISE" fsmap "$IMG" --json
+OFF=$($PY -c "import json; print([r for r in json.load(open('$WORK/out')) if r.get('path')=='/three' and r['file_offset']==0][0]['device_offset'])")
+cat >"$WORK/hold.py" <<'EOF'
+import mmap, os, sys, time
+path, go, out = sys.argv[1:4]
+fd = os.open(path, os.O_RDONLY)
+data = os.pread(fd, 12288, 0)          # every page now in the kernel's cache
+m = mmap.mmap(fd, 12288, prot=mmap.PROT_READ)
+assert m[4096:4100] == data[4096:4100]
+open(out, "w").write("ready\n")
+while not os.path.exists(go):
+    time.sleep(0.01)
+res = []
+for blk in range(3):
+    try:
+        res.append("ok" if os.pread(fd, 4096, blk * 4096) == data[blk * 4096:(blk + 1) * 4096] else "wrong")
+    except OSError as e:
+        res.append("errno%d" % e.errno)
+open(out, "a").write(" ".join(res) + "\n")
+open(out, "a").write("map0-ok\n" if m[0:16] == data[0:16] else "map0-wrong\n")
+m[4096]  # the lost page, mapped: SIGBUS
+open(out, "a").write("read the lost mapped page\n")
+EOF
+echo "(a Bus error reported below is expected: the holder touches the lost mapped page)"
+$PY "$WORK/hold.py" "$MNT/three" "$WORK/go" "$WORK/held" &
+HOLDER=$!
+for _ in $(seq 200); do grep -q ready "$WORK/held" 2>/dev/null && break; sleep 0.05; done
+expect 0 "$POISE" inject-poison "$IMG" --offset $((OFF + 4096)) --length 64
+contains "$WORK/serve.log" "poisoned device bytes $((OFF + 4096))"
+touch "$WORK/go"
+wait "$HOLDER"
+code=$?
+[ "$(sed -n 2,3p "$WORK/held" | tr '\n' ' ')" = "ok errno5 ok map0-ok " ] && ok ||
+  bad "a process holding the file open must get EIO for exactly the lost page (its cached copy dropped): $(cat "$WORK/held")"
+[ "$code" -eq 135 ] && ok || bad "the lost mapped page must raise SIGBUS (exit 135), got $code: $(cat "$WORK/held")"
+# A new reader: the first page reads, the second fails, the third reads.
+dd if="$MNT/three" of="$WORK/dd.out" bs=4096 2>"$WORK/dd.err"
+[ "$(stat -c %s "$WORK/dd.out")" = 4096 ] && ok || bad "dd must copy exactly the page before the lost one, copied $(stat -c %s "$WORK/dd.out")"
+contains "$WORK/dd.err" "Input/output error"
+dd if="$MNT/three" bs=4096 skip=2 count=1 2>/dev/null | cmp -s - <(tail -c 4096 "$WORK/three") && ok || bad "the page after the lost one must read"
+expect 0 "$POISE" badblocks "$IMG"
+contains "$WORK/out" "lost: /three bytes 4096..8192"
+# Rewriting the lost page through the mount moves it to good memory.
+dd if="$WORK/three" of="$MNT/three" bs=4096 seek=1 skip=1 count=1 conv=notrunc 2>/dev/null
+cmp -s "$MNT/three" "$WORK/three" && ok || bad "after rewriting the lost page the file must read whole"
+check_clean
+
+# --- pre-remove and removal: writers wait, then fail; every access fails afterwards
+# A process that has read and mapped a file before the removal must not go on
+# reading the kernel's cached copy of memory that is gone: with attributes
+# cached for an hour, only poise's invalidation can drop that copy.
+umount_img
+mount_img -o cache=3600
+cp "$WORK/three" "$MNT/keep"
+rm -f "$WORK/go" "$WORK/held"
+$PY "$WORK/hold.py" "$MNT/keep" "$WORK/go" "$WORK/held" 2>/dev/null &
+HOLDER=$!
+for _ in $(seq 200); do grep -q ready "$WORK/held" 2>/dev/null && break; sleep 0.05; done
+expect 0 "$POISE" offline "$IMG"
+(echo late >"$MNT/late"; echo "writer exit $?" >"$WORK/late.out") 2>/dev/null &
+WRITER=$!
+sleep 0.5
+[ -e "$WORK/late.out" ] && bad "a writer must wait while the device is pre-removed: $(cat "$WORK/late.out")" || ok
+expect 0 "$POISE" offline "$IMG" --cancel
+wait "$WRITER"
+contains "$WORK/late.out" "writer exit 0"
+expect 0 "$POISE" offline "$IMG"
+expect 0 "$POISE" offline "$IMG" --remove
+# (Before any new open of the file: an open drops the cached pages by itself.)
+touch "$WORK/go"
+wait "$HOLDER"
+code=$?
+[ "$(sed -n 2p "$WORK/held")" = "errno5 errno5 errno5" ] && ok ||
+  bad "after removal a process's cached pages and mappings must be gone: $(cat "$WORK/held") (exit $code)"
+[ "$code" -eq 135 ] && ok || bad "a mapped page after removal must raise SIGBUS (exit 135), got $code: $(cat "$WORK/held")"
+cat "$MNT/keep" >/dev/null 2>"$WORK/cat.err" && bad "a read after removal must fail" || ok
+contains "$WORK/cat.err" "Input/output error"
+ls "$MNT" >/dev/null 2>&1 && bad "listing after removal must fail" || ok
+umount_img
+expect 0 "$POISE" cat "$IMG" /late
+contains "$WORK/out" "late"
+expect 0 "$POISE" cat "$IMG" /keep
+cmp -s "$WORK/out" "$WORK/three" && ok || bad "a file written before the removal must be intact after it"
+check_clean
+
+# --- kill -9 of the server: the mount goes away, nothing fsync'd is lost
+mount_img
+head -c 1000000 /dev/urandom >"$WORK/big"
+cp "$WORK/big" "$MNT/synced" && sync "$MNT/synced"
+kill -9 "$SERVER"
+for _ in $(seq 100); do kill -0 "$SERVER" 2>/dev/null || break; sleep 0.05; done
+ls "$MNT" >/dev/null 2>"$WORK/ls.err" && bad "the mount of a killed server must fail" || ok
+contains "$WORK/ls.err" "Transport endpoint is not connected"
+expect 0 "$POISE" umount "$MNT"
+check_clean
+expect 0 "$POISE" cat "$IMG" /synced
+cmp -s "$WORK/out" "$WORK/big" && ok || bad "an fsync'd file must survive kill -9 of the server"
+
+# --- permissions: another user, with allow_other; the kernel checks mode bits
+if command -v setpriv >/dev/null; then
+  mount_img -o allow_other
+  chmod 0755 "$WORK" "$MNT"
+  NOBODY=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+  echo root >"$MNT/rootfile"
+  mkdir -m 0777 "$MNT/shared"
+  "${NOBODY[@]}" sh -c "echo x >>'$MNT/rootfile'" 2>"$WORK/perm.err" && bad "nobody must not write root's 0644 file" || ok
+  contains "$WORK/perm.err" "Permission denied"
+  "${NOBODY[@]}" sh -c "echo mine >'$MNT/shared/n'" && ok || bad "nobody must create in a 0777 directory"
+  [ "$(stat -c %u:%g "$MNT/shared/n")" = "65534:65534" ] && ok || bad "a file nobody creates must be nobody's: $(stat -c %u:%g "$MNT/shared/n")"
+  "${NOBODY[@]}" chmod 0600 "$MNT/rootfile" 2>/dev/null && bad "nobody must not chmod root's file" || ok
+  "${NOBODY[@]}" chown 65534 "$MNT/shared/n" && ok || bad "chown to oneself is allowed"
+  "${NOBODY[@]}" chown 0 "$MNT/shared/n" 2>/dev/null && bad "nobody must not give a file to root" || ok
+  umount_img
+  mount_img -o ro
+  sh -c "echo x >'$MNT/ro-write'" 2>"$WORK/ro.err" && bad "a read-only mount must refuse writes" || ok
+  contains "$WORK/ro.err" "Read-only file system"
+  cmp -s "$MNT/synced" "$WORK/big" && ok || bad "a read-only mount must read"
+  umount_img
+  check_clean
+fi
+
+finish fuse_test
