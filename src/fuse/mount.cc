@@ -425,6 +425,7 @@ Result<std::unique_ptr<Mount>> Mount::start(Filesystem& fs, MountOptions options
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
   fuse_lowlevel_ops ops = make_ops();
   m->session_ = fuse_session_new(&args, &ops, sizeof(ops), m.get());
+  fuse_opt_free_args(&args);  // the parser may have copied the arguments
   if (m->session_ == nullptr) return fail(EINVAL, "libfuse refused the mount options: " + mount_options);
   if (fuse_session_mount(m->session_, o.dir.c_str()) != 0) {
     fuse_session_destroy(m->session_);
