@@ -125,6 +125,10 @@ done
 # What the mount shows is what the image holds (read through the server).
 expect 0 "$POISE" cat "$IMG" /cp/bin/r5
 cmp -s "$WORK/out" "$SRC/bin/r5" && ok || bad "poise cat through the server differs from what was written through the mount"
+# A set-group-ID directory gives its group (and its bit, to directories).
+mkdir "$MNT/sgid" && chgrp 100 "$MNT/sgid" && chmod 2775 "$MNT/sgid" && mkdir "$MNT/sgid/d" && touch "$MNT/sgid/f"
+[ "$(stat -c '%a %g' "$MNT/sgid/d") $(stat -c '%a %g' "$MNT/sgid/f")" = "2755 100 644 100" ] && ok ||
+  bad "set-group-ID directory: $(stat -c '%n %a %g' "$MNT/sgid/d" "$MNT/sgid/f" | tr '\n' ' ')"
 df -B4096 "$MNT" | tail -1 | awk '{exit !($2 == 65536)}' && ok || bad "statfs: $(df -B4096 "$MNT" | tail -1)"
 check_clean
 
@@ -193,6 +197,7 @@ check_clean
 umount_img
 mount_img -o cache=3600
 cp "$WORK/three" "$MNT/keep"
+echo before >"$MNT/frozen"
 rm -f "$WORK/go" "$WORK/held"
 $PY "$WORK/hold.py" "$MNT/keep" "$WORK/go" "$WORK/held" 2>/dev/null &
 HOLDER=$!
@@ -202,8 +207,24 @@ expect 0 "$POISE" offline "$IMG"
 WRITER=$!
 sleep 0.5
 [ -e "$WORK/late.out" ] && bad "a writer must wait while the device is pre-removed: $(cat "$WORK/late.out")" || ok
+# An append to an existing file waits holding a page; opening and reading that
+# file must not hang in the kernel beyond reach of a signal.
 expect 0 "$POISE" offline "$IMG" --cancel
 wait "$WRITER"
+expect 0 "$POISE" offline "$IMG"
+(echo more >>"$MNT/frozen") 2>/dev/null &
+APPENDER=$!
+sleep 0.3
+cat "$MNT/frozen" >"$WORK/frozen.out" 2>/dev/null &
+READER=$!
+sleep 1
+kill -9 "$READER" 2>/dev/null
+for _ in $(seq 20); do kill -0 "$READER" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$READER" 2>/dev/null && bad "a reader during pre-remove is stuck in the kernel: even SIGKILL does not end it" || ok
+expect 0 "$POISE" offline "$IMG" --cancel
+wait "$READER" 2>/dev/null
+wait "$APPENDER"
+[ "$(cat "$MNT/frozen")" = "$(printf 'before\nmore')" ] && ok || bad "the append after --cancel: '$(cat "$MNT/frozen")'"
 contains "$WORK/late.out" "writer exit 0"
 expect 0 "$POISE" offline "$IMG"
 expect 0 "$POISE" offline "$IMG" --remove
@@ -228,11 +249,20 @@ check_clean
 mount_img
 head -c 1000000 /dev/urandom >"$WORK/big"
 cp "$WORK/big" "$MNT/synced" && sync "$MNT/synced"
+sleep 1000 <"$MNT/synced" &   # a program holding a file open
+HOLDER=$!
 kill -9 "$SERVER"
 for _ in $(seq 100); do kill -0 "$SERVER" 2>/dev/null || break; sleep 0.05; done
 ls "$MNT" >/dev/null 2>"$WORK/ls.err" && bad "the mount of a killed server must fail" || ok
 contains "$WORK/ls.err" "Transport endpoint is not connected"
+expect 9 "$POISE" mount "$IMG" "$MNT"
+contains "$WORK/err" "poise umount"
+# Busy or not, a dead mount is cleared.
 expect 0 "$POISE" umount "$MNT"
+contains "$WORK/err" "detached"
+grep -q " $MNT fuse.poise" /proc/self/mounts && bad "the dead mount must be gone" || ok
+kill "$HOLDER" 2>/dev/null
+wait "$HOLDER" 2>/dev/null
 check_clean
 expect 0 "$POISE" cat "$IMG" /synced
 cmp -s "$WORK/out" "$WORK/big" && ok || bad "an fsync'd file must survive kill -9 of the server"

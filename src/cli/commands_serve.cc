@@ -231,6 +231,11 @@ int serve_cmd(const Args& a) {
       return kExitUsage;
     }
     struct stat st {};
+    if (::stat(a.mount_dir.c_str(), &st) != 0 && errno == ENOTCONN) {
+      eprint("poise: mount: {}: a mount whose server is gone is still there (poise umount {} clears it)\n",
+             a.mount_dir, a.mount_dir);
+      return kExitBusy;
+    }
     if (::stat(a.mount_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
       eprint("poise: mount: {}: not a directory\n", a.mount_dir);
       return kExitInvalid;
@@ -313,6 +318,30 @@ std::optional<std::string> poise_mount_source(const std::string& dir) {
   return found;
 }
 
+// Unmounts the FUSE mount at `dir` (lazily: detached now, gone once unused):
+// umount2 as root, fusermount3 otherwise. kExitBusy if it is in use, 127 if
+// fusermount3 cannot run.
+int unmount_fuse(const std::string& dir, bool lazy) {
+  if (::geteuid() == 0) {
+    if (::umount2(dir.c_str(), UMOUNT_NOFOLLOW | (lazy ? MNT_DETACH : 0)) == 0) return kExitOk;
+    return errno == EBUSY ? kExitBusy : kExitFailure;
+  }
+  std::fflush(nullptr);
+  pid_t child = ::fork();
+  if (child == 0) {
+    if (lazy) {
+      ::execlp("fusermount3", "fusermount3", "-u", "-z", "--", dir.c_str(), static_cast<char*>(nullptr));
+    } else {
+      ::execlp("fusermount3", "fusermount3", "-u", "--", dir.c_str(), static_cast<char*>(nullptr));
+    }
+    std::_Exit(127);
+  }
+  int status = 0;
+  if (child < 0 || ::waitpid(child, &status, 0) != child || !WIFEXITED(status)) return kExitFailure;
+  if (WEXITSTATUS(status) == 127) return 127;
+  return WEXITSTATUS(status) == 0 ? kExitOk : kExitBusy;
+}
+
 int umount_cmd(const std::string& dir_arg) {
   char* resolved = ::realpath(dir_arg.c_str(), nullptr);
   if (resolved == nullptr) {
@@ -326,27 +355,23 @@ int umount_cmd(const std::string& dir_arg) {
     eprint("poise: umount: {}: not a poise mount\n", dir_arg);
     return kExitInvalid;
   }
-  if (::geteuid() == 0) {
-    if (::umount2(dir.c_str(), UMOUNT_NOFOLLOW) != 0) {
-      int err = errno;
-      eprint("poise: umount: {}: {}{}\n", dir_arg, std::strerror(err),
-             err == EBUSY ? " (programs still use it: close them, or stop the server with SIGTERM)" : "");
-      return err == EBUSY ? kExitBusy : exit_code_for(err);
+  // A mount whose server is gone answers ENOTCONN: nothing can be lost by
+  // detaching it at once, even while programs hold files there.
+  struct stat st {};
+  const bool server_gone = ::stat(dir.c_str(), &st) != 0 && errno == ENOTCONN;
+  if (int code = unmount_fuse(dir, server_gone); code != kExitOk) {
+    if (code == kExitBusy) {
+      eprint("poise: umount: {}: busy: programs still use it (close them, or stop its server with SIGTERM, which "
+             "unmounts lazily)\n",
+             dir_arg);
+    } else {
+      eprint("poise: umount: {}: the unmount failed{}\n", dir_arg,
+             code == 127 ? " (fusermount3 is missing: install fuse3)" : "");
+      code = kExitFailure;
     }
-  } else {
-    std::fflush(nullptr);
-    pid_t child = ::fork();
-    if (child == 0) {
-      ::execlp("fusermount3", "fusermount3", "-u", "--", dir.c_str(), static_cast<char*>(nullptr));
-      std::_Exit(127);
-    }
-    int status = 0;
-    if (child < 0 || ::waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      eprint("poise: umount: {}: fusermount3 -u failed{}\n", dir_arg,
-             WIFEXITED(status) && WEXITSTATUS(status) == 127 ? " (is fuse3 installed?)" : "");
-      return kExitFailure;
-    }
+    return code;
   }
+  if (server_gone) eprint("poise: umount: {}: its server was gone; the mount is detached\n", dir_arg);
   // The server saw the mount end and is unmounting the filesystem: return once
   // it has let go of the image, so the image is ready for anything next.
   int fd = ::open(image->c_str(), O_RDONLY | O_CLOEXEC);

@@ -174,6 +174,35 @@ TEST_F(FsTest, PathFallbacksOfTheDirectoryCallsAgree) {
   expect_clean();
 }
 
+// A set-group-ID directory gives its group to new files and directories, and
+// its bit to new directories; elsewhere the creator's group stays.
+TEST_F(FsTest, ASetGroupIdDirectoryGivesItsGroup) {
+  auto shared = fs_->mkdir_at(kRootInode, "shared", 0775);
+  ASSERT_OK(shared);
+  SetAttributes sgid;
+  sgid.mode = 02775;
+  sgid.gid = 100;
+  ASSERT_OK(fs_->set_attributes(*shared, sgid));
+  auto f = fs_->create_at(*shared, "f", 0644, Credentials{5, 6});
+  auto d = fs_->mkdir("/shared/d", 0755, Credentials{5, 6});
+  auto plain = fs_->create("/plain", 0644, Credentials{5, 6});
+  ASSERT_OK(f);
+  ASSERT_OK(d);
+  ASSERT_OK(plain);
+  EXPECT_EQ(fs_->stat(*f)->gid, 100u);
+  EXPECT_EQ(fs_->stat(*f)->uid, 5u);
+  EXPECT_EQ(fs_->stat(*f)->mode, 0644u);
+  EXPECT_EQ(fs_->stat(*d)->gid, 100u);
+  EXPECT_EQ(fs_->stat(*d)->mode, 02755u);
+  EXPECT_EQ(fs_->stat(*plain)->gid, 6u);
+  auto nested = fs_->create("/shared/d/g", 0600, Credentials{7, 8});
+  ASSERT_OK(nested);
+  EXPECT_EQ(fs_->stat(*nested)->gid, 100u);  // through the inherited bit
+  remount();
+  EXPECT_EQ(fs_->stat("/shared/d")->mode, 02755u);
+  expect_clean();
+}
+
 // chmod, chown and utimens: one journaled change each, replayed after a crash.
 TEST_F(FsTest, SetAttributesIsJournaledAndSurvivesACrash) {
   write_file(*fs_, "/f", "data");

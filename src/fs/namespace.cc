@@ -1,5 +1,7 @@
 // The namespace: path resolution, create, mkdir, unlink, rmdir, rename, link,
 // readdir, stat, open and the last-close teardown of unlinked files.
+#include <sys/stat.h>
+
 #include <algorithm>
 
 #include "fs/fs_impl.h"
@@ -181,9 +183,16 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
     return fail(EMLINK, "too many subdirectories");
   }
   int64_t t = now();
-  format::InodeCore core{next_ino_, type_bits(type) | (mode & format::kModePermMask),
-                         type == FileType::Directory ? 2u : 1u, owner ? owner->uid : options_.uid,
-                         owner ? owner->gid : options_.gid, 0, t, t, t};
+  uint32_t perm = mode & format::kModePermMask;
+  uint32_t gid = owner ? owner->gid : options_.gid;
+  if ((parent->core.mode & S_ISGID) != 0) {
+    // A set-group-ID directory gives its group to what is made in it, and its
+    // bit to subdirectories (as Linux and BSD filesystems do).
+    gid = parent->core.gid;
+    if (type == FileType::Directory) perm |= S_ISGID;
+  }
+  format::InodeCore core{next_ino_, type_bits(type) | perm, type == FileType::Directory ? 2u : 1u,
+                         owner ? owner->uid : options_.uid, gid, 0, t, t, t};
   format::InodeCore parent_core = parent->core;
   parent_core.mtime_ns = parent_core.ctime_ns = t;
   if (type == FileType::Directory) ++parent_core.nlink;

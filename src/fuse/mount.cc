@@ -191,7 +191,10 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (st->type == FileType::Directory) return reply_errno(req, EISDIR);
   auto kept = fs.retain(InodeNumber(ino));
   if (!kept.has_value()) return reply_error(req, kept.error());
-  fi->keep_cache = 0;  // pages are read again at each open: other paths' writes are seen
+  // Pages are read again at each open, so other paths' writes are seen; but
+  // not while the device is pre-removed: nothing changes then, and dropping a
+  // page a waiting writer holds locked would hang the open in the kernel.
+  fi->keep_cache = mount_of(req).frozen() ? 1 : 0;
   if (fuse_reply_open(req, fi) != 0) fs.release(InodeNumber(ino));
 }
 
@@ -516,7 +519,10 @@ void Mount::on_event(const FsEvent& event) {
       uint64_t to = (f.file_offset + f.length + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
       items.push_back({f.ino.value(), static_cast<int64_t>(from), static_cast<int64_t>(to - from)});
     }
-  } else if (event.kind == FsEvent::Kind::PreRemove || event.kind == FsEvent::Kind::Removed) {
+  }
+  if (event.kind == FsEvent::Kind::PreRemove) frozen_.store(true);
+  if (event.kind == FsEvent::Kind::RemovalCancelled) frozen_.store(false);
+  if (event.kind == FsEvent::Kind::PreRemove || event.kind == FsEvent::Kind::Removed) {
     std::lock_guard lock(known_mutex_);
     for (const auto& [ino, refs] : known_) items.push_back({ino, 0, 0});
   }

@@ -83,6 +83,7 @@ class Mount {
   const MountOptions& options() const { return options_; }
   void remember(uint64_t ino);                 // the kernel got a reference to it
   void forget(uint64_t ino, uint64_t count);   // ... and dropped `count` of them
+  bool frozen() const { return frozen_.load(); }  // between pre-remove and cancel
 
  private:
   Mount(Filesystem& fs, MountOptions options) : fs_(fs), options_(std::move(options)) {}
@@ -100,6 +101,7 @@ class Mount {
   fuse_session* session_ = nullptr;
   int stop_fd_ = -1;  // an eventfd: readable once the workers must stop
   std::atomic<bool> ended_by_kernel_{false};
+  std::atomic<bool> frozen_{false};
   std::vector<std::thread> workers_;
 
   std::mutex known_mutex_;
