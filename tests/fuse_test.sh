@@ -125,6 +125,35 @@ done
 # What the mount shows is what the image holds (read through the server).
 expect 0 "$POISE" cat "$IMG" /cp/bin/r5
 cmp -s "$WORK/out" "$SRC/bin/r5" && ok || bad "poise cat through the server differs from what was written through the mount"
+# touch (UTIME_NOW), mv -n (RENAME_NOREPLACE), a punched hole, and cp inside
+# the mount, which reaches copy_file_range: the copy shares the blocks.
+touch -d @5 "$MNT/t" && touch "$MNT/t"
+[ "$(stat -c %Y "$MNT/t")" -gt 5 ] && ok || bad "touch must set the time to now: $(stat -c %Y "$MNT/t")"
+echo x >"$MNT/mv-a" && echo y >"$MNT/mv-b" && mv -n "$MNT/mv-a" "$MNT/mv-b"
+[ "$(cat "$MNT/mv-b")" = y ] && [ -e "$MNT/mv-a" ] && ok || bad "mv -n must replace nothing"
+head -c 20000 /dev/urandom >"$WORK/holey" && cp "$WORK/holey" "$MNT/holey" && fallocate -p -o 4096 -l 8192 "$MNT/holey"
+$PY -c "
+d=open('$WORK/holey','rb').read(); m=open('$MNT/holey','rb').read()
+assert m == d[:4096] + bytes(8192) + d[12288:], 'punched hole'" && ok || bad "fallocate -p through the mount"
+shared_blocks() { "$POISE" check "$IMG" | sed -n 's/.*(\([0-9]*\) shared).*/\1/p'; }
+before=$(shared_blocks)
+cp "$MNT/cp/bin/r5" "$MNT/r5-copy"
+cmp -s "$MNT/r5-copy" "$SRC/bin/r5" && ok || bad "cp inside the mount"
+after=$(shared_blocks)
+[ $((after - before)) -ge 86 ] && ok || bad "cp inside the mount must share its 86 blocks (copy_file_range as a clone): shared $before -> $after"
+# A clone of a source's partial last block must not land inside a longer
+# destination: the destination's bytes after the range stay.
+$PY - "$MNT/cfr-a" "$MNT/cfr-b" <<'PYEOF' && ok || bad "copy_file_range of a file's tail into a longer file changed bytes after the range"
+import os, sys
+a, b = sys.argv[1:3]
+open(a, "wb").write(b"a" * 5000)
+open(b, "wb").write(b"b" * 12000)
+fa, fb = os.open(a, os.O_RDONLY), os.open(b, os.O_WRONLY)
+n = os.copy_file_range(fa, fb, 5000, 0, 0)
+os.close(fa); os.close(fb)
+assert n == 5000, n
+assert open(b, "rb").read() == b"a" * 5000 + b"b" * 7000
+PYEOF
 # A set-group-ID directory gives its group (and its bit, to directories).
 mkdir "$MNT/sgid" && chgrp 100 "$MNT/sgid" && chmod 2775 "$MNT/sgid" && mkdir "$MNT/sgid/d" && touch "$MNT/sgid/f"
 [ "$(stat -c '%a %g' "$MNT/sgid/d") $(stat -c '%a %g' "$MNT/sgid/f")" = "2755 100 644 100" ] && ok ||
@@ -167,14 +196,23 @@ m[4096]  # the lost page, mapped: SIGBUS
 open(out, "a").write("read the lost mapped page\n")
 EOF
 echo "(a Bus error reported below is expected: the holder touches the lost mapped page)"
-$PY "$WORK/hold.py" "$MNT/three" "$WORK/go" "$WORK/held" &
-HOLDER=$!
-for _ in $(seq 200); do grep -q ready "$WORK/held" 2>/dev/null && break; sleep 0.05; done
+# start_holder FILE: hold.py reads and maps FILE, then waits; finish_holder
+# lets it look again, and leaves its exit code in $code.
+start_holder() {
+  rm -f "$WORK/go" "$WORK/held"
+  $PY "$WORK/hold.py" "$1" "$WORK/go" "$WORK/held" &
+  HOLDER=$!
+  for _ in $(seq 200); do grep -q ready "$WORK/held" 2>/dev/null && break; sleep 0.05; done
+}
+finish_holder() {
+  touch "$WORK/go"
+  wait "$HOLDER"
+  code=$?
+}
+start_holder "$MNT/three"
 expect 0 "$POISE" inject-poison "$IMG" --offset $((OFF + 4096)) --length 64
 contains "$WORK/serve.log" "poisoned device bytes $((OFF + 4096))"
-touch "$WORK/go"
-wait "$HOLDER"
-code=$?
+finish_holder
 [ "$(sed -n 2,3p "$WORK/held" | tr '\n' ' ')" = "ok errno5 ok map0-ok " ] && ok ||
   bad "a process holding the file open must get EIO for exactly the lost page (its cached copy dropped): $(cat "$WORK/held")"
 [ "$code" -eq 135 ] && ok || bad "the lost mapped page must raise SIGBUS (exit 135), got $code: $(cat "$WORK/held")"
@@ -198,10 +236,7 @@ umount_img
 mount_img -o cache=3600
 cp "$WORK/three" "$MNT/keep"
 echo before >"$MNT/frozen"
-rm -f "$WORK/go" "$WORK/held"
-$PY "$WORK/hold.py" "$MNT/keep" "$WORK/go" "$WORK/held" 2>/dev/null &
-HOLDER=$!
-for _ in $(seq 200); do grep -q ready "$WORK/held" 2>/dev/null && break; sleep 0.05; done
+start_holder "$MNT/keep" 2>/dev/null
 expect 0 "$POISE" offline "$IMG"
 (echo late >"$MNT/late"; echo "writer exit $?" >"$WORK/late.out") 2>/dev/null &
 WRITER=$!
@@ -229,9 +264,7 @@ contains "$WORK/late.out" "writer exit 0"
 expect 0 "$POISE" offline "$IMG"
 expect 0 "$POISE" offline "$IMG" --remove
 # (Before any new open of the file: an open drops the cached pages by itself.)
-touch "$WORK/go"
-wait "$HOLDER"
-code=$?
+finish_holder 2>/dev/null
 [ "$(sed -n 2p "$WORK/held")" = "errno5 errno5 errno5" ] && ok ||
   bad "after removal a process's cached pages and mappings must be gone: $(cat "$WORK/held") (exit $code)"
 [ "$code" -eq 135 ] && ok || bad "a mapped page after removal must raise SIGBUS (exit 135), got $code: $(cat "$WORK/held")"
@@ -243,6 +276,24 @@ expect 0 "$POISE" cat "$IMG" /late
 contains "$WORK/out" "late"
 expect 0 "$POISE" cat "$IMG" /keep
 cmp -s "$WORK/out" "$WORK/three" && ok || bad "a file written before the removal must be intact after it"
+check_clean
+
+# --- SIGTERM while the device is pre-removed: the removal is called off, the
+# waiting writer completes, and the server stops cleanly
+mount_img
+echo a >"$MNT/term"
+expect 0 "$POISE" offline "$IMG"
+(echo b >>"$MNT/term"; echo "writer exit $?" >"$WORK/term.out") 2>/dev/null &
+WRITER=$!
+sleep 0.3
+kill -TERM "$SERVER"
+for _ in $(seq 100); do kill -0 "$SERVER" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$SERVER" 2>/dev/null && bad "SIGTERM during pre-remove must stop the server" || ok
+wait "$WRITER"
+contains "$WORK/term.out" "writer exit 0"
+contains "$WORK/serve.log" "unmounted cleanly"
+expect 0 "$POISE" cat "$IMG" /term
+[ "$(cat "$WORK/out")" = "$(printf 'a\nb')" ] && ok || bad "the write that waited must be there: '$(cat "$WORK/out")'"
 check_clean
 
 # --- kill -9 of the server: the mount goes away, nothing fsync'd is lost

@@ -255,7 +255,9 @@ class Filesystem {
   // FICLONE. No data is copied; a later write to either copies the block first.
   virtual Result<void> reflink(InodeNumber src, InodeNumber dst) = 0;
   // Shares src's blocks [src_offset, +length) at dst_offset, like FICLONERANGE.
-  // Offsets must be block aligned; length too unless it reaches src's end.
+  // Offsets must be block aligned; length too unless it reaches src's end, and
+  // then dst must not go on past the range (EINVAL: the partial last block is
+  // shared whole and would replace dst's bytes after the range).
   virtual Result<void> clone_range(InodeNumber src, uint64_t src_offset, InodeNumber dst,
                                    uint64_t dst_offset, uint64_t length) = 0;
 
@@ -280,6 +282,9 @@ class Filesystem {
   // What this mount did not apply and a user must hear of at once: journal
   // transactions past a gap (an emulated device after a machine crash). Cheap.
   virtual std::vector<std::string> mount_warnings() const = 0;
+  // True while a freeze holds writers (from the start of a pre-remove until it
+  // is cancelled or the device removed). A remote filesystem says false.
+  virtual bool frozen() const { return false; }
 
   // Calls `listener` (from the thread that runs the flow, with no poise lock
   // held) for each memory failure and removal step; empty: none. Quick work

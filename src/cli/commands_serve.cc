@@ -175,6 +175,12 @@ int serve_foreground(const Args& a, const serve::ServerOptions& base) {
   signalfd_siginfo info{};
   (void)!::read(stop_fd, &info, sizeof(info));
   (*server)->log(fmt::format("signal {} received: disconnecting clients and unmounting", info.ssi_signo));
+  if (session.fs->frozen()) {
+    // Writers wait in the freeze of a pre-remove that nobody will finish now:
+    // the removal is called off, so that they complete and the stop is clean.
+    session.device->cancel_removal();
+    (*server)->log("the pending removal is cancelled (the server is stopping): writers resume");
+  }
   if (!a.mount_dir.empty()) {
     slot->stop();  // programs using the mount see it go first
     (*server)->log(fmt::format("unmounted {}", a.mount_dir));
@@ -313,7 +319,8 @@ std::optional<std::string> poise_mount_source(const std::string& dir) {
     std::istringstream tail(line.substr(dash + 3));
     std::string fstype, source;
     tail >> fstype >> source;
-    if (fstype == "fuse.poise") found = unescape_mountinfo(source);  // the last one mounted there wins
+    // The last one mounted there is what an unmount would take off.
+    found = fstype == "fuse.poise" ? std::optional<std::string>(unescape_mountinfo(source)) : std::nullopt;
   }
   return found;
 }

@@ -253,6 +253,10 @@ int fuse_scene(Filesystem& fs, Device& device, const std::string& dir, CheckRepo
     return kExitOk;
   }
   fs.set_event_listener([m = mount->get()](const FsEvent& e) { m->on_event(e); });
+  struct StopListening {  // however this scene ends, the listener goes before the mount
+    Filesystem& fs;
+    ~StopListening() { fs.set_event_listener({}); }
+  } stop_listening{fs};
   std::string text;
   for (int page = 0; page < 3; ++page) {
     std::string line = fmt::format("page {} of the report\n", page);

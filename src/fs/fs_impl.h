@@ -145,6 +145,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   FsInfo info() override;
   CheckReport check() override;
   std::vector<std::string> mount_warnings() const override { return mount_warnings_; }
+  bool frozen() const override { return frozen_flag_.load(); }
   void set_event_listener(std::function<void(const FsEvent&)> listener) override {
     std::lock_guard lock(event_mutex_);
     event_listener_ = std::move(listener);

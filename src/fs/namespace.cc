@@ -409,9 +409,11 @@ Result<Stat> FsImpl::set_attributes(InodeNumber ino, const SetAttributes& attrs)
     return fail(EINVAL, "a mode holds permission bits only (07777)");
   }
   auto op = TRY(begin_op(kNamespaceTxBytes));
-  std::unique_lock ns(ns_mutex_);  // a directory's attributes are guarded by it
-  InodePtr inode = find_inode(ino);
-  if (inode == nullptr) return fail(ENOENT, "no inode " + std::to_string(ino.value()));
+  // A directory's attributes are guarded by ns_mutex_; a file's by its own
+  // lock alone, so a busy file never holds up the namespace.
+  InodePtr inode = TRY(get_inode(ino));
+  std::unique_lock<std::shared_mutex> ns;
+  if (inode->is_dir()) ns = std::unique_lock(ns_mutex_);
   std::unique_lock lock(inode->lock);
   if (inode->freed) return fail(ENOENT, "file was deleted");
   format::InodeCore core = inode->core;

@@ -75,6 +75,13 @@ Result<void> FsImpl::clone_range(InodeNumber src, uint64_t src_offset, InodeNumb
     return fail(EINVAL, "clone length must be a multiple of 4096 unless it reaches the source's end");
   }
   if (dst_offset > (1ull << 50) - length) return fail(EFBIG, "clone beyond the 1 PiB file size limit");
+  // A partial last block is shared whole: it may only land where nothing of
+  // the destination follows it (as Linux's remap checks require), or the
+  // destination's bytes after the range would be replaced by the source's
+  // zeros past its end.
+  if (length % kBlockSize != 0 && dst_offset + length < d->core.size_bytes) {
+    return fail(EINVAL, "clone of a partial last block must reach the destination's end too");
+  }
   if (s == d && src_offset < dst_offset + length && dst_offset < src_offset + length) {
     return fail(EINVAL, "clone source and destination ranges overlap");
   }

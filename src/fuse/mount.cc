@@ -39,7 +39,13 @@ timespec to_timespec(int64_t ns) {
   return timespec{static_cast<time_t>(sec), static_cast<long>(rem)};
 }
 
-int64_t to_ns(const timespec& t) { return int64_t(t.tv_sec) * 1'000'000'000 + t.tv_nsec; }
+// Times beyond what 64-bit nanoseconds hold (before 1678, after 2262) are
+// clamped to the nearest one that fits.
+int64_t to_ns(const timespec& t) {
+  constexpr int64_t kSecondsMax = INT64_MAX / 1'000'000'000 - 1;
+  int64_t sec = std::clamp<int64_t>(t.tv_sec, -kSecondsMax, kSecondsMax);
+  return sec * 1'000'000'000 + t.tv_nsec;
+}
 
 struct stat to_stat(const Stat& s) {
   struct stat st {};
@@ -194,7 +200,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // Pages are read again at each open, so other paths' writes are seen; but
   // not while the device is pre-removed: nothing changes then, and dropping a
   // page a waiting writer holds locked would hang the open in the kernel.
-  fi->keep_cache = mount_of(req).frozen() ? 1 : 0;
+  fi->keep_cache = fs.frozen() ? 1 : 0;
   if (fuse_reply_open(req, fi) != 0) fs.release(InodeNumber(ino));
 }
 
@@ -335,11 +341,15 @@ void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_fi
   if (!st.has_value()) return reply_error(req, st.error());
   const auto in = static_cast<uint64_t>(off_in), out = static_cast<uint64_t>(off_out);
   if (in >= st->size_bytes) return reply_count(req, 0);
-  uint64_t want = std::min<uint64_t>(len, st->size_bytes - in);
-  const bool aligned = in % kBlockBytes == 0 && out % kBlockBytes == 0 &&
-                       (want % kBlockBytes == 0 || in + want == st->size_bytes);
+  // The reply's count is 32 bits wide: at most 4 GiB - 4 KiB per call.
+  uint64_t want = std::min<uint64_t>({len, st->size_bytes - in, 0xFFFFF000ull});
+  const bool to_end = in + want == st->size_bytes;
+  const bool aligned = in % kBlockBytes == 0 && out % kBlockBytes == 0 && (want % kBlockBytes == 0 || to_end);
   const bool overlaps = src == dst && in < out + want && out < in + want;
-  if (aligned && !overlaps && fs.clone_range(src, in, dst, out, want).has_value()) {
+  // A range reaching the source's end is cloned with its partial last block
+  // (the core refuses it where the destination goes on after the range).
+  const uint64_t clone_length = to_end ? (want + kBlockBytes - 1) / kBlockBytes * kBlockBytes : want;
+  if (aligned && !overlaps && fs.clone_range(src, in, dst, out, clone_length).has_value()) {
     return reply_count(req, want);
   }
   std::vector<std::byte> chunk(std::min<uint64_t>(want, kIoBytesMax));
@@ -446,17 +456,20 @@ Result<std::unique_ptr<Mount>> Mount::start(Filesystem& fs, MountOptions options
 }
 
 Mount::~Mount() {
+  // The invalidator first, while the workers still answer: an invalidation can
+  // wait in the kernel for a page that a request being served holds.
+  {
+    std::lock_guard lock(inval_mutex_);
+    inval_stop_ = true;
+    pending_.clear();
+  }
+  inval_cv_.notify_all();
+  if (invalidator_.joinable()) invalidator_.join();
   if (stop_fd_ >= 0) {
     uint64_t one = 1;
     (void)!::write(stop_fd_, &one, sizeof(one));
   }
   for (auto& t : workers_) t.join();
-  {
-    std::lock_guard lock(inval_mutex_);
-    inval_stop_ = true;
-  }
-  inval_cv_.notify_all();
-  if (invalidator_.joinable()) invalidator_.join();
   if (session_ != nullptr) {
     // Unmounts unless the kernel already did (umount, fusermount3 -u); lazily
     // if programs still use it.
@@ -520,8 +533,6 @@ void Mount::on_event(const FsEvent& event) {
       items.push_back({f.ino.value(), static_cast<int64_t>(from), static_cast<int64_t>(to - from)});
     }
   }
-  if (event.kind == FsEvent::Kind::PreRemove) frozen_.store(true);
-  if (event.kind == FsEvent::Kind::RemovalCancelled) frozen_.store(false);
   if (event.kind == FsEvent::Kind::PreRemove || event.kind == FsEvent::Kind::Removed) {
     std::lock_guard lock(known_mutex_);
     for (const auto& [ino, refs] : known_) items.push_back({ino, 0, 0});

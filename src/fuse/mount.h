@@ -25,7 +25,8 @@
 // Threads: a few workers read requests from /dev/fuse; one more thread sends
 // invalidations (the failure flow only queues them, so it never waits on the
 // kernel). Thread-safety: start() and the destructor on one thread; on_event()
-// from any.
+// from any. Destroy it only while the filesystem is not frozen (a worker may
+// wait in a freeze): cancel or finish a pending removal first.
 #pragma once
 
 #include <sys/types.h>
@@ -83,7 +84,6 @@ class Mount {
   const MountOptions& options() const { return options_; }
   void remember(uint64_t ino);                 // the kernel got a reference to it
   void forget(uint64_t ino, uint64_t count);   // ... and dropped `count` of them
-  bool frozen() const { return frozen_.load(); }  // between pre-remove and cancel
 
  private:
   Mount(Filesystem& fs, MountOptions options) : fs_(fs), options_(std::move(options)) {}
@@ -101,7 +101,6 @@ class Mount {
   fuse_session* session_ = nullptr;
   int stop_fd_ = -1;  // an eventfd: readable once the workers must stop
   std::atomic<bool> ended_by_kernel_{false};
-  std::atomic<bool> frozen_{false};
   std::vector<std::thread> workers_;
 
   std::mutex known_mutex_;
