@@ -80,42 +80,28 @@ def apply(op, root):
     kind = op[0]
     p = lambda rel: os.path.join(root, rel)
 
-    if kind == "create":
+    def on_fd(flags, use, mode=0o644):
+        """Opens op[1] with flags, calls use(fd), closes it: the outcome."""
         def fn():
-            fd = os.open(p(op[1]), os.O_CREAT | os.O_EXCL | os.O_WRONLY, op[3])
+            fd = os.open(p(op[1]), flags, mode)
             try:
-                os.write(fd, op[2])
+                return use(fd)
             finally:
                 os.close(fd)
         return outcome(fn)
+
+    if kind == "create":
+        return on_fd(os.O_CREAT | os.O_EXCL | os.O_WRONLY, lambda fd: (os.write(fd, op[2]), None)[1], op[3])
     if kind == "mkdir":
         return outcome(lambda: os.mkdir(p(op[1]), op[3]))
     if kind == "write":
-        def fn():
-            fd = os.open(p(op[1]), os.O_WRONLY)
-            try:
-                return os.pwrite(fd, op[2], op[3])
-            finally:
-                os.close(fd)
-        return outcome(fn)
+        return on_fd(os.O_WRONLY, lambda fd: os.pwrite(fd, op[2], op[3]))
     if kind == "append":
-        def fn():
-            fd = os.open(p(op[1]), os.O_WRONLY | os.O_APPEND)
-            try:
-                return os.write(fd, op[2])
-            finally:
-                os.close(fd)
-        return outcome(fn)
+        return on_fd(os.O_WRONLY | os.O_APPEND, lambda fd: os.write(fd, op[2]))
     if kind == "truncate":
         return outcome(lambda: os.truncate(p(op[1]), op[3]))
     if kind == "read":
-        def fn():
-            fd = os.open(p(op[1]), os.O_RDONLY)
-            try:
-                return hashlib.sha256(os.pread(fd, 9000, op[3])).hexdigest()
-            finally:
-                os.close(fd)
-        return outcome(fn)
+        return on_fd(os.O_RDONLY, lambda fd: hashlib.sha256(os.pread(fd, 9000, op[3])).hexdigest())
     if kind == "chmod":
         return outcome(lambda: os.chmod(p(op[1]), op[4]))
     if kind == "rename":

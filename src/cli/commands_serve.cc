@@ -110,7 +110,9 @@ void tell_caller(int code) {
   ready_fd = -1;
 }
 
-int serve_foreground(const Args& a, const serve::ServerOptions& base) {
+// `mount`: the FUSE mount's options, parsed and checked by serve_cmd (none: no --mount).
+int serve_foreground(const Args& a, const serve::ServerOptions& base,
+                     std::optional<fusemount::MountOptions> mount) {
   // SIGTERM and SIGINT become readable events, for every thread started below.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
@@ -135,16 +137,14 @@ int serve_foreground(const Args& a, const serve::ServerOptions& base) {
     return code;
   }
   (*server)->log(fmt::format("serving {} on {} (pid {})", a.image, options.socket_path, ::getpid()));
-  if (!a.mount_dir.empty()) {
-    std::string bad;
-    auto mount_options = parse_mount_options(a.mount_options, &bad);  // checked before: cannot fail here
+  if (mount) {
     char* absolute = ::realpath(a.image.c_str(), nullptr);
-    mount_options->source = absolute != nullptr ? absolute : a.image;
+    mount->source = absolute != nullptr ? absolute : a.image;
     std::free(absolute);
-    mount_options->dir = a.mount_dir;
+    mount->dir = a.mount_dir;
     // The kernel ended the mount (umount, fusermount3 -u): stop as on SIGTERM.
-    mount_options->on_unmounted = [] { ::kill(::getpid(), SIGTERM); };
-    auto mounted = fusemount::Mount::start(*session.fs, *mount_options);
+    mount->on_unmounted = [] { ::kill(::getpid(), SIGTERM); };
+    auto mounted = fusemount::Mount::start(*session.fs, *mount);
     if (!mounted.has_value()) {
       int code = report("mount", mounted.error());
       server->reset();
@@ -156,8 +156,8 @@ int serve_foreground(const Args& a, const serve::ServerOptions& base) {
       slot->mount = std::move(*mounted);
     }
     (*server)->log(fmt::format("mounted on {} (FUSE{}{}, cache {} s)", a.mount_dir,
-                               mount_options->read_only ? ", read-only" : "",
-                               mount_options->allow_other ? ", allow_other" : "", mount_options->cache_seconds));
+                               mount->read_only ? ", read-only" : "",
+                               mount->allow_other ? ", allow_other" : "", mount->cache_seconds));
   }
   if (ready_fd >= 0) {
     if (!a.quiet_ready) fmt::print("{}\n", options.socket_path);
@@ -181,7 +181,7 @@ int serve_foreground(const Args& a, const serve::ServerOptions& base) {
     session.device->cancel_removal();
     (*server)->log("the pending removal is cancelled (the server is stopping): writers resume");
   }
-  if (!a.mount_dir.empty()) {
+  if (mount) {
     slot->stop();  // programs using the mount see it go first
     (*server)->log(fmt::format("unmounted {}", a.mount_dir));
   }
@@ -229,20 +229,23 @@ int serve_cmd(const Args& a) {
     }
   }
   options.log = log;
+  std::optional<fusemount::MountOptions> mount;
   if (!a.mount_dir.empty()) {
     std::string bad;
-    if (!parse_mount_options(a.mount_options, &bad)) {
+    mount = parse_mount_options(a.mount_options, &bad);
+    if (!mount) {
       eprint("poise: mount: unknown option '{}' (known: ro, rw, allow_other, default_permissions, cache=SECONDS)\n",
              bad);
       return kExitUsage;
     }
     struct stat st {};
-    if (::stat(a.mount_dir.c_str(), &st) != 0 && errno == ENOTCONN) {
+    const bool found = ::stat(a.mount_dir.c_str(), &st) == 0;
+    if (!found && errno == ENOTCONN) {
       eprint("poise: mount: {}: a mount whose server is gone is still there (poise umount {} clears it)\n",
              a.mount_dir, a.mount_dir);
       return kExitBusy;
     }
-    if (::stat(a.mount_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    if (!found || !S_ISDIR(st.st_mode)) {
       eprint("poise: mount: {}: not a directory\n", a.mount_dir);
       return kExitInvalid;
     }
@@ -250,7 +253,7 @@ int serve_cmd(const Args& a) {
     eprint("poise: serve: -o needs --mount DIR\n");
     return kExitUsage;
   }
-  if (!a.background) return serve_foreground(a, options);
+  if (!a.background) return serve_foreground(a, options, mount);
 
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
@@ -267,7 +270,7 @@ int serve_cmd(const Args& a) {
     ::close(pipe_fds[0]);
     ::setsid();  // the server outlives the caller's terminal session
     ready_fd = pipe_fds[1];
-    int code = serve_foreground(a, options);
+    int code = serve_foreground(a, options, mount);
     tell_caller(code);  // a failure before ready reaches the caller
     std::fflush(nullptr);
     std::_Exit(code);

@@ -44,6 +44,16 @@ Result<void> for_each_component(std::string_view path, Fn&& fn) {
   return {};
 }
 
+// One name inside a directory (the *_at calls): not empty, no '/' or NUL, at
+// most 255 bytes. "." and ".." are the caller's to allow or refuse.
+Result<void> check_name(std::string_view name) {
+  if (name.empty()) return fail(EINVAL, "empty name");
+  if (name.find('/') != std::string_view::npos) return fail(EINVAL, std::string(name) + ": a name cannot hold '/'");
+  if (name.find('\0') != std::string_view::npos) return fail(EINVAL, "a name cannot hold a NUL byte");
+  if (name.size() > format::kNameBytesMax) return fail(ENAMETOOLONG, "name longer than 255 bytes");
+  return {};
+}
+
 uint32_t type_bits(FileType type) {
   return type == FileType::Directory ? format::kModeDirectory : format::kModeRegular;
 }
@@ -110,11 +120,8 @@ Result<InodePtr> FsImpl::resolve_parent(std::string_view path, std::string* leaf
 Result<InodePtr> FsImpl::resolve_parent(const Place& place, std::string* leaf) {
   if (place.dir == InodeNumber{}) return resolve_parent(place.path, leaf);
   std::string_view name = place.name;
-  if (name.empty()) return fail(EINVAL, "empty name");
+  TRY(check_name(name));
   if (name == "." || name == "..") return fail(EINVAL, place.shown() + ": '.' and '..' cannot be made or removed");
-  if (name.find('/') != std::string_view::npos) return fail(EINVAL, place.shown() + ": a name cannot hold '/'");
-  if (name.find('\0') != std::string_view::npos) return fail(EINVAL, "a name cannot hold a NUL byte");
-  if (name.size() > format::kNameBytesMax) return fail(ENAMETOOLONG, "name longer than 255 bytes");
   InodePtr parent = find_inode(place.dir);
   if (parent == nullptr) return fail(ENOENT, place.shown() + ": no such directory");
   if (!parent->is_dir()) return fail(ENOTDIR, place.shown() + ": parent is not a directory");
@@ -156,10 +163,7 @@ Result<InodeNumber> FsImpl::lookup_at(InodeNumber dir, std::string_view name) {
   InodePtr parent = find_inode(dir);
   if (parent == nullptr) return fail(ENOENT, "no inode " + std::to_string(dir.value()));
   if (!parent->is_dir()) return fail(ENOTDIR, "inode " + std::to_string(dir.value()) + " is not a directory");
-  if (name.empty() || name.find('/') != std::string_view::npos || name.find('\0') != std::string_view::npos) {
-    return fail(EINVAL, "a name is one path component");
-  }
-  if (name.size() > format::kNameBytesMax) return fail(ENAMETOOLONG, "name longer than 255 bytes");
+  TRY(check_name(name));
   if (name == ".") return parent->ino;
   if (name == "..") return parent->ino == kRootInode ? kRootInode : parent->parent;
   auto it = parent->entries->find(name);

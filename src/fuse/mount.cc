@@ -63,19 +63,25 @@ struct stat to_stat(const Stat& s) {
   return st;
 }
 
-// Answers a request that made or found a name: the inode and its attributes,
-// which the kernel keeps for the cache time (and holds one reference to).
+// What the kernel keeps of a name it was given, for the cache time (and one
+// reference to the inode, counted here: the kernel forgets it later).
+fuse_entry_param entry_of(Mount& m, const Stat& st) {
+  fuse_entry_param e{};
+  e.ino = st.ino.value();
+  e.generation = 0;  // inode numbers are never reused
+  e.attr = to_stat(st);
+  e.attr_timeout = m.options().cache_seconds;
+  e.entry_timeout = m.options().cache_seconds;
+  m.remember(e.ino);
+  return e;
+}
+
+// Answers a request that made or found a name.
 void reply_entry(fuse_req_t req, InodeNumber ino) {
   Mount& m = mount_of(req);
   auto st = m.fs().stat(ino);
   if (!st.has_value()) return reply_error(req, st.error());
-  fuse_entry_param e{};
-  e.ino = ino.value();
-  e.generation = 0;  // inode numbers are never reused
-  e.attr = to_stat(*st);
-  e.attr_timeout = m.options().cache_seconds;
-  e.entry_timeout = m.options().cache_seconds;
-  m.remember(ino.value());
+  fuse_entry_param e = entry_of(m, *st);
   if (fuse_reply_entry(req, &e) != 0) m.forget(ino.value(), 1);  // the caller was interrupted
 }
 
@@ -214,12 +220,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   if (!st.has_value()) return reply_error(req, st.error());
   auto kept = fs.retain(*ino);
   if (!kept.has_value()) return reply_error(req, kept.error());
-  fuse_entry_param e{};
-  e.ino = ino->value();
-  e.attr = to_stat(*st);
-  e.attr_timeout = m.options().cache_seconds;
-  e.entry_timeout = m.options().cache_seconds;
-  m.remember(ino->value());
+  fuse_entry_param e = entry_of(m, *st);
   if (fuse_reply_create(req, &e, fi) != 0) {
     m.forget(ino->value(), 1);
     fs.release(*ino);
