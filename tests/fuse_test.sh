@@ -318,6 +318,20 @@ check_clean
 expect 0 "$POISE" cat "$IMG" /synced
 cmp -s "$WORK/out" "$WORK/big" && ok || bad "an fsync'd file must survive kill -9 of the server"
 
+# --- a hostile caller: closed standard descriptors, and an image and mount
+# point whose names hold a space and a comma (mount options and
+# /proc/self/mountinfo escape both)
+ODD="$WORK/odd dir,x"
+mkdir -p "$ODD/m n"
+expect 0 "$POISE" mkfs "$ODD/a b,c.img" --size 64M
+"$POISE" mount "$ODD/a b,c.img" "$ODD/m n" <&- >&- 2>&- && ok || bad "poise mount with closed standard descriptors"
+echo odd >"$ODD/m n/f" && [ "$(cat "$ODD/m n/f")" = odd ] && ok || bad "writing through a mount with an odd name"
+expect 0 "$POISE" umount "$ODD/m n"
+grep -qF 'odd\040dir,x/m\040n ' /proc/self/mountinfo && bad "the odd-named mount must be gone" || ok
+expect 0 "$POISE" check "$ODD/a b,c.img"
+expect 0 "$POISE" cat "$ODD/a b,c.img" /f
+contains "$WORK/out" "odd"
+
 # --- permissions: another user, with allow_other; the kernel checks mode bits
 if command -v setpriv >/dev/null; then
   mount_img -o allow_other
