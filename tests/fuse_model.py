@@ -8,13 +8,26 @@ Usage: fuse_model.py MOUNT_DIR REFERENCE_DIR [--seed N] [--steps N]
 Prints its seed first; rerun with --seed to replay a failure.
 """
 import argparse
+import ctypes
 import errno
 import hashlib
 import os
 import random
+import stat
 import sys
 
 NAMES = ["a", "b", "c", "d1", "d2", "long-" + "n" * 40]
+# Link targets stay inside the tree (no ".."), so both trees resolve them alike.
+TARGETS = ["a", "b", "d1", "d1/a", "d2/c", "missing", "long-" + "n" * 40, "t" * 3000]
+LIBC = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+
+
+def rename_exchange(a, b):
+    if LIBC.renameat2(AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), RENAME_EXCHANGE) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
 
 
 def tree(root):
@@ -25,7 +38,9 @@ def tree(root):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)
             st = os.lstat(full)
-            if os.path.isdir(full):
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", st.st_size, None, st.st_nlink, os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ("dir", None, st.st_mode & 0o7777, st.st_nlink, None)
             else:
                 with open(full, "rb") as f:
@@ -56,7 +71,15 @@ def pick_path(rng, entries, kind=None):
 
 def make_op(rng, entries):
     kind = rng.choice(["create", "create", "write", "write", "append", "truncate", "mkdir", "mkdir",
-                       "rename", "rename", "unlink", "rmdir", "link", "chmod", "read"])
+                       "rename", "rename", "unlink", "rmdir", "link", "chmod", "read",
+                       "symlink", "symlink", "exchange", "seek"])
+    if kind == "symlink":
+        return (kind, rng.choice(TARGETS), os.path.join(pick_dir(rng, entries), rng.choice(NAMES)))
+    if kind == "exchange":
+        return (kind, pick_path(rng, entries), pick_path(rng, entries))
+    if kind == "seek":
+        return (kind, pick_path(rng, entries, "file"), rng.choice([0, 1, 4095, 4096, 10000, 70000]),
+                rng.choice([os.SEEK_DATA, os.SEEK_HOLE]))
     if kind in ("create", "mkdir"):
         path = os.path.join(pick_dir(rng, entries), rng.choice(NAMES))
         data = rng.randbytes(rng.choice([0, 1, 100, 4096, 5000, 70000]))
@@ -110,6 +133,14 @@ def apply(op, root):
         return outcome(lambda: os.link(p(op[1]), p(op[2])))
     if kind == "rmdir":
         return outcome(lambda: os.rmdir(p(op[1])))
+    if kind == "symlink":
+        return outcome(lambda: os.symlink(op[1], p(op[2])))
+    if kind == "exchange":
+        return outcome(lambda: rename_exchange(p(op[1]), p(op[2])))
+    if kind == "seek":
+        if os.path.isdir(p(op[1])):
+            return ("directory",)  # what lseek means on a directory differs between filesystems
+        return on_fd(os.O_RDONLY, lambda fd: os.lseek(fd, op[2], op[3]))
     if kind == "unlink":
         return outcome(lambda: os.unlink(p(op[1])))
     raise AssertionError(kind)

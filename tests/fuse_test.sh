@@ -45,8 +45,13 @@ check_clean() {
   expect 0 "$POISE" check "$IMG"
   contains "$WORK/out" "clean"
 }
-same_files() {  # same_files A B: the same regular files, contents, modes and times
-  if diff -r "$1" "$2" >"$WORK/diff" 2>&1; then ok; else bad "diff -r $1 $2: $(head -5 "$WORK/diff")"; fi
+same_files() {  # same_files A B: the same regular files, contents, modes and times, and links
+  if diff -r --no-dereference "$1" "$2" >"$WORK/diff" 2>&1; then ok; else bad "diff -r $1 $2: $(head -5 "$WORK/diff")"; fi
+  (cd "$1" && find . -type l -printf '%P -> %l %T@\n' | sort) >"$WORK/links.a"
+  (cd "$2" && find . -type l -printf '%P -> %l %T@\n' | sort) >"$WORK/links.b"
+  if [ -s "$WORK/links.a" ] && cmp -s "$WORK/links.a" "$WORK/links.b"; then ok; else
+    bad "symbolic links differ: $(diff "$WORK/links.a" "$WORK/links.b" | head -4)"
+  fi
   (cd "$1" && find . -type f -printf '%P %m %s %n %T@\n' | sort) >"$WORK/meta.a"
   (cd "$2" && find . -type f -printf '%P %m %s %n %T@\n' | sort) >"$WORK/meta.b"
   if cmp -s "$WORK/meta.a" "$WORK/meta.b"; then ok; else bad "metadata differs: $(diff "$WORK/meta.a" "$WORK/meta.b" | head -4)"; fi
@@ -64,6 +69,13 @@ ln "$SRC/bin/r1" "$SRC/bin/deeper/still/r1-link"
 chmod 0600 "$SRC/bin/r2"
 chmod 4711 "$SRC/bin/r3"
 touch -d '1999-12-31 23:59:59.123456789' "$SRC/bin/r4"
+# Symbolic links: relative, absolute and dangling, to a directory, and a
+# 4,000-byte target (a link's target is its one data block).
+ln -s r1 "$SRC/bin/rel-link"
+ln -s deeper/still "$SRC/bin/dir-link"
+ln -s /nonexistent/dangling "$SRC/bin/dangling"
+ln -s "$(head -c 4000 /dev/zero | tr '\0' 'x')" "$SRC/bin/long-link"
+touch -h -d '2001-02-03 04:05:06.7' "$SRC/bin/rel-link"
 
 expect 0 "$POISE" mkfs "$IMG" --size 256M
 
@@ -158,6 +170,64 @@ PYEOF
 mkdir "$MNT/sgid" && chgrp 100 "$MNT/sgid" && chmod 2775 "$MNT/sgid" && mkdir "$MNT/sgid/d" && touch "$MNT/sgid/f"
 [ "$(stat -c '%a %g' "$MNT/sgid/d") $(stat -c '%a %g' "$MNT/sgid/f")" = "2755 100 644 100" ] && ok ||
   bad "set-group-ID directory: $(stat -c '%n %a %g' "$MNT/sgid/d" "$MNT/sgid/f" | tr '\n' ' ')"
+# Symbolic links made on the mount: readlink, lstat, following, removal.
+ln -s ../cp/bin/r5 "$MNT/sgid/to-r5" && ln -s nowhere "$MNT/dangling"
+[ "$(readlink "$MNT/sgid/to-r5")" = ../cp/bin/r5 ] && cmp -s "$MNT/sgid/to-r5" "$SRC/bin/r5" && ok ||
+  bad "a symbolic link on the mount: readlink $(readlink "$MNT/sgid/to-r5")"
+[ "$(stat -c '%F %s' "$MNT/dangling")" = "symbolic link 7" ] && [ ! -e "$MNT/dangling" ] && ok ||
+  bad "lstat of a dangling link: $(stat -c '%F %s' "$MNT/dangling")"
+rm "$MNT/dangling" && [ ! -L "$MNT/dangling" ] && ok || bad "rm of a symbolic link"
+# RENAME_EXCHANGE across directories (a directory and a file trade places:
+# both parents' link counts change), SEEK_DATA/SEEK_HOLE, zero-range, locks.
+mkdir -p "$MNT/xa/sub" "$MNT/xb" && echo file >"$MNT/xb/f"
+$PY - "$MNT" <<'PYEOF' && ok || bad "renameat2(RENAME_EXCHANGE), SEEK_DATA/SEEK_HOLE or fallocate zero-range through the mount"
+import ctypes, os, sys
+m = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.renameat2(-100, f"{m}/xa/sub".encode(), -100, f"{m}/xb/f".encode(), 2) == 0, os.strerror(ctypes.get_errno())
+assert open(f"{m}/xa/sub").read() == "file\n" and os.path.isdir(f"{m}/xb/f")
+assert (os.stat(f"{m}/xa").st_nlink, os.stat(f"{m}/xb").st_nlink) == (2, 3)
+assert libc.renameat2(-100, f"{m}/xa/sub".encode(), -100, f"{m}/xa/none".encode(), 2) != 0 and ctypes.get_errno() == 2
+fd = os.open(f"{m}/seek", os.O_RDWR | os.O_CREAT)
+os.pwrite(fd, b"d" * 4096, 3 * 4096)
+os.ftruncate(fd, 10 * 4096)
+assert (os.lseek(fd, 0, os.SEEK_DATA), os.lseek(fd, 0, os.SEEK_HOLE)) == (3 * 4096, 0)
+assert os.lseek(fd, 3 * 4096 + 5, os.SEEK_HOLE) == 4 * 4096
+try:
+    os.lseek(fd, 4 * 4096, os.SEEK_DATA)
+    raise AssertionError("SEEK_DATA past the last data must fail")
+except OSError as e:
+    assert e.errno == 6, e  # ENXIO
+os.pwrite(fd, b"z" * 10000, 0)
+os.posix_fallocate(fd, 0, 1)  # (allocates nothing new)
+assert libc.fallocate(fd, 0x10, ctypes.c_long(100), ctypes.c_long(5000)) == 0, os.strerror(ctypes.get_errno())
+data = os.pread(fd, 10000, 0)
+assert data == b"z" * 100 + bytes(5000) + b"z" * 4900, "zero-range"
+os.close(fd)
+PYEOF
+# Locks are the kernel's own (the mount takes none itself): a second process
+# sees the first one's flock and POSIX lock.
+exec 7>"$MNT/lockfile"
+flock -x 7
+flock -n -x "$MNT/lockfile" true && bad "flock: a second process took a held lock" || ok
+exec 7>&-
+flock -n -x "$MNT/lockfile" true && ok || bad "flock: the lock stayed after its holder closed it"
+$PY - "$MNT/lockfile" <<'PYEOF' && ok || bad "POSIX record locks through the mount"
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)
+pid = os.fork()
+if pid == 0:
+    f2 = os.open(sys.argv[1], os.O_RDWR)
+    try:
+        fcntl.lockf(f2, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)
+        os._exit(1)  # got a lock the parent holds
+    except OSError:
+        pass
+    fcntl.lockf(f2, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 20)  # another range is free
+    os._exit(0)
+assert os.waitpid(pid, 0)[1] == 0
+PYEOF
 df -B4096 "$MNT" | tail -1 | awk '{exit !($2 == 65536)}' && ok || bad "statfs: $(df -B4096 "$MNT" | tail -1)"
 check_clean
 

@@ -68,9 +68,13 @@ constexpr OpenFlags operator|(OpenFlags a, OpenFlags b) {
 constexpr bool has(OpenFlags set, OpenFlags flag) { return (uint32_t(set) & uint32_t(flag)) != 0; }
 
 enum class FallocateMode : uint8_t { ExtendSize, KeepSize };
+// What Filesystem::seek looks for (lseek's SEEK_DATA and SEEK_HOLE).
+enum class SeekTarget : uint8_t { Data, Hole };
 
 // rename_at: NoReplace fails with EEXIST if the destination exists (RENAME_NOREPLACE).
-enum class RenameFlags : uint8_t { None, NoReplace };
+// NoReplace: EEXIST if the destination exists. Exchange: both names must exist,
+// and swap the inodes they name atomically (renameat2's RENAME_EXCHANGE).
+enum class RenameFlags : uint8_t { None, NoReplace, Exchange };
 
 // What set_attributes changes; an empty field is left as it is. The change
 // time is always set to now.
@@ -238,6 +242,15 @@ class Filesystem {
   // The caller checks who may do it (the filesystem trusts its caller). The
   // default is ENOTSUP.
   virtual Result<Stat> set_attributes(InodeNumber ino, const SetAttributes& attrs);
+  // Symbolic links: a new link named link_path (or `name` in `dir`) holding
+  // `target` (1..4095 bytes, not checked to exist), and a link's target (EINVAL
+  // if ino is not a link). File I/O on a link fails with EINVAL; poise's path
+  // calls never follow one. The defaults are ENOTSUP.
+  virtual Result<InodeNumber> symlink(std::string_view target, std::string_view link_path,
+                                      std::optional<Credentials> owner = std::nullopt);
+  virtual Result<InodeNumber> symlink_at(InodeNumber dir, std::string_view name, std::string_view target,
+                                         std::optional<Credentials> owner = std::nullopt);
+  virtual Result<std::string> readlink(InodeNumber ino);
 
   // File data, by inode number. Reads past the end return fewer bytes; holes
   // read as zeros.
@@ -248,6 +261,11 @@ class Filesystem {
   virtual Result<void> fallocate(InodeNumber ino, uint64_t offset, uint64_t length,
                                  FallocateMode mode) = 0;
   virtual Result<void> punch_hole(InodeNumber ino, uint64_t offset, uint64_t length) = 0;
+  // lseek(SEEK_DATA / SEEK_HOLE): the first offset >= `offset` that holds data
+  // (ENXIO if none before the end of file), or that is in a hole (the end of
+  // file counts as one). Allocated-but-unwritten ranges are holes. ENXIO when
+  // offset is at or past the end. The default is ENOTSUP.
+  virtual Result<uint64_t> seek(InodeNumber ino, uint64_t offset, SeekTarget target);
   virtual Result<void> fsync(InodeNumber ino) = 0;
   virtual Result<void> sync() = 0;
 

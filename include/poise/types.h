@@ -42,7 +42,9 @@ using InodeNumber = StrongU64<struct InodeTag>;
 
 inline constexpr InodeNumber kRootInode{1};
 
-enum class FileType : uint8_t { Regular, Directory };
+// A symbolic link holds its target (1..4095 bytes) as its data; poise's own
+// path lookups do not follow links (a FUSE mount's kernel does).
+enum class FileType : uint8_t { Regular, Directory, Symlink };
 
 struct Stat {
   InodeNumber ino;

@@ -57,8 +57,24 @@ int with_ro(const Args& args, const std::function<int(Filesystem&)>& fn) {
   return with_mounted(args.image, MountMode::ReadOnly, fn);
 }
 
+const char* type_name(FileType type) {
+  switch (type) {
+    case FileType::Directory: return "directory";
+    case FileType::Symlink: return "symlink";
+    case FileType::Regular: break;
+  }
+  return "file";
+}
+
+// " -> TARGET" for a symbolic link, else nothing.
+std::string link_suffix(Filesystem& fs, const Stat& st) {
+  if (st.type != FileType::Symlink) return "";
+  auto target = fs.readlink(st.ino);
+  return target.has_value() ? " -> " + *target : " -> (unreadable: " + target.error().message + ")";
+}
+
 std::string mode_string(const Stat& st) {
-  std::string s = st.type == FileType::Directory ? "d" : "-";
+  std::string s = st.type == FileType::Directory ? "d" : st.type == FileType::Symlink ? "l" : "-";
   const char* rwx = "rwxrwxrwx";
   for (int i = 0; i < 9; ++i) s += (st.mode & (0400u >> i)) ? rwx[i] : '-';
   return s;
@@ -75,7 +91,7 @@ std::string time_string(int64_t ns) {
 
 json stat_json(const Stat& st) {
   return json{{"ino", st.ino.value()},
-              {"type", st.type == FileType::Directory ? "directory" : "file"},
+              {"type", type_name(st.type)},
               {"mode", fmt::format("{:04o}", st.mode)},
               {"nlink", st.nlink},
               {"uid", st.uid},
@@ -118,7 +134,7 @@ int ls(const Args& a) {
     auto st = fs.stat(path);
     if (!st.has_value()) return report("ls " + path, st.error());
     std::vector<std::pair<std::string, Stat>> rows;
-    if (st->type == FileType::Regular) {
+    if (st->type != FileType::Directory) {
       rows.emplace_back(path, *st);
     } else {
       auto entries = fs.readdir(path);
@@ -133,6 +149,9 @@ int ls(const Args& a) {
       for (const auto& [name, s] : rows) {
         json j = stat_json(s);
         set_name(j, "name", name);
+        if (s.type == FileType::Symlink) {
+          if (auto target = fs.readlink(s.ino); target.has_value()) set_name(j, "target", *target);
+        }
         out.push_back(j);
       }
       fmt::print("{}\n", json_text(out));
@@ -141,7 +160,7 @@ int ls(const Args& a) {
     for (const auto& [name, s] : rows) {
       if (a.long_format) {
         fmt::print("{} {:>3} {:>5} {:>5} {:>12} {} {}{}\n", mode_string(s), s.nlink, s.uid, s.gid, s.size_bytes,
-                   time_string(s.mtime_ns), name, s.type == FileType::Directory ? "/" : "");
+                   time_string(s.mtime_ns), name, s.type == FileType::Directory ? "/" : link_suffix(fs, s));
       } else {
         fmt::print("{}{}\n", name, s.type == FileType::Directory ? "/" : "");
       }
@@ -157,12 +176,18 @@ int stat_cmd(const Args& a) {
     if (a.json) {
       json j = stat_json(*st);
       set_name(j, "path", a.path);
+      if (st->type == FileType::Symlink) {
+        auto target = fs.readlink(st->ino);
+        if (!target.has_value()) return report("stat " + a.path, target.error());
+        set_name(j, "target", *target);
+      }
       fmt::print("{}\n", json_text(j));
       return int(kExitOk);
     }
     fmt::print("  path: {}\n inode: {}\n  type: {}\n  mode: {} ({:04o})\n links: {}\n   uid: {}  gid: {}\n"
                "  size: {} bytes\nblocks: {} (4 KiB)\nmodify: {} UTC\nchange: {} UTC\n",
-               a.path, st->ino.value(), st->type == FileType::Directory ? "directory" : "regular file",
+               a.path + link_suffix(fs, *st), st->ino.value(),
+               st->type == FileType::Directory ? "directory" : st->type == FileType::Symlink ? "symbolic link" : "regular file",
                mode_string(*st), st->mode, st->nlink, st->uid, st->gid, st->size_bytes, st->blocks,
                time_string(st->mtime_ns), time_string(st->ctime_ns));
     return int(kExitOk);

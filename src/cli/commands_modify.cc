@@ -169,7 +169,7 @@ int remove_tree(Filesystem& fs, const std::string& path, bool recursive) {
     eprint("poise: rm: refusing to remove the root directory ({}); remove what is in it by name\n", path);
     return kExitInvalid;
   }
-  if (st->type == FileType::Regular) {
+  if (st->type != FileType::Directory) {  // a file or a symbolic link (never followed)
     auto r = fs.unlink(path);
     return r.has_value() ? kExitOk : report("rm " + path, r.error());
   }
@@ -285,16 +285,23 @@ void add_modify_commands(CLI::App& app, std::function<int()>* run) {
     sub->add_option("IMAGE", args->image)->required();
     sub->add_option("SRC", args->a)->required()->check(kNonEmptyPath);
     sub->add_option("DST", args->b)->required()->check(kNonEmptyPath);
+    return sub;
   };
   two_paths("mv", "Rename or move (replaces an existing DST of the same kind)",
             [](Filesystem& fs, const std::string& s, const std::string& d) {
               auto r = fs.rename(s, d);
               return r.has_value() ? int(kExitOk) : report("mv", r.error());
             });
-  two_paths("ln", "Make DST a hard link to the file SRC", [](Filesystem& fs, const std::string& s, const std::string& d) {
+  auto* ln_cmd = two_paths("ln", "Make DST a hard link to the file SRC (-s: a symbolic link holding SRC)",
+                           [args](Filesystem& fs, const std::string& s, const std::string& d) {
+    if (args->flag) {
+      auto made = fs.symlink(s, d);
+      return made.has_value() ? int(kExitOk) : report("ln -s", made.error());
+    }
     auto r = fs.link(s, d);
     return r.has_value() ? int(kExitOk) : report("ln", r.error());
   });
+  ln_cmd->add_flag("-s,--symbolic", args->flag, "Make a symbolic link whose target is SRC (not checked to exist)");
   two_paths("reflink", "Make DST share all of SRC's blocks (no data copied; writes copy later)",
             [](Filesystem& fs, const std::string& s, const std::string& d) { return reflink_cmd(fs, s, d); });
 

@@ -61,7 +61,10 @@ inline constexpr uint32_t kFormatVersionSingleCopy = 1;
 // Feature bits. An unknown incompatible bit refuses the mount; an unknown
 // read-only-compatible bit allows only a read-only mount.
 inline constexpr uint64_t kIncompatReflink = 1ull << 0;
-inline constexpr uint64_t kIncompatKnown = kIncompatReflink;
+// Inodes of type S_IFLNK (symbolic links, their target in one data block). Set
+// by mkfs, and on an older image when its first link is made.
+inline constexpr uint64_t kIncompatSymlinks = 1ull << 1;
+inline constexpr uint64_t kIncompatKnown = kIncompatReflink | kIncompatSymlinks;
 inline constexpr uint64_t kRoCompatKnown = 0;
 
 enum BlockKind : uint32_t {

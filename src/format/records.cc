@@ -32,7 +32,7 @@ Result<InodeCore> decode_inode(const DiskInode& in) {
   std::string who = "inode " + std::to_string(core.ino);
   if (core.ino == 0) return fail(EUCLEAN, "inode record has inode number 0");
   uint32_t type = core.mode & kModeTypeMask;
-  if (type != kModeRegular && type != kModeDirectory) {
+  if (type != kModeRegular && type != kModeDirectory && type != kModeSymlink) {
     return fail(EUCLEAN, who + ": unknown file type bits in mode " + std::to_string(core.mode));
   }
   if ((core.mode & ~(kModeTypeMask | kModePermMask)) != 0) {

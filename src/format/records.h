@@ -16,7 +16,7 @@ namespace poise::format {
 
 struct InodeCore {
   uint64_t ino = 0;
-  uint32_t mode = 0;  // POSIX S_IFREG/S_IFDIR plus permission bits
+  uint32_t mode = 0;  // POSIX S_IFREG/S_IFDIR/S_IFLNK plus permission bits
   uint32_t nlink = 0;
   uint32_t uid = 0;
   uint32_t gid = 0;
@@ -83,6 +83,7 @@ using JournalRecord = std::variant<InodeCore, InodeFreeRecord, DirentRecord, Dir
 constexpr uint32_t kModeTypeMask = 0170000;
 constexpr uint32_t kModeRegular = 0100000;
 constexpr uint32_t kModeDirectory = 0040000;
+constexpr uint32_t kModeSymlink = 0120000;  // its target is its data (feature kIncompatSymlinks)
 constexpr uint32_t kModePermMask = 07777;
 
 void encode_inode(const InodeCore& in, DiskInode& out);

@@ -111,6 +111,14 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
       problem(who + ": link count " + std::to_string(inode->core.nlink) + ", but " + std::to_string(refs) +
               " directory entries name it");
     }
+    if (inode->symlink) {
+      if (inode->core.size_bytes == 0 || inode->core.size_bytes >= kBlockSize) {
+        problem(who + ": symbolic link of " + std::to_string(inode->core.size_bytes) +
+                " bytes (a target is 1..4095 bytes)");
+      } else if (inode->extents.mapped_blocks() != 1) {
+        problem(who + ": symbolic link without its target block");
+      }
+    }
     uint64_t size_blocks = (inode->core.size_bytes + kBlockSize - 1) / kBlockSize;
     inode->extents.for_each([&](const Extent& m) {
       if (m.dev_block.value() < data_start_ || m.dev_block.value() + m.block_count > data_end_) {

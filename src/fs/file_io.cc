@@ -25,8 +25,18 @@ uint64_t run_bytes(uint64_t pos, uint64_t run_blocks, uint64_t left) {
 
 Result<InodePtr> FsImpl::writable_file(InodeNumber ino) {
   InodePtr inode = TRY(get_inode(ino));
-  if (inode->is_dir()) return fail(EISDIR, "inode " + std::to_string(ino.value()) + " is a directory");
+  if (inode->type() != FileType::Regular) return fail(inode->is_dir() ? EISDIR : EINVAL, describe_type(*inode));
   return inode;
+}
+
+std::string FsImpl::describe_type(const Inode& inode) {
+  std::string who = "inode " + std::to_string(inode.ino.value());
+  switch (inode.type()) {
+    case FileType::Directory: return who + " is a directory";
+    case FileType::Symlink: return who + " is a symbolic link (its target is read with readlink)";
+    case FileType::Regular: break;
+  }
+  return who + " is a regular file";
 }
 
 Result<void> FsImpl::refuse_own_pins(InodeNumber ino) const {
@@ -99,8 +109,12 @@ Result<size_t> FsImpl::write_through_bounce(InodeNumber ino, uint64_t offset, st
 
 Result<size_t> FsImpl::read(InodeNumber ino, uint64_t offset, std::span<std::byte> out) {
   if (mapping::overlaps_mapping(out.data(), out.size())) return read_through_bounce(ino, offset, out);
+  return read_data(ino, offset, out, FileType::Regular);
+}
+
+Result<size_t> FsImpl::read_data(InodeNumber ino, uint64_t offset, std::span<std::byte> out, FileType type) {
   std::optional<DevRun> consumed;  // poison this read ran into, reported once the locks are gone
-  auto n = read_locked(ino, offset, out, &consumed);
+  auto n = read_locked(ino, offset, out, type, &consumed);
   if (!consumed) return n;
   // The failure flow records the range for every owner; then the consumer gets
   // its error synchronously, naming the file bytes lost as everyone else's does.
@@ -108,15 +122,17 @@ Result<size_t> FsImpl::read(InodeNumber ino, uint64_t offset, std::span<std::byt
                                 FailureFlags::ActionRequired);
   if (!handled.has_value()) return n;
   std::optional<DevRun> again;
-  return read_locked(ino, offset, out, &again);
+  return read_locked(ino, offset, out, type, &again);
 }
 
-Result<size_t> FsImpl::read_locked(InodeNumber ino, uint64_t offset, std::span<std::byte> out,
+Result<size_t> FsImpl::read_locked(InodeNumber ino, uint64_t offset, std::span<std::byte> out, FileType type,
                                    std::optional<DevRun>* consumed) {
   InodePtr inode = TRY(get_inode(ino));
   std::shared_lock lock(inode->lock);
   if (inode->freed) return fail(ENOENT, "file was deleted");
-  if (inode->is_dir()) return fail(EISDIR, "inode " + std::to_string(ino.value()) + " is a directory");
+  if (inode->type() != type) {
+    return fail(inode->is_dir() && type == FileType::Regular ? EISDIR : EINVAL, describe_type(*inode));
+  }
   uint64_t size = inode->core.size_bytes;
   if (offset >= size || out.empty()) return size_t{0};
   uint64_t n = std::min<uint64_t>(out.size(), size - offset);
@@ -425,6 +441,24 @@ Result<void> FsImpl::truncate(InodeNumber ino, uint64_t size_bytes) {
     mappings_->invalidate(ino, keep, ceil_blocks(old_size) - keep);
   }
   return {};
+}
+
+Result<uint64_t> FsImpl::seek(InodeNumber ino, uint64_t offset, SeekTarget target) {
+  InodePtr inode = TRY(writable_file(ino));
+  std::shared_lock lock(inode->lock);
+  if (inode->freed) return fail(ENOENT, "file was deleted");
+  const uint64_t size = inode->core.size_bytes;
+  if (offset >= size) return fail(ENXIO, "offset " + std::to_string(offset) + " is at or past the end of file");
+  for (uint64_t pos = offset; pos < size;) {
+    Lookup lk = inode->extents.lookup(FileBlock(pos / kBlockSize));
+    const bool data = lk.mapped && (lk.mapping.flags & format::kExtentUnwritten) == 0;
+    if (data == (target == SeekTarget::Data)) return pos;
+    const uint64_t run = lk.mapped ? lk.mapping.block_count : lk.hole_blocks;  // may be "infinite"
+    const uint64_t left = ceil_blocks(size) - pos / kBlockSize;
+    pos = run >= left ? size : (pos / kBlockSize + run) * kBlockSize;
+  }
+  if (target == SeekTarget::Hole) return size;
+  return fail(ENXIO, "no data after offset " + std::to_string(offset));
 }
 
 Result<void> FsImpl::punch_hole(InodeNumber ino, uint64_t offset, uint64_t length) {

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <thread>
 
+#include "format/ondisk.h"
+#include "format/superblock.h"
 #include "fs/test_util.h"
 
 namespace poise {
@@ -204,6 +206,139 @@ TEST_F(FsTest, ASetGroupIdDirectoryGivesItsGroup) {
 }
 
 // chmod, chown and utimens: one journaled change each, replayed after a crash.
+TEST_F(FsTest, ASymbolicLinkHoldsItsTargetAndSurvivesACrash) {
+  ASSERT_OK(fs_->mkdir("/d"));
+  const uint64_t free_before = fs_->info().free_bytes;
+  auto rel = fs_->symlink("../d/target", "/d/rel");
+  ASSERT_OK(rel);
+  const std::string long_target(4095, 'x');
+  auto made_at = fs_->symlink_at(*fs_->lookup("/d"), "long", long_target);
+  ASSERT_OK(made_at);
+  EXPECT_EQ(fs_->readlink(*rel).value_or(""), "../d/target");
+  EXPECT_EQ(fs_->readlink(*made_at).value_or(""), long_target);
+  Stat st = *fs_->stat("/d/rel");
+  EXPECT_EQ(st.type, FileType::Symlink);
+  EXPECT_EQ(st.size_bytes, 11u);
+  EXPECT_EQ(st.mode, 0777u);
+  EXPECT_EQ(st.blocks, 1u);
+  EXPECT_EQ(free_before - fs_->info().free_bytes, 2 * kBlockSize);  // the two targets' blocks
+  auto entries = *fs_->readdir("/d");
+  ASSERT_EQ(entries.size(), 2u);
+  EXPECT_EQ(entries[1].type, FileType::Symlink);
+  // Not a file: no data calls, no open (poise's paths never follow a link).
+  EXPECT_ERRNO(fs_->open("/d/rel"), ELOOP);
+  std::byte buf[16];
+  EXPECT_ERRNO(fs_->read(*rel, 0, buf), EINVAL);
+  EXPECT_ERRNO(fs_->write(*rel, 0, as_bytes("x")), EINVAL);
+  EXPECT_ERRNO(fs_->truncate(*rel, 0), EINVAL);
+  EXPECT_ERRNO(fs_->reflink(*rel, *made_at), EINVAL);
+  EXPECT_ERRNO(fs_->readlink(*fs_->lookup("/d")), EINVAL);
+  EXPECT_ERRNO(fs_->lookup("/d/rel/x"), ENOTDIR);
+  // Targets a link may not hold; nothing is made.
+  EXPECT_ERRNO(fs_->symlink("", "/e"), ENOENT);
+  EXPECT_ERRNO(fs_->symlink(std::string(4096, 'y'), "/e"), ENAMETOOLONG);
+  EXPECT_ERRNO(fs_->symlink(std::string("a\0b", 3), "/e"), EINVAL);
+  EXPECT_ERRNO(fs_->symlink("t", "/d/rel"), EEXIST);
+  EXPECT_ERRNO(fs_->symlink("t", "/e/"), EISDIR);
+  EXPECT_ERRNO(fs_->lookup("/e"), ENOENT);
+  ASSERT_OK(fs_->link("/d/rel", "/hard"));  // a hard link to a link, as link(2) allows
+  EXPECT_EQ(fs_->stat("/hard")->nlink, 2u);
+
+  crash_and_mount();  // the journal alone holds them
+  EXPECT_EQ(fs_->readlink(*fs_->lookup("/hard")).value_or(""), "../d/target");
+  EXPECT_EQ(fs_->readlink(*fs_->lookup("/d/long")).value_or(""), long_target);
+  expect_clean();
+  remount();  // and the checkpoint
+  EXPECT_EQ(fs_->readlink(*fs_->lookup("/d/rel")).value_or(""), "../d/target");
+  ASSERT_OK(fs_->unlink("/d/rel"));
+  ASSERT_OK(fs_->unlink("/hard"));
+  ASSERT_OK(fs_->unlink("/d/long"));
+  EXPECT_EQ(fs_->info().free_bytes, free_before);  // the targets' blocks come back
+  expect_clean();
+}
+
+TEST_F(FsTest, AnImageFromBeforeSymbolicLinksIsMarkedAtItsFirstLink) {
+  ASSERT_OK(fs_->unmount());
+  fs_.reset();
+  const uint64_t blocks = device_->size_bytes() / kBlockSize;
+  auto incompat_bits = [&](uint64_t block, uint64_t clear) {
+    alignas(64) std::byte raw[kBlockSize];
+    EXPECT_TRUE(device_->read(block * kBlockSize, raw, kBlockSize).has_value());
+    auto sb = format::decode_superblock(raw, block, "superblock");
+    EXPECT_TRUE(sb.has_value());
+    if (!sb.has_value()) return uint64_t{0};
+    const uint64_t found = sb->feature_incompat;
+    if (clear != 0) {
+      sb->feature_incompat &= ~clear;
+      format::encode_superblock(*sb, block, raw);
+      device_->write(block * kBlockSize, raw, kBlockSize);
+    }
+    return found;
+  };
+  for (uint64_t b : {format::primary_superblock_block(), format::secondary_superblock_block(blocks)}) {
+    EXPECT_NE(incompat_bits(b, format::kIncompatSymlinks) & format::kIncompatSymlinks, 0u) << "mkfs sets it";
+  }
+  mount();
+  ASSERT_OK(fs_->create("/f"));
+  EXPECT_EQ(incompat_bits(format::primary_superblock_block(), 0) & format::kIncompatSymlinks, 0u)
+      << "only a link marks the image";
+  ASSERT_OK(fs_->symlink("f", "/l"));
+  for (uint64_t b : {format::primary_superblock_block(), format::secondary_superblock_block(blocks)}) {
+    EXPECT_NE(incompat_bits(b, 0) & format::kIncompatSymlinks, 0u) << "block " << b;
+  }
+  crash_and_mount();
+  EXPECT_EQ(fs_->readlink(*fs_->lookup("/l")).value_or(""), "f");
+  expect_clean();
+}
+
+TEST_F(FsTest, RenameExchangeSwapsTwoNamesAtomically) {
+  ASSERT_OK(fs_->mkdir("/a"));
+  ASSERT_OK(fs_->mkdir("/a/sub"));
+  ASSERT_OK(fs_->mkdir("/b"));
+  write_file(*fs_, "/b/f", "file");
+  const InodeNumber a = *fs_->lookup("/a"), b = *fs_->lookup("/b");
+  const InodeNumber sub = *fs_->lookup("/a/sub"), f = *fs_->lookup("/b/f");
+  ASSERT_OK(fs_->rename_at(a, "sub", b, "f", RenameFlags::Exchange));
+  EXPECT_EQ(*fs_->lookup("/a/sub"), f);
+  EXPECT_EQ(*fs_->lookup("/b/f"), sub);
+  EXPECT_EQ(fs_->stat(a)->nlink, 2u);  // the subdirectory moved from a to b
+  EXPECT_EQ(fs_->stat(b)->nlink, 3u);
+  EXPECT_EQ(*fs_->lookup_at(sub, ".."), b);
+  EXPECT_ERRNO(fs_->rename_at(a, "sub", b, "missing", RenameFlags::Exchange), ENOENT);
+  EXPECT_ERRNO(fs_->rename_at(a, "missing", b, "f", RenameFlags::Exchange), ENOENT);
+  // A directory cannot trade places with something inside it.
+  ASSERT_OK(fs_->mkdir("/b/f/inner"));
+  EXPECT_ERRNO(fs_->rename_at(kRootInode, "b", sub, "inner", RenameFlags::Exchange), EINVAL);
+  EXPECT_ERRNO(fs_->rename_at(sub, "inner", kRootInode, "b", RenameFlags::Exchange), EINVAL);
+  ASSERT_OK(fs_->rename_at(a, "sub", a, "sub", RenameFlags::Exchange));  // with itself: nothing
+  crash_and_mount();
+  EXPECT_EQ(read_file(*fs_, "/a/sub"), "file");
+  EXPECT_EQ(fs_->stat("/b/f")->type, FileType::Directory);
+  EXPECT_EQ(fs_->stat("/b")->nlink, 3u);
+  expect_clean();
+}
+
+TEST_F(FsTest, SeekFindsDataAndHoles) {
+  InodeNumber f = *fs_->create("/f");
+  write_file(*fs_, "/f", "x", 3 * kBlockSize + 10);
+  ASSERT_OK(fs_->truncate(f, 10 * kBlockSize));
+  ASSERT_OK(fs_->fallocate(f, 6 * kBlockSize, kBlockSize, FallocateMode::KeepSize));  // unwritten: a hole
+  write_file(*fs_, "/f", "y", 8 * kBlockSize);
+  EXPECT_EQ(fs_->seek(f, 0, SeekTarget::Data).value_or(1), 3 * kBlockSize);
+  EXPECT_EQ(fs_->seek(f, 0, SeekTarget::Hole).value_or(1), 0u);
+  EXPECT_EQ(fs_->seek(f, 3 * kBlockSize + 7, SeekTarget::Data).value_or(1), 3 * kBlockSize + 7);
+  EXPECT_EQ(fs_->seek(f, 3 * kBlockSize + 7, SeekTarget::Hole).value_or(1), 4 * kBlockSize);
+  EXPECT_EQ(fs_->seek(f, 4 * kBlockSize, SeekTarget::Data).value_or(1), 8 * kBlockSize);
+  EXPECT_EQ(fs_->seek(f, 8 * kBlockSize, SeekTarget::Hole).value_or(1), 9 * kBlockSize);
+  EXPECT_ERRNO(fs_->seek(f, 9 * kBlockSize, SeekTarget::Data), ENXIO);
+  EXPECT_EQ(fs_->seek(f, 10 * kBlockSize - 1, SeekTarget::Hole).value_or(1), 10 * kBlockSize - 1);
+  EXPECT_ERRNO(fs_->seek(f, 10 * kBlockSize, SeekTarget::Hole), ENXIO);
+  EXPECT_ERRNO(fs_->seek(*fs_->lookup("/"), 0, SeekTarget::Data), EISDIR);
+  // A file whose data runs to its end: the only hole is the end itself.
+  write_file(*fs_, "/g", std::string(5000, 'g'));
+  EXPECT_EQ(fs_->seek(*fs_->lookup("/g"), 100, SeekTarget::Hole).value_or(1), 5000u);
+}
+
 TEST_F(FsTest, SetAttributesIsJournaledAndSurvivesACrash) {
   write_file(*fs_, "/f", "data");
   ASSERT_OK(fs_->mkdir("/d"));

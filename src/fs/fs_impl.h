@@ -71,10 +71,12 @@ struct Inode {
   uint32_t entry_count = 0;  // directory entries naming it; guarded by ns_mutex_
   std::atomic<uint32_t> open_count{0};
   bool freed = false;  // guarded by `lock`
+  bool symlink = false;  // set when the inode is made, never changed
 
   // Directories get their entry table when created and keep it: the type is
   // known without the lock (core.mode may be rewritten under it meanwhile).
   bool is_dir() const { return entries != nullptr; }
+  FileType type() const { return is_dir() ? FileType::Directory : symlink ? FileType::Symlink : FileType::Regular; }
 };
 using InodePtr = std::shared_ptr<Inode>;
 // A new in-memory inode, in the inode slab.
@@ -125,6 +127,11 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
                          std::string_view to_name, RenameFlags flags) override;
   Result<void> link_at(InodeNumber ino, InodeNumber dir, std::string_view name) override;
   Result<Stat> set_attributes(InodeNumber ino, const SetAttributes& attrs) override;
+  Result<InodeNumber> symlink(std::string_view target, std::string_view link_path,
+                              std::optional<Credentials> owner) override;
+  Result<InodeNumber> symlink_at(InodeNumber dir, std::string_view name, std::string_view target,
+                                 std::optional<Credentials> owner) override;
+  Result<std::string> readlink(InodeNumber ino) override;
   Result<std::vector<DirEntry>> readdir(std::string_view path) override;
   Result<Stat> stat(std::string_view path) override;
   Result<Stat> stat(InodeNumber ino) override;
@@ -136,6 +143,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<void> fallocate(InodeNumber ino, uint64_t offset, uint64_t length,
                          FallocateMode mode) override;
   Result<void> punch_hole(InodeNumber ino, uint64_t offset, uint64_t length) override;
+  Result<uint64_t> seek(InodeNumber ino, uint64_t offset, SeekTarget target) override;
   Result<void> fsync(InodeNumber ino) override;
   Result<void> sync() override;
   Result<void> reflink(InodeNumber src, InodeNumber dst) override;
@@ -253,9 +261,17 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<InodePtr> resolve_parent(const Place& place, std::string* leaf);
   InodePtr find_inode(InodeNumber ino) const;
   Result<InodePtr> get_inode(InodeNumber ino);
-  Result<InodeNumber> make_node(const Place& place, uint32_t mode, FileType type, std::optional<Credentials> owner);
+  // `target`: a symbolic link's (type Symlink).
+  Result<InodeNumber> make_node(const Place& place, uint32_t mode, FileType type, std::optional<Credentials> owner,
+                                std::string_view target = {});
+  // Marks an image made before symbolic links (kIncompatSymlinks) before its first one.
+  Result<void> enable_symlinks();
   Result<void> remove_name(const Place& place, FileType type);
   Result<void> rename_places(const Place& from, const Place& to, RenameFlags flags);
+  // RENAME_EXCHANGE: a_leaf in a_dir names b, b_leaf in b_dir names a, atomically.
+  // REQUIRES: ns_mutex_ held exclusively.
+  Result<void> exchange_names(Op& op, const InodePtr& a_dir, const std::string& a_leaf, const InodePtr& a,
+                              const InodePtr& b_dir, const std::string& b_leaf, const InodePtr& b);
   // `existing` names the file, or (empty) `ino` does.
   Result<void> link_place(std::string_view existing, InodeNumber ino, const Place& place);
   // Records that free the inode once its link count is nlink_after, if that is
@@ -308,8 +324,11 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   void give_back_fresh_blocks(const Records& records);
   Result<size_t> read_through_bounce(InodeNumber ino, uint64_t offset, std::span<std::byte> out);
   Result<size_t> write_through_bounce(InodeNumber ino, uint64_t offset, std::span<const std::byte> in);
-  Result<size_t> read_locked(InodeNumber ino, uint64_t offset, std::span<std::byte> out,
+  // read(), or (type Symlink) a link's target: EINVAL for the other type.
+  Result<size_t> read_data(InodeNumber ino, uint64_t offset, std::span<std::byte> out, FileType type);
+  Result<size_t> read_locked(InodeNumber ino, uint64_t offset, std::span<std::byte> out, FileType type,
                              std::optional<DevRun>* consumed);
+  static std::string describe_type(const Inode& inode);
   // EIO if the write would cover only part of a block whose memory failed.
   Result<void> refuse_partial_lost_blocks(const Inode& inode, uint64_t offset, uint64_t length);
   // A modifying operation on one regular file: the op, the inode, its lock.

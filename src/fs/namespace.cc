@@ -55,7 +55,20 @@ Result<void> check_name(std::string_view name) {
 }
 
 uint32_t type_bits(FileType type) {
-  return type == FileType::Directory ? format::kModeDirectory : format::kModeRegular;
+  switch (type) {
+    case FileType::Directory: return format::kModeDirectory;
+    case FileType::Symlink: return format::kModeSymlink;
+    case FileType::Regular: break;
+  }
+  return format::kModeRegular;
+}
+
+// What a symbolic link may hold: 1..4095 bytes (PATH_MAX with its NUL), no NUL.
+Result<void> check_link_target(std::string_view target) {
+  if (target.empty()) return fail(ENOENT, "a symbolic link's target cannot be empty");
+  if (target.size() >= kBlockSize) return fail(ENAMETOOLONG, "a symbolic link's target is at most 4095 bytes");
+  if (target.find('\0') != std::string_view::npos) return fail(EINVAL, "a link target cannot hold a NUL byte");
+  return {};
 }
 }  // namespace
 
@@ -139,7 +152,7 @@ bool FsImpl::Place::names_a_directory() const { return dir == InodeNumber{} && p
 Stat FsImpl::stat_of(const Inode& inode) const {
   Stat st;
   st.ino = inode.ino;
-  st.type = inode.is_dir() ? FileType::Directory : FileType::Regular;
+  st.type = inode.type();
   st.mode = inode.core.mode & format::kModePermMask;
   st.nlink = inode.core.nlink;
   st.uid = inode.core.uid;
@@ -172,13 +185,17 @@ Result<InodeNumber> FsImpl::lookup_at(InodeNumber dir, std::string_view name) {
 }
 
 Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileType type,
-                                      std::optional<Credentials> owner) {
+                                      std::optional<Credentials> owner, std::string_view target) {
+  if (type == FileType::Symlink) {
+    TRY(check_link_target(target));
+    TRY(enable_symlinks());
+  }
   auto op = TRY(begin_op(kNamespaceTxBytes));
   std::unique_lock ns(ns_mutex_);
   std::string leaf;
   InodePtr parent = TRY(resolve_parent(place, &leaf));
   if (parent->entries->count(leaf) != 0) return fail(EEXIST, place.shown() + ": already exists");
-  if (type == FileType::Regular && place.names_a_directory()) {
+  if (type != FileType::Directory && place.names_a_directory()) {
     return fail(EISDIR, place.shown() + ": a file's name cannot end in '/'");
   }
   if (parent->entries->size() >= kDirEntriesMax) return fail(ENOSPC, "directory is full");
@@ -195,13 +212,57 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
     gid = parent->core.gid;
     if (type == FileType::Directory) perm |= S_ISGID;
   }
+  if (type == FileType::Symlink) perm = 0777;  // a link's own bits are never checked
   format::InodeCore core{next_ino_, type_bits(type) | perm, type == FileType::Directory ? 2u : 1u,
                          owner ? owner->uid : options_.uid, gid, 0, t, t, t};
   format::InodeCore parent_core = parent->core;
   parent_core.mtime_ns = parent_core.ctime_ns = t;
   if (type == FileType::Directory) ++parent_core.nlink;
-  commit(op, {core, format::DirentRecord{parent->ino.value(), core.ino, leaf}, parent_core}, {});
+  Records records{core, format::DirentRecord{parent->ino.value(), core.ino, leaf}, parent_core};
+  if (type == FileType::Symlink) {
+    // The target is the link's data: one block, stored and fenced before the
+    // transaction that makes the link, so a link never exists without it.
+    Inode staged(InodeNumber(core.ino));
+    staged.core = core;
+    TRY(reserve_blocks(1));
+    bool fresh = false;
+    uint64_t used = store_locked(staged, 0, reinterpret_cast<const std::byte*>(target.data()), target.size(),
+                                 &records, &fresh);
+    unreserve_blocks(1 - used);
+    records[0] = format::InodeCore{core.ino, core.mode, core.nlink, core.uid, core.gid, target.size(),
+                                   t, t, t};
+    if (fresh) device_.drain();
+  }
+  commit(op, records, {});
   return InodeNumber(core.ino);
+}
+
+Result<void> FsImpl::enable_symlinks() {
+  if ((sb_.feature_incompat & format::kIncompatSymlinks) != 0) return {};
+  TRY(check_writable());
+  // An image made before links existed: mark it, so that a release that cannot
+  // read links refuses the image instead of taking a link record for corruption.
+  std::unique_lock gate(gate_);
+  if ((sb_.feature_incompat & format::kIncompatSymlinks) != 0) return {};
+  sb_.feature_incompat |= format::kIncompatSymlinks;
+  return write_superblocks(checkpoint_root_block_, checkpoint_copy_root_block_, sb_.checkpoint_generation);
+}
+
+Result<InodeNumber> FsImpl::symlink_at(InodeNumber dir, std::string_view name, std::string_view target,
+                                       std::optional<Credentials> owner) {
+  return make_node(Place{{}, dir, name}, 0777, FileType::Symlink, owner, target);
+}
+
+Result<InodeNumber> FsImpl::symlink(std::string_view target, std::string_view link_path,
+                                    std::optional<Credentials> owner) {
+  return make_node(Place{link_path}, 0777, FileType::Symlink, owner, target);
+}
+
+Result<std::string> FsImpl::readlink(InodeNumber ino) {
+  std::string target(kBlockSize - 1, '\0');
+  size_t n = TRY(read_data(ino, 0, {reinterpret_cast<std::byte*>(target.data()), target.size()}, FileType::Symlink));
+  target.resize(n);
+  return target;
 }
 
 Result<InodeNumber> FsImpl::create(std::string_view path, uint32_t mode, std::optional<Credentials> owner) {
@@ -283,8 +344,8 @@ Result<void> FsImpl::rename_at(InodeNumber from_dir, std::string_view from_name,
 }
 
 Result<void> FsImpl::rename_places(const Place& from, const Place& to, RenameFlags flags) {
-  if (flags != RenameFlags::None && flags != RenameFlags::NoReplace) {
-    return fail(EINVAL, "rename: unknown flags (only NoReplace is supported)");
+  if (flags != RenameFlags::None && flags != RenameFlags::NoReplace && flags != RenameFlags::Exchange) {
+    return fail(EINVAL, "rename: unknown flags");
   }
   auto op = TRY(begin_op(kNamespaceTxBytes));
   std::unique_lock ns(ns_mutex_);
@@ -297,13 +358,21 @@ Result<void> FsImpl::rename_places(const Place& from, const Place& to, RenameFla
   if (!src->is_dir() && (from.names_a_directory() || to.names_a_directory())) {
     return fail(ENOTDIR, from.shown() + ": not a directory (a path ends in '/')");
   }
-  if (src->is_dir()) {  // a directory may not move below itself
-    for (InodePtr up = dst_dir;; up = find_inode(up->parent)) {
-      if (up->ino == src->ino) {
-        return fail(EINVAL, to.shown() + ": cannot move a directory into itself");
-      }
-      if (up->ino == kRootInode) break;
+  // A directory may not move below itself.
+  auto below = [&](const InodePtr& dir, const InodePtr& moved) {
+    if (!moved->is_dir()) return false;
+    for (InodePtr up = dir;; up = find_inode(up->parent)) {
+      if (up->ino == moved->ino) return true;
+      if (up->ino == kRootInode) return false;
     }
+  };
+  if (below(dst_dir, src)) return fail(EINVAL, to.shown() + ": cannot move a directory into itself");
+  if (flags == RenameFlags::Exchange) {
+    auto dst_it = dst_dir->entries->find(dst_leaf);
+    if (dst_it == dst_dir->entries->end()) return fail(ENOENT, to.shown() + ": no such file or directory");
+    InodePtr other = find_inode(dst_it->second->ino);
+    if (below(src_dir, other)) return fail(EINVAL, from.shown() + ": cannot move a directory into itself");
+    return exchange_names(op, src_dir, src_leaf, src, dst_dir, dst_leaf, other);
   }
   if (dst_leaf.size() > src_leaf.size()) TRY(expect_space(1, "rename"));  // a longer name in the next checkpoint
   InodePtr victim;
@@ -357,6 +426,47 @@ Result<void> FsImpl::rename_places(const Place& from, const Place& to, RenameFla
     vcore.ctime_ns = t;
     records.push_back(vcore);
     free_inode_records(*victim, vcore.nlink, &records);
+  }
+  if (files.size() == 2) {
+    commit(op, records, {files[0], files[1]});
+  } else if (files.size() == 1) {
+    commit(op, records, {files[0]});
+  } else {
+    commit(op, records, {});
+  }
+  return {};
+}
+
+Result<void> FsImpl::exchange_names(Op& op, const InodePtr& a_dir, const std::string& a_leaf, const InodePtr& a,
+                                    const InodePtr& b_dir, const std::string& b_leaf, const InodePtr& b) {
+  if (a->ino == b->ino) return {};  // two names of one inode: nothing changes
+  std::vector<Inode*> files;
+  for (Inode* f : {a.get(), b.get()}) {
+    if (!f->is_dir()) files.push_back(f);
+  }
+  std::sort(files.begin(), files.end(), [](Inode* x, Inode* y) { return x->ino < y->ino; });
+  std::vector<std::unique_lock<std::shared_mutex>> locks;
+  for (Inode* f : files) locks.emplace_back(f->lock);
+  int64_t t = now();
+  Records records{format::DirentRemoveRecord{a_dir->ino.value(), a_leaf},
+                  format::DirentRemoveRecord{b_dir->ino.value(), b_leaf},
+                  format::DirentRecord{a_dir->ino.value(), b->ino.value(), a_leaf},
+                  format::DirentRecord{b_dir->ino.value(), a->ino.value(), b_leaf}};
+  format::InodeCore a_dir_core = a_dir->core, b_dir_core = b_dir->core;
+  if (a_dir->ino != b_dir->ino && a->is_dir() && !b->is_dir()) {  // a subdirectory changes parents
+    --a_dir_core.nlink;
+    ++b_dir_core.nlink;
+  } else if (a_dir->ino != b_dir->ino && b->is_dir() && !a->is_dir()) {
+    ++a_dir_core.nlink;
+    --b_dir_core.nlink;
+  }
+  a_dir_core.mtime_ns = a_dir_core.ctime_ns = b_dir_core.mtime_ns = b_dir_core.ctime_ns = t;
+  records.push_back(a_dir_core);
+  if (a_dir->ino != b_dir->ino) records.push_back(b_dir_core);
+  for (const InodePtr& f : {a, b}) {
+    format::InodeCore core = f->core;
+    core.ctime_ns = t;
+    records.push_back(core);
   }
   if (files.size() == 2) {
     commit(op, records, {files[0], files[1]});
@@ -452,7 +562,7 @@ std::vector<DirEntry> FsImpl::list_locked(const Inode& dir) const {
   std::vector<DirEntry> out;
   out.reserve(dir.entries->size());
   for (const auto& [name, child] : *dir.entries) {
-    out.push_back(DirEntry{name, child->ino, child->is_dir() ? FileType::Directory : FileType::Regular});
+    out.push_back(DirEntry{name, child->ino, child->type()});
   }
   std::sort(out.begin(), out.end(), [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
   return out;
@@ -504,6 +614,7 @@ Result<File> FsImpl::open(std::string_view path, OpenFlags flags, uint32_t mode)
   File file(this, ino);
   auto st = TRY(stat(ino));
   if (st.type == FileType::Directory) return fail(EISDIR, std::string(path) + ": is a directory");
+  if (st.type == FileType::Symlink) return fail(ELOOP, std::string(path) + ": is a symbolic link (not followed)");
   if (has(flags, OpenFlags::Truncate) && st.size_bytes != 0) TRY(truncate(ino, 0));
   return file;
 }

@@ -45,5 +45,18 @@ Result<void> Filesystem::link_at(InodeNumber ino, InodeNumber dir, std::string_v
 Result<Stat> Filesystem::set_attributes(InodeNumber, const SetAttributes&) {
   return fail(ENOTSUP, "changing attributes needs the mounted filesystem");
 }
+Result<InodeNumber> Filesystem::symlink(std::string_view, std::string_view, std::optional<Credentials>) {
+  return fail(ENOTSUP, "symbolic links need the mounted filesystem");
+}
+Result<InodeNumber> Filesystem::symlink_at(InodeNumber, std::string_view, std::string_view,
+                                           std::optional<Credentials>) {
+  return fail(ENOTSUP, "symbolic links need the mounted filesystem");
+}
+Result<uint64_t> Filesystem::seek(InodeNumber, uint64_t, SeekTarget) {
+  return fail(ENOTSUP, "SEEK_DATA and SEEK_HOLE need the mounted filesystem");
+}
+Result<std::string> Filesystem::readlink(InodeNumber) {
+  return fail(ENOTSUP, "symbolic links need the mounted filesystem");
+}
 
 }  // namespace poise

@@ -104,6 +104,7 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
       if ((core->mode & kModeTypeMask) == kModeDirectory) {
         fresh->entries = std::make_unique<DirEntries>();
       }
+      fresh->symlink = (core->mode & kModeTypeMask) == kModeSymlink;
       inode = fresh.get();
       inodes_.insert(core->ino, std::move(fresh));
       ++inode_count_;

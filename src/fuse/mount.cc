@@ -47,10 +47,19 @@ int64_t to_ns(const timespec& t) {
   return sec * 1'000'000'000 + t.tv_nsec;
 }
 
+mode_t type_bits(FileType type) {
+  switch (type) {
+    case FileType::Directory: return S_IFDIR;
+    case FileType::Symlink: return S_IFLNK;
+    case FileType::Regular: break;
+  }
+  return S_IFREG;
+}
+
 struct stat to_stat(const Stat& s) {
   struct stat st {};
   st.st_ino = s.ino.value();
-  st.st_mode = (s.type == FileType::Directory ? S_IFDIR : S_IFREG) | s.mode;
+  st.st_mode = type_bits(s.type) | s.mode;
   st.st_nlink = s.nlink;
   st.st_uid = s.uid;
   st.st_gid = s.gid;
@@ -156,7 +165,8 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
 }
 
 void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t) {
-  // The format has regular files and directories only (docs/format.md).
+  // The format has regular files, directories and symbolic links only
+  // (docs/format.md): no device nodes, FIFOs or sockets.
   if (!S_ISREG(mode)) return reply_errno(req, EPERM);
   auto ino = fs_of(req).create_at(InodeNumber(parent), name, mode & 07777, caller(req));
   if (!ino.has_value()) return reply_error(req, ino.error());
@@ -169,8 +179,16 @@ void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) 
   reply_entry(req, *ino);
 }
 
-void op_symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) {
-  fuse_reply_err(req, EPERM);  // symlink(2): the filesystem does not support symbolic links
+void op_symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+  auto ino = fs_of(req).symlink_at(InodeNumber(parent), name, target, caller(req));
+  if (!ino.has_value()) return reply_error(req, ino.error());
+  reply_entry(req, *ino);
+}
+
+void op_readlink(fuse_req_t req, fuse_ino_t ino) {
+  auto target = fs_of(req).readlink(InodeNumber(ino));
+  if (!target.has_value()) return reply_error(req, target.error());
+  fuse_reply_readlink(req, target->c_str());
 }
 
 void op_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -183,8 +201,14 @@ void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
 
 void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
                const char* new_name, unsigned int flags) {
-  if (flags & ~unsigned(RENAME_NOREPLACE)) return reply_errno(req, EINVAL);  // RENAME_EXCHANGE, WHITEOUT
-  RenameFlags how = (flags & RENAME_NOREPLACE) ? RenameFlags::NoReplace : RenameFlags::None;
+  RenameFlags how = RenameFlags::None;
+  if (flags == RENAME_NOREPLACE) {
+    how = RenameFlags::NoReplace;
+  } else if (flags == RENAME_EXCHANGE) {
+    how = RenameFlags::Exchange;
+  } else if (flags != 0) {
+    return reply_errno(req, EINVAL);  // RENAME_WHITEOUT (overlayfs), or both at once
+  }
   reply_result(req, fs_of(req).rename_at(InodeNumber(parent), name, InodeNumber(new_parent), new_name, how));
 }
 
@@ -290,7 +314,7 @@ void op_readdir(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_in
     const DirEntry& e = listing->entries[i];
     struct stat st {};
     st.st_ino = e.ino.value();
-    st.st_mode = e.type == FileType::Directory ? S_IFDIR : S_IFREG;
+    st.st_mode = type_bits(e.type);
     size_t need = fuse_add_direntry(req, buf.data() + used, buf.size() - used, e.name.c_str(), &st,
                                     static_cast<off_t>(i + 1));
     if (need > buf.size() - used) break;
@@ -328,7 +352,24 @@ void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t 
   if (mode == 0) return reply_result(req, fs.fallocate(file, off, len, FallocateMode::ExtendSize));
   if (mode == FALLOC_FL_KEEP_SIZE) return reply_result(req, fs.fallocate(file, off, len, FallocateMode::KeepSize));
   if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) return reply_result(req, fs.punch_hole(file, off, len));
-  fuse_reply_err(req, EOPNOTSUPP);  // zero-range, collapse, insert
+  if ((mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE) {
+    // Zeros that stay allocated: the old blocks go, unwritten ones take their
+    // place (reading as zeros whether or not the allocation then succeeds).
+    auto punched = fs.punch_hole(file, off, len);
+    if (!punched.has_value()) return reply_error(req, punched.error());
+    auto how = (mode & FALLOC_FL_KEEP_SIZE) ? FallocateMode::KeepSize : FallocateMode::ExtendSize;
+    return reply_result(req, fs.fallocate(file, off, len, how));
+  }
+  fuse_reply_err(req, EOPNOTSUPP);  // collapse, insert, unshare
+}
+
+void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info*) {
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) return reply_errno(req, EINVAL);  // the kernel does the rest
+  if (off < 0) return reply_errno(req, ENXIO);
+  auto found = fs_of(req).seek(InodeNumber(ino), static_cast<uint64_t>(off),
+                               whence == SEEK_DATA ? SeekTarget::Data : SeekTarget::Hole);
+  if (!found.has_value()) return reply_error(req, found.error());
+  fuse_reply_lseek(req, static_cast<off_t>(*found));
 }
 
 // copy_file_range (how cp reaches a FUSE filesystem): block-aligned ranges are
@@ -385,6 +426,7 @@ fuse_lowlevel_ops make_ops() {
   ops.mknod = op_mknod;
   ops.mkdir = op_mkdir;
   ops.symlink = op_symlink;
+  ops.readlink = op_readlink;
   ops.unlink = op_unlink;
   ops.rmdir = op_rmdir;
   ops.rename = op_rename;
@@ -403,6 +445,7 @@ fuse_lowlevel_ops make_ops() {
   ops.statfs = op_statfs;
   ops.fallocate = op_fallocate;
   ops.copy_file_range = op_copy_file_range;
+  ops.lseek = op_lseek;
   return ops;
 }
 

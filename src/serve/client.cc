@@ -163,9 +163,12 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
               DirEntry entry;
               uint64_t ino = 0;
               uint8_t type = 0;
-              if (!d.string(&entry.name) || !d.u64(&ino) || !d.u8(&type) || type > 1) return false;
+              if (!d.string(&entry.name) || !d.u64(&ino) || !d.u8(&type) ||
+                  type > static_cast<uint8_t>(FileType::Symlink)) {
+                return false;
+              }
               entry.ino = InodeNumber(ino);
-              entry.type = type ? FileType::Directory : FileType::Regular;
+              entry.type = static_cast<FileType>(type);
               all.push_back(std::move(entry));
             }
             // A page that brings nothing new would never end.

@@ -92,7 +92,7 @@ void Encoder::bytes(std::span<const std::byte> b) {
 
 void Encoder::stat(const Stat& st) {
   u64(st.ino.value());
-  u8(st.type == FileType::Directory ? 1 : 0);
+  u8(static_cast<uint8_t>(st.type));  // 0 file, 1 directory, 2 symbolic link
   u32(st.mode);
   u32(st.nlink);
   u32(st.uid);
@@ -193,9 +193,9 @@ bool Decoder::stat(Stat* st) {
   bool read = u64(&ino) && u8(&type) && u32(&st->mode) && u32(&st->nlink) && u32(&st->uid) && u32(&st->gid) &&
               u64(&st->size_bytes) && u64(&st->blocks) && i64(&st->atime_ns) && i64(&st->mtime_ns) &&
               i64(&st->ctime_ns);
-  if (!read || type > 1) return ok_ = false;
+  if (!read || type > static_cast<uint8_t>(FileType::Symlink)) return ok_ = false;
   st->ino = InodeNumber(ino);
-  st->type = type == 1 ? FileType::Directory : FileType::Regular;
+  st->type = static_cast<FileType>(type);
   return true;
 }
 

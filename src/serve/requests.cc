@@ -326,7 +326,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       for (; i < entries.size() && bytes < kReplyBudgetBytes; ++i, ++n) {
         page.string(entries[i].name);
         page.u64(entries[i].ino.value());
-        page.u8(entries[i].type == FileType::Directory ? 1 : 0);
+        page.u8(static_cast<uint8_t>(entries[i].type));
         bytes += entries[i].name.size() + 13;
       }
       out.u32(n);
