@@ -239,6 +239,32 @@ fi
 head -1 "$WORK/model.out"
 check_clean
 
+# --- fio with crc32c verification (two jobs each, through read/write and
+# through a shared writable mapping), then stress-ng's filesystem stressors for
+# a bounded time; the image checks clean after each.
+mkdir "$MNT/fio"
+for engine in psync mmap; do
+  if fio --name="$engine" --directory="$MNT/fio" --ioengine="$engine" --rw=randwrite --bs=4k --size=24m \
+      --numjobs=2 --verify=crc32c --verify_fatal=1 --do_verify=1 --group_reporting >"$WORK/fio.out" 2>&1 &&
+      grep -q "err= 0" "$WORK/fio.out" && ! grep -qi "verify.*fail\|bad magic\|crc32c.*wanted" "$WORK/fio.out"; then
+    ok
+  else
+    bad "fio $engine with verify=crc32c: $(grep -i 'err=\|verify\|error' "$WORK/fio.out" | head -4)"
+  fi
+done
+rm -rf "$MNT/fio"
+check_clean
+mkdir "$MNT/stress"
+if (cd "$MNT/stress" && stress-ng --temp-path . --timeout 3s --verify --dentry 1 --dir 1 --fallocate 1 --flock 1 \
+    --fstat 1 --hdd 1 --link 1 --lockf 1 --open 1 --rename 1 --seek 1 --symlink 1 --sync-file 1 --utime 1 \
+    --readahead 1 --mmap 1 >"$WORK/stress.out" 2>&1) && grep -q "successful run completed" "$WORK/stress.out"; then
+  ok
+else
+  bad "stress-ng on the mount: $(grep -i 'fail\|error' "$WORK/stress.out" | head -4)"
+fi
+[ -z "$(ls -A "$MNT/stress")" ] && ok || bad "stress-ng left files behind: $(ls -A "$MNT/stress" | head -3)"
+check_clean
+
 # --- memory failure under a file that one process holds open, has read and maps
 head -c 12288 /dev/urandom >"$WORK/three"
 cp "$WORK/three" "$MNT/three"
