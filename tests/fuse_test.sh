@@ -229,6 +229,31 @@ if pid == 0:
 assert os.waitpid(pid, 0)[1] == 0
 PYEOF
 df -B4096 "$MNT" | tail -1 | awk '{exit !($2 == 65536)}' && ok || bad "statfs: $(df -B4096 "$MNT" | tail -1)"
+# Coherence with changes by another path (the CLI, through the server's socket):
+# the kernel caches pages across opens, names and attributes for an hour here,
+# so only poise's invalidations can make a held descriptor or a path see them.
+# Invalidations are sent asynchronously: each check waits up to 2 s.
+eventually() {  # eventually DESCRIPTION COMMAND...: the command succeeds within 2 s
+  local what=$1 i
+  shift
+  for i in $(seq 40); do "$@" && { ok; return; }; sleep 0.05; done
+  bad "$what"
+}
+printf 'first version, 32 bytes long...\n' >"$MNT/coh" && printf 'other' >"$MNT/coh-src"
+exec 8<"$MNT/coh"
+[ "$(cat "$MNT/coh")" = "first version, 32 bytes long..." ] && ok || bad "coherence: first read"
+expect 0 "$POISE" truncate "$IMG" /coh 5
+eventually "a truncate through the CLI must reach a descriptor held open on the mount" \
+  $PY -c "import os; assert os.pread(8, 100, 0) == b'first'"
+expect 0 "$POISE" reflink "$IMG" /coh-src /coh
+eventually "a reflink through the CLI must replace what the held descriptor reads" \
+  $PY -c "import os; assert os.pread(8, 100, 0) == b'other'"
+exec 8<&-
+stat "$MNT/coh-src" >/dev/null && expect 0 "$POISE" rm "$IMG" /coh-src
+eventually "a name removed through the CLI must go from the mount" test ! -e "$MNT/coh-src"
+echo "new" | "$POISE" put "$IMG" - /coh >"$WORK/out" 2>&1
+eventually "a file replaced through the CLI must read as the new one through its path" \
+  $PY -c "assert open('$MNT/coh').read() == 'new\n'"
 check_clean
 
 # --- the model test: random operations on the mount and on tmpfs, trees compared after every step

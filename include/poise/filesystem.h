@@ -102,6 +102,21 @@ struct CheckReport {
   bool clean() const { return problems.empty(); }
 };
 
+// A change, for a cache kept outside the filesystem (the FUSE mount's kernel
+// page, attribute and name caches): what a change listener is told.
+struct FsChange {
+  enum class Kind : uint8_t {
+    Data,        // bytes [offset, +length) of file `ino` may differ (length 0: to the end)
+    Attributes,  // the attributes of `ino` (size, times, mode, links) changed
+    Entry,       // the name `name` in directory `ino` was added, removed or relinked
+  };
+  Kind kind = Kind::Attributes;
+  InodeNumber ino;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  std::string_view name;  // valid during the call only
+};
+
 // What the filesystem tells an event listener (poise serve's event stream):
 // the failure and removal flows as they happen.
 struct FsEvent {
@@ -308,6 +323,10 @@ class Filesystem {
   // held) for each memory failure and removal step; empty: none. Quick work
   // only: the flow waits for it.
   virtual void set_event_listener(std::function<void(const FsEvent&)> listener) = 0;
+  // Calls `listener` for every change as it commits, from the thread that made
+  // it, with filesystem locks held: it must only queue work (no call back into
+  // the filesystem). Empty: none. The default (a remote filesystem) never calls it.
+  virtual void set_change_listener(std::function<void(const FsChange&)> listener) { (void)listener; }
 
   // Internal: called by File.
   virtual void release(InodeNumber ino) = 0;

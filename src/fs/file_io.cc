@@ -348,6 +348,7 @@ Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::
   records.push_back(core);
   if (fresh) device_.drain();  // new blocks' data is durable before the records that map it
   commit(op, records, {inode.get()});
+  report_change(FsChange{FsChange::Kind::Data, ino, offset, length, {}});  // stores in place have no record
   return length;
 }
 
@@ -436,6 +437,8 @@ Result<void> FsImpl::truncate(InodeNumber ino, uint64_t size_bytes) {
   records.push_back(core);
   if (fresh) device_.drain();
   commit(op, records, {inode.get()});
+  const uint64_t from = std::min(size_bytes, old_size) / kBlockSize * kBlockSize;
+  report_change(FsChange{FsChange::Kind::Data, ino, from, 0, {}});  // the zeroed tail has no record
   if (size_bytes < old_size) {  // mapped pages past the new end fault from now on (holes included)
     uint64_t keep = ceil_blocks(size_bytes);
     mappings_->invalidate(ino, keep, ceil_blocks(old_size) - keep);
@@ -504,6 +507,7 @@ Result<void> FsImpl::punch_hole(InodeNumber ino, uint64_t offset, uint64_t lengt
   records.push_back(core);
   if (fresh) device_.drain();
   commit(op, records, {inode.get()});
+  report_change(FsChange{FsChange::Kind::Data, ino, offset, length, {}});  // partial blocks zeroed in place
   return {};
 }
 

@@ -339,6 +339,43 @@ TEST_F(FsTest, SeekFindsDataAndHoles) {
   EXPECT_EQ(fs_->seek(*fs_->lookup("/g"), 100, SeekTarget::Hole).value_or(1), 5000u);
 }
 
+TEST_F(FsTest, TheChangeListenerHearsEveryChangeAsItCommits) {
+  write_file(*fs_, "/f", std::string(3 * kBlockSize, 'a'));
+  write_file(*fs_, "/g", "g");
+  const InodeNumber f = *fs_->lookup("/f"), g = *fs_->lookup("/g");
+  std::vector<std::string> heard;
+  fs_->set_change_listener([&](const FsChange& c) {
+    const char* kind = c.kind == FsChange::Kind::Data ? "data" : c.kind == FsChange::Kind::Entry ? "entry" : "attr";
+    heard.push_back(std::string(kind) + " " + std::to_string(c.ino.value()) + " " + std::to_string(c.offset) + "+" +
+                    std::to_string(c.length) + " " + std::string(c.name));
+  });
+  auto heard_of = [&](const std::string& what) {
+    bool found = std::find(heard.begin(), heard.end(), what) != heard.end();
+    std::string all;
+    for (const auto& h : heard) all += "\n  " + h;
+    heard.clear();
+    return found ? ::testing::AssertionSuccess() : ::testing::AssertionFailure() << "not heard: " << what << all;
+  };
+  const std::string fi = std::to_string(f.value()), gi = std::to_string(g.value());
+  write_file(*fs_, "/f", "in place", 5000);  // an overwrite: no extent record, still reported
+  EXPECT_TRUE(heard_of("data " + fi + " 5000+8 "));
+  ASSERT_OK(fs_->truncate(f, 6000));
+  EXPECT_TRUE(heard_of("data " + fi + " 4096+0 "));  // from the block the new end is in, on
+  ASSERT_OK(fs_->punch_hole(f, 100, 200));
+  EXPECT_TRUE(heard_of("data " + fi + " 100+200 "));
+  ASSERT_OK(fs_->reflink(f, g));
+  EXPECT_TRUE(heard_of("attr " + gi + " 0+0 "));
+  ASSERT_OK(fs_->reflink(f, g));
+  EXPECT_TRUE(heard_of("data " + gi + " 0+8192 "));
+  ASSERT_OK(fs_->rename("/g", "/h"));
+  EXPECT_TRUE(heard_of("entry 1 0+0 g"));
+  ASSERT_OK(fs_->unlink("/h"));
+  EXPECT_TRUE(heard_of("entry 1 0+0 h"));
+  fs_->set_change_listener(nullptr);
+  write_file(*fs_, "/f", "x");
+  EXPECT_TRUE(heard.empty());
+}
+
 TEST_F(FsTest, SetAttributesIsJournaledAndSurvivesACrash) {
   write_file(*fs_, "/f", "data");
   ASSERT_OK(fs_->mkdir("/d"));

@@ -166,6 +166,11 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
     }
     if (listener) listener(event);
   }
+  void set_change_listener(std::function<void(const FsChange&)> listener) override {
+    std::lock_guard lock(change_mutex_);
+    change_listener_ = std::move(listener);
+    change_listening_.store(static_cast<bool>(change_listener_));
+  }
   void release(InodeNumber ino) override;
   Result<void> retain(InodeNumber ino) override;
 
@@ -218,6 +223,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Commits the records durably and applies them. `locked` are inodes the caller
   // holds exclusively; any other inode touched needs ns_mutex_ held exclusively.
   void commit(Op& op, const Records& records, std::initializer_list<Inode*> locked);
+  // Tells the change listener, if any, what the records changed, or one change.
+  void report_changes(const Records& records);
+  void report_change(const FsChange& change);
   // Applies one record to memory. Replay feeds it media contents, so it verifies
   // everything and reports corruption; at run time it must succeed.
   Result<void> apply(const format::JournalRecord& record, std::initializer_list<Inode*> locked);
@@ -426,6 +434,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   std::shared_ptr<mapping::MappingRegistry> mappings_;
   std::mutex event_mutex_;
   std::function<void(const FsEvent&)> event_listener_;  // guarded by event_mutex_
+  std::atomic<bool> change_listening_{false};
+  std::mutex change_mutex_;
+  std::function<void(const FsChange&)> change_listener_;  // guarded by change_mutex_
   std::unique_ptr<failure::FailureHandler> failure_handler_;
   // Freeze before removal: modifying operations wait in begin_op while frozen.
   std::mutex freeze_mutex_;

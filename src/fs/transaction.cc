@@ -78,6 +78,39 @@ void FsImpl::commit(Op& op, const Records& records, std::initializer_list<Inode*
     auto applied = apply(r, locked);
     POISE_ASSERT(applied.has_value());
   }
+  report_changes(records);
+}
+
+void FsImpl::report_change(const FsChange& change) {
+  if (!change_listening_.load(std::memory_order_relaxed)) return;
+  std::lock_guard lock(change_mutex_);
+  if (change_listener_) change_listener_(change);
+}
+
+void FsImpl::report_changes(const Records& records) {
+  if (!change_listening_.load(std::memory_order_relaxed)) return;
+  using namespace format;
+  std::lock_guard lock(change_mutex_);
+  if (!change_listener_) return;
+  for (const auto& r : records) {
+    FsChange c;
+    if (const auto* core = std::get_if<InodeCore>(&r)) {
+      c.ino = InodeNumber(core->ino);
+    } else if (const auto* e = std::get_if<ExtentRecord>(&r)) {
+      c = FsChange{FsChange::Kind::Data, InodeNumber(e->ino), e->file_block * kBlockSize,
+                   uint64_t{e->block_count} * kBlockSize, {}};
+    } else if (const auto* x = std::get_if<ExtentClearRecord>(&r)) {
+      c = FsChange{FsChange::Kind::Data, InodeNumber(x->ino), x->file_block * kBlockSize,
+                   x->block_count * kBlockSize, {}};
+    } else if (const auto* d = std::get_if<DirentRecord>(&r)) {
+      c = FsChange{FsChange::Kind::Entry, InodeNumber(d->dir), 0, 0, d->name};
+    } else if (const auto* d = std::get_if<DirentRemoveRecord>(&r)) {
+      c = FsChange{FsChange::Kind::Entry, InodeNumber(d->dir), 0, 0, d->name};
+    } else {
+      continue;  // an inode freed (its names went first), a bad range (the failure flow tells)
+    }
+    change_listener_(c);
+  }
 }
 
 Result<void> FsImpl::apply_loaded(const format::JournalRecord& record) {

@@ -22,6 +22,10 @@ namespace {
 constexpr uint64_t kBlockBytes = 4096;
 constexpr size_t kIoBytesMax = 1 << 20;  // the largest read or write the kernel sends
 
+// Set on the threads that serve requests: a change made there was made by the
+// kernel's own request, to its own cache first, and needs no invalidation.
+thread_local bool t_serving_requests = false;
+
 Mount& mount_of(fuse_req_t req) { return *static_cast<Mount*>(fuse_req_userdata(req)); }
 Filesystem& fs_of(fuse_req_t req) { return mount_of(req).fs(); }
 
@@ -227,10 +231,12 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (st->type == FileType::Directory) return reply_errno(req, EISDIR);
   auto kept = fs.retain(InodeNumber(ino));
   if (!kept.has_value()) return reply_error(req, kept.error());
-  // Pages are read again at each open, so other paths' writes are seen; but
-  // not while the device is pre-removed: nothing changes then, and dropping a
-  // page a waiting writer holds locked would hang the open in the kernel.
-  fi->keep_cache = fs.frozen() ? 1 : 0;
+  // Cached pages stay valid across opens: every change by another path
+  // invalidates what it changed (Mount::on_change). Stores through a direct
+  // mapping are not reported, so while any is live each open drops the file's
+  // pages; never while the device is pre-removed (nothing changes then, and
+  // dropping a page a waiting writer holds locked would hang the open).
+  fi->keep_cache = fs.frozen() || fs.mapping_count() == 0 ? 1 : 0;
   if (fuse_reply_open(req, fi) != 0) fs.release(InodeNumber(ino));
 }
 
@@ -495,11 +501,13 @@ Result<std::unique_ptr<Mount>> Mount::start(Filesystem& fs, MountOptions options
   m->stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (m->stop_fd_ < 0) return fail(errno, std::string("eventfd: ") + std::strerror(errno));
   m->invalidator_ = std::thread([raw = m.get()] { raw->send_invalidations(); });
+  fs.set_change_listener([raw = m.get()](const FsChange& change) { raw->on_change(change); });
   for (unsigned i = 0; i < o.threads; ++i) m->workers_.emplace_back([raw = m.get()] { raw->serve_requests(); });
   return m;
 }
 
 Mount::~Mount() {
+  fs_.set_change_listener(nullptr);
   // The invalidator first, while the workers still answer: an invalidation can
   // wait in the kernel for a page that a request being served holds.
   {
@@ -524,6 +532,7 @@ Mount::~Mount() {
 }
 
 void Mount::serve_requests() {
+  t_serving_requests = true;
   fuse_buf buf{};
   const int fd = fuse_session_fd(session_);
   while (!fuse_session_exited(session_)) {
@@ -584,6 +593,26 @@ void Mount::on_event(const FsEvent& event) {
   if (!items.empty()) queue(std::move(items));
 }
 
+bool Mount::known(uint64_t ino) {
+  if (ino == kRootInode.value()) return true;  // the kernel's from the start, never looked up
+  std::lock_guard lock(known_mutex_);
+  return known_.count(ino) != 0;
+}
+
+void Mount::on_change(const FsChange& change) {
+  if (t_serving_requests || !known(change.ino.value())) return;
+  Invalidation item{change.ino.value(), -1, 0, {}};
+  if (change.kind == FsChange::Kind::Data) {
+    uint64_t from = change.offset / kBlockBytes * kBlockBytes;
+    uint64_t to = change.length == 0 ? 0 : (change.offset + change.length + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
+    item.offset = static_cast<int64_t>(from);
+    item.length = change.length == 0 ? 0 : static_cast<int64_t>(to - from);
+  } else if (change.kind == FsChange::Kind::Entry) {
+    item.name = std::string(change.name);
+  }
+  queue({std::move(item)});
+}
+
 void Mount::queue(std::vector<Invalidation> items) {
   {
     std::lock_guard lock(inval_mutex_);
@@ -606,8 +635,12 @@ void Mount::send_invalidations() {
     pending_.pop_front();
     inval_busy_ = true;
     lock.unlock();
-    // ENOENT: the kernel no longer caches the inode, so there is nothing to drop.
-    (void)fuse_lowlevel_notify_inval_inode(session_, item.ino, item.offset, item.length);
+    // ENOENT: the kernel no longer caches the inode (or name), so there is nothing to drop.
+    if (!item.name.empty()) {
+      (void)fuse_lowlevel_notify_inval_entry(session_, item.ino, item.name.c_str(), item.name.size());
+    } else {
+      (void)fuse_lowlevel_notify_inval_inode(session_, item.ino, item.offset, item.length);
+    }
     lock.lock();
     inval_busy_ = false;
     inval_cv_.notify_all();

@@ -9,9 +9,15 @@
 // filesystem; files a program creates belong to its uid and gid.
 //
 // What the kernel caches, and how poise keeps it honest:
-// - attributes and names, for `cache_seconds`; file pages until the next open
-//   of the file (no keep_cache), so a change made through the socket or the
-//   CLI is seen by the next open, and by everything within `cache_seconds`;
+// - attributes and names for `cache_seconds`, file pages for as long as it
+//   likes (keep_cache); every change made by another path (the socket, the
+//   CLI, an in-process caller) is reported by the filesystem's change listener
+//   and the kernel's copy of exactly what changed is invalidated: the pages of
+//   the changed range, the attributes, the name. Changes made through the mount
+//   itself need none (the kernel made them to its own cache first). Stores
+//   through a direct mapping (a library client's) have no such report: while
+//   any direct mapping is live, each open drops the file's cached pages
+//   instead, so the next open sees them;
 // - when memory fails under a file, the kernel's cached pages of exactly the
 //   failed range are invalidated (so nobody goes on reading a stale copy), and
 //   the next read of those bytes fails with EIO, as through the library;
@@ -75,6 +81,8 @@ class Mount {
   // The failure and removal flows (Filesystem::set_event_listener): the
   // kernel's cached pages of what failed, or of everything, are dropped.
   void on_event(const FsEvent& event);
+  // Filesystem::set_change_listener: a change by another path than this mount.
+  void on_change(const FsChange& change);
   // Waits until every invalidation queued so far has been sent (tests).
   void drain_invalidations();
   const std::string& dir() const { return options_.dir; }
@@ -91,9 +99,11 @@ class Mount {
   void send_invalidations();
   struct Invalidation {
     uint64_t ino;
-    int64_t offset;  // with length 0: every page from offset on
+    int64_t offset;  // with length 0: every page from offset on; negative: attributes only
     int64_t length;
+    std::string name;  // not empty: the name `name` in directory `ino` instead
   };
+  bool known(uint64_t ino);  // the kernel holds a reference to it
   void queue(std::vector<Invalidation> items);
 
   Filesystem& fs_;
