@@ -114,7 +114,7 @@ Figures measure(const std::string& dir, const Options& o, const std::string& tar
 
 void fuse_bench(const Options& o, Table* t) {
   const std::string settings = "FUSE: 4 threads, 1 MiB max read/write, names/attributes cached 3600 s, "
-                               "page cache dropped at open (no keep_cache), no writeback cache, no splice";
+                               "page cache kept across opens (keep_cache, invalidated on other paths' changes), no flush requests, no writeback cache, no splice";
   // The peer: tmpfs (/dev/shm), through the same calls.
   struct statfs sfs {};
   if (::statfs("/dev/shm", &sfs) != 0 || sfs.f_type != kTmpfsMagic) {

@@ -120,7 +120,8 @@ struct FsChange {
 // What the filesystem tells an event listener (poise serve's event stream):
 // the failure and removal flows as they happen.
 struct FsEvent {
-  enum class Kind : uint8_t { MemoryFailure, PreRemove, RemovalCancelled, Removed };
+  // Repaired: lost file bytes were put back from a copy (files: what, action: from where).
+  enum class Kind : uint8_t { MemoryFailure, PreRemove, RemovalCancelled, Removed, Repaired };
   Kind kind = Kind::MemoryFailure;
   uint64_t device_offset = 0;  // MemoryFailure: the failed device bytes
   uint64_t length = 0;
@@ -129,7 +130,7 @@ struct FsEvent {
     uint64_t file_offset = 0;
     uint64_t length = 0;
   };
-  std::vector<FileRange> files;        // MemoryFailure: every owning file range (each reflink sharer)
+  std::vector<FileRange> files;        // MemoryFailure: every owning file range (each reflink sharer); Repaired: what
   std::vector<std::string> metadata;   // MemoryFailure: metadata that lived there
   std::string action;                  // what was done
 };
@@ -281,6 +282,15 @@ class Filesystem {
   // file counts as one). Allocated-but-unwritten ranges are holes. ENXIO when
   // offset is at or past the end. The default is ENOTSUP.
   virtual Result<uint64_t> seek(InodeNumber ino, uint64_t offset, SeekTarget target);
+  // Puts back the bytes of a lost block from a copy kept elsewhere (the FUSE
+  // mount's: the kernel's cached page): `offset` block-aligned, `copy` the whole
+  // block or, for the file's last block, the bytes up to its end. Only while
+  // that block of the file is still on failed memory (ESTALE once it was
+  // rewritten or freed): the copy goes to good memory, the file's size and
+  // times stay, and an FsEvent Repaired names it and `source`. The caller
+  // vouches for the copy. The default is ENOTSUP.
+  virtual Result<void> restore_lost_block(InodeNumber ino, uint64_t offset, std::span<const std::byte> copy,
+                                          std::string_view source);
   virtual Result<void> fsync(InodeNumber ino) = 0;
   virtual Result<void> sync() = 0;
 

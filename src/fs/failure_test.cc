@@ -89,6 +89,46 @@ TEST_F(FailureTest, RewritingTheWholeBlockRelocatesItAndTheBlockIsNeverReused) {
   expect_clean();
 }
 
+TEST_F(FailureTest, ALostBlockIsRestoredFromAVouchedCopyOnlyWhileItIsLost) {
+  const InodeNumber a = *fs_->lookup("/a"), b = *fs_->lookup("/b");
+  std::vector<FsEvent> events;
+  fs_->set_event_listener([&](const FsEvent& e) { events.push_back(e); });
+  const Stat before = *fs_->stat(a);
+  ASSERT_OK(device_->notify_failure(lost_, 4096, FailureFlags::MustKill));
+  // A copy of part of a whole block, an unaligned one, a block that is not lost.
+  EXPECT_ERRNO(fs_->restore_lost_block(a, 4096, as_bytes(std::string(100, '1')), "test"), EINVAL);
+  EXPECT_ERRNO(fs_->restore_lost_block(a, 4095, as_bytes(std::string(4096, '1')), "test"), EINVAL);
+  EXPECT_ERRNO(fs_->restore_lost_block(a, 0, as_bytes(std::string(4096, '0')), "test"), ESTALE);
+  events.clear();
+  ASSERT_OK(fs_->restore_lost_block(a, 4096, as_bytes(std::string(4096, '1')), "the test's copy"));
+  EXPECT_EQ(read_file(*fs_, "/a"), std::string(4096, '0') + std::string(4096, '1') + std::string(4096, '2'));
+  EXPECT_NE(device_offset_of(*fs_, "/a", 4096), lost_) << "on good memory now";
+  EXPECT_EQ(fs_->stat(a)->mtime_ns, before.mtime_ns) << "a restore is not a modification";
+  EXPECT_EQ(fs_->stat(a)->size_bytes, before.size_bytes);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].kind, FsEvent::Kind::Repaired);
+  ASSERT_EQ(events[0].files.size(), 1u);
+  EXPECT_EQ(events[0].files[0].ino, a);
+  EXPECT_EQ(events[0].files[0].file_offset, 4096u);
+  EXPECT_NE(events[0].action.find("the test's copy"), std::string::npos);
+  // Restored already: a second copy must never overwrite it.
+  EXPECT_ERRNO(fs_->restore_lost_block(a, 4096, as_bytes(std::string(4096, 'x')), "test"), ESTALE);
+  EXPECT_EQ(read_range(*fs_, "/b", 4096, 1).error().code, EIO) << "the sharer's block is its own to restore";
+  ASSERT_OK(fs_->restore_lost_block(b, 4096, as_bytes(std::string(4096, '1')), "test"));
+  EXPECT_EQ(read_file(*fs_, "/b"), read_file(*fs_, "/a"));
+  // The last block of a file: the copy holds the bytes up to the end.
+  write_file(*fs_, "/t", std::string(4096 + 10, 't'));
+  const uint64_t tail = device_offset_of(*fs_, "/t", 4096);
+  ASSERT_OK(device_->notify_failure(tail, 4096, FailureFlags::MustKill));
+  EXPECT_ERRNO(fs_->restore_lost_block(*fs_->lookup("/t"), 4096, as_bytes(std::string(4096, 't')), "test"), EINVAL);
+  ASSERT_OK(fs_->restore_lost_block(*fs_->lookup("/t"), 4096, as_bytes(std::string(10, 't')), "test"));
+  EXPECT_EQ(read_file(*fs_, "/t"), std::string(4096 + 10, 't'));
+  crash_and_mount();
+  EXPECT_EQ(read_file(*fs_, "/a"), std::string(4096, '0') + std::string(4096, '1') + std::string(4096, '2'));
+  EXPECT_EQ(read_file(*fs_, "/t"), std::string(4096 + 10, 't'));
+  expect_clean();
+}
+
 TEST_F(FailureTest, BadBlocksKnownAtMountAreFencedBeforeAnyoneReads) {
   ASSERT_OK(fs_->unmount());
   fs_.reset();

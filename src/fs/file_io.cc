@@ -107,6 +107,22 @@ Result<size_t> FsImpl::write_through_bounce(InodeNumber ino, uint64_t offset, st
   return done;
 }
 
+Result<void> FsImpl::restore_lost_block(InodeNumber ino, uint64_t offset, std::span<const std::byte> copy,
+                                        std::string_view source) {
+  TRY(check_writable());
+  if (offset % kBlockSize != 0 || copy.empty() || copy.size() > kBlockSize) {
+    return fail(EINVAL, "a restored block starts on a block boundary and holds 1..4096 bytes");
+  }
+  TRY(refuse_own_pins(ino));
+  TRY(write_chunk(ino, offset, copy.data(), copy.size(), true));
+  FsEvent event;
+  event.kind = FsEvent::Kind::Repaired;
+  event.files.push_back({ino, offset, copy.size()});
+  event.action = "lost file bytes rewritten to good memory from " + std::string(source);
+  report(event);
+  return {};
+}
+
 Result<size_t> FsImpl::read(InodeNumber ino, uint64_t offset, std::span<std::byte> out) {
   if (mapping::overlaps_mapping(out.data(), out.size())) return read_through_bounce(ino, offset, out);
   return read_data(ino, offset, out, FileType::Regular);
@@ -329,12 +345,26 @@ Result<size_t> FsImpl::write(InodeNumber ino, uint64_t offset, std::span<const s
   });
 }
 
-Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length) {
+Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length,
+                                   bool restore) {
   auto file_op = TRY(begin_file_op(ino, kChunkTxBytes));
   FsImpl::Op& op = file_op.op;
   InodePtr& inode = file_op.inode;
   uint64_t first = offset / kBlockSize;
-  TRY(refuse_partial_lost_blocks(*inode, offset, length));
+  if (restore) {
+    // The copy must be of a block that is lost now, whole (to the end of file).
+    const uint64_t size = inode->core.size_bytes;
+    if (offset >= size) return fail(ESTALE, "the block is past the end of file now");
+    if (length != std::min<uint64_t>(kBlockSize, size - offset)) {
+      return fail(EINVAL, "a restored block must be whole (or reach the end of file)");
+    }
+    Lookup lk = inode->extents.lookup(FileBlock(first));
+    if (!lk.mapped || (lk.mapping.flags & format::kExtentUnwritten) != 0 || !bad_overlap(lk.mapping.dev_block, 1)) {
+      return fail(ESTALE, "the block is not lost (rewritten or freed meanwhile)");
+    }
+  } else {
+    TRY(refuse_partial_lost_blocks(*inode, offset, length));
+  }
   uint64_t need = blocks_needed_for_store(*inode, FileBlock(first), ceil_blocks(offset + length) - first);
   TRY(reserve_blocks(need));
   Records records;
@@ -342,10 +372,12 @@ Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::
   uint64_t used = store_locked(*inode, offset, src, length, &records, &fresh);
   POISE_ASSERT(used <= need);
   unreserve_blocks(need - used);
-  format::InodeCore core = inode->core;
-  core.size_bytes = std::max<uint64_t>(core.size_bytes, offset + length);
-  core.mtime_ns = core.ctime_ns = now();
-  records.push_back(core);
+  if (!restore) {  // a restore brings back bytes the file had: its size and times stay
+    format::InodeCore core = inode->core;
+    core.size_bytes = std::max<uint64_t>(core.size_bytes, offset + length);
+    core.mtime_ns = core.ctime_ns = now();
+    records.push_back(core);
+  }
   if (fresh) device_.drain();  // new blocks' data is durable before the records that map it
   commit(op, records, {inode.get()});
   report_change(FsChange{FsChange::Kind::Data, ino, offset, length, {}});  // stores in place have no record

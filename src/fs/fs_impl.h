@@ -144,6 +144,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
                          FallocateMode mode) override;
   Result<void> punch_hole(InodeNumber ino, uint64_t offset, uint64_t length) override;
   Result<uint64_t> seek(InodeNumber ino, uint64_t offset, SeekTarget target) override;
+  Result<void> restore_lost_block(InodeNumber ino, uint64_t offset, std::span<const std::byte> copy,
+                                  std::string_view source) override;
   Result<void> fsync(InodeNumber ino) override;
   Result<void> sync() override;
   Result<void> reflink(InodeNumber src, InodeNumber dst) override;
@@ -303,7 +305,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
 
   // file_io.cc
   enum class Fill : uint8_t { InPlace, Zero, CopyFrom };
-  Result<size_t> write_chunk(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length);
+  // `restore`: only onto a block that is lost now (ESTALE otherwise), keeping the
+  // file's size and times (restore_lost_block).
+  Result<size_t> write_chunk(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length,
+                             bool restore = false);
   Result<void> fallocate_chunk(InodeNumber ino, uint64_t offset, uint64_t length, FallocateMode mode);
   // Blocks a store into [first, +count) must allocate: holes and shared blocks.
   uint64_t blocks_needed_for_store(const Inode& inode, FileBlock first, uint64_t count);

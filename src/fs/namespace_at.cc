@@ -55,6 +55,9 @@ Result<InodeNumber> Filesystem::symlink_at(InodeNumber, std::string_view, std::s
 Result<uint64_t> Filesystem::seek(InodeNumber, uint64_t, SeekTarget) {
   return fail(ENOTSUP, "SEEK_DATA and SEEK_HOLE need the mounted filesystem");
 }
+Result<void> Filesystem::restore_lost_block(InodeNumber, uint64_t, std::span<const std::byte>, std::string_view) {
+  return fail(ENOTSUP, "restoring lost blocks needs the mounted filesystem");
+}
 Result<std::string> Filesystem::readlink(InodeNumber) {
   return fail(ENOTSUP, "symbolic links need the mounted filesystem");
 }

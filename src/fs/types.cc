@@ -33,6 +33,7 @@ const char* to_string(FsEvent::Kind kind) {
     case FsEvent::Kind::PreRemove: return "pre_remove";
     case FsEvent::Kind::RemovalCancelled: return "removal_cancelled";
     case FsEvent::Kind::Removed: return "removed";
+    case FsEvent::Kind::Repaired: return "repaired";
   }
   return "unknown";
 }

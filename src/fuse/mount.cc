@@ -15,6 +15,7 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 
+
 namespace poise::fusemount {
 
 namespace {
@@ -115,6 +116,9 @@ void op_init(void*, fuse_conn_info* conn) {
   conn->max_readahead = std::min<unsigned>(conn->max_readahead, kIoBytesMax);
   conn->time_gran = 1;  // nanosecond timestamps
   conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;  // O_TRUNC arrives as a setattr of the size
+  // No dropping of every cached page whenever the kernel sees a new mtime (which
+  // its own writes make): changes by other paths are invalidated exactly.
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -144,6 +148,7 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
   Filesystem& fs = fs_of(req);
   if (to_set & FUSE_SET_ATTR_SIZE) {
     if (attr->st_size < 0) return reply_errno(req, EINVAL);
+    mount_of(req).served().drop(ino, static_cast<uint64_t>(attr->st_size), 0);
     auto truncated = fs.truncate(InodeNumber(ino), static_cast<uint64_t>(attr->st_size));
     if (!truncated.has_value()) return reply_error(req, truncated.error());
   }
@@ -271,17 +276,22 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
   // kernel would take for the end of the file.
   auto n = fs_of(req).read(InodeNumber(ino), static_cast<uint64_t>(off), {buffer.data(), size});
   if (!n.has_value()) return reply_error(req, n.error());
+  mount_of(req).served().record(ino, static_cast<uint64_t>(off), {buffer.data(), *n}, *n < size);
   fuse_reply_buf(req, reinterpret_cast<const char*>(buffer.data()), *n);
 }
 
 void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info*) {
-  auto n = fs_of(req).write(InodeNumber(ino), static_cast<uint64_t>(off),
-                            {reinterpret_cast<const std::byte*>(buf), size});
-  if (!n.has_value()) return reply_error(req, n.error());
+  const std::span<const std::byte> bytes{reinterpret_cast<const std::byte*>(buf), size};
+  auto n = fs_of(req).write(InodeNumber(ino), static_cast<uint64_t>(off), bytes);
+  // The kernel keeps the whole pages it wrote; a partly written one is its own mix.
+  if (!n.has_value()) {
+    mount_of(req).served().drop(ino, static_cast<uint64_t>(off), size);
+    return reply_error(req, n.error());
+  }
+  mount_of(req).served().record(ino, static_cast<uint64_t>(off), bytes.first(*n), false);
   fuse_reply_write(req, *n);
 }
 
-void op_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
 
 void op_fsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info*) {
   reply_result(req, fs_of(req).fsync(InodeNumber(ino)));
@@ -355,6 +365,7 @@ void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t 
   Filesystem& fs = fs_of(req);
   const InodeNumber file(ino);
   const auto off = static_cast<uint64_t>(offset), len = static_cast<uint64_t>(length);
+  mount_of(req).served().drop(ino, off, len);
   if (mode == 0) return reply_result(req, fs.fallocate(file, off, len, FallocateMode::ExtendSize));
   if (mode == FALLOC_FL_KEEP_SIZE) return reply_result(req, fs.fallocate(file, off, len, FallocateMode::KeepSize));
   if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) return reply_result(req, fs.punch_hole(file, off, len));
@@ -367,6 +378,20 @@ void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t 
     return reply_result(req, fs.fallocate(file, off, len, how));
   }
   fuse_reply_err(req, EOPNOTSUPP);  // collapse, insert, unshare
+}
+
+// The kernel's cached bytes of pages that failed (Mount::on_event asked for them).
+void op_retrieve_reply(fuse_req_t req, void*, fuse_ino_t ino, off_t offset, fuse_bufvec* bufv) {
+  const size_t size = fuse_buf_size(bufv);
+  std::vector<std::byte> cached(size);
+  fuse_bufvec into = FUSE_BUFVEC_INIT(size);
+  into.buf[0].mem = cached.data();
+  const ssize_t copied = fuse_buf_copy(&into, bufv, static_cast<fuse_buf_copy_flags>(0));
+  if (copied > 0 && offset >= 0) {
+    cached.resize(static_cast<size_t>(copied));
+    mount_of(req).restore_from(ino, static_cast<uint64_t>(offset), cached);
+  }
+  fuse_reply_none(req);
 }
 
 void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info*) {
@@ -389,6 +414,7 @@ void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_fi
   if (!st.has_value()) return reply_error(req, st.error());
   const auto in = static_cast<uint64_t>(off_in), out = static_cast<uint64_t>(off_out);
   if (in >= st->size_bytes) return reply_count(req, 0);
+  mount_of(req).served().drop(ino_out, out, len);
   // The reply's count is 32 bits wide: at most 4 GiB - 4 KiB per call.
   uint64_t want = std::min<uint64_t>({len, st->size_bytes - in, 0xFFFFF000ull});
   const bool to_end = in + want == st->size_bytes;
@@ -442,7 +468,6 @@ fuse_lowlevel_ops make_ops() {
   ops.release = op_release;
   ops.read = op_read;
   ops.write = op_write;
-  ops.flush = op_flush;
   ops.fsync = op_fsync;
   ops.fsyncdir = op_fsyncdir;
   ops.opendir = op_opendir;
@@ -452,6 +477,7 @@ fuse_lowlevel_ops make_ops() {
   ops.fallocate = op_fallocate;
   ops.copy_file_range = op_copy_file_range;
   ops.lseek = op_lseek;
+  ops.retrieve_reply = op_retrieve_reply;
   return ops;
 }
 
@@ -569,6 +595,7 @@ void Mount::forget(uint64_t ino, uint64_t count) {
   if (it == known_.end()) return;
   if (it->second <= count) {
     known_.erase(it);
+    served_.forget(ino);  // the kernel has no page of it any more
   } else {
     it->second -= count;
   }
@@ -583,6 +610,10 @@ void Mount::on_event(const FsEvent& event) {
       // Whole pages: the kernel caches pages, and the failure is block-granular.
       uint64_t from = f.file_offset / kBlockBytes * kBlockBytes;
       uint64_t to = (f.file_offset + f.length + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
+      // The kernel's copy first (it is taken at once, before the pages go).
+      if (known(f.ino.value())) {
+        items.push_back({f.ino.value(), static_cast<int64_t>(from), static_cast<int64_t>(to - from), {}, true});
+      }
       items.push_back({f.ino.value(), static_cast<int64_t>(from), static_cast<int64_t>(to - from)});
     }
   }
@@ -593,6 +624,19 @@ void Mount::on_event(const FsEvent& event) {
   if (!items.empty()) queue(std::move(items));
 }
 
+// --- restoring lost pages from the kernel's copy ----------------------------------
+
+void Mount::restore_from(uint64_t ino, uint64_t offset, std::span<const std::byte> cached) {
+  if (offset % kBlockBytes != 0) return;
+  for (uint64_t at = 0; at < cached.size(); at += kBlockBytes) {
+    const auto page = cached.subspan(at, std::min<size_t>(kBlockBytes, cached.size() - at));
+    const uint64_t index = (offset + at) / kBlockBytes;
+    // Never served whole, changed since, or not the bytes served: it stays lost.
+    if (!served_.vouches(ino, index * kBlockBytes, page)) continue;
+    (void)fs_.restore_lost_block(InodeNumber(ino), offset + at, page, "the kernel's cached copy (FUSE mount)");
+  }
+}
+
 bool Mount::known(uint64_t ino) {
   if (ino == kRootInode.value()) return true;  // the kernel's from the start, never looked up
   std::lock_guard lock(known_mutex_);
@@ -601,6 +645,7 @@ bool Mount::known(uint64_t ino) {
 
 void Mount::on_change(const FsChange& change) {
   if (t_serving_requests || !known(change.ino.value())) return;
+  if (change.kind == FsChange::Kind::Data) served_.drop(change.ino.value(), change.offset, change.length);
   Invalidation item{change.ino.value(), -1, 0, {}};
   if (change.kind == FsChange::Kind::Data) {
     uint64_t from = change.offset / kBlockBytes * kBlockBytes;
@@ -636,7 +681,10 @@ void Mount::send_invalidations() {
     inval_busy_ = true;
     lock.unlock();
     // ENOENT: the kernel no longer caches the inode (or name), so there is nothing to drop.
-    if (!item.name.empty()) {
+    if (item.retrieve) {
+      (void)fuse_lowlevel_notify_retrieve(session_, item.ino, static_cast<size_t>(item.length),
+                                          static_cast<off_t>(item.offset), nullptr);
+    } else if (!item.name.empty()) {
       (void)fuse_lowlevel_notify_inval_entry(session_, item.ino, item.name.c_str(), item.name.size());
     } else {
       (void)fuse_lowlevel_notify_inval_inode(session_, item.ino, item.offset, item.length);

@@ -18,9 +18,15 @@
 //   through a direct mapping (a library client's) have no such report: while
 //   any direct mapping is live, each open drops the file's cached pages
 //   instead, so the next open sees them;
-// - when memory fails under a file, the kernel's cached pages of exactly the
-//   failed range are invalidated (so nobody goes on reading a stale copy), and
-//   the next read of those bytes fails with EIO, as through the library;
+// - when memory fails under a file, the kernel's cached copy of the failed
+//   pages is first retrieved (FUSE_NOTIFY_RETRIEVE): a page whose bytes match
+//   the checksum of what this mount last served or received for it is
+//   exactly the file's content, and is written back to good memory
+//   (Filesystem::restore_lost_block: nothing is lost). Then the kernel's pages
+//   of exactly the failed range are invalidated, and a read of bytes that
+//   could not be restored fails with EIO, as through the library. A page is
+//   vouched for only by that checksum, never by the kernel: a page being read
+//   in, or dirtied through a mapping, does not match and is not used;
 // - before a removal (pre-remove), every page the kernel caches of every file
 //   it knows is invalidated; after the removal every request fails with EIO.
 //
@@ -44,11 +50,13 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
+#include "fuse/served_pages.h"
 #include "poise/filesystem.h"
 
 struct fuse_session;
@@ -92,6 +100,10 @@ class Mount {
   const MountOptions& options() const { return options_; }
   void remember(uint64_t ino);                 // the kernel got a reference to it
   void forget(uint64_t ino, uint64_t count);   // ... and dropped `count` of them
+  // The pages the kernel got from this mount, for restores (ServedPages).
+  ServedPages& served() { return served_; }
+  // A retrieve's reply: the kernel's cached bytes from `offset`.
+  void restore_from(uint64_t ino, uint64_t offset, std::span<const std::byte> cached);
 
  private:
   Mount(Filesystem& fs, MountOptions options) : fs_(fs), options_(std::move(options)) {}
@@ -102,6 +114,7 @@ class Mount {
     int64_t offset;  // with length 0: every page from offset on; negative: attributes only
     int64_t length;
     std::string name;  // not empty: the name `name` in directory `ino` instead
+    bool retrieve = false;  // ask for the kernel's cached pages instead (restore_from)
   };
   bool known(uint64_t ino);  // the kernel holds a reference to it
   void queue(std::vector<Invalidation> items);
@@ -115,6 +128,8 @@ class Mount {
 
   std::mutex known_mutex_;
   std::unordered_map<uint64_t, uint64_t> known_;  // inode -> the kernel's references
+
+  ServedPages served_;  // what vouches for the kernel's cached pages (restore_from)
 
   std::mutex inval_mutex_;
   std::condition_variable inval_cv_;

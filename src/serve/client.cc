@@ -462,6 +462,8 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
           e.kind = FsEvent::Kind::RemovalCancelled;
         } else if (kind == "removed") {
           e.kind = FsEvent::Kind::Removed;
+        } else if (kind == "repaired") {
+          e.kind = FsEvent::Kind::Repaired;
         } else {
           return listening_.load();  // the server's own events (recalls, kills) have no FsEvent
         }

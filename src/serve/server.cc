@@ -101,6 +101,12 @@ Result<std::unique_ptr<Server>> Server::listen(Filesystem& fs, Device& device, c
   Server* raw = server.get();
   fs.set_event_listener([raw](const FsEvent& e) {
     if (raw->options_.on_event) raw->options_.on_event(e);
+    if (e.kind == FsEvent::Kind::Repaired) {
+      for (const auto& f : e.files) {
+        raw->log(fmt::format("repaired {} bytes {}..{}: {}", raw->fs_.path_of(f.ino).value_or("(unlinked)"),
+                             f.file_offset, f.file_offset + f.length, e.action));
+      }
+    }
     raw->publish(raw->event_json(e));
     // A failure's recalls and notices went to every client at once: the flow
     // ends when all of them have acknowledged (or been killed).
@@ -122,7 +128,7 @@ std::string now_text() {
 
 nlohmann::json Server::event_json(const FsEvent& e) {
   nlohmann::json j{{"event", to_string(e.kind)}};
-  if (e.kind == FsEvent::Kind::MemoryFailure) {
+  if (e.kind == FsEvent::Kind::MemoryFailure || e.kind == FsEvent::Kind::Repaired) {
     j["device_offset"] = e.device_offset;
     j["length"] = e.length;
     nlohmann::json owners = nlohmann::json::array();

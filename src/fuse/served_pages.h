@@ -1,0 +1,51 @@
+// What the FUSE mount handed the kernel, page by page: a checksum (crc32c) and
+// length of the bytes of each file page the kernel got whole from this mount
+// (a read's reply, a whole-page write). When memory fails under a page, the
+// kernel's cached copy is restored to the file only if this record vouches
+// for it: the same length, the same checksum. A page the kernel is still
+// reading in, or that a program dirtied through a mapping, or that changed by
+// another path since (its record dropped), is never taken.
+//
+// Bounded: at most `max_pages` records; past that new pages are not recorded
+// (they then cannot be restored). Thread-safety: every method locks.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <span>
+#include <unordered_map>
+
+namespace poise::fusemount {
+
+class ServedPages {
+ public:
+  static constexpr uint64_t kPageBytes = 4096;
+  explicit ServedPages(size_t max_pages = size_t{1} << 20) : max_pages_(max_pages) {}
+
+  // The kernel got `bytes` of file `ino` at `offset`: each page they cover
+  // whole is recorded, and so is the last one if `to_end` (the bytes reach
+  // the end of file); a page they cover in part loses its record (the kernel's
+  // page mixes old and new bytes).
+  void record(uint64_t ino, uint64_t offset, std::span<const std::byte> bytes, bool to_end);
+  // Pages [offset, +length) (length 0: to the end of file) may hold other bytes now.
+  void drop(uint64_t ino, uint64_t offset, uint64_t length);
+  // The kernel forgot the inode: it caches none of its pages any more.
+  void forget(uint64_t ino);
+  // True if `cached` (a page's bytes from the page-aligned `offset`: 4096, or
+  // fewer at the end of file) is what was served for that page.
+  bool vouches(uint64_t ino, uint64_t offset, std::span<const std::byte> cached) const;
+  size_t pages() const;
+
+ private:
+  struct Sum {
+    uint32_t crc;
+    uint32_t length;
+  };
+  const size_t max_pages_;
+  mutable std::mutex mutex_;
+  std::unordered_map<uint64_t, std::unordered_map<uint64_t, Sum>> files_;  // inode -> page -> sum
+  size_t pages_ = 0;
+};
+
+}  // namespace poise::fusemount

@@ -1,0 +1,87 @@
+#include "fuse/served_pages.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+namespace poise::fusemount {
+namespace {
+
+std::vector<std::byte> bytes_of(size_t n, unsigned seed) {
+  std::vector<std::byte> out(n);
+  std::mt19937 rng(seed);
+  for (auto& b : out) b = std::byte(rng());
+  return out;
+}
+
+std::span<const std::byte> page(const std::vector<std::byte>& data, size_t index, size_t length = 4096) {
+  return std::span<const std::byte>(data).subspan(index * 4096, length);
+}
+
+TEST(ServedPages, VouchesOnlyForTheBytesServedWhole) {
+  ServedPages served;
+  const auto data = bytes_of(3 * 4096 + 100, 1);  // three whole pages and a partial last one
+  served.record(7, 0, data, true);
+  EXPECT_EQ(served.pages(), 4u);
+  EXPECT_TRUE(served.vouches(7, 4096, page(data, 1)));
+  EXPECT_TRUE(served.vouches(7, 3 * 4096, page(data, 3, 100)));
+  auto changed = std::vector<std::byte>(page(data, 1).begin(), page(data, 1).end());
+  changed[4095] ^= std::byte{1};
+  EXPECT_FALSE(served.vouches(7, 4096, changed)) << "one bit differs";
+  EXPECT_FALSE(served.vouches(7, 3 * 4096, page(data, 2, 100))) << "other bytes of the same length";
+  EXPECT_FALSE(served.vouches(7, 3 * 4096, page(data, 2))) << "a whole page where 100 bytes were served";
+  EXPECT_FALSE(served.vouches(8, 4096, page(data, 1))) << "another inode";
+  EXPECT_FALSE(served.vouches(7, 4097, page(data, 1))) << "not page-aligned";
+  std::vector<std::byte> zeros(4096);  // a page the kernel allocated and never filled
+  EXPECT_FALSE(served.vouches(7, 0, zeros));
+}
+
+TEST(ServedPages, APartlyCoveredPageIsNotVouchedFor) {
+  ServedPages served;
+  const auto data = bytes_of(3 * 4096, 2);
+  served.record(1, 0, data, false);
+  // A write of bytes 100..5000: page 0 and page 1 now mix old and new bytes in the kernel.
+  const auto part = bytes_of(4900, 3);
+  served.record(1, 100, part, false);
+  EXPECT_FALSE(served.vouches(1, 0, page(data, 0)));
+  EXPECT_FALSE(served.vouches(1, 4096, page(data, 1)));
+  EXPECT_TRUE(served.vouches(1, 8192, page(data, 2)));
+  // Bytes that do not reach the end of file do not make a partial last page whole.
+  served.record(2, 0, std::span<const std::byte>(data).first(5000), false);
+  EXPECT_TRUE(served.vouches(2, 0, page(data, 0)));
+  EXPECT_FALSE(served.vouches(2, 4096, page(data, 1, 904)));
+}
+
+TEST(ServedPages, DropAndForgetEndTheRecords) {
+  ServedPages served;
+  const auto data = bytes_of(10 * 4096, 4);
+  served.record(5, 0, data, true);
+  served.drop(5, 4096 + 10, 20);  // inside page 1 only
+  EXPECT_TRUE(served.vouches(5, 0, page(data, 0)));
+  EXPECT_FALSE(served.vouches(5, 4096, page(data, 1)));
+  EXPECT_TRUE(served.vouches(5, 8192, page(data, 2)));
+  served.drop(5, 6 * 4096, 0);  // from page 6 to the end
+  EXPECT_TRUE(served.vouches(5, 5 * 4096, page(data, 5)));
+  EXPECT_FALSE(served.vouches(5, 9 * 4096, page(data, 9)));
+  served.drop(5, UINT64_MAX - 10, 100);  // a range that would overflow: no crash, nothing in it
+  EXPECT_EQ(served.pages(), 5u);
+  served.forget(5);
+  EXPECT_EQ(served.pages(), 0u);
+  EXPECT_FALSE(served.vouches(5, 0, page(data, 0)));
+}
+
+TEST(ServedPages, StopsRecordingAtItsBound) {
+  ServedPages served(3);
+  const auto data = bytes_of(5 * 4096, 5);
+  served.record(1, 0, data, false);
+  EXPECT_EQ(served.pages(), 3u);
+  EXPECT_TRUE(served.vouches(1, 2 * 4096, page(data, 2)));
+  EXPECT_FALSE(served.vouches(1, 3 * 4096, page(data, 3))) << "past the bound: not recorded";
+  served.drop(1, 0, 4096);
+  served.record(1, 4 * 4096, page(data, 4), false);  // room again
+  EXPECT_TRUE(served.vouches(1, 4 * 4096, page(data, 4)));
+}
+
+}  // namespace
+}  // namespace poise::fusemount
