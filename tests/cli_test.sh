@@ -51,6 +51,7 @@ mkdir -p "$WORK/tree/sub/deeper" "$WORK/tree/empty"
 for i in 1 2 3; do head -c $((i * 7000)) /dev/urandom >"$WORK/tree/f$i"; done
 head -c 1234 /dev/urandom >"$WORK/tree/sub/deeper/g"
 ln -s f1 "$WORK/tree/link-to-f1"
+mkfifo "$WORK/tree/fifo"
 expect 0 "$POISE" mkdir "$IMG" /many
 expect 0 "$POISE" put "$IMG" "$WORK/tree/f1" "$WORK/tree/f2" "$WORK/tree/f3" /many
 for i in 1 2 3; do
@@ -60,13 +61,15 @@ expect 8 "$POISE" put "$IMG" "$WORK/tree/f1" "$WORK/tree/f2" /many/f1  # several
 expect 8 "$POISE" put "$IMG" "$WORK/tree" /t                         # a directory needs -r
 expect 2 "$POISE" put -r "$IMG" - /t
 expect 0 "$POISE" put -r "$IMG" "$WORK/tree" /t
-contains "$WORK/err" "skipping"
+contains "$WORK/err" "skipping $WORK/tree/fifo"
 for f in f1 f2 f3 sub/deeper/g; do
   "$POISE" get "$IMG" "/t/$f" "$WORK/back" && cmp -s "$WORK/back" "$WORK/tree/$f" && ok || bad "put -r $f"
 done
 expect 0 "$POISE" stat "$IMG" /t/empty --json
 python3 -c "import json; assert json.load(open('$WORK/out'))['type'] == 'directory'" && ok || bad "put -r empty directory"
-expect 3 "$POISE" stat "$IMG" /t/link-to-f1
+expect 0 "$POISE" stat "$IMG" /t/link-to-f1 --json  # a link is copied as a link
+python3 -c "import json; s = json.load(open('$WORK/out')); assert (s['type'], s['target']) == ('symlink', 'f1'), s" &&
+  ok || bad "put -r must copy a symbolic link as a link: $(cat "$WORK/out")"
 expect 0 "$POISE" put -r "$IMG" "$WORK/tree" /t  # into the existing directory: /t/tree
 expect 0 "$POISE" stat "$IMG" /t/tree/sub/deeper/g
 expect 0 "$POISE" rm "$IMG" /t -r

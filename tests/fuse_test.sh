@@ -209,7 +209,8 @@ PYEOF
 # sees the first one's flock and POSIX lock.
 exec 7>"$MNT/lockfile"
 flock -x 7
-flock -n -x "$MNT/lockfile" true && bad "flock: a second process took a held lock" || ok
+flock -n -E 75 -x "$MNT/lockfile" true
+[ $? -eq 75 ] && ok || bad "flock: a second process must find the lock held (exit 75)"
 exec 7>&-
 flock -n -x "$MNT/lockfile" true && ok || bad "flock: the lock stayed after its holder closed it"
 $PY - "$MNT/lockfile" <<'PYEOF' && ok || bad "POSIX record locks through the mount"
@@ -254,6 +255,27 @@ eventually "a name removed through the CLI must go from the mount" test ! -e "$M
 echo "new" | "$POISE" put "$IMG" - /coh >"$WORK/out" 2>&1
 eventually "a file replaced through the CLI must read as the new one through its path" \
   $PY -c "assert open('$MNT/coh').read() == 'new\n'"
+# That read reached poise, and the access time was not later than the
+# modification time: relatime makes it now.
+atime_after_mtime() {
+  "$POISE" stat "$IMG" /coh --json >"$WORK/coh.json" &&
+    $PY -c "import json; s = json.load(open('$WORK/coh.json')); assert s['atime_ns'] > s['mtime_ns'], s"
+}
+eventually "a read through the mount must update the access time (relatime)" atime_after_mtime
+# O_APPEND through a descriptor held while another path changes the file's size:
+# the bytes go at the real end, never over the file's data.
+exec 8>>"$MNT/app"
+printf '%0100d' 0 >&8
+head -c 20000 /dev/zero | tr '\0' S | "$POISE" put "$IMG" - /app-src
+expect 0 "$POISE" reflink "$IMG" /app-src /app
+printf 'XXXXX' >&8
+exec 8>&-
+expect 0 "$POISE" cat "$IMG" /app
+[ "$(stat -c %s "$WORK/out")" = 20005 ] && [ "$(head -c 20000 "$WORK/out" | tr -d S)" = "" ] &&
+  [ "$(tail -c 5 "$WORK/out")" = XXXXX ] && ok ||
+  bad "an append after another path grew the file must land at its end: $(stat -c %s "$WORK/out") bytes, $(head -c 110 "$WORK/out" | tail -c 14)"
+eventually "the mount must show the append at the real end" \
+  $PY -c "d = open('$MNT/app', 'rb').read(); assert len(d) == 20005 and d.endswith(b'SXXXXX'), len(d)"
 check_clean
 
 # --- the model test: random operations on the mount and on tmpfs, trees compared after every step
@@ -270,7 +292,8 @@ check_clean
 mkdir "$MNT/fio"
 for engine in psync mmap; do
   if fio --name="$engine" --directory="$MNT/fio" --ioengine="$engine" --rw=randwrite --bs=4k --size=24m \
-      --numjobs=2 --verify=crc32c --verify_fatal=1 --do_verify=1 --group_reporting >"$WORK/fio.out" 2>&1 &&
+      --numjobs=2 --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 --group_reporting \
+      >"$WORK/fio.out" 2>&1 &&
       grep -q "err= 0" "$WORK/fio.out" && ! grep -qi "verify.*fail\|bad magic\|crc32c.*wanted" "$WORK/fio.out"; then
     ok
   else
@@ -375,6 +398,41 @@ contains "$WORK/out" "lost: /unc bytes 4096..8192"
 dd if="$WORK/three" of="$MNT/unc" bs=4096 seek=1 skip=1 count=1 conv=notrunc 2>/dev/null
 cmp -s "$MNT/unc" "$WORK/three" && ok || bad "after rewriting the lost page the file must read whole"
 check_clean
+
+# --- file handles (what an NFS export uses) survive a remount; a removed
+# file's handle is stale.
+cat >"$WORK/handle.py" <<'PYEOF'
+import ctypes, os, pickle, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Handle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 128)]
+if sys.argv[1] == "save":  # save FILE... OUT
+    handles = []
+    for path in sys.argv[2:-1]:
+        h, mount_id = Handle(), ctypes.c_int()
+        h.handle_bytes = 128
+        if libc.name_to_handle_at(-100, path.encode(), ctypes.byref(h), ctypes.byref(mount_id), 0) != 0:
+            raise SystemExit(f"{path}: {os.strerror(ctypes.get_errno())}")
+        handles.append(bytes(h))
+    pickle.dump(handles, open(sys.argv[-1], "wb"))
+else:  # open MOUNT IN: what each handle opens to, or its errno
+    mfd = os.open(sys.argv[2], os.O_RDONLY | os.O_DIRECTORY)
+    for raw in pickle.load(open(sys.argv[3], "rb")):
+        fd = libc.open_by_handle_at(mfd, ctypes.byref(Handle.from_buffer_copy(raw)), os.O_RDONLY)
+        if fd < 0:
+            print("errno", ctypes.get_errno())
+            continue
+        print(os.read(fd, 100).decode(), end="")
+        os.close(fd)
+PYEOF
+echo "kept by handle" >"$MNT/by-handle" && echo "removed" >"$MNT/gone-by-handle"
+$PY "$WORK/handle.py" save "$MNT/by-handle" "$MNT/gone-by-handle" "$WORK/handles" && ok || bad "name_to_handle_at on the mount"
+umount_img
+mount_img -o cache=3600
+rm "$MNT/gone-by-handle"
+$PY "$WORK/handle.py" open "$MNT" "$WORK/handles" >"$WORK/handles.out" 2>&1
+[ "$(tr '\n' ' ' <"$WORK/handles.out")" = "kept by handle errno 116 " ] && ok ||
+  bad "a handle must open its file after a remount, and a removed file's must be stale (ESTALE 116): $(cat "$WORK/handles.out")"
 
 # --- pre-remove and removal: writers wait, then fail; every access fails afterwards
 # A process that has read and mapped a file before the removal must not go on

@@ -258,6 +258,13 @@ class Filesystem {
   // The caller checks who may do it (the filesystem trusts its caller). The
   // default is ENOTSUP.
   virtual Result<Stat> set_attributes(InodeNumber ino, const SetAttributes& attrs);
+  // A read of the file or listing of the directory happened: its access time
+  // becomes now if it is not later than its modification or change time, or
+  // is a day old (Linux's relatime). Best effort: skipped, never waited for,
+  // while the device is frozen, a checkpoint runs, the journal is full or the
+  // mount is read-only. poise's own read calls do not call it (noatime); the
+  // FUSE mount does, for the reads and listings that reach it. Default: nothing.
+  virtual void note_access(InodeNumber ino) { (void)ino; }
   // Symbolic links: a new link named link_path (or `name` in `dir`) holding
   // `target` (1..4095 bytes, not checked to exist), and a link's target (EINVAL
   // if ino is not a link). File I/O on a link fails with EINVAL; poise's path
@@ -287,8 +294,9 @@ class Filesystem {
   // block or, for the file's last block, the bytes up to its end. Only while
   // that block of the file is still on failed memory (ESTALE once it was
   // rewritten or freed): the copy goes to good memory, the file's size and
-  // times stay, and an FsEvent Repaired names it and `source`. The caller
-  // vouches for the copy. The default is ENOTSUP.
+  // times stay, and so for every file that shares the block by reflink (each
+  // on a block of its own); an FsEvent Repaired names them, the failed device
+  // block and `source`. The caller vouches for the copy. The default is ENOTSUP.
   virtual Result<void> restore_lost_block(InodeNumber ino, uint64_t offset, std::span<const std::byte> copy,
                                           std::string_view source);
   virtual Result<void> fsync(InodeNumber ino) = 0;

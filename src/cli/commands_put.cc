@@ -105,7 +105,9 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
     eprint("poise: put: {} is a directory (use -r)\n", local);
     return kExitInvalid;
   }
-  // A new file takes the local file's permission bits, a replaced one keeps its own.
+  // A new file takes the local file's permission bits, a replaced one keeps its
+  // own; a replaced symbolic link (never followed: the link itself goes) had
+  // none worth keeping (0777), so the file takes the local bits.
   uint32_t mode = local == "-" ? 0644 : static_cast<uint32_t>(in_st.st_mode) & 07777;
   bool replacing = false;
   if (auto old = fs.stat(path); old.has_value()) {
@@ -115,7 +117,7 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
       eprint("poise: put: {} is a directory\n", path);
       return kExitInvalid;
     }
-    mode = old->mode;
+    if (old->type == FileType::Regular) mode = old->mode;
   } else if (old.error().code != ENOENT) {
     close_in();
     return report("put " + path, old.error());
@@ -165,9 +167,10 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
   return kExitOk;
 }
 
-// Copies the local tree at LOCAL to DST (created). Symbolic links and special
-// files are skipped with a warning: poise stores regular files and directories.
-// The image itself, if it lies in the tree, is skipped too.
+// Copies the local tree at LOCAL to DST (created). Symbolic links are copied as
+// links (their targets as they are); special files are skipped with a warning:
+// poise stores regular files, directories and links. The image itself, if it
+// lies in the tree, is skipped too.
 int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, const std::string& image,
              Progress* progress) {
   int first = kExitOk;
@@ -197,8 +200,16 @@ int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, c
       eprint("poise: put: skipping {}: it is the image itself\n", entry.path().string());
     } else if (stdfs::is_regular_file(status)) {
       if (int code = put_file(fs, entry.path().string(), target, progress); code != kExitOk) note(code);
+    } else if (stdfs::is_symlink(status)) {
+      const stdfs::path link_target = stdfs::read_symlink(entry.path(), ec);
+      if (ec) {
+        eprint("poise: put: cannot read the link {}: {}\n", entry.path().string(), ec.message());
+        note(kExitFailure);
+      } else if (auto made = fs.symlink(link_target.string(), target); !made.has_value()) {
+        note(report("put " + target, made.error()));
+      }
     } else {
-      eprint("poise: put: skipping {}: not a regular file or directory\n", entry.path().string());
+      eprint("poise: put: skipping {}: not a regular file, directory or symbolic link\n", entry.path().string());
     }
   }
   return first;

@@ -115,8 +115,12 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
       if (inode->core.size_bytes == 0 || inode->core.size_bytes >= kBlockSize) {
         problem(who + ": symbolic link of " + std::to_string(inode->core.size_bytes) +
                 " bytes (a target is 1..4095 bytes)");
-      } else if (inode->extents.mapped_blocks() != 1) {
+      } else if (Lookup lk = inode->extents.lookup(FileBlock(0));
+                 inode->extents.mapped_blocks() != 1 || !lk.mapped || (lk.mapping.flags & format::kExtentUnwritten) != 0) {
         problem(who + ": symbolic link without its target block");
+      }
+      if ((sb_.feature_incompat & format::kIncompatSymlinks) == 0) {
+        problem(who + ": a symbolic link on an image without the symbolic-link feature bit");
       }
     }
     uint64_t size_blocks = (inode->core.size_bytes + kBlockSize - 1) / kBlockSize;

@@ -74,13 +74,30 @@ Result<void> FsImpl::record_bad(uint64_t first_block, uint64_t count) {
   }
   // The journal's reserve is for this too: a record that cannot be written would
   // let the failed blocks be allocated again (I5).
-  auto op = begin_op(4096, Journal::Use::Freeing);
-  if (!op.has_value()) {
-    fence_in_memory();  // never allocated in this mount at least; the device list brings it back at the next
-    return Unexpected<Error>(std::move(op).error());
+  {
+    auto op = begin_op(4096, Journal::Use::Freeing);
+    if (!op.has_value()) {
+      fence_in_memory();  // never allocated in this mount at least; the device list brings it back at the next
+      return Unexpected<Error>(std::move(op).error());
+    }
+    commit(*op, {format::BadRangeRecord{first_block, count}}, {});
   }
-  commit(*op, {format::BadRangeRecord{first_block, count}}, {});
+  remember_lost(first_block, count);
   return {};
+}
+
+void FsImpl::remember_lost(uint64_t first_block, uint64_t count) {
+  for (const auto& f : owners_of(first_block, count).files) {
+    InodePtr inode;
+    {
+      std::shared_lock ns(ns_mutex_);
+      inode = find_inode(f.ino);
+    }
+    if (inode == nullptr) continue;
+    const uint64_t changes = inode->changes.load(std::memory_order_relaxed);
+    std::lock_guard lock(lost_mutex_);
+    for (uint64_t b = 0; b < f.count; ++b) lost_at_[{f.ino.value(), f.file_block + b}] = changes;
+  }
 }
 
 Result<void> FsImpl::rewrite_checkpoint() {

@@ -107,15 +107,17 @@ TEST_F(FailureTest, ALostBlockIsRestoredFromAVouchedCopyOnlyWhileItIsLost) {
   EXPECT_EQ(fs_->stat(a)->size_bytes, before.size_bytes);
   ASSERT_EQ(events.size(), 1u);
   EXPECT_EQ(events[0].kind, FsEvent::Kind::Repaired);
-  ASSERT_EQ(events[0].files.size(), 1u);
+  EXPECT_EQ(events[0].device_offset, lost_);
+  ASSERT_EQ(events[0].files.size(), 2u) << "the reflink sharer held the same bytes: restored too";
   EXPECT_EQ(events[0].files[0].ino, a);
   EXPECT_EQ(events[0].files[0].file_offset, 4096u);
+  EXPECT_EQ(events[0].files[1].ino, b);
   EXPECT_NE(events[0].action.find("the test's copy"), std::string::npos);
+  EXPECT_EQ(read_file(*fs_, "/b"), read_file(*fs_, "/a"));
+  EXPECT_NE(device_offset_of(*fs_, "/b", 4096), lost_);
   // Restored already: a second copy must never overwrite it.
   EXPECT_ERRNO(fs_->restore_lost_block(a, 4096, as_bytes(std::string(4096, 'x')), "test"), ESTALE);
-  EXPECT_EQ(read_range(*fs_, "/b", 4096, 1).error().code, EIO) << "the sharer's block is its own to restore";
-  ASSERT_OK(fs_->restore_lost_block(b, 4096, as_bytes(std::string(4096, '1')), "test"));
-  EXPECT_EQ(read_file(*fs_, "/b"), read_file(*fs_, "/a"));
+  EXPECT_ERRNO(fs_->restore_lost_block(b, 4096, as_bytes(std::string(4096, 'x')), "test"), ESTALE);
   // The last block of a file: the copy holds the bytes up to the end.
   write_file(*fs_, "/t", std::string(4096 + 10, 't'));
   const uint64_t tail = device_offset_of(*fs_, "/t", 4096);
@@ -123,9 +125,19 @@ TEST_F(FailureTest, ALostBlockIsRestoredFromAVouchedCopyOnlyWhileItIsLost) {
   EXPECT_ERRNO(fs_->restore_lost_block(*fs_->lookup("/t"), 4096, as_bytes(std::string(4096, 't')), "test"), EINVAL);
   ASSERT_OK(fs_->restore_lost_block(*fs_->lookup("/t"), 4096, as_bytes(std::string(10, 't')), "test"));
   EXPECT_EQ(read_file(*fs_, "/t"), std::string(4096 + 10, 't'));
+  // A change after the failure (a punch inside the lost block changes what it
+  // should hold without moving it) makes any earlier copy stale: refused.
+  write_file(*fs_, "/u", std::string(3 * 4096, 'u'));
+  const uint64_t u_lost = device_offset_of(*fs_, "/u", 4096);
+  ASSERT_OK(device_->notify_failure(u_lost, 4096, FailureFlags::MustKill));
+  ASSERT_OK(fs_->punch_hole(*fs_->lookup("/u"), 4096 + 100, 100));
+  EXPECT_ERRNO(fs_->restore_lost_block(*fs_->lookup("/u"), 4096, as_bytes(std::string(4096, 'u')), "test"), ESTALE);
+  EXPECT_EQ(read_range(*fs_, "/u", 4096, 1).error().code, EIO);
   crash_and_mount();
   EXPECT_EQ(read_file(*fs_, "/a"), std::string(4096, '0') + std::string(4096, '1') + std::string(4096, '2'));
   EXPECT_EQ(read_file(*fs_, "/t"), std::string(4096 + 10, 't'));
+  // Blocks lost before this mount have no copy anyone could have kept since.
+  EXPECT_ERRNO(fs_->restore_lost_block(*fs_->lookup("/u"), 4096, as_bytes(std::string(4096, 'u')), "test"), ESTALE);
   expect_clean();
 }
 

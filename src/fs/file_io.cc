@@ -114,12 +114,51 @@ Result<void> FsImpl::restore_lost_block(InodeNumber ino, uint64_t offset, std::s
     return fail(EINVAL, "a restored block starts on a block boundary and holds 1..4096 bytes");
   }
   TRY(refuse_own_pins(ino));
-  TRY(write_chunk(ino, offset, copy.data(), copy.size(), true));
+  uint64_t failed = 0;  // the failed device block under it
+  {
+    InodePtr inode = TRY(writable_file(ino));
+    std::shared_lock lock(inode->lock);
+    Lookup lk = inode->extents.lookup(FileBlock(offset / kBlockSize));
+    if (!lk.mapped || (lk.mapping.flags & format::kExtentUnwritten) != 0 || !bad_overlap(lk.mapping.dev_block, 1)) {
+      return fail(ESTALE, "the block is not lost (rewritten or freed meanwhile)");
+    }
+    failed = lk.mapping.dev_block.value();
+  }
+  TRY(restore_one(ino, offset, copy));
   FsEvent event;
   event.kind = FsEvent::Kind::Repaired;
+  event.device_offset = failed * kBlockSize;
+  event.length = kBlockSize;
   event.files.push_back({ino, offset, copy.size()});
+  // Files that share the block by reflink held the same bytes there: each gets
+  // them back too, on a block of its own (as a write would have given it).
+  for (const auto& sharer : owners_of(failed, 1).files) {
+    const uint64_t at = sharer.file_block * kBlockSize;
+    auto st = stat(sharer.ino);
+    if (!st.has_value() || at >= st->size_bytes) continue;
+    const uint64_t length = std::min<uint64_t>(kBlockSize, st->size_bytes - at);
+    if (length > copy.size()) continue;  // the copy ends before this file's bytes do
+    if (restore_one(sharer.ino, at, copy.first(length)).has_value()) {
+      event.files.push_back({sharer.ino, at, length});
+    }
+  }
   event.action = "lost file bytes rewritten to good memory from " + std::string(source);
   report(event);
+  return {};
+}
+
+Result<void> FsImpl::restore_one(InodeNumber ino, uint64_t offset, std::span<const std::byte> copy) {
+  const std::pair<uint64_t, uint64_t> key{ino.value(), offset / kBlockSize};
+  uint64_t changes = 0;
+  {
+    std::lock_guard lock(lost_mutex_);
+    auto it = lost_at_.find(key);
+    if (it == lost_at_.end()) return fail(ESTALE, "the block was not lost in this mount, or was restored");
+    changes = it->second;
+  }
+  TRY(write_chunk(ino, offset, copy.data(), copy.size(), &changes));  // checks under the file's lock
+  std::lock_guard lock(lost_mutex_);
+  lost_at_.erase(key);
   return {};
 }
 
@@ -346,7 +385,8 @@ Result<size_t> FsImpl::write(InodeNumber ino, uint64_t offset, std::span<const s
 }
 
 Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length,
-                                   bool restore) {
+                                   const uint64_t* restore_changes) {
+  const bool restore = restore_changes != nullptr;
   auto file_op = TRY(begin_file_op(ino, kChunkTxBytes));
   FsImpl::Op& op = file_op.op;
   InodePtr& inode = file_op.inode;
@@ -361,6 +401,11 @@ Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::
     Lookup lk = inode->extents.lookup(FileBlock(first));
     if (!lk.mapped || (lk.mapping.flags & format::kExtentUnwritten) != 0 || !bad_overlap(lk.mapping.dev_block, 1)) {
       return fail(ESTALE, "the block is not lost (rewritten or freed meanwhile)");
+    }
+    // Any change since the failure (a punch or truncate inside the lost block
+    // changes what it should hold without moving it): the copy may be stale.
+    if (inode->changes.load(std::memory_order_relaxed) != *restore_changes) {
+      return fail(ESTALE, "the file changed since the block failed");
     }
   } else {
     TRY(refuse_partial_lost_blocks(*inode, offset, length));

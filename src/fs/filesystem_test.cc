@@ -367,6 +367,20 @@ TEST_F(FsTest, TheChangeListenerHearsEveryChangeAsItCommits) {
   EXPECT_TRUE(heard_of("attr " + gi + " 0+0 "));
   ASSERT_OK(fs_->reflink(f, g));
   EXPECT_TRUE(heard_of("data " + gi + " 0+8192 "));
+  ASSERT_OK(fs_->clone_range(f, 0, g, 4096, 4096));
+  EXPECT_TRUE(heard_of("data " + gi + " 4096+4096 "));
+  SetAttributes chmod;
+  chmod.mode = 0600;
+  ASSERT_OK(fs_->set_attributes(g, chmod));
+  EXPECT_TRUE(heard_of("attr " + gi + " 0+0 "));
+  ASSERT_OK(fs_->link("/g", "/hard"));
+  EXPECT_TRUE(heard_of("entry 1 0+0 hard"));
+  ASSERT_OK(fs_->symlink("g", "/soft"));
+  EXPECT_TRUE(heard_of("entry 1 0+0 soft"));
+  ASSERT_OK(fs_->rename_at(kRootInode, "hard", kRootInode, "soft", RenameFlags::Exchange));
+  EXPECT_TRUE(heard_of("entry 1 0+0 soft"));
+  ASSERT_OK(fs_->fallocate(f, 0, 10 * kBlockSize, FallocateMode::ExtendSize));
+  EXPECT_TRUE(heard_of("attr " + fi + " 0+0 "));
   ASSERT_OK(fs_->rename("/g", "/h"));
   EXPECT_TRUE(heard_of("entry 1 0+0 g"));
   ASSERT_OK(fs_->unlink("/h"));
@@ -374,6 +388,34 @@ TEST_F(FsTest, TheChangeListenerHearsEveryChangeAsItCommits) {
   fs_->set_change_listener(nullptr);
   write_file(*fs_, "/f", "x");
   EXPECT_TRUE(heard.empty());
+}
+
+TEST_F(FsTest, AccessTimesFollowRelatime) {
+  write_file(*fs_, "/f", "data");
+  ASSERT_OK(fs_->mkdir("/d"));
+  const InodeNumber f = *fs_->lookup("/f"), d = *fs_->lookup("/d");
+  const Stat made = *fs_->stat(f);
+  fs_->note_access(f);  // the access time is not later than the modification time: due
+  const Stat read1 = *fs_->stat(f);
+  EXPECT_GT(read1.atime_ns, made.mtime_ns);
+  EXPECT_EQ(read1.mtime_ns, made.mtime_ns);
+  EXPECT_EQ(read1.ctime_ns, made.ctime_ns) << "an access changes no other time";
+  fs_->note_access(f);  // later than both, and less than a day old: not due
+  EXPECT_EQ(fs_->stat(f)->atime_ns, read1.atime_ns);
+  clock_.advance(24ll * 3600 * 1'000'000'000);
+  fs_->note_access(f);  // a day old: due
+  EXPECT_GT(fs_->stat(f)->atime_ns, read1.atime_ns + 24ll * 3600 * 1'000'000'000 - 1);
+  write_file(*fs_, "/f", "more", 4);  // modified after the last access: due again
+  const Stat written = *fs_->stat(f);
+  fs_->note_access(f);
+  EXPECT_GT(fs_->stat(f)->atime_ns, written.mtime_ns);
+  fs_->note_access(d);  // directories too
+  EXPECT_GT(fs_->stat(d)->atime_ns, fs_->stat(d)->mtime_ns);
+  fs_->note_access(InodeNumber(999));  // gone: nothing, no error
+  const int64_t atime = fs_->stat(f)->atime_ns;
+  crash_and_mount();
+  EXPECT_EQ(fs_->stat("/f")->atime_ns, atime) << "journaled";
+  expect_clean();
 }
 
 TEST_F(FsTest, SetAttributesIsJournaledAndSurvivesACrash) {

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -72,6 +73,12 @@ struct Inode {
   std::atomic<uint32_t> open_count{0};
   bool freed = false;  // guarded by `lock`
   bool symlink = false;  // set when the inode is made, never changed
+  // Bumped by every record applied to the inode (its attributes, its extents):
+  // what a restore compares with the count when the block failed.
+  std::atomic<uint64_t> changes{0};
+  // A direct mapping was given writable pages of it: stores then change its
+  // data with no record, so each release reports the whole file changed.
+  std::atomic<bool> mapped_writable{false};
 
   // Directories get their entry table when created and keep it: the type is
   // known without the lock (core.mode may be rewritten under it meanwhile).
@@ -127,6 +134,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
                          std::string_view to_name, RenameFlags flags) override;
   Result<void> link_at(InodeNumber ino, InodeNumber dir, std::string_view name) override;
   Result<Stat> set_attributes(InodeNumber ino, const SetAttributes& attrs) override;
+  void note_access(InodeNumber ino) override;
   Result<InodeNumber> symlink(std::string_view target, std::string_view link_path,
                               std::optional<Credentials> owner) override;
   Result<InodeNumber> symlink_at(InodeNumber dir, std::string_view name, std::string_view target,
@@ -195,6 +203,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   uint64_t size_blocks() const override { return sb_.size_blocks; }
   failure::FailedOwners owners_of(uint64_t first_block, uint64_t count) override;
   Result<void> record_bad(uint64_t first_block, uint64_t count) override;
+  // lost_at_ for the file owners of a range that just failed.
+  void remember_lost(uint64_t first_block, uint64_t count);
   Result<void> rewrite_checkpoint() override;
   void checkpoint_and_shutdown() override;
   void freeze() override;
@@ -221,6 +231,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // transaction.cc: begin, commit and apply.
   // Freeing operations may use the journal's reserve (see Journal::reserve).
   Result<Op> begin_op(uint64_t tx_bytes_max, Journal::Use use = Journal::Use::Any);
+  // An Op for work that may be skipped (an access time): nullopt instead of
+  // waiting for a freeze, a checkpoint or journal space.
+  std::optional<Op> try_begin_op(uint64_t tx_bytes);
   Result<void> check_writable() const;
   // Commits the records durably and applies them. `locked` are inodes the caller
   // holds exclusively; any other inode touched needs ns_mutex_ held exclusively.
@@ -280,6 +293,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<void> rename_places(const Place& from, const Place& to, RenameFlags flags);
   // RENAME_EXCHANGE: a_leaf in a_dir names b, b_leaf in b_dir names a, atomically.
   // REQUIRES: ns_mutex_ held exclusively.
+  // commit() with the (at most two) regular files the caller holds locked.
+  void commit_with_files(Op& op, const Records& records, const std::vector<Inode*>& files);
   Result<void> exchange_names(Op& op, const InodePtr& a_dir, const std::string& a_leaf, const InodePtr& a,
                               const InodePtr& b_dir, const std::string& b_leaf, const InodePtr& b);
   // `existing` names the file, or (empty) `ino` does.
@@ -305,10 +320,13 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
 
   // file_io.cc
   enum class Fill : uint8_t { InPlace, Zero, CopyFrom };
-  // `restore`: only onto a block that is lost now (ESTALE otherwise), keeping the
-  // file's size and times (restore_lost_block).
+  // `restore_changes` (restore_lost_block): only onto a block that is lost now,
+  // of a file whose change count is still that (ESTALE otherwise), keeping the
+  // file's size and times.
   Result<size_t> write_chunk(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length,
-                             bool restore = false);
+                             const uint64_t* restore_changes = nullptr);
+  // restore_lost_block for one file: ESTALE unless lost_at_ has the block.
+  Result<void> restore_one(InodeNumber ino, uint64_t offset, std::span<const std::byte> copy);
   Result<void> fallocate_chunk(InodeNumber ino, uint64_t offset, uint64_t length, FallocateMode mode);
   // Blocks a store into [first, +count) must allocate: holes and shared blocks.
   uint64_t blocks_needed_for_store(const Inode& inode, FileBlock first, uint64_t count);
@@ -433,6 +451,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   std::atomic<uint64_t> extent_count_{0};
   std::atomic<uint64_t> name_bytes_{0};
   RangeSet bad_blocks_;  // failed device blocks, in block units
+  // For restore_lost_block: each file block lost in this mount, and its file's
+  // change count when it failed. A restore is refused once the file changed.
+  std::mutex lost_mutex_;
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> lost_at_;  // (inode, file block) -> changes; guarded
   bool holder_registered_ = false;
   // Direct mappings and pins (src/mapping/), and the device's failure holder
   // (src/failure/), which drives both through this filesystem.

@@ -38,6 +38,10 @@ Result<void> FsImpl::with_layout(InodeNumber ino, uint64_t first, uint64_t count
   InodePtr inode = TRY(writable_file(ino));
   std::shared_lock lock(inode->lock);
   if (inode->freed) return fail(ENOENT, "file was deleted");
+  if (writable) {  // stores follow that no record will show: caches of these pages are stale from now
+    inode->mapped_writable.store(true, std::memory_order_relaxed);
+    report_change(FsChange{FsChange::Kind::Data, ino, first * kBlockSize, count * kBlockSize, {}});
+  }
   const uint64_t eof = ceil_blocks(inode->core.size_bytes);
   const uint64_t end = std::min(eof, first + count);
   std::vector<PageExtent> layout;

@@ -231,6 +231,18 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
     unreserve_blocks(1 - used);
     records[0] = format::InodeCore{core.ino, core.mode, core.nlink, core.uid, core.gid, target.size(),
                                    t, t, t};
+    // A link has no fsync of its own: on a device whose persistence is the
+    // host's page cache its target is written back before the link is made.
+    for (const auto& r : records) {
+      const auto* e = std::get_if<format::ExtentRecord>(&r);
+      if (e != nullptr && device_.domain() == PersistenceDomain::PageCache) {
+        auto synced = device_.sync_range(e->dev_block * kBlockSize, uint64_t{e->block_count} * kBlockSize);
+        if (!synced.has_value()) {
+          give_back_fresh_blocks(records);
+          return Unexpected<Error>(std::move(synced).error());
+        }
+      }
+    }
     if (fresh) device_.drain();
   }
   commit(op, records, {});
@@ -238,14 +250,23 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
 }
 
 Result<void> FsImpl::enable_symlinks() {
-  if ((sb_.feature_incompat & format::kIncompatSymlinks) != 0) return {};
+  {  // the superblock is written under the gate held exclusively: read it shared
+    std::shared_lock gate(gate_);
+    if ((sb_.feature_incompat & format::kIncompatSymlinks) != 0) return {};
+  }
   TRY(check_writable());
   // An image made before links existed: mark it, so that a release that cannot
   // read links refuses the image instead of taking a link record for corruption.
-  std::unique_lock gate(gate_);
-  if ((sb_.feature_incompat & format::kIncompatSymlinks) != 0) return {};
-  sb_.feature_incompat |= format::kIncompatSymlinks;
-  return write_superblocks(checkpoint_root_block_, checkpoint_copy_root_block_, sb_.checkpoint_generation);
+  for (;;) {
+    TRY(wait_until_thawed());  // nothing is written while the device is frozen for removal
+    std::unique_lock gate(gate_);
+    if (frozen_flag_.load(std::memory_order_acquire)) continue;
+    if ((sb_.feature_incompat & format::kIncompatSymlinks) != 0) return {};
+    sb_.feature_incompat |= format::kIncompatSymlinks;
+    auto written = write_superblocks(checkpoint_root_block_, checkpoint_copy_root_block_, sb_.checkpoint_generation);
+    if (!written.has_value()) sb_.feature_incompat &= ~format::kIncompatSymlinks;  // no link until it is on media
+    return written;
+  }
 }
 
 Result<InodeNumber> FsImpl::symlink_at(InodeNumber dir, std::string_view name, std::string_view target,
@@ -372,6 +393,9 @@ Result<void> FsImpl::rename_places(const Place& from, const Place& to, RenameFla
     if (dst_it == dst_dir->entries->end()) return fail(ENOENT, to.shown() + ": no such file or directory");
     InodePtr other = find_inode(dst_it->second->ino);
     if (below(src_dir, other)) return fail(EINVAL, from.shown() + ": cannot move a directory into itself");
+    if (!other->is_dir() && (from.names_a_directory() || to.names_a_directory())) {
+      return fail(ENOTDIR, to.shown() + ": not a directory (a path ends in '/')");
+    }
     return exchange_names(op, src_dir, src_leaf, src, dst_dir, dst_leaf, other);
   }
   if (dst_leaf.size() > src_leaf.size()) TRY(expect_space(1, "rename"));  // a longer name in the next checkpoint
@@ -427,13 +451,7 @@ Result<void> FsImpl::rename_places(const Place& from, const Place& to, RenameFla
     records.push_back(vcore);
     free_inode_records(*victim, vcore.nlink, &records);
   }
-  if (files.size() == 2) {
-    commit(op, records, {files[0], files[1]});
-  } else if (files.size() == 1) {
-    commit(op, records, {files[0]});
-  } else {
-    commit(op, records, {});
-  }
+  commit_with_files(op, records, files);
   return {};
 }
 
@@ -468,6 +486,12 @@ Result<void> FsImpl::exchange_names(Op& op, const InodePtr& a_dir, const std::st
     core.ctime_ns = t;
     records.push_back(core);
   }
+  commit_with_files(op, records, files);
+  return {};
+}
+
+void FsImpl::commit_with_files(Op& op, const Records& records, const std::vector<Inode*>& files) {
+  POISE_ASSERT(files.size() <= 2);
   if (files.size() == 2) {
     commit(op, records, {files[0], files[1]});
   } else if (files.size() == 1) {
@@ -475,7 +499,6 @@ Result<void> FsImpl::exchange_names(Op& op, const InodePtr& a_dir, const std::st
   } else {
     commit(op, records, {});
   }
-  return {};
 }
 
 Result<void> FsImpl::link(std::string_view existing, std::string_view new_path) {
@@ -540,6 +563,32 @@ Result<Stat> FsImpl::set_attributes(InodeNumber ino, const SetAttributes& attrs)
   core.ctime_ns = t;
   commit(op, {core}, {inode.get()});
   return stat_of(*inode);
+}
+
+void FsImpl::note_access(InodeNumber ino) {
+  constexpr int64_t kDayNs = 24ll * 3600 * 1'000'000'000;
+  const int64_t t = now();
+  auto due = [&](const format::InodeCore& c) {
+    return c.atime_ns <= c.mtime_ns || c.atime_ns <= c.ctime_ns || t - c.atime_ns >= kDayNs;
+  };
+  auto found = get_inode(ino);
+  if (!found.has_value()) return;
+  InodePtr inode = *found;
+  {  // the common case, not due: shared locks only
+    std::shared_lock<std::shared_mutex> ns;
+    if (inode->is_dir()) ns = std::shared_lock(ns_mutex_);
+    std::shared_lock lock(inode->lock);
+    if (inode->freed || !due(inode->core)) return;
+  }
+  auto op = try_begin_op(kNamespaceTxBytes);
+  if (!op) return;
+  std::unique_lock<std::shared_mutex> ns;
+  if (inode->is_dir()) ns = std::unique_lock(ns_mutex_);
+  std::unique_lock lock(inode->lock);
+  if (inode->freed || !due(inode->core)) return;
+  format::InodeCore core = inode->core;
+  core.atime_ns = t;  // an access changes no other time
+  commit(*op, {core}, {inode.get()});
 }
 
 Result<std::vector<DirEntry>> FsImpl::readdir(std::string_view path) {
@@ -634,6 +683,11 @@ void FsImpl::release(InodeNumber ino) {
     inode = find_inode(ino);
   }
   if (inode == nullptr) return;
+  // A writable direct mapping's stores have no record: a release (the end of
+  // a mapping among them) tells caches that the file may have changed.
+  if (inode->mapped_writable.load(std::memory_order_relaxed)) {
+    report_change(FsChange{FsChange::Kind::Data, ino, 0, 0, {}});
+  }
   if (inode->open_count.fetch_sub(1) != 1) return;
   if (!mounted_ || options_.mode == MountMode::ReadOnly) return;
   auto op = begin_op(kNamespaceTxBytes, Journal::Use::Freeing);

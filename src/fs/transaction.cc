@@ -61,6 +61,15 @@ Result<FsImpl::Op> FsImpl::begin_op(uint64_t tx_bytes_max, Journal::Use use) {
   return fail(ENOSPC, "journal stays full after checkpointing");
 }
 
+std::optional<FsImpl::Op> FsImpl::try_begin_op(uint64_t tx_bytes) {
+  if (!check_writable().has_value() || !gate_.try_lock_shared()) return std::nullopt;
+  if (!mounted_ || frozen_flag_.load(std::memory_order_acquire) || !journal_->reserve(tx_bytes, Journal::Use::Any)) {
+    gate_.unlock_shared();
+    return std::nullopt;
+  }
+  return Op(this, tx_bytes);
+}
+
 void FsImpl::commit(Op& op, const Records& records, std::initializer_list<Inode*> locked) {
   if (records.empty()) return;
   thread_local format::TxEncoder tx;  // reused: no allocation per operation
@@ -146,6 +155,7 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
       return fail(EUCLEAN, "journal changes the file type of inode " + std::to_string(core->ino));
     }
     inode->core = *core;
+    inode->changes.fetch_add(1, std::memory_order_relaxed);
     return {};
   }
   if (const auto* r = std::get_if<InodeFreeRecord>(&record)) {
@@ -211,11 +221,13 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
   if (inode == nullptr || inode->is_dir()) {
     return fail(EUCLEAN, "extent clear for missing or non-regular inode " + std::to_string(r.ino));
   }
+  inode->changes.fetch_add(1, std::memory_order_relaxed);
   apply_extent_clear(*inode, FileBlock(r.file_block), r.block_count);
   return {};
 }
 
 Result<void> FsImpl::apply_extent_set(Inode& inode, const format::ExtentRecord& r) {
+  inode.changes.fetch_add(1, std::memory_order_relaxed);
   if (r.dev_block < data_start_ || r.dev_block + r.block_count > data_end_) {
     return fail(EUCLEAN, "extent of inode " + std::to_string(r.ino) + " at device block " +
                              std::to_string(r.dev_block) + " lies outside the data area");

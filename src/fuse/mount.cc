@@ -119,9 +119,16 @@ void op_init(void*, fuse_conn_info* conn) {
   // No dropping of every cached page whenever the kernel sees a new mtime (which
   // its own writes make): changes by other paths are invalidated exactly.
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  // File handles (name_to_handle_at, an NFS export of the mount) stay valid
+  // across the kernel forgetting an inode and across remounts: the kernel asks
+  // for "." of the inode number in the handle, and inode numbers are never
+  // reused (so the generation is always 0).
+  if (conn->capable & FUSE_CAP_EXPORT_SUPPORT) conn->want |= FUSE_CAP_EXPORT_SUPPORT;
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  // "." of any inode: the kernel resolving a file handle (export support).
+  if (std::strcmp(name, ".") == 0) return reply_entry(req, InodeNumber(parent));
   auto ino = fs_of(req).lookup_at(InodeNumber(parent), name);
   if (!ino.has_value()) return reply_error(req, ino.error());
   reply_entry(req, *ino);
@@ -274,21 +281,41 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
   // A read that meets failed memory fails whole (EIO): the kernel then reads
   // page by page, so exactly the lost pages fail. Never a short read, which the
   // kernel would take for the end of the file.
-  auto n = fs_of(req).read(InodeNumber(ino), static_cast<uint64_t>(off), {buffer.data(), size});
+  Mount& m = mount_of(req);
+  const uint64_t epoch = m.served().epoch();
+  auto n = m.fs().read(InodeNumber(ino), static_cast<uint64_t>(off), {buffer.data(), size});
   if (!n.has_value()) return reply_error(req, n.error());
-  mount_of(req).served().record(ino, static_cast<uint64_t>(off), {buffer.data(), *n}, *n < size);
-  fuse_reply_buf(req, reinterpret_cast<const char*>(buffer.data()), *n);
+  m.served().record(ino, static_cast<uint64_t>(off), {buffer.data(), *n}, *n < size, epoch);
+  fuse_reply_buf(req, reinterpret_cast<const char*>(buffer.data()), *n);  // (req is gone from here on)
+  if (!m.options().read_only) m.fs().note_access(InodeNumber(ino));  // after the reply: off the read's path
 }
 
-void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info*) {
+void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info* fi) {
+  Mount& m = mount_of(req);
   const std::span<const std::byte> bytes{reinterpret_cast<const std::byte*>(buf), size};
-  auto n = fs_of(req).write(InodeNumber(ino), static_cast<uint64_t>(off), bytes);
-  // The kernel keeps the whole pages it wrote; a partly written one is its own mix.
-  if (!n.has_value()) {
-    mount_of(req).served().drop(ino, static_cast<uint64_t>(off), size);
-    return reply_error(req, n.error());
+  auto at = static_cast<uint64_t>(off);
+  // O_APPEND: the kernel put the bytes at its own idea of the end of file, which
+  // a change by another path (a truncate, a reflink over the file) makes stale
+  // (it learns new sizes only at its next getattr). They go at the real end;
+  // the kernel's pages and size are then invalidated, as its copy is wrong.
+  bool moved = false;
+  if (fi != nullptr && (fi->flags & O_APPEND) != 0) {
+    auto st = m.fs().stat(InodeNumber(ino));
+    if (st.has_value() && st->size_bytes != at) {
+      at = st->size_bytes;
+      moved = true;
+    }
   }
-  mount_of(req).served().record(ino, static_cast<uint64_t>(off), bytes.first(*n), false);
+  const uint64_t epoch = m.served().epoch();
+  auto n = m.fs().write(InodeNumber(ino), at, bytes);
+  // The kernel keeps the whole pages it wrote; a partly written one is its own mix.
+  if (!n.has_value() || moved) m.served().drop(ino, static_cast<uint64_t>(off), size);
+  if (moved) {
+    m.served().drop(ino, at, size);
+    m.invalidate(ino);
+  }
+  if (!n.has_value()) return reply_error(req, n.error());
+  if (!moved) m.served().record(ino, at, bytes.first(*n), false, epoch);
   fuse_reply_write(req, *n);
 }
 
@@ -319,7 +346,9 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   listing->entries.push_back(DirEntry{"..", *parent, FileType::Directory});
   for (auto& e : *entries) listing->entries.push_back(std::move(e));
   fi->fh = reinterpret_cast<uint64_t>(listing.get());
-  if (fuse_reply_open(req, fi) == 0) listing.release();
+  const bool read_only = mount_of(req).options().read_only;
+  if (fuse_reply_open(req, fi) == 0) listing.release();  // (req is gone from here on)
+  if (!read_only) fs.note_access(InodeNumber(ino));
 }
 
 void op_readdir(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
@@ -627,7 +656,9 @@ void Mount::on_event(const FsEvent& event) {
 // --- restoring lost pages from the kernel's copy ----------------------------------
 
 void Mount::restore_from(uint64_t ino, uint64_t offset, std::span<const std::byte> cached) {
-  if (offset % kBlockBytes != 0) return;
+  // A live direct mapping can store into a file with no record of it: the
+  // kernel's copy could be older than those stores. No restores meanwhile.
+  if (offset % kBlockBytes != 0 || fs_.mapping_count() != 0) return;
   for (uint64_t at = 0; at < cached.size(); at += kBlockBytes) {
     const auto page = cached.subspan(at, std::min<size_t>(kBlockBytes, cached.size() - at));
     const uint64_t index = (offset + at) / kBlockBytes;
@@ -636,6 +667,8 @@ void Mount::restore_from(uint64_t ino, uint64_t offset, std::span<const std::byt
     (void)fs_.restore_lost_block(InodeNumber(ino), offset + at, page, "the kernel's cached copy (FUSE mount)");
   }
 }
+
+void Mount::invalidate(uint64_t ino) { queue({Invalidation{ino, 0, 0, {}}}); }
 
 bool Mount::known(uint64_t ino) {
   if (ino == kRootInode.value()) return true;  // the kernel's from the start, never looked up

@@ -100,6 +100,8 @@ class Mount {
   const MountOptions& options() const { return options_; }
   void remember(uint64_t ino);                 // the kernel got a reference to it
   void forget(uint64_t ino, uint64_t count);   // ... and dropped `count` of them
+  // Drops the kernel's pages and attributes of `ino` (asynchronously).
+  void invalidate(uint64_t ino);
   // The pages the kernel got from this mount, for restores (ServedPages).
   ServedPages& served() { return served_; }
   // A retrieve's reply: the kernel's cached bytes from `offset`.

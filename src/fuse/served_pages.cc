@@ -7,14 +7,21 @@
 
 namespace poise::fusemount {
 
-void ServedPages::record(uint64_t ino, uint64_t offset, std::span<const std::byte> bytes, bool to_end) {
+uint64_t ServedPages::epoch() const {
+  std::lock_guard lock(mutex_);
+  return epoch_;
+}
+
+void ServedPages::record(uint64_t ino, uint64_t offset, std::span<const std::byte> bytes, bool to_end,
+                         uint64_t since) {
   if (bytes.empty()) return;
   const uint64_t end = offset + bytes.size();
   std::lock_guard lock(mutex_);
+  const bool current = epoch_ == since;
   auto& pages = files_[ino];
   for (uint64_t page = offset / kPageBytes; page * kPageBytes < end; ++page) {
     const uint64_t from = page * kPageBytes;
-    const bool whole = from >= offset && (from + kPageBytes <= end || to_end);
+    const bool whole = current && from >= offset && (from + kPageBytes <= end || to_end);
     auto it = pages.find(page);
     if (!whole) {
       if (it != pages.end()) {
@@ -37,12 +44,15 @@ void ServedPages::record(uint64_t ino, uint64_t offset, std::span<const std::byt
 
 void ServedPages::drop(uint64_t ino, uint64_t offset, uint64_t length) {
   std::lock_guard lock(mutex_);
+  ++epoch_;
   auto file = files_.find(ino);
   if (file == files_.end()) return;
   const uint64_t first = offset / kPageBytes;
-  const uint64_t end = length == 0 || length > std::numeric_limits<uint64_t>::max() - offset - kPageBytes
-                           ? std::numeric_limits<uint64_t>::max()
-                           : (offset + length + kPageBytes - 1) / kPageBytes;
+  // Past the last page a 64-bit offset can name (or length 0): to the end.
+  const uint64_t last_byte = length == 0 || length - 1 > std::numeric_limits<uint64_t>::max() - offset
+                                 ? std::numeric_limits<uint64_t>::max()
+                                 : offset + length - 1;
+  const uint64_t end = last_byte / kPageBytes + 1;
   std::erase_if(file->second, [&](const auto& entry) {
     const bool gone = entry.first >= first && entry.first < end;
     pages_ -= gone;

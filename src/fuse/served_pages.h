@@ -23,11 +23,16 @@ class ServedPages {
   static constexpr uint64_t kPageBytes = 4096;
   explicit ServedPages(size_t max_pages = size_t{1} << 20) : max_pages_(max_pages) {}
 
-  // The kernel got `bytes` of file `ino` at `offset`: each page they cover
-  // whole is recorded, and so is the last one if `to_end` (the bytes reach
-  // the end of file); a page they cover in part loses its record (the kernel's
-  // page mixes old and new bytes).
-  void record(uint64_t ino, uint64_t offset, std::span<const std::byte> bytes, bool to_end);
+  // Bumped by every drop(): take it before reading the bytes to record, and
+  // record() keeps nothing if a change came in between (its drop would have
+  // run before the record that it should have removed).
+  uint64_t epoch() const;
+  // The kernel got `bytes` of file `ino` at `offset`, read or written when the
+  // epoch was `since`: each page they cover whole is recorded, and so is the
+  // last one if `to_end` (the bytes reach the end of file); a page they cover
+  // in part loses its record (the kernel's page mixes old and new bytes), and
+  // so does every page they cover if the epoch moved since.
+  void record(uint64_t ino, uint64_t offset, std::span<const std::byte> bytes, bool to_end, uint64_t since);
   // Pages [offset, +length) (length 0: to the end of file) may hold other bytes now.
   void drop(uint64_t ino, uint64_t offset, uint64_t length);
   // The kernel forgot the inode: it caches none of its pages any more.
@@ -46,6 +51,7 @@ class ServedPages {
   mutable std::mutex mutex_;
   std::unordered_map<uint64_t, std::unordered_map<uint64_t, Sum>> files_;  // inode -> page -> sum
   size_t pages_ = 0;
+  uint64_t epoch_ = 0;
 };
 
 }  // namespace poise::fusemount

@@ -22,7 +22,7 @@ std::span<const std::byte> page(const std::vector<std::byte>& data, size_t index
 TEST(ServedPages, VouchesOnlyForTheBytesServedWhole) {
   ServedPages served;
   const auto data = bytes_of(3 * 4096 + 100, 1);  // three whole pages and a partial last one
-  served.record(7, 0, data, true);
+  served.record(7, 0, data, true, served.epoch());
   EXPECT_EQ(served.pages(), 4u);
   EXPECT_TRUE(served.vouches(7, 4096, page(data, 1)));
   EXPECT_TRUE(served.vouches(7, 3 * 4096, page(data, 3, 100)));
@@ -40,15 +40,15 @@ TEST(ServedPages, VouchesOnlyForTheBytesServedWhole) {
 TEST(ServedPages, APartlyCoveredPageIsNotVouchedFor) {
   ServedPages served;
   const auto data = bytes_of(3 * 4096, 2);
-  served.record(1, 0, data, false);
+  served.record(1, 0, data, false, served.epoch());
   // A write of bytes 100..5000: page 0 and page 1 now mix old and new bytes in the kernel.
   const auto part = bytes_of(4900, 3);
-  served.record(1, 100, part, false);
+  served.record(1, 100, part, false, served.epoch());
   EXPECT_FALSE(served.vouches(1, 0, page(data, 0)));
   EXPECT_FALSE(served.vouches(1, 4096, page(data, 1)));
   EXPECT_TRUE(served.vouches(1, 8192, page(data, 2)));
   // Bytes that do not reach the end of file do not make a partial last page whole.
-  served.record(2, 0, std::span<const std::byte>(data).first(5000), false);
+  served.record(2, 0, std::span<const std::byte>(data).first(5000), false, served.epoch());
   EXPECT_TRUE(served.vouches(2, 0, page(data, 0)));
   EXPECT_FALSE(served.vouches(2, 4096, page(data, 1, 904)));
 }
@@ -56,7 +56,7 @@ TEST(ServedPages, APartlyCoveredPageIsNotVouchedFor) {
 TEST(ServedPages, DropAndForgetEndTheRecords) {
   ServedPages served;
   const auto data = bytes_of(10 * 4096, 4);
-  served.record(5, 0, data, true);
+  served.record(5, 0, data, true, served.epoch());
   served.drop(5, 4096 + 10, 20);  // inside page 1 only
   EXPECT_TRUE(served.vouches(5, 0, page(data, 0)));
   EXPECT_FALSE(served.vouches(5, 4096, page(data, 1)));
@@ -64,22 +64,41 @@ TEST(ServedPages, DropAndForgetEndTheRecords) {
   served.drop(5, 6 * 4096, 0);  // from page 6 to the end
   EXPECT_TRUE(served.vouches(5, 5 * 4096, page(data, 5)));
   EXPECT_FALSE(served.vouches(5, 9 * 4096, page(data, 9)));
-  served.drop(5, UINT64_MAX - 10, 100);  // a range that would overflow: no crash, nothing in it
+  served.record(6, 0, data, false, served.epoch());
+  served.drop(6, UINT64_MAX - 10, 100);  // a range that would overflow: to the end, no record in it
+  EXPECT_EQ(served.pages(), 15u);
+  served.drop(6, 9 * 4096 + 5, UINT64_MAX);  // a length that would overflow: from page 9 to the end
+  EXPECT_TRUE(served.vouches(6, 8 * 4096, page(data, 8)));
+  EXPECT_FALSE(served.vouches(6, 9 * 4096, page(data, 9)));
+  served.forget(6);
   EXPECT_EQ(served.pages(), 5u);
   served.forget(5);
   EXPECT_EQ(served.pages(), 0u);
   EXPECT_FALSE(served.vouches(5, 0, page(data, 0)));
 }
 
+TEST(ServedPages, BytesReadBeforeAChangeAreNotRecordedAfterIt) {
+  ServedPages served;
+  const auto data = bytes_of(2 * 4096, 6);
+  served.record(3, 0, data, false, served.epoch());
+  const uint64_t before_read = served.epoch();
+  served.drop(3, 0, 4096);  // a change commits while the read's bytes are on their way
+  served.record(3, 0, data, false, before_read);
+  EXPECT_FALSE(served.vouches(3, 0, page(data, 0))) << "the old bytes must not come back as vouched";
+  EXPECT_FALSE(served.vouches(3, 4096, page(data, 1))) << "nor keep a record the read covered";
+  served.record(3, 0, data, false, served.epoch());
+  EXPECT_TRUE(served.vouches(3, 0, page(data, 0)));
+}
+
 TEST(ServedPages, StopsRecordingAtItsBound) {
   ServedPages served(3);
   const auto data = bytes_of(5 * 4096, 5);
-  served.record(1, 0, data, false);
+  served.record(1, 0, data, false, served.epoch());
   EXPECT_EQ(served.pages(), 3u);
   EXPECT_TRUE(served.vouches(1, 2 * 4096, page(data, 2)));
   EXPECT_FALSE(served.vouches(1, 3 * 4096, page(data, 3))) << "past the bound: not recorded";
   served.drop(1, 0, 4096);
-  served.record(1, 4 * 4096, page(data, 4), false);  // room again
+  served.record(1, 4 * 4096, page(data, 4), false, served.epoch());  // room again
   EXPECT_TRUE(served.vouches(1, 4 * 4096, page(data, 4)));
 }
 

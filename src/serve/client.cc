@@ -139,6 +139,19 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
       e.string(to);
     });
   }
+  Result<InodeNumber> symlink(std::string_view target, std::string_view link_path,
+                              std::optional<Credentials>) override {
+    return ino_call(Op::Symlink, [&](Encoder& e) {
+      e.string(target);
+      e.string(link_path);
+    });
+  }
+  Result<std::string> readlink(InodeNumber ino) override {
+    std::string target;
+    TRY(call(Op::Readlink, [&](Encoder& e) { e.u64(ino.value()); },
+             [&](Decoder& d) { return d.string(&target, UINT32_MAX); }));
+    return target;
+  }
   Result<void> link(std::string_view existing, std::string_view new_path) override {
     return call0(Op::Link, [&](Encoder& e) {
       e.string(existing);

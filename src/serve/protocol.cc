@@ -53,6 +53,8 @@ const char* op_name(Op op) {
     case Op::Offline: return "offline";
     case Op::Subscribe: return "subscribe";
     case Op::Event: return "event";
+    case Op::Symlink: return "symlink";
+    case Op::Readlink: return "readlink";
   }
   return "unknown";
 }

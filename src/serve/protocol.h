@@ -24,7 +24,7 @@
 
 namespace poise::serve {
 
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;  // 2: file type 2 (symbolic link), Symlink, Readlink
 inline constexpr size_t kHeaderBytes = 16;
 // The largest body either side accepts: 1 MiB of file data plus room for fields.
 inline constexpr uint32_t kBodyBytesMax = (1u << 20) + 4096;
@@ -81,8 +81,10 @@ enum class Op : uint16_t {
   // This connection becomes an event stream (root and the server's own user).
   Subscribe = 41,
   Event = 42,  // server to subscriber: string, one JSON object
+  Symlink = 43,   // string target, string link path -> u64 inode
+  Readlink = 44,  // u64 inode -> string target
 };
-inline constexpr uint16_t kOpMax = 42;
+inline constexpr uint16_t kOpMax = 44;
 
 // The steps of Op::Offline.
 enum class OfflineStep : uint8_t { PreRemove = 0, Cancel = 1, Remove = 2 };

@@ -304,6 +304,19 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       TRY(access_.may_change_name(path, true));
       TRY(access_.may_change_name(other, true));
       return fs_.rename(path, other);
+    case Op::Symlink: {
+      if (!in.string(&other) || !in.string(&path)) return bad();
+      TRY(access_.may_change_name(path, false));
+      const uint64_t made = TRY(fs_.symlink(other, path, Credentials{c_.peer.uid, c_.peer.gid})).value();
+      c_.reached.insert(made);
+      out.u64(made);
+      return {};
+    }
+    case Op::Readlink:
+      if (!in.u64(&a)) return bad();
+      TRY(access_.may_name(InodeNumber(a)));  // a link's own bits are never checked
+      out.string(TRY(fs_.readlink(InodeNumber(a))));
+      return {};
     case Op::Link: {
       if (!in.string(&path) || !in.string(&other)) return bad();
       auto target = TRY(access_.may_use(path, 0));

@@ -101,6 +101,8 @@ std::string tree(Filesystem& fs, const std::string& dir = "/") {
            std::to_string(st ? st->nlink : 0) + "\n";
     if (e.type == FileType::Directory) {
       out += tree(fs, path);
+    } else if (e.type == FileType::Symlink) {
+      out += "-> " + fs.readlink(e.ino).value_or("(unreadable)") + "\n";
     } else {
       out += read_file(fs, path) + "\n";
     }
@@ -124,7 +126,7 @@ TEST(Serve, TheClientAnswersAsTheInProcessApiDoes) {
   int succeeded = 0;
   for (int step = 0; step < 1500; ++step) {
     std::string what, results[2];
-    uint64_t op = rng.below(11);
+    uint64_t op = rng.below(13);
     std::string p = pick(), q = pick();
     uint64_t off = rng.below(3 * 4096 + 100), len = rng.below(3 * 1024 * 1024 / 2);
     std::string data(rng.below(6000) + 1, static_cast<char>('a' + rng.below(26)));
@@ -163,6 +165,14 @@ TEST(Serve, TheClientAnswersAsTheInProcessApiDoes) {
           std::string buf(len, '\0');
           auto n = i ? fs.read(*i, off, {reinterpret_cast<std::byte*>(buf.data()), buf.size()}) : Result<size_t>(0);
           results[side] = outcome(i) + outcome(n) + (n ? buf.substr(0, *n) : "");
+          break;
+        }
+        case 11: what = "symlink " + p + " -> " + q; results[side] = outcome(fs.symlink(q, p)); break;
+        case 12: {
+          what = "readlink " + p;
+          auto i = ino(p);
+          auto target = i ? fs.readlink(*i) : Result<std::string>(std::string());
+          results[side] = outcome(i) + (target ? "ok " + *target : "errno " + std::to_string(target.error().code));
           break;
         }
         default: {
