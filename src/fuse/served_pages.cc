@@ -1,6 +1,7 @@
 #include "fuse/served_pages.h"
 
 #include <algorithm>
+#include <iterator>
 #include <limits>
 
 #include "base/crc32c.h"
@@ -53,11 +54,11 @@ void ServedPages::drop(uint64_t ino, uint64_t offset, uint64_t length) {
                                  ? std::numeric_limits<uint64_t>::max()
                                  : offset + length - 1;
   const uint64_t end = last_byte / kPageBytes + 1;
-  std::erase_if(file->second, [&](const auto& entry) {
-    const bool gone = entry.first >= first && entry.first < end;
-    pages_ -= gone;
-    return gone;
-  });
+  auto& pages = file->second;
+  const auto from = pages.lower_bound(first);
+  const auto to = pages.lower_bound(end);
+  pages_ -= static_cast<size_t>(std::distance(from, to));
+  pages.erase(from, to);
   if (file->second.empty()) files_.erase(file);
 }
 

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <mutex>
 #include <span>
+#include <map>
 #include <unordered_map>
 
 namespace poise::fusemount {
@@ -49,7 +50,8 @@ class ServedPages {
   };
   const size_t max_pages_;
   mutable std::mutex mutex_;
-  std::unordered_map<uint64_t, std::unordered_map<uint64_t, Sum>> files_;  // inode -> page -> sum
+  // inode -> page -> sum; pages in order, so a drop costs what it removes.
+  std::unordered_map<uint64_t, std::map<uint64_t, Sum>> files_;
   size_t pages_ = 0;
   uint64_t epoch_ = 0;
 };
