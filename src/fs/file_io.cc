@@ -107,6 +107,14 @@ Result<size_t> FsImpl::write_through_bounce(InodeNumber ino, uint64_t offset, st
   return done;
 }
 
+std::optional<DevBlock> FsImpl::lost_block_at(const Inode& inode, uint64_t file_block) const {
+  Lookup lk = inode.extents.lookup(FileBlock(file_block));
+  if (!lk.mapped || (lk.mapping.flags & format::kExtentUnwritten) != 0 || !bad_overlap(lk.mapping.dev_block, 1)) {
+    return std::nullopt;
+  }
+  return lk.mapping.dev_block;
+}
+
 Result<void> FsImpl::restore_lost_block(InodeNumber ino, uint64_t offset, std::span<const std::byte> copy,
                                         std::string_view source) {
   TRY(check_writable());
@@ -114,15 +122,13 @@ Result<void> FsImpl::restore_lost_block(InodeNumber ino, uint64_t offset, std::s
     return fail(EINVAL, "a restored block starts on a block boundary and holds 1..4096 bytes");
   }
   TRY(refuse_own_pins(ino));
-  uint64_t failed = 0;  // the failed device block under it
+  uint64_t failed = 0;  // the failed device block under it (restore_one checks again, under the lock)
   {
     InodePtr inode = TRY(writable_file(ino));
     std::shared_lock lock(inode->lock);
-    Lookup lk = inode->extents.lookup(FileBlock(offset / kBlockSize));
-    if (!lk.mapped || (lk.mapping.flags & format::kExtentUnwritten) != 0 || !bad_overlap(lk.mapping.dev_block, 1)) {
-      return fail(ESTALE, "the block is not lost (rewritten or freed meanwhile)");
-    }
-    failed = lk.mapping.dev_block.value();
+    auto lost = lost_block_at(*inode, offset / kBlockSize);
+    if (!lost) return fail(ESTALE, "the block is not lost (rewritten or freed meanwhile)");
+    failed = lost->value();
   }
   TRY(restore_one(ino, offset, copy));
   FsEvent event;
@@ -398,10 +404,7 @@ Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::
     if (length != std::min<uint64_t>(kBlockSize, size - offset)) {
       return fail(EINVAL, "a restored block must be whole (or reach the end of file)");
     }
-    Lookup lk = inode->extents.lookup(FileBlock(first));
-    if (!lk.mapped || (lk.mapping.flags & format::kExtentUnwritten) != 0 || !bad_overlap(lk.mapping.dev_block, 1)) {
-      return fail(ESTALE, "the block is not lost (rewritten or freed meanwhile)");
-    }
+    if (!lost_block_at(*inode, first)) return fail(ESTALE, "the block is not lost (rewritten or freed meanwhile)");
     // Any change since the failure (a punch or truncate inside the lost block
     // changes what it should hold without moving it): the copy may be stale.
     if (inode->changes.load(std::memory_order_relaxed) != *restore_changes) {
@@ -435,8 +438,7 @@ Result<void> FsImpl::refuse_partial_lost_blocks(const Inode& inode, uint64_t off
     uint64_t block = at / kBlockSize;
     bool whole = offset <= block * kBlockSize && offset + length >= (block + 1) * kBlockSize;
     if (whole) continue;
-    Lookup lk = inode.extents.lookup(FileBlock(block));
-    if (lk.mapped && (lk.mapping.flags & format::kExtentUnwritten) == 0 && bad_overlap(lk.mapping.dev_block, 1)) {
+    if (lost_block_at(inode, block)) {
       return fail(EIO, "inode " + std::to_string(inode.ino.value()) + ": file bytes " +
                            std::to_string(block * kBlockSize) + ".." + std::to_string((block + 1) * kBlockSize) +
                            " are lost; rewrite the whole 4 KiB block to replace them");

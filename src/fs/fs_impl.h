@@ -259,6 +259,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   void fence_off_locked(DevRun run);
   // The first failed block of [dev, +count), if any.
   std::optional<DevRun> bad_overlap(DevBlock dev, uint64_t count) const;
+  // The device block under a written file block, if its memory failed (the
+  // file's bytes there are lost). REQUIRES: inode.lock held.
+  std::optional<DevBlock> lost_block_at(const Inode& inode, uint64_t file_block) const;
   // Feeds the device's known bad ranges in, before the mount completes (flow 2).
   Result<void> take_in_device_bad_ranges();
   // Stops using the device for mappings and failure notices (unmount, shutdown).

@@ -214,7 +214,7 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
   }
   if (type == FileType::Symlink) perm = 0777;  // a link's own bits are never checked
   format::InodeCore core{next_ino_, type_bits(type) | perm, type == FileType::Directory ? 2u : 1u,
-                         owner ? owner->uid : options_.uid, gid, 0, t, t, t};
+                         owner ? owner->uid : options_.uid, gid, target.size(), t, t, t};
   format::InodeCore parent_core = parent->core;
   parent_core.mtime_ns = parent_core.ctime_ns = t;
   if (type == FileType::Directory) ++parent_core.nlink;
@@ -229,18 +229,14 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
     uint64_t used = store_locked(staged, 0, reinterpret_cast<const std::byte*>(target.data()), target.size(),
                                  &records, &fresh);
     unreserve_blocks(1 - used);
-    records[0] = format::InodeCore{core.ino, core.mode, core.nlink, core.uid, core.gid, target.size(),
-                                   t, t, t};
     // A link has no fsync of its own: on a device whose persistence is the
     // host's page cache its target is written back before the link is made.
-    for (const auto& r : records) {
-      const auto* e = std::get_if<format::ExtentRecord>(&r);
-      if (e != nullptr && device_.domain() == PersistenceDomain::PageCache) {
-        auto synced = device_.sync_range(e->dev_block * kBlockSize, uint64_t{e->block_count} * kBlockSize);
-        if (!synced.has_value()) {
-          give_back_fresh_blocks(records);
-          return Unexpected<Error>(std::move(synced).error());
-        }
+    const auto* e = std::get_if<format::ExtentRecord>(&records.back());
+    if (e != nullptr && device_.domain() == PersistenceDomain::PageCache) {
+      auto synced = device_.sync_range(e->dev_block * kBlockSize, uint64_t{e->block_count} * kBlockSize);
+      if (!synced.has_value()) {
+        give_back_fresh_blocks(records);
+        return Unexpected<Error>(std::move(synced).error());
       }
     }
     if (fresh) device_.drain();

@@ -308,14 +308,15 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_
   }
   const uint64_t epoch = m.served().epoch();
   auto n = m.fs().write(InodeNumber(ino), at, bytes);
-  // The kernel keeps the whole pages it wrote; a partly written one is its own mix.
-  if (!n.has_value() || moved) m.served().drop(ino, static_cast<uint64_t>(off), size);
-  if (moved) {
-    m.served().drop(ino, at, size);
+  if (moved) {  // every page the kernel has of the file is invalidated, so no record stands either
+    m.served().drop(ino, 0, 0);
     m.invalidate(ino);
+  } else if (!n.has_value()) {
+    m.served().drop(ino, at, size);
+  } else {  // the kernel keeps the whole pages it wrote; a partly written one is its own mix
+    m.served().record(ino, at, bytes.first(*n), false, epoch);
   }
   if (!n.has_value()) return reply_error(req, n.error());
-  if (!moved) m.served().record(ino, at, bytes.first(*n), false, epoch);
   fuse_reply_write(req, *n);
 }
 
@@ -632,18 +633,24 @@ void Mount::forget(uint64_t ino, uint64_t count) {
 
 // --- invalidation ------------------------------------------------------------------
 
+Mount::Invalidation Mount::pages_of(uint64_t ino, uint64_t offset, uint64_t length) {
+  const uint64_t from = offset / kBlockBytes * kBlockBytes;
+  if (length == 0) return Invalidation{ino, static_cast<int64_t>(from), 0, {}};
+  const uint64_t to = (offset + length + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
+  return Invalidation{ino, static_cast<int64_t>(from), static_cast<int64_t>(to - from), {}};
+}
+
 void Mount::on_event(const FsEvent& event) {
   std::vector<Invalidation> items;
   if (event.kind == FsEvent::Kind::MemoryFailure) {
     for (const auto& f : event.files) {
-      // Whole pages: the kernel caches pages, and the failure is block-granular.
-      uint64_t from = f.file_offset / kBlockBytes * kBlockBytes;
-      uint64_t to = (f.file_offset + f.length + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
+      Invalidation pages = pages_of(f.ino.value(), f.file_offset, f.length);
       // The kernel's copy first (it is taken at once, before the pages go).
       if (known(f.ino.value())) {
-        items.push_back({f.ino.value(), static_cast<int64_t>(from), static_cast<int64_t>(to - from), {}, true});
+        items.push_back(pages);
+        items.back().retrieve = true;
       }
-      items.push_back({f.ino.value(), static_cast<int64_t>(from), static_cast<int64_t>(to - from)});
+      items.push_back(std::move(pages));
     }
   }
   if (event.kind == FsEvent::Kind::PreRemove || event.kind == FsEvent::Kind::Removed) {
@@ -661,9 +668,8 @@ void Mount::restore_from(uint64_t ino, uint64_t offset, std::span<const std::byt
   if (offset % kBlockBytes != 0 || fs_.mapping_count() != 0) return;
   for (uint64_t at = 0; at < cached.size(); at += kBlockBytes) {
     const auto page = cached.subspan(at, std::min<size_t>(kBlockBytes, cached.size() - at));
-    const uint64_t index = (offset + at) / kBlockBytes;
     // Never served whole, changed since, or not the bytes served: it stays lost.
-    if (!served_.vouches(ino, index * kBlockBytes, page)) continue;
+    if (!served_.vouches(ino, offset + at, page)) continue;
     (void)fs_.restore_lost_block(InodeNumber(ino), offset + at, page, "the kernel's cached copy (FUSE mount)");
   }
 }
@@ -678,13 +684,10 @@ bool Mount::known(uint64_t ino) {
 
 void Mount::on_change(const FsChange& change) {
   if (t_serving_requests || !known(change.ino.value())) return;
-  if (change.kind == FsChange::Kind::Data) served_.drop(change.ino.value(), change.offset, change.length);
-  Invalidation item{change.ino.value(), -1, 0, {}};
+  Invalidation item{change.ino.value(), -1, 0, {}};  // attributes only
   if (change.kind == FsChange::Kind::Data) {
-    uint64_t from = change.offset / kBlockBytes * kBlockBytes;
-    uint64_t to = change.length == 0 ? 0 : (change.offset + change.length + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
-    item.offset = static_cast<int64_t>(from);
-    item.length = change.length == 0 ? 0 : static_cast<int64_t>(to - from);
+    served_.drop(change.ino.value(), change.offset, change.length);
+    item = pages_of(change.ino.value(), change.offset, change.length);
   } else if (change.kind == FsChange::Kind::Entry) {
     item.name = std::string(change.name);
   }

@@ -119,6 +119,8 @@ class Mount {
     bool retrieve = false;  // ask for the kernel's cached pages instead (restore_from)
   };
   bool known(uint64_t ino);  // the kernel holds a reference to it
+  // The whole pages holding file bytes [offset, +length) (length 0: to the end).
+  static Invalidation pages_of(uint64_t ino, uint64_t offset, uint64_t length);
   void queue(std::vector<Invalidation> items);
 
   Filesystem& fs_;
