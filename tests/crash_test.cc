@@ -10,7 +10,8 @@
 //     for workloads that overwrite in place or run on the page-cache model,
 //     everything fsync'd,
 //   - accept new writes and remount.
-// Workloads: mixed namespace and data operations; a journal that fills and
+// Workloads: mixed namespace and data operations (symbolic links and
+// RENAME_EXCHANGE among them); a journal that fills and
 // checkpoints; in-place overwrites with fsync (both models); fsync'd files on an
 // emulated device (page cache); two threads at once. Each crash point runs with
 // several seeds, printed.
@@ -59,6 +60,12 @@ void collect(Filesystem& fs, const std::string& dir, State* out) {
     if (e.type == FileType::Directory) {
       (*out)[path] = "<dir>";
       collect(fs, path, out);
+      continue;
+    }
+    if (e.type == FileType::Symlink) {
+      auto target = fs.readlink(e.ino);
+      ASSERT_TRUE(target.has_value()) << path << ": " << target.error().message;
+      (*out)[path] = "<link> " + *target;
       continue;
     }
     auto st = fs.stat(e.ino);
@@ -196,6 +203,10 @@ std::vector<Op> mixed_workload() {
       [](Filesystem& fs) { ASSERT_TRUE(fs.mkdir("/d/sub").has_value()); },
       [](Filesystem& fs) { must(fs.rename("/c", "/d/f3"), "rename over"); },
       [](Filesystem& fs) { must(fs.rmdir("/d/sub"), "rmdir"); },
+      [](Filesystem& fs) { ASSERT_TRUE(fs.symlink("f3", "/d/ln").has_value()); },
+      [](Filesystem& fs) {
+        must(fs.rename_at(kRootInode, "b", ino_of(fs, "/d"), "f3", RenameFlags::Exchange), "exchange");
+      },
       [](Filesystem& fs) { must(fs.fsync(ino_of(fs, "/b")), "fsync"); },
   };
 }

@@ -506,6 +506,9 @@ check_clean
 mount_img
 head -c 1000000 /dev/urandom >"$WORK/big"
 cp "$WORK/big" "$MNT/synced" && sync "$MNT/synced"
+# A link, and an exchange, acknowledged just before the kill (names are journaled).
+ln -s synced "$MNT/synced-link" && echo one >"$MNT/x1" && echo two >"$MNT/x2"
+$PY -c "import ctypes; assert ctypes.CDLL(None).renameat2(-100, b'$MNT/x1', -100, b'$MNT/x2', 2) == 0"
 sleep 1000 <"$MNT/synced" &   # a program holding a file open
 HOLDER=$!
 kill -9 "$SERVER"
@@ -523,6 +526,10 @@ wait "$HOLDER" 2>/dev/null
 check_clean
 expect 0 "$POISE" cat "$IMG" /synced
 cmp -s "$WORK/out" "$WORK/big" && ok || bad "an fsync'd file must survive kill -9 of the server"
+expect 0 "$POISE" stat "$IMG" /synced-link --json
+contains "$WORK/out" '"target": "synced"'
+expect 0 "$POISE" cat "$IMG" /x1
+contains "$WORK/out" "two"
 
 # --- a hostile caller: closed standard descriptors, and an image and mount
 # point whose names hold a space and a comma (mount options and

@@ -257,6 +257,29 @@ TEST_F(FsTest, ASymbolicLinkHoldsItsTargetAndSurvivesACrash) {
   expect_clean();
 }
 
+TEST_F(FsTest, ASymbolicLinkOnAFullDeviceIsRefusedWholeAndFitsOnceSpaceIsFreed) {
+  int files = 0;
+  for (;; ++files) {
+    auto ino = fs_->create("/fill" + std::to_string(files));
+    if (!ino.has_value()) break;
+    if (!fs_->write(*ino, 0, as_bytes(std::string(1 << 20, 'f'))).has_value()) break;
+  }
+  // Fill the last blocks one at a time, so that not even a link's block is left.
+  write_file(*fs_, "/small", "s");
+  for (uint64_t at = kBlockSize;; at += kBlockSize) {
+    if (!fs_->write(*fs_->lookup("/small"), at, as_bytes("s")).has_value()) break;
+  }
+  EXPECT_ERRNO(fs_->symlink("target", "/link"), ENOSPC);
+  EXPECT_ERRNO(fs_->lookup("/link"), ENOENT);  // no link without its target
+  expect_clean();
+  ASSERT_OK(fs_->unlink("/fill0"));
+  ASSERT_OK(fs_->symlink("target", "/link"));
+  EXPECT_EQ(fs_->readlink(*fs_->lookup("/link")).value_or(""), "target");
+  crash_and_mount();
+  EXPECT_EQ(fs_->readlink(*fs_->lookup("/link")).value_or(""), "target");
+  expect_clean();
+}
+
 TEST_F(FsTest, AnImageFromBeforeSymbolicLinksIsMarkedAtItsFirstLink) {
   ASSERT_OK(fs_->unmount());
   fs_.reset();
