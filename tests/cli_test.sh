@@ -12,7 +12,7 @@ contains "$WORK/out" "Exit codes:"
 expect 2 "$POISE"
 expect 2 "$POISE" frobnicate
 for c in mkfs info ls stat mkdir put get cat rm mv ln reflink truncate fsmap check repair demo \
-         inject-poison clear-poison badblocks; do
+         inject-poison clear-poison badblocks xattr; do
   expect 0 "$POISE" "$c" --help
 done
 expect 2 "$POISE" mkfs "$IMG" --size banana
@@ -234,6 +234,47 @@ expect 3 "$POISE" repair "$WORK/no-such.img"
 head -c $((32 << 20)) /dev/zero >"$WORK/zeros.img"
 expect 5 "$POISE" repair "$WORK/zeros.img"
 contains "$WORK/err" "not a poise filesystem"
+
+# --- extended attributes: set, read (raw bytes), list, JSON, remove, errors
+XI=$WORK/xattr.img
+expect 0 "$POISE" mkfs "$XI" --size 32M
+echo hello >"$WORK/xattr-hello"
+expect 0 "$POISE" put "$XI" "$WORK/xattr-hello" /f
+expect 0 "$POISE" xattr "$XI" /f user.color --set blue
+expect 0 "$POISE" xattr "$XI" /f user.bin --set-hex 0x00ff0a
+expect 0 "$POISE" xattr "$XI" /f user.empty --set-hex 0x
+expect 0 "$POISE" xattr "$XI" /f user.color
+[ "$(cat "$WORK/out")" = blue ] && ok || bad "xattr NAME prints the value's bytes: $(cat "$WORK/out")"
+expect 0 "$POISE" xattr "$XI" /f user.bin
+[ "$(od -An -tx1 "$WORK/out" | tr -d ' \n')" = 00ff0a ] && ok || bad "a binary value must come out byte for byte"
+expect 0 "$POISE" xattr "$XI" /f
+[ "$(cat "$WORK/out")" = "$(printf 'user.bin=0x00ff0a\nuser.color="blue"\nuser.empty=""')" ] && ok ||
+  bad "xattr lists names in order with their values: $(cat "$WORK/out")"
+expect 0 "$POISE" xattr "$XI" /f --json
+python3 -c "
+import json; d = json.load(open('$WORK/out'))
+assert [(e['name'], e['value_hex']) for e in d] == [('user.bin', '00ff0a'), ('user.color', '626c7565'), ('user.empty', '')], d
+" && ok || bad "xattr --json: $(cat "$WORK/out")"
+expect 7 "$POISE" xattr "$XI" /f user.color --set red --create
+expect 3 "$POISE" xattr "$XI" /f user.none --set red --replace
+expect 0 "$POISE" xattr "$XI" /f user.color --set red --replace
+expect 3 "$POISE" xattr "$XI" /f user.none
+contains "$WORK/err" "no such attribute"
+expect 10 "$POISE" xattr "$XI" /f other.name --set x
+expect 8 "$POISE" xattr "$XI" /f user.big --set "$(head -c 3073 /dev/zero | tr '\0' x)"
+expect 8 "$POISE" xattr "$XI" /f system.posix_acl_access --set-hex 0x02000000
+expect 2 "$POISE" xattr "$XI" /f --remove
+expect 2 "$POISE" xattr "$XI" /f user.color --set a --remove
+expect 2 "$POISE" xattr "$XI" /f user.color --set-hex 0xzz
+expect 3 "$POISE" xattr "$XI" /missing
+expect 0 "$POISE" xattr "$XI" /f user.empty --remove
+expect 3 "$POISE" xattr "$XI" /f user.empty --remove
+expect 0 "$POISE" check "$XI"
+contains "$WORK/out" "clean"
+chmod 0444 "$XI"
+expect 0 "$POISE" xattr "$XI" /f user.color          # read-only commands work on a read-only image
+[ "$(cat "$WORK/out")" = red ] && ok || bad "the value after --replace, read from a 0444 image"
+chmod 0644 "$XI"
 
 # --- the image is locked against a second process
 ( exec 9<"$IMG"; flock -x 9; sleep 2 ) &

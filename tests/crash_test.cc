@@ -25,6 +25,7 @@
 
 #include "base/random.h"
 #include "device/crash_device.h"
+#include "fs/posix_acl.h"
 #include "poise/filesystem.h"
 
 namespace poise {
@@ -57,6 +58,11 @@ void collect(Filesystem& fs, const std::string& dir, State* out) {
   ASSERT_TRUE(entries.has_value()) << entries.error().message;
   for (const auto& e : *entries) {
     std::string path = (dir == "/" ? "" : dir) + "/" + e.name;
+    // Extended attributes (ACLs among them), and then the permission bits they may set.
+    auto names = fs.list_xattrs(e.ino);
+    ASSERT_TRUE(names.has_value()) << path << ": " << names.error().message;
+    for (const std::string& name : *names) (*out)[path + " xattr " + name] = fs.get_xattr(e.ino, name).value_or("?");
+    if (!names->empty()) (*out)[path + " mode"] = std::to_string(fs.stat(e.ino)->mode);
     if (e.type == FileType::Directory) {
       (*out)[path] = "<dir>";
       collect(fs, path, out);
@@ -180,6 +186,12 @@ void verify_crash_point(const std::vector<Op>& ops, const Trace& reference, uint
   EXPECT_TRUE((*again)->check().clean());
 }
 
+// An ACL with a named user: kept as an attribute, and it sets the mode.
+std::string some_acl() {
+  return acl::encode({{acl::kUserObj, 7, 0}, {acl::kUser, 6, 1000}, {acl::kGroupObj, 5, 0}, {acl::kMask, 5, 0},
+                      {acl::kOther, 0, 0}});
+}
+
 std::vector<Op> mixed_workload() {
   std::string block_a(10000, 'a');
   return {
@@ -207,6 +219,11 @@ std::vector<Op> mixed_workload() {
       [](Filesystem& fs) {
         must(fs.rename_at(kRootInode, "b", ino_of(fs, "/d"), "f3", RenameFlags::Exchange), "exchange");
       },
+      [](Filesystem& fs) { must(fs.set_xattr(ino_of(fs, "/d"), "user.k", std::string(3000, 'x')), "setxattr"); },
+      [](Filesystem& fs) { must(fs.set_xattr(ino_of(fs, "/b"), acl::kAccessName, some_acl()), "set access ACL"); },
+      [](Filesystem& fs) { must(fs.set_xattr(ino_of(fs, "/d"), acl::kDefaultName, some_acl()), "set default ACL"); },
+      [](Filesystem& fs) { ASSERT_TRUE(fs.mkdir("/d/inherits").has_value()); },
+      [](Filesystem& fs) { must(fs.remove_xattr(ino_of(fs, "/d"), "user.k"), "removexattr"); },
       [](Filesystem& fs) { must(fs.fsync(ino_of(fs, "/b")), "fsync"); },
   };
 }

@@ -109,6 +109,73 @@ rsync -aH "$SRC/" "$MNT/rsync/" && ok || bad "rsync -aH failed"
 same_files "$SRC" "$MNT/rsync"
 rsync -aH --stats "$SRC/" "$MNT/rsync/" >"$WORK/rsync2"
 contains "$WORK/rsync2" "Number of regular files transferred: 0"
+# --- extended attributes and POSIX ACLs: setfattr/getfattr, setfacl/getfacl,
+# the umask left to poise and default ACLs inherited, rsync -aHAX twice
+X=$MNT/xsrc
+mkdir -p "$X/dir/sub" && echo data >"$X/dir/file" && ln "$X/dir/file" "$X/dir/hard" && ln -s file "$X/dir/link"
+# (rsync leaves a link's time alone when it is within the same second)
+touch -h -d '2020-01-01 00:00:00.123456789' "$X/dir/link"
+setfattr -n user.color -v blue "$X/dir/file" && ok || bad "setfattr on the mount failed"
+setfattr -n user.bin -v 0x00ff10 "$X/dir/file" && ok || bad "setfattr of a binary value failed"
+setfattr -n trusted.t -v root-only "$X/dir" && ok || bad "setfattr of a trusted. attribute failed"
+BIG=$(head -c 3072 /dev/zero | tr '\0' z)
+setfattr -n user.big -v "$BIG" "$X/dir/sub" && ok || bad "setfattr of a 3 KiB value failed"
+[ "$(getfattr --only-values -n user.color "$X/dir/file")" = blue ] && ok || bad "getfattr user.color"
+getfattr -e hex -n user.bin "$X/dir/file" >"$WORK/xattr.hex" 2>&1
+contains "$WORK/xattr.hex" "user.bin=0x00ff10"
+[ "$(getfattr --only-values -n user.big "$X/dir/sub")" = "$BIG" ] && ok || bad "getfattr of the 3 KiB value"
+setfattr -n user.toolong -v "${BIG}z" "$X/dir/sub" 2>"$WORK/xattr.err" && bad "a value over 3 KiB must be refused" || ok
+contains "$WORK/xattr.err" "Argument list too long"
+setfattr -n os2.name -v 1 "$X/dir/file" 2>"$WORK/xattr.err" && bad "an unknown namespace must be refused" || ok
+contains "$WORK/xattr.err" "Operation not supported"
+setfattr -x user.none "$X/dir/file" 2>"$WORK/xattr.err" && bad "removing a missing attribute must fail" || ok
+contains "$WORK/xattr.err" "No such attribute"
+$PY - "$X/dir/file" <<'PYEOF' && ok || bad "XATTR_CREATE and XATTR_REPLACE through the mount"
+import errno, os, sys
+f = sys.argv[1]
+try:
+    os.setxattr(f, "user.color", b"red", os.XATTR_CREATE)
+    sys.exit("XATTR_CREATE over an existing attribute succeeded")
+except OSError as e:
+    assert e.errno == errno.EEXIST, e
+try:
+    os.setxattr(f, "user.new", b"x", os.XATTR_REPLACE)
+    sys.exit("XATTR_REPLACE of a missing attribute succeeded")
+except OSError as e:
+    assert e.errno == errno.ENODATA, e
+os.setxattr(f, "user.color", b"green", os.XATTR_REPLACE)
+assert os.getxattr(f, "user.color") == b"green"
+os.setxattr(f, "user.color", b"blue")
+assert sorted(os.listxattr(f)) == ["user.bin", "user.color"], os.listxattr(f)
+PYEOF
+setfacl -m u:65534:rw,g:65534:r "$X/dir/file" && ok || bad "setfacl on the mount failed"
+getfacl -cpn "$X/dir/file" >"$WORK/acl" 2>&1
+contains "$WORK/acl" "user:65534:rw-"
+contains "$WORK/acl" "mask::rw-"
+[ "$(stat -c %a "$X/dir/file")" = 664 ] && ok || bad "the mask is the group bits: mode $(stat -c %a "$X/dir/file")"
+chmod 640 "$X/dir/file"
+getfacl -cpn "$X/dir/file" >"$WORK/acl" 2>&1
+contains "$WORK/acl" "mask::r--"
+contains "$WORK/acl" "user:65534:rw-"
+setfacl -d -m u:65534:rwx "$X/dir" && ok || bad "setfacl -d on the mount failed"
+(umask 077 && touch "$X/dir/inherits" && mkdir "$X/dir/subdir" && touch "$X/masked")
+[ "$(stat -c %a "$X/masked")" = 600 ] && ok || bad "the umask applies without a default ACL: $(stat -c %a "$X/masked")"
+[ "$(stat -c %a "$X/dir/inherits")" = 664 ] && ok || bad "a default ACL replaces the umask: $(stat -c %a "$X/dir/inherits")"
+getfacl -cpn "$X/dir/inherits" >"$WORK/acl" 2>&1
+contains "$WORK/acl" "user:65534:rwx	#effective:rw-"
+getfacl -cpn "$X/dir/subdir" >"$WORK/acl" 2>&1
+contains "$WORK/acl" "default:user:65534:rwx"
+xdump() {  # xdump DIR: every attribute (all namespaces, ACLs included) and ACL under DIR
+  (cd "$1" && getfattr -R -P -d -m - -e hex . 2>/dev/null && getfacl -R -P -p . 2>/dev/null)
+}
+xdump "$X" >"$WORK/x.before"
+contains "$WORK/x.before" "trusted.t="
+rsync -aHAX "$X/" "$MNT/xcopy/" && ok || bad "rsync -aHAX failed"
+xdump "$MNT/xcopy" >"$WORK/x.copy"
+cmp -s "$WORK/x.before" "$WORK/x.copy" && ok || bad "rsync -aHAX lost attributes: $(diff "$WORK/x.before" "$WORK/x.copy" | head -6)"
+same_files "$X" "$MNT/xcopy"
+rsync -aHAX --stats "$X/" "$MNT/xcopy/" >"$WORK/rsync2"
+contains "$WORK/rsync2" "Number of regular files transferred: 0"
 # git: init, add, commit, clone, fsck, all on the mount
 (
   set -e
@@ -430,6 +497,8 @@ $PY "$WORK/handle.py" save "$MNT/by-handle" "$MNT/gone-by-handle" "$WORK/handles
 umount_img
 mount_img -o cache=3600
 rm "$MNT/gone-by-handle"
+xdump "$MNT/xcopy" >"$WORK/x.after"
+cmp -s "$WORK/x.before" "$WORK/x.after" && ok || bad "attributes changed across a remount: $(diff "$WORK/x.before" "$WORK/x.after" | head -6)"
 $PY "$WORK/handle.py" open "$MNT" "$WORK/handles" >"$WORK/handles.out" 2>&1
 [ "$(tr '\n' ' ' <"$WORK/handles.out")" = "kept by handle errno 116 " ] && ok ||
   bad "a handle must open its file after a remount, and a removed file's must be stale (ESTALE 116): $(cat "$WORK/handles.out")"
@@ -559,6 +628,16 @@ if command -v setpriv >/dev/null; then
   "${NOBODY[@]}" chmod 0600 "$MNT/rootfile" 2>/dev/null && bad "nobody must not chmod root's file" || ok
   "${NOBODY[@]}" chown 65534 "$MNT/shared/n" && ok || bad "chown to oneself is allowed"
   "${NOBODY[@]}" chown 0 "$MNT/shared/n" 2>/dev/null && bad "nobody must not give a file to root" || ok
+  # POSIX ACLs, enforced by the kernel from what poise keeps
+  echo secret >"$MNT/aclfile" && chmod 0600 "$MNT/aclfile"
+  "${NOBODY[@]}" cat "$MNT/aclfile" >/dev/null 2>&1 && bad "nobody must not read root's 0600 file" || ok
+  setfacl -m u:65534:r "$MNT/aclfile"
+  [ "$("${NOBODY[@]}" cat "$MNT/aclfile" 2>&1)" = secret ] && ok || bad "an ACL entry must let nobody read"
+  setfacl -m m::- "$MNT/aclfile"
+  "${NOBODY[@]}" cat "$MNT/aclfile" >/dev/null 2>&1 && bad "the ACL mask must limit the named entry" || ok
+  "${NOBODY[@]}" setfattr -n user.x -v 1 "$MNT/aclfile" 2>/dev/null && bad "nobody must not set attributes of root's file" || ok
+  "${NOBODY[@]}" setfattr -n trusted.x -v 1 "$MNT/shared/n" 2>/dev/null && bad "only root may set trusted. attributes" || ok
+  "${NOBODY[@]}" setfattr -n user.mine -v 1 "$MNT/shared/n" && ok || bad "nobody may set attributes of its own file"
   umount_img
   mount_img -o ro
   sh -c "echo x >'$MNT/ro-write'" 2>"$WORK/ro.err" && bad "a read-only mount must refuse writes" || ok

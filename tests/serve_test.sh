@@ -164,7 +164,7 @@ def ask(op, body):
     n = struct.unpack('<I', head[:4])[0]
     data = sock.recv(n, socket.MSG_WAITALL) if n else b''
     return struct.unpack('<i', data[:4])[0]
-assert ask(1, struct.pack("<I", 2)) == 0  # hello (protocol version 2)
+assert ask(1, struct.pack("<I", 3)) == 0  # hello (protocol version 3)
 PY
   cat >"$WORK/raw.py" <<'PY'
 from wire import *
@@ -197,6 +197,27 @@ PY
   expect 11 "${AS_NOBODY[@]}" "$POISE" put "$IMG" "$WORK/other" /readable
   expect 0 "$POISE" cat "$IMG" /readable
   same "$WORK/out" "$WORK/data" "a denied put changed the file"
+  # Extended attributes as the kernel checks them: user. by the file's mode,
+  # trusted. root's alone (not even listed for others), ACLs by the owner.
+  expect 0 "$POISE" xattr "$IMG" /readable user.k --set v
+  expect 0 "$POISE" xattr "$IMG" /readable trusted.t --set root-only
+  expect 0 "$POISE" xattr "$IMG" /secret user.s --set hidden
+  expect 0 "${AS_NOBODY[@]}" "$POISE" xattr "$IMG" /readable
+  contains "$WORK/out" 'user.k="v"'
+  not_contains "$WORK/out" "trusted.t"
+  expect 3 "${AS_NOBODY[@]}" "$POISE" xattr "$IMG" /readable trusted.t
+  expect 11 "${AS_NOBODY[@]}" "$POISE" xattr "$IMG" /readable user.k --set x
+  expect 11 "${AS_NOBODY[@]}" "$POISE" xattr "$IMG" /secret user.s
+  expect 8 "${AS_NOBODY[@]}" "$POISE" xattr "$IMG" /readable trusted.t --set mine
+  expect 8 "${AS_NOBODY[@]}" "$POISE" xattr "$IMG" /readable system.posix_acl_access --set-hex 0x0200000001000600ffffffff04000400ffffffff20000400ffffffff
+  expect 0 "${AS_NOBODY[@]}" "$POISE" put "$IMG" "$WORK/data" /pub/mine
+  expect 0 "${AS_NOBODY[@]}" "$POISE" xattr "$IMG" /pub/mine user.mine --set ok
+  # Its own ACL: u::rw-, g::r--, o::r-- in Linux's form sets the mode bits.
+  expect 0 "${AS_NOBODY[@]}" "$POISE" xattr "$IMG" /pub/mine system.posix_acl_access --set-hex 0x0200000001000600ffffffff04000400ffffffff20000000ffffffff
+  expect 0 "$POISE" stat "$IMG" /pub/mine --json
+  contains "$WORK/out" '"mode": "0640"'
+  expect 0 "$POISE" xattr "$IMG" /readable user.k
+  [ "$(cat "$WORK/out")" = v ] && ok || bad "a denied xattr change changed the value"
   stop
   expect 0 "$POISE" check "$IMG"
   # A socket another user bound beside an image is not believed.

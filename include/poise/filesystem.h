@@ -76,6 +76,10 @@ enum class SeekTarget : uint8_t { Data, Hole };
 // and swap the inodes they name atomically (renameat2's RENAME_EXCHANGE).
 enum class RenameFlags : uint8_t { None, NoReplace, Exchange };
 
+// set_xattr: Create fails with EEXIST if the attribute exists (XATTR_CREATE),
+// Replace with ENODATA if it does not (XATTR_REPLACE).
+enum class XattrMode : uint8_t { Either, Create, Replace };
+
 // What set_attributes changes; an empty field is left as it is. The change
 // time is always set to now.
 struct SetAttributes {
@@ -274,6 +278,24 @@ class Filesystem {
   virtual Result<InodeNumber> symlink_at(InodeNumber dir, std::string_view name, std::string_view target,
                                          std::optional<Credentials> owner = std::nullopt);
   virtual Result<std::string> readlink(InodeNumber ino);
+  // Extended attributes, as setxattr(2) and its siblings. A name is 1..255
+  // bytes in the "user.", "trusted.", "security." or "system." namespace
+  // (ERANGE if empty or longer, ENOTSUP for another namespace; in "system." only
+  // the two POSIX ACL names); a value is 0..3072 bytes (E2BIG); one inode holds
+  // at most 64 KiB of names and values (ENOSPC). A missing attribute: ENODATA.
+  // Each change is one journaled transaction that also sets the change time.
+  // The caller checks who may do it; what POSIX ACLs mean to the filesystem is
+  // done here: "system.posix_acl_access" must be a valid ACL (EINVAL), sets the
+  // permission bits it implies, and is not kept when those bits say it all;
+  // set_attributes with a mode rewrites it; "system.posix_acl_default" is for
+  // directories only (EACCES) and gives new files and subdirectories their ACLs
+  // (and subdirectories the default itself). Links take none (ENOTSUP for the
+  // ACL names). list_xattrs returns names in byte order. Defaults: ENOTSUP.
+  virtual Result<void> set_xattr(InodeNumber ino, std::string_view name, std::string_view value,
+                                 XattrMode mode = XattrMode::Either);
+  virtual Result<std::string> get_xattr(InodeNumber ino, std::string_view name);
+  virtual Result<std::vector<std::string>> list_xattrs(InodeNumber ino);
+  virtual Result<void> remove_xattr(InodeNumber ino, std::string_view name);
 
   // File data, by inode number. Reads past the end return fewer bytes; holes
   // read as zeros.

@@ -28,6 +28,7 @@ void add_put_command(CLI::App& app, std::function<int()>* run);
 void add_failure_commands(CLI::App& app, std::function<int()>* run);
 void add_serve_command(CLI::App& app, std::function<int()>* run);
 void add_mount_commands(CLI::App& app, std::function<int()>* run);
+void add_xattr_command(CLI::App& app, std::function<int()>* run);
 
 // `poise --socket PATH`: the server to use for IMAGE (empty: IMAGE.sock if a
 // server answers there).

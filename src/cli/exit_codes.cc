@@ -7,7 +7,8 @@ namespace poise::cli {
 int exit_code_for(int e) {
   switch (e) {
     case 0: return kExitOk;
-    case ENOENT: return kExitNotFound;
+    case ENOENT:
+    case ENODATA: return kExitNotFound;
     case EIO: return kExitIo;
     case EUCLEAN:
     case EBADMSG: return kExitCorrupt;
@@ -21,7 +22,8 @@ int exit_code_for(int e) {
     case ENAMETOOLONG:
     case EFBIG:
     case EMLINK:
-    case E2BIG: return kExitInvalid;
+    case E2BIG:
+    case ERANGE: return kExitInvalid;
     case EBUSY: return kExitBusy;
     case ENOTSUP:
     case EROFS: return kExitUnsupported;
@@ -35,7 +37,7 @@ const char* exit_code_table() {
          "  0  success\n"
          "  1  other failure\n"
          "  2  usage error\n"
-         "  3  not found\n"
+         "  3  not found (a file, directory, image or extended attribute)\n"
          "  4  I/O error\n"
          "  5  corrupt image (or check found problems)\n"
          "  6  no space left on the device\n"

@@ -8,7 +8,7 @@ enum ExitCode : int {
   kExitOk = 0,
   kExitFailure = 1,      // anything not listed below
   kExitUsage = 2,        // wrong arguments
-  kExitNotFound = 3,     // ENOENT: no such file, directory or image
+  kExitNotFound = 3,     // ENOENT, ENODATA: no such file, directory, image or attribute
   kExitIo = 4,           // EIO: the device could not be read or written
   kExitCorrupt = 5,      // EUCLEAN/EBADMSG: corrupt image; check found problems
   kExitNoSpace = 6,      // ENOSPC: the device is full

@@ -61,6 +61,7 @@ int main(int argc, char** argv) {
   add_modify_commands(app, &run);
   add_put_command(app, &run);
   add_inspect_commands(app, &run);
+  add_xattr_command(app, &run);
   add_failure_commands(app, &run);
   add_demo_command(app, &run);
   try {

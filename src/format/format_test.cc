@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <cstddef>
 #include <cstring>
 #include <vector>
 
@@ -9,6 +10,7 @@
 #include "format/block.h"
 #include "format/checkpoint_format.h"
 #include "format/journal_format.h"
+#include "format/records.h"
 #include "format/superblock.h"
 #include "poise/types.h"
 
@@ -113,7 +115,54 @@ std::vector<JournalRecord> sample_records() {
           DirentRecord{1, 7, "hello.txt"},
           DirentRemoveRecord{1, "old"},
           ExtentRecord{7, 0, 4000, 16, kExtentUnwritten},
-          ExtentClearRecord{7, 8, 4}};
+          ExtentClearRecord{7, 8, 4},
+          XattrRecord{7, "user.empty", ""},
+          XattrRecord{7, "user.binary", std::string("a\0b\xff", 4)},
+          XattrRecord{1, "trusted." + std::string(247, 'n'), std::string(kXattrValueBytesMax, 'v')},
+          XattrRemoveRecord{7, "security.selinux"}};
+}
+
+// An attribute in the directory section is told from an entry by its kind
+// byte; each decoder refuses the other kind and damaged fields.
+TEST(NamedRecords, AttributesAndEntriesTellThemselvesApart) {
+  std::vector<unsigned char> buf(xattr_bytes(kXattrNameBytesMax, kXattrValueBytesMax));
+  const XattrRecord x{42, "user.k", "value"};
+  encode_xattr(x, buf.data());
+  size_t used = 0;
+  EXPECT_EQ(named_kind(buf.data(), buf.size()), kNamedXattr);
+  auto back = decode_xattr(buf.data(), buf.size(), &used);
+  ASSERT_TRUE(back.has_value()) << back.error().message;
+  EXPECT_EQ(*back, x);
+  EXPECT_EQ(used, xattr_bytes(6, 5));
+  EXPECT_FALSE(decode_dirent(buf.data(), buf.size(), &used).has_value()) << "an attribute is no entry";
+  EXPECT_FALSE(decode_xattr(buf.data(), used - 1, &used).has_value()) << "truncated";
+
+  auto damaged = [&](size_t at, unsigned char byte) {
+    std::vector<unsigned char> copy = buf;
+    copy[at] = byte;
+    size_t n = 0;
+    return decode_xattr(copy.data(), copy.size(), &n).has_value();
+  };
+  EXPECT_FALSE(damaged(sizeof(DiskXattr), 'x')) << "name outside every namespace";
+  EXPECT_FALSE(damaged(offsetof(DiskXattr, reserved0), 1));
+  EXPECT_FALSE(damaged(offsetof(DiskXattr, reserved) + 2, 1));
+  EXPECT_FALSE(damaged(offsetof(DiskXattr, value_len) + 2, 1)) << "value beyond the limit";
+  std::vector<unsigned char> zero_ino = buf;
+  std::memset(zero_ino.data(), 0, 8);
+  EXPECT_FALSE(decode_xattr(zero_ino.data(), zero_ino.size(), &used).has_value()) << "inode 0";
+
+  std::vector<unsigned char> entry(dirent_bytes(3));
+  encode_dirent(DirentRecord{1, 2, "abc"}, entry.data());
+  EXPECT_EQ(named_kind(entry.data(), entry.size()), kNamedDirent);
+  EXPECT_FALSE(decode_xattr(entry.data(), entry.size(), &used).has_value()) << "an entry is no attribute";
+  EXPECT_EQ(named_kind(entry.data(), sizeof(DiskDirent) - 1), -1);
+
+  for (const char* bad : {"", "user.", "user", "other.k", "system"}) EXPECT_FALSE(valid_xattr_name(bad)) << bad;
+  for (const char* good : {"user.k", "trusted.x", "security.selinux", "system.posix_acl_access"}) {
+    EXPECT_TRUE(valid_xattr_name(good)) << good;
+  }
+  EXPECT_FALSE(valid_xattr_name(std::string("user.a\0b", 8)));
+  EXPECT_FALSE(valid_xattr_name("user." + std::string(251, 'n')));
 }
 
 TEST(Journal, TransactionRoundTrips) {

@@ -27,6 +27,15 @@ void append_record_header(std::vector<unsigned char>& out, RecordType type, size
   append(out, h);
 }
 
+// An extended-attribute record, encoded straight into the payload.
+void append_xattr_record(std::vector<unsigned char>& out, RecordType type, const XattrRecord& x) {
+  size_t length = xattr_bytes(x.name.size(), x.value.size());
+  append_record_header(out, type, length);
+  size_t at = out.size();
+  out.resize(at + length);
+  encode_xattr(x, out.data() + at);
+}
+
 // A directory entry record, encoded straight into the payload.
 void append_dirent_record(std::vector<unsigned char>& out, RecordType type, const DirentRecord& d) {
   size_t length = dirent_bytes(d.name.size());
@@ -90,6 +99,18 @@ Result<JournalRecord> decode_record(uint16_t type, const unsigned char* body, ui
       auto d = TRY(body_as<DiskBadRange>(body, length, "bad-range"));
       return JournalRecord(TRY(decode_bad_range(d)));
     }
+    case kRecordXattrSet: {
+      size_t used = 0;
+      auto r = TRY(decode_xattr(body, length, &used));
+      if (used != length) return fail(EUCLEAN, "journal extended-attribute record length mismatch");
+      return JournalRecord(std::move(r));
+    }
+    case kRecordXattrRemove: {
+      size_t used = 0;
+      auto r = TRY(decode_xattr(body, length, &used));
+      if (used != length || !r.value.empty()) return fail(EUCLEAN, "journal extended-attribute removal is malformed");
+      return JournalRecord(XattrRemoveRecord{r.ino, std::move(r.name)});
+    }
     case kRecordExtentClear: {
       auto d = TRY(body_as<DiskExtentClear>(body, length, "extent-clear"));
       ExtentClearRecord r{d.ino.get(), d.file_block.get(), d.block_count.get()};
@@ -134,7 +155,12 @@ void TxEncoder::add(const JournalRecord& record) {
           DiskExtent d;
           encode_extent(r, d);
           append_record(payload_, kRecordExtentSet, &d, sizeof d);
+        } else if constexpr (std::is_same_v<T, XattrRecord>) {
+          append_xattr_record(payload_, kRecordXattrSet, r);
+        } else if constexpr (std::is_same_v<T, XattrRemoveRecord>) {
+          append_xattr_record(payload_, kRecordXattrRemove, XattrRecord{r.ino, r.name, {}});
         } else {
+          static_assert(std::is_same_v<T, ExtentClearRecord>);
           DiskExtentClear d;
           d.ino.set(r.ino);
           d.file_block.set(r.file_block);

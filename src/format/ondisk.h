@@ -64,7 +64,11 @@ inline constexpr uint64_t kIncompatReflink = 1ull << 0;
 // Inodes of type S_IFLNK (symbolic links, their target in one data block). Set
 // by mkfs, and on an older image when its first link is made.
 inline constexpr uint64_t kIncompatSymlinks = 1ull << 1;
-inline constexpr uint64_t kIncompatKnown = kIncompatReflink | kIncompatSymlinks;
+// Extended attributes: journal records kRecordXattrSet/Remove and entries of kind
+// kNamedXattr in the checkpoint's directory section. Set by mkfs, and on an
+// older image when its first attribute is set.
+inline constexpr uint64_t kIncompatXattrs = 1ull << 2;
+inline constexpr uint64_t kIncompatKnown = kIncompatReflink | kIncompatSymlinks | kIncompatXattrs;
 inline constexpr uint64_t kRoCompatKnown = 0;
 
 enum BlockKind : uint32_t {
@@ -166,12 +170,33 @@ struct DiskExtent {
   Le32 flags;
 };
 
+// The checkpoint's directory section holds named records of two kinds, told
+// apart by the byte at offset 18 of each: directory entries and (feature
+// kIncompatXattrs) extended attributes. Both keep name_len at offset 16.
+enum NamedKind : unsigned char {
+  kNamedDirent = 0,
+  kNamedXattr = 1,
+};
+
 // Followed by name_len bytes of name, then zeros to a multiple of 8 bytes.
 struct DiskDirent {
   Le64 dir;
   Le64 child;
   Le16 name_len;
-  unsigned char reserved[6];
+  unsigned char kind;  // kNamedDirent
+  unsigned char reserved[5];
+};
+
+// An extended attribute of inode `ino`: followed by name_len bytes of name,
+// value_len bytes of value, then zeros to a multiple of 8 bytes. In the journal
+// (kRecordXattrSet; kRecordXattrRemove with value_len 0) and in the checkpoint.
+struct DiskXattr {
+  Le64 ino;
+  Le32 value_len;
+  Le32 reserved0;
+  Le16 name_len;
+  unsigned char kind;  // kNamedXattr
+  unsigned char reserved[5];
 };
 
 // The journal: a byte stream of transactions from the start of the journal
@@ -194,6 +219,8 @@ enum RecordType : uint16_t {
   kRecordExtentSet = 5,
   kRecordExtentClear = 6,
   kRecordBadRange = 7,
+  kRecordXattrSet = 8,     // feature kIncompatXattrs
+  kRecordXattrRemove = 9,  // feature kIncompatXattrs
 };
 
 // Each record: this header, then `length` bytes of body, then zeros to 8 bytes.
@@ -231,6 +258,9 @@ struct DiskExtentClear {
 
 // Limits of the format.
 inline constexpr uint32_t kNameBytesMax = 255;
+inline constexpr uint32_t kXattrNameBytesMax = 255;
+inline constexpr uint32_t kXattrValueBytesMax = 3072;      // one record fits a section block
+inline constexpr uint32_t kXattrInodeBytesMax = 64 * 1024;  // names and values of one inode
 inline constexpr uint32_t kTxAlign = 64;
 inline constexpr uint32_t kTxBytesMax = 256 * 1024;
 inline constexpr uint64_t kJournalBlocksMin = 256;     // 1 MiB

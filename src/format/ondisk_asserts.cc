@@ -28,6 +28,10 @@ POISE_ONDISK(SectionBlockHeader, 40);
 POISE_ONDISK(DiskInode, 64);
 POISE_ONDISK(DiskExtent, 32);
 POISE_ONDISK(DiskDirent, 24);
+POISE_ONDISK(DiskXattr, 24);
+// The two kinds of named record tell themselves apart at the same offsets.
+static_assert(offsetof(DiskDirent, name_len) == 16 && offsetof(DiskXattr, name_len) == 16);
+static_assert(offsetof(DiskDirent, kind) == 18 && offsetof(DiskXattr, kind) == 18);
 POISE_ONDISK(TxHeader, 40);
 POISE_ONDISK(RecordHeader, 8);
 POISE_ONDISK(DiskInodeFree, 8);

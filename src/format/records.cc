@@ -1,5 +1,6 @@
 #include "format/records.h"
 
+#include <cstddef>
 #include <cstring>
 
 namespace poise::format {
@@ -118,6 +119,7 @@ Result<DirentRecord> decode_dirent(const unsigned char* in, size_t available, si
   std::memcpy(&d, in, sizeof d);
   size_t len = d.name_len.get();
   if (dirent_bytes(len) > available) return fail(EUCLEAN, "directory entry runs past its block");
+  if (d.kind != kNamedDirent) return fail(EUCLEAN, "named record is not a directory entry");
   for (unsigned char c : d.reserved) {
     if (c != 0) return fail(EUCLEAN, "directory entry reserved bytes are not zero");
   }
@@ -127,6 +129,57 @@ Result<DirentRecord> decode_dirent(const unsigned char* in, size_t available, si
   }
   if (r.dir == 0 || r.child == 0) return fail(EUCLEAN, "directory entry names inode 0");
   *consumed = dirent_bytes(len);
+  return r;
+}
+
+int named_kind(const unsigned char* in, size_t available) {
+  if (available < sizeof(DiskDirent)) return -1;
+  return in[offsetof(DiskDirent, kind)];
+}
+
+size_t xattr_bytes(size_t name_len, size_t value_len) { return (sizeof(DiskXattr) + name_len + value_len + 7) / 8 * 8; }
+
+void encode_xattr(const XattrRecord& in, unsigned char* out) {
+  size_t total = xattr_bytes(in.name.size(), in.value.size());
+  std::memset(out, 0, total);
+  DiskXattr d{};
+  d.ino.set(in.ino);
+  d.value_len.set(static_cast<uint32_t>(in.value.size()));
+  d.name_len.set(static_cast<uint16_t>(in.name.size()));
+  d.kind = kNamedXattr;
+  std::memcpy(out, &d, sizeof d);
+  std::memcpy(out + sizeof d, in.name.data(), in.name.size());
+  if (!in.value.empty()) std::memcpy(out + sizeof d + in.name.size(), in.value.data(), in.value.size());
+}
+
+bool valid_xattr_name(std::string_view name) {
+  if (name.empty() || name.size() > kXattrNameBytesMax || name.find('\0') != std::string_view::npos) return false;
+  for (std::string_view prefix : {"user.", "trusted.", "security.", "system."}) {
+    if (name.size() > prefix.size() && name.substr(0, prefix.size()) == prefix) return true;
+  }
+  return false;
+}
+
+Result<XattrRecord> decode_xattr(const unsigned char* in, size_t available, size_t* consumed) {
+  if (available < sizeof(DiskXattr)) return fail(EUCLEAN, "extended attribute truncated");
+  DiskXattr d;
+  std::memcpy(&d, in, sizeof d);
+  if (d.kind != kNamedXattr) return fail(EUCLEAN, "named record is not an extended attribute");
+  size_t name_len = d.name_len.get();
+  size_t value_len = d.value_len.get();
+  if (value_len > kXattrValueBytesMax) return fail(EUCLEAN, "extended attribute value longer than the limit");
+  if (xattr_bytes(name_len, value_len) > available) return fail(EUCLEAN, "extended attribute runs past its block");
+  if (d.reserved0.get() != 0) return fail(EUCLEAN, "extended attribute reserved bytes are not zero");
+  for (unsigned char c : d.reserved) {
+    if (c != 0) return fail(EUCLEAN, "extended attribute reserved bytes are not zero");
+  }
+  const char* p = reinterpret_cast<const char*>(in) + sizeof d;
+  XattrRecord r{d.ino.get(), std::string(p, name_len), std::string(p + name_len, value_len)};
+  if (r.ino == 0) return fail(EUCLEAN, "extended attribute of inode 0");
+  if (!valid_xattr_name(r.name)) {
+    return fail(EUCLEAN, "inode " + std::to_string(r.ino) + " has an extended attribute with an invalid name");
+  }
+  *consumed = xattr_bytes(name_len, value_len);
   return r;
 }
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -76,9 +77,24 @@ struct RefcountRecord {
   bool operator==(const RefcountRecord&) const = default;
 };
 
+// An extended attribute of `ino` set to `value` (created or replaced).
+struct XattrRecord {
+  uint64_t ino = 0;
+  std::string name;
+  std::string value;  // bytes, not text
+  bool operator==(const XattrRecord&) const = default;
+};
+
+struct XattrRemoveRecord {
+  uint64_t ino = 0;
+  std::string name;
+  bool operator==(const XattrRemoveRecord&) const = default;
+};
+
 // One journal record: what a transaction changes, replayed in order at mount.
 using JournalRecord = std::variant<InodeCore, InodeFreeRecord, DirentRecord, DirentRemoveRecord,
-                                   ExtentRecord, ExtentClearRecord, BadRangeRecord>;
+                                   ExtentRecord, ExtentClearRecord, BadRangeRecord, XattrRecord,
+                                   XattrRemoveRecord>;
 
 constexpr uint32_t kModeTypeMask = 0170000;
 constexpr uint32_t kModeRegular = 0100000;
@@ -99,6 +115,18 @@ Result<DirentRecord> decode_dirent(const unsigned char* in, size_t available, si
 
 // A name is valid when it is 1..255 bytes, not "." or "..", with no '/' or NUL.
 bool valid_name(const std::string& name);
+
+// The kind byte of the named record at `in` (kNamedDirent or kNamedXattr), or
+// -1 if fewer than a header's bytes are left.
+int named_kind(const unsigned char* in, size_t available);
+
+// Bytes an extended attribute takes on media (header, name, value, padding to 8).
+size_t xattr_bytes(size_t name_len, size_t value_len);
+void encode_xattr(const XattrRecord& in, unsigned char* out);
+Result<XattrRecord> decode_xattr(const unsigned char* in, size_t available, size_t* consumed);
+// An attribute name is 1..255 bytes with no NUL and a namespace prefix
+// ("user.", "trusted.", "security.", "system.") followed by at least one byte.
+bool valid_xattr_name(std::string_view name);
 
 void encode_bad_range(const BadRangeRecord& in, DiskBadRange& out);
 Result<BadRangeRecord> decode_bad_range(const DiskBadRange& in);

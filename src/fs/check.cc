@@ -93,6 +93,7 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
     ++report.inodes;
     report.extents += inode->extents.extent_count();
     std::string who = "inode " + std::to_string(ino);
+    check_xattrs(*inode, (sb_.feature_incompat & format::kIncompatXattrs) != 0, who, problem);
     if (inode->is_dir()) {
       ++report.directories;
       if (reached.count(ino) == 0) problem(who + ": directory not reachable from the root");

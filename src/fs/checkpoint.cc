@@ -150,13 +150,22 @@ Result<void> FsImpl::write_checkpoint() {
   Records extent_records;
   uint64_t dirent_bytes_in_blocks = 0;
   format::SectionWriter dirent_counter([&](uint32_t, std::byte*, uint32_t) { ++dirent_bytes_in_blocks; });
-  std::vector<unsigned char> scratch(format::dirent_bytes(format::kNameBytesMax));
+  // The directory section holds each inode's entries, then its attributes.
+  std::vector<unsigned char> scratch(
+      std::max(format::dirent_bytes(format::kNameBytesMax),
+               format::xattr_bytes(format::kXattrNameBytesMax, format::kXattrValueBytesMax)));
   for (const auto& [ino, inode] : inodes_) {
     const InodeNumber owner = inode->ino;  // (clang 14 cannot capture a structured binding)
     inode->extents.for_each([&](const Extent& m) { append_extent_records(owner, m, &extent_records); });
-    if (!inode->is_dir()) continue;
-    for (const auto& [name, child] : *inode->entries) {
-      dirent_counter.add(scratch.data(), format::dirent_bytes(name.size()));
+    if (inode->is_dir()) {
+      for (const auto& [name, child] : *inode->entries) {
+        dirent_counter.add(scratch.data(), format::dirent_bytes(name.size()));
+      }
+    }
+    if (inode->xattrs) {
+      for (const auto& [name, value] : *inode->xattrs) {
+        dirent_counter.add(scratch.data(), format::xattr_bytes(name.size(), value.size()));
+      }
     }
   }
   dirent_counter.finish();
@@ -268,12 +277,19 @@ Result<void> FsImpl::write_checkpoint() {
     format::DiskInode d;
     format::encode_inode(inode->core, d);
     inode_writer.add(&d, sizeof d);
-    if (!inode->is_dir()) continue;
-    for (const auto& [name, child] : *inode->entries) {
-      format::DirentRecord r{ino, child->ino.value(), name};
-      size_t bytes = format::dirent_bytes(name.size());
-      format::encode_dirent(r, scratch.data());
-      dirent_writer.add(scratch.data(), bytes);
+    if (inode->is_dir()) {
+      for (const auto& [name, child] : *inode->entries) {
+        format::DirentRecord r{ino, child->ino.value(), name};
+        size_t bytes = format::dirent_bytes(name.size());
+        format::encode_dirent(r, scratch.data());
+        dirent_writer.add(scratch.data(), bytes);
+      }
+    }
+    if (inode->xattrs) {
+      for (const auto& [name, value] : *inode->xattrs) {
+        format::encode_xattr(format::XattrRecord{ino, name, value}, scratch.data());
+        dirent_writer.add(scratch.data(), format::xattr_bytes(name.size(), value.size()));
+      }
     }
   }
   for (const auto& record : extent_records) {
@@ -417,8 +433,17 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     size_t pos = 0;
     for (uint32_t i = 0; i < records; ++i) {
       size_t used = 0;
-      auto d = TRY(format::decode_dirent(p + pos, bytes - pos, &used));
-      TRY(apply_loaded(d));
+      if (format::named_kind(p + pos, bytes - pos) == format::kNamedXattr) {
+        auto x = TRY(format::decode_xattr(p + pos, bytes - pos, &used));
+        if (InodePtr inode = find_inode(InodeNumber(x.ino)); inode != nullptr && inode->xattrs &&
+                                                            inode->xattrs->count(x.name) != 0) {
+          return fail(EUCLEAN, "inode " + std::to_string(x.ino) + " has attribute " + x.name + " twice");
+        }
+        TRY(apply_loaded(x));
+      } else {
+        auto d = TRY(format::decode_dirent(p + pos, bytes - pos, &used));
+        TRY(apply_loaded(d));
+      }
       pos += used;
     }
     return {};

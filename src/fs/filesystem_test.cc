@@ -284,20 +284,7 @@ TEST_F(FsTest, AnImageFromBeforeSymbolicLinksIsMarkedAtItsFirstLink) {
   ASSERT_OK(fs_->unmount());
   fs_.reset();
   const uint64_t blocks = device_->size_bytes() / kBlockSize;
-  auto incompat_bits = [&](uint64_t block, uint64_t clear) {
-    alignas(64) std::byte raw[kBlockSize];
-    EXPECT_TRUE(device_->read(block * kBlockSize, raw, kBlockSize).has_value());
-    auto sb = format::decode_superblock(raw, block, "superblock");
-    EXPECT_TRUE(sb.has_value());
-    if (!sb.has_value()) return uint64_t{0};
-    const uint64_t found = sb->feature_incompat;
-    if (clear != 0) {
-      sb->feature_incompat &= ~clear;
-      format::encode_superblock(*sb, block, raw);
-      device_->write(block * kBlockSize, raw, kBlockSize);
-    }
-    return found;
-  };
+  auto incompat_bits = [&](uint64_t block, uint64_t clear) { return testing::incompat_bits(*device_, block, clear); };
   for (uint64_t b : {format::primary_superblock_block(), format::secondary_superblock_block(blocks)}) {
     EXPECT_NE(incompat_bits(b, format::kIncompatSymlinks) & format::kIncompatSymlinks, 0u) << "mkfs sets it";
   }

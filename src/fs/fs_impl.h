@@ -17,6 +17,8 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
+#include <optional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -57,6 +59,8 @@ struct NameEq {
   using is_transparent = void;
   bool operator()(std::string_view a, std::string_view b) const { return a == b; }
 };
+// An inode's extended attributes, by name (made with its first one).
+using Xattrs = std::map<std::string, std::string, std::less<>>;
 using DirEntries = absl::flat_hash_map<std::string, Inode*, NameHash, NameEq,
                                        IndexAllocator<std::pair<const std::string, Inode*>>>;
 
@@ -70,6 +74,8 @@ struct Inode {
   // Directories only, guarded by ns_mutex_.
   std::unique_ptr<DirEntries> entries;
   uint32_t entry_count = 0;  // directory entries naming it; guarded by ns_mutex_
+  // Extended attributes, guarded as `core` is (their changes take ns_mutex_ too).
+  std::unique_ptr<Xattrs> xattrs;
   std::atomic<uint32_t> open_count{0};
   bool freed = false;  // guarded by `lock`
   bool symlink = false;  // set when the inode is made, never changed
@@ -90,8 +96,18 @@ using InodePtr = std::shared_ptr<Inode>;
 inline InodePtr new_inode(InodeNumber ino) { return std::allocate_shared<Inode>(IndexAllocator<Inode>{}, ino); }
 using Records = std::vector<format::JournalRecord>;
 
+// Journal bytes reserved for a namespace operation's transaction, and for the
+// largest ACL record one may add (fs/xattr.cc).
+inline constexpr uint64_t kNamespaceTxBytes = 4096;
+inline constexpr uint64_t kAclRecordBytesMax = 8 + 24 + 32 + format::kXattrValueBytesMax;
+
 // Blocks needed to hold `bytes` bytes.
 inline uint64_t ceil_blocks(uint64_t bytes) { return (bytes + kBlockSize - 1) / kBlockSize; }
+
+// The checker's rules for an inode's extended attributes (fs/xattr.cc): the
+// feature bit, the per-inode bound, and well-formed ACLs where they may be.
+void check_xattrs(const Inode& inode, bool feature_bit, const std::string& who,
+                  const std::function<void(std::string)>& problem);
 
 // Appends extent records for a mapping, split to fit the 32-bit on-media count.
 void append_extent_records(InodeNumber ino, const Extent& m, Records* out);
@@ -140,6 +156,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<InodeNumber> symlink_at(InodeNumber dir, std::string_view name, std::string_view target,
                                  std::optional<Credentials> owner) override;
   Result<std::string> readlink(InodeNumber ino) override;
+  Result<void> set_xattr(InodeNumber ino, std::string_view name, std::string_view value, XattrMode mode) override;
+  Result<std::string> get_xattr(InodeNumber ino, std::string_view name) override;
+  Result<std::vector<std::string>> list_xattrs(InodeNumber ino) override;
+  Result<void> remove_xattr(InodeNumber ino, std::string_view name) override;
   Result<std::vector<DirEntry>> readdir(std::string_view path) override;
   Result<Stat> stat(std::string_view path) override;
   Result<Stat> stat(InodeNumber ino) override;
@@ -290,8 +310,17 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // `target`: a symbolic link's (type Symlink).
   Result<InodeNumber> make_node(const Place& place, uint32_t mode, FileType type, std::optional<Credentials> owner,
                                 std::string_view target = {});
-  // Marks an image made before symbolic links (kIncompatSymlinks) before its first one.
-  Result<void> enable_symlinks();
+  // Marks an image made before a feature (kIncompatSymlinks, kIncompatXattrs)
+  // before the first record that needs it is written.
+  Result<void> enable_feature(uint64_t incompat_bit);
+  // Extended attributes (xattr.cc). The records that give a new inode (`core`,
+  // in `parent`) the ACLs of the parent's default ACL, with core's permission
+  // bits narrowed as they say. REQUIRES: ns_mutex_ held exclusively.
+  void inherit_acls(const Inode& parent, format::InodeCore& core, Records* records) const;
+  // The record that rewrites the inode's access ACL for a chmod to `mode`, if it has one.
+  // REQUIRES: the inode's attribute lock held.
+  std::optional<format::XattrRecord> acl_after_chmod(const Inode& inode, uint32_t mode) const;
+  Result<void> change_xattr(InodeNumber ino, std::string_view name, const std::string* value, XattrMode mode);
   Result<void> remove_name(const Place& place, FileType type);
   Result<void> rename_places(const Place& from, const Place& to, RenameFlags flags);
   // RENAME_EXCHANGE: a_leaf in a_dir names b, b_leaf in b_dir names a, atomically.
@@ -453,6 +482,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   std::atomic<uint64_t> dirent_count_{0};
   std::atomic<uint64_t> extent_count_{0};
   std::atomic<uint64_t> name_bytes_{0};
+  std::atomic<uint64_t> xattr_count_{0};
+  std::atomic<uint64_t> xattr_bytes_{0};  // on media, as xattr_bytes()
   RangeSet bad_blocks_;  // failed device blocks, in block units
   // For restore_lost_block: each file block lost in this mount, and its file's
   // change count when it failed. A restore is refused once the file changed.

@@ -12,7 +12,6 @@ namespace {
 constexpr size_t kPathBytesMax = 4096;
 constexpr uint32_t kLinksMax = 65000;
 constexpr uint64_t kDirEntriesMax = 1ull << 26;
-constexpr uint64_t kNamespaceTxBytes = 4096;
 constexpr int kPathComponentsMax = 2048;
 constexpr int kOpenAttemptsMax = 64;  // create/unlink races open() retries before giving up
 
@@ -188,9 +187,10 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
                                       std::optional<Credentials> owner, std::string_view target) {
   if (type == FileType::Symlink) {
     TRY(check_link_target(target));
-    TRY(enable_symlinks());
+    TRY(enable_feature(format::kIncompatSymlinks));
   }
-  auto op = TRY(begin_op(kNamespaceTxBytes));
+  // Room for the ACLs a directory's default ACL may give the new inode.
+  auto op = TRY(begin_op(kNamespaceTxBytes + 2 * kAclRecordBytesMax));
   std::unique_lock ns(ns_mutex_);
   std::string leaf;
   InodePtr parent = TRY(resolve_parent(place, &leaf));
@@ -215,10 +215,13 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
   if (type == FileType::Symlink) perm = 0777;  // a link's own bits are never checked
   format::InodeCore core{next_ino_, type_bits(type) | perm, type == FileType::Directory ? 2u : 1u,
                          owner ? owner->uid : options_.uid, gid, target.size(), t, t, t};
+  Records acls;
+  if (type != FileType::Symlink) inherit_acls(*parent, core, &acls);
   format::InodeCore parent_core = parent->core;
   parent_core.mtime_ns = parent_core.ctime_ns = t;
   if (type == FileType::Directory) ++parent_core.nlink;
   Records records{core, format::DirentRecord{parent->ino.value(), core.ino, leaf}, parent_core};
+  records.insert(records.end(), acls.begin(), acls.end());
   if (type == FileType::Symlink) {
     // The target is the link's data: one block, stored and fenced before the
     // transaction that makes the link, so a link never exists without it.
@@ -245,22 +248,23 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
   return InodeNumber(core.ino);
 }
 
-Result<void> FsImpl::enable_symlinks() {
+Result<void> FsImpl::enable_feature(uint64_t incompat_bit) {
   {  // the superblock is written under the gate held exclusively: read it shared
     std::shared_lock gate(gate_);
-    if ((sb_.feature_incompat & format::kIncompatSymlinks) != 0) return {};
+    if ((sb_.feature_incompat & incompat_bit) != 0) return {};
   }
   TRY(check_writable());
-  // An image made before links existed: mark it, so that a release that cannot
-  // read links refuses the image instead of taking a link record for corruption.
+  // An image made before the feature existed: mark it, so that a release that
+  // cannot read the new records refuses the image instead of taking them for
+  // corruption.
   for (;;) {
     TRY(wait_until_thawed());  // nothing is written while the device is frozen for removal
     std::unique_lock gate(gate_);
     if (frozen_flag_.load(std::memory_order_acquire)) continue;
-    if ((sb_.feature_incompat & format::kIncompatSymlinks) != 0) return {};
-    sb_.feature_incompat |= format::kIncompatSymlinks;
+    if ((sb_.feature_incompat & incompat_bit) != 0) return {};
+    sb_.feature_incompat |= incompat_bit;
     auto written = write_superblocks(checkpoint_root_block_, checkpoint_copy_root_block_, sb_.checkpoint_generation);
-    if (!written.has_value()) sb_.feature_incompat &= ~format::kIncompatSymlinks;  // no link until it is on media
+    if (!written.has_value()) sb_.feature_incompat &= ~incompat_bit;  // no record needs it until it is on media
     return written;
   }
 }
@@ -550,14 +554,19 @@ Result<Stat> FsImpl::set_attributes(InodeNumber ino, const SetAttributes& attrs)
   std::unique_lock lock(inode->lock);
   if (inode->freed) return fail(ENOENT, "file was deleted");
   format::InodeCore core = inode->core;
-  if (attrs.mode) core.mode = (core.mode & ~format::kModePermMask) | *attrs.mode;
+  Records records;
+  if (attrs.mode) {
+    core.mode = (core.mode & ~format::kModePermMask) | *attrs.mode;
+    if (auto acl = acl_after_chmod(*inode, *attrs.mode)) records.push_back(std::move(*acl));  // as chmod(2) does
+  }
   if (attrs.uid) core.uid = *attrs.uid;
   if (attrs.gid) core.gid = *attrs.gid;
   int64_t t = now();
   if (attrs.atime_ns) core.atime_ns = *attrs.atime_ns == SetAttributes::kNow ? t : *attrs.atime_ns;
   if (attrs.mtime_ns) core.mtime_ns = *attrs.mtime_ns == SetAttributes::kNow ? t : *attrs.mtime_ns;
   core.ctime_ns = t;
-  commit(op, {core}, {inode.get()});
+  records.push_back(core);
+  commit(op, records, {inode.get()});
   return stat_of(*inode);
 }
 

@@ -61,5 +61,17 @@ Result<void> Filesystem::restore_lost_block(InodeNumber, uint64_t, std::span<con
 Result<std::string> Filesystem::readlink(InodeNumber) {
   return fail(ENOTSUP, "symbolic links need the mounted filesystem");
 }
+Result<void> Filesystem::set_xattr(InodeNumber, std::string_view, std::string_view, XattrMode) {
+  return fail(ENOTSUP, "extended attributes need the mounted filesystem");
+}
+Result<std::string> Filesystem::get_xattr(InodeNumber, std::string_view) {
+  return fail(ENOTSUP, "extended attributes need the mounted filesystem");
+}
+Result<std::vector<std::string>> Filesystem::list_xattrs(InodeNumber) {
+  return fail(ENOTSUP, "extended attributes need the mounted filesystem");
+}
+Result<void> Filesystem::remove_xattr(InodeNumber, std::string_view) {
+  return fail(ENOTSUP, "extended attributes need the mounted filesystem");
+}
 
 }  // namespace poise

@@ -19,7 +19,10 @@ uint64_t FsImpl::checkpoint_reserve_blocks() const {
          blocks(extent_count_.load() * sizeof(format::DiskExtent), kSectionPayloadBytes) +
          // Shared runs (version 2): fewer than two per extent.
          (sb_.has_copies() ? blocks(2 * extent_count_.load() * sizeof(format::DiskRefcount), kSectionPayloadBytes) : 0) +
-         blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load(), dirent_block_bytes) + kMarginBlocks);
+         blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load(), dirent_block_bytes) +
+         // Attributes share that section; one of up to 3 KiB may leave most of a
+         // block unused, but two blocks in a row always hold a block's worth.
+         blocks(2 * xattr_bytes_.load(), kSectionPayloadBytes) + kMarginBlocks);
 }
 
 uint64_t FsImpl::checkpoint_blocks_for_extents(uint64_t extents) const {

@@ -11,6 +11,7 @@
 
 #include "base/clock.h"
 #include "device/memory_device.h"
+#include "format/superblock.h"
 #include "poise/filesystem.h"
 
 namespace poise::testing {
@@ -90,6 +91,23 @@ inline Result<std::string> read_range(Filesystem& fs, const std::string& path, u
   if (!n) return Unexpected<Error>(n.error());
   out.resize(*n);
   return out;
+}
+
+// The incompatible feature bits of the superblock at `block`, after which the
+// bits in `clear` are cleared there (an image from before those features).
+inline uint64_t incompat_bits(Device& device, uint64_t block, uint64_t clear) {
+  alignas(64) std::byte raw[kBlockSize];
+  EXPECT_TRUE(device.read(block * kBlockSize, raw, kBlockSize).has_value());
+  auto sb = format::decode_superblock(raw, block, "superblock");
+  EXPECT_TRUE(sb.has_value());
+  if (!sb.has_value()) return 0;
+  const uint64_t found = sb->feature_incompat;
+  if (clear != 0) {
+    sb->feature_incompat &= ~clear;
+    format::encode_superblock(*sb, block, raw);
+    device.write(block * kBlockSize, raw, kBlockSize);
+  }
+  return found;
 }
 
 class FsTest : public ::testing::Test {

@@ -116,7 +116,9 @@ void FsImpl::report_changes(const Records& records) {
     } else if (const auto* d = std::get_if<DirentRemoveRecord>(&r)) {
       c = FsChange{FsChange::Kind::Entry, InodeNumber(d->dir), 0, 0, d->name};
     } else {
-      continue;  // an inode freed (its names went first), a bad range (the failure flow tells)
+      // An inode freed (its names went first), a bad range (the failure flow
+      // tells), an attribute (its inode's record comes with it).
+      continue;
     }
     change_listener_(c);
   }
@@ -167,6 +169,10 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
     if (inode.entry_count != 0) {
       return fail(EUCLEAN, "journal frees inode " + std::to_string(r->ino) + " that a directory still names");
     }
+    if (inode.xattrs) {
+      for (const auto& [name, value] : *inode.xattrs) xattr_bytes_ -= format::xattr_bytes(name.size(), value.size());
+      xattr_count_ -= inode.xattrs->size();
+    }
     inode.freed = true;
     inodes_.erase(r->ino);
     --inode_count_;
@@ -214,6 +220,31 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
     if (replaying_) return {};
     std::lock_guard lock(space_mutex_);
     for (const Range& f : fresh) fence_off_locked(DevRun{DevBlock(f.start), f.length});
+    return {};
+  }
+  if (const auto* r = std::get_if<XattrRecord>(&record)) {
+    Inode* inode = find_for_apply(r->ino, locked);
+    if (inode == nullptr) return fail(EUCLEAN, "extended attribute of missing inode " + std::to_string(r->ino));
+    if (!inode->xattrs) inode->xattrs = std::make_unique<Xattrs>();
+    auto [it, fresh] = inode->xattrs->try_emplace(r->name);
+    if (fresh) {
+      ++xattr_count_;
+    } else {
+      xattr_bytes_ -= format::xattr_bytes(r->name.size(), it->second.size());
+    }
+    it->second = r->value;
+    xattr_bytes_ += format::xattr_bytes(r->name.size(), r->value.size());
+    return {};
+  }
+  if (const auto* r = std::get_if<XattrRemoveRecord>(&record)) {
+    Inode* inode = find_for_apply(r->ino, locked);
+    auto it = inode != nullptr && inode->xattrs ? inode->xattrs->find(r->name) : Xattrs::iterator();
+    if (inode == nullptr || !inode->xattrs || it == inode->xattrs->end()) {
+      return fail(EUCLEAN, "journal removes a missing extended attribute of inode " + std::to_string(r->ino));
+    }
+    xattr_bytes_ -= format::xattr_bytes(r->name.size(), it->second.size());
+    --xattr_count_;
+    inode->xattrs->erase(it);
     return {};
   }
   const auto& r = std::get<ExtentClearRecord>(record);

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +15,8 @@
 #include <cstring>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+
+#include "fs/posix_acl.h"
 
 
 namespace poise::fusemount {
@@ -124,6 +127,12 @@ void op_init(void*, fuse_conn_info* conn) {
   // for "." of the inode number in the handle, and inode numbers are never
   // reused (so the generation is always 0).
   if (conn->capable & FUSE_CAP_EXPORT_SUPPORT) conn->want |= FUSE_CAP_EXPORT_SUPPORT;
+  // POSIX ACLs: the kernel enforces and caches them; poise keeps them as
+  // attributes, in step with the mode, and gives a directory's default ACL to
+  // what is made in it. The kernel then leaves the umask to poise (below).
+  if ((conn->capable & FUSE_CAP_POSIX_ACL) != 0 && (conn->capable & FUSE_CAP_DONT_MASK) != 0) {
+    conn->want |= FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
+  }
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -180,17 +189,26 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
   op_getattr(req, ino, nullptr);
 }
 
+// The permission bits of a new inode: the mode asked for, less the caller's
+// umask unless the directory has a default ACL (which then decides instead, as
+// on a local filesystem). The kernel applies the umask itself when it keeps it.
+uint32_t new_mode(fuse_req_t req, fuse_ino_t parent, mode_t mode) {
+  uint32_t perm = mode & 07777;
+  if (fs_of(req).get_xattr(InodeNumber(parent), acl::kDefaultName).has_value()) return perm;
+  return perm & ~static_cast<uint32_t>(fuse_req_ctx(req)->umask);
+}
+
 void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t) {
   // The format has regular files, directories and symbolic links only
   // (docs/format.md): no device nodes, FIFOs or sockets.
   if (!S_ISREG(mode)) return reply_errno(req, EPERM);
-  auto ino = fs_of(req).create_at(InodeNumber(parent), name, mode & 07777, caller(req));
+  auto ino = fs_of(req).create_at(InodeNumber(parent), name, new_mode(req, parent, mode), caller(req));
   if (!ino.has_value()) return reply_error(req, ino.error());
   reply_entry(req, *ino);
 }
 
 void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
-  auto ino = fs_of(req).mkdir_at(InodeNumber(parent), name, mode & 07777, caller(req));
+  auto ino = fs_of(req).mkdir_at(InodeNumber(parent), name, new_mode(req, parent, mode), caller(req));
   if (!ino.has_value()) return reply_error(req, ino.error());
   reply_entry(req, *ino);
 }
@@ -256,7 +274,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   if (!S_ISREG(mode)) return reply_errno(req, EPERM);
   Mount& m = mount_of(req);
   Filesystem& fs = m.fs();
-  auto ino = fs.create_at(InodeNumber(parent), name, mode & 07777, caller(req));
+  auto ino = fs.create_at(InodeNumber(parent), name, new_mode(req, parent, mode), caller(req));
   if (!ino.has_value()) return reply_error(req, ino.error());
   auto st = fs.stat(*ino);
   if (!st.has_value()) return reply_error(req, st.error());
@@ -267,6 +285,48 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
     m.forget(ino->value(), 1);
     fs.release(*ino);
   }
+}
+
+// Extended attributes. A size of 0 asks only for the size a reply needs.
+void reply_xattr_bytes(fuse_req_t req, const std::string& bytes, size_t size) {
+  if (size == 0) return (void)fuse_reply_xattr(req, bytes.size());
+  if (bytes.size() > size) return reply_errno(req, ERANGE);
+  fuse_reply_buf(req, bytes.data(), bytes.size());
+}
+
+void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size, int flags) {
+  XattrMode mode = XattrMode::Either;
+  if (flags == XATTR_CREATE) {
+    mode = XattrMode::Create;
+  } else if (flags == XATTR_REPLACE) {
+    mode = XattrMode::Replace;
+  } else if (flags != 0) {
+    return reply_errno(req, EINVAL);
+  }
+  reply_result(req, fs_of(req).set_xattr(InodeNumber(ino), name, std::string_view(value, size), mode));
+}
+
+void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  auto value = fs_of(req).get_xattr(InodeNumber(ino), name);
+  if (!value.has_value()) return reply_error(req, value.error());
+  reply_xattr_bytes(req, *value, size);
+}
+
+void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  auto names = fs_of(req).list_xattrs(InodeNumber(ino));
+  if (!names.has_value()) return reply_error(req, names.error());
+  // trusted. attributes are root's: other callers do not see their names
+  // (the kernel leaves listing to the filesystem).
+  const bool root = fuse_req_ctx(req)->uid == 0;
+  std::string list;
+  for (const std::string& n : *names) {
+    if (root || n.compare(0, 8, "trusted.") != 0) list.append(n).push_back('\0');
+  }
+  reply_xattr_bytes(req, list, size);
+}
+
+void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  reply_result(req, fs_of(req).remove_xattr(InodeNumber(ino), name));
 }
 
 void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
@@ -508,6 +568,10 @@ fuse_lowlevel_ops make_ops() {
   ops.copy_file_range = op_copy_file_range;
   ops.lseek = op_lseek;
   ops.retrieve_reply = op_retrieve_reply;
+  ops.setxattr = op_setxattr;
+  ops.getxattr = op_getxattr;
+  ops.listxattr = op_listxattr;
+  ops.removexattr = op_removexattr;
   return ops;
 }
 

@@ -152,6 +152,33 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
              [&](Decoder& d) { return d.string(&target, UINT32_MAX); }));
     return target;
   }
+  Result<void> set_xattr(InodeNumber ino, std::string_view name, std::string_view value, XattrMode mode) override {
+    return call0(Op::SetXattr, [&](Encoder& e) {
+      e.u64(ino.value());
+      e.string(name);
+      e.string(value);
+      e.u8(static_cast<uint8_t>(mode));
+    });
+  }
+  Result<std::string> get_xattr(InodeNumber ino, std::string_view name) override {
+    std::string value;
+    TRY(call(Op::GetXattr, [&](Encoder& e) {
+      e.u64(ino.value());
+      e.string(name);
+    }, [&](Decoder& d) { return d.string(&value, UINT32_MAX); }));
+    return value;
+  }
+  Result<std::vector<std::string>> list_xattrs(InodeNumber ino) override {
+    std::vector<std::string> names;
+    TRY(call(Op::ListXattrs, [&](Encoder& e) { e.u64(ino.value()); }, [&](Decoder& d) { return d.strings(&names); }));
+    return names;
+  }
+  Result<void> remove_xattr(InodeNumber ino, std::string_view name) override {
+    return call0(Op::RemoveXattr, [&](Encoder& e) {
+      e.u64(ino.value());
+      e.string(name);
+    });
+  }
   Result<void> link(std::string_view existing, std::string_view new_path) override {
     return call0(Op::Link, [&](Encoder& e) {
       e.string(existing);

@@ -55,6 +55,10 @@ const char* op_name(Op op) {
     case Op::Event: return "event";
     case Op::Symlink: return "symlink";
     case Op::Readlink: return "readlink";
+    case Op::SetXattr: return "setxattr";
+    case Op::GetXattr: return "getxattr";
+    case Op::ListXattrs: return "listxattr";
+    case Op::RemoveXattr: return "removexattr";
   }
   return "unknown";
 }

@@ -24,7 +24,8 @@
 
 namespace poise::serve {
 
-inline constexpr uint32_t kProtocolVersion = 2;  // 2: file type 2 (symbolic link), Symlink, Readlink
+// 2: file type 2 (symbolic link), Symlink, Readlink. 3: extended attributes.
+inline constexpr uint32_t kProtocolVersion = 3;
 inline constexpr size_t kHeaderBytes = 16;
 // The largest body either side accepts: 1 MiB of file data plus room for fields.
 inline constexpr uint32_t kBodyBytesMax = (1u << 20) + 4096;
@@ -83,8 +84,13 @@ enum class Op : uint16_t {
   Event = 42,  // server to subscriber: string, one JSON object
   Symlink = 43,   // string target, string link path -> u64 inode
   Readlink = 44,  // u64 inode -> string target
+  // Extended attributes (protocol 3).
+  SetXattr = 45,     // u64 inode, string name, bytes value, u8 mode (XattrMode)
+  GetXattr = 46,     // u64 inode, string name -> bytes value
+  ListXattrs = 47,   // u64 inode -> strings names
+  RemoveXattr = 48,  // u64 inode, string name
 };
-inline constexpr uint16_t kOpMax = 44;
+inline constexpr uint16_t kOpMax = 48;
 
 // The steps of Op::Offline.
 enum class OfflineStep : uint8_t { PreRemove = 0, Cancel = 1, Remove = 2 };

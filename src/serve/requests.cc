@@ -26,6 +26,7 @@ namespace {
 constexpr size_t kReplyBudgetBytes = 900 * 1024;  // lists are cut into pages below this
 constexpr uint32_t kFsmapRecordsPerReply = 16384;
 constexpr size_t kLeasesPerClientMax = 4096;
+constexpr uint32_t kXattrBytesMax = 64 * 1024;  // a value the filesystem refuses (E2BIG) still decodes
 
 // A list too long for one message keeps its first lines and says so.
 std::vector<std::string> cut(std::vector<std::string> list, size_t budget) {
@@ -129,6 +130,35 @@ class Access {
       }
     }
     return {};
+  }
+
+  // Who may read or change an extended attribute, as the kernel decides:
+  // trusted. is root's (others neither see nor read it); security. reads for
+  // anyone and changes for root; an ACL changes by its file's owner; user.
+  // needs read or write permission and is only on files and directories.
+  Result<void> may_xattr(InodeNumber ino, std::string_view name, bool change) const {
+    TRY(may_name(ino));
+    if (c_.privileged) return {};
+    auto st = TRY(fs_.stat(ino));
+    const std::string what = std::string(name) + " of inode " + std::to_string(ino.value());
+    auto in = [&](std::string_view prefix) { return name.substr(0, prefix.size()) == prefix; };
+    if (in("trusted.")) {
+      return change ? fail(EPERM, what + ": trusted. attributes are root's") : fail(ENODATA, what + ": no such attribute");
+    }
+    if (in("security.")) return change ? fail(EPERM, what + ": security. attributes are root's to change") : Result<void>{};
+    if (in("system.")) {
+      if (change && st.uid != c_.peer.uid) return fail(EPERM, what + ": only the file's owner changes its ACL");
+      return {};
+    }
+    if (st.type != FileType::Regular && st.type != FileType::Directory) {
+      return change ? fail(EPERM, what + ": user. attributes are for files and directories")
+                    : fail(ENODATA, what + ": no such attribute");
+    }
+    if (!permits(st, change ? 2 : 4)) return fail(EACCES, what + ": permission denied");
+    return {};
+  }
+  bool sees_xattr(std::string_view name) const {
+    return c_.privileged || name.substr(0, 8) != "trusted.";
   }
 
   Result<void> privileged(const char* what) const {
@@ -317,6 +347,32 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       TRY(access_.may_name(InodeNumber(a)));  // a link's own bits are never checked
       out.string(TRY(fs_.readlink(InodeNumber(a))));
       return {};
+    case Op::SetXattr: {
+      uint8_t how = 0;
+      if (!in.u64(&a) || !in.string(&path) || !in.string(&other, kXattrBytesMax) || !in.u8(&how) ||
+          how > static_cast<uint8_t>(XattrMode::Replace)) {
+        return bad();
+      }
+      TRY(access_.may_xattr(InodeNumber(a), path, true));
+      return fs_.set_xattr(InodeNumber(a), path, other, static_cast<XattrMode>(how));
+    }
+    case Op::GetXattr:
+      if (!in.u64(&a) || !in.string(&path)) return bad();
+      TRY(access_.may_xattr(InodeNumber(a), path, false));
+      out.string(TRY(fs_.get_xattr(InodeNumber(a), path)));
+      return {};
+    case Op::ListXattrs: {
+      if (!in.u64(&a)) return bad();
+      TRY(access_.may_name(InodeNumber(a)));
+      auto names = TRY(fs_.list_xattrs(InodeNumber(a)));
+      std::erase_if(names, [&](const std::string& n) { return !access_.sees_xattr(n); });
+      out.strings(names);
+      return {};
+    }
+    case Op::RemoveXattr:
+      if (!in.u64(&a) || !in.string(&path)) return bad();
+      TRY(access_.may_xattr(InodeNumber(a), path, true));
+      return fs_.remove_xattr(InodeNumber(a), path);
     case Op::Link: {
       if (!in.string(&path) || !in.string(&other)) return bad();
       auto target = TRY(access_.may_use(path, 0));

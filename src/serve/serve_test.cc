@@ -99,6 +99,9 @@ std::string tree(Filesystem& fs, const std::string& dir = "/") {
     auto st = fs.stat(path);
     out += path + (e.type == FileType::Directory ? "/" : "") + " " + std::to_string(st ? st->size_bytes : 0) + " " +
            std::to_string(st ? st->nlink : 0) + "\n";
+    for (const std::string& name : fs.list_xattrs(e.ino).value_or(std::vector<std::string>{"(unlistable)"})) {
+      out += "  " + name + "=" + fs.get_xattr(e.ino, name).value_or("(unreadable)") + "\n";
+    }
     if (e.type == FileType::Directory) {
       out += tree(fs, path);
     } else if (e.type == FileType::Symlink) {
@@ -126,7 +129,11 @@ TEST(Serve, TheClientAnswersAsTheInProcessApiDoes) {
   int succeeded = 0;
   for (int step = 0; step < 1500; ++step) {
     std::string what, results[2];
-    uint64_t op = rng.below(13);
+    uint64_t op = rng.below(15);
+    const char* xattr_names[] = {"user.a", "user.b", "trusted.t", "os2.x"};
+    const std::string xname = xattr_names[rng.below(std::size(xattr_names))];
+    const auto xmode = static_cast<XattrMode>(rng.below(3));
+    const bool also_remove = rng.chance(3);
     std::string p = pick(), q = pick();
     uint64_t off = rng.below(3 * 4096 + 100), len = rng.below(3 * 1024 * 1024 / 2);
     std::string data(rng.below(6000) + 1, static_cast<char>('a' + rng.below(26)));
@@ -173,6 +180,24 @@ TEST(Serve, TheClientAnswersAsTheInProcessApiDoes) {
           auto i = ino(p);
           auto target = i ? fs.readlink(*i) : Result<std::string>(std::string());
           results[side] = outcome(i) + (target ? "ok " + *target : "errno " + std::to_string(target.error().code));
+          break;
+        }
+        case 13: {
+          what = "setxattr " + p + " " + xname;
+          auto i = ino(p);
+          results[side] = i ? outcome(fs.set_xattr(*i, xname, data.substr(0, 4000), xmode)) : outcome(i);
+          break;
+        }
+        case 14: {
+          what = "getxattr/removexattr " + p + " " + xname;
+          auto i = ino(p);
+          if (!i) {
+            results[side] = outcome(i);
+            break;
+          }
+          auto value = fs.get_xattr(*i, xname);
+          results[side] = value ? "ok " + *value : "errno " + std::to_string(value.error().code);
+          if (also_remove) results[side] += outcome(fs.remove_xattr(*i, xname));
           break;
         }
         default: {
