@@ -262,13 +262,33 @@ expect 3 "$POISE" xattr "$XI" /f user.none
 contains "$WORK/err" "no such attribute"
 expect 10 "$POISE" xattr "$XI" /f other.name --set x
 expect 8 "$POISE" xattr "$XI" /f user.big --set "$(head -c 3073 /dev/zero | tr '\0' x)"
-expect 8 "$POISE" xattr "$XI" /f system.posix_acl_access --set-hex 0x02000000
+expect 8 "$POISE" xattr "$XI" /f system.posix_acl_access --set-hex 0x03000000   # not version 2
+expect 0 "$POISE" xattr "$XI" /f system.posix_acl_access --set-hex 0x02000000   # no entries: a removal
 expect 2 "$POISE" xattr "$XI" /f --remove
 expect 2 "$POISE" xattr "$XI" /f user.color --set a --remove
 expect 2 "$POISE" xattr "$XI" /f user.color --set-hex 0xzz
 expect 3 "$POISE" xattr "$XI" /missing
 expect 0 "$POISE" xattr "$XI" /f user.empty --remove
 expect 3 "$POISE" xattr "$XI" /f user.empty --remove
+expect 0 "$POISE" xattr "$XI" /f user.empty --set ""      # an empty value is a value
+expect 0 "$POISE" xattr "$XI" /f user.empty --json
+contains "$WORK/out" '"value_hex": ""'
+expect 2 "$POISE" xattr "$XI" /f user.color --create       # --create goes with a value
+# put over a file keeps its attributes and ACL (u::rw-, u:1000:rwx, g::r--, m::rwx,
+# o::---: mode 0670), but not a file capability (new bytes drop it, as a write does)
+expect 0 "$POISE" xattr "$XI" /f security.capability --set-hex 0X01
+expect 0 "$POISE" xattr "$XI" /f system.posix_acl_access --set-hex \
+  0x0200000001000600ffffffff02000700e803000004000400ffffffff10000700ffffffff20000000ffffffff
+echo new >"$WORK/xattr-new"
+expect 0 "$POISE" put "$XI" "$WORK/xattr-new" /f
+expect 0 "$POISE" cat "$XI" /f
+[ "$(cat "$WORK/out")" = new ] && ok || bad "put did not replace the content"
+expect 0 "$POISE" xattr "$XI" /f user.color
+[ "$(cat "$WORK/out")" = red ] && ok || bad "put over a file must keep its attributes"
+expect 3 "$POISE" xattr "$XI" /f security.capability
+expect 0 "$POISE" xattr "$XI" /f system.posix_acl_access
+expect 0 "$POISE" stat "$XI" /f --json
+contains "$WORK/out" '"mode": "0670"'
 expect 0 "$POISE" check "$XI"
 contains "$WORK/out" "clean"
 chmod 0444 "$XI"

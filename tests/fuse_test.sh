@@ -635,6 +635,12 @@ if command -v setpriv >/dev/null; then
   [ "$("${NOBODY[@]}" cat "$MNT/aclfile" 2>&1)" = secret ] && ok || bad "an ACL entry must let nobody read"
   setfacl -m m::- "$MNT/aclfile"
   "${NOBODY[@]}" cat "$MNT/aclfile" >/dev/null 2>&1 && bad "the ACL mask must limit the named entry" || ok
+  # An ACL changed by another path (the CLI, through the server) reaches the
+  # kernel's cached copy: u::rw-, u:65534:r--, g::---, m::r--, o::---.
+  expect 0 "$POISE" xattr "$IMG" /aclfile system.posix_acl_access --set-hex \
+    0x0200000001000600ffffffff02000400feff000004000000ffffffff10000400ffffffff20000000ffffffff
+  eventually "an ACL set through the CLI must reach the kernel's permission checks on the mount" \
+    "${NOBODY[@]}" sh -c "cat '$MNT/aclfile' >/dev/null 2>&1"
   "${NOBODY[@]}" setfattr -n user.x -v 1 "$MNT/aclfile" 2>/dev/null && bad "nobody must not set attributes of root's file" || ok
   "${NOBODY[@]}" setfattr -n trusted.x -v 1 "$MNT/shared/n" 2>/dev/null && bad "only root may set trusted. attributes" || ok
   "${NOBODY[@]}" setfattr -n user.mine -v 1 "$MNT/shared/n" && ok || bad "nobody may set attributes of its own file"

@@ -218,6 +218,24 @@ PY
   contains "$WORK/out" '"mode": "0640"'
   expect 0 "$POISE" xattr "$IMG" /readable user.k
   [ "$(cat "$WORK/out")" = v ] && ok || bad "a denied xattr change changed the value"
+  # A write through the socket drops a file capability (as the kernel's
+  # file_remove_privs does for every writer).
+  expect 0 "${AS_NOBODY[@]}" "$POISE" put "$IMG" "$WORK/data" /pub/cap
+  expect 0 "$POISE" xattr "$IMG" /pub/cap security.capability --set-hex 0x01
+  expect 0 "$POISE" xattr "$IMG" /pub/cap user.keep --set yes
+  expect 0 "${AS_NOBODY[@]}" "$POISE" truncate "$IMG" /pub/cap 1
+  expect 3 "$POISE" xattr "$IMG" /pub/cap security.capability
+  expect 0 "$POISE" xattr "$IMG" /pub/cap user.keep
+  # In a sticky directory only its owner changes its user. attributes.
+  expect 8 "${AS_NOBODY[@]}" "$POISE" xattr "$IMG" /pub user.x --set 1
+  # The socket honours ACLs as the kernel does: u::rw-, u:65534:---, g::r--,
+  # m::r--, o::r-- denies nobody what the mode bits (0644) would allow.
+  expect 0 "$POISE" put "$IMG" "$WORK/data" /acl-denied
+  expect 0 "$POISE" xattr "$IMG" /acl-denied system.posix_acl_access --set-hex \
+    0x0200000001000600ffffffff02000000feff000004000400ffffffff10000400ffffffff20000400ffffffff
+  expect 11 "${AS_NOBODY[@]}" "$POISE" cat "$IMG" /acl-denied
+  expect 0 "$POISE" xattr "$IMG" /acl-denied system.posix_acl_access --remove
+  expect 0 "${AS_NOBODY[@]}" "$POISE" cat "$IMG" /acl-denied
   stop
   expect 0 "$POISE" check "$IMG"
   # A socket another user bound beside an image is not believed.
@@ -247,6 +265,8 @@ fi
 
 # --- kill -9 of the server under load: every put a client was told is done survives
 serve "$IMG"
+"$POISE" events "$IMG" >"$WORK/events.killed" 2>"$WORK/events.killed.err" &
+EVENTS_KILLED=$!
 (
   for i in $(seq 1 400); do
     [ -e "$WORK/stop-writing" ] && break
@@ -258,6 +278,8 @@ for _ in $(seq 100); do [ -s "$WORK/acked" ] && [ "$(wc -l <"$WORK/acked")" -ge 
 kill -9 "$SERVER"
 touch "$WORK/stop-writing"  # (one or two more puts go to the image itself)
 wait "$WRITER"
+wait "$EVENTS_KILLED" && bad "poise events must fail when its server is killed, not end as after a stop" || ok
+contains "$WORK/events.killed.err" "went away without stopping"
 [ -S "$IMG.sock" ] && ok || bad "expected the killed server's socket to be left behind"
 # The socket left behind answers nobody: commands use the image itself.
 expect 0 "$POISE" check "$IMG"
@@ -280,6 +302,8 @@ contains "$WORK/err" "not served"
 expect 8 "$POISE" events "$IMG"
 contains "$WORK/err" "not served"
 serve "$IMG"
+expect 8 "$POISE" offline "$IMG" --cancel   # nothing to cancel
+contains "$WORK/err" "no removal is under way"
 expect 0 "$POISE" offline "$IMG"
 contains "$WORK/out" "pre-removed"
 expect 0 "$POISE" ls "$IMG" /     # reading goes on while frozen
@@ -291,6 +315,10 @@ contains "$WORK/out" "removed"
 contains "$WORK/serve.log" "removed"
 "$POISE" mkdir "$IMG" /after-removal >"$WORK/out" 2>"$WORK/err"
 [ $? -ne 0 ] && ok || bad "a write after removal succeeded"
+expect 4 "$POISE" info "$IMG"          # nothing describes a removed filesystem as if it were there
+contains "$WORK/err" "removed"
+expect 4 "$POISE" check "$IMG"
+expect 1 "$POISE" offline "$IMG" --cancel   # already removed
 stop && ok || bad "the server did not stop after a removal"
 expect 0 "$POISE" check "$IMG"        # mounts again where the memory now lives
 expect 0 "$POISE" stat "$IMG" /after-cancel

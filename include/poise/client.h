@@ -56,8 +56,9 @@ class RemoteFilesystem : public Filesystem {
   // The server's event stream (memory failures with every owner's path and
   // range, recalls, clients killed, removal steps, the server stopping), one
   // JSON object per call, on a connection of its own, until on_event returns
-  // false or the server goes away (then: success). For root and the server's
-  // own user.
+  // false or the server stops (its last event is "server_stopped"): then
+  // success. ECONNRESET when the stream ends without that event (the server
+  // was killed, or the connection broke). For root and the server's own user.
   virtual Result<void> watch_events(const std::function<bool(const std::string& json)>& on_event) = 0;
 };
 

@@ -62,9 +62,13 @@ struct Stat {
 
 // Who a new file or directory belongs to (a server creates files for its
 // clients): without it, the owner the filesystem was mounted with.
+// Who makes a new inode: it belongs to uid and gid. `umask` is the maker's
+// umask, applied to the mode asked for unless the directory has a default ACL
+// (which then decides instead, as on a local filesystem); 0 leaves the mode.
 struct Credentials {
   uint32_t uid = 0;
   uint32_t gid = 0;
+  uint32_t umask = 0;
 };
 
 struct DirEntry {

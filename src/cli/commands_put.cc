@@ -74,6 +74,32 @@ bool is_directory(Filesystem& fs, const std::string& path) {
   return st.has_value() && st->type == FileType::Directory;
 }
 
+// A replaced file keeps its extended attributes (its ACL among them) as a file
+// rewritten in place would, but not a file capability (a write drops that),
+// nor what the hidden file got from a default ACL that the old file lacked.
+// Attributes of namespaces the caller may not set (trusted., security. of
+// another's file through a server) are skipped; a server or image without
+// attributes keeps none.
+Result<void> keep_attributes(Filesystem& fs, const std::string& path, InodeNumber to) {
+  const InodeNumber from = TRY(fs.lookup(path));
+  auto names = fs.list_xattrs(from);
+  if (!names.has_value()) return names.error().code == ENOTSUP ? Result<void>{} : Unexpected<Error>(names.error());
+  auto inherited = TRY(fs.list_xattrs(to));
+  for (const std::string& n : inherited) {
+    if (std::find(names->begin(), names->end(), n) == names->end()) TRY(fs.remove_xattr(to, n));
+  }
+  for (const std::string& n : *names) {
+    if (n == "security.capability") continue;
+    auto value = fs.get_xattr(from, n);
+    auto set = value.has_value() ? fs.set_xattr(to, n, *value) : Result<void>(Unexpected<Error>(value.error()));
+    const bool privileged_name = n.rfind("trusted.", 0) == 0 || n.rfind("security.", 0) == 0;
+    if (!set.has_value() && !(privileged_name && (set.error().code == EPERM || set.error().code == ENODATA))) {
+      return set;
+    }
+  }
+  return {};
+}
+
 // Creates the hidden file a put writes into, beside PATH. Its name is random, so
 // a file left by a killed put (or one a user made) is never in the way.
 Result<File> create_hidden_beside(Filesystem& fs, const std::string& path, uint32_t mode, std::string* name) {
@@ -109,7 +135,7 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
   // own; a replaced symbolic link (never followed: the link itself goes) had
   // none worth keeping (0777), so the file takes the local bits.
   uint32_t mode = local == "-" ? 0644 : static_cast<uint32_t>(in_st.st_mode) & 07777;
-  bool replacing = false;
+  bool replacing = false, replacing_file = false;
   if (auto old = fs.stat(path); old.has_value()) {
     replacing = true;
     if (old->type == FileType::Directory) {
@@ -117,7 +143,10 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
       eprint("poise: put: {} is a directory\n", path);
       return kExitInvalid;
     }
-    if (old->type == FileType::Regular) mode = old->mode;
+    if (old->type == FileType::Regular) {
+      mode = old->mode;
+      replacing_file = true;
+    }
   } else if (old.error().code != ENOENT) {
     close_in();
     return report("put " + path, old.error());
@@ -150,6 +179,9 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
     }
   }
   close_in();
+  if (code == kExitOk && replacing_file) {
+    if (auto kept = keep_attributes(fs, path, file->ino()); !kept.has_value()) code = report("put " + path, kept.error());
+  }
   // Replacing a file: its new bytes are on media before the rename makes the old
   // ones unreachable, so that not even a machine crash loses both.
   if (code == kExitOk && replacing) {

@@ -17,6 +17,7 @@ namespace {
 struct Args {
   std::string image, path, name, set, set_hex;
   bool remove = false, create = false, replace = false, json = false;
+  bool has_set = false, has_set_hex = false;  // given, even empty
 };
 
 bool printable(const std::string& value) {
@@ -40,7 +41,7 @@ std::string shown(const std::string& value) {
 }
 
 std::optional<std::string> from_hex(const std::string& text) {
-  std::string digits = text.rfind("0x", 0) == 0 ? text.substr(2) : text;
+  std::string digits = text.rfind("0x", 0) == 0 || text.rfind("0X", 0) == 0 ? text.substr(2) : text;
   if (digits.size() % 2 != 0) return std::nullopt;
   std::string out;
   for (size_t i = 0; i < digits.size(); i += 2) {
@@ -82,21 +83,22 @@ int list(Filesystem& fs, const Args& a, InodeNumber ino) {
 }
 
 int run_xattr(const Args& a) {
-  const bool changes = !a.set.empty() || !a.set_hex.empty() || a.remove;
+  const bool sets = a.has_set || a.has_set_hex;
+  const bool changes = sets || a.remove;
   if (changes && a.name.empty()) {
     eprint("poise: xattr: --set, --set-hex and --remove need a NAME\n");
     return kExitUsage;
   }
-  if (int(!a.set.empty()) + int(!a.set_hex.empty()) + int(a.remove) > 1) {
+  if (int(a.has_set) + int(a.has_set_hex) + int(a.remove) > 1) {
     eprint("poise: xattr: give one of --set, --set-hex and --remove\n");
     return kExitUsage;
   }
-  if ((a.create || a.replace) && a.remove) {
+  if ((a.create || a.replace) && !sets) {
     eprint("poise: xattr: --create and --replace go with --set or --set-hex\n");
     return kExitUsage;
   }
   std::string value = a.set;
-  if (!a.set_hex.empty()) {
+  if (a.has_set_hex) {
     auto bytes = from_hex(a.set_hex);
     if (!bytes) {
       eprint("poise: xattr: --set-hex takes an even number of hex digits (0x optional), not '{}'\n", a.set_hex);
@@ -137,16 +139,20 @@ void add_xattr_command(CLI::App& app, std::function<int()>* run) {
       "xattr",
       "Extended attributes of a file (POSIX ACLs among them): list them with their values; with NAME print that "
       "value's bytes; --set, --set-hex or --remove change one");
-  sub->callback([run, args] { *run = [args] { return run_xattr(*args); }; });
   sub->add_option("IMAGE", args->image)->required();
   sub->add_option("PATH", args->path)->required()->check(kNonEmptyPath);
   sub->add_option("NAME", args->name, "user.*, trusted.*, security.* or system.posix_acl_*")->check(kNonEmptyValue);
-  sub->add_option("--set", args->set, "Set NAME to this text")->check(kNonEmptyValue);
-  sub->add_option("--set-hex", args->set_hex, "Set NAME to these bytes, in hex (0x optional; 0x alone: empty)");
+  CLI::Option* set = sub->add_option("--set", args->set, "Set NAME to this text");
+  CLI::Option* set_hex = sub->add_option("--set-hex", args->set_hex, "Set NAME to these bytes, in hex (0x optional; empty: no bytes)");
   sub->add_flag("--remove", args->remove, "Remove NAME");
   auto* create = sub->add_flag("--create", args->create, "Fail (exit 7) if NAME exists");
   sub->add_flag("--replace", args->replace, "Fail (exit 3) if NAME does not exist")->excludes(create);
   sub->add_flag("--json", args->json, "Machine-readable output (values also in hex: value_hex)");
+  sub->callback([run, args, set, set_hex] {
+    args->has_set = set->count() > 0;  // an empty value is a value
+    args->has_set_hex = set_hex->count() > 0;
+    *run = [args] { return run_xattr(*args); };
+  });
 }
 
 }  // namespace poise::cli

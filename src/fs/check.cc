@@ -94,6 +94,13 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
     report.extents += inode->extents.extent_count();
     std::string who = "inode " + std::to_string(ino);
     check_xattrs(*inode, (sb_.feature_incompat & format::kIncompatXattrs) != 0, who, problem);
+    if (!inode->name.empty()) {  // the name path_of starts from
+      InodePtr parent = find_inode(inode->parent);
+      auto it = parent != nullptr && parent->is_dir() ? parent->entries->find(inode->name) : DirEntries::iterator();
+      if (parent == nullptr || !parent->is_dir() || it == parent->entries->end() || it->second != inode.get()) {
+        problem(who + ": its recorded latest name '" + inode->name + "' does not name it");
+      }
+    }
     if (inode->is_dir()) {
       ++report.directories;
       if (reached.count(ino) == 0) problem(who + ": directory not reachable from the root");

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <thread>
 
+#include "base/random.h"
 #include "format/ondisk.h"
 #include "format/superblock.h"
 #include "fs/test_util.h"
@@ -728,3 +729,83 @@ TEST_F(FsTest, ReadOnlyMountRefusesWrites) {
 
 }  // namespace
 }  // namespace poise
+
+namespace poise::testing {
+namespace {
+
+// path_of names an inode by a path that leads back to it, through renames of
+// its directories, hard links whose latest name goes, RENAME_EXCHANGE, a crash
+// and a checkpoint; random operations with a printed seed.
+TEST_F(FsTest, PathOfAlwaysNamesTheInodeThroughRenamesLinksAndRemounts) {
+  Rng rng(test_seed("FsTest.PathOfAlwaysNamesTheInode"));
+  const char* dirs[] = {"/a", "/a/b", "/c", "/c/d", "/e"};
+  for (const char* d : dirs) (void)fs_->mkdir(d);
+  std::vector<InodeNumber> files;
+  for (int i = 0; i < 12; ++i) files.push_back(*fs_->create(std::string(dirs[i % 5]) + "/f" + std::to_string(i)));
+  auto some_dir = [&] {
+    for (;;) {
+      std::string d = dirs[rng.below(5)];
+      if (fs_->lookup(d).has_value()) return d;
+      for (const char* e : dirs) {
+        if (fs_->lookup(e).has_value()) return std::string(e);
+      }
+    }
+  };
+  auto verify = [&](int step) {
+    for (InodeNumber ino : files) {
+      auto st = fs_->stat(ino);
+      if (!st.has_value()) continue;  // gone: its last name was removed
+      auto path = fs_->path_of(ino);
+      ASSERT_TRUE(path.has_value()) << "step " << step << ": inode " << ino.value() << ": " << path.error().message;
+      EXPECT_EQ(fs_->lookup(*path).value_or(InodeNumber(0)), ino) << "step " << step << ": " << *path;
+    }
+  };
+  for (int step = 0; step < 400; ++step) {
+    InodeNumber f = files[rng.below(files.size())];
+    auto path = fs_->path_of(f);
+    switch (rng.below(6)) {
+      case 0:  // another name for it
+        if (path) (void)fs_->link(*path, some_dir() + "/l" + std::to_string(step));
+        break;
+      case 1:  // its current name goes (another may remain)
+        if (path && fs_->stat(f)->nlink > 1) ASSERT_OK(fs_->unlink(*path));
+        break;
+      case 2:  // it moves
+        if (path) (void)fs_->rename(*path, some_dir() + "/m" + std::to_string(step));
+        break;
+      case 3: {  // two names swap
+        InodeNumber g = files[rng.below(files.size())];
+        auto other = fs_->path_of(g);
+        if (path && other) {
+          auto at = [&](const std::string& p) { return std::pair{*fs_->lookup(p.substr(0, std::max<size_t>(1, p.rfind('/')))), p.substr(p.rfind('/') + 1)}; };
+          auto [da, na] = at(*path);
+          auto [db, nb] = at(*other);
+          (void)fs_->rename_at(da, na, db, nb, RenameFlags::Exchange);
+        }
+        break;
+      }
+      case 4: {  // a directory moves, and every path under it changes
+        std::string d = some_dir();
+        std::string to = "/r" + std::to_string(step);
+        if (fs_->rename(d, to).has_value()) ASSERT_OK(fs_->rename(to, d));
+        (void)fs_->rename("/c/d", "/e/d" + std::to_string(step));
+        (void)fs_->rename("/e/d" + std::to_string(step), "/c/d");
+        break;
+      }
+      default:
+        if (rng.chance(2)) {
+          crash_and_mount();
+        } else {
+          ASSERT_OK(fs_->checkpoint());
+          remount();
+        }
+        break;
+    }
+    verify(step);
+    if (::testing::Test::HasFailure()) return;
+  }
+  expect_clean();
+}
+
+}  // namespace
+}  // namespace poise::testing

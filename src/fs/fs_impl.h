@@ -70,7 +70,11 @@ struct Inode {
   mutable std::shared_mutex lock;
   format::InodeCore core;  // guarded by `lock` (directories: by ns_mutex_)
   ExtentMap extents;       // guarded by `lock`
-  InodeNumber parent;      // guarded by ns_mutex_: the directory of its latest name
+  // Guarded by ns_mutex_: its latest name, `name` in directory `parent`, so that
+  // path_of walks up in O(depth). `name` is empty for the root, and for a file
+  // whose latest name went while another remains (path_of then searches).
+  InodeNumber parent;
+  std::string name;
   // Directories only, guarded by ns_mutex_.
   std::unique_ptr<DirEntries> entries;
   uint32_t entry_count = 0;  // directory entries naming it; guarded by ns_mutex_
@@ -316,11 +320,22 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Extended attributes (xattr.cc). The records that give a new inode (`core`,
   // in `parent`) the ACLs of the parent's default ACL, with core's permission
   // bits narrowed as they say. REQUIRES: ns_mutex_ held exclusively.
-  void inherit_acls(const Inode& parent, format::InodeCore& core, Records* records) const;
+  // False when the parent has no (readable) default ACL: nothing changed.
+  bool inherit_acls(const Inode& parent, format::InodeCore& core, Records* records) const;
+  // How many blocks the space held for the next two checkpoints grows by when
+  // attribute records of `bytes` (on media; the largest `record_bytes`) are added.
+  uint64_t xattr_space_blocks(uint64_t bytes, uint64_t record_bytes) const;
+  // Blocks of the directory section: entries of `entry_bytes`, the attributes
+  // and `more_xattr_bytes` of attribute records more, the largest `record_bytes`.
+  uint64_t named_section_blocks(uint64_t entry_bytes, uint64_t more_xattr_bytes, uint64_t record_bytes) const;
   // The record that rewrites the inode's access ACL for a chmod to `mode`, if it has one.
   // REQUIRES: the inode's attribute lock held.
   std::optional<format::XattrRecord> acl_after_chmod(const Inode& inode, uint32_t mode) const;
   Result<void> change_xattr(InodeNumber ino, std::string_view name, const std::string* value, XattrMode mode);
+  // One name of `inode` as (directory, name): its latest when known, else
+  // found by a search of every directory (a hard-linked file whose latest name
+  // went). Nothing for an inode no directory names. REQUIRES: ns_mutex_ held.
+  std::optional<std::pair<Inode*, std::string_view>> name_of(const Inode& inode) const;
   Result<void> remove_name(const Place& place, FileType type);
   Result<void> rename_places(const Place& from, const Place& to, RenameFlags flags);
   // RENAME_EXCHANGE: a_leaf in a_dir names b, b_leaf in b_dir names a, atomically.
@@ -342,7 +357,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   void unreserve_blocks(uint64_t count);
   DevRun allocate_reserved(uint64_t want, std::optional<DevBlock> hint);
   void return_blocks(DevRun run);
-  uint64_t checkpoint_reserve_blocks() const;
+  // With `more_xattr_bytes` of attribute records, the largest `record_bytes`,
+  // added to what there is (an operation asking what it would cost).
+  uint64_t checkpoint_reserve_blocks(uint64_t more_xattr_bytes = 0, uint64_t record_bytes = 0) const;
   uint64_t available_blocks_locked() const;  // REQUIRES: space_mutex_ held
   // ENOSPC unless `count` more blocks could be allocated now.
   Result<void> expect_space(uint64_t count, const char* what);
@@ -484,6 +501,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   std::atomic<uint64_t> name_bytes_{0};
   std::atomic<uint64_t> xattr_count_{0};
   std::atomic<uint64_t> xattr_bytes_{0};  // on media, as xattr_bytes()
+  // The largest attribute record applied since the mount: how early one may
+  // close a section block (never lowered until the next mount).
+  std::atomic<uint64_t> xattr_record_max_{0};
   RangeSet bad_blocks_;  // failed device blocks, in block units
   // For restore_lost_block: each file block lost in this mount, and its file's
   // change count when it failed. A restore is refused once the file changed.

@@ -199,7 +199,6 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
     return fail(EISDIR, place.shown() + ": a file's name cannot end in '/'");
   }
   if (parent->entries->size() >= kDirEntriesMax) return fail(ENOSPC, "directory is full");
-  TRY(expect_space(1, "create"));  // room for the inode in the next checkpoint
   if (type == FileType::Directory && parent->core.nlink >= kLinksMax) {
     return fail(EMLINK, "too many subdirectories");
   }
@@ -216,7 +215,17 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
   format::InodeCore core{next_ino_, type_bits(type) | perm, type == FileType::Directory ? 2u : 1u,
                          owner ? owner->uid : options_.uid, gid, target.size(), t, t, t};
   Records acls;
-  if (type != FileType::Symlink) inherit_acls(*parent, core, &acls);
+  if (type != FileType::Symlink && !inherit_acls(*parent, core, &acls) && owner) {
+    core.mode &= ~(owner->umask & 0777u);  // no default ACL: the maker's umask
+  }
+  uint64_t acl_bytes = 0, acl_largest = 0;
+  for (const auto& r : acls) {
+    const auto& x = std::get<format::XattrRecord>(r);
+    acl_bytes += format::xattr_bytes(x.name.size(), x.value.size());
+    acl_largest = std::max(acl_largest, format::xattr_bytes(x.name.size(), x.value.size()));
+  }
+  // Room for the inode (and its ACLs) in the next checkpoint.
+  TRY(expect_space(1 + xattr_space_blocks(acl_bytes, acl_largest), "create"));
   format::InodeCore parent_core = parent->core;
   parent_core.mtime_ns = parent_core.ctime_ns = t;
   if (type == FileType::Directory) ++parent_core.nlink;
@@ -705,24 +714,42 @@ void FsImpl::release(InodeNumber ino) {
   commit(*op, records, {inode.get()});
 }
 
+std::optional<std::pair<Inode*, std::string_view>> FsImpl::name_of(const Inode& inode) const {
+  if (!inode.name.empty()) {
+    InodePtr parent = find_inode(inode.parent);
+    if (parent != nullptr && parent->is_dir()) {
+      auto it = parent->entries->find(inode.name);
+      if (it != parent->entries->end() && it->second == &inode) return std::pair{parent.get(), std::string_view(it->first)};
+    }
+  }
+  if (inode.entry_count == 0) return std::nullopt;
+  // The latest name went while another remains (a hard link): rare, and only
+  // path_of asks, so a search instead of a record of every name.
+  for (const auto& [ino, dir] : inodes_) {
+    if (!dir->is_dir()) continue;
+    for (const auto& [name, child] : *dir->entries) {
+      if (child == &inode) return std::pair{dir.get(), std::string_view(name)};
+    }
+  }
+  return std::nullopt;
+}
+
 Result<std::string> FsImpl::path_of(InodeNumber ino) {
   std::shared_lock ns(ns_mutex_);
-  InodePtr inode = find_inode(ino);
-  if (inode == nullptr) return fail(ENOENT, "no inode " + std::to_string(ino.value()));
-  std::vector<std::string> names;
+  InodePtr start = find_inode(ino);
+  if (start == nullptr) return fail(ENOENT, "no inode " + std::to_string(ino.value()));
+  std::vector<std::string_view> names;
   constexpr int kDepthMax = 4096;
-  for (int depth = 0; inode->ino != kRootInode; ++depth) {
-    if (depth == kDepthMax) return fail(ELOOP, "directory chain too deep");
-    InodePtr parent = find_inode(inode->parent);
-    if (parent == nullptr || !parent->is_dir()) return fail(ENOENT, "inode has no name");
-    auto it = std::find_if(parent->entries->begin(), parent->entries->end(),
-                           [&](const auto& e) { return e.second == inode.get(); });
-    if (it == parent->entries->end()) return fail(ENOENT, "inode has no name (unlinked)");
-    names.push_back(it->first);
-    inode = parent;
+  // Each step is one lookup (the name each inode keeps of itself): O(depth).
+  for (const Inode* inode = start.get(); inode->ino != kRootInode;) {
+    if (names.size() == kDepthMax) return fail(ELOOP, "directory chain too deep");
+    auto named = name_of(*inode);
+    if (!named) return fail(ENOENT, "inode " + std::to_string(inode->ino.value()) + " has no name (unlinked)");
+    names.push_back(named->second);
+    inode = named->first;
   }
   std::string path;
-  for (auto it = names.rbegin(); it != names.rend(); ++it) path += "/" + *it;
+  for (auto it = names.rbegin(); it != names.rend(); ++it) path.append("/").append(*it);
   return path.empty() ? std::string("/") : path;
 }
 

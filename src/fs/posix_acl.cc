@@ -1,5 +1,6 @@
 #include "fs/posix_acl.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace poise::acl {
@@ -52,7 +53,6 @@ Result<Acl> parse(std::string_view value) {
   // named groups, mask, other; named ids ascending.
   uint16_t last_tag = 0;
   bool named = false, mask = false, seen_user_obj = false, seen_group_obj = false, seen_other = false;
-  uint32_t last_id = 0;
   for (const Entry& e : acl) {
     switch (e.tag) {
       case kUserObj: case kGroupObj: case kMask: case kOther: case kUser: case kGroup: break;
@@ -62,8 +62,7 @@ Result<Acl> parse(std::string_view value) {
     const bool is_named = e.tag == kUser || e.tag == kGroup;
     if (!is_named && e.tag == last_tag) return fail(EINVAL, "ACL has a base entry twice");
     if (is_named) {
-      if (e.tag == last_tag && e.id <= last_id) return fail(EINVAL, "ACL names an id twice or out of order");
-      last_id = e.id;
+      if (e.id == 0xffffffffu) return fail(EINVAL, "ACL names the invalid id 4294967295");
       named = true;
     }
     seen_user_obj |= e.tag == kUserObj;
@@ -75,6 +74,34 @@ Result<Acl> parse(std::string_view value) {
   if (!seen_user_obj || !seen_group_obj || !seen_other) return fail(EINVAL, "ACL lacks an owner, group or other entry");
   if (named && !mask) return fail(EINVAL, "ACL with named entries lacks a mask");
   return acl;
+}
+
+bool is_empty(std::string_view value) { return value.size() == kHeaderBytes && load32(value.data()) == kVersion; }
+
+bool permits(const Acl& acl, uint32_t owner_uid, uint32_t owner_gid, uint32_t uid,
+             const std::vector<uint32_t>& groups, uint32_t want) {
+  uint16_t mask = 7;
+  for (const Entry& e : acl) {
+    if (e.tag == kMask) mask = e.perm;
+  }
+  auto grants = [&](uint16_t perm) { return (perm & want) == want; };
+  auto in_groups = [&](uint32_t gid) { return std::find(groups.begin(), groups.end(), gid) != groups.end(); };
+  for (const Entry& e : acl) {
+    if (e.tag == kUserObj && uid == owner_uid) return grants(e.perm);
+    if (e.tag == kUser && e.id == uid) return grants(e.perm & mask);
+  }
+  bool in_a_group = false;
+  for (const Entry& e : acl) {
+    const bool matches = (e.tag == kGroupObj && in_groups(owner_gid)) || (e.tag == kGroup && in_groups(e.id));
+    if (!matches) continue;
+    if (grants(e.perm & mask)) return true;
+    in_a_group = true;
+  }
+  if (in_a_group) return false;
+  for (const Entry& e : acl) {
+    if (e.tag == kOther) return grants(e.perm);
+  }
+  return false;
 }
 
 std::string encode(const Acl& acl) {

@@ -36,10 +36,12 @@ struct Entry {
 };
 using Acl = std::vector<Entry>;
 
-// EINVAL unless it is a valid ACL as Linux checks one: entries in tag order
-// (named users and groups by ascending id, each id once), one owner, owning
-// group and other entry, a mask exactly when there are named entries.
+// EINVAL unless it is a valid ACL as Linux checks one: entries in tag order,
+// one owner, owning group and other entry, named ids that are valid ids (not
+// 0xffffffff), a mask when there are named entries.
 Result<Acl> parse(std::string_view value);
+// A version word and no entries: what Linux takes for "no ACL".
+bool is_empty(std::string_view value);
 std::string encode(const Acl& acl);
 
 // The permission bits (0777) an ACL implies: the owner's, the mask's (or the
@@ -49,6 +51,13 @@ uint32_t mode_bits(const Acl& acl);
 bool says_only_mode(const Acl& acl);
 // chmod: the owner, mask (or owning group) and other entries take `mode`'s bits.
 void apply_mode(Acl& acl, uint32_t mode);
+// Whether a process of `uid` in `groups` (its gid first) may `want` (rwx bits)
+// a file of owner `owner_uid` and group `owner_gid` with access ACL `acl`, as
+// Linux's posix_acl_permission decides: the owner entry for the owner; else a
+// named-user entry within the mask; else the owning-group and named-group
+// entries within the mask (any one that grants it all); else other.
+bool permits(const Acl& acl, uint32_t owner_uid, uint32_t owner_gid, uint32_t uid,
+             const std::vector<uint32_t>& groups, uint32_t want);
 // A new inode in a directory with default ACL `acl`, asked for `mode`: each of
 // the owner, mask (or owning group) and other entries keeps only the bits the
 // mode allows; returns the inode's permission bits (those of the result).

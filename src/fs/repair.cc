@@ -205,6 +205,7 @@ Result<void> FsImpl::repair_tree(std::vector<std::string>* changes) {
         if (child->is_dir()) {
           ++subdirs[ino];
           child->parent = inode->ino;
+          child->name = name;
         }
       }
     }

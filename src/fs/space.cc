@@ -1,28 +1,52 @@
 // Space accounting: operations reserve the blocks they will allocate before they
 // change anything (so ENOSPC leaves nothing half-done), and data never eats into
 // the blocks the next checkpoint needs.
+#include <algorithm>
+
 #include "format/checkpoint_format.h"
 #include "fs/fs_impl.h"
 
 namespace poise {
 
 // Every copy of the checkpoint (two from format version 2) is written in full.
-uint64_t FsImpl::checkpoint_reserve_blocks() const {
+uint64_t FsImpl::checkpoint_reserve_blocks(uint64_t more_xattr_bytes, uint64_t record_bytes) const {
   using format::kSectionPayloadBytes;
   auto blocks = [](uint64_t bytes, uint64_t per_block) { return (bytes + per_block - 1) / per_block; };
   uint64_t dirents = dirent_count_.load();
-  // Directory entries do not split across blocks: a block may leave up to one
-  // longest entry's bytes unused, so count each block as holding that much less.
-  const uint64_t dirent_block_bytes = kSectionPayloadBytes - format::dirent_bytes(format::kNameBytesMax);
   constexpr uint64_t kMarginBlocks = 16;  // partial blocks, the root, growth during a checkpoint
   return metadata_copies() * (blocks(inode_count_.load() * sizeof(format::DiskInode), kSectionPayloadBytes) +
          blocks(extent_count_.load() * sizeof(format::DiskExtent), kSectionPayloadBytes) +
          // Shared runs (version 2): fewer than two per extent.
          (sb_.has_copies() ? blocks(2 * extent_count_.load() * sizeof(format::DiskRefcount), kSectionPayloadBytes) : 0) +
-         blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load(), dirent_block_bytes) +
-         // Attributes share that section; one of up to 3 KiB may leave most of a
-         // block unused, but two blocks in a row always hold a block's worth.
-         blocks(2 * xattr_bytes_.load(), kSectionPayloadBytes) + kMarginBlocks);
+         named_section_blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load(), more_xattr_bytes,
+                              record_bytes) +
+         kMarginBlocks);
+}
+
+// The directory section holds entries and attributes. A block ends early by
+// less than the record that opens the next one. Two bounds, the smaller one
+// holds: each block short by the largest record there can be (an entry of the
+// longest name, or the largest attribute applied); or short by a longest
+// entry, with each attribute counted twice (an attribute opens at most one
+// block). Small attributes pack as names do; large ones cost up to twice.
+uint64_t FsImpl::named_section_blocks(uint64_t entry_bytes, uint64_t more_xattr_bytes, uint64_t record_bytes) const {
+  const uint64_t payload = format::kSectionPayloadBytes;
+  const uint64_t longest_entry = format::dirent_bytes(format::kNameBytesMax);
+  const uint64_t attributes = xattr_bytes_.load() + more_xattr_bytes;
+  const uint64_t largest = std::max({longest_entry, xattr_record_max_.load(), record_bytes});
+  auto blocks = [](uint64_t bytes, uint64_t per_block) { return (bytes + per_block - 1) / per_block; };
+  const uint64_t by_largest = blocks(entry_bytes + attributes, payload - largest);
+  const uint64_t by_doubling = blocks(entry_bytes + 2 * attributes, payload - longest_entry);
+  return std::min(by_largest, by_doubling) + 1;
+}
+
+uint64_t FsImpl::xattr_space_blocks(uint64_t bytes, uint64_t record_bytes) const {
+  if (bytes == 0) return 0;
+  // What the estimate becomes with them, less what it is; the space held is
+  // for two checkpoints (available_blocks_locked), so twice that.
+  const uint64_t before = checkpoint_reserve_blocks();
+  const uint64_t after = checkpoint_reserve_blocks(bytes, record_bytes);
+  return after > before ? 2 * (after - before) : 0;
 }
 
 uint64_t FsImpl::checkpoint_blocks_for_extents(uint64_t extents) const {

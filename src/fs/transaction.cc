@@ -188,6 +188,7 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
       return fail(EUCLEAN, "directory " + std::to_string(r->dir) + " has '" + r->name + "' twice");
     }
     child->parent = dir->ino;
+    child->name = r->name;
     ++child->entry_count;
     ++dirent_count_;
     name_bytes_ += r->name.size();
@@ -199,7 +200,9 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
     if (dir == nullptr || !dir->is_dir() || it == dir->entries->end()) {
       return fail(EUCLEAN, "journal removes missing entry '" + r->name + "'");
     }
-    --it->second->entry_count;
+    Inode* child = it->second;
+    --child->entry_count;
+    if (child->parent == dir->ino && child->name == r->name) child->name.clear();  // its latest name is gone
     dir->entries->erase(it);
     --dirent_count_;
     name_bytes_ -= r->name.size();
@@ -233,7 +236,9 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
       xattr_bytes_ -= format::xattr_bytes(r->name.size(), it->second.size());
     }
     it->second = r->value;
-    xattr_bytes_ += format::xattr_bytes(r->name.size(), r->value.size());
+    const uint64_t bytes = format::xattr_bytes(r->name.size(), r->value.size());
+    xattr_bytes_ += bytes;
+    if (bytes > xattr_record_max_.load(std::memory_order_relaxed)) xattr_record_max_.store(bytes);
     return {};
   }
   if (const auto* r = std::get_if<XattrRemoveRecord>(&record)) {

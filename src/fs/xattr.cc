@@ -28,10 +28,15 @@ Result<void> check_xattr_name(std::string_view name) {
   return {};
 }
 
+// What an attribute counts against the per-inode bound: its name with the NUL
+// that ends it in a listing, and its value. So a listing (every name and its
+// NUL) always fits in the 64 KiB the kernel takes (XATTR_LIST_MAX).
+uint64_t charge(std::string_view name, std::string_view value) { return name.size() + 1 + value.size(); }
+
 uint64_t bytes_of(const Xattrs* xattrs) {
   uint64_t total = 0;
   if (xattrs != nullptr) {
-    for (const auto& [name, value] : *xattrs) total += name.size() + value.size();
+    for (const auto& [name, value] : *xattrs) total += charge(name, value);
   }
   return total;
 }
@@ -54,8 +59,14 @@ Result<void> FsImpl::change_xattr(InodeNumber ino, std::string_view name, const 
   const bool access_acl = name == acl::kAccessName;
   const bool default_acl = name == acl::kDefaultName;
   std::optional<acl::Acl> parsed;
-  if (value != nullptr && (access_acl || default_acl)) parsed = TRY(acl::parse(*value));
-  TRY(enable_feature(format::kIncompatXattrs));
+  if (value != nullptr && (access_acl || default_acl)) {
+    // An ACL of no entries is a removal (as Linux reads one).
+    if (acl::is_empty(*value)) return change_xattr(ino, name, nullptr, XattrMode::Either);
+    parsed = TRY(acl::parse(*value));
+  }
+  // The image is marked before the first attribute; a removal never needs it
+  // (without the mark there is nothing to remove).
+  if (value != nullptr) TRY(enable_feature(format::kIncompatXattrs));
   auto op = TRY(begin_op(kNamespaceTxBytes + format::xattr_bytes(name.size(), value ? value->size() : 0)));
   InodePtr inode = TRY(get_inode(ino));
   std::unique_lock ns(ns_mutex_);
@@ -63,6 +74,9 @@ Result<void> FsImpl::change_xattr(InodeNumber ino, std::string_view name, const 
   if (!inode->is_dir()) lock = std::unique_lock(inode->lock);
   if (inode->freed) return fail(ENOENT, "file was deleted");
   if ((access_acl || default_acl) && inode->symlink) return fail(ENOTSUP, "a symbolic link has no ACL");
+  if (inode->symlink && name.substr(0, 5) == "user.") {
+    return fail(EPERM, "user. attributes are for files and directories, not symbolic links");
+  }
   if (default_acl && value != nullptr && !inode->is_dir()) {
     return fail(EACCES, "only a directory has a default ACL");
   }
@@ -73,6 +87,8 @@ Result<void> FsImpl::change_xattr(InodeNumber ino, std::string_view name, const 
     if (it != inode->xattrs->end()) existing = &it->second;
   }
   if (mode == XattrMode::Create && existing != nullptr) return fail(EEXIST, key + ": attribute exists");
+  // Removing an ACL that is not there succeeds, as on Linux (the mode says it all).
+  if (value == nullptr && existing == nullptr && (access_acl || default_acl)) return {};
   if (mode == XattrMode::Replace && existing == nullptr) return fail(ENODATA, key + ": no such attribute");
   format::InodeCore core = inode->core;
   core.ctime_ns = now();
@@ -85,13 +101,15 @@ Result<void> FsImpl::change_xattr(InodeNumber ino, std::string_view name, const 
   }
   Records records;
   if (keep) {
-    const uint64_t after = bytes_of(inode->xattrs.get()) + key.size() + value->size() -
-                           (existing != nullptr ? key.size() + existing->size() : 0);
+    const uint64_t after = bytes_of(inode->xattrs.get()) + charge(key, *value) -
+                           (existing != nullptr ? charge(key, *existing) : 0);
     if (after > format::kXattrInodeBytesMax) {
       return fail(ENOSPC, "a file holds at most " + std::to_string(format::kXattrInodeBytesMax) +
-                              " bytes of attribute names and values");
+                              " bytes of attribute names (one more byte each) and values");
     }
-    if (existing == nullptr || *existing != *value) TRY(expect_space(1, "setxattr"));
+    const uint64_t record = format::xattr_bytes(key.size(), value->size());
+    const uint64_t grows = existing == nullptr ? record : record - std::min(record, format::xattr_bytes(key.size(), existing->size()));
+    TRY(expect_space(xattr_space_blocks(grows, record), "setxattr"));
     records.push_back(format::XattrRecord{ino.value(), key, *value});
   } else if (existing != nullptr) {
     records.push_back(format::XattrRemoveRecord{ino.value(), key});
@@ -128,12 +146,12 @@ Result<std::vector<std::string>> FsImpl::list_xattrs(InodeNumber ino) {
   return names;
 }
 
-void FsImpl::inherit_acls(const Inode& parent, format::InodeCore& core, Records* records) const {
-  if (!parent.xattrs) return;
+bool FsImpl::inherit_acls(const Inode& parent, format::InodeCore& core, Records* records) const {
+  if (!parent.xattrs) return false;
   auto it = parent.xattrs->find(acl::kDefaultName);
-  if (it == parent.xattrs->end()) return;
+  if (it == parent.xattrs->end()) return false;
   auto parsed = acl::parse(it->second);
-  if (!parsed.has_value()) return;  // damage the checker reports; the mode stands alone
+  if (!parsed.has_value()) return false;  // damage the checker reports: as if there were none
   acl::Acl access = *parsed;
   core.mode = (core.mode & ~0777u) | acl::inherit(access, core.mode & 0777u);
   if (!acl::says_only_mode(access)) {
@@ -142,6 +160,7 @@ void FsImpl::inherit_acls(const Inode& parent, format::InodeCore& core, Records*
   if ((core.mode & format::kModeTypeMask) == format::kModeDirectory) {
     records->push_back(format::XattrRecord{core.ino, std::string(acl::kDefaultName), it->second});
   }
+  return true;
 }
 
 std::optional<format::XattrRecord> FsImpl::acl_after_chmod(const Inode& inode, uint32_t mode) const {

@@ -85,6 +85,23 @@ TEST_F(FsTest, XattrsSetGetListRemoveWithTheFlagsAndLimitsOfSetxattr) {
   ASSERT_OK(fs_->set_xattr(d, "user.dir", "yes"));
   ASSERT_OK(fs_->set_xattr(l, "trusted.link", "yes"));
   EXPECT_EQ(fs_->get_xattr(l, "trusted.link").value_or(""), "yes");
+  EXPECT_ERRNO(fs_->set_xattr(l, "user.link", "no"), EPERM);  // user. is for files and directories (as Linux)
+
+  // Each name counts one byte more (its NUL in a listing): a listing of the
+  // most names one file can hold still fits the kernel's 64 KiB.
+  InodeNumber many = *fs_->create("/many");
+  int added = 0;
+  for (; added < 20000; ++added) {
+    auto r = fs_->set_xattr(many, "user." + std::to_string(100000 + added), "");
+    if (!r.has_value()) {
+      EXPECT_EQ(r.error().code, ENOSPC);
+      break;
+    }
+  }
+  size_t listing = 0;
+  for (const std::string& n : fs_->list_xattrs(many).value_or(std::vector<std::string>{})) listing += n.size() + 1;
+  EXPECT_EQ(added, 65536 / 12);  // "user.NNNNNN" and its NUL: 12 bytes
+  EXPECT_LE(listing, 65536u);
   expect_clean();
 }
 
@@ -145,11 +162,11 @@ TEST_F(FsTest, AccessAclSetsTheModeAndChmodRewritesIt) {
   no_mask.erase(no_mask.begin() + 3);
   acl::Acl out_of_order = named_user_acl();
   std::swap(out_of_order[0], out_of_order[1]);
-  acl::Acl twice = named_user_acl();
-  twice.insert(twice.begin() + 1, Entry{acl::kUser, 1, 1000});
+  acl::Acl no_id = named_user_acl();
+  no_id[1].id = 0xffffffffu;
   acl::Acl wide = named_user_acl();
   wide[4].perm = 8;
-  for (const std::string& bad : {bad_version, acl_bytes(no_mask), acl_bytes(out_of_order), acl_bytes(twice),
+  for (const std::string& bad : {bad_version, acl_bytes(no_mask), acl_bytes(out_of_order), acl_bytes(no_id),
                                  acl_bytes(wide), std::string("\x02\0\0\0\x01", 5), std::string()}) {
     EXPECT_ERRNO(fs_->set_xattr(f, acl::kAccessName, bad), EINVAL);
   }
@@ -259,6 +276,82 @@ TEST_F(SmallFsTest, AttributesOnAFullDeviceNeverWedgeTheCheckpoint) {
   EXPECT_EQ(fs_->get_xattr(files[0], "user.again").value_or(""), value);
   EXPECT_EQ(fs_->get_xattr(files[1], "user.k0").value_or(""), value);
   expect_clean();
+}
+
+// The worst packing for the shared directory section: entries with the
+// longest names, each directory's large attribute after them. Filled to
+// ENOSPC, every checkpoint must still fit (the space held for it is enough).
+TEST_F(SmallFsTest, LongNamesAndLargeAttributesInterleavedStillLeaveRoomForCheckpoints) {
+  const std::string value(2900, 'v');
+  bool full = false;
+  for (int d = 0; d < 100000 && !full; ++d) {
+    const std::string dir = "/d" + std::to_string(d);
+    auto made = fs_->mkdir(dir);
+    if (!made.has_value()) {
+      ASSERT_EQ(made.error().code, ENOSPC) << made.error().message;
+      break;
+    }
+    for (int i = 0; i < 7 && !full; ++i) {
+      std::string name = std::to_string(i) + std::string(250, 'n');
+      auto f = fs_->create(dir + "/" + name);
+      if (!f.has_value()) {
+        ASSERT_EQ(f.error().code, ENOSPC) << f.error().message;
+        full = true;
+      }
+    }
+    if (full) break;
+    auto r = fs_->set_xattr(*made, "user.big", value);
+    if (!r.has_value()) {
+      ASSERT_EQ(r.error().code, ENOSPC) << r.error().message;
+      full = true;
+    }
+  }
+  ASSERT_TRUE(full);
+  ASSERT_OK(fs_->checkpoint());
+  ASSERT_OK(fs_->checkpoint());
+  remount();
+  expect_clean();
+}
+
+TEST_F(FsTest, TheMakersUmaskAppliesUnlessTheDirectoryHasADefaultAcl) {
+  Credentials maker{1000, 1000, 077};
+  EXPECT_EQ(fs_->stat(*fs_->create("/plain", 0666, maker))->mode, 0600u);
+  EXPECT_EQ(fs_->stat(*fs_->mkdir("/pdir", 0777, maker))->mode, 0700u);
+  InodeNumber d = *fs_->mkdir("/d", 0755);
+  ASSERT_OK(fs_->set_xattr(d, acl::kDefaultName,
+                           acl_bytes({{acl::kUserObj, 7, 0}, {acl::kGroupObj, 5, 0}, {acl::kOther, 5, 0}})));
+  EXPECT_EQ(fs_->stat(*fs_->create("/d/f", 0666, maker))->mode, 0644u) << "the default ACL, not the umask";
+  EXPECT_EQ(fs_->stat(*fs_->symlink("x", "/d/l", maker))->mode, 0777u);
+}
+
+TEST_F(FsTest, AnEmptyAclIsARemovalAndRemovingAMissingAclSucceeds) {
+  InodeNumber f = *fs_->create("/f", 0644);
+  ASSERT_OK(fs_->set_xattr(f, acl::kAccessName, acl_bytes(named_user_acl())));
+  ASSERT_OK(fs_->set_xattr(f, acl::kAccessName, acl_bytes({})));  // the version word alone
+  EXPECT_ERRNO(fs_->get_xattr(f, acl::kAccessName), ENODATA);
+  ASSERT_OK(fs_->remove_xattr(f, acl::kAccessName));
+  ASSERT_OK(fs_->remove_xattr(f, acl::kDefaultName));
+  EXPECT_ERRNO(fs_->remove_xattr(f, "user.none"), ENODATA);
+  // Named ids in any order (Linux checks only the tag order).
+  acl::Acl unsorted{{acl::kUserObj, 6, 0}, {acl::kUser, 4, 2000}, {acl::kUser, 4, 1000}, {acl::kGroupObj, 4, 0},
+                    {acl::kMask, 4, 0}, {acl::kOther, 0, 0}};
+  ASSERT_OK(fs_->set_xattr(f, acl::kAccessName, acl_bytes(unsorted)));
+  expect_clean();
+}
+
+TEST(PosixAcl, PermissionIsDecidedAsLinuxDecidesIt) {
+  // owner 10:20; u::rw-, u:30:---, g::r--, g:40:rw-, m::r--, o::r--
+  acl::Acl a{{acl::kUserObj, 6, 0}, {acl::kUser, 0, 30}, {acl::kGroupObj, 4, 0}, {acl::kGroup, 6, 40},
+             {acl::kMask, 4, 0}, {acl::kOther, 4, 0}};
+  EXPECT_TRUE(acl::permits(a, 10, 20, 10, {99}, 6)) << "the owner entry, not masked";
+  EXPECT_FALSE(acl::permits(a, 10, 20, 30, {99}, 4)) << "a named user's entry beats other";
+  EXPECT_TRUE(acl::permits(a, 10, 20, 31, {40}, 4)) << "a named group, within the mask";
+  EXPECT_FALSE(acl::permits(a, 10, 20, 31, {40}, 2)) << "the mask limits a named group";
+  EXPECT_FALSE(acl::permits(a, 10, 20, 31, {20}, 2)) << "a matching group that does not grant: no fall to other";
+  EXPECT_TRUE(acl::permits(a, 10, 20, 31, {77}, 4)) << "nobody matching: other";
+  EXPECT_FALSE(acl::permits(a, 10, 20, 31, {77}, 2));
+  EXPECT_TRUE(acl::is_empty(acl::encode({})));
+  EXPECT_FALSE(acl::is_empty(acl::encode(a)));
 }
 
 // Random sets, replaces and removals on a few inodes, with crashes and

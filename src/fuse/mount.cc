@@ -16,7 +16,6 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 
-#include "fs/posix_acl.h"
 
 
 namespace poise::fusemount {
@@ -107,9 +106,13 @@ void reply_result(fuse_req_t req, const Result<void>& r) {
   fuse_reply_err(req, 0);
 }
 
+// Who asks: a new inode is theirs, and their umask applies to it unless its
+// directory has a default ACL (the core decides that under its lock). The
+// kernel applies the umask itself when it keeps it (no POSIX ACLs): then 0.
 Credentials caller(fuse_req_t req) {
   const fuse_ctx* ctx = fuse_req_ctx(req);
-  return Credentials{static_cast<uint32_t>(ctx->uid), static_cast<uint32_t>(ctx->gid)};
+  return Credentials{static_cast<uint32_t>(ctx->uid), static_cast<uint32_t>(ctx->gid),
+                     static_cast<uint32_t>(ctx->umask)};
 }
 
 // --- the request handlers ----------------------------------------------------------
@@ -189,26 +192,17 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
   op_getattr(req, ino, nullptr);
 }
 
-// The permission bits of a new inode: the mode asked for, less the caller's
-// umask unless the directory has a default ACL (which then decides instead, as
-// on a local filesystem). The kernel applies the umask itself when it keeps it.
-uint32_t new_mode(fuse_req_t req, fuse_ino_t parent, mode_t mode) {
-  uint32_t perm = mode & 07777;
-  if (fs_of(req).get_xattr(InodeNumber(parent), acl::kDefaultName).has_value()) return perm;
-  return perm & ~static_cast<uint32_t>(fuse_req_ctx(req)->umask);
-}
-
 void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t) {
   // The format has regular files, directories and symbolic links only
   // (docs/format.md): no device nodes, FIFOs or sockets.
   if (!S_ISREG(mode)) return reply_errno(req, EPERM);
-  auto ino = fs_of(req).create_at(InodeNumber(parent), name, new_mode(req, parent, mode), caller(req));
+  auto ino = fs_of(req).create_at(InodeNumber(parent), name, mode & 07777, caller(req));
   if (!ino.has_value()) return reply_error(req, ino.error());
   reply_entry(req, *ino);
 }
 
 void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
-  auto ino = fs_of(req).mkdir_at(InodeNumber(parent), name, new_mode(req, parent, mode), caller(req));
+  auto ino = fs_of(req).mkdir_at(InodeNumber(parent), name, mode & 07777, caller(req));
   if (!ino.has_value()) return reply_error(req, ino.error());
   reply_entry(req, *ino);
 }
@@ -274,7 +268,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   if (!S_ISREG(mode)) return reply_errno(req, EPERM);
   Mount& m = mount_of(req);
   Filesystem& fs = m.fs();
-  auto ino = fs.create_at(InodeNumber(parent), name, new_mode(req, parent, mode), caller(req));
+  auto ino = fs.create_at(InodeNumber(parent), name, mode & 07777, caller(req));
   if (!ino.has_value()) return reply_error(req, ino.error());
   auto st = fs.stat(*ino);
   if (!st.has_value()) return reply_error(req, st.error());

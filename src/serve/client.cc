@@ -556,13 +556,19 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
       (void)answer.string(&message, UINT32_MAX);
       return fail(status > 0 ? status : EPROTO, message);
     }
+    bool stopped = false;
     while (serve::receive_frame(fd, &h, &body)) {
       Decoder d(body);
       std::string json;
       if (h.op != Op::Event || !d.string(&json, UINT32_MAX) || !d.done()) {
           return fail(EPROTO, "the poise server sent a malformed event");
       }
-      if (!on_event(json)) break;
+      auto event = nlohmann::json::parse(json, nullptr, false);
+      stopped = event.is_object() && event.value("event", std::string()) == "server_stopped";
+      if (!on_event(json)) return {};
+    }
+    if (!stopped) {
+      return fail(ECONNRESET, "the poise server went away without stopping (killed?): the event stream is cut off");
     }
     return {};
   }

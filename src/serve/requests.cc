@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "fs/posix_acl.h"
 #include "mapping/page_runs.h"
 #include "serve/protocol.h"
 #include "serve/server.h"
@@ -67,6 +68,14 @@ class Access {
 
   bool permits(const Stat& st, uint32_t want) const {
     if (c_.privileged) return true;
+    // A file with an access ACL is decided by it, as the kernel decides.
+    if (auto value = fs_.get_xattr(st.ino, acl::kAccessName); value.has_value()) {
+      if (auto parsed = acl::parse(*value); parsed.has_value()) {
+        std::vector<uint32_t> groups{c_.peer.gid};
+        groups.insert(groups.end(), c_.peer.groups.begin(), c_.peer.groups.end());
+        return acl::permits(*parsed, st.uid, st.gid, c_.peer.uid, groups, want);
+      }
+    }
     uint32_t bits = st.mode & 07;
     if (c_.peer.uid == st.uid) {
       bits = (st.mode >> 6) & 07;
@@ -153,6 +162,9 @@ class Access {
     if (st.type != FileType::Regular && st.type != FileType::Directory) {
       return change ? fail(EPERM, what + ": user. attributes are for files and directories")
                     : fail(ENODATA, what + ": no such attribute");
+    }
+    if (change && st.type == FileType::Directory && (st.mode & S_ISVTX) != 0 && st.uid != c_.peer.uid) {
+      return fail(EPERM, what + ": in a sticky directory only its owner changes user. attributes");
     }
     if (!permits(st, change ? 2 : 4)) return fail(EACCES, what + ": permission denied");
     return {};
@@ -266,6 +278,37 @@ class Handler {
     }
     return {};
   }
+
+  // After `poise offline --remove` the filesystem is gone with its memory:
+  // what would describe it (info, check) fails as every access does.
+  Result<void> device_present() const {
+    if (device_.state() != DeviceState::Dead) return {};
+    return fail(EIO, device_.describe() + ": the device was removed (poise offline --remove); mount the image "
+                                          "again where its memory now lives");
+  }
+
+  // A change of a file's bytes drops what lets it run with more privilege, as
+  // the kernel's file_remove_privs does: the set-user-ID bit (and set-group-ID
+  // with group execute) unless the caller is privileged, and a file capability
+  // whoever the caller is.
+  Result<void> drop_privileges(InodeNumber ino, const Stat& st) {
+    uint32_t mode = st.mode;
+    if (!c_.privileged) {
+      mode &= ~static_cast<uint32_t>(S_ISUID);
+      if ((mode & S_IXGRP) != 0) mode &= ~static_cast<uint32_t>(S_ISGID);
+    }
+    if (mode != st.mode) {
+      SetAttributes change;
+      change.mode = mode;
+      TRY(fs_.set_attributes(ino, change));
+    }
+    if (fs_.get_xattr(ino, kCapabilityName).has_value()) {
+      auto removed = fs_.remove_xattr(ino, kCapabilityName);
+      if (!removed.has_value() && removed.error().code != ENODATA) return removed;
+    }
+    return {};
+  }
+  static constexpr std::string_view kCapabilityName = "security.capability";
 
   bool has_follow_channel() {
     std::lock_guard lock(c_.follow_mutex);
@@ -434,23 +477,23 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     case Op::Write: {
       std::span<const std::byte> data;
       if (!in.u64(&a) || !in.u64(&b) || !in.bytes(&data, kDataBytesMax)) return bad();
-      TRY(access_.may_use(InodeNumber(a), 2));
+      TRY(drop_privileges(InodeNumber(a), TRY(access_.may_use(InodeNumber(a), 2))));
       out.u64(TRY(fs_.write(InodeNumber(a), b, data)));
       return {};
     }
     case Op::Truncate:
       if (!in.u64(&a) || !in.u64(&b)) return bad();
-      TRY(access_.may_use(InodeNumber(a), 2));
+      TRY(drop_privileges(InodeNumber(a), TRY(access_.may_use(InodeNumber(a), 2))));
       return fs_.truncate(InodeNumber(a), b);
     case Op::Fallocate: {
       uint8_t keep = 0;
       if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c) || !in.u8(&keep) || keep > 1) return bad();
-      TRY(access_.may_use(InodeNumber(a), 2));
+      TRY(drop_privileges(InodeNumber(a), TRY(access_.may_use(InodeNumber(a), 2))));
       return fs_.fallocate(InodeNumber(a), b, c, keep ? FallocateMode::KeepSize : FallocateMode::ExtendSize);
     }
     case Op::PunchHole:
       if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c)) return bad();
-      TRY(access_.may_use(InodeNumber(a), 2));
+      TRY(drop_privileges(InodeNumber(a), TRY(access_.may_use(InodeNumber(a), 2))));
       return fs_.punch_hole(InodeNumber(a), b, c);
     case Op::Fsync:
       if (!in.u64(&a)) return bad();
@@ -487,6 +530,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       return {};
     }
     case Op::Info: {
+      TRY(device_present());
       FsInfo info = fs_.info();
       out.u64(info.size_bytes);
       out.u32(info.block_size);
@@ -499,6 +543,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     }
     case Op::Check: {
       TRY(access_.privileged("check"));
+      TRY(device_present());
       CheckReport r = fs_.check();
       out.strings(cut(r.problems, kReplyBudgetBytes / 2));
       out.strings(cut(r.notes, kReplyBudgetBytes / 4));
@@ -647,6 +692,9 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
           return {};
         case OfflineStep::Cancel:
           if (device_.state() != DeviceState::Alive) return fail(ENXIO, device_.describe() + ": already removed");
+          if (!fs_.frozen()) {
+            return fail(EINVAL, "no removal is under way: nothing to cancel (poise offline IMAGE pre-removes)");
+          }
           device_.cancel_removal();
           say("removal cancelled: writers and mappings resume");
           return {};
