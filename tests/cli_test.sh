@@ -279,7 +279,7 @@ expect 2 "$POISE" xattr "$XI" /f user.color --create       # --create goes with 
 expect 0 "$POISE" xattr "$XI" /f security.capability --set-hex 0X01
 expect 0 "$POISE" xattr "$XI" /f system.posix_acl_access --set-hex \
   0x0200000001000600ffffffff02000700e803000004000400ffffffff10000700ffffffff20000000ffffffff
-echo new >"$WORK/xattr-new"
+echo new >"$WORK/xattr-new" && chmod 644 "$WORK/xattr-new"
 expect 0 "$POISE" put "$XI" "$WORK/xattr-new" /f
 expect 0 "$POISE" cat "$XI" /f
 [ "$(cat "$WORK/out")" = new ] && ok || bad "put did not replace the content"
@@ -289,6 +289,18 @@ expect 3 "$POISE" xattr "$XI" /f security.capability
 expect 0 "$POISE" xattr "$XI" /f system.posix_acl_access
 expect 0 "$POISE" stat "$XI" /f --json
 contains "$WORK/out" '"mode": "0670"'
+# A replaced file keeps its mode even where a default ACL (u::rwx, g::r-x,
+# o::---) would narrow a new one.
+expect 0 "$POISE" mkdir "$XI" /dacl
+expect 0 "$POISE" put "$XI" "$WORK/xattr-new" /dacl/f
+expect 0 "$POISE" xattr "$XI" /dacl system.posix_acl_default --set-hex 0x0200000001000700ffffffff04000500ffffffff20000000ffffffff
+expect 0 "$POISE" put "$XI" "$WORK/xattr-new" /dacl/f
+expect 0 "$POISE" stat "$XI" /dacl/f --json
+contains "$WORK/out" '"mode": "0644"'
+expect 3 "$POISE" xattr "$XI" /dacl/f system.posix_acl_access
+expect 0 "$POISE" put "$XI" "$WORK/xattr-new" /dacl/g   # a new file takes the default ACL's narrowing
+expect 0 "$POISE" stat "$XI" /dacl/g --json
+contains "$WORK/out" '"mode": "0640"'
 expect 0 "$POISE" check "$XI"
 contains "$WORK/out" "clean"
 chmod 0444 "$XI"

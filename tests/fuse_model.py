@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """A model test of the FUSE mount: the same random operations on the mount and
-on a reference directory (tmpfs), each outcome (success or errno) compared,
-and the two trees compared after every step: names, types, sizes, permission
-bits, link counts and file contents.
+on a reference directory (a local filesystem), each outcome (success or errno)
+compared, and the two trees compared after every step: names, types, sizes,
+permission bits, link counts, file contents, extended attributes and POSIX
+ACLs (set through the kernel's own ACL calls, so inheritance, chmod and the
+umask must come out as the local filesystem's).
 
 Usage: fuse_model.py MOUNT_DIR REFERENCE_DIR [--seed N] [--steps N]
 Prints its seed first; rerun with --seed to replay a failure.
@@ -19,6 +21,27 @@ import sys
 NAMES = ["a", "b", "c", "d1", "d2", "long-" + "n" * 40]
 # Link targets stay inside the tree (no ".."), so both trees resolve them alike.
 TARGETS = ["a", "b", "d1", "d1/a", "d2/c", "missing", "long-" + "n" * 40, "t" * 3000]
+# Values stay small: the reference (ext4 in one block) holds about 4 KiB of
+# attributes per inode, poise 64 KiB.
+XATTRS = ["user.a", "user.b", "user.long-" + "x" * 100]
+ACL_ACCESS = "system.posix_acl_access"
+ACL_DEFAULT = "system.posix_acl_default"
+
+
+def acl_bytes(rng):
+    """A valid ACL in Linux's xattr form: owner, maybe named users and groups
+    (then a mask), owning group, other."""
+    tag = lambda t, perm, ident=0xFFFFFFFF: t.to_bytes(2, "little") + perm.to_bytes(2, "little") + ident.to_bytes(4, "little")
+    r = lambda: rng.randrange(8)
+    out = (2).to_bytes(4, "little") + tag(0x01, r())
+    users = sorted(rng.sample([1000, 1001, 65534], rng.randrange(3)))
+    groups = sorted(rng.sample([100, 1000, 65534], rng.randrange(3)))
+    out += b"".join(tag(0x02, r(), u) for u in users)
+    out += tag(0x04, r())
+    out += b"".join(tag(0x08, r(), g) for g in groups)
+    if users or groups or rng.random() < 0.3:
+        out += tag(0x10, r())
+    return out + tag(0x20, r())
 LIBC = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
@@ -40,12 +63,15 @@ def tree(root):
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
                 out[rel] = ("link", st.st_size, None, st.st_nlink, os.readlink(full))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", None, st.st_mode & 0o7777, st.st_nlink, None)
+                continue
+            attrs = tuple(sorted((n, os.getxattr(full, n, follow_symlinks=False))
+                                 for n in os.listxattr(full, follow_symlinks=False)))
+            if stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", None, st.st_mode & 0o7777, st.st_nlink, None, attrs)
             else:
                 with open(full, "rb") as f:
                     digest = hashlib.sha256(f.read()).hexdigest()
-                out[rel] = ("file", st.st_size, st.st_mode & 0o7777, st.st_nlink, digest)
+                out[rel] = ("file", st.st_size, st.st_mode & 0o7777, st.st_nlink, digest, attrs)
     return out
 
 
@@ -72,7 +98,16 @@ def pick_path(rng, entries, kind=None):
 def make_op(rng, entries):
     kind = rng.choice(["create", "create", "write", "write", "append", "truncate", "mkdir", "mkdir",
                        "rename", "rename", "unlink", "rmdir", "link", "chmod", "read",
-                       "symlink", "symlink", "exchange", "seek"])
+                       "symlink", "symlink", "exchange", "seek", "setxattr", "setxattr", "removexattr",
+                       "acl", "acl", "default-acl", "remove-acl"])
+    if kind in ("setxattr", "removexattr"):
+        return (kind, pick_path(rng, entries), rng.choice(XATTRS), rng.randbytes(rng.choice([0, 1, 50, 600])),
+                rng.choice([0, 0, os.XATTR_CREATE, os.XATTR_REPLACE]))
+    if kind in ("acl", "default-acl"):
+        target = pick_path(rng, entries, "dir" if kind == "default-acl" else None)
+        return (kind, target, acl_bytes(rng))
+    if kind == "remove-acl":
+        return (kind, pick_path(rng, entries), rng.choice([ACL_ACCESS, ACL_DEFAULT]))
     if kind == "symlink":
         return (kind, rng.choice(TARGETS), os.path.join(pick_dir(rng, entries), rng.choice(NAMES)))
     if kind == "exchange":
@@ -143,6 +178,14 @@ def apply(op, root):
         return on_fd(os.O_RDONLY, lambda fd: os.lseek(fd, op[2], op[3]))
     if kind == "unlink":
         return outcome(lambda: os.unlink(p(op[1])))
+    if kind == "setxattr":
+        return outcome(lambda: os.setxattr(p(op[1]), op[2], op[3], op[4]))
+    if kind == "removexattr":
+        return outcome(lambda: os.removexattr(p(op[1]), op[2]))
+    if kind in ("acl", "default-acl"):
+        return outcome(lambda: os.setxattr(p(op[1]), ACL_ACCESS if kind == "acl" else ACL_DEFAULT, op[2]))
+    if kind == "remove-acl":
+        return outcome(lambda: os.removexattr(p(op[1]), op[2]))
     raise AssertionError(kind)
 
 

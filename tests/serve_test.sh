@@ -226,6 +226,23 @@ PY
   expect 0 "${AS_NOBODY[@]}" "$POISE" truncate "$IMG" /pub/cap 1
   expect 3 "$POISE" xattr "$IMG" /pub/cap security.capability
   expect 0 "$POISE" xattr "$IMG" /pub/cap user.keep
+  # ... and so does a reflink into it (as FICLONE); a directory's bits are never
+  # touched by a write refused as EISDIR.
+  expect 0 "$POISE" xattr "$IMG" /pub/cap security.capability --set-hex 0x01
+  expect 0 "${AS_NOBODY[@]}" "$POISE" put "$IMG" "$WORK/data" /pub/src
+  expect 0 "${AS_NOBODY[@]}" "$POISE" reflink "$IMG" /pub/src /pub/cap
+  expect 3 "$POISE" xattr "$IMG" /pub/cap security.capability
+  expect 0 "$POISE" mkdir "$IMG" /pub/sgid --mode 2777
+  expect 8 "${AS_NOBODY[@]}" "$POISE" truncate "$IMG" /pub/sgid 0
+  expect 0 "$POISE" stat "$IMG" /pub/sgid --json
+  contains "$WORK/out" '"mode": "2777"'
+  # A file nobody makes there belongs to root's group: no set-group-ID for it.
+  chmod 2755 "$WORK/data"
+  expect 0 "${AS_NOBODY[@]}" "$POISE" put "$IMG" "$WORK/data" /pub/sgid/made
+  chmod 0644 "$WORK/data"
+  expect 0 "$POISE" stat "$IMG" /pub/sgid/made --json
+  contains "$WORK/out" '"mode": "0755"'
+  contains "$WORK/out" '"gid": 0'
   # In a sticky directory only its owner changes its user. attributes.
   expect 8 "${AS_NOBODY[@]}" "$POISE" xattr "$IMG" /pub user.x --set 1
   # The socket honours ACLs as the kernel does: u::rw-, u:65534:---, g::r--,

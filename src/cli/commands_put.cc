@@ -80,10 +80,14 @@ bool is_directory(Filesystem& fs, const std::string& path) {
 // Attributes of namespaces the caller may not set (trusted., security. of
 // another's file through a server) are skipped; a server or image without
 // attributes keeps none.
-Result<void> keep_attributes(Filesystem& fs, const std::string& path, InodeNumber to) {
+Result<void> keep_attributes(Filesystem& fs, const std::string& path, InodeNumber to, uint32_t mode) {
+  // What the caller may not read or set (through a server) is skipped.
+  auto skipped = [](const Error& e) {
+    return e.code == EPERM || e.code == EACCES || e.code == ENODATA || e.code == ENOTSUP;
+  };
   const InodeNumber from = TRY(fs.lookup(path));
   auto names = fs.list_xattrs(from);
-  if (!names.has_value()) return names.error().code == ENOTSUP ? Result<void>{} : Unexpected<Error>(names.error());
+  if (!names.has_value()) return skipped(names.error()) ? Result<void>{} : Unexpected<Error>(names.error());
   auto inherited = TRY(fs.list_xattrs(to));
   for (const std::string& n : inherited) {
     if (std::find(names->begin(), names->end(), n) == names->end()) TRY(fs.remove_xattr(to, n));
@@ -92,11 +96,14 @@ Result<void> keep_attributes(Filesystem& fs, const std::string& path, InodeNumbe
     if (n == "security.capability") continue;
     auto value = fs.get_xattr(from, n);
     auto set = value.has_value() ? fs.set_xattr(to, n, *value) : Result<void>(Unexpected<Error>(value.error()));
-    const bool privileged_name = n.rfind("trusted.", 0) == 0 || n.rfind("security.", 0) == 0;
-    if (!set.has_value() && !(privileged_name && (set.error().code == EPERM || set.error().code == ENODATA))) {
-      return set;
-    }
+    if (!set.has_value() && !skipped(set.error())) return set;
   }
+  // A default ACL of the directory may have narrowed the hidden file's mode;
+  // the replaced file's stays (and with it any ACL's mask).
+  SetAttributes keep;
+  keep.mode = mode;
+  auto kept = fs.set_attributes(to, keep);
+  if (!kept.has_value() && !skipped(kept.error())) return Unexpected<Error>(kept.error());
   return {};
 }
 
@@ -180,7 +187,9 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
   }
   close_in();
   if (code == kExitOk && replacing_file) {
-    if (auto kept = keep_attributes(fs, path, file->ino()); !kept.has_value()) code = report("put " + path, kept.error());
+    if (auto kept = keep_attributes(fs, path, file->ino(), mode); !kept.has_value()) {
+      code = report("put " + path, kept.error());
+    }
   }
   // Replacing a file: its new bytes are on media before the rename makes the old
   // ones unreachable, so that not even a machine crash loses both.

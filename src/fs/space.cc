@@ -14,10 +14,12 @@ uint64_t FsImpl::checkpoint_reserve_blocks(uint64_t more_xattr_bytes, uint64_t r
   auto blocks = [](uint64_t bytes, uint64_t per_block) { return (bytes + per_block - 1) / per_block; };
   uint64_t dirents = dirent_count_.load();
   constexpr uint64_t kMarginBlocks = 16;  // partial blocks, the root, growth during a checkpoint
-  return metadata_copies() * (blocks(inode_count_.load() * sizeof(format::DiskInode), kSectionPayloadBytes) +
-         blocks(extent_count_.load() * sizeof(format::DiskExtent), kSectionPayloadBytes) +
+  // Fixed-size records are counted whole per block (63 inodes, 126 extents).
+  using format::fixed_section_blocks;
+  return metadata_copies() * (fixed_section_blocks(inode_count_.load(), sizeof(format::DiskInode)) +
+         fixed_section_blocks(extent_count_.load(), sizeof(format::DiskExtent)) +
          // Shared runs (version 2): fewer than two per extent.
-         (sb_.has_copies() ? blocks(2 * extent_count_.load() * sizeof(format::DiskRefcount), kSectionPayloadBytes) : 0) +
+         (sb_.has_copies() ? fixed_section_blocks(2 * extent_count_.load(), sizeof(format::DiskRefcount)) : 0) +
          named_section_blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load(), more_xattr_bytes,
                               record_bytes) +
          kMarginBlocks);

@@ -169,6 +169,16 @@ class Access {
     if (!permits(st, change ? 2 : 4)) return fail(EACCES, what + ": permission denied");
     return {};
   }
+  // Whether the caller belongs to the group a new file at PATH gets: its own,
+  // or a set-group-ID parent's. A file of another group is made without
+  // set-group-ID (unless the caller is privileged).
+  bool in_group_of_new_file(std::string_view path) const {
+    if (c_.privileged) return true;
+    auto parts = components(path);
+    auto dir = fs_.stat(join(parts, parts.empty() ? 0 : parts.size() - 1));
+    const uint32_t gid = dir.has_value() && (dir->mode & S_ISGID) != 0 ? dir->gid : c_.peer.gid;
+    return gid == c_.peer.gid || std::find(c_.peer.groups.begin(), c_.peer.groups.end(), gid) != c_.peer.groups.end();
+  }
   bool sees_xattr(std::string_view name) const {
     return c_.privileged || name.substr(0, 8) != "trusted.";
   }
@@ -292,6 +302,7 @@ class Handler {
   // with group execute) unless the caller is privileged, and a file capability
   // whoever the caller is.
   Result<void> drop_privileges(InodeNumber ino, const Stat& st) {
+    if (st.type != FileType::Regular) return {};  // the operation itself refuses the rest
     uint32_t mode = st.mode;
     if (!c_.privileged) {
       mode &= ~static_cast<uint32_t>(S_ISUID);
@@ -361,7 +372,11 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       if (!in.string(&path) || !in.u32(&mode)) return bad();
       TRY(access_.may_change_name(path, false));
       Credentials owner{c_.peer.uid, c_.peer.gid};
-      auto ino = op == Op::Create ? fs_.create(path, mode & 07777, owner) : fs_.mkdir(path, mode & 07777, owner);
+      mode &= 07777;
+      if (op == Op::Create && (mode & S_ISGID) != 0 && !access_.in_group_of_new_file(path)) {
+        mode &= ~static_cast<uint32_t>(S_ISGID);  // as the kernel's mode_strip_sgid
+      }
+      auto ino = op == Op::Create ? fs_.create(path, mode, owner) : fs_.mkdir(path, mode, owner);
       const uint64_t made = TRY(std::move(ino)).value();
       c_.reached.insert(made);
       out.u64(made);
@@ -423,6 +438,10 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       // caller owns or may read and write.
       if (!c_.privileged && target.uid != c_.peer.uid && !access_.permits(target, 6)) {
         return fail(EPERM, std::string(path) + ": a hard link needs the file's owner, or read and write permission");
+      }
+      const bool privileged_file = (target.mode & S_ISUID) != 0 || (target.mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP);
+      if (!c_.privileged && target.uid != c_.peer.uid && privileged_file) {
+        return fail(EPERM, std::string(path) + ": a hard link to another's set-user-ID or set-group-ID file");
       }
       TRY(access_.may_change_name(other, false));
       return fs_.link(path, other);
@@ -504,12 +523,12 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     case Op::Reflink:
       if (!in.u64(&a) || !in.u64(&b)) return bad();
       TRY(access_.may_use(InodeNumber(a), 4));
-      TRY(access_.may_use(InodeNumber(b), 2));
+      TRY(drop_privileges(InodeNumber(b), TRY(access_.may_use(InodeNumber(b), 2))));  // as FICLONE
       return fs_.reflink(InodeNumber(a), InodeNumber(b));
     case Op::CloneRange:
       if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c) || !in.u64(&d) || !in.u64(&e)) return bad();
       TRY(access_.may_use(InodeNumber(a), 4));
-      TRY(access_.may_use(InodeNumber(c), 2));
+      TRY(drop_privileges(InodeNumber(c), TRY(access_.may_use(InodeNumber(c), 2))));
       return fs_.clone_range(InodeNumber(a), b, InodeNumber(c), d, e);
     case Op::Fsmap: {
       if (!in.u64(&a) || !in.u64(&b)) return bad();
