@@ -243,6 +243,30 @@ PY
   expect 0 "$POISE" stat "$IMG" /pub/sgid/made --json
   contains "$WORK/out" '"mode": "0755"'
   contains "$WORK/out" '"gid": 0'
+  # Moving a directory to another parent needs write permission on it (its
+  # ".." changes); within its parent it does not.
+  expect 0 "$POISE" mkdir "$IMG" /open --mode 0777
+  expect 0 "$POISE" mkdir "$IMG" /open/p1 --mode 0777
+  expect 0 "$POISE" mkdir "$IMG" /open/p2 --mode 0777
+  expect 0 "$POISE" mkdir "$IMG" /open/p1/victim --mode 0755
+  expect 11 "${AS_NOBODY[@]}" "$POISE" mv "$IMG" /open/p1/victim /open/p2/victim
+  expect 0 "$POISE" stat "$IMG" /open/p1/victim
+  expect 0 "${AS_NOBODY[@]}" "$POISE" mv "$IMG" /open/p1/victim /open/p1/renamed
+  # --mode is mkdir -m's: set-group-ID only in a group of the caller's. A
+  # write by one outside the file's group drops set-group-ID even without
+  # group execute (Linux 6.2 on).
+  expect 0 "${AS_NOBODY[@]}" "$POISE" mkdir "$IMG" /open/d6 --mode 6777
+  expect 0 "$POISE" stat "$IMG" /open/d6 --json
+  contains "$WORK/out" '"mode": "6777"'
+  expect 0 "${AS_NOBODY[@]}" "$POISE" mkdir "$IMG" /pub/sgid/d2 --mode 0777
+  expect 0 "$POISE" stat "$IMG" /pub/sgid/d2 --json
+  contains "$WORK/out" '"mode": "2777"'
+  chmod 2767 "$WORK/data"
+  expect 0 "$POISE" put "$IMG" "$WORK/data" /open/sgnx
+  chmod 0644 "$WORK/data"
+  expect 0 "${AS_NOBODY[@]}" "$POISE" truncate "$IMG" /open/sgnx 5
+  expect 0 "$POISE" stat "$IMG" /open/sgnx --json
+  contains "$WORK/out" '"mode": "0767"'
   # In a sticky directory only its owner changes its user. attributes.
   expect 8 "${AS_NOBODY[@]}" "$POISE" xattr "$IMG" /pub user.x --set 1
   # The socket honours ACLs as the kernel does: u::rw-, u:65534:---, g::r--,

@@ -169,6 +169,28 @@ class Access {
     if (!permits(st, change ? 2 : 4)) return fail(EACCES, what + ": permission denied");
     return {};
   }
+  // A directory moving to another parent changes its "..": that needs write
+  // permission on the directory itself (as the kernel's rename checks).
+  Result<void> may_move_directory(std::string_view from, std::string_view to) const {
+    if (c_.privileged) return {};
+    auto moved = fs_.stat(from);
+    if (!moved.has_value() || moved->type != FileType::Directory) return {};  // the rename itself answers
+    auto parent_of = [&](std::string_view p) {
+      auto parts = components(p);
+      return fs_.lookup(join(parts, parts.empty() ? 0 : parts.size() - 1));
+    };
+    auto a = parent_of(from), b = parent_of(to);
+    if (a.has_value() && b.has_value() && *a == *b) return {};
+    if (!permits(*moved, 2)) {
+      return fail(EACCES, std::string(from) + ": permission denied (moving a directory to another parent needs "
+                                              "write permission on it)");
+    }
+    return {};
+  }
+  bool in_group(uint32_t gid) const {
+    return gid == c_.peer.gid || std::find(c_.peer.groups.begin(), c_.peer.groups.end(), gid) != c_.peer.groups.end();
+  }
+
   // Whether the caller belongs to the group a new file at PATH gets: its own,
   // or a set-group-ID parent's. A file of another group is made without
   // set-group-ID (unless the caller is privileged).
@@ -176,8 +198,7 @@ class Access {
     if (c_.privileged) return true;
     auto parts = components(path);
     auto dir = fs_.stat(join(parts, parts.empty() ? 0 : parts.size() - 1));
-    const uint32_t gid = dir.has_value() && (dir->mode & S_ISGID) != 0 ? dir->gid : c_.peer.gid;
-    return gid == c_.peer.gid || std::find(c_.peer.groups.begin(), c_.peer.groups.end(), gid) != c_.peer.groups.end();
+    return in_group(dir.has_value() && (dir->mode & S_ISGID) != 0 ? dir->gid : c_.peer.gid);
   }
   bool sees_xattr(std::string_view name) const {
     return c_.privileged || name.substr(0, 8) != "trusted.";
@@ -306,7 +327,8 @@ class Handler {
     uint32_t mode = st.mode;
     if (!c_.privileged) {
       mode &= ~static_cast<uint32_t>(S_ISUID);
-      if ((mode & S_IXGRP) != 0) mode &= ~static_cast<uint32_t>(S_ISGID);
+      // Set-group-ID goes with group execute, or (Linux 6.2 on) from a writer outside the group.
+      if ((mode & S_IXGRP) != 0 || !access_.in_group(st.gid)) mode &= ~static_cast<uint32_t>(S_ISGID);
     }
     if (mode != st.mode) {
       SetAttributes change;
@@ -372,10 +394,12 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       if (!in.string(&path) || !in.u32(&mode)) return bad();
       TRY(access_.may_change_name(path, false));
       Credentials owner{c_.peer.uid, c_.peer.gid};
-      mode &= 07777;
-      if (op == Op::Create && (mode & S_ISGID) != 0 && !access_.in_group_of_new_file(path)) {
-        mode &= ~static_cast<uint32_t>(S_ISGID);  // as the kernel's mode_strip_sgid
-      }
+      // The mode is that of `mkdir -m` / `install -m` (a chmod by the new
+      // owner), so set-group-ID only for a caller in the group the inode gets
+      // (the kernel's mode_strip_sgid); a directory in a set-group-ID parent
+      // gets the bit from the parent anyway.
+      mode &= 07777u;
+      if ((mode & S_ISGID) != 0 && !access_.in_group_of_new_file(path)) mode &= ~static_cast<uint32_t>(S_ISGID);
       auto ino = op == Op::Create ? fs_.create(path, mode, owner) : fs_.mkdir(path, mode, owner);
       const uint64_t made = TRY(std::move(ino)).value();
       c_.reached.insert(made);
@@ -391,6 +415,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       if (!in.string(&path) || !in.string(&other)) return bad();
       TRY(access_.may_change_name(path, true));
       TRY(access_.may_change_name(other, true));
+      TRY(access_.may_move_directory(path, other));
       return fs_.rename(path, other);
     case Op::Symlink: {
       if (!in.string(&other) || !in.string(&path)) return bad();
@@ -412,7 +437,18 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
         return bad();
       }
       TRY(access_.may_xattr(InodeNumber(a), path, true));
-      return fs_.set_xattr(InodeNumber(a), path, other, static_cast<XattrMode>(how));
+      TRY(fs_.set_xattr(InodeNumber(a), path, other, static_cast<XattrMode>(how)));
+      // An access ACL set by one outside the file's group drops set-group-ID
+      // (as the kernel's posix_acl_update_mode).
+      if (path == acl::kAccessName && !c_.privileged) {
+        Stat st = TRY(fs_.stat(InodeNumber(a)));
+        if ((st.mode & S_ISGID) != 0 && !access_.in_group(st.gid)) {
+          SetAttributes change;
+          change.mode = st.mode & ~static_cast<uint32_t>(S_ISGID);
+          TRY(fs_.set_attributes(InodeNumber(a), change));
+        }
+      }
+      return {};
     }
     case Op::GetXattr:
       if (!in.u64(&a) || !in.string(&path)) return bad();
