@@ -342,6 +342,7 @@ Result<void> FsImpl::write_checkpoint() {
   checkpoint_ = std::move(roots[0]);
   checkpoint_root_block_ = root_blocks[0];
   checkpoint_copy_ = copies == 2 ? std::move(roots[1]) : format::CheckpointRootInfo{};
+  generation_shown_.store(checkpoint_.generation, std::memory_order_relaxed);
   checkpoint_copy_root_block_ = root_blocks[1];
   // Every damaged copy met at mount has just been written anew; check() still
   // says what was found.
@@ -396,6 +397,7 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   checkpoint_ = first.has_value() ? *first : format::CheckpointRootInfo{};
   checkpoint_copy_ = second.has_value() ? *second : format::CheckpointRootInfo{};
   checkpoint_.generation = checkpoint_copy_.generation = sb.checkpoint_generation;
+  generation_shown_.store(sb.checkpoint_generation, std::memory_order_relaxed);
   const format::CheckpointRootInfo& known = first.has_value() ? *first : *second;
   count_checkpoint_blocks();
 

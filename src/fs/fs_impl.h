@@ -499,6 +499,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   std::atomic<uint64_t> dirent_count_{0};
   std::atomic<uint64_t> extent_count_{0};
   std::atomic<uint64_t> name_bytes_{0};
+  // The current checkpoint's generation, for info() (which takes no lock;
+  // checkpoint_ itself changes under the gate held exclusively).
+  std::atomic<uint64_t> generation_shown_{0};
   std::atomic<uint64_t> xattr_count_{0};
   std::atomic<uint64_t> xattr_bytes_{0};  // on media, as xattr_bytes()
   // The largest attribute record applied since the mount: how early one may

@@ -166,7 +166,7 @@ FsInfo FsImpl::info() {
   i.used_bytes = i.size_bytes - i.free_bytes;
   i.files = inode_count_.load();
   i.journal_bytes = sb_.journal_blocks * kBlockSize;
-  i.checkpoint_generation = checkpoint_.generation;
+  i.checkpoint_generation = generation_shown_.load(std::memory_order_relaxed);  // checkpoint_ is the gate's
   return i;
 }
 
