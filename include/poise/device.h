@@ -105,6 +105,10 @@ class Device {
   // A descriptor whose file offsets are device offsets, for mapping device
   // memory a second time (direct mappings of files); -1 if the backend has none.
   virtual int map_fd() const { return -1; }
+  // Real memory whose failures the kernel reports as machine checks (SIGBUS
+  // BUS_MCEERR_AO/AR at data()'s addresses): a filesystem on it asks for early
+  // notice of them (PR_MCE_KILL_EARLY) and turns each into notify_failure().
+  virtual bool reports_machine_checks() const { return false; }
 
   // Copies bytes out inside a read-side section that removal waits for. EIO for
   // poisoned memory, ENXIO once removal has begun. The copy is machine-check

@@ -84,6 +84,12 @@ std::optional<CopyFault> access_or_fault(const void* src, size_t n, const std::f
   return here.fault;
 }
 
+bool copy_covers(uintptr_t addr, unsigned lsb) {
+  const CopyScope* s = scope;
+  const uintptr_t first = addr & ~((uintptr_t{1} << lsb) - 1);
+  return s != nullptr && first < s->hi && first + (uintptr_t{1} << lsb) > s->lo;
+}
+
 std::optional<CopyFault> copy_or_fault(void* dst, const void* src, size_t n) {
   return access_or_fault(src, n, [&] { std::memcpy(dst, src, n); });
 }

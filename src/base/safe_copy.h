@@ -34,4 +34,8 @@ std::optional<CopyFault> copy_or_fault(void* dst, const void* src, size_t n);
 // error in that range ends it and says where.
 std::optional<CopyFault> access_or_fault(const void* src, size_t n, const std::function<void()>& fn);
 
+// Whether a copy of this thread is reading [addr, +2^lsb) now: its handler takes
+// a machine check there (async-signal-safe, for other SIGBUS handlers).
+bool copy_covers(uintptr_t addr, unsigned lsb);
+
 }  // namespace poise

@@ -49,6 +49,11 @@ class DaxDevice final : public Device {
   std::string describe() const override { return "device-dax " + path_; }
   const std::byte* data() const override { return base_; }
   std::byte* data() override { return base_; }
+  // The character device maps at any multiple of the namespace's alignment, so
+  // direct mappings of files work where that alignment is 4 KiB (the mapping
+  // layer refuses larger ones with a clear error).
+  int map_fd() const override { return fd_; }
+  bool reports_machine_checks() const override { return true; }
 
   void write(uint64_t offset, const void* src, size_t length) override {
     check_range(offset, length);

@@ -38,6 +38,9 @@ class MemoryDevice final : public Device {
   const std::byte* data() const override { return base_; }
   std::byte* data() override { return base_; }
   int map_fd() const override { return fd_; }
+  // Tests: stand in for real memory, whose failures arrive as machine checks.
+  void set_reports_machine_checks(bool on) { reports_machine_checks_ = on; }
+  bool reports_machine_checks() const override { return reports_machine_checks_; }
   void write(uint64_t offset, const void* src, size_t length) override;
   void fill(uint64_t offset, int byte, size_t length) override;
   void flush(uint64_t, size_t) override {}
@@ -48,6 +51,7 @@ class MemoryDevice final : public Device {
   PoisonList* emulated_poison() const override { return &poison_; }
 
  private:
+  bool reports_machine_checks_ = false;
   mutable PoisonList poison_;
   std::byte* base_;
   uint64_t size_;

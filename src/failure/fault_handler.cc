@@ -5,6 +5,7 @@
 #include <ucontext.h>
 
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -12,7 +13,9 @@
 #include <mutex>
 #include <thread>
 
+#include "base/safe_copy.h"
 #include "base/signal_chain.h"
+#include "poise/device.h"
 #include "mapping/address_index.h"
 #include "mapping/registry.h"
 
@@ -48,40 +51,89 @@ std::atomic<pid_t> owner_pid{0};
 // them (async-signal-safe: atomics and an eventfd write), and a poise thread runs
 // the failure flow. A full queue drops the notice; the next access of the memory
 // then gets the synchronous machine check (AR).
+// A slot is claimed (Empty -> Writing) by one handler only, so two notices
+// racing for a slot never mix their fields; the thread reads only Full ones.
+enum SlotState : int { kEmpty, kWriting, kFull };
 struct AsyncNotice {
   std::atomic<uintptr_t> addr{0};
   std::atomic<uint64_t> length{0};
-  std::atomic<bool> full{false};
+  std::atomic<int> state{kEmpty};
 };
 constexpr size_t kAsyncSlots = 256;
 AsyncNotice async_notices[kAsyncSlots];
 std::atomic<uint64_t> async_next{0};
 std::atomic<int> async_event_fd{-1};
+// The process whose machine-check thread runs: a child made by fork() has
+// none of its parent's threads and starts its own (start_machine_check_thread).
+std::atomic<pid_t> async_thread_pid{0};
 
 void queue_async(uintptr_t addr, uint64_t length) {
-  if (async_event_fd < 0) return;  // no mapping was ever made: nobody to tell
+  const int fd = async_event_fd.load(std::memory_order_acquire);
+  if (fd < 0 || async_thread_pid.load(std::memory_order_acquire) != ::getpid()) return;  // nobody to tell
   AsyncNotice& slot = async_notices[async_next.fetch_add(1, std::memory_order_relaxed) % kAsyncSlots];
-  if (slot.full.load(std::memory_order_acquire)) return;  // the queue is full: dropped
+  int empty = kEmpty;
+  if (!slot.state.compare_exchange_strong(empty, kWriting, std::memory_order_acquire)) return;  // full: dropped
   slot.addr.store(addr, std::memory_order_relaxed);
   slot.length.store(length, std::memory_order_relaxed);
-  slot.full.store(true, std::memory_order_release);
+  slot.state.store(kFull, std::memory_order_release);
   const uint64_t one = 1;
-  (void)!::write(async_event_fd, &one, sizeof one);
+  (void)!::write(fd, &one, sizeof one);
 }
 
-void run_async_notices() {
+// Devices whose own view (data()) a machine check may name. The handler reads
+// only the atomics; the machine-check thread reads `device` under the mutex,
+// which unwatch_device() takes before the device may go.
+struct WatchedDevice {
+  std::atomic<uintptr_t> base{0};
+  std::atomic<uint64_t> size{0};
+  Device* device = nullptr;
+  int count = 0;
+};
+constexpr size_t kWatchedMax = 16;
+WatchedDevice watched[kWatchedMax];
+std::mutex watched_mutex;
+
+bool in_device_view(uintptr_t addr) {
+  for (const WatchedDevice& w : watched) {
+    const uintptr_t base = w.base.load(std::memory_order_acquire);
+    if (base != 0 && addr >= base && addr - base < w.size.load(std::memory_order_acquire)) return true;
+  }
+  return false;
+}
+
+// Tells the device whose view holds [addr, +length) (the machine-check thread).
+void notify_device_view(uintptr_t addr, uint64_t length) {
+  std::lock_guard lock(watched_mutex);
+  for (WatchedDevice& w : watched) {
+    const uintptr_t base = w.base.load(std::memory_order_relaxed);
+    const uint64_t size = w.size.load(std::memory_order_relaxed);
+    if (w.device == nullptr || addr < base || addr - base >= size) continue;
+    const uint64_t offset = addr - base;
+    (void)w.device->notify_failure(offset, std::min(length, size - offset), FailureFlags::None);
+    return;
+  }
+}
+
+void run_async_notices(int event_fd) {
+  // Early notice: the kernel sends BUS_MCEERR_AO for memory it finds failed in
+  // this process's mappings to a thread that asked for it, this one, whose
+  // handler only queues it (the eventfd read below restarts).
+  (void)::prctl(PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_EARLY, 0, 0);
   for (;;) {
     uint64_t count = 0;
-    if (::read(async_event_fd, &count, sizeof count) != sizeof count) continue;
+    if (::read(event_fd, &count, sizeof count) != sizeof count) continue;
     for (AsyncNotice& slot : async_notices) {
-      if (!slot.full.load(std::memory_order_acquire)) continue;
+      if (slot.state.load(std::memory_order_acquire) != kFull) continue;
       const uintptr_t addr = slot.addr.load(std::memory_order_relaxed);
       const uint64_t length = slot.length.load(std::memory_order_relaxed);
-      slot.full.store(false, std::memory_order_release);
+      slot.state.store(kEmpty, std::memory_order_release);
       // Not poise's, or unmapped meanwhile: nobody to tell (an address reused by
       // a new mapping since is told instead, as the kernel's early kill would).
       std::shared_ptr<mapping::MapState> m = mapping::find_mapping_at(addr);
-      if (!m) continue;
+      if (!m) {
+        notify_device_view(addr, length);
+        continue;
+      }
       if (auto registry = m->registry.lock()) (void)registry->machine_check(m, addr & ~(length - 1), length, false);
     }
   }
@@ -136,6 +188,20 @@ mapping::FaultOutcome decide(int sig, siginfo_t* info, void* context) {
     return FaultOutcome{FaultOutcome::Retry};
   }
   std::shared_ptr<mapping::MapState> m = mapping::find_mapping_at(addr);
+  if (!m && sig == SIGBUS && info->si_code == BUS_MCEERR_AR) {
+    // Lost memory named at a device's own view: the kernel reports the first
+    // mapping of the page it finds, which may be the device's rather than the
+    // file mapping that consumed it. A copy of poise's own that reads there
+    // takes it (its caller reports the bytes). Otherwise the machine-check
+    // thread tells the device (this thread may hold any poise lock), and the
+    // access fails: EIO to a guarded() scope, else SIGBUS as the kernel sends it.
+    const unsigned lsb = info->si_addr_lsb >= 12 && info->si_addr_lsb < 48 ? info->si_addr_lsb : 12;
+    if (in_device_view(addr) && !copy_covers(addr, lsb)) {
+      const uint64_t length = 1ull << lsb;
+      queue_async(addr & ~(length - 1), length);
+      return FaultOutcome{FaultOutcome::Failed, EIO, true, "machine check: the device memory behind this page is lost"};
+    }
+  }
   if (!m) return FaultOutcome{FaultOutcome::NotOurs};
   std::shared_ptr<mapping::MappingRegistry> registry = m->registry.lock();
   if (!registry) return FaultOutcome{FaultOutcome::Failed, ESHUTDOWN, false, "the filesystem of this mapping is gone"};
@@ -192,13 +258,47 @@ void install_fault_handler() {
 }
 
 void start_machine_check_thread() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    const int fd = ::eventfd(0, EFD_CLOEXEC);
-    POISE_ASSERT(fd >= 0);
-    std::thread(run_async_notices).detach();  // lives as long as the process
-    async_event_fd = fd;  // from here on the handler queues
-  });
+  static std::mutex start_mutex;
+  if (async_thread_pid.load(std::memory_order_acquire) == ::getpid()) return;
+  std::lock_guard lock(start_mutex);
+  if (async_thread_pid.load(std::memory_order_acquire) == ::getpid()) return;
+  // In a child made by fork(), the parent's queue means nothing here.
+  for (AsyncNotice& slot : async_notices) slot.state.store(kEmpty, std::memory_order_relaxed);
+  const int fd = ::eventfd(0, EFD_CLOEXEC);
+  POISE_ASSERT(fd >= 0);
+  std::thread(run_async_notices, fd).detach();  // lives as long as the process
+  async_event_fd.store(fd, std::memory_order_release);
+  async_thread_pid.store(::getpid(), std::memory_order_release);  // from here on the handler queues
+}
+
+void watch_device(Device& device) {
+  std::lock_guard lock(watched_mutex);
+  for (WatchedDevice& w : watched) {
+    if (w.device == &device) {
+      ++w.count;
+      return;
+    }
+  }
+  for (WatchedDevice& w : watched) {
+    if (w.device != nullptr) continue;
+    w.device = &device;
+    w.count = 1;
+    w.size.store(device.size_bytes(), std::memory_order_release);
+    w.base.store(reinterpret_cast<uintptr_t>(device.data()), std::memory_order_release);
+    return;
+  }
+  // More devices than slots: machine checks at the others' views go unrouted
+  // (their file mappings' are still handled), as if this one were not watched.
+}
+
+void unwatch_device(Device& device) {
+  std::lock_guard lock(watched_mutex);  // a notice in progress ends first
+  for (WatchedDevice& w : watched) {
+    if (w.device != &device || --w.count > 0) continue;
+    w.base.store(0, std::memory_order_release);
+    w.size.store(0, std::memory_order_release);
+    w.device = nullptr;
+  }
 }
 
 }  // namespace failure

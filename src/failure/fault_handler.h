@@ -26,6 +26,10 @@
 // mapping, never poise code holding a poise lock.
 #pragma once
 
+namespace poise {
+class Device;
+}
+
 namespace poise::failure {
 
 // Installs the handlers once per process; later calls do nothing. Thread-safe.
@@ -34,6 +38,19 @@ void install_fault_handler();
 // (BUS_MCEERR_AO), once per process, when the first direct mapping is made:
 // before that no mapping can be told, and a process that maps nothing (the
 // CLI) runs no extra thread.
+// The thread asks the kernel for early notice of memory failures in memory it
+// maps (PR_MCE_KILL_EARLY, for itself): the kernel then sends it
+// BUS_MCEERR_AO when it finds a failure nobody consumed yet.
 void start_machine_check_thread();
+
+// A machine check at an address of a device's own view (Device::data()) rather
+// than of a file's mapping: the kernel names the first mapping of the failed
+// page it finds in the process, and that may be the filesystem's view of the
+// whole device. watch_device() lets the handler turn such an address into a
+// device offset and tell the device (notify_failure, from the machine-check
+// thread); unwatch_device() waits for a notice in progress. Counted: a device
+// watched twice (two mounts) needs two unwatches.
+void watch_device(Device& device);
+void unwatch_device(Device& device);
 
 }  // namespace poise::failure

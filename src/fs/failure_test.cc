@@ -6,7 +6,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <mutex>
+#include <thread>
+
 #include "fs/test_util.h"
+#include "device/crash_device.h"
 
 namespace poise {
 namespace {
@@ -49,7 +54,9 @@ TEST_F(FailureTest, ConsumedPoisonCostsExactlyTheOwnersExactlyThoseBytes) {
   EXPECT_EQ(bad, 1);
   EXPECT_EQ(files, 2);
   for (const auto& r : at) {  // the bad marker is no reference: two sharers, not three
-    if (r.owner == OwnerKind::File) EXPECT_EQ(r.refcount, 2u);
+    if (r.owner == OwnerKind::File) {
+      EXPECT_EQ(r.refcount, 2u);
+    }
   }
   // A lost block of an unshared file is not "shared".
   for (const auto& r : records_at(*fs_, device_offset_of(*fs_, "/c", 0))) EXPECT_FALSE(r.shared());
@@ -268,7 +275,9 @@ TEST(MetadataFailure, EveryKindIsRewrittenOrShutsDownCleanly) {
       // A superblock copy has a fixed place: the other copy carries on. Every
       // other structure is rewritten elsewhere.
       const bool fixed = kind == MetadataKind::Superblock || kind == MetadataKind::Journal;
-      if (!fixed) EXPECT_EQ(r.owner, OwnerKind::Bad) << "the structure moved away";
+      if (!fixed) {
+        EXPECT_EQ(r.owner, OwnerKind::Bad) << "the structure moved away";
+      }
     }
     EXPECT_TRUE(recorded);
     EXPECT_TRUE(fs->check().clean());
@@ -363,6 +372,85 @@ TEST(MachineCheckSafeCopy, AFaultUnderJournalReplayIsReadFromTheOtherCopy) {
   bool noted = false;
   for (const auto& n : report.notes) noted |= n.find("machine check") != std::string::npos;
   EXPECT_TRUE(noted);
+}
+
+}  // namespace
+}  // namespace poise
+
+namespace poise {
+namespace {
+using namespace poise::testing;
+
+// Pre-remove promises that nothing acknowledged is lost: after it returns, what
+// a power cut would keep holds every write that returned before it. Checked on
+// a device that drops exactly what was not made durable (the page-cache model:
+// nothing survives a machine crash until synced), while writers keep writing.
+// On a device whose flush does nothing this could not fail (defect 9).
+TEST(PreRemoveDurability, NothingAcknowledgedBeforeThePreRemoveIsLostOnADeviceThatDropsUnsyncedStores) {
+  for (auto model : {CrashDevice::Model::PageCache, CrashDevice::Model::CacheLines}) {
+    SCOPED_TRACE(model == CrashDevice::Model::PageCache ? "page cache" : "cache lines");
+    CrashDevice device(64ull << 20, model);
+    ASSERT_OK(Filesystem::format(device));
+    auto mounted = Filesystem::mount(device);
+    ASSERT_TRUE(mounted.has_value()) << mounted.error().message;
+    Filesystem& fs = **mounted;
+    constexpr int kWriters = 3;
+    std::mutex mu;
+    std::vector<std::pair<std::string, std::string>> acknowledged;  // path, content
+    std::atomic<bool> stop{false};
+    std::atomic<int> errors{0};
+    std::vector<std::thread> writers;
+    for (int w = 0; w < kWriters; ++w) {
+      writers.emplace_back([&, w] {
+        for (int i = 0; !stop; ++i) {
+          const std::string path = "/w" + std::to_string(w) + "_" + std::to_string(i);
+          const std::string content(100 + 37 * (i % 50), static_cast<char>('a' + (w * 7 + i) % 26));
+          auto ino = fs.create(path);
+          if (!ino) {
+            ++errors;
+            return;
+          }
+          auto n = fs.write(*ino, 0, as_bytes(content));
+          if (!n || *n != content.size()) {
+            ++errors;
+            return;
+          }
+          std::lock_guard lock(mu);
+          acknowledged.emplace_back(path, content);
+        }
+      });
+    }
+    for (;;) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      std::lock_guard lock(mu);
+      if (acknowledged.size() >= 60) break;
+    }
+    ASSERT_OK(device.pre_remove());
+    std::vector<std::pair<std::string, std::string>> before;
+    {
+      std::lock_guard lock(mu);
+      before = acknowledged;
+    }
+    auto image = device.durable_image();  // what a power cut now would keep
+    ASSERT_OK(device.remove());
+    stop = true;
+    for (auto& t : writers) t.join();
+    EXPECT_EQ(errors, kWriters) << "every writer blocked by the freeze gets an error at the removal";
+    {
+      std::lock_guard lock(mu);
+      EXPECT_EQ(acknowledged.size(), before.size()) << "a write was acknowledged after the pre-remove";
+    }
+    mounted->reset();
+    auto again = Filesystem::mount(*image);
+    ASSERT_TRUE(again.has_value()) << again.error().message;
+    size_t lost = 0;
+    for (const auto& [path, content] : before) {
+      auto st = (*again)->stat(path);
+      if (!st || read_file(**again, path) != content) ++lost;
+    }
+    EXPECT_EQ(lost, 0u) << "of " << before.size() << " acknowledged writes";
+    EXPECT_TRUE((*again)->check().clean());
+  }
 }
 
 }  // namespace

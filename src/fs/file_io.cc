@@ -249,7 +249,7 @@ uint64_t FsImpl::blocks_needed_for_store(const Inode& inode, FileBlock first, ui
   return need;
 }
 
-void FsImpl::store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offset,
+bool FsImpl::store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offset,
                        const std::byte* src, size_t length, Fill fill, DevBlock old) {
   uint64_t run_start = fb.value() * kBlockSize;
   uint64_t run_end = run_start + count * kBlockSize;
@@ -258,29 +258,31 @@ void FsImpl::store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offs
   POISE_ASSERT(a < b);
   auto dev_at = [&](uint64_t file_byte) { return dev.value() * kBlockSize + (file_byte - run_start); };
   auto gap = [&](uint64_t from, uint64_t to) {
-    if (from >= to || fill == Fill::InPlace) return;
+    if (from >= to || fill == Fill::InPlace) return true;
     POISE_ASSERT(to - from < kBlockSize);
     if (fill == Fill::Zero) {
       device_.fill(dev_at(from), 0, to - from);
-      return;
+      return true;
     }
     alignas(64) std::byte buf[kBlockSize];
-    auto copied = device_.read(old.value() * kBlockSize + (from - run_start), buf, to - from);
-    POISE_ASSERT(copied.has_value());
+    // The shared block's memory may fail under this copy (a machine check): the
+    // copy stops and the write fails, never filling the gap with garbage.
+    if (!device_.read(old.value() * kBlockSize + (from - run_start), buf, to - from).has_value()) return false;
     device_.write(dev_at(from), buf, to - from);
+    return true;
   };
   if (fill != Fill::InPlace) device_.prepare_store(dev_at(run_start), run_end - run_start);  // new blocks
-  gap(run_start, a);
+  if (!gap(run_start, a)) return false;
   if (src != nullptr) {
     device_.write(dev_at(a), src + (a - offset), b - a);
   } else {
     device_.fill(dev_at(a), 0, b - a);
   }
-  gap(b, run_end);
+  return gap(b, run_end);
 }
 
 uint64_t FsImpl::store_locked(Inode& inode, uint64_t offset, const std::byte* src, size_t length,
-                              Records* records, bool* fresh) {
+                              Records* records, bool* fresh, std::optional<DevRun>* copy_failed) {
   const uint64_t ino = inode.ino.value();
   uint64_t pos = offset / kBlockSize;
   const uint64_t end = ceil_blocks(offset + length);
@@ -291,19 +293,27 @@ uint64_t FsImpl::store_locked(Inode& inode, uint64_t offset, const std::byte* sr
     Lookup before = inode.extents.lookup(FileBlock(pos - 1));
     if (before.mapped) hint = before.mapping.dev_block + 1;
   }
+  bool failed = false;
   auto allocate_into = [&](uint64_t fb, uint64_t count, Fill fill, DevBlock old) {
-    for (uint64_t done = 0; done < count;) {
+    for (uint64_t done = 0; done < count && !failed;) {
       DevRun run = allocate_reserved(count - done, hint);
-      store_run(run.start, FileBlock(fb + done), run.count, offset, src, length, fill, old + done);
+      const DevBlock from = old + done;
+      const bool stored = store_run(run.start, FileBlock(fb + done), run.count, offset, src, length, fill, from);
       records->push_back(format::ExtentRecord{ino, fb + done, run.start.value(),
                                               static_cast<uint32_t>(run.count), 0});
       allocated += run.count;
       hint = run.end();
       done += run.count;
+      if (!stored) {
+        POISE_ASSERT(copy_failed != nullptr);  // only a partial block is copied
+        failed = true;
+        *copy_failed = poisoned_blocks(from.value() * kBlockSize, run.count * kBlockSize);
+        if (!*copy_failed) *copy_failed = DevRun{from, run.count};
+      }
     }
     *fresh = true;
   };
-  while (pos < end) {
+  while (pos < end && !failed) {
     Lookup lk = inode.extents.lookup(FileBlock(pos));
     if (!lk.mapped) {
       uint64_t n = std::min(lk.hole_blocks, end - pos);
@@ -329,6 +339,7 @@ uint64_t FsImpl::store_locked(Inode& inode, uint64_t offset, const std::byte* sr
     }
     uint64_t covered = 0;
     for (const auto& [r, owners, bad] : parts) {
+      if (failed) return allocated;
       uint64_t fb = pos + (r.start - m.dev_block);
       covered += r.count;
       if (bad) {  // lost memory: a whole-block rewrite relocates it
@@ -392,6 +403,17 @@ Result<size_t> FsImpl::write(InodeNumber ino, uint64_t offset, std::span<const s
 
 Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length,
                                    const uint64_t* restore_changes) {
+  std::optional<DevRun> consumed;
+  auto written = write_chunk_locked(ino, offset, src, length, restore_changes, &consumed);
+  if (consumed) {  // as a read reports it: every owner is told, the block recorded bad
+    (void)device_.notify_failure(consumed->start.value() * kBlockSize, consumed->count * kBlockSize,
+                                 FailureFlags::ActionRequired);
+  }
+  return written;
+}
+
+Result<size_t> FsImpl::write_chunk_locked(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length,
+                                          const uint64_t* restore_changes, std::optional<DevRun>* consumed) {
   const bool restore = restore_changes != nullptr;
   auto file_op = TRY(begin_file_op(ino, kChunkTxBytes));
   FsImpl::Op& op = file_op.op;
@@ -417,9 +439,14 @@ Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::
   TRY(reserve_blocks(need));
   Records records;
   bool fresh = false;
-  uint64_t used = store_locked(*inode, offset, src, length, &records, &fresh);
+  uint64_t used = store_locked(*inode, offset, src, length, &records, &fresh, consumed);
   POISE_ASSERT(used <= need);
   unreserve_blocks(need - used);
+  if (*consumed) {
+    give_back_fresh_blocks(records);  // the copies, never committed
+    return fail(EIO, "inode " + std::to_string(ino.value()) + ": the memory of a shared block failed under its copy "
+                         "on write (device block " + std::to_string((*consumed)->start.value()) + ")");
+  }
   if (!restore) {  // a restore brings back bytes the file had: its size and times stay
     format::InodeCore core = inode->core;
     core.size_bytes = std::max<uint64_t>(core.size_bytes, offset + length);
@@ -461,8 +488,15 @@ Result<void> FsImpl::zero_partial_block(Inode& inode, uint64_t offset, uint64_t 
   if (bad_overlap(lk.mapping.dev_block, 1)) return {};  // lost already: nothing to zero
   uint64_t need = blocks_needed_for_store(inode, FileBlock(offset / kBlockSize), 1);
   TRY(reserve_blocks(need));
-  uint64_t used = store_locked(inode, offset, nullptr, length, records, fresh);
+  std::optional<DevRun> copy_failed;
+  uint64_t used = store_locked(inode, offset, nullptr, length, records, fresh, &copy_failed);
   unreserve_blocks(need - used);
+  if (copy_failed) {
+    // The caller gives back the copy. The failure itself is recorded when the
+    // block is next read (the read takes the machine check again and reports it).
+    return fail(EIO, "inode " + std::to_string(inode.ino.value()) + ": the memory of a shared block failed under "
+                         "its copy on write (device block " + std::to_string(copy_failed->start.value()) + ")");
+  }
   return {};
 }
 

@@ -374,6 +374,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // file's size and times.
   Result<size_t> write_chunk(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length,
                              const uint64_t* restore_changes = nullptr);
+  // write_chunk under the file's lock; memory that failed under a copy on write
+  // is left in *consumed for the caller to report once the lock is gone.
+  Result<size_t> write_chunk_locked(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length,
+                                    const uint64_t* restore_changes, std::optional<DevRun>* consumed);
   // restore_lost_block for one file: ESTALE unless lost_at_ has the block.
   Result<void> restore_one(InodeNumber ino, uint64_t offset, std::span<const std::byte> copy);
   Result<void> fallocate_chunk(InodeNumber ino, uint64_t offset, uint64_t length, FallocateMode mode);
@@ -384,10 +388,15 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Appends the mapping records; sets *fresh when new blocks hold data that must
   // be fenced before the records commit. REQUIRES: inode.lock held exclusively,
   // enough blocks reserved.
-  // Returns the blocks it allocated from the reservation.
+  // Returns the blocks it allocated from the reservation. When the memory of a
+  // shared block fails under its copy (a machine check), it stops, sets
+  // *copy_failed to the failed blocks and leaves the caller to give back the
+  // fresh blocks in *records and fail; a caller whose stores cover whole blocks
+  // (nothing is copied) may pass nullptr.
   uint64_t store_locked(Inode& inode, uint64_t offset, const std::byte* src, size_t length,
-                        Records* records, bool* fresh);
-  void store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offset, const std::byte* src,
+                        Records* records, bool* fresh, std::optional<DevRun>* copy_failed = nullptr);
+  // False when the copy from `old` failed (the new blocks then hold garbage).
+  bool store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offset, const std::byte* src,
                  size_t length, Fill fill, DevBlock old);
   // Before the file grows to `new_size`: zeroes its last block past the current
   // end, where a store through a mapping may have left bytes (the file must
@@ -513,6 +522,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   std::mutex lost_mutex_;
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> lost_at_;  // (inode, file block) -> changes; guarded
   bool holder_registered_ = false;
+  bool watching_device_ = false;  // failure::watch_device (real memory only)
   // Direct mappings and pins (src/mapping/), and the device's failure holder
   // (src/failure/), which drives both through this filesystem.
   std::shared_ptr<mapping::MappingRegistry> mappings_;

@@ -28,6 +28,10 @@ FsImpl::~FsImpl() {
 }
 
 void FsImpl::let_go_of_device() {
+  if (watching_device_) {
+    failure::unwatch_device(device_);
+    watching_device_ = false;
+  }
   std::vector<mapping::Notice> notices;
   mappings_->detach(&notices);
   mapping::MappingRegistry::deliver(notices);
@@ -246,6 +250,13 @@ Result<void> FsImpl::load() {
   mounted_ = true;
   mappings_->attach(this);
   if (device_.map_fd() >= 0) failure::install_fault_handler();
+  if (device_.reports_machine_checks()) {
+    // Real memory: hear of its failures early, wherever the kernel names them.
+    failure::install_fault_handler();
+    failure::start_machine_check_thread();
+    failure::watch_device(device_);
+    watching_device_ = true;
+  }
   if (options_.mode == MountMode::ReadOnly) {
     // A read-only mount hears of failures and removal too: its mappings must be
     // revoked and its owners told as a read-write mount's are (records stay in

@@ -62,6 +62,39 @@ TEST_F(FsTest, ReflinkSharesBlocksThenCopiesOnWrite) {
   expect_clean();
 }
 
+// A partial write to a shared block copies the rest of the block first; when
+// that block's memory fails under the copy, the write fails with EIO and the
+// loss is recorded for every sharer, instead of the process aborting (before)
+// or the copy's gap keeping garbage. The copies are given back.
+TEST_F(FsTest, MemoryFailingUnderACopyOnWriteFailsTheWriteAndIsRecorded) {
+  const std::string data(4 * 4096, 's');
+  write_file(*fs_, "/src", data);
+  ASSERT_OK(fs_->create("/dst"));
+  ASSERT_OK(fs_->reflink(*fs_->lookup("/src"), *fs_->lookup("/dst")));
+  const uint64_t shared = device_offset_of(*fs_, "/dst", 4096);
+  const uint64_t free_before = fs_->info().free_bytes;
+  ASSERT_OK(device_->inject_poison(shared + 2048, 64));  // not yet known to the filesystem
+  auto written = fs_->write(*fs_->lookup("/dst"), 4096 + 10, as_bytes("partial"));
+  ASSERT_FALSE(written.has_value());
+  EXPECT_EQ(written.error().code, EIO) << written.error().message;
+  EXPECT_EQ(fs_->info().free_bytes, free_before) << "the copy's block was not given back";
+  for (const char* f : {"/src", "/dst"}) {
+    EXPECT_EQ(read_range(*fs_, f, 4096, 1).error().code, EIO) << f;
+    EXPECT_EQ(*read_range(*fs_, f, 0, 4096), data.substr(0, 4096)) << f;
+    EXPECT_EQ(*read_range(*fs_, f, 8192, 8192), data.substr(8192)) << f;
+  }
+  bool recorded = false;
+  for (const auto& r : *fs_->fsmap(shared, 4096)) recorded |= r.owner == OwnerKind::Bad;
+  EXPECT_TRUE(recorded);
+  // A whole-block rewrite replaces the lost block, as for any lost block.
+  ASSERT_OK(fs_->write(*fs_->lookup("/dst"), 4096, as_bytes(std::string(4096, 'n'))));
+  EXPECT_EQ(*read_range(*fs_, "/dst", 4096, 4096), std::string(4096, 'n'));
+  expect_clean();
+  remount();
+  EXPECT_EQ(read_range(*fs_, "/src", 4096, 1).error().code, EIO);
+  expect_clean();
+}
+
 TEST_F(FsTest, CloneRangeAlignmentAndSharing) {
   std::string data(5 * 4096 + 100, 's');
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>('a' + i / 4096);

@@ -10,8 +10,6 @@ namespace poise {
 
 // Every copy of the checkpoint (two from format version 2) is written in full.
 uint64_t FsImpl::checkpoint_reserve_blocks(uint64_t more_xattr_bytes, uint64_t record_bytes) const {
-  using format::kSectionPayloadBytes;
-  auto blocks = [](uint64_t bytes, uint64_t per_block) { return (bytes + per_block - 1) / per_block; };
   uint64_t dirents = dirent_count_.load();
   constexpr uint64_t kMarginBlocks = 16;  // partial blocks, the root, growth during a checkpoint
   // Fixed-size records are counted whole per block (63 inodes, 126 extents).

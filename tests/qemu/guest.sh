@@ -1,0 +1,125 @@
+# The checks that run inside the QEMU guest (tests/qemu/run.sh makes the
+# initramfs and boots it). busybox sh; runs as root (PID 1's child).
+# Usage: sh /guest.sh first|again
+#   first: make the device-dax namespaces, run the device-dax unit tests and a
+#          CLI round trip, meet a real kernel memory failure through poise serve
+#   again: after a power cycle, everything the first boot left is still there
+phase=${1:-first}
+export PATH=/bin
+checks=0
+failed=0
+ok() { checks=$((checks + 1)); echo "ok - $1"; }
+not_ok() {
+  checks=$((checks + 1)); failed=$((failed + 1))
+  echo "not ok - $1"
+  [ -n "${2:-}" ] && printf '%s\n' "$2" | tail -n 30 | sed 's/^/#   /'
+}
+server_pid() {
+  for p in /proc/[0-9]*; do
+    tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^poise serve' && echo ${p#/proc/}
+  done
+}
+# check NAME COMMAND...: ok when the command succeeds
+check() {
+  name=$1; shift
+  if out=$("$@" 2>&1); then ok "$name"; else not_ok "$name (exit $?)" "$out"; fi
+}
+# check_exit NAME CODE COMMAND...: ok when the command exits with CODE
+check_exit() {
+  name=$1; code=$2; shift 2
+  out=$("$@" 2>&1); got=$?
+  if [ "$got" = "$code" ]; then ok "$name"; else not_ok "$name (exit $got, wanted $code)" "$out"; fi
+}
+
+echo "# guest: kernel $(uname -r), phase $phase"
+for m in libnvdimm nfit nd_btt nd_pmem device_dax dax_pmem hwpoison-inject; do
+  insmod /modules/$m.ko || not_ok "insmod $m"
+done
+# The NVDIMMs' namespaces come up asynchronously after the drivers bind.
+for i in $(seq 50); do [ -e /sys/bus/nd/devices/namespace1.0 ] && break; sleep 0.1; done
+
+dax=/dev/dax0.0     # 4 KiB alignment: direct mappings work
+dax2m=/dev/dax1.0   # the default 2 MiB alignment: no direct mappings
+if [ "$phase" = first ]; then
+  check "a device-dax namespace with 4 KiB alignment" ndctl create-namespace -f -e namespace0.0 -m devdax --align 4K
+  check "a device-dax namespace with the default alignment" ndctl create-namespace -f -e namespace1.0 -m devdax
+else
+  for i in $(seq 50); do [ -e $dax ] && [ -e $dax2m ] && break; sleep 0.1; done
+fi
+if [ -c $dax ] && [ -c $dax2m ]; then ok "$dax and $dax2m are device-dax character devices"; else
+  not_ok "no device-dax devices" "$(ls -l /dev; ndctl list -N 2>&1)"
+  echo "# guest: $checks checks, $failed failed"; exit 1
+fi
+
+# A deterministic 1 MiB file, so the second boot knows what the first wrote.
+seq 1 160000 | head -c 1048576 > /tmp/data
+data_sum=$(md5sum < /tmp/data)
+
+if [ "$phase" = first ]; then
+  # --- the device-dax unit tests, one line each ---
+  for t in $(POISE_DAX=$dax POISE_DAX_2M=$dax2m dax_guest_test --gtest_list_tests |
+             awk '/^[^ ]/ {suite=$1} /^  / {print suite $1}'); do
+    out=$(POISE_DAX=$dax POISE_DAX_2M=$dax2m dax_guest_test --gtest_filter="$t" 2>&1)
+    rc=$?
+    printf '%s\n' "$out" | grep '^# '
+    if [ $rc -eq 0 ] && ! printf '%s\n' "$out" | grep -q '\[  SKIPPED \]'; then ok "$t"; else not_ok "$t" "$out"; fi
+  done
+
+  # --- a CLI round trip on the real device ---
+  check "mkfs on $dax" poise mkfs $dax --force
+  check "put a 1 MiB file" poise put $dax /tmp/data /data
+  check "reflink it" poise reflink $dax /data /clone
+  check "get the clone back" poise get $dax /clone /tmp/clone
+  check "the clone is the file" cmp /tmp/data /tmp/clone
+  shared=$(poise fsmap $dax --json | grep -c '"path": *"/\(data\|clone\)"')
+  if [ "$shared" -ge 2 ]; then ok "fsmap names both owners of the shared blocks"; else not_ok "fsmap owners" "$(poise fsmap $dax)"; fi
+  check "check is clean" poise check $dax
+  check "mkfs on the 2 MiB namespace $dax2m" poise mkfs $dax2m --force
+  check "put and cat on $dax2m" sh -c "poise put $dax2m /tmp/data /f && poise cat $dax2m /f | cmp - /tmp/data"
+
+  # --- a real kernel memory failure under a served filesystem ---
+  poise serve $dax --background --log /tmp/serve.log >/tmp/serve.out 2>&1
+  if [ $? -eq 0 ]; then ok "poise serve $dax"; else not_ok "poise serve" "$(cat /tmp/serve.out /tmp/serve.log)"; fi
+  poise events $dax --json > /tmp/events.json 2>&1 &
+  events=$!
+  check "put through the server" poise put $dax /tmp/data /served
+  # The block holding bytes 64 KiB.. of /served, and the physical frame behind it.
+  record=$(poise fsmap $dax --json | tr -d ' \n' | grep -o '{[^{}]*"path":"/served"[^{}]*}' | head -n1)
+  offset=$(printf '%s' "$record" | sed -n 's/.*"device_offset":\([0-9]*\).*/\1/p')
+  file_offset=$(printf '%s' "$record" | sed -n 's/.*"file_offset":\([0-9]*\).*/\1/p')
+  dax_start=$(cat /sys/bus/dax/devices/dax0.0/resource 2>/dev/null || echo "")
+  if [ -n "$offset" ] && [ -n "$dax_start" ]; then
+    block=$((offset + 65536 - ${file_offset:-0}))
+    pfn=$(( (dax_start + block) / 4096 ))
+    echo "# /served: device offset $offset; failing device bytes $block..$((block + 4096)), frame $(printf 0x%x $pfn)"
+    echo "$(printf 0x%x $pfn)" > /sys/kernel/debug/hwpoison/corrupt-pfn
+    for i in $(seq 100); do poise badblocks $dax 2>/dev/null | grep -q "$block" && break; sleep 0.1; done
+    check "the server took in the kernel's report (badblocks lists device byte $block)" sh -c "poise badblocks $dax | grep -q $block"
+    check_exit "cat of the file fails with EIO (exit 4)" 4 poise cat $dax /served
+    check "the bytes before the lost block read" sh -c "poise cat $dax /served --length 65536 | cmp -n 65536 - /tmp/data"
+    check "the bytes after it read" sh -c "poise cat $dax /served --offset 69632 | cmp - /tmp/data 0 69632"
+    check "the server is alive" poise info $dax
+    check "the server stops on SIGTERM" kill -TERM $(server_pid)
+  else
+    not_ok "no device offset or dax resource" "offset=$offset dax_start=$dax_start $(poise fsmap $dax)"
+  fi
+  for i in $(seq 50); do [ -e $dax.sock ] || break; sleep 0.1; done
+  kill $events 2>/dev/null
+  grep '"memory_failure"' /tmp/events.json | head -n 3 | sed 's/^/# event: /'
+  check "the event stream named /served" grep -q '"/served"' /tmp/events.json
+  # --- the kernel's own bad-block list, if this NVDIMM can be given one ---
+  if out=$(ndctl inject-error --block=4096 --count=1 namespace0.0 2>&1); then
+    check "poise takes in the kernel's bad-block list" sh -c "poise badblocks $dax | grep -q 'device'"
+  else
+    echo "# the emulated NVDIMM takes no injected bad blocks (ndctl inject-error: $(printf '%s' "$out" | head -n 1))"
+  fi
+else
+  # --- after a power cycle ---
+  check "the clone survives a power cycle" sh -c "poise cat $dax /clone | md5sum | grep -q '${data_sum%% *}'"
+  check "the lost block is still recorded" sh -c "poise badblocks $dax | grep -q ."
+  check_exit "and still fails with EIO" 4 poise cat $dax /served
+  check "check is clean after the power cycle" poise check $dax
+  check "the 2 MiB namespace's file too" sh -c "poise cat $dax2m /f | cmp - /tmp/data"
+fi
+echo "# guest: $checks checks, $failed failed"
+[ $failed -eq 0 ]
