@@ -61,7 +61,14 @@ expect 8 "$POISE" put "$IMG" "$WORK/tree/f1" "$WORK/tree/f2" /many/f1  # several
 expect 8 "$POISE" put "$IMG" "$WORK/tree" /t                         # a directory needs -r
 expect 2 "$POISE" put -r "$IMG" - /t
 expect 0 "$POISE" put -r "$IMG" "$WORK/tree" /t
-contains "$WORK/err" "skipping $WORK/tree/fifo"
+expect 0 "$POISE" stat "$IMG" /t/fifo --json  # a FIFO is copied as a FIFO
+python3 -c "import json; s = json.load(open('$WORK/out')); assert (s['type'], s['size_bytes']) == ('fifo', 0), s" &&
+  ok || bad "put -r must copy a FIFO as a FIFO: $(cat "$WORK/out")"
+expect 0 "$POISE" ls "$IMG" /t -l
+grep -q '^prw' "$WORK/out" && ok || bad "ls -l must show a FIFO as p: $(cat "$WORK/out")"
+expect 8 "$POISE" cat "$IMG" /t/fifo
+contains "$WORK/err" "is a special file (FIFO)"
+expect 8 "$POISE" get "$IMG" /t/fifo "$WORK/fifo.out"
 for f in f1 f2 f3 sub/deeper/g; do
   "$POISE" get "$IMG" "/t/$f" "$WORK/back" && cmp -s "$WORK/back" "$WORK/tree/$f" && ok || bad "put -r $f"
 done

@@ -2,9 +2,10 @@
 """A model test of the FUSE mount: the same random operations on the mount and
 on a reference directory (a local filesystem), each outcome (success or errno)
 compared, and the two trees compared after every step: names, types, sizes,
-permission bits, link counts, file contents, extended attributes and POSIX
-ACLs (set through the kernel's own ACL calls, so inheritance, chmod and the
-umask must come out as the local filesystem's).
+permission bits, link counts, file contents, device numbers of FIFOs and
+device nodes (made with mkfifo and mknod, never opened), extended attributes
+and POSIX ACLs (set through the kernel's own ACL calls, so inheritance, chmod
+and the umask must come out as the local filesystem's). Runs as root (mknod).
 
 Usage: fuse_model.py MOUNT_DIR REFERENCE_DIR [--seed N] [--steps N]
 Prints its seed first; rerun with --seed to replay a failure.
@@ -68,6 +69,8 @@ def tree(root):
                                  for n in os.listxattr(full, follow_symlinks=False)))
             if stat.S_ISDIR(st.st_mode):
                 out[rel] = ("dir", None, st.st_mode & 0o7777, st.st_nlink, None, attrs)
+            elif not stat.S_ISREG(st.st_mode):  # a FIFO or a device node: its type and number
+                out[rel] = ("special", stat.S_IFMT(st.st_mode), st.st_mode & 0o7777, st.st_nlink, st.st_rdev, attrs)
             else:
                 with open(full, "rb") as f:
                     digest = hashlib.sha256(f.read()).hexdigest()
@@ -99,7 +102,10 @@ def make_op(rng, entries):
     kind = rng.choice(["create", "create", "write", "write", "append", "truncate", "mkdir", "mkdir",
                        "rename", "rename", "unlink", "rmdir", "link", "chmod", "read",
                        "symlink", "symlink", "exchange", "seek", "setxattr", "setxattr", "removexattr",
-                       "acl", "acl", "default-acl", "remove-acl"])
+                       "acl", "acl", "default-acl", "remove-acl", "mkfifo", "mknod"])
+    if kind in ("mkfifo", "mknod"):
+        return (kind, os.path.join(pick_dir(rng, entries), rng.choice(NAMES)), rng.choice([0o600, 0o644, 0o666]),
+                os.makedev(1, rng.choice([3, 5])))
     if kind in ("setxattr", "removexattr"):
         return (kind, pick_path(rng, entries), rng.choice(XATTRS), rng.randbytes(rng.choice([0, 1, 50, 600])),
                 rng.choice([0, 0, os.XATTR_CREATE, os.XATTR_REPLACE]))
@@ -140,6 +146,13 @@ def apply(op, root):
 
     def on_fd(flags, use, mode=0o644):
         """Opens op[1] with flags, calls use(fd), closes it: the outcome."""
+        try:  # a FIFO or device node is not opened: what that means is the kernel's
+            # (a peer to wait for; a device, or EACCES on a nodev mount), not poise's.
+            if not stat.S_ISREG(os.lstat(p(op[1])).st_mode) and not stat.S_ISDIR(os.lstat(p(op[1])).st_mode):
+                return ("special",)
+        except OSError:
+            pass
+
         def fn():
             fd = os.open(p(op[1]), flags, mode)
             try:
@@ -152,6 +165,10 @@ def apply(op, root):
         return on_fd(os.O_CREAT | os.O_EXCL | os.O_WRONLY, lambda fd: (os.write(fd, op[2]), None)[1], op[3])
     if kind == "mkdir":
         return outcome(lambda: os.mkdir(p(op[1]), op[3]))
+    if kind == "mkfifo":
+        return outcome(lambda: os.mkfifo(p(op[1]), op[2]))
+    if kind == "mknod":
+        return outcome(lambda: os.mknod(p(op[1]), stat.S_IFCHR | op[2], op[3]))
     if kind == "write":
         return on_fd(os.O_WRONLY, lambda fd: os.pwrite(fd, op[2], op[3]))
     if kind == "append":

@@ -138,6 +138,23 @@ if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
   expect 0 "$POISE" put "$IMG" "$WORK/hello" /closed/inner
   expect 0 "${AS_NOBODY[@]}" "$POISE" ls "$IMG" /
   expect 11 "${AS_NOBODY[@]}" "$POISE" cat "$IMG" /secret
+  # Special files through the socket: nobody may make a FIFO where it may
+  # write, never a device node (mknod(2)'s CAP_MKNOD rule); root may.
+  mkdir -p "$WORK/sptree"
+  mkfifo -m 0640 "$WORK/sptree/fifo"
+  mknod "$WORK/sptree/null" c 1 3
+  chmod 755 "$WORK/sptree"
+  expect 8 "${AS_NOBODY[@]}" "$POISE" put -r "$IMG" "$WORK/sptree" /pub/sp
+  contains "$WORK/err" "only root may make a device node"
+  expect 0 "$POISE" stat "$IMG" /pub/sp/fifo --json
+  contains "$WORK/out" '"type": "fifo"'
+  contains "$WORK/out" '"uid": 65534'
+  contains "$WORK/out" '"mode": "0640"'
+  expect 3 "$POISE" stat "$IMG" /pub/sp/null
+  expect 0 "$POISE" put -r "$IMG" "$WORK/sptree" /pub/rootsp
+  expect 0 "$POISE" stat "$IMG" /pub/rootsp/null --json
+  contains "$WORK/out" '"type": "char_device"'
+  contains "$WORK/out" '"rdev_minor": 3'
   expect 11 "${AS_NOBODY[@]}" "$POISE" ls "$IMG" /closed
   expect 11 "${AS_NOBODY[@]}" "$POISE" stat "$IMG" /closed/inner
   expect 11 "${AS_NOBODY[@]}" "$POISE" mkdir "$IMG" /mine
@@ -164,7 +181,7 @@ def ask(op, body):
     n = struct.unpack('<I', head[:4])[0]
     data = sock.recv(n, socket.MSG_WAITALL) if n else b''
     return struct.unpack('<i', data[:4])[0]
-assert ask(1, struct.pack("<I", 3)) == 0  # hello (protocol version 3)
+assert ask(1, struct.pack("<I", 4)) == 0  # hello (protocol version 4)
 PY
   cat >"$WORK/raw.py" <<'PY'
 from wire import *

@@ -278,6 +278,14 @@ class Filesystem {
   virtual Result<InodeNumber> symlink_at(InodeNumber dir, std::string_view name, std::string_view target,
                                          std::optional<Credentials> owner = std::nullopt);
   virtual Result<std::string> readlink(InodeNumber ino);
+  // Special files, as mknod(2): `type` is Fifo, CharDevice, BlockDevice or
+  // Socket (EINVAL otherwise); `rdev` is a device node's number (makedev), 0
+  // for the others. Permission to make a device node is the caller's to check
+  // (the kernel asks for CAP_MKNOD). The defaults are ENOTSUP.
+  virtual Result<InodeNumber> mknod(std::string_view path, FileType type, uint32_t mode, uint64_t rdev = 0,
+                                    std::optional<Credentials> owner = std::nullopt);
+  virtual Result<InodeNumber> mknod_at(InodeNumber dir, std::string_view name, FileType type, uint32_t mode,
+                                       uint64_t rdev = 0, std::optional<Credentials> owner = std::nullopt);
   // Extended attributes, as setxattr(2) and its siblings. A name is 1..255
   // bytes in the "user.", "trusted.", "security." or "system." namespace
   // (ERANGE if empty or longer, ENOTSUP for another namespace; in "system." only

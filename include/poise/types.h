@@ -43,8 +43,12 @@ using InodeNumber = StrongU64<struct InodeTag>;
 inline constexpr InodeNumber kRootInode{1};
 
 // A symbolic link holds its target (1..4095 bytes) as its data; poise's own
-// path lookups do not follow links (a FUSE mount's kernel does).
-enum class FileType : uint8_t { Regular, Directory, Symlink };
+// path lookups do not follow links (a FUSE mount's kernel does). The special
+// files (a FIFO, a character or block device node, a Unix socket) hold no
+// data: the kernel gives them their meaning when a program opens one through
+// the FUSE mount; poise's own I/O calls refuse them (EINVAL).
+enum class FileType : uint8_t { Regular, Directory, Symlink, Fifo, CharDevice, BlockDevice, Socket };
+inline constexpr bool is_special(FileType t) { return t >= FileType::Fifo; }
 
 struct Stat {
   InodeNumber ino;
@@ -58,6 +62,7 @@ struct Stat {
   int64_t atime_ns = 0;
   int64_t mtime_ns = 0;
   int64_t ctime_ns = 0;
+  uint64_t rdev = 0;  // a device node's number (as the kernel's dev_t: makedev(major, minor)); else 0
 };
 
 // Who a new file or directory belongs to (a server creates files for its

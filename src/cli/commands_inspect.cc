@@ -2,6 +2,7 @@
 // read-only, so they never write to the image.
 #include <fmt/format.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -61,9 +62,34 @@ const char* type_name(FileType type) {
   switch (type) {
     case FileType::Directory: return "directory";
     case FileType::Symlink: return "symlink";
+    case FileType::Fifo: return "fifo";
+    case FileType::CharDevice: return "char_device";
+    case FileType::BlockDevice: return "block_device";
+    case FileType::Socket: return "socket";
     case FileType::Regular: break;
   }
   return "file";
+}
+
+const char* long_type_name(FileType type) {
+  switch (type) {
+    case FileType::Directory: return "directory";
+    case FileType::Symlink: return "symbolic link";
+    case FileType::Fifo: return "FIFO";
+    case FileType::CharDevice: return "character device";
+    case FileType::BlockDevice: return "block device";
+    case FileType::Socket: return "socket";
+    case FileType::Regular: break;
+  }
+  return "regular file";
+}
+
+bool is_device_node(const Stat& st) { return st.type == FileType::CharDevice || st.type == FileType::BlockDevice; }
+
+// A device node's number as ls shows it ("major, minor"); else the size.
+std::string size_or_device(const Stat& st) {
+  if (!is_device_node(st)) return std::to_string(st.size_bytes);
+  return fmt::format("{}, {}", major(static_cast<dev_t>(st.rdev)), minor(static_cast<dev_t>(st.rdev)));
 }
 
 // " -> TARGET" for a symbolic link, else nothing.
@@ -74,7 +100,8 @@ std::string link_suffix(Filesystem& fs, const Stat& st) {
 }
 
 std::string mode_string(const Stat& st) {
-  std::string s = st.type == FileType::Directory ? "d" : st.type == FileType::Symlink ? "l" : "-";
+  static constexpr char kLetters[] = "-dlpcbs";  // by FileType
+  std::string s(1, kLetters[static_cast<size_t>(st.type) < sizeof kLetters - 1 ? static_cast<size_t>(st.type) : 0]);
   const char* rwx = "rwxrwxrwx";
   for (int i = 0; i < 9; ++i) s += (st.mode & (0400u >> i)) ? rwx[i] : '-';
   return s;
@@ -90,7 +117,7 @@ std::string time_string(int64_t ns) {
 }
 
 json stat_json(const Stat& st) {
-  return json{{"ino", st.ino.value()},
+  json j{{"ino", st.ino.value()},
               {"type", type_name(st.type)},
               {"mode", fmt::format("{:04o}", st.mode)},
               {"nlink", st.nlink},
@@ -101,6 +128,11 @@ json stat_json(const Stat& st) {
               {"atime_ns", st.atime_ns},
               {"mtime_ns", st.mtime_ns},
               {"ctime_ns", st.ctime_ns}};
+  if (is_device_node(st)) {
+    j["rdev_major"] = major(static_cast<dev_t>(st.rdev));
+    j["rdev_minor"] = minor(static_cast<dev_t>(st.rdev));
+  }
+  return j;
 }
 
 int info(const Args& a) {
@@ -159,7 +191,7 @@ int ls(const Args& a) {
     }
     for (const auto& [name, s] : rows) {
       if (a.long_format) {
-        fmt::print("{} {:>3} {:>5} {:>5} {:>12} {} {}{}\n", mode_string(s), s.nlink, s.uid, s.gid, s.size_bytes,
+        fmt::print("{} {:>3} {:>5} {:>5} {:>12} {} {}{}\n", mode_string(s), s.nlink, s.uid, s.gid, size_or_device(s),
                    time_string(s.mtime_ns), name, s.type == FileType::Directory ? "/" : link_suffix(fs, s));
       } else {
         fmt::print("{}{}\n", name, s.type == FileType::Directory ? "/" : "");
@@ -187,9 +219,9 @@ int stat_cmd(const Args& a) {
     fmt::print("  path: {}\n inode: {}\n  type: {}\n  mode: {} ({:04o})\n links: {}\n   uid: {}  gid: {}\n"
                "  size: {} bytes\nblocks: {} (4 KiB)\nmodify: {} UTC\nchange: {} UTC\n",
                a.path + link_suffix(fs, *st), st->ino.value(),
-               st->type == FileType::Directory ? "directory" : st->type == FileType::Symlink ? "symbolic link" : "regular file",
-               mode_string(*st), st->mode, st->nlink, st->uid, st->gid, st->size_bytes, st->blocks,
-               time_string(st->mtime_ns), time_string(st->ctime_ns));
+               long_type_name(st->type), mode_string(*st), st->mode, st->nlink, st->uid, st->gid, st->size_bytes,
+               st->blocks, time_string(st->mtime_ns), time_string(st->ctime_ns));
+    if (is_device_node(*st)) fmt::print("device: {}\n", size_or_device(*st));
     return int(kExitOk);
   });
 }
@@ -201,6 +233,10 @@ int copy_out(Filesystem& fs, const std::string& path, uint64_t offset, std::opti
   if (!st.has_value()) return report(path, st.error());
   if (st->type == FileType::Directory) {
     eprint("poise: {}: is a directory\n", path);
+    return kExitInvalid;
+  }
+  if (is_special(st->type)) {
+    eprint("poise: {}: is a special file ({}): it holds no data\n", path, long_type_name(st->type));
     return kExitInvalid;
   }
   uint64_t end = st->size_bytes;

@@ -209,9 +209,10 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
 }
 
 // Copies the local tree at LOCAL to DST (created). Symbolic links are copied as
-// links (their targets as they are); special files are skipped with a warning:
-// poise stores regular files, directories and links. The image itself, if it
-// lies in the tree, is skipped too.
+// links (their targets as they are), FIFOs, sockets and device nodes as what
+// they are (a server makes device nodes for root only, as mknod(2) does; the
+// owner of an image file may write anything into it, which is why mounts are
+// nodev unless asked). The image itself, if it lies in the tree, is skipped.
 int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, const std::string& image,
              Progress* progress) {
   int first = kExitOk;
@@ -249,8 +250,19 @@ int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, c
       } else if (auto made = fs.symlink(link_target.string(), target); !made.has_value()) {
         note(report("put " + target, made.error()));
       }
+    } else if (struct stat local_st {}; ::lstat(entry.path().c_str(), &local_st) == 0) {
+      const FileType type = S_ISFIFO(local_st.st_mode)  ? FileType::Fifo
+                            : S_ISSOCK(local_st.st_mode) ? FileType::Socket
+                            : S_ISCHR(local_st.st_mode)  ? FileType::CharDevice
+                                                         : FileType::BlockDevice;
+      const bool device = type == FileType::CharDevice || type == FileType::BlockDevice;
+      if (auto made = fs.mknod(target, type, local_st.st_mode & 07777, device ? local_st.st_rdev : 0);
+          !made.has_value()) {
+        note(report("put " + target, made.error()));
+      }
     } else {
-      eprint("poise: put: skipping {}: not a regular file, directory or symbolic link\n", entry.path().string());
+      eprint("poise: put: cannot stat {}: {}\n", entry.path().string(), std::strerror(errno));
+      note(kExitFailure);
     }
   }
   return first;

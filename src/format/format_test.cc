@@ -122,6 +122,26 @@ std::vector<JournalRecord> sample_records() {
           XattrRemoveRecord{7, "security.selinux"}};
 }
 
+// Every file type Linux has is an inode type (special files since feature bit
+// 3); other type bits are corruption.
+TEST(InodeRecords, KnowEveryFileTypeAndRefuseOtherTypeBits) {
+  for (uint32_t type : {kModeRegular, kModeDirectory, kModeSymlink, kModeFifo, kModeCharDevice, kModeBlockDevice,
+                        kModeSocket}) {
+    DiskInode disk{};
+    encode_inode(InodeCore{7, type | 0644, 1, 0, 0, type == kModeCharDevice ? 0x501u : 0u, 1, 2, 3}, disk);
+    auto back = decode_inode(disk);
+    ASSERT_TRUE(back.has_value()) << std::oct << type << ": " << back.error().message;
+    EXPECT_EQ(back->mode, type | 0644);
+  }
+  for (uint32_t bad : {0u, 0030000u, 0050000u, 0070000u, 0110000u, 0130000u, 0150000u, 0160000u, 0170000u}) {
+    DiskInode disk{};
+    encode_inode(InodeCore{7, bad | 0644, 1, 0, 0, 0, 1, 2, 3}, disk);
+    auto back = decode_inode(disk);
+    ASSERT_FALSE(back.has_value()) << std::oct << bad;
+    EXPECT_EQ(back.error().code, EUCLEAN);
+  }
+}
+
 // An attribute in the directory section is told from an entry by its kind
 // byte; each decoder refuses the other kind and damaged fields.
 TEST(NamedRecords, AttributesAndEntriesTellThemselvesApart) {

@@ -68,7 +68,11 @@ inline constexpr uint64_t kIncompatSymlinks = 1ull << 1;
 // kNamedXattr in the checkpoint's directory section. Set by mkfs, and on an
 // older image when its first attribute is set.
 inline constexpr uint64_t kIncompatXattrs = 1ull << 2;
-inline constexpr uint64_t kIncompatKnown = kIncompatReflink | kIncompatSymlinks | kIncompatXattrs;
+// Special files: inodes of type S_IFIFO, S_IFCHR, S_IFBLK and S_IFSOCK, with no
+// data; a device node's number is its size_bytes field. Set by mkfs, and on an
+// older image when its first special file is made.
+inline constexpr uint64_t kIncompatSpecialFiles = 1ull << 3;
+inline constexpr uint64_t kIncompatKnown = kIncompatReflink | kIncompatSymlinks | kIncompatXattrs | kIncompatSpecialFiles;
 inline constexpr uint64_t kRoCompatKnown = 0;
 
 enum BlockKind : uint32_t {

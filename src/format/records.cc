@@ -33,7 +33,8 @@ Result<InodeCore> decode_inode(const DiskInode& in) {
   std::string who = "inode " + std::to_string(core.ino);
   if (core.ino == 0) return fail(EUCLEAN, "inode record has inode number 0");
   uint32_t type = core.mode & kModeTypeMask;
-  if (type != kModeRegular && type != kModeDirectory && type != kModeSymlink) {
+  if (type != kModeRegular && type != kModeDirectory && type != kModeSymlink && type != kModeFifo &&
+      type != kModeCharDevice && type != kModeBlockDevice && type != kModeSocket) {
     return fail(EUCLEAN, who + ": unknown file type bits in mode " + std::to_string(core.mode));
   }
   if ((core.mode & ~(kModeTypeMask | kModePermMask)) != 0) {

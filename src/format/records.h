@@ -100,6 +100,12 @@ constexpr uint32_t kModeTypeMask = 0170000;
 constexpr uint32_t kModeRegular = 0100000;
 constexpr uint32_t kModeDirectory = 0040000;
 constexpr uint32_t kModeSymlink = 0120000;  // its target is its data (feature kIncompatSymlinks)
+// Special files (feature kIncompatSpecialFiles): no data; a device node keeps
+// its number (dev_t) in size_bytes, the others 0.
+constexpr uint32_t kModeFifo = 0010000;
+constexpr uint32_t kModeCharDevice = 0020000;
+constexpr uint32_t kModeBlockDevice = 0060000;
+constexpr uint32_t kModeSocket = 0140000;
 constexpr uint32_t kModePermMask = 07777;
 
 void encode_inode(const InodeCore& in, DiskInode& out);

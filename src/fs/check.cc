@@ -119,7 +119,16 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
       problem(who + ": link count " + std::to_string(inode->core.nlink) + ", but " + std::to_string(refs) +
               " directory entries name it");
     }
-    if (inode->symlink) {
+    if (is_special(inode->kind)) {
+      if (inode->extents.mapped_blocks() != 0) problem(who + ": a special file with data blocks");
+      if (inode->kind != FileType::CharDevice && inode->kind != FileType::BlockDevice && inode->core.size_bytes != 0) {
+        problem(who + ": a FIFO or socket of nonzero size");
+      }
+      if ((sb_.feature_incompat & format::kIncompatSpecialFiles) == 0) {
+        problem(who + ": a special file on an image without the special-file feature bit");
+      }
+    }
+    if (inode->kind == FileType::Symlink) {
       if (inode->core.size_bytes == 0 || inode->core.size_bytes >= kBlockSize) {
         problem(who + ": symbolic link of " + std::to_string(inode->core.size_bytes) +
                 " bytes (a target is 1..4095 bytes)");
@@ -131,7 +140,8 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
         problem(who + ": a symbolic link on an image without the symbolic-link feature bit");
       }
     }
-    uint64_t size_blocks = (inode->core.size_bytes + kBlockSize - 1) / kBlockSize;
+    // A device node's size field is its number, not a length.
+    uint64_t size_blocks = is_special(inode->kind) ? 0 : (inode->core.size_bytes + kBlockSize - 1) / kBlockSize;
     inode->extents.for_each([&](const Extent& m) {
       if (m.dev_block.value() < data_start_ || m.dev_block.value() + m.block_count > data_end_) {
         problem(who + ": extent at file block " + std::to_string(m.file_block.value()) + " lies outside the data area");

@@ -34,6 +34,10 @@ std::string FsImpl::describe_type(const Inode& inode) {
   switch (inode.type()) {
     case FileType::Directory: return who + " is a directory";
     case FileType::Symlink: return who + " is a symbolic link (its target is read with readlink)";
+    case FileType::Fifo: return who + " is a FIFO (it holds no data; open it through the FUSE mount)";
+    case FileType::CharDevice: return who + " is a character device node (it holds no data)";
+    case FileType::BlockDevice: return who + " is a block device node (it holds no data)";
+    case FileType::Socket: return who + " is a socket (it holds no data)";
     case FileType::Regular: break;
   }
   return who + " is a regular file";

@@ -302,6 +302,122 @@ TEST_F(FsTest, AnImageFromBeforeSymbolicLinksIsMarkedAtItsFirstLink) {
   expect_clean();
 }
 
+// FIFOs, device nodes and sockets: names with a type and (device nodes) a
+// number, no data. They survive a crash and a checkpoint, take links, renames
+// and ACLs as files do, refuse data I/O and user. attributes (as Linux does),
+// and an image made before them is marked at the first one.
+TEST_F(FsTest, SpecialFilesKeepTheirTypeAndNumberAndHoldNoData) {
+  ASSERT_OK(fs_->unmount());
+  fs_.reset();
+  const uint64_t blocks = device_->size_bytes() / kBlockSize;
+  auto incompat_bits = [&](uint64_t block, uint64_t clear) { return testing::incompat_bits(*device_, block, clear); };
+  for (uint64_t b : {format::primary_superblock_block(), format::secondary_superblock_block(blocks)}) {
+    EXPECT_NE(incompat_bits(b, format::kIncompatSpecialFiles) & format::kIncompatSpecialFiles, 0u) << "mkfs sets it";
+  }
+  mount();
+  ASSERT_OK(fs_->mkdir("/d"));
+  const uint64_t tty = (5ull << 8) | 1;  // makedev(5, 1) in the kernel's old encoding
+  const uint64_t big = (259ull << 8) | (0x12345ull & 0xff) | ((0x12345ull & ~0xffull) << 12);  // a large minor
+  ASSERT_OK(fs_->mknod("/d/fifo", FileType::Fifo, 0640));
+  EXPECT_EQ(incompat_bits(format::primary_superblock_block(), 0) & format::kIncompatSpecialFiles,
+            format::kIncompatSpecialFiles)
+      << "the first special file marks the image";
+  ASSERT_OK(fs_->mknod("/d/tty", FileType::CharDevice, 0620, tty));
+  ASSERT_OK(fs_->mknod_at(*fs_->lookup("/d"), "disk", FileType::BlockDevice, 0660, big));
+  ASSERT_OK(fs_->mknod("/d/sock", FileType::Socket, 0777));
+  EXPECT_ERRNO(fs_->mknod("/d/file", FileType::Regular, 0644), EINVAL);
+  EXPECT_ERRNO(fs_->mknod("/d/dir", FileType::Directory, 0755), EINVAL);
+  EXPECT_ERRNO(fs_->mknod("/d/fifo2", FileType::Fifo, 0644, 7), EINVAL);  // only a device node has a number
+  EXPECT_ERRNO(fs_->mknod("/d/fifo", FileType::Socket, 0644), EEXIST);
+  EXPECT_ERRNO(fs_->mknod("/d/x/", FileType::Fifo, 0644), EISDIR);
+
+  auto check_all = [&] {
+    struct Want {
+      const char* path;
+      FileType type;
+      uint32_t mode;
+      uint64_t rdev;
+    };
+    for (const Want& w : {Want{"/d/fifo", FileType::Fifo, 0640, 0}, Want{"/d/tty", FileType::CharDevice, 0620, tty},
+                          Want{"/d/disk", FileType::BlockDevice, 0660, big}, Want{"/d/sock", FileType::Socket, 0777, 0}}) {
+      auto st = fs_->stat(w.path);
+      ASSERT_TRUE(st.has_value()) << w.path;
+      EXPECT_EQ(st->type, w.type) << w.path;
+      EXPECT_EQ(st->mode, w.mode) << w.path;
+      EXPECT_EQ(st->rdev, w.rdev) << w.path;
+      EXPECT_EQ(st->size_bytes, 0u) << w.path;
+      EXPECT_EQ(st->blocks, 0u) << w.path;
+    }
+    auto listing = fs_->readdir("/d");
+    ASSERT_TRUE(listing.has_value());
+    int seen = 0;
+    for (const auto& e : *listing) {
+      if (e.name == "tty" || e.name == "fifo") {
+        EXPECT_EQ(e.type, e.name == "tty" ? FileType::CharDevice : FileType::Fifo);
+        ++seen;
+      }
+    }
+    EXPECT_EQ(seen, 2);
+  };
+  check_all();
+  // No data: open, read, write and truncate refuse, naming what it is.
+  const InodeNumber fifo = *fs_->lookup("/d/fifo");
+  EXPECT_ERRNO(fs_->open("/d/fifo"), EINVAL);
+  std::byte buf[8];
+  EXPECT_ERRNO(fs_->read(fifo, 0, buf), EINVAL);
+  EXPECT_ERRNO(fs_->write(fifo, 0, as_bytes("x")), EINVAL);
+  EXPECT_ERRNO(fs_->truncate(fifo, 10), EINVAL);
+  EXPECT_ERRNO(fs_->reflink(*fs_->lookup("/d/tty"), fifo), EINVAL);
+  // Names, links, attributes and ACLs work as for files.
+  ASSERT_OK(fs_->link("/d/tty", "/tty-again"));
+  EXPECT_EQ(fs_->stat("/d/tty")->nlink, 2u);
+  ASSERT_OK(fs_->rename("/d/sock", "/sock"));
+  EXPECT_ERRNO(fs_->set_xattr(fifo, "user.x", "v", XattrMode::Either), EPERM);
+  ASSERT_OK(fs_->set_xattr(fifo, "trusted.x", "v", XattrMode::Either));
+  SetAttributes chmod;
+  chmod.mode = 0600;
+  ASSERT_OK(fs_->set_attributes(fifo, chmod));
+  EXPECT_EQ(fs_->stat(fifo)->mode, 0600u);
+  ASSERT_OK(fs_->rename("/sock", "/d/sock"));
+  chmod.mode = 0640;
+  ASSERT_OK(fs_->set_attributes(fifo, chmod));
+  expect_clean();
+  crash_and_mount();  // from the journal
+  check_all();
+  EXPECT_EQ(*fs_->get_xattr(fifo, "trusted.x"), "v");
+  ASSERT_OK(fs_->checkpoint());
+  remount();  // from the checkpoint
+  check_all();
+  expect_clean();
+  ASSERT_OK(fs_->unlink("/d/fifo"));
+  ASSERT_OK(fs_->unlink("/tty-again"));
+  ASSERT_OK(fs_->unlink("/d/tty"));
+  EXPECT_ERRNO(fs_->stat("/d/tty"), ENOENT);
+  expect_clean();
+}
+
+// An image whose special-file bit was cleared (made before them) gets it back at
+// its first special file; one the checker finds without the bit is a problem.
+TEST_F(FsTest, AnImageFromBeforeSpecialFilesIsMarkedAtItsFirstOne) {
+  ASSERT_OK(fs_->unmount());
+  fs_.reset();
+  const uint64_t blocks = device_->size_bytes() / kBlockSize;
+  for (uint64_t b : {format::primary_superblock_block(), format::secondary_superblock_block(blocks)}) {
+    testing::incompat_bits(*device_, b, format::kIncompatSpecialFiles);
+  }
+  mount();
+  ASSERT_OK(fs_->create("/f"));
+  EXPECT_EQ(testing::incompat_bits(*device_, format::primary_superblock_block(), 0) & format::kIncompatSpecialFiles,
+            0u);
+  ASSERT_OK(fs_->mknod("/p", FileType::Fifo, 0644));
+  for (uint64_t b : {format::primary_superblock_block(), format::secondary_superblock_block(blocks)}) {
+    EXPECT_NE(testing::incompat_bits(*device_, b, 0) & format::kIncompatSpecialFiles, 0u) << "block " << b;
+  }
+  crash_and_mount();
+  EXPECT_EQ(fs_->stat("/p")->type, FileType::Fifo);
+  expect_clean();
+}
+
 TEST_F(FsTest, RenameExchangeSwapsTwoNamesAtomically) {
   ASSERT_OK(fs_->mkdir("/a"));
   ASSERT_OK(fs_->mkdir("/a/sub"));

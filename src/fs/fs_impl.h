@@ -82,7 +82,7 @@ struct Inode {
   std::unique_ptr<Xattrs> xattrs;
   std::atomic<uint32_t> open_count{0};
   bool freed = false;  // guarded by `lock`
-  bool symlink = false;  // set when the inode is made, never changed
+  FileType kind = FileType::Regular;  // set when the inode is made, never changed
   // Bumped by every record applied to the inode (its attributes, its extents):
   // what a restore compares with the count when the block failed.
   std::atomic<uint64_t> changes{0};
@@ -93,7 +93,7 @@ struct Inode {
   // Directories get their entry table when created and keep it: the type is
   // known without the lock (core.mode may be rewritten under it meanwhile).
   bool is_dir() const { return entries != nullptr; }
-  FileType type() const { return is_dir() ? FileType::Directory : symlink ? FileType::Symlink : FileType::Regular; }
+  FileType type() const { return is_dir() ? FileType::Directory : kind; }
 };
 using InodePtr = std::shared_ptr<Inode>;
 // A new in-memory inode, in the inode slab.
@@ -112,6 +112,9 @@ inline uint64_t ceil_blocks(uint64_t bytes) { return (bytes + kBlockSize - 1) / 
 // feature bit, the per-inode bound, and well-formed ACLs where they may be.
 void check_xattrs(const Inode& inode, bool feature_bit, const std::string& who,
                   const std::function<void(std::string)>& problem);
+
+// The file type that mode's S_IFMT bits name (decoders accept only known ones).
+FileType file_type_of(uint32_t mode);
 
 // Appends extent records for a mapping, split to fit the 32-bit on-media count.
 void append_extent_records(InodeNumber ino, const Extent& m, Records* out);
@@ -160,6 +163,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<InodeNumber> symlink_at(InodeNumber dir, std::string_view name, std::string_view target,
                                  std::optional<Credentials> owner) override;
   Result<std::string> readlink(InodeNumber ino) override;
+  Result<InodeNumber> mknod(std::string_view path, FileType type, uint32_t mode, uint64_t rdev,
+                            std::optional<Credentials> owner) override;
+  Result<InodeNumber> mknod_at(InodeNumber dir, std::string_view name, FileType type, uint32_t mode, uint64_t rdev,
+                               std::optional<Credentials> owner) override;
   Result<void> set_xattr(InodeNumber ino, std::string_view name, std::string_view value, XattrMode mode) override;
   Result<std::string> get_xattr(InodeNumber ino, std::string_view name) override;
   Result<std::vector<std::string>> list_xattrs(InodeNumber ino) override;
@@ -311,9 +318,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<InodePtr> resolve_parent(const Place& place, std::string* leaf);
   InodePtr find_inode(InodeNumber ino) const;
   Result<InodePtr> get_inode(InodeNumber ino);
-  // `target`: a symbolic link's (type Symlink).
+  // `target`: a symbolic link's (type Symlink); `rdev`: a device node's number.
   Result<InodeNumber> make_node(const Place& place, uint32_t mode, FileType type, std::optional<Credentials> owner,
-                                std::string_view target = {});
+                                std::string_view target = {}, uint64_t rdev = 0);
   // Marks an image made before a feature (kIncompatSymlinks, kIncompatXattrs)
   // before the first record that needs it is written.
   Result<void> enable_feature(uint64_t incompat_bit);

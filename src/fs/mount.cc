@@ -84,7 +84,8 @@ Result<void> FsImpl::format_new(const FormatOptions& options) {
   sb_ = format::SuperblockInfo{};
   sb_.version = version;
   sb_.size_blocks = blocks;
-  sb_.feature_incompat = format::kIncompatReflink | format::kIncompatSymlinks | format::kIncompatXattrs;
+  sb_.feature_incompat = format::kIncompatReflink | format::kIncompatSymlinks | format::kIncompatXattrs |
+                         format::kIncompatSpecialFiles;
   fill_random(sb_.uuid.data(), sb_.uuid.size());
   sb_.journal_start_block = 1;
   sb_.journal_blocks = journal_blocks;

@@ -57,6 +57,10 @@ uint32_t type_bits(FileType type) {
   switch (type) {
     case FileType::Directory: return format::kModeDirectory;
     case FileType::Symlink: return format::kModeSymlink;
+    case FileType::Fifo: return format::kModeFifo;
+    case FileType::CharDevice: return format::kModeCharDevice;
+    case FileType::BlockDevice: return format::kModeBlockDevice;
+    case FileType::Socket: return format::kModeSocket;
     case FileType::Regular: break;
   }
   return format::kModeRegular;
@@ -70,6 +74,18 @@ Result<void> check_link_target(std::string_view target) {
   return {};
 }
 }  // namespace
+
+FileType file_type_of(uint32_t mode) {
+  switch (mode & format::kModeTypeMask) {
+    case format::kModeDirectory: return FileType::Directory;
+    case format::kModeSymlink: return FileType::Symlink;
+    case format::kModeFifo: return FileType::Fifo;
+    case format::kModeCharDevice: return FileType::CharDevice;
+    case format::kModeBlockDevice: return FileType::BlockDevice;
+    case format::kModeSocket: return FileType::Socket;
+    default: return FileType::Regular;
+  }
+}
 
 InodePtr FsImpl::find_inode(InodeNumber ino) const {
   const InodePtr* found = inodes_.find(ino.value());
@@ -156,7 +172,8 @@ Stat FsImpl::stat_of(const Inode& inode) const {
   st.nlink = inode.core.nlink;
   st.uid = inode.core.uid;
   st.gid = inode.core.gid;
-  st.size_bytes = inode.is_dir() ? inode.entries->size() : inode.core.size_bytes;
+  st.size_bytes = inode.is_dir() ? inode.entries->size() : is_special(inode.kind) ? 0 : inode.core.size_bytes;
+  if (inode.kind == FileType::CharDevice || inode.kind == FileType::BlockDevice) st.rdev = inode.core.size_bytes;
   st.blocks = inode.extents.mapped_blocks();
   st.atime_ns = inode.core.atime_ns;
   st.mtime_ns = inode.core.mtime_ns;
@@ -184,11 +201,14 @@ Result<InodeNumber> FsImpl::lookup_at(InodeNumber dir, std::string_view name) {
 }
 
 Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileType type,
-                                      std::optional<Credentials> owner, std::string_view target) {
+                                      std::optional<Credentials> owner, std::string_view target, uint64_t rdev) {
   if (type == FileType::Symlink) {
     TRY(check_link_target(target));
     TRY(enable_feature(format::kIncompatSymlinks));
   }
+  const bool device_node = type == FileType::CharDevice || type == FileType::BlockDevice;
+  if (!device_node && rdev != 0) return fail(EINVAL, "only a device node has a device number");
+  if (is_special(type)) TRY(enable_feature(format::kIncompatSpecialFiles));
   // Room for the ACLs a directory's default ACL may give the new inode.
   auto op = TRY(begin_op(kNamespaceTxBytes + 2 * kAclRecordBytesMax));
   std::unique_lock ns(ns_mutex_);
@@ -212,8 +232,9 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
     if (type == FileType::Directory) perm |= S_ISGID;
   }
   if (type == FileType::Symlink) perm = 0777;  // a link's own bits are never checked
+  // A device node keeps its number where a file keeps its size.
   format::InodeCore core{next_ino_, type_bits(type) | perm, type == FileType::Directory ? 2u : 1u,
-                         owner ? owner->uid : options_.uid, gid, target.size(), t, t, t};
+                         owner ? owner->uid : options_.uid, gid, device_node ? rdev : target.size(), t, t, t};
   Records acls;
   if (type != FileType::Symlink && !inherit_acls(*parent, core, &acls) && owner) {
     core.mode &= ~(owner->umask & 0777u);  // no default ACL: the maker's umask
@@ -286,6 +307,18 @@ Result<InodeNumber> FsImpl::symlink_at(InodeNumber dir, std::string_view name, s
 Result<InodeNumber> FsImpl::symlink(std::string_view target, std::string_view link_path,
                                     std::optional<Credentials> owner) {
   return make_node(Place{link_path}, 0777, FileType::Symlink, owner, target);
+}
+
+Result<InodeNumber> FsImpl::mknod(std::string_view path, FileType type, uint32_t mode, uint64_t rdev,
+                                  std::optional<Credentials> owner) {
+  if (!is_special(type)) return fail(EINVAL, "mknod makes a FIFO, a device node or a socket");
+  return make_node(Place{path}, mode, type, owner, {}, rdev);
+}
+
+Result<InodeNumber> FsImpl::mknod_at(InodeNumber dir, std::string_view name, FileType type, uint32_t mode,
+                                     uint64_t rdev, std::optional<Credentials> owner) {
+  if (!is_special(type)) return fail(EINVAL, "mknod makes a FIFO, a device node or a socket");
+  return make_node(Place{{}, dir, name}, mode, type, owner, {}, rdev);
 }
 
 Result<std::string> FsImpl::readlink(InodeNumber ino) {
@@ -678,6 +711,9 @@ Result<File> FsImpl::open(std::string_view path, OpenFlags flags, uint32_t mode)
   auto st = TRY(stat(ino));
   if (st.type == FileType::Directory) return fail(EISDIR, std::string(path) + ": is a directory");
   if (st.type == FileType::Symlink) return fail(ELOOP, std::string(path) + ": is a symbolic link (not followed)");
+  if (is_special(st.type)) {
+    return fail(EINVAL, std::string(path) + ": is a special file (it holds no data; open it through the FUSE mount)");
+  }
   if (has(flags, OpenFlags::Truncate) && st.size_bytes != 0) TRY(truncate(ino, 0));
   return file;
 }

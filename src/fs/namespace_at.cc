@@ -61,6 +61,13 @@ Result<void> Filesystem::restore_lost_block(InodeNumber, uint64_t, std::span<con
 Result<std::string> Filesystem::readlink(InodeNumber) {
   return fail(ENOTSUP, "symbolic links need the mounted filesystem");
 }
+Result<InodeNumber> Filesystem::mknod(std::string_view, FileType, uint32_t, uint64_t, std::optional<Credentials>) {
+  return fail(ENOTSUP, "special files need the mounted filesystem");
+}
+Result<InodeNumber> Filesystem::mknod_at(InodeNumber, std::string_view, FileType, uint32_t, uint64_t,
+                                         std::optional<Credentials>) {
+  return fail(ENOTSUP, "special files need the mounted filesystem");
+}
 Result<void> Filesystem::set_xattr(InodeNumber, std::string_view, std::string_view, XattrMode) {
   return fail(ENOTSUP, "extended attributes need the mounted filesystem");
 }

@@ -148,7 +148,7 @@ Result<void> FsImpl::apply(const format::JournalRecord& record, std::initializer
       if ((core->mode & kModeTypeMask) == kModeDirectory) {
         fresh->entries = std::make_unique<DirEntries>();
       }
-      fresh->symlink = (core->mode & kModeTypeMask) == kModeSymlink;
+      fresh->kind = file_type_of(core->mode);
       inode = fresh.get();
       inodes_.insert(core->ino, std::move(fresh));
       ++inode_count_;

@@ -73,9 +73,11 @@ Result<void> FsImpl::change_xattr(InodeNumber ino, std::string_view name, const 
   std::unique_lock<std::shared_mutex> lock;
   if (!inode->is_dir()) lock = std::unique_lock(inode->lock);
   if (inode->freed) return fail(ENOENT, "file was deleted");
-  if ((access_acl || default_acl) && inode->symlink) return fail(ENOTSUP, "a symbolic link has no ACL");
-  if (inode->symlink && name.substr(0, 5) == "user.") {
-    return fail(EPERM, "user. attributes are for files and directories, not symbolic links");
+  if ((access_acl || default_acl) && inode->kind == FileType::Symlink) {
+    return fail(ENOTSUP, "a symbolic link has no ACL");
+  }
+  if (inode->kind != FileType::Regular && !inode->is_dir() && name.substr(0, 5) == "user.") {
+    return fail(EPERM, "user. attributes are for files and directories only (as Linux keeps them)");
   }
   if (default_acl && value != nullptr && !inode->is_dir()) {
     return fail(EACCES, "only a directory has a default ACL");
@@ -185,7 +187,7 @@ void check_xattrs(const Inode& inode, bool feature_bit, const std::string& who,
       if (name.substr(0, kSystemPrefix.size()) == kSystemPrefix) problem(who + ": unknown attribute " + name);
       continue;
     }
-    if (inode.symlink) problem(who + ": a symbolic link with " + name);
+    if (inode.kind == FileType::Symlink) problem(who + ": a symbolic link with " + name);
     if (name == acl::kDefaultName && !inode.is_dir()) problem(who + ": a default ACL on a non-directory");
     auto parsed = acl::parse(value);
     if (!parsed.has_value()) {

@@ -58,6 +58,10 @@ mode_t type_bits(FileType type) {
   switch (type) {
     case FileType::Directory: return S_IFDIR;
     case FileType::Symlink: return S_IFLNK;
+    case FileType::Fifo: return S_IFIFO;
+    case FileType::CharDevice: return S_IFCHR;
+    case FileType::BlockDevice: return S_IFBLK;
+    case FileType::Socket: return S_IFSOCK;
     case FileType::Regular: break;
   }
   return S_IFREG;
@@ -71,6 +75,7 @@ struct stat to_stat(const Stat& s) {
   st.st_uid = s.uid;
   st.st_gid = s.gid;
   st.st_size = static_cast<off_t>(s.size_bytes);
+  st.st_rdev = static_cast<dev_t>(s.rdev);
   st.st_blksize = kBlockBytes;
   st.st_blocks = static_cast<blkcnt_t>(s.blocks * (kBlockBytes / 512));
   st.st_atim = to_timespec(s.atime_ns);
@@ -192,15 +197,6 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
   op_getattr(req, ino, nullptr);
 }
 
-void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t) {
-  // The format has regular files, directories and symbolic links only
-  // (docs/format.md): no device nodes, FIFOs or sockets.
-  if (!S_ISREG(mode)) return reply_errno(req, EPERM);
-  auto ino = fs_of(req).create_at(InodeNumber(parent), name, mode & 07777, caller(req));
-  if (!ino.has_value()) return reply_error(req, ino.error());
-  reply_entry(req, *ino);
-}
-
 void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
   auto ino = fs_of(req).mkdir_at(InodeNumber(parent), name, mode & 07777, caller(req));
   if (!ino.has_value()) return reply_error(req, ino.error());
@@ -209,6 +205,25 @@ void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) 
 
 void op_symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
   auto ino = fs_of(req).symlink_at(InodeNumber(parent), name, target, caller(req));
+  if (!ino.has_value()) return reply_error(req, ino.error());
+  reply_entry(req, *ino);
+}
+
+// mknod(2) and mkfifo(3), and bind(2) of a Unix socket. The kernel has checked
+// CAP_MKNOD for device nodes already (vfs_mknod). A regular file made this way
+// is an ordinary create.
+void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  Filesystem& fs = fs_of(req);
+  Result<InodeNumber> ino = fail(EINVAL, "mknod of an unknown file type");
+  const uint32_t perm = mode & 07777;
+  switch (mode & S_IFMT) {
+    case S_IFREG: ino = fs.create_at(InodeNumber(parent), name, perm, caller(req)); break;
+    case S_IFIFO: ino = fs.mknod_at(InodeNumber(parent), name, FileType::Fifo, perm, 0, caller(req)); break;
+    case S_IFSOCK: ino = fs.mknod_at(InodeNumber(parent), name, FileType::Socket, perm, 0, caller(req)); break;
+    case S_IFCHR: ino = fs.mknod_at(InodeNumber(parent), name, FileType::CharDevice, perm, rdev, caller(req)); break;
+    case S_IFBLK: ino = fs.mknod_at(InodeNumber(parent), name, FileType::BlockDevice, perm, rdev, caller(req)); break;
+    default: break;
+  }
   if (!ino.has_value()) return reply_error(req, ino.error());
   reply_entry(req, *ino);
 }
@@ -596,6 +611,8 @@ Result<std::unique_ptr<Mount>> Mount::start(Filesystem& fs, MountOptions options
   std::string mount_options = "default_permissions,subtype=poise,fsname=" + escape_option(o.source);
   if (o.read_only) mount_options += ",ro";
   if (o.allow_other) mount_options += ",allow_other";
+  mount_options += o.dev ? ",dev" : ",nodev";
+  mount_options += o.suid ? ",suid" : ",nosuid";
   std::vector<std::string> argv_text = {"poise", "-o", mount_options};
   std::vector<char*> argv;
   for (auto& a : argv_text) argv.push_back(a.data());

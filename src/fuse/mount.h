@@ -68,6 +68,11 @@ struct MountOptions {
   std::string source;  // what mount(8) shows as the source: the image
   bool read_only = false;
   bool allow_other = false;  // other users may use the mount (checked by mode bits)
+  // Device nodes and set-user/group-ID bits of the image take effect only when
+  // asked for (-o dev, -o suid): an image is untrusted media (as mount(8)'s
+  // "user" option and fusermount3 decide), so by default nodev,nosuid.
+  bool dev = false;
+  bool suid = false;
   double cache_seconds = 1.0;  // how long the kernel trusts names and attributes
   unsigned threads = 4;
   // Called once when the kernel ends the session by itself (umount,

@@ -146,6 +146,15 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
       e.string(link_path);
     });
   }
+  Result<InodeNumber> mknod(std::string_view path, FileType type, uint32_t mode, uint64_t rdev,
+                            std::optional<Credentials>) override {
+    return ino_call(Op::Mknod, [&](Encoder& e) {
+      e.string(path);
+      e.u8(static_cast<uint8_t>(type));
+      e.u32(mode);
+      e.u64(rdev);
+    });
+  }
   Result<std::string> readlink(InodeNumber ino) override {
     std::string target;
     TRY(call(Op::Readlink, [&](Encoder& e) { e.u64(ino.value()); },
@@ -204,7 +213,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
               uint64_t ino = 0;
               uint8_t type = 0;
               if (!d.string(&entry.name) || !d.u64(&ino) || !d.u8(&type) ||
-                  type > static_cast<uint8_t>(FileType::Symlink)) {
+                  type > static_cast<uint8_t>(FileType::Socket)) {
                 return false;
               }
               entry.ino = InodeNumber(ino);

@@ -59,6 +59,7 @@ const char* op_name(Op op) {
     case Op::GetXattr: return "getxattr";
     case Op::ListXattrs: return "listxattr";
     case Op::RemoveXattr: return "removexattr";
+    case Op::Mknod: return "mknod";
   }
   return "unknown";
 }
@@ -98,7 +99,7 @@ void Encoder::bytes(std::span<const std::byte> b) {
 
 void Encoder::stat(const Stat& st) {
   u64(st.ino.value());
-  u8(static_cast<uint8_t>(st.type));  // 0 file, 1 directory, 2 symbolic link
+  u8(static_cast<uint8_t>(st.type));  // 0 file, 1 directory, 2 symbolic link, 3 FIFO, 4 char, 5 block, 6 socket
   u32(st.mode);
   u32(st.nlink);
   u32(st.uid);
@@ -108,6 +109,7 @@ void Encoder::stat(const Stat& st) {
   i64(st.atime_ns);
   i64(st.mtime_ns);
   i64(st.ctime_ns);
+  u64(st.rdev);
 }
 
 void Encoder::fsmap_record(const FsmapRecord& r) {
@@ -198,8 +200,8 @@ bool Decoder::stat(Stat* st) {
   uint8_t type = 0;
   bool read = u64(&ino) && u8(&type) && u32(&st->mode) && u32(&st->nlink) && u32(&st->uid) && u32(&st->gid) &&
               u64(&st->size_bytes) && u64(&st->blocks) && i64(&st->atime_ns) && i64(&st->mtime_ns) &&
-              i64(&st->ctime_ns);
-  if (!read || type > static_cast<uint8_t>(FileType::Symlink)) return ok_ = false;
+              i64(&st->ctime_ns) && u64(&st->rdev);
+  if (!read || type > static_cast<uint8_t>(FileType::Socket)) return ok_ = false;
   st->ino = InodeNumber(ino);
   st->type = static_cast<FileType>(type);
   return true;

@@ -25,7 +25,8 @@
 namespace poise::serve {
 
 // 2: file type 2 (symbolic link), Symlink, Readlink. 3: extended attributes.
-inline constexpr uint32_t kProtocolVersion = 3;
+// 4: file types 3..6 (special files), a stat's device number, Mknod.
+inline constexpr uint32_t kProtocolVersion = 4;
 inline constexpr size_t kHeaderBytes = 16;
 // The largest body either side accepts: 1 MiB of file data plus room for fields.
 inline constexpr uint32_t kBodyBytesMax = (1u << 20) + 4096;
@@ -89,8 +90,10 @@ enum class Op : uint16_t {
   GetXattr = 46,     // u64 inode, string name -> bytes value
   ListXattrs = 47,   // u64 inode -> strings names
   RemoveXattr = 48,  // u64 inode, string name
+  // Special files (protocol 4): string path, u8 file type (3..6), u32 mode, u64 device number -> u64 inode
+  Mknod = 49,
 };
-inline constexpr uint16_t kOpMax = 48;
+inline constexpr uint16_t kOpMax = 49;
 
 // The steps of Op::Offline.
 enum class OfflineStep : uint8_t { PreRemove = 0, Cancel = 1, Remove = 2 };

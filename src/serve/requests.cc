@@ -425,6 +425,25 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       out.u64(made);
       return {};
     }
+    case Op::Mknod: {
+      uint8_t type = 0;
+      if (!in.string(&path) || !in.u8(&type) || !in.u32(&mode) || !in.u64(&a)) return bad();
+      if (!is_special(static_cast<FileType>(type)) || type > static_cast<uint8_t>(FileType::Socket)) {
+        return fail(EINVAL, "mknod makes a FIFO, a device node or a socket");
+      }
+      const FileType kind = static_cast<FileType>(type);
+      // The kernel's rule: a device node needs CAP_MKNOD, here root.
+      if ((kind == FileType::CharDevice || kind == FileType::BlockDevice) && c_.peer.uid != 0) {
+        return fail(EPERM, "only root may make a device node");
+      }
+      TRY(access_.may_change_name(path, false));
+      mode &= 07777u;
+      if ((mode & S_ISGID) != 0 && !access_.in_group_of_new_file(path)) mode &= ~static_cast<uint32_t>(S_ISGID);
+      const uint64_t made = TRY(fs_.mknod(path, kind, mode, a, Credentials{c_.peer.uid, c_.peer.gid})).value();
+      c_.reached.insert(made);
+      out.u64(made);
+      return {};
+    }
     case Op::Readlink:
       if (!in.u64(&a)) return bad();
       TRY(access_.may_name(InodeNumber(a)));  // a link's own bits are never checked
