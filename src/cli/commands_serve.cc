@@ -53,6 +53,8 @@ std::optional<fusemount::MountOptions> parse_mount_options(const std::string& te
       o.read_only = false;
     } else if (item == "allow_other") {
       o.allow_other = true;
+    } else if (item == "writeback") {
+      o.writeback = true;
     } else if (item == "dev" || item == "nodev") {
       o.dev = item == "dev";
     } else if (item == "suid" || item == "nosuid") {
@@ -159,9 +161,10 @@ int serve_foreground(const Args& a, const serve::ServerOptions& base,
       std::lock_guard lock(slot->mutex);
       slot->mount = std::move(*mounted);
     }
-    (*server)->log(fmt::format("mounted on {} (FUSE{}{}, cache {} s)", a.mount_dir,
-                               mount->read_only ? ", read-only" : "",
-                               mount->allow_other ? ", allow_other" : "", mount->cache_seconds));
+    (*server)->log(fmt::format("mounted on {} (FUSE{}{}{}{}{}, cache {} s)", a.mount_dir,
+                               mount->read_only ? ", read-only" : "", mount->allow_other ? ", allow_other" : "",
+                               mount->writeback ? ", writeback" : "", mount->dev ? ", dev" : ", nodev",
+                               mount->suid ? ", suid" : ", nosuid", mount->cache_seconds));
   }
   if (ready_fd >= 0) {
     if (!a.quiet_ready) fmt::print("{}\n", options.socket_path);
@@ -238,7 +241,7 @@ int serve_cmd(const Args& a) {
     std::string bad;
     mount = parse_mount_options(a.mount_options, &bad);
     if (!mount) {
-      eprint("poise: mount: unknown option '{}' (known: ro, rw, allow_other, default_permissions, dev, nodev, suid, nosuid, cache=SECONDS)\n",
+      eprint("poise: mount: unknown option '{}' (known: ro, rw, allow_other, default_permissions, dev, nodev, suid, nosuid, writeback, cache=SECONDS)\n",
              bad);
       return kExitUsage;
     }
@@ -426,7 +429,7 @@ void add_serve_command(CLI::App& app, std::function<int()>* run) {
   sub->add_option("--log", args->log, "Append the log to FILE instead of standard error")->check(kNonEmptyValue);
   sub->add_option("--mount", args->mount_dir, "Also mount the filesystem on DIR for ordinary programs (FUSE)")
       ->check(kNonEmptyValue);
-  sub->add_option("-o", args->mount_options, "Mount options: ro, allow_other, dev, suid, cache=SECONDS (default 1; nodev,nosuid unless dev, suid)");
+  sub->add_option("-o", args->mount_options, "Mount options: ro, allow_other, dev, suid, writeback, cache=SECONDS (default 1; nodev,nosuid unless dev, suid)");
   sub->footer(
       "SIGTERM, SIGINT or SIGHUP stop the server: clients are disconnected and the filesystem is unmounted.\n"
       "Clients are checked as the kernel checks a process (mode bits, owner, group); root and the server's\n"
@@ -446,7 +449,7 @@ void add_mount_commands(CLI::App& app, std::function<int()>* run) {
   });
   sub->add_option("IMAGE", args->image, "Image file or /dev/daxX.Y")->required();
   sub->add_option("DIR", args->mount_dir, "An existing directory")->required()->check(kNonEmptyValue);
-  sub->add_option("-o", args->mount_options, "ro, allow_other, dev, suid, cache=SECONDS (default 1; nodev,nosuid unless dev, suid)");
+  sub->add_option("-o", args->mount_options, "ro, allow_other, dev, suid, writeback, cache=SECONDS (default 1; nodev,nosuid unless dev, suid)");
   sub->add_option("--socket", args->socket, "Socket path of the server (default: IMAGE.sock)")->check(kNonEmptyValue);
   sub->add_option("--log", args->log, "Append the server's log to FILE (default: discarded)")->check(kNonEmptyValue);
   sub->footer(

@@ -122,7 +122,8 @@ Credentials caller(fuse_req_t req) {
 
 // --- the request handlers ----------------------------------------------------------
 
-void op_init(void*, fuse_conn_info* conn) {
+void op_init(void* userdata, fuse_conn_info* conn) {
+  const MountOptions& options = static_cast<Mount*>(userdata)->options();
   conn->max_write = kIoBytesMax;
   conn->max_readahead = std::min<unsigned>(conn->max_readahead, kIoBytesMax);
   conn->time_gran = 1;  // nanosecond timestamps
@@ -140,6 +141,13 @@ void op_init(void*, fuse_conn_info* conn) {
   // what is made in it. The kernel then leaves the umask to poise (below).
   if ((conn->capable & FUSE_CAP_POSIX_ACL) != 0 && (conn->capable & FUSE_CAP_DONT_MASK) != 0) {
     conn->want |= FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
+  }
+  if (options.writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE) != 0) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+  constexpr unsigned kSplice = FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+  if (options.splice) {
+    conn->want |= conn->capable & kSplice;
+  } else {
+    conn->want &= ~kSplice;
   }
 }
 
@@ -367,8 +375,10 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_
   // a change by another path (a truncate, a reflink over the file) makes stale
   // (it learns new sizes only at its next getattr). They go at the real end;
   // the kernel's pages and size are then invalidated, as its copy is wrong.
+  // With the writeback cache the kernel places appends itself and writes pages
+  // back later through any open handle: its offsets are the truth.
   bool moved = false;
-  if (fi != nullptr && (fi->flags & O_APPEND) != 0) {
+  if (fi != nullptr && (fi->flags & O_APPEND) != 0 && !m.options().writeback) {
     auto st = m.fs().stat(InodeNumber(ino));
     if (st.has_value() && st->size_bytes != at) {
       at = st->size_bytes;

@@ -73,6 +73,14 @@ struct MountOptions {
   // "user" option and fusermount3 decide), so by default nodev,nosuid.
   bool dev = false;
   bool suid = false;
+  // -o writeback: the kernel keeps written pages and sends them later, in
+  // bigger requests (FUSE_CAP_WRITEBACK_CACHE). It then owns the file's size
+  // and times until it writes back, and a write reaches poise (and a failure
+  // of its memory, a removal, another path) only then: see the README.
+  bool writeback = false;
+  // The benchmark's switch: move data between the kernel and the server by
+  // splice(2) where libfuse can (FUSE_CAP_SPLICE_*). Measured, not offered.
+  bool splice = false;
   double cache_seconds = 1.0;  // how long the kernel trusts names and attributes
   unsigned threads = 4;
   // Called once when the kernel ends the session by itself (umount,
