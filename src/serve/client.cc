@@ -671,6 +671,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
 
   void disconnect() {
     stop_listening();
+    if (device_) device_->unregister_holder(&reporter_);
     // Nothing the server showed may stay reachable from this process.
     if (registry_) {
       std::vector<mapping::Notice> notices;
@@ -721,6 +722,8 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     device_ = std::make_unique<ClientDevice>("the device of the poise server on " + socket_path_);
     registry_ = std::make_shared<mapping::MappingRegistry>(*device_);
     registry_->set_forwarder(this);
+    reporter_.remote = this;
+    (void)device_->register_holder(&reporter_);
     follow_fd_ = fd;
     follow_thread_ = std::thread([this] { follow_loop(); });
     notice_thread_ = std::thread([this] { notice_loop(); });
@@ -810,11 +813,25 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   void notice_loop() {
     std::unique_lock lock(notices_mu_);
     for (;;) {
-      notices_cv_.wait(lock, [&] { return !notices_.empty() || !following_; });
-      if (notices_.empty()) return;
+      notices_cv_.wait(lock, [&] { return !notices_.empty() || !reports_.empty() || !following_; });
+      if (notices_.empty() && reports_.empty()) return;
       std::vector<mapping::Notice> batch(notices_.begin(), notices_.end());
       notices_.clear();
+      std::vector<BadRange> reports = std::move(reports_);
+      reports_.clear();
       lock.unlock();
+      // The server records the memory and recalls every lease on it (this
+      // process's too); its notices then come back on the follow channel.
+      for (const BadRange& r : reports) {
+        uint8_t confirmed = 0;
+        (void)call(
+            Op::ReportFailure,
+            [&](Encoder& e) {
+              e.u64(r.offset_bytes);
+              e.u64(r.length_bytes);
+            },
+            [&](Decoder& d) { return d.u8(&confirmed); });
+      }
       mapping::MappingRegistry::deliver(batch);
       lock.lock();
     }
@@ -833,6 +850,20 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   uint64_t token_ = 0;
 
   std::mutex follow_start_mu_;
+  // The holder of this process's view of the server's device: a machine check
+  // in one of this process's mappings (the kernel tells this process, not the
+  // server) is queued here and reported to the server by the notice thread.
+  // Called from the fault handler: it only queues.
+  struct FailureReporter final : FailureHolder {
+    Remote* remote = nullptr;
+    Result<void> notify_failure(uint64_t offset, uint64_t length, FailureFlags) override {
+      std::lock_guard lock(remote->notices_mu_);
+      remote->reports_.push_back(BadRange{offset, length});
+      remote->notices_cv_.notify_one();
+      return {};
+    }
+  };
+  FailureReporter reporter_;
   std::unique_ptr<ClientDevice> device_;
   std::shared_ptr<mapping::MappingRegistry> registry_;
   int follow_fd_ = -1;
@@ -841,6 +872,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   std::mutex notices_mu_;
   std::condition_variable notices_cv_;
   std::deque<mapping::Notice> notices_;  // guarded by notices_mu_
+  std::vector<BadRange> reports_;        // guarded by notices_mu_: machine checks to report
   bool following_ = true;                // guarded by notices_mu_
   std::mutex leases_mu_;
   std::map<uint64_t, Lease> leases_;

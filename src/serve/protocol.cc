@@ -60,6 +60,7 @@ const char* op_name(Op op) {
     case Op::ListXattrs: return "listxattr";
     case Op::RemoveXattr: return "removexattr";
     case Op::Mknod: return "mknod";
+    case Op::ReportFailure: return "report-failure";
   }
   return "unknown";
 }

@@ -25,7 +25,8 @@
 namespace poise::serve {
 
 // 2: file type 2 (symbolic link), Symlink, Readlink. 3: extended attributes.
-// 4: file types 3..6 (special files), a stat's device number, Mknod.
+// 4: file types 3..6 (special files), a stat's device number, Mknod,
+// ReportFailure.
 inline constexpr uint32_t kProtocolVersion = 4;
 inline constexpr size_t kHeaderBytes = 16;
 // The largest body either side accepts: 1 MiB of file data plus room for fields.
@@ -92,8 +93,12 @@ enum class Op : uint16_t {
   RemoveXattr = 48,  // u64 inode, string name
   // Special files (protocol 4): string path, u8 file type (3..6), u32 mode, u64 device number -> u64 inode
   Mknod = 49,
+  // A machine check in a client's mapping (protocol 4): u64 device offset, u64
+  // length -> u8 confirmed (1: the server recorded it; 0: it could not confirm
+  // an unprivileged client's report by reading the memory itself).
+  ReportFailure = 50,
 };
-inline constexpr uint16_t kOpMax = 49;
+inline constexpr uint16_t kOpMax = 50;
 
 // The steps of Op::Offline.
 enum class OfflineStep : uint8_t { PreRemove = 0, Cancel = 1, Remove = 2 };

@@ -782,6 +782,42 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       }
       return bad();
     }
+    case Op::ReportFailure: {
+      // A machine check in this client's mapping: the kernel told the client,
+      // not this process. Root and the server's own user are believed; anyone
+      // else's report is confirmed by reading the memory here (real failed
+      // memory fails this read too, and the safe copy turns it into EIO), so
+      // that no client can make blocks it may only read unreadable for all.
+      if (!in.u64(&a) || !in.u64(&b)) return bad();
+      constexpr uint64_t kReportBytesMax = 1ull << 30;
+      if (b == 0 || b > kReportBytesMax || a >= device_.size_bytes() || b > device_.size_bytes() - a) {
+        return fail(EINVAL, "a failure report must name 1 byte to 1 GiB inside the device");
+      }
+      BadRange failed{a, b};
+      bool confirmed = c_.privileged;
+      if (!confirmed) {
+        std::vector<std::byte> buf(std::min<uint64_t>(b, 1 << 20));
+        for (uint64_t at = a; at < a + b && !confirmed; at += buf.size()) {
+          const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), a + b - at));
+          auto read = device_.read(at, buf.data(), n);
+          if (read.has_value()) continue;
+          if (read.error().code != EIO) return Unexpected<Error>(std::move(read).error());  // removed, say
+          confirmed = true;
+          if (auto where = Device::take_failed_read()) {
+            failed = *where;
+          } else if (auto listed = device_.first_poisoned(at, n)) {
+            failed = *listed;
+          }
+        }
+      }
+      if (server_ != nullptr) {
+        server_->log(fmt::format("pid {} reported a machine check in its mapping at device bytes {}..{}: {}",
+                                 c_.peer.pid, a, a + b, confirmed ? "recorded" : "not confirmed, ignored"));
+      }
+      if (confirmed) TRY(device_.notify_failure(failed.offset_bytes, failed.length_bytes, FailureFlags::None));
+      out.u8(confirmed ? 1 : 0);
+      return {};
+    }
     case Op::InjectPoison:
     case Op::ClearPoison:
       if (!in.u64(&a) || !in.u64(&b)) return bad();

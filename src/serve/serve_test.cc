@@ -6,6 +6,7 @@
 // users need other uids: tests/serve_test.sh runs them as real processes.
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <signal.h>
 #include <unistd.h>
@@ -395,6 +396,105 @@ TEST(Serve, AClientInThisProcessFollowsRecallsFailuresAndEvents) {
   for (const auto& e : events) all += e + "\n";
   EXPECT_NE(all.find("\"event\":\"memory_failure\""), std::string::npos) << all;
   EXPECT_NE(all.find("\"path\":\"/f\""), std::string::npos) << all;
+}
+
+bool recorded_bad(Filesystem& fs, uint64_t device_offset) {
+  auto map = fs.fsmap(device_offset, 4096);
+  if (!map) return false;
+  for (const auto& r : *map) {
+    if (r.owner == OwnerKind::Bad) return true;
+  }
+  return false;
+}
+
+// A machine check in a client's mapping is the client's (the kernel signals the
+// process that touched the memory): the client reports it, and the server
+// records the block, revokes it in every other client and tells the owners.
+// Before, the server learnt of it only on its own next access. The signal is
+// crafted here (tests/qemu does it with the kernel's own).
+TEST(Serve, AMachineCheckInAClientsMappingReachesTheServerAndEveryOtherClient) {
+  Served served;
+  write_file(served.fs(), "/g", std::string(3 * 4096, 'g'));
+  auto consumer = served.client();
+  auto other = served.client();
+  ASSERT_NE(consumer, nullptr);
+  ASSERT_NE(other, nullptr);
+  std::atomic<int> told_other{0};
+  auto other_owner = std::make_shared<MapOwner>(MapOwner{"other", [&](const MappingEvent& e) {
+    if (e.file_offset == 4096 && e.cause == MappingCause::MemoryFailure) ++told_other;
+  }, nullptr});
+  auto mc = consumer->map(*consumer->lookup("/g"), 0, 3 * 4096, MapAccess::Read);
+  auto mo = other->map(*other->lookup("/g"), 0, 3 * 4096, MapAccess::Read, other_owner);
+  ASSERT_OK(mc);
+  ASSERT_OK(mo);
+  ASSERT_EQ(*load(mc->data(), 3 * 4096), std::string(3 * 4096, 'g'));
+  ASSERT_EQ(*load(mo->data(), 3 * 4096), std::string(3 * 4096, 'g'));
+  const uint64_t lost = device_offset_of(served.fs(), "/g", 4096);
+  std::byte* page = mc->data() + 4096;
+  auto consumed = guarded([&] {
+    siginfo_t si;
+    std::memset(&si, 0, sizeof si);
+    si.si_signo = SIGBUS;
+    si.si_code = BUS_MCEERR_AR;
+    si.si_addr = page + 5;
+    si.si_addr_lsb = 12;
+    ::syscall(SYS_rt_tgsigqueueinfo, ::getpid(), ::gettid(), SIGBUS, &si);
+  });
+  ASSERT_FALSE(consumed.has_value());
+  EXPECT_EQ(consumed.error().code, EIO);
+  for (int i = 0; i < 500 && (!recorded_bad(served.fs(), lost) || told_other.load() == 0); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(recorded_bad(served.fs(), lost)) << "the server never heard of the client's machine check";
+  EXPECT_EQ(told_other.load(), 1) << "the other client's owner was not told";
+  EXPECT_EQ(load(mo->data() + 4096, 1).error().code, EIO);
+  EXPECT_EQ(*load(mo->data() + 2 * 4096, 1), "g");
+  EXPECT_EQ(read_range(served.fs(), "/g", 4096, 1).error().code, EIO);
+  EXPECT_EQ(*read_range(served.fs(), "/g", 0, 1), "g");
+  mc->unmap();
+  mo->unmap();
+}
+
+// An unprivileged client's report is believed only where the server's own read
+// of the memory fails too: a client may not make blocks it can only read
+// unreadable for everyone.
+TEST(Serve, AnUnprivilegedFailureReportIsConfirmedByTheServersOwnRead) {
+  MemoryDevice device(64ull << 20, MemoryDevice::Backing::Shared);
+  ASSERT_OK(Filesystem::format(device));
+  auto fs = std::move(*Filesystem::mount(device));
+  write_file(*fs, "/h", std::string(2 * 4096, 'h'));
+  const uint64_t healthy = device_offset_of(*fs, "/h", 0);
+  const uint64_t failing = device_offset_of(*fs, "/h", 4096);
+  ASSERT_OK(device.inject_poison(failing + 64, 64));  // real failed memory: reads of it fail
+  Server::Client client;
+  client.peer.uid = client.peer.gid = 1000;
+  auto report = [&](uint64_t offset, uint64_t length) -> std::optional<int> {
+    Encoder e(Op::ReportFailure, 7);
+    e.u64(offset);
+    e.u64(length);
+    std::vector<std::byte> frame = e.finish();
+    auto header = decode_header(std::span<const std::byte, kHeaderBytes>(frame.data(), kHeaderBytes));
+    auto reply = answer(*fs, device, client, nullptr, *header, std::span(frame).subspan(kHeaderBytes));
+    if (!reply) return std::nullopt;
+    Decoder d(std::span<const std::byte>(reply->frame).subspan(kHeaderBytes));
+    int32_t status = 0;
+    uint8_t confirmed = 9;
+    if (!d.i32(&status)) return std::nullopt;
+    if (status != 0) return -status;
+    if (!d.u8(&confirmed)) return std::nullopt;
+    return confirmed;
+  };
+  EXPECT_EQ(report(healthy, 4096), 0) << "a read that succeeds confirms nothing";
+  EXPECT_FALSE(recorded_bad(*fs, healthy));
+  EXPECT_EQ(report(failing, 4096), 1);
+  EXPECT_TRUE(recorded_bad(*fs, failing));
+  EXPECT_EQ(report(0, 0), -EINVAL);
+  EXPECT_EQ(report(device.size_bytes(), 4096), -EINVAL);
+  client.privileged = true;  // root or the server's own user is believed
+  const uint64_t believed = healthy;
+  EXPECT_EQ(report(believed, 4096), 1);
+  EXPECT_TRUE(recorded_bad(*fs, believed));
+  ASSERT_OK(fs->unmount());
 }
 
 // --- direct mappings across processes ---------------------------------------

@@ -30,6 +30,7 @@
 
 #include "device/backends.h"
 #include "fs/test_util.h"
+#include "poise/client.h"
 #include "poise/filesystem.h"
 #include "poise/mapping.h"
 
@@ -320,6 +321,44 @@ TEST_F(DaxFs, AnAsynchronousKernelReportMakesPoiseOwnReadsFailForThatBlockOnly) 
   EXPECT_EQ(*read_range(*fs_, "/c", 3 * kPage, kPage), pattern('c', 4 * kPage).substr(3 * kPage));
   remount();
   EXPECT_TRUE(recorded_bad(*fs_, lost));
+}
+
+// --- a client of poise serve meets a real machine check ---------------------
+
+// Under `poise serve` on the device (POISE_SOCKET names its socket, /mapped a
+// file of at least 16 KiB): the kernel signals the client whose mapping ran
+// into the failed page, not the server. The client reports it; the server
+// records the block and from then on every read of it fails, in every process.
+TEST(DaxServed, AClientsRealMachineCheckReachesTheServer) {
+  NEEDS_DEVICE(socket, "POISE_SOCKET");
+  auto client = connect(socket);
+  ASSERT_TRUE(client.has_value()) << client.error().message;
+  Filesystem& fs = **client;
+  auto ino = fs.lookup("/mapped");
+  ASSERT_TRUE(ino.has_value()) << ino.error().message;
+  std::string before(4 * kPage, '\0');
+  ASSERT_EQ(*fs.read(*ino, 0, {reinterpret_cast<std::byte*>(before.data()), before.size()}), before.size());
+  auto m = fs.map(*ino, 0, 4 * kPage, MapAccess::Read);
+  ASSERT_TRUE(m.has_value()) << m.error().message;
+  ASSERT_EQ(*testing::load(m->data(), 4 * kPage), before);
+  auto consumed = guarded([&] { ::madvise(m->data() + kPage, kPage, MADV_HWPOISON); });
+  ASSERT_FALSE(consumed.has_value()) << "the kernel's SIGBUS never reached the client's machine-check path";
+  EXPECT_EQ(consumed.error().code, EIO);
+  std::printf("# the client's consumer got: %s\n", consumed.error().message.c_str());
+  Result<size_t> lost = size_t{0};
+  for (int i = 0; i < 500; ++i) {
+    char byte;
+    lost = fs.read(*ino, kPage, {reinterpret_cast<std::byte*>(&byte), 1});
+    if (!lost.has_value()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_FALSE(lost.has_value()) << "the server still serves the failed block";
+  EXPECT_EQ(lost.error().code, EIO);
+  std::printf("# through the server afterwards: %s\n", lost.error().message.c_str());
+  std::string rest(2 * kPage, '\0');
+  ASSERT_EQ(*fs.read(*ino, 2 * kPage, {reinterpret_cast<std::byte*>(rest.data()), rest.size()}), rest.size());
+  EXPECT_EQ(rest, before.substr(2 * kPage));
+  m->unmap();
 }
 
 }  // namespace
