@@ -33,6 +33,8 @@ Result<void> FailureHandler::notify_failure(uint64_t offset, uint64_t length, Fa
   // Who owned it, through the reverse map; then record it, so that from here on
   // every layout the mapping layer asks for shows these pages as lost.
   FailedOwners owners = fs_.owners_of(first, end - first);
+  // Told before, all of it: recorded, revoked and reported already.
+  if (owners.already_recorded) return {};
   // Revoked and told even if the record cannot be made (the filesystem shut
   // down meanwhile, say): nobody may keep reading the lost memory.
   auto recorded = fs_.record_bad(first, end - first);

@@ -43,6 +43,9 @@ struct FailedOwners {
   bool journal = false;  // the journal cannot go on: failed memory in its only copy, or in both
   int superblocks = 0;
   bool checkpoint = false;  // any checkpoint structure (inodes, directories, extents, bad ranges)
+  // Every block was recorded bad before: a second report of the same failure
+  // (a client's and the kernel's early notice, say) changes nothing.
+  bool already_recorded = false;
 };
 
 // What the handler asks of the filesystem.

@@ -33,6 +33,9 @@ std::optional<DevRun> FsImpl::poisoned_blocks(uint64_t offset, uint64_t length) 
 failure::FailedOwners FsImpl::owners_of(uint64_t first_block, uint64_t count) {
   failure::FailedOwners out;
   std::lock_guard lock(space_mutex_);
+  if (auto known = bad_blocks_.first_overlap(Range{first_block, count})) {
+    out.already_recorded = known->start <= first_block && known->end() >= first_block + count;
+  }
   // record_bad fences the range off next, reading the segments around it.
   ownership_.prefetch_around(DevRun{DevBlock(first_block), count});
   ownership_.visit(DevRun{DevBlock(first_block), count}, [&](DevRun r, const std::vector<Owner>& owners) {

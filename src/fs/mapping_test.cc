@@ -514,6 +514,26 @@ TEST_F(MappingTest, AMachineCheckNamedAtTheDevicesOwnViewReachesTheFilesystem) {
   EXPECT_TRUE(bad_at(lost));
 }
 
+// The same failure told twice (a client's report and the kernel's early notice
+// to the server, both seen under QEMU) is one failure: one event, each owner
+// told once.
+TEST_F(MappingTest, AFailureToldTwiceIsReportedOnce) {
+  write_file(*fs_, "/twice", pattern('t', 2 * kPage));
+  Inbox inbox;
+  Mapping m = map("/twice", 0, 2 * kPage, MapAccess::Read, inbox.owner("t"));
+  std::atomic<int> events{0};
+  fs_->set_event_listener([&](const FsEvent& e) { events += e.kind == FsEvent::Kind::MemoryFailure; });
+  const uint64_t lost = device_offset_of(*fs_, "/twice", kPage);
+  ASSERT_OK(device_->notify_failure(lost, kPage, FailureFlags::None));
+  ASSERT_OK(device_->notify_failure(lost + 100, 50, FailureFlags::None));
+  EXPECT_EQ(events.load(), 1);
+  EXPECT_EQ(inbox.of("t").size(), 1u);
+  // A range that is only partly known is news: it is reported.
+  ASSERT_OK(device_->notify_failure(lost - kPage, 2 * kPage, FailureFlags::None));
+  EXPECT_EQ(events.load(), 2);
+  fs_->set_event_listener(nullptr);
+}
+
 // A child made by fork() has none of its parent's threads: one that mounts and
 // maps starts a machine-check thread of its own, so an asynchronous machine
 // check in the child is still handled (before, the parent's "started once"
