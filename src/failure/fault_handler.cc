@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -68,8 +69,11 @@ std::atomic<int> async_event_fd{-1};
 std::atomic<pid_t> async_thread_pid{0};
 
 void queue_async(uintptr_t addr, uint64_t length) {
+  // The pid first: it is published after the descriptor, so a child never
+  // writes to its parent's eventfd (the same kernel object) by mistake.
+  if (async_thread_pid.load(std::memory_order_acquire) != ::getpid()) return;  // nobody to tell
   const int fd = async_event_fd.load(std::memory_order_acquire);
-  if (fd < 0 || async_thread_pid.load(std::memory_order_acquire) != ::getpid()) return;  // nobody to tell
+  if (fd < 0) return;
   AsyncNotice& slot = async_notices[async_next.fetch_add(1, std::memory_order_relaxed) % kAsyncSlots];
   int empty = kEmpty;
   if (!slot.state.compare_exchange_strong(empty, kWriting, std::memory_order_acquire)) return;  // full: dropped
@@ -88,10 +92,17 @@ struct WatchedDevice {
   std::atomic<uint64_t> size{0};
   Device* device = nullptr;
   int count = 0;
+  int busy = 0;  // notices being told to it now (the mutex is not held meanwhile)
 };
 constexpr size_t kWatchedMax = 16;
 WatchedDevice watched[kWatchedMax];
 std::mutex watched_mutex;
+std::condition_variable watched_idle;
+// The machine-check thread is telling a device (a holder's callbacks may run
+// there, and may unmount: that unwatch must not wait for itself).
+thread_local bool telling_device = false;
+// The machine-check thread, while it waits for notices: it holds no lock then.
+thread_local volatile sig_atomic_t machine_check_thread_idle = 0;
 
 bool in_device_view(uintptr_t addr) {
   for (const WatchedDevice& w : watched) {
@@ -102,14 +113,24 @@ bool in_device_view(uintptr_t addr) {
 }
 
 // Tells the device whose view holds [addr, +length) (the machine-check thread).
+// The mutex is not held while the device is told (its holder runs callbacks
+// that may unmount); unwatch_device() waits for the notice instead.
 void notify_device_view(uintptr_t addr, uint64_t length) {
-  std::lock_guard lock(watched_mutex);
+  std::unique_lock lock(watched_mutex);
   for (WatchedDevice& w : watched) {
     const uintptr_t base = w.base.load(std::memory_order_relaxed);
     const uint64_t size = w.size.load(std::memory_order_relaxed);
     if (w.device == nullptr || addr < base || addr - base >= size) continue;
     const uint64_t offset = addr - base;
-    (void)w.device->notify_failure(offset, std::min(length, size - offset), FailureFlags::None);
+    Device* device = w.device;
+    ++w.busy;
+    lock.unlock();
+    telling_device = true;
+    (void)device->notify_failure(offset, std::min(length, size - offset), FailureFlags::None);
+    telling_device = false;
+    lock.lock();
+    --w.busy;
+    watched_idle.notify_all();
     return;
   }
 }
@@ -121,11 +142,14 @@ void run_async_notices(int event_fd) {
   (void)::prctl(PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_EARLY, 0, 0);
   for (;;) {
     uint64_t count = 0;
-    if (::read(event_fd, &count, sizeof count) != sizeof count) continue;
+    machine_check_thread_idle = 1;
+    const ssize_t got = ::read(event_fd, &count, sizeof count);
+    machine_check_thread_idle = 0;
+    if (got != sizeof count) continue;
     for (AsyncNotice& slot : async_notices) {
       if (slot.state.load(std::memory_order_acquire) != kFull) continue;
-      const uintptr_t addr = slot.addr.load(std::memory_order_relaxed);
       const uint64_t length = slot.length.load(std::memory_order_relaxed);
+      const uintptr_t addr = slot.addr.load(std::memory_order_relaxed) & ~(length - 1);  // the failed granule
       slot.state.store(kEmpty, std::memory_order_release);
       // Not poise's, or unmapped meanwhile: nobody to tell (an address reused by
       // a new mapping since is told instead, as the kernel's early kill would).
@@ -134,7 +158,7 @@ void run_async_notices(int event_fd) {
         notify_device_view(addr, length);
         continue;
       }
-      if (auto registry = m->registry.lock()) (void)registry->machine_check(m, addr & ~(length - 1), length, false);
+      if (auto registry = m->registry.lock()) (void)registry->machine_check(m, addr, length, false);
     }
   }
 }
@@ -183,6 +207,13 @@ mapping::FaultOutcome decide(int sig, siginfo_t* info, void* context) {
   if (sig == SIGBUS && info->si_code == BUS_MCEERR_AO) {
     // Asynchronous: the interrupted thread may hold any lock (the address index's
     // too), so nothing is looked up here. The poise thread finds the mapping.
+    // Only where the kernel chose poise's own thread for the early notice (it
+    // asked for them: PR_MCE_KILL_EARLY), idle and so holding nothing, is the
+    // address looked up now, so that a notice for memory that is not poise's
+    // goes on to the application's handler instead of being swallowed.
+    if (machine_check_thread_idle && !in_device_view(addr) && !mapping::find_mapping_at(addr)) {
+      return FaultOutcome{FaultOutcome::NotOurs};
+    }
     const unsigned lsb = info->si_addr_lsb >= 12 && info->si_addr_lsb < 48 ? info->si_addr_lsb : 12;
     queue_async(addr, 1ull << lsb);
     return FaultOutcome{FaultOutcome::Retry};
@@ -262,8 +293,18 @@ void start_machine_check_thread() {
   if (async_thread_pid.load(std::memory_order_acquire) == ::getpid()) return;
   std::lock_guard lock(start_mutex);
   if (async_thread_pid.load(std::memory_order_acquire) == ::getpid()) return;
-  // In a child made by fork(), the parent's queue means nothing here.
+  // In a child made by fork(), the parent's queue and watched devices mean
+  // nothing here (the parent's device memory is not inherited).
   for (AsyncNotice& slot : async_notices) slot.state.store(kEmpty, std::memory_order_relaxed);
+  {
+    std::lock_guard lock(watched_mutex);
+    for (WatchedDevice& w : watched) {
+      w.base.store(0, std::memory_order_release);
+      w.size.store(0, std::memory_order_release);
+      w.device = nullptr;
+      w.count = w.busy = 0;
+    }
+  }
   const int fd = ::eventfd(0, EFD_CLOEXEC);
   POISE_ASSERT(fd >= 0);
   std::thread(run_async_notices, fd).detach();  // lives as long as the process
@@ -292,11 +333,14 @@ void watch_device(Device& device) {
 }
 
 void unwatch_device(Device& device) {
-  std::lock_guard lock(watched_mutex);  // a notice in progress ends first
+  std::unique_lock lock(watched_mutex);
   for (WatchedDevice& w : watched) {
     if (w.device != &device || --w.count > 0) continue;
     w.base.store(0, std::memory_order_release);
     w.size.store(0, std::memory_order_release);
+    // A notice being told to it ends first, unless this is that notice's own
+    // thread (a holder's callback unmounting), which must not wait for itself.
+    if (!telling_device) watched_idle.wait(lock, [&] { return w.busy == 0; });
     w.device = nullptr;
   }
 }

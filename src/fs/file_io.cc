@@ -253,30 +253,30 @@ uint64_t FsImpl::blocks_needed_for_store(const Inode& inode, FileBlock first, ui
   return need;
 }
 
-bool FsImpl::store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offset,
-                       const std::byte* src, size_t length, Fill fill, DevBlock old) {
+Result<void> FsImpl::store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offset,
+                               const std::byte* src, size_t length, Fill fill, DevBlock old) {
   uint64_t run_start = fb.value() * kBlockSize;
   uint64_t run_end = run_start + count * kBlockSize;
   uint64_t a = std::max(offset, run_start);
   uint64_t b = std::min(offset + length, run_end);
   POISE_ASSERT(a < b);
   auto dev_at = [&](uint64_t file_byte) { return dev.value() * kBlockSize + (file_byte - run_start); };
-  auto gap = [&](uint64_t from, uint64_t to) {
-    if (from >= to || fill == Fill::InPlace) return true;
+  auto gap = [&](uint64_t from, uint64_t to) -> Result<void> {
+    if (from >= to || fill == Fill::InPlace) return {};
     POISE_ASSERT(to - from < kBlockSize);
     if (fill == Fill::Zero) {
       device_.fill(dev_at(from), 0, to - from);
-      return true;
+      return {};
     }
     alignas(64) std::byte buf[kBlockSize];
     // The shared block's memory may fail under this copy (a machine check): the
     // copy stops and the write fails, never filling the gap with garbage.
-    if (!device_.read(old.value() * kBlockSize + (from - run_start), buf, to - from).has_value()) return false;
+    TRY(device_.read(old.value() * kBlockSize + (from - run_start), buf, to - from));
     device_.write(dev_at(from), buf, to - from);
-    return true;
+    return {};
   };
   if (fill != Fill::InPlace) device_.prepare_store(dev_at(run_start), run_end - run_start);  // new blocks
-  if (!gap(run_start, a)) return false;
+  TRY(gap(run_start, a));
   if (src != nullptr) {
     device_.write(dev_at(a), src + (a - offset), b - a);
   } else {
@@ -285,12 +285,62 @@ bool FsImpl::store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offs
   return gap(b, run_end);
 }
 
+// A failed copy's error, and the blocks a machine check says are lost (only for
+// EIO: an error such as a removal under way loses nothing).
+FsImpl::CopyFailure FsImpl::copy_failure(Error error, uint64_t dev_offset, uint64_t length) const {
+  CopyFailure out{std::move(error), std::nullopt};
+  if (out.error.code == EIO) out.lost = poisoned_blocks(dev_offset, length);
+  return out;
+}
+
+// The sources of the partial first and last blocks, where they are shared and
+// so copied before the store: read before anything is stored, so that memory
+// failed under them fails the operation while it has changed nothing.
+std::optional<FsImpl::CopyFailure> FsImpl::preflight_copies(const Inode& inode, uint64_t offset, size_t length) {
+  if (length == 0) return std::nullopt;
+  const uint64_t first = offset / kBlockSize, last = (offset + length - 1) / kBlockSize;
+  const uint64_t edges[] = {first, last};
+  for (size_t e = 0; e < (first == last ? 1u : 2u); ++e) {
+    const uint64_t block = edges[e];
+    const uint64_t start = block * kBlockSize, stop = start + kBlockSize;
+    const uint64_t a = std::max(offset, start), b = std::min(offset + length, stop);
+    if (a == start && b == stop) continue;  // covered whole: nothing is copied
+    Lookup lk = inode.extents.lookup(FileBlock(block));
+    if (!lk.mapped || (lk.mapping.flags & format::kExtentUnwritten) != 0) continue;
+    const DevBlock dev = lk.mapping.dev_block + (block - lk.mapping.file_block.value());
+    bool copied = false;
+    {
+      std::lock_guard lock(space_mutex_);
+      ownership_.visit(DevRun{dev, 1}, [&](DevRun, const std::vector<Owner>& owners) {
+        const bool bad = std::any_of(owners.begin(), owners.end(), [](const Owner& o) { return o.is_bad(); });
+        copied = owners.size() > 1 && !bad;  // a lost block is rewritten whole, not copied
+      });
+    }
+    if (!copied) continue;
+    alignas(64) std::byte buf[kBlockSize];
+    for (auto [from, to] : {std::pair{start, a}, std::pair{b, stop}}) {
+      if (from >= to) continue;
+      const uint64_t at = dev.value() * kBlockSize + (from - start);
+      if (auto read = device_.read(at, buf, to - from); !read.has_value()) {
+        return copy_failure(std::move(read).error(), at, to - from);
+      }
+    }
+  }
+  return std::nullopt;
+}
+
 uint64_t FsImpl::store_locked(Inode& inode, uint64_t offset, const std::byte* src, size_t length,
-                              Records* records, bool* fresh, std::optional<DevRun>* copy_failed) {
+                              Records* records, bool* fresh, std::optional<CopyFailure>* copy_failed) {
   const uint64_t ino = inode.ino.value();
   uint64_t pos = offset / kBlockSize;
   const uint64_t end = ceil_blocks(offset + length);
   mappings_->wait_for_pins(inode.ino, pos, end - pos);  // a pinned range's bytes stay put
+  if (copy_failed != nullptr) {
+    *copy_failed = preflight_copies(inode, offset, length);
+    if (*copy_failed) return 0;
+  }
+  const size_t records_before = records->size();
+  std::vector<DevRun> allocated_runs;  // given back if a copy fails after all
   uint64_t allocated = 0;
   std::optional<DevBlock> hint;
   if (pos > 0) {
@@ -301,18 +351,21 @@ uint64_t FsImpl::store_locked(Inode& inode, uint64_t offset, const std::byte* sr
   auto allocate_into = [&](uint64_t fb, uint64_t count, Fill fill, DevBlock old) {
     for (uint64_t done = 0; done < count && !failed;) {
       DevRun run = allocate_reserved(count - done, hint);
+      allocated_runs.push_back(run);
       const DevBlock from = old + done;
-      const bool stored = store_run(run.start, FileBlock(fb + done), run.count, offset, src, length, fill, from);
+      auto stored = store_run(run.start, FileBlock(fb + done), run.count, offset, src, length, fill, from);
       records->push_back(format::ExtentRecord{ino, fb + done, run.start.value(),
                                               static_cast<uint32_t>(run.count), 0});
       allocated += run.count;
       hint = run.end();
       done += run.count;
-      if (!stored) {
+      if (!stored.has_value()) {
+        // The source failed between the preflight and the copy: nothing of this
+        // call is kept (its records go, its blocks go back). Bytes it already
+        // stored in place stay, as after a write cut short.
         POISE_ASSERT(copy_failed != nullptr);  // only a partial block is copied
         failed = true;
-        *copy_failed = poisoned_blocks(from.value() * kBlockSize, run.count * kBlockSize);
-        if (!*copy_failed) *copy_failed = DevRun{from, run.count};
+        *copy_failed = copy_failure(std::move(stored).error(), from.value() * kBlockSize, run.count * kBlockSize);
       }
     }
     *fresh = true;
@@ -343,7 +396,7 @@ uint64_t FsImpl::store_locked(Inode& inode, uint64_t offset, const std::byte* sr
     }
     uint64_t covered = 0;
     for (const auto& [r, owners, bad] : parts) {
-      if (failed) return allocated;
+      if (failed) break;
       uint64_t fb = pos + (r.start - m.dev_block);
       covered += r.count;
       if (bad) {  // lost memory: a whole-block rewrite relocates it
@@ -351,16 +404,21 @@ uint64_t FsImpl::store_locked(Inode& inode, uint64_t offset, const std::byte* sr
       } else if (owners > 1) {  // shared by reflink: copy on write
         allocate_into(fb, r.count, unwritten ? Fill::Zero : Fill::CopyFrom, r.start);
       } else if (unwritten) {
-        store_run(r.start, FileBlock(fb), r.count, offset, src, length, Fill::Zero, DevBlock(0));
+        (void)store_run(r.start, FileBlock(fb), r.count, offset, src, length, Fill::Zero, DevBlock(0));  // copies nothing
         records->push_back(format::ExtentRecord{ino, fb, r.start.value(), static_cast<uint32_t>(r.count), 0});
         *fresh = true;
       } else {
-        store_run(r.start, FileBlock(fb), r.count, offset, src, length, Fill::InPlace, DevBlock(0));
+        (void)store_run(r.start, FileBlock(fb), r.count, offset, src, length, Fill::InPlace, DevBlock(0));  // nor this
       }
     }
+    if (failed) break;
     POISE_ASSERT(covered == n);  // every mapped block has an owner
     hint = m.dev_block + n;
     pos += n;
+  }
+  if (failed) {
+    for (const DevRun& run : allocated_runs) return_blocks(run);
+    records->resize(records_before);
   }
   return allocated;
 }
@@ -407,7 +465,7 @@ Result<size_t> FsImpl::write(InodeNumber ino, uint64_t offset, std::span<const s
 
 Result<size_t> FsImpl::write_chunk(InodeNumber ino, uint64_t offset, const std::byte* src, size_t length,
                                    const uint64_t* restore_changes) {
-  std::optional<DevRun> consumed;
+  std::optional<DevRun> consumed;  // memory that failed under a copy on write
   auto written = write_chunk_locked(ino, offset, src, length, restore_changes, &consumed);
   if (consumed) {  // as a read reports it: every owner is told, the block recorded bad
     (void)device_.notify_failure(consumed->start.value() * kBlockSize, consumed->count * kBlockSize,
@@ -443,13 +501,14 @@ Result<size_t> FsImpl::write_chunk_locked(InodeNumber ino, uint64_t offset, cons
   TRY(reserve_blocks(need));
   Records records;
   bool fresh = false;
-  uint64_t used = store_locked(*inode, offset, src, length, &records, &fresh, consumed);
+  std::optional<CopyFailure> copy_failed;
+  uint64_t used = store_locked(*inode, offset, src, length, &records, &fresh, &copy_failed);
   POISE_ASSERT(used <= need);
   unreserve_blocks(need - used);
-  if (*consumed) {
-    give_back_fresh_blocks(records);  // the copies, never committed
-    return fail(EIO, "inode " + std::to_string(ino.value()) + ": the memory of a shared block failed under its copy "
-                         "on write (device block " + std::to_string((*consumed)->start.value()) + ")");
+  if (copy_failed) {  // nothing of this chunk is committed; its copies were given back
+    *consumed = copy_failed->lost;
+    return fail(copy_failed->error.code, "inode " + std::to_string(ino.value()) + ": a shared block could not be "
+                                            "copied before the write: " + copy_failed->error.message);
   }
   if (!restore) {  // a restore brings back bytes the file had: its size and times stay
     format::InodeCore core = inode->core;
@@ -492,14 +551,16 @@ Result<void> FsImpl::zero_partial_block(Inode& inode, uint64_t offset, uint64_t 
   if (bad_overlap(lk.mapping.dev_block, 1)) return {};  // lost already: nothing to zero
   uint64_t need = blocks_needed_for_store(inode, FileBlock(offset / kBlockSize), 1);
   TRY(reserve_blocks(need));
-  std::optional<DevRun> copy_failed;
+  std::optional<CopyFailure> copy_failed;
   uint64_t used = store_locked(inode, offset, nullptr, length, records, fresh, &copy_failed);
   unreserve_blocks(need - used);
   if (copy_failed) {
-    // The caller gives back the copy. The failure itself is recorded when the
-    // block is next read (the read takes the machine check again and reports it).
-    return fail(EIO, "inode " + std::to_string(inode.ino.value()) + ": the memory of a shared block failed under "
-                         "its copy on write (device block " + std::to_string(copy_failed->start.value()) + ")");
+    // Nothing of this block is kept (its copy went back). The failure itself is
+    // recorded when the block is next read (the read takes the machine check
+    // again and reports it): the caller holds the file's lock here.
+    return fail(copy_failed->error.code, "inode " + std::to_string(inode.ino.value()) +
+                                             ": a shared block could not be copied to zero part of it: " +
+                                             copy_failed->error.message);
   }
   return {};
 }

@@ -395,16 +395,24 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Appends the mapping records; sets *fresh when new blocks hold data that must
   // be fenced before the records commit. REQUIRES: inode.lock held exclusively,
   // enough blocks reserved.
-  // Returns the blocks it allocated from the reservation. When the memory of a
-  // shared block fails under its copy (a machine check), it stops, sets
-  // *copy_failed to the failed blocks and leaves the caller to give back the
-  // fresh blocks in *records and fail; a caller whose stores cover whole blocks
+  // Returns the blocks it allocated from the reservation. The sources of the
+  // partial first and last blocks, where shared, are read first: when one
+  // cannot be read (memory failed under it), *copy_failed says why and nothing
+  // was stored. A source that fails only during the copy ends the store: the
+  // records this call appended are dropped and its blocks given back (bytes
+  // already stored in place stay). A caller whose stores cover whole blocks
   // (nothing is copied) may pass nullptr.
+  struct CopyFailure {
+    Error error;
+    std::optional<DevRun> lost;  // what a machine check lost (EIO only)
+  };
   uint64_t store_locked(Inode& inode, uint64_t offset, const std::byte* src, size_t length,
-                        Records* records, bool* fresh, std::optional<DevRun>* copy_failed = nullptr);
-  // False when the copy from `old` failed (the new blocks then hold garbage).
-  bool store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offset, const std::byte* src,
-                 size_t length, Fill fill, DevBlock old);
+                        Records* records, bool* fresh, std::optional<CopyFailure>* copy_failed = nullptr);
+  CopyFailure copy_failure(Error error, uint64_t dev_offset, uint64_t length) const;
+  std::optional<CopyFailure> preflight_copies(const Inode& inode, uint64_t offset, size_t length);
+  // An error when the copy from `old` failed (the new blocks then hold garbage).
+  Result<void> store_run(DevBlock dev, FileBlock fb, uint64_t count, uint64_t offset, const std::byte* src,
+                         size_t length, Fill fill, DevBlock old);
   // Before the file grows to `new_size`: zeroes its last block past the current
   // end, where a store through a mapping may have left bytes (the file must
   // show zeros there once it grows, as XFS zeroes the EOF block). Its own

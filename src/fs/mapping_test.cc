@@ -493,8 +493,12 @@ TEST_F(MappingTest, AMachineCheckNamedAtTheDevicesOwnViewReachesTheFilesystem) {
     }
     return false;
   };
-  for (int i = 0; i < 500 && !bad_at(lost); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // Recorded first, then revoked and told: wait for the owner's notice too.
+  for (int i = 0; i < 500 && (!bad_at(lost) || inbox.of("v").empty()); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   EXPECT_TRUE(bad_at(lost));
+  EXPECT_FALSE(bad_at(lost + kPage)) << "an address inside the page marked the next block too";
   auto got = inbox.of("v");
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].file_offset, kPage);
@@ -506,6 +510,7 @@ TEST_F(MappingTest, AMachineCheckNamedAtTheDevicesOwnViewReachesTheFilesystem) {
   raise(early, BUS_MCEERR_AO);
   for (int i = 0; i < 500 && !bad_at(early); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_TRUE(bad_at(early));
+  EXPECT_FALSE(bad_at(early + kPage)) << "an unaligned address marked the next block too";
   EXPECT_EQ(read_range(*fs_, "/v", 3 * kPage, 1).error().code, EIO);
   EXPECT_EQ(*read_range(*fs_, "/v", 2 * kPage, 1), pattern('v', 4 * kPage).substr(2 * kPage, 1));
   m.unmap();

@@ -95,6 +95,60 @@ TEST_F(FsTest, MemoryFailingUnderACopyOnWriteFailsTheWriteAndIsRecorded) {
   expect_clean();
 }
 
+// The review's cases: a failed copy must change nothing and give back exactly
+// what it took. (1) A write over a reserved-but-unwritten extent and a failing
+// shared block: the file's own blocks stay its own (they were handed to free
+// space, so two files could share them). (2) A truncate that must copy a
+// failing shared block: nothing leaks. (3) A write whose first block is the
+// file's own and whose last is a failing shared one: the first is unchanged.
+TEST_F(FsTest, AFailedCopyOnWriteChangesNothingAndGivesBackOnlyWhatItTook) {
+  const std::string data(3 * 4096, 'q');
+  write_file(*fs_, "/src", data);
+  const InodeNumber src = *fs_->lookup("/src");
+  // Each case copies its own shared block, so none was recorded bad by another.
+  auto poisoned_clone = [&](const std::string& path, uint64_t src_block, uint64_t dst_block) {
+    if (!fs_->lookup(path)) {
+      EXPECT_TRUE(fs_->create(path).has_value());
+    }
+    const InodeNumber ino = *fs_->lookup(path);
+    EXPECT_TRUE(fs_->clone_range(src, src_block * 4096, ino, dst_block * 4096, 4096).has_value());
+    EXPECT_TRUE(device_->inject_poison(device_offset_of(*fs_, path, dst_block * 4096) + 2048, 64).has_value());
+    return ino;
+  };
+  // (1)
+  ASSERT_OK(fs_->create("/f"));
+  ASSERT_OK(fs_->fallocate(*fs_->lookup("/f"), 0, 2 * 4096, FallocateMode::ExtendSize));
+  const InodeNumber f = poisoned_clone("/f", 0, 2);
+  uint64_t free_before = fs_->info().free_bytes;
+  auto written = fs_->write(f, 100, as_bytes(std::string(2 * 4096 - 100 + 10, 'w')));
+  ASSERT_FALSE(written.has_value());
+  EXPECT_EQ(written.error().code, EIO) << written.error().message;
+  EXPECT_EQ(fs_->info().free_bytes, free_before);
+  EXPECT_EQ(*read_range(*fs_, "/f", 0, 4096), std::string(4096, '\0')) << "the unwritten extent changed";
+  expect_clean();
+  // (2)
+  const InodeNumber g = poisoned_clone("/g", 1, 0);
+  free_before = fs_->info().free_bytes;
+  auto cut = fs_->truncate(g, 3000);  // keeps bytes 0..3000, which hold the failed line
+  ASSERT_FALSE(cut.has_value());
+  EXPECT_EQ(cut.error().code, EIO) << cut.error().message;
+  EXPECT_EQ(fs_->info().free_bytes, free_before);
+  EXPECT_EQ(fs_->stat(g)->size_bytes, 4096u);
+  expect_clean();
+  // (3)
+  write_file(*fs_, "/h", std::string(2 * 4096, 'o'));
+  const InodeNumber h = poisoned_clone("/h", 2, 2);
+  free_before = fs_->info().free_bytes;
+  auto mixed = fs_->write(h, 4000, as_bytes(std::string(5192, 'm')));  // blocks 0, 1 (own), 2 (shared) up to 1000
+  ASSERT_FALSE(mixed.has_value());
+  EXPECT_EQ(mixed.error().code, EIO) << mixed.error().message;
+  EXPECT_EQ(*read_range(*fs_, "/h", 0, 2 * 4096), std::string(2 * 4096, 'o')) << "a failed write changed the file";
+  EXPECT_EQ(fs_->info().free_bytes, free_before);
+  expect_clean();
+  remount();
+  expect_clean();
+}
+
 TEST_F(FsTest, CloneRangeAlignmentAndSharing) {
   std::string data(5 * 4096 + 100, 's');
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>('a' + i / 4096);

@@ -10,8 +10,9 @@
 # once with `apt-get download` into BUILD_DIR/qemu/.
 #
 # Two boots share the NVDIMMs' backing files: the first formats and runs every
-# check (tests/qemu/guest.sh), the second is a power cycle that checks what the
-# first left is still there. Prints one line per check ("ok - ..." or
+# check (tests/qemu/guest.sh), the second is a reboot that checks that what the
+# first left on the device is found again (the backing files are mapped shared,
+# so this is not a test of unflushed stores). Prints one line per check ("ok - ..." or
 # "not ok - ..."); exits non-zero if any check failed or a guest did not finish.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +21,7 @@ work=$build/qemu
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 
-for tool in qemu-system-x86_64 busybox ndctl cpio depmod; do
+for tool in qemu-system-x86_64 busybox ndctl cpio apt-get dpkg-deb; do
   command -v "$tool" >/dev/null || { echo "qemu: $tool is missing (run scripts/setup)" >&2; exit 2; }
 done
 [ -x "$build/src/cli/poise" ] && [ -x "$build/tests/dax_guest_test" ] || {
@@ -29,13 +30,24 @@ done
 }
 
 # --- the kernel: Debian's linux-image-amd64, as the archive has it ----------
+download() {  # download PACKAGE into $work; the package lists are refreshed once if it is not found
+  (cd "$work" && apt-get download "$1" 2>"$work/apt.err") && return 0
+  echo "qemu: apt-get download $1 failed ($(grep -v '^W:' "$work/apt.err" | head -n 1)); refreshing the package lists"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  (cd "$work" && apt-get download "$1" 2>"$work/apt.err") && return 0
+  echo "qemu: cannot fetch $1 from Debian's archive: $(grep -v '^W:' "$work/apt.err" | head -n 3)" >&2
+  exit 2
+}
 kernel_deb=$(ls "$work"/linux-image-[0-9]*-amd64_*.deb 2>/dev/null | head -n1 || true)
 if [ -z "$kernel_deb" ]; then
   echo "qemu: fetching Debian's kernel package"
-  (cd "$work" && apt-get download linux-image-amd64 2>/dev/null)
+  download linux-image-amd64
   meta=$(ls "$work"/linux-image-amd64_*.deb | head -n1)
   package=$(dpkg-deb -f "$meta" Depends | grep -o 'linux-image-[0-9][^ ,]*' | head -n1)
-  (cd "$work" && apt-get download "$package" 2>/dev/null)
+  [ -n "$package" ] || { echo "qemu: linux-image-amd64 names no kernel package" >&2; exit 2; }
+  download "$package"
   kernel_deb=$(ls "$work"/linux-image-[0-9]*-amd64_*.deb | head -n1)
 fi
 kroot=$work/kernel
@@ -45,7 +57,6 @@ if [ ! -d "$kroot/boot" ]; then
 fi
 kver=$(ls "$kroot/lib/modules" | head -n1)
 vmlinuz=$kroot/boot/vmlinuz-$kver
-depmod -b "$kroot" "$kver"
 
 # --- the initramfs: busybox, ndctl, poise and the libraries they load --------
 ir=$work/initramfs
@@ -62,11 +73,16 @@ copy_with_libraries() {
   done
 }
 copy_with_libraries "$(command -v ndctl)" "$build/src/cli/poise" "$build/tests/dax_guest_test"
-# The modules in the order they load (each after what it needs).
+# The modules in the order they load (each after what it needs); a kernel that
+# ships them compressed has them unpacked here (busybox's insmod takes plain ones).
 for module in libnvdimm nfit nd_btt nd_pmem device_dax dax_pmem hwpoison-inject; do
-  file=$(find "$kroot/lib/modules/$kver" -name "$module.ko" | head -n1)
-  [ -n "$file" ] || { echo "qemu: kernel $kver has no module $module" >&2; exit 2; }
-  cp "$file" "$ir/modules/"
+  file=$(find "$kroot/lib/modules/$kver" -name "$module.ko" -o -name "$module.ko.xz" -o -name "$module.ko.zst" | head -n1)
+  case "$file" in
+    *.ko) cp "$file" "$ir/modules/" ;;
+    *.ko.xz) xz -dc "$file" >"$ir/modules/$module.ko" ;;
+    *.ko.zst) zstd -qdc "$file" >"$ir/modules/$module.ko" ;;
+    *) echo "qemu: kernel $kver has no module $module" >&2; exit 2 ;;
+  esac
 done
 cp tests/qemu/guest.sh "$ir/guest.sh"
 cat > "$ir/init" <<'EOF'
