@@ -448,6 +448,30 @@ cmp -s "$WORK/out" "$WORK/wb.bin" && ok || bad "after fsync poise must hold the 
 if fio --name=wb --directory="$MNT/wb" --ioengine=psync --rw=randwrite --bs=4k --size=16m --numjobs=2 \
     --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 --group_reporting >"$WORK/fio.out" 2>&1 &&
     grep -q "err= 0" "$WORK/fio.out"; then ok; else bad "fio under writeback: $(grep -i 'err=\|verify' "$WORK/fio.out" | head -3)"; fi
+# The kernel keeps its own size of every file it knows under writeback: other
+# paths may not change such a file's data or size (before, a CLI reflink over
+# a file the mount knew left the kernel's old size, and an append landed in
+# the middle of the new data).
+printf 'hello world\n' >"$MNT/wb/ap"
+cat "$MNT/wb/ap" >/dev/null
+expect 9 "$POISE" reflink "$IMG" /wb/small-writes /wb/ap
+contains "$WORK/err" "-o writeback"
+expect 9 "$POISE" truncate "$IMG" /wb/ap 3
+echo APPENDED >>"$MNT/wb/ap"
+[ "$(cat "$MNT/wb/ap")" = "$(printf 'hello world\nAPPENDED')" ] && ok || bad "append under writeback: $(cat "$MNT/wb/ap")"
+expect 0 "$POISE" put "$IMG" "$WORK/wb.bin" /wb/ap  # a new file under the name: the kernel looks it up anew
+eventually "a file replaced through the CLI shows under writeback" cmp -s "$MNT/wb/ap" "$WORK/wb.bin"
+echo MORE >>"$MNT/wb/ap"
+expect 0 "$POISE" cat "$IMG" /wb/ap --offset 1228800
+[ "$(cat "$WORK/out")" = "" ] || [ "$(cat "$WORK/out")" = "MORE" ] && ok || bad "an append after the replace: $(head -c 40 "$WORK/out")"
+mkfifo "$MNT/wb/held-fifo"
+exec 9<>"$MNT/wb/held-fifo"
+rm "$MNT/wb/held-fifo"
+echo through >&9
+read -r line <&9
+[ "$line" = through ] && ok || bad "an unlinked FIFO still open must carry data"
+stat -L /proc/self/fd/9 >/dev/null 2>&1 && ok || bad "fstat of an unlinked FIFO still open failed (the inode was freed under the kernel)"
+exec 9>&-
 printf 'unsynced' >"$MNT/wb/late"
 umount_img  # the unmount writes back what the kernel kept
 expect 0 "$POISE" cat "$IMG" /wb/late

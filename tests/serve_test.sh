@@ -55,6 +55,12 @@ contains "$WORK/err" "/d/missing"
 expect 8 "$POISE" rm "$IMG" /d
 expect 7 "$POISE" mkdir "$IMG" /d
 expect 8 "$POISE" rm "$IMG" / -r
+# A path longer than PATH_MAX: ENAMETOOLONG, as on the image itself (before,
+# the server took the message as malformed and dropped the client).
+LONG=$(printf '/aaaaaaaaaa%.0s' $(seq 420))
+expect 8 "$POISE" mkdir "$IMG" "$LONG"
+contains "$WORK/err" "path longer than 4096 bytes"
+expect 0 "$POISE" ls "$IMG" /d
 for c in "ls $IMG /d -l" "ls $IMG / --json" "stat $IMG /d/copy" "cat $IMG /d/hi" "fsmap $IMG" "check $IMG"; do
   "$POISE" $c >"$WORK/served.$(echo "$c" | tr ' /' '__')" 2>&1
   echo $? >>"$WORK/served.$(echo "$c" | tr ' /' '__')"
@@ -137,6 +143,9 @@ if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
   expect 0 "$POISE" put "$IMG" "$WORK/hello" /pub/roots
   expect 0 "$POISE" put "$IMG" "$WORK/hello" /closed/inner
   expect 0 "${AS_NOBODY[@]}" "$POISE" ls "$IMG" /
+  # Every entry is listed (ls names each by number once it is listed; before,
+  # another user's ls printed nothing and exited 0).
+  for name in pub/ closed/ secret; do contains "$WORK/out" "$name"; done
   expect 11 "${AS_NOBODY[@]}" "$POISE" cat "$IMG" /secret
   # Special files through the socket: nobody may make a FIFO where it may
   # write, never a device node (mknod(2)'s CAP_MKNOD rule); root may.

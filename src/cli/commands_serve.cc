@@ -161,6 +161,12 @@ int serve_foreground(const Args& a, const serve::ServerOptions& base,
       std::lock_guard lock(slot->mutex);
       slot->mount = std::move(*mounted);
     }
+    if (mount->writeback) {
+      (*server)->set_kernel_owns_size([slot](uint64_t ino) {
+        std::lock_guard lock(slot->mutex);
+        return slot->mount != nullptr && slot->mount->kernel_owns_size(ino);
+      });
+    }
     (*server)->log(fmt::format("mounted on {} (FUSE{}{}{}{}{}, cache {} s)", a.mount_dir,
                                mount->read_only ? ", read-only" : "", mount->allow_other ? ", allow_other" : "",
                                mount->writeback ? ", writeback" : "", mount->dev ? ", dev" : ", nodev",

@@ -93,7 +93,7 @@ fuse_entry_param entry_of(Mount& m, const Stat& st) {
   e.attr = to_stat(st);
   e.attr_timeout = m.options().cache_seconds;
   e.entry_timeout = m.options().cache_seconds;
-  m.remember(e.ino);
+  m.remember(e.ino, is_special(st.type));
   return e;
 }
 
@@ -670,6 +670,13 @@ Mount::~Mount() {
     fuse_session_destroy(session_);
   }
   if (stop_fd_ >= 0) ::close(stop_fd_);
+  // The kernel knows nothing of this mount any more: the special files it held go.
+  std::unordered_set<uint64_t> held;
+  {
+    std::lock_guard lock(known_mutex_);
+    held.swap(held_);
+  }
+  for (uint64_t ino : held) fs_.release(InodeNumber(ino));
 }
 
 void Mount::serve_requests() {
@@ -699,21 +706,32 @@ void Mount::serve_requests() {
   std::free(buf.mem);
 }
 
-void Mount::remember(uint64_t ino) {
+void Mount::remember(uint64_t ino, bool special) {
   std::lock_guard lock(known_mutex_);
-  ++known_[ino];
+  if (++known_[ino] == 1 && special && fs_.retain(InodeNumber(ino)).has_value()) held_.insert(ino);
 }
 
 void Mount::forget(uint64_t ino, uint64_t count) {
-  std::lock_guard lock(known_mutex_);
-  auto it = known_.find(ino);
-  if (it == known_.end()) return;
-  if (it->second <= count) {
-    known_.erase(it);
-    served_.forget(ino);  // the kernel has no page of it any more
-  } else {
-    it->second -= count;
+  bool release = false;
+  {
+    std::lock_guard lock(known_mutex_);
+    auto it = known_.find(ino);
+    if (it == known_.end()) return;
+    if (it->second <= count) {
+      known_.erase(it);
+      served_.forget(ino);  // the kernel has no page of it any more
+      release = held_.erase(ino) != 0;
+    } else {
+      it->second -= count;
+    }
   }
+  if (release) fs_.release(InodeNumber(ino));  // an unlinked special file is freed now
+}
+
+bool Mount::kernel_owns_size(uint64_t ino) {
+  if (!options_.writeback) return false;
+  std::lock_guard lock(known_mutex_);
+  return known_.count(ino) != 0;
 }
 
 // --- invalidation ------------------------------------------------------------------

@@ -54,6 +54,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "fuse/served_pages.h"
@@ -111,8 +112,14 @@ class Mount {
   // Used by the request handlers (mount.cc).
   Filesystem& fs() { return fs_; }
   const MountOptions& options() const { return options_; }
-  void remember(uint64_t ino);                 // the kernel got a reference to it
+  // The kernel got a reference to it. A special file is kept (Filesystem::retain)
+  // while the kernel knows it: the kernel opens FIFOs and device nodes without
+  // asking, so an unlinked one still in use must not be freed under it.
+  void remember(uint64_t ino, bool special = false);
   void forget(uint64_t ino, uint64_t count);   // ... and dropped `count` of them
+  // With -o writeback: whether the kernel keeps its own size of `ino` (it knows
+  // the inode), so that no other path may change that file's size or data.
+  bool kernel_owns_size(uint64_t ino);
   // Drops the kernel's pages and attributes of `ino` (asynchronously).
   void invalidate(uint64_t ino);
   // The pages the kernel got from this mount, for restores (ServedPages).
@@ -145,6 +152,7 @@ class Mount {
 
   std::mutex known_mutex_;
   std::unordered_map<uint64_t, uint64_t> known_;  // inode -> the kernel's references
+  std::unordered_set<uint64_t> held_;  // special files retained while known (guarded by known_mutex_)
 
   ServedPages served_;  // what vouches for the kernel's cached pages (restore_from)
 

@@ -152,7 +152,10 @@ class Decoder {
   bool i32(int32_t* v);
   // A length-prefixed field of at most `max` bytes (a view into the body).
   bool bytes(std::span<const std::byte>* out, uint32_t max);
-  bool string(std::string* out, uint32_t max = kPathBytesMax);
+  // A string (a path, a name) of any length the body holds: the operation
+  // answers ENAMETOOLONG for one that is too long, as the kernel does, rather
+  // than the message being taken as malformed.
+  bool string(std::string* out, uint32_t max = kBodyBytesMax);
   bool stat(Stat* st);
   bool fsmap_record(FsmapRecord* r);
   bool strings(std::vector<std::string>* list);

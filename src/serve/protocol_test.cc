@@ -104,7 +104,12 @@ TEST(Protocol, LengthsBeyondTheBodyOrTheLimitAreRefused) {
   big.string(std::string(kPathBytesMax + 1, 'p'));
   const auto& f2 = big.finish();
   Decoder d2{std::span(f2).subspan(kHeaderBytes)};
-  EXPECT_FALSE(d2.string(&s)) << "a path longer than PATH_MAX was accepted";
+  EXPECT_FALSE(d2.string(&s, kPathBytesMax)) << "a string past its given limit was accepted";
+  // By default a string may be as long as the body: an operation on a path
+  // longer than PATH_MAX answers ENAMETOOLONG instead of being malformed.
+  Decoder d2b{std::span(f2).subspan(kHeaderBytes)};
+  EXPECT_TRUE(d2b.string(&s));
+  EXPECT_EQ(s.size(), kPathBytesMax + 1);
 
   Encoder many(Op::Check, 1);
   many.u32(1000000);  // a million strings in a body of 4 bytes

@@ -322,6 +322,15 @@ class Handler {
   // the kernel's file_remove_privs does: the set-user-ID bit (and set-group-ID
   // with group execute) unless the caller is privileged, and a file capability
   // whoever the caller is.
+  // Under a FUSE mount with -o writeback the kernel keeps its own size of every
+  // file it knows: such a file's data and size change only through the mount.
+  Result<void> not_in_writeback_cache(InodeNumber ino) {
+    if (server_ == nullptr || !server_->kernel_owns_size(ino.value())) return {};
+    return fail(EBUSY, "inode " + std::to_string(ino.value()) +
+                           " is in use through a mount with -o writeback, whose kernel keeps its own size of it: "
+                           "change it through the mount");
+  }
+
   Result<void> drop_privileges(InodeNumber ino, const Stat& st) {
     if (st.type != FileType::Regular) return {};  // the operation itself refuses the rest
     uint32_t mode = st.mode;
@@ -505,6 +514,9 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       if (!in.string(&path) || !in.u64(&a)) return bad();
       TRY(access_.may_use(path, 4));
       auto entries = TRY(fs_.readdir(path));
+      // One who may also search the directory reaches each entry by its path
+      // (stat of DIR/NAME): it may then name them by number too, as `ls -l` does.
+      const bool searchable = access_.may_use(path, 1).has_value();
       uint32_t n = 0;
       size_t bytes = 0;
       Encoder page(Op::Readdir, 0);
@@ -513,6 +525,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
         page.string(entries[i].name);
         page.u64(entries[i].ino.value());
         page.u8(static_cast<uint8_t>(entries[i].type));
+        if (searchable && entries[i].name != "." && entries[i].name != "..") c_.reached.insert(entries[i].ino.value());
         bytes += entries[i].name.size() + 13;
       }
       out.u32(n);
@@ -551,22 +564,26 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     case Op::Write: {
       std::span<const std::byte> data;
       if (!in.u64(&a) || !in.u64(&b) || !in.bytes(&data, kDataBytesMax)) return bad();
+      TRY(not_in_writeback_cache(InodeNumber(a)));
       TRY(drop_privileges(InodeNumber(a), TRY(access_.may_use(InodeNumber(a), 2))));
       out.u64(TRY(fs_.write(InodeNumber(a), b, data)));
       return {};
     }
     case Op::Truncate:
       if (!in.u64(&a) || !in.u64(&b)) return bad();
+      TRY(not_in_writeback_cache(InodeNumber(a)));
       TRY(drop_privileges(InodeNumber(a), TRY(access_.may_use(InodeNumber(a), 2))));
       return fs_.truncate(InodeNumber(a), b);
     case Op::Fallocate: {
       uint8_t keep = 0;
       if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c) || !in.u8(&keep) || keep > 1) return bad();
+      TRY(not_in_writeback_cache(InodeNumber(a)));
       TRY(drop_privileges(InodeNumber(a), TRY(access_.may_use(InodeNumber(a), 2))));
       return fs_.fallocate(InodeNumber(a), b, c, keep ? FallocateMode::KeepSize : FallocateMode::ExtendSize);
     }
     case Op::PunchHole:
       if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c)) return bad();
+      TRY(not_in_writeback_cache(InodeNumber(a)));
       TRY(drop_privileges(InodeNumber(a), TRY(access_.may_use(InodeNumber(a), 2))));
       return fs_.punch_hole(InodeNumber(a), b, c);
     case Op::Fsync:
@@ -578,11 +595,13 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     case Op::Reflink:
       if (!in.u64(&a) || !in.u64(&b)) return bad();
       TRY(access_.may_use(InodeNumber(a), 4));
+      TRY(not_in_writeback_cache(InodeNumber(b)));
       TRY(drop_privileges(InodeNumber(b), TRY(access_.may_use(InodeNumber(b), 2))));  // as FICLONE
       return fs_.reflink(InodeNumber(a), InodeNumber(b));
     case Op::CloneRange:
       if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c) || !in.u64(&d) || !in.u64(&e)) return bad();
       TRY(access_.may_use(InodeNumber(a), 4));
+      TRY(not_in_writeback_cache(InodeNumber(c)));
       TRY(drop_privileges(InodeNumber(c), TRY(access_.may_use(InodeNumber(c), 2))));
       return fs_.clone_range(InodeNumber(a), b, InodeNumber(c), d, e);
     case Op::Fsmap: {
@@ -680,6 +699,7 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       uint8_t writable = 0;
       if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c) || !in.u8(&writable) || writable > 1 || !in.u64(&d)) return bad();
       TRY(may_map());
+      if (writable) TRY(not_in_writeback_cache(InodeNumber(a)));
       if (server_ == nullptr || !has_follow_channel()) {
         return fail(EPROTO, "a mapping needs the follow channel (connect it with Follow first)");
       }

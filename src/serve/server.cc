@@ -145,6 +145,16 @@ nlohmann::json Server::event_json(const FsEvent& e) {
   return j;
 }
 
+void Server::set_kernel_owns_size(std::function<bool(uint64_t)> fn) {
+  std::lock_guard lock(size_owner_mutex_);
+  kernel_owns_size_ = std::move(fn);
+}
+
+bool Server::kernel_owns_size(uint64_t ino) {
+  std::lock_guard lock(size_owner_mutex_);
+  return kernel_owns_size_ && kernel_owns_size_(ino);
+}
+
 size_t Server::subscriber_count() {
   std::lock_guard lock(subscribers_mutex_);
   return subscribers_.size();

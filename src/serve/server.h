@@ -76,8 +76,16 @@ class Server {
   // that cannot take it within a second is dropped.
   void publish(nlohmann::json event);
   size_t subscriber_count();
+  // A FUSE mount with the kernel's writeback cache (-o writeback) names the
+  // inodes whose size the kernel keeps itself: their data and size may then
+  // change only through the mount (EBUSY here), or the kernel would write its
+  // stale size and pages over the change.
+  void set_kernel_owns_size(std::function<bool(uint64_t)> fn);
+  bool kernel_owns_size(uint64_t ino);
 
  private:
+  std::mutex size_owner_mutex_;
+  std::function<bool(uint64_t)> kernel_owns_size_;  // guarded by size_owner_mutex_
   Server(Filesystem& fs, Device& device, ServerOptions options, int listen_fd)
       : fs_(fs), device_(device), options_(std::move(options)), listen_fd_(listen_fd) {}
   nlohmann::json event_json(const FsEvent& event);
