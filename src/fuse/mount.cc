@@ -707,8 +707,18 @@ void Mount::serve_requests() {
 }
 
 void Mount::remember(uint64_t ino, bool special) {
-  std::lock_guard lock(known_mutex_);
-  if (++known_[ino] == 1 && special && fs_.retain(InodeNumber(ino)).has_value()) held_.insert(ino);
+  bool hold = false;
+  {
+    std::lock_guard lock(known_mutex_);
+    hold = ++known_[ino] == 1 && special;
+    if (hold) held_.insert(ino);
+  }
+  // Outside the lock: the core's change listener takes it under the core's own
+  // locks. (The kernel cannot forget the inode before this reference's reply.)
+  if (hold && !fs_.retain(InodeNumber(ino)).has_value()) {
+    std::lock_guard lock(known_mutex_);
+    held_.erase(ino);
+  }
 }
 
 void Mount::forget(uint64_t ino, uint64_t count) {
