@@ -130,6 +130,20 @@ expect 8 "$POISE" rm "$IMG" /keep/..
 expect 3 "$POISE" put "$IMG" "$WORK/old" /newfile/  # no directory /newfile to put into
 expect 3 "$POISE" stat "$IMG" /newfile
 content "$IMG" /keep "$WORK/old"
+# mv can build a tree deeper than any path can name (each part is short enough):
+# rm -r still removes all of it, and nothing else.
+deep_a=/deep$(printf '/dddd%.0s' $(seq 700))
+deep_b=/other$(printf '/eeee%.0s' $(seq 700))
+expect 0 "$POISE" mkdir "$IMG" -p "$deep_a"
+expect 0 "$POISE" mkdir "$IMG" -p "$deep_b"
+expect 0 "$POISE" put "$IMG" "$WORK/old" "$deep_b/leaf"
+expect 0 "$POISE" mv "$IMG" /other "$deep_a/other"
+expect 8 "$POISE" stat "$IMG" "$deep_a/other${deep_b#/other}/leaf"  # longer than PATH_MAX: ENAMETOOLONG
+contains "$WORK/err" "path longer than 4096 bytes"
+expect 0 "$POISE" rm "$IMG" /deep -r
+expect 3 "$POISE" stat "$IMG" /deep
+expect 0 "$POISE" check "$IMG"
+content "$IMG" /keep "$WORK/old"
 
 # --- 5. read-only commands work on an image that cannot be written
 if is_root; then

@@ -162,6 +162,50 @@ int mkdir_p(Filesystem& fs, const std::string& path, uint32_t mode) {
   return kExitOk;
 }
 
+// Removes everything below the directory `top` (shown as `shown`), depth first
+// with a stack of its own. It names each entry by its directory's inode, never
+// by a path: a tree moved under a deep directory can be deeper than the
+// longest path a command could name (PATH_MAX), and still goes.
+int remove_contents(Filesystem& fs, InodeNumber top, const std::string& shown) {
+  struct Level {
+    InodeNumber dir;
+    std::string shown;
+    std::vector<DirEntry> entries;
+    size_t next = 0;
+  };
+  std::vector<Level> stack;
+  auto enter = [&](InodeNumber dir, std::string name) -> int {
+    auto entries = fs.readdir_at(dir);
+    if (!entries.has_value()) return report("rm " + name, entries.error());
+    stack.push_back(Level{dir, std::move(name), std::move(*entries)});
+    return kExitOk;
+  };
+  if (int code = enter(top, shown.ends_with('/') ? shown.substr(0, shown.size() - 1) : shown); code != kExitOk) {
+    return code;
+  }
+  while (!stack.empty()) {
+    Level& level = stack.back();
+    if (level.next == level.entries.size()) {  // emptied: remove it from its parent
+      stack.pop_back();
+      if (stack.empty()) break;  // the top itself is the caller's
+      Level& parent = stack.back();
+      const DirEntry& e = parent.entries[parent.next++];
+      auto r = fs.rmdir_at(parent.dir, e.name);
+      if (!r.has_value()) return report("rm " + parent.shown + "/" + e.name, r.error());
+      continue;
+    }
+    const DirEntry& e = level.entries[level.next];
+    if (e.type == FileType::Directory) {
+      if (int code = enter(e.ino, level.shown + "/" + e.name); code != kExitOk) return code;
+      continue;  // level.next moves on once the child is gone
+    }
+    auto r = fs.unlink_at(level.dir, e.name);
+    if (!r.has_value()) return report("rm " + level.shown + "/" + e.name, r.error());
+    ++level.next;
+  }
+  return kExitOk;
+}
+
 int remove_tree(Filesystem& fs, const std::string& path, bool recursive) {
   auto st = fs.stat(path);
   if (!st.has_value()) return report("rm " + path, st.error());
@@ -177,12 +221,7 @@ int remove_tree(Filesystem& fs, const std::string& path, bool recursive) {
     eprint("poise: rm: {} is a directory (use -r)\n", path);
     return kExitInvalid;
   }
-  auto entries = fs.readdir(path);
-  if (!entries.has_value()) return report("rm " + path, entries.error());
-  std::string prefix = path.ends_with('/') ? path : path + "/";
-  for (const auto& e : *entries) {
-    if (int code = remove_tree(fs, prefix + e.name, true); code != kExitOk) return code;
-  }
+  if (int code = remove_contents(fs, st->ino, path); code != kExitOk) return code;
   auto r = fs.rmdir(path);
   return r.has_value() ? kExitOk : report("rm " + path, r.error());
 }

@@ -28,6 +28,7 @@ const char* block_kind_name(uint32_t kind) {
     case kBlockExtentSection: return "extent map";
     case kBlockBadRangeSection: return "bad-range list";
     case kBlockRefcountSection: return "refcount list";
+    case kBlockRunList: return "checkpoint run list";
   }
   return "unknown";
 }

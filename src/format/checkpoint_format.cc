@@ -1,5 +1,6 @@
 #include "format/checkpoint_format.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -20,6 +21,13 @@ uint32_t section_block_kind(SectionId id) {
   return 0;
 }
 
+namespace {
+bool run_in_area(const BlockRun& run, uint64_t data_start, uint64_t data_end) {
+  return run.block_count != 0 && run.start_block >= data_start && run.start_block < data_end &&
+         run.block_count <= data_end - run.start_block;
+}
+}  // namespace
+
 uint64_t SectionInfo::blocks() const {
   uint64_t n = 0;
   for (const BlockRun& r : runs) n += r.block_count;
@@ -38,13 +46,15 @@ void encode_checkpoint_root(const CheckpointRootInfo& in, uint64_t self_block, s
   root.refcount_count.set(in.refcount_count);
   for (uint32_t s = 0; s < kSectionCount; ++s) {
     const SectionInfo& info = in.sections[s];
-    POISE_ASSERT(info.runs.size() <= kSectionExtentsMax);
+    POISE_ASSERT(info.runs.size() <= UINT32_MAX);
+    POISE_ASSERT(info.list_blocks.size() == run_list_blocks_needed(info.runs.size()));
     root.sections[s].records.set(info.records);
     root.sections[s].extent_count.set(static_cast<uint32_t>(info.runs.size()));
-    for (size_t i = 0; i < info.runs.size(); ++i) {
+    for (size_t i = 0; i < info.runs.size() && i < kSectionExtentsMax; ++i) {
       root.sections[s].extents[i].start_block.set(info.runs[i].start_block);
       root.sections[s].extents[i].block_count.set(info.runs[i].block_count);
     }
+    root.run_list_block[s].set(info.list_blocks.empty() ? 0 : info.list_blocks.front());
   }
   std::memcpy(block, &root, sizeof root);
   seal_block(block, kBlockCheckpointRoot, self_block, in.generation, sizeof root);
@@ -76,20 +86,106 @@ Result<CheckpointRootInfo> decode_checkpoint_root(const std::byte* block, uint64
     SectionInfo& info = out.sections[s];
     info.records = d.records.get();
     if (info.records != counts[s]) return fail(EUCLEAN, where + "section record count mismatch");
-    uint32_t n = d.extent_count.get();
-    if (n > kSectionExtentsMax) return fail(EUCLEAN, where + "too many section extents");
-    for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t n = d.extent_count.get();
+    if (n > data_end - data_start) {
+      return fail(EUCLEAN, where + "section " + std::to_string(s) + " lists more runs than the data area has blocks");
+    }
+    for (uint32_t i = 0; i < n && i < kSectionExtentsMax; ++i) {
       BlockRun run{d.extents[i].start_block.get(), d.extents[i].block_count.get()};
-      if (run.block_count == 0 || run.start_block < data_start || run.start_block >= data_end ||
-          run.block_count > data_end - run.start_block) {
+      if (!run_in_area(run, data_start, data_end)) {
         return fail(EUCLEAN, where + "section " + std::to_string(s) + " extent " +
                                  std::to_string(i) + " lies outside the data area");
       }
       info.runs.push_back(run);
     }
+    const uint64_t list = root.run_list_block[s].get();
+    if (n > kSectionExtentsMax) {
+      if (list < data_start || list >= data_end) {
+        return fail(EUCLEAN, where + "section " + std::to_string(s) + " has " + std::to_string(n) +
+                                 " runs but its run list lies outside the data area");
+      }
+      out.runs_to_read[s] = n - kSectionExtentsMax;
+      out.run_list_start[s] = list;
+    } else if (list != 0) {
+      return fail(EUCLEAN, where + "section " + std::to_string(s) + " names a run list it does not need");
+    }
   }
   if (out.next_ino < 2) return fail(EUCLEAN, where + "next inode number below 2");
   return out;
+}
+
+uint64_t run_list_blocks_needed(uint64_t runs) {
+  if (runs <= kSectionExtentsMax) return 0;
+  return (runs - kSectionExtentsMax + kRunListRunsMax - 1) / kRunListRunsMax;
+}
+
+void encode_run_lists(const SectionInfo& section, SectionId id, uint64_t generation,
+                      const std::function<void(uint64_t block, const std::byte* image)>& store) {
+  POISE_ASSERT(section.list_blocks.size() == run_list_blocks_needed(section.runs.size()));
+  alignas(64) std::byte block[kBlockSize];
+  size_t next_run = kSectionExtentsMax;
+  for (size_t link = 0; link < section.list_blocks.size(); ++link) {
+    RunListBlock list;
+    std::memset(&list, 0, sizeof list);
+    const size_t count = std::min<size_t>(kRunListRunsMax, section.runs.size() - next_run);
+    list.next_block.set(link + 1 < section.list_blocks.size() ? section.list_blocks[link + 1] : 0);
+    list.section.set(id);
+    list.run_count.set(static_cast<uint32_t>(count));
+    for (size_t i = 0; i < count; ++i, ++next_run) {
+      list.runs[i].start_block.set(section.runs[next_run].start_block);
+      list.runs[i].block_count.set(section.runs[next_run].block_count);
+    }
+    std::memset(block, 0, sizeof block);
+    std::memcpy(block, &list, sizeof list);
+    seal_block(block, kBlockRunList, section.list_blocks[link], generation, sizeof list);
+    store(section.list_blocks[link], block);
+  }
+  POISE_ASSERT(next_run >= section.runs.size());
+}
+
+Result<void> read_run_lists(const ReadBlock& read, CheckpointRootInfo* root, uint64_t data_start, uint64_t data_end) {
+  alignas(64) std::byte block[kBlockSize];
+  for (uint32_t s = 0; s < kSectionCount; ++s) {
+    SectionInfo& info = root->sections[s];
+    uint64_t left = root->runs_to_read[s];
+    uint64_t at = root->run_list_start[s];
+    const std::string what = "run list of checkpoint section " + std::to_string(s);
+    while (left > 0) {
+      // Each link lists at least one run, so a chain that loops ends here too.
+      if (at < data_start || at >= data_end) {
+        return fail(EUCLEAN, what + ": ends (or leaves the data area) with " + std::to_string(left) +
+                                 " runs still to list");
+      }
+      TRY(read(at, block));
+      TRY(verify_block(block, kBlockRunList, at, what.c_str()));
+      RunListBlock list;
+      std::memcpy(&list, block, sizeof list);
+      const std::string where = what + " at block " + std::to_string(at) + ": ";
+      if (list.header.generation.get() != root->generation) {
+        return fail(EUCLEAN, where + "written for checkpoint generation " +
+                                 std::to_string(list.header.generation.get()) + ", expected " +
+                                 std::to_string(root->generation));
+      }
+      if (list.section.get() != s) {
+        return fail(EUCLEAN, where + "belongs to section " + std::to_string(list.section.get()));
+      }
+      const uint32_t count = list.run_count.get();
+      if (count == 0 || count > kRunListRunsMax || count > left) {
+        return fail(EUCLEAN, where + "lists " + std::to_string(count) + " runs");
+      }
+      for (uint32_t i = 0; i < count; ++i) {
+        BlockRun run{list.runs[i].start_block.get(), list.runs[i].block_count.get()};
+        if (!run_in_area(run, data_start, data_end)) return fail(EUCLEAN, where + "a run lies outside the data area");
+        info.runs.push_back(run);
+      }
+      info.list_blocks.push_back(at);
+      left -= count;
+      at = list.next_block.get();
+    }
+    if (root->runs_to_read[s] > 0 && at != 0) return fail(EUCLEAN, what + ": continues past its last run");
+    root->runs_to_read[s] = 0;
+  }
+  return {};
 }
 
 uint64_t fixed_section_blocks(uint64_t records, size_t record_bytes) {
@@ -128,15 +224,6 @@ void SectionWriter::flush_block() {
 }
 
 namespace {
-// The device block of a section's `index`-th block. REQUIRES: index < blocks().
-uint64_t block_at(const SectionInfo& section, uint64_t index) {
-  for (const BlockRun& run : section.runs) {
-    if (index < run.block_count) return run.start_block + index;
-    index -= run.block_count;
-  }
-  POISE_ASSERT(false);
-  return 0;
-}
 
 // Reads and verifies the `index`-th block of one copy of a section.
 Result<void> fetch_section_block(const ReadBlock& read, uint64_t b, uint32_t kind, uint32_t index,
@@ -175,11 +262,13 @@ Result<void> read_section_copies(const ReadBlock& read, const std::vector<const 
   alignas(64) std::byte block[kBlockSize];
   uint64_t records = 0;
   const uint64_t blocks = first.blocks();
+  std::vector<RunCursor> walks;
+  for (const SectionInfo* copy : copies) walks.emplace_back(copy->runs);
   for (uint64_t index = 0; index < blocks; ++index) {
     Result<void> got = fail(EIO, "no copy");
     uint32_t used = 0;
     for (uint32_t c = 0; c < copies.size(); ++c) {
-      const uint64_t b = block_at(*copies[c], index);
+      const uint64_t b = walks[c].block_at(index);
       auto fetched = fetch_section_block(read, b, kind, static_cast<uint32_t>(index), generation, block);
       if (fetched.has_value()) {
         got = {};
@@ -195,7 +284,7 @@ Result<void> read_section_copies(const ReadBlock& read, const std::vector<const 
     // The copies after the one used: damaged ones are told too.
     alignas(64) std::byte other[kBlockSize];
     for (uint32_t c = used + 1; c < copies.size() && note; ++c) {
-      const uint64_t b = block_at(*copies[c], index);
+      const uint64_t b = walks[c].block_at(index);
       auto checked = fetch_section_block(read, b, kind, static_cast<uint32_t>(index), generation, other);
       if (!checked.has_value()) note(c, b, checked.error().message);
     }

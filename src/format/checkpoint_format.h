@@ -35,11 +35,36 @@ struct BlockRun {
 struct SectionInfo {
   uint64_t records = 0;
   std::vector<BlockRun> runs;
+  // Where runs past the root's kSectionExtentsMax are listed (RunListBlock
+  // links, in chain order; feature kIncompatRunLists). The writer fills it in
+  // (run_list_blocks_needed of them); decode_checkpoint_root leaves it empty
+  // and read_run_lists follows the chain.
+  std::vector<uint64_t> list_blocks;
   uint64_t blocks() const;
+};
+
+// Maps the block index of a section to its device block, walking the runs in order.
+class RunCursor {
+ public:
+  explicit RunCursor(const std::vector<BlockRun>& runs) : runs_(runs) {}
+  // REQUIRES: indices that never decrease, below the runs' total.
+  uint64_t block_at(uint64_t index) {
+    while (index >= base_ + runs_[run_].block_count) base_ += runs_[run_++].block_count;
+    return runs_[run_].start_block + (index - base_);
+  }
+
+ private:
+  const std::vector<BlockRun>& runs_;
+  size_t run_ = 0;
+  uint64_t base_ = 0;
 };
 
 struct CheckpointRootInfo {
   uint64_t generation = 0;
+  // Set by decode_checkpoint_root: per section, runs still to be read from its
+  // run list, and the chain's first link.
+  uint64_t runs_to_read[kSectionCount] = {};
+  uint64_t run_list_start[kSectionCount] = {};
   uint64_t next_ino = 0;
   uint64_t inode_count = 0;
   uint64_t dirent_count = 0;
@@ -51,9 +76,24 @@ struct CheckpointRootInfo {
 
 void encode_checkpoint_root(const CheckpointRootInfo& root, uint64_t self_block, std::byte* block);
 // Verifies the block and that every section run lies inside [data_start, data_end).
+// Runs past the root's own are read by read_run_lists.
 Result<CheckpointRootInfo> decode_checkpoint_root(const std::byte* block, uint64_t self_block,
                                                   uint64_t generation, uint64_t data_start,
                                                   uint64_t data_end);
+
+// Run lists (feature kIncompatRunLists): the RunListBlock links a section of
+// `runs` runs needs beyond the root's kSectionExtentsMax.
+uint64_t run_list_blocks_needed(uint64_t runs);
+// Encodes each link of `section`'s run list (runs past the root's, chained
+// through section.list_blocks) and hands it to `store` with its device block.
+void encode_run_lists(const SectionInfo& section, SectionId id, uint64_t generation,
+                      const std::function<void(uint64_t block, const std::byte* image)>& store);
+using ReadBlock = std::function<Result<void>(uint64_t block, std::byte* out)>;
+// Follows every section's run list of a decoded root, appending the runs and
+// the links (list_blocks). Each link must verify, belong to the section and
+// the generation, lie in the data area, and the chain must hold exactly the
+// runs the root counts.
+Result<void> read_run_lists(const ReadBlock& read, CheckpointRootInfo* root, uint64_t data_start, uint64_t data_end);
 
 inline constexpr size_t kSectionPayloadBytes = 4096 - sizeof(SectionBlockHeader);
 
@@ -82,8 +122,7 @@ class SectionWriter {
   uint64_t records_total_ = 0;
 };
 
-// Reads one block of the device into `out` (the poison-aware seam).
-using ReadBlock = std::function<Result<void>(uint64_t block, std::byte* out)>;
+// ReadBlock (above) reads one block of the device into `out` (the poison-aware seam).
 // Called per verified block with its payload and record count.
 using VisitPayload = std::function<Result<void>(const unsigned char* payload, size_t bytes,
                                                 uint32_t records)>;

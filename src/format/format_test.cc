@@ -254,6 +254,77 @@ TEST(Checkpoint, SectionsRoundTripAcrossBlocks) {
   EXPECT_EQ(wrong_generation.error().code, EUCLEAN);
 }
 
+// A section of more runs than the root lists: the rest go to a chain of
+// run-list links, and every way the chain can be wrong is refused.
+TEST(Checkpoint, RunListsCarryRunsPastTheRootAndRefuseBadChains) {
+  constexpr uint64_t kBlocks = 4096, kDataStart = 16, kGeneration = 7;
+  std::vector<std::vector<std::byte>> device(kBlocks, std::vector<std::byte>(kBlockSize));
+  CheckpointRootInfo root;
+  root.generation = kGeneration;
+  root.next_ino = 2;
+  SectionInfo& extents = root.sections[kSectionExtents];
+  for (uint64_t i = 0; i < 600; ++i) extents.runs.push_back({1000 + 2 * i, 1});  // one-block pieces
+  extents.records = root.extent_count = 600 * 126;
+  ASSERT_EQ(run_list_blocks_needed(extents.runs.size()), 3u);  // 48 in the root, 253 + 253 + 46
+  EXPECT_EQ(run_list_blocks_needed(kSectionExtentsMax), 0u);
+  EXPECT_EQ(run_list_blocks_needed(kSectionExtentsMax + 1), 1u);
+  extents.list_blocks = {500, 300, 700};  // anywhere in the data area, in chain order
+  auto store = [&](uint64_t at, const std::byte* image) { std::memcpy(device[at].data(), image, kBlockSize); };
+  encode_run_lists(extents, kSectionExtents, kGeneration, store);
+  encode_checkpoint_root(root, 20, device[20].data());
+  auto read = [&](uint64_t b, std::byte* out) -> Result<void> {
+    std::memcpy(out, device.at(b).data(), kBlockSize);
+    return {};
+  };
+  auto load = [&]() -> Result<CheckpointRootInfo> {
+    auto decoded = TRY(decode_checkpoint_root(device[20].data(), 20, kGeneration, kDataStart, kBlocks));
+    EXPECT_EQ(decoded.sections[kSectionExtents].runs.size(), kSectionExtentsMax);
+    TRY(read_run_lists(read, &decoded, kDataStart, kBlocks));
+    return decoded;
+  };
+  auto loaded = load();
+  ASSERT_TRUE(loaded.has_value()) << loaded.error().message;
+  ASSERT_EQ(loaded->sections[kSectionExtents].runs.size(), 600u);
+  for (size_t i = 0; i < 600; ++i) EXPECT_EQ(loaded->sections[kSectionExtents].runs[i].start_block, 1000 + 2 * i);
+  EXPECT_EQ(loaded->sections[kSectionExtents].list_blocks, extents.list_blocks);
+
+  auto expect_refused = [&](const char* what) {
+    auto r = load();
+    ASSERT_FALSE(r.has_value()) << what;
+    EXPECT_TRUE(r.error().code == EUCLEAN || r.error().code == EBADMSG) << what << ": " << r.error().message;
+  };
+  const std::vector<std::byte> middle = device[300];
+  device[300][200] ^= std::byte{1};  // a flipped bit
+  expect_refused("a damaged link");
+  device[300] = middle;
+  encode_run_lists(extents, kSectionExtents, kGeneration + 1, store);  // stale links
+  expect_refused("links of another generation");
+  encode_run_lists(extents, kSectionInodes, kGeneration, store);
+  expect_refused("links of another section");
+  encode_run_lists(extents, kSectionExtents, kGeneration, store);
+  auto relink = [&](uint64_t at, uint64_t next) {  // a valid link pointing elsewhere
+    RunListBlock link;
+    std::memcpy(&link, device[at].data(), sizeof link);
+    link.next_block.set(next);
+    std::memcpy(device[at].data(), &link, sizeof link);
+    seal_block(device[at].data(), kBlockRunList, at, kGeneration, sizeof link);
+  };
+  relink(300, 500);  // the second link points back at the first
+  expect_refused("a chain that loops");
+  relink(300, 700);
+  relink(700, 500);
+  expect_refused("a chain that continues past its last run");
+  relink(700, 0);
+  ASSERT_TRUE(load().has_value());
+  SectionInfo longer = extents;
+  longer.runs.resize(302);  // two links, rewritten over the first two; the root still counts 600
+  longer.list_blocks = {500, 300};
+  encode_run_lists(longer, kSectionExtents, kGeneration, store);
+  expect_refused("a chain that ends early");
+  encode_run_lists(extents, kSectionExtents, kGeneration, store);
+  ASSERT_TRUE(load().has_value());
+}
+
 // Seeded mutation fuzzing of the decoders: no input may crash them, and a
 // decoder must never accept a block whose checksum no longer matches.
 TEST(DecoderFuzz, MutatedSuperblocksAndJournalsNeverCrash) {

@@ -72,7 +72,12 @@ inline constexpr uint64_t kIncompatXattrs = 1ull << 2;
 // data; a device node's number is its size_bytes field. Set by mkfs, and on an
 // older image when its first special file is made.
 inline constexpr uint64_t kIncompatSpecialFiles = 1ull << 3;
-inline constexpr uint64_t kIncompatKnown = kIncompatReflink | kIncompatSymlinks | kIncompatXattrs | kIncompatSpecialFiles;
+// Run lists: a checkpoint section whose blocks lie in more than
+// kSectionExtentsMax runs (free space in small pieces) continues its run list
+// in a chain of RunListBlock. Set by the first checkpoint that needs one.
+inline constexpr uint64_t kIncompatRunLists = 1ull << 4;
+inline constexpr uint64_t kIncompatKnown =
+    kIncompatReflink | kIncompatSymlinks | kIncompatXattrs | kIncompatSpecialFiles | kIncompatRunLists;
 inline constexpr uint64_t kRoCompatKnown = 0;
 
 enum BlockKind : uint32_t {
@@ -83,6 +88,7 @@ enum BlockKind : uint32_t {
   kBlockExtentSection = 6,
   kBlockBadRangeSection = 7,
   kBlockRefcountSection = 8,
+  kBlockRunList = 9,  // feature kIncompatRunLists
 };
 
 struct BlockHeader {
@@ -141,6 +147,21 @@ struct CheckpointRoot {
   Le64 bad_range_count;
   Le64 refcount_count;  // version 2; zero in version 1
   SectionDescriptor sections[kSectionCount];
+  // Feature kIncompatRunLists: a section whose extent_count exceeds
+  // kSectionExtentsMax lists its first kSectionExtentsMax runs above and the
+  // rest in a chain of RunListBlock starting here (zero: no chain).
+  Le64 run_list_block[kSectionCount];
+};
+
+// One link of a section's run list: the runs after those already listed (in
+// the root, then in earlier links), in section order.
+inline constexpr uint32_t kRunListRunsMax = (4096 - 48) / 16;
+struct RunListBlock {
+  BlockHeader header;  // kind kBlockRunList; the checkpoint's generation
+  Le64 next_block;     // the next link, or zero for the last
+  Le32 section;        // SectionId the runs belong to
+  Le32 run_count;      // 1..kRunListRunsMax
+  SectionExtent runs[kRunListRunsMax];
 };
 
 // Every block of a section: a header, then whole records (none crosses a block).

@@ -22,7 +22,8 @@ POISE_ONDISK(BlockHeader, 32);
 POISE_ONDISK(Superblock, 152);
 POISE_ONDISK(SectionExtent, 16);
 POISE_ONDISK(SectionDescriptor, 16 + 16 * kSectionExtentsMax);
-POISE_ONDISK(CheckpointRoot, 80 + kSectionCount * (16 + 16 * kSectionExtentsMax));
+POISE_ONDISK(CheckpointRoot, 80 + kSectionCount * (16 + 16 * kSectionExtentsMax) + 8 * kSectionCount);
+POISE_ONDISK(RunListBlock, 48 + 16 * kRunListRunsMax);
 POISE_ONDISK(DiskBadRange, 16);
 POISE_ONDISK(SectionBlockHeader, 40);
 POISE_ONDISK(DiskInode, 64);
@@ -54,6 +55,8 @@ POISE_ONDISK(DiskRefcount, 24);
 static_assert(offsetof(TxHeader, crc) == 4);
 static_assert(offsetof(TxHeader, payload_bytes) == 32);
 static_assert(sizeof(CheckpointRoot) <= 4096);
+static_assert(sizeof(RunListBlock) <= 4096);
+static_assert(offsetof(CheckpointRoot, run_list_block) == 4000);
 static_assert(kTxBytesMax % kTxAlign == 0);
 
 #undef POISE_ONDISK

@@ -12,6 +12,7 @@ namespace poise {
 
 namespace {
 using format::BlockRun;
+using format::RunCursor;
 using format::SectionId;
 
 MetadataKind section_metadata_kind(uint32_t section) {
@@ -40,24 +41,6 @@ Result<void> read_fixed_records(const ReadCopies& read_copies, SectionId id, Eac
   });
 }
 
-// Maps the sequential block index of a section to its device block.
-class RunCursor {
- public:
-  explicit RunCursor(const std::vector<BlockRun>& runs) : runs_(runs) {}
-  uint64_t block_at(uint32_t index) {
-    while (index >= base_ + runs_[run_].block_count) {
-      base_ += runs_[run_].block_count;
-      ++run_;
-      POISE_ASSERT(run_ < runs_.size());
-    }
-    return runs_[run_].start_block + (index - base_);
-  }
-
- private:
-  const std::vector<BlockRun>& runs_;
-  size_t run_ = 0;
-  uint64_t base_ = 0;
-};
 }  // namespace
 
 Result<void> FsImpl::read_block(uint64_t block, std::byte* out) const {
@@ -98,12 +81,16 @@ void claims_of_copy(const format::CheckpointRootInfo& root, uint64_t root_block,
                     std::vector<Claim>* claims) {
   const uint64_t base = copy == 0 ? 0 : kSecondCopyOffset;
   claims->push_back({DevRun{DevBlock(root_block), 1}, metadata_owner(MetadataKind::CheckpointRoot, base)});
+  uint64_t root_offset = base + 1;  // run-list links count as the root's continuation
   for (uint32_t s = 0; s < format::kSectionCount; ++s) {
     uint64_t offset = base;
     for (const BlockRun& run : root.sections[s].runs) {
       claims->push_back({DevRun{DevBlock(run.start_block), run.block_count},
                          metadata_owner(section_metadata_kind(s), offset)});
       offset += run.block_count;
+    }
+    for (uint64_t link : root.sections[s].list_blocks) {
+      claims->push_back({DevRun{DevBlock(link), 1}, metadata_owner(MetadataKind::CheckpointRoot, root_offset++)});
     }
   }
 }
@@ -220,18 +207,31 @@ Result<void> FsImpl::write_checkpoint() {
       for (uint32_t s = 0; s < format::kSectionCount; ++s) {
         for (uint64_t got = 0; got < needed[s];) {
           auto run = allocate_checkpoint_run(needed[s] - got, hint);
-          if (!run || root.sections[s].runs.size() == format::kSectionExtentsMax) {
-            if (run) free_.add(*run);
+          if (!run) {
             for (const DevRun& a : allocated) free_.add(a);
             return fail(ENOSPC, "not enough free space for a checkpoint: section " + std::to_string(s) + " needs " +
-                                    std::to_string(needed[s]) + " blocks, " + std::to_string(got) + " found in " +
-                                    std::to_string(root.sections[s].runs.size()) + " runs; " +
+                                    std::to_string(needed[s]) + " blocks, " + std::to_string(got) + " found; " +
                                     std::to_string(free_.free_blocks()) + " blocks free");
           }
           allocated.push_back(*run);
           root.sections[s].runs.push_back(BlockRun{run->start.value(), run->count});
           got += run->count;
           hint = run->end();
+        }
+      }
+      // Free space in small pieces: a section of more runs than the root lists
+      // continues them in run-list blocks, one block each.
+      for (uint32_t s = 0; s < format::kSectionCount; ++s) {
+        format::SectionInfo& section = root.sections[s];
+        for (uint64_t n = format::run_list_blocks_needed(section.runs.size()); n > 0; --n) {
+          auto link = free_.allocate(1, hint);
+          if (!link) {
+            for (const DevRun& a : allocated) free_.add(a);
+            return fail(ENOSPC, "not enough free space for a checkpoint's run lists");
+          }
+          allocated.push_back(*link);
+          section.list_blocks.push_back(link->start.value());
+          hint = link->end();
         }
       }
     }
@@ -303,6 +303,15 @@ Result<void> FsImpl::write_checkpoint() {
   POISE_ASSERT(inode_writer.blocks() == needed[0]);
   POISE_ASSERT(dirent_writer.blocks() == needed[1]);
   POISE_ASSERT(extent_writer.blocks() == needed[2]);
+  bool run_lists = false;
+  for (uint32_t c = 0; c < copies; ++c) {
+    for (uint32_t s = 0; s < format::kSectionCount; ++s) {
+      run_lists = run_lists || !roots[c].sections[s].list_blocks.empty();
+      format::encode_run_lists(roots[c].sections[s], SectionId(s), generation, [&](uint64_t at, const std::byte* image) {
+        device_.write(at * kBlockSize, image, kBlockSize);
+      });
+    }
+  }
   alignas(64) std::byte block[kBlockSize];
   for (uint32_t c = 0; c < copies; ++c) {
     format::encode_checkpoint_root(roots[c], root_blocks[c], block);
@@ -320,6 +329,9 @@ Result<void> FsImpl::write_checkpoint() {
     }
   }
   if (copies == 2 && sb_.version == format::kFormatVersionSingleCopy) sb_.version = format::kFormatVersion;  // upgraded
+  // The superblocks that make this checkpoint current say that it needs run lists
+  // (the bit stays: a later checkpoint may need them again).
+  if (run_lists) sb_.feature_incompat |= format::kIncompatRunLists;
   auto switched = write_superblocks(root_blocks[0], root_blocks[1], generation);
   if (!switched.has_value()) {
     // A superblock copy naming the new checkpoint may already be in memory (or on
@@ -360,7 +372,10 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   alignas(64) std::byte block[kBlockSize];
   auto read_root = [&](uint64_t at) -> Result<format::CheckpointRootInfo> {
     TRY(read_block(at, block));
-    return format::decode_checkpoint_root(block, at, sb.checkpoint_generation, data_start_, data_end_);
+    auto root = TRY(format::decode_checkpoint_root(block, at, sb.checkpoint_generation, data_start_, data_end_));
+    TRY(format::read_run_lists([this](uint64_t b, std::byte* out) { return read_block(b, out); }, &root, data_start_,
+                               data_end_));
+    return root;
   };
   checkpoint_root_block_ = sb.checkpoint_root_block;
   checkpoint_copy_root_block_ = sb.checkpoint_copy_root_block;

@@ -599,6 +599,7 @@ Result<void> FsImpl::truncate(InodeNumber ino, uint64_t size_bytes) {
   InodePtr& inode = file_op.inode;
   Records records;
   bool fresh = false;
+  TRY(must_free(op, inode->extents.end().value() > ceil_blocks(size_bytes)));
   if (size_bytes < inode->core.size_bytes) {
     // Bytes past the end stay zero, so a later extension reads zeros.
     if (size_bytes % kBlockSize != 0) {
@@ -657,6 +658,8 @@ Result<void> FsImpl::punch_hole(InodeNumber ino, uint64_t offset, uint64_t lengt
   if (first_full < last_full) {
     records.push_back(format::ExtentClearRecord{ino.value(), first_full, last_full - first_full});
   }
+  const Lookup first = inode->extents.lookup(FileBlock(first_full));
+  TRY(must_free(op, first_full < last_full && (first.mapped || first.hole_blocks < last_full - first_full)));
   // Room for both partial blocks first: the first must not be zeroed in place
   // when the second then cannot be copied.
   if (offset % kBlockSize != 0 && end % kBlockSize != 0 && offset / kBlockSize != (end - 1) / kBlockSize) {

@@ -247,21 +247,31 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // An operation in flight: holds the gate shared and a journal reservation.
   class Op {
    public:
-    Op(FsImpl* fs, uint64_t reserved) : fs_(fs), reserved_(reserved) {}
-    Op(Op&& o) noexcept : fs_(o.fs_), reserved_(o.reserved_) { o.fs_ = nullptr; }
+    Op(FsImpl* fs, uint64_t reserved, bool in_reserve = false)
+        : fs_(fs), reserved_(reserved), in_reserve_(in_reserve) {}
+    Op(Op&& o) noexcept : fs_(o.fs_), reserved_(o.reserved_), in_reserve_(o.in_reserve_) { o.fs_ = nullptr; }
     Op(const Op&) = delete;
     ~Op();
     uint64_t reserved() const { return reserved_; }
     void consumed() { reserved_ = 0; }
+    // The journal room came out of the reserve kept for freeing space.
+    bool in_reserve() const { return in_reserve_; }
 
    private:
     FsImpl* fs_;
     uint64_t reserved_;
+    bool in_reserve_;
   };
 
   // transaction.cc: begin, commit and apply.
-  // Freeing operations may use the journal's reserve (see Journal::reserve).
+  // Freeing operations may use the journal's reserve (see Journal::reserve),
+  // only once a checkpoint has failed for lack of space, and then only if they
+  // turn out to free space (must_free).
   Result<Op> begin_op(uint64_t tx_bytes_max, Journal::Use use = Journal::Use::Any);
+  // ENOSPC if `op` took the journal's reserve but frees nothing (unlinking one
+  // of several names or an open file, truncating or punching nothing mapped):
+  // the reserve is kept for what makes room.
+  Result<void> must_free(const Op& op, bool frees) const;
   // An Op for work that may be skipped (an access time): nullopt instead of
   // waiting for a freeze, a checkpoint or journal space.
   std::optional<Op> try_begin_op(uint64_t tx_bytes);

@@ -225,11 +225,13 @@ void Journal::reset(uint64_t generation) {
   durable_lsn_ = 0;
 }
 
-bool Journal::reserve(uint64_t bytes, Use use) {
+bool Journal::reserve(uint64_t bytes, Use use, bool* in_reserve) {
   POISE_ASSERT(bytes <= format::kTxBytesMax);
   std::lock_guard lock(mutex_);
-  const uint64_t limit = use == Use::Freeing ? capacity_ : capacity_ - capacity_ / 8;
+  const uint64_t normal_limit = capacity_ - capacity_ / 8;
+  const uint64_t limit = use == Use::Freeing ? capacity_ : normal_limit;
   if (write_offset_ + reserved_ + bytes > limit) return false;
+  if (in_reserve != nullptr) *in_reserve = write_offset_ + reserved_ + bytes > normal_limit;
   reserved_ += bytes;
   return true;
 }

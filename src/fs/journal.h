@@ -74,8 +74,9 @@ class Journal {
   // region are kept for operations that free space (unlink, rmdir, shrinking):
   // when the device is too full for a checkpoint, they still commit, and the
   // space they free lets the next checkpoint through.
+  // *in_reserve (if given) says whether the room came out of that last eighth.
   enum class Use : uint8_t { Any, Freeing };
-  bool reserve(uint64_t bytes, Use use = Use::Any);
+  bool reserve(uint64_t bytes, Use use = Use::Any, bool* in_reserve = nullptr);
   void unreserve(uint64_t bytes);
   // Stores the transaction durably; returns its lsn. REQUIRES: a reservation covers it.
   // With WriteBack::ToMedia (an emulated device, a transaction that may free

@@ -372,7 +372,7 @@ Result<void> FsImpl::remove_name(const Place& place, FileType type) {
     --parent_core.nlink;
     records.push_back(parent_core);
     records.push_back(format::InodeFreeRecord{child->ino.value()});
-    commit(op, records, {});
+    commit(op, records, {});  // frees an inode: never refused by must_free
     return {};
   }
   if (child->is_dir()) return fail(EISDIR, place.shown() + ": is a directory (use rmdir)");
@@ -384,6 +384,7 @@ Result<void> FsImpl::remove_name(const Place& place, FileType type) {
   records.push_back(parent_core);
   records.push_back(core);
   free_inode_records(*child, core.nlink, &records);
+  TRY(must_free(op, std::holds_alternative<format::InodeFreeRecord>(records.back())));
   commit(op, records, {child.get()});
   return {};
 }

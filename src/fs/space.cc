@@ -14,13 +14,17 @@ uint64_t FsImpl::checkpoint_reserve_blocks(uint64_t more_xattr_bytes, uint64_t r
   constexpr uint64_t kMarginBlocks = 16;  // partial blocks, the root, growth during a checkpoint
   // Fixed-size records are counted whole per block (63 inodes, 126 extents).
   using format::fixed_section_blocks;
-  return metadata_copies() * (fixed_section_blocks(inode_count_.load(), sizeof(format::DiskInode)) +
-         fixed_section_blocks(extent_count_.load(), sizeof(format::DiskExtent)) +
-         // Shared runs (version 2): fewer than two per extent.
-         (sb_.has_copies() ? fixed_section_blocks(2 * extent_count_.load(), sizeof(format::DiskRefcount)) : 0) +
-         named_section_blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load(), more_xattr_bytes,
-                              record_bytes) +
-         kMarginBlocks);
+  const uint64_t sections =
+      fixed_section_blocks(inode_count_.load(), sizeof(format::DiskInode)) +
+      fixed_section_blocks(extent_count_.load(), sizeof(format::DiskExtent)) +
+      // Shared runs (version 2): fewer than two per extent.
+      (sb_.has_copies() ? fixed_section_blocks(2 * extent_count_.load(), sizeof(format::DiskRefcount)) : 0) +
+      named_section_blocks(dirents * (sizeof(format::DiskDirent) + 8) + name_bytes_.load(), more_xattr_bytes,
+                           record_bytes);
+  // On free space in one-block pieces every section block is a run of its own,
+  // and the runs past the root's are listed in run-list blocks.
+  const uint64_t run_lists = sections / format::kRunListRunsMax + format::kSectionCount;
+  return metadata_copies() * (sections + run_lists + kMarginBlocks);
 }
 
 // The directory section holds entries and attributes. A block ends early by

@@ -36,6 +36,9 @@ Result<void> FsImpl::check_writable() const {
 Result<FsImpl::Op> FsImpl::begin_op(uint64_t tx_bytes_max, Journal::Use use) {
   TRY(check_writable());
   tx_bytes_max = std::min<uint64_t>(tx_bytes_max, format::kTxBytesMax);
+  // The journal's last eighth is for freeing operations once the device has no
+  // room for a checkpoint; until then they checkpoint like any other.
+  Journal::Use may_use = Journal::Use::Any;
   for (int attempt = 0; attempt < kCheckpointAttemptsMax;) {
     // Frozen for a device removal: wait for the thaw (or the shutdown).
     if (!wait_until_thawed().has_value()) return fail(EIO, "filesystem has shut down");
@@ -49,16 +52,29 @@ Result<FsImpl::Op> FsImpl::begin_op(uint64_t tx_bytes_max, Journal::Use use) {
       continue;
     }
     ++attempt;
-    if (journal_->reserve(tx_bytes_max, use)) return Op(this, tx_bytes_max);
+    bool in_reserve = false;
+    if (journal_->reserve(tx_bytes_max, may_use, &in_reserve)) return Op(this, tx_bytes_max, in_reserve);
     gate_.unlock_shared();
     std::unique_lock quiet(gate_);
-    if (journal_->reserve(tx_bytes_max, use)) {  // someone else checkpointed meanwhile
+    if (journal_->reserve(tx_bytes_max, may_use)) {  // someone else checkpointed meanwhile
       journal_->unreserve(tx_bytes_max);
       continue;
     }
-    TRY(write_checkpoint());
+    auto written = write_checkpoint();
+    if (!written.has_value()) {
+      if (use != Journal::Use::Freeing || written.error().code != ENOSPC || may_use == use) {
+        return Unexpected<Error>(std::move(written).error());
+      }
+      may_use = use;
+    }
   }
   return fail(ENOSPC, "journal stays full after checkpointing");
+}
+
+Result<void> FsImpl::must_free(const Op& op, bool frees) const {
+  if (!op.in_reserve() || frees) return {};
+  return fail(ENOSPC, "the journal is full and the device has no room for a checkpoint: only operations that free "
+                      "space can run (remove a file's last name, or truncate or punch a file)");
 }
 
 std::optional<FsImpl::Op> FsImpl::try_begin_op(uint64_t tx_bytes) {

@@ -1,4 +1,4 @@
-// The checkpoint decoders: the root block (re-sealed) and the records of every
+// The checkpoint decoders: the root block (re-sealed), its run lists, and the records of every
 // section kind (directory entries packed as in a section block).
 #include <cstring>
 
@@ -13,7 +13,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::reseal_block(block);
   format::BlockHeader h;
   std::memcpy(&h, block, sizeof h);
-  (void)format::decode_checkpoint_root(block, h.self_block.get(), h.generation.get(), 16, 1u << 20);
+  auto root = format::decode_checkpoint_root(block, h.self_block.get(), h.generation.get(), 16, 1u << 20);
+  if (root.has_value()) {
+    // Every run-list link the root leads to is the same bytes, sealed as that
+    // link: chains that loop, end early or list too much.
+    auto read = [&](uint64_t at, std::byte* out) -> Result<void> {
+      std::memcpy(out, block, sizeof block);
+      format::BlockHeader link;
+      std::memcpy(&link, out, sizeof link);
+      link.self_block.set(at);
+      link.kind.set(format::kBlockRunList);
+      link.generation.set(root->generation);
+      std::memcpy(out, &link, sizeof link);
+      fuzz::reseal_block(out);
+      return {};
+    };
+    (void)format::read_run_lists(read, &*root, 16, 1u << 20);
+  }
 
   // The same bytes as records of each section.
   const auto* bytes = reinterpret_cast<const unsigned char*>(data);
