@@ -30,7 +30,9 @@ std::unique_ptr<MemoryDevice> formatted_with_a_file() {
   auto ino = (*fs)->create("/kept");
   std::string data = "committed data";
   EXPECT_TRUE((*fs)->write(*ino, 0, {reinterpret_cast<const std::byte*>(data.data()), data.size()}).has_value());
-  EXPECT_TRUE((*fs)->checkpoint().has_value());  // every section of the checkpoint has a block
+  EXPECT_TRUE((*fs)->checkpoint(CheckpointMode::Full).has_value());  // every section of the checkpoint has a block
+  EXPECT_TRUE((*fs)->mkdir("/in-delta").has_value());
+  EXPECT_TRUE((*fs)->checkpoint().has_value());         // an incremental one on it: a delta block
   EXPECT_TRUE((*fs)->mkdir("/journaled").has_value());  // and the journal a transaction
   EXPECT_TRUE((*fs)->unmount().has_value());
   return device;
@@ -195,6 +197,7 @@ TEST(Corruption, AnySingleDamagedMetadataBlockIsSurvivedAndTwoNeverCrash) {
     ASSERT_TRUE(fs.has_value()) << "block " << block << " (seed " << seed << "): " << fs.error().message;
     EXPECT_EQ(read_kept(**fs), "committed data") << "block " << block << " (seed " << seed << ")";
     EXPECT_TRUE((*fs)->stat("/journaled").has_value()) << "block " << block << " (seed " << seed << ")";
+    EXPECT_TRUE((*fs)->stat("/in-delta").has_value()) << "block " << block << " (seed " << seed << ")";
     EXPECT_TRUE((*fs)->check().clean());
   }
   int mounted = 0;
@@ -633,7 +636,7 @@ std::unique_ptr<MemoryDevice> image_with_a_reflink() {
   EXPECT_TRUE((*fs)->write(*a, 0, {reinterpret_cast<const std::byte*>(data.data()), data.size()}).has_value());
   auto b = (*fs)->create("/b");
   EXPECT_TRUE((*fs)->reflink(*a, *b).has_value());
-  EXPECT_TRUE((*fs)->checkpoint().has_value());
+  EXPECT_TRUE((*fs)->checkpoint(CheckpointMode::Full).has_value());  // the sharing in the refcount records
   EXPECT_TRUE((*fs)->unmount().has_value());
   return device;
 }
@@ -871,7 +874,7 @@ TEST(Repair, ACrossLinkBesideAReflinkIsNamedAtItsOwnBlock) {
         a_third = (rec.device_offset_bytes + (8192 - rec.file_offset_bytes)) / kBlockSize;
       }
     }
-    ASSERT_TRUE((*fs)->checkpoint().has_value());
+    ASSERT_TRUE((*fs)->checkpoint(CheckpointMode::Full).has_value());
     ASSERT_TRUE((*fs)->unmount().has_value());
   }
   ASSERT_NE(a_third, 0u);
@@ -896,15 +899,12 @@ TEST(Corruption, TheCopiesLieApartAndDamageToCopyTwoIsFound) {
                              ? sb.checkpoint_copy_root_block - sb.checkpoint_root_block
                              : sb.checkpoint_root_block - sb.checkpoint_copy_root_block;
   EXPECT_GE(apart, area / 4) << "roots at " << sb.checkpoint_root_block << " and " << sb.checkpoint_copy_root_block;
-  std::vector<uint64_t> tables;
-  for (const auto& r : metadata_records(*device)) {
-    if (r.metadata_kind == MetadataKind::InodeTable) tables.push_back(r.device_offset_bytes);
-  }
-  ASSERT_EQ(tables.size(), 2u);
-  const uint64_t copy2 = std::abs(static_cast<int64_t>(tables[1] / kBlockSize - sb.checkpoint_copy_root_block)) <
-                                 std::abs(static_cast<int64_t>(tables[0] / kBlockSize - sb.checkpoint_copy_root_block))
-                             ? tables[1]
-                             : tables[0];
+  // Copy 2's inode table, as its root lists it.
+  auto root2 = format::decode_checkpoint_root(device->data() + sb.checkpoint_copy_root_block * kBlockSize,
+                                              sb.checkpoint_copy_root_block, sb.checkpoint_generation,
+                                              sb.journal_start_block + sb.journal_blocks, sb.size_blocks - 1);
+  ASSERT_TRUE(root2.has_value()) << root2.error().message;
+  const uint64_t copy2 = root2->sections[format::kSectionInodes].runs.at(0).start_block * kBlockSize;
   device->data()[copy2 + 300] ^= std::byte{4};
   auto report = Filesystem::check_device(*device);
   ASSERT_TRUE(report.has_value());

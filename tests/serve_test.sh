@@ -190,7 +190,7 @@ def ask(op, body):
     n = struct.unpack('<I', head[:4])[0]
     data = sock.recv(n, socket.MSG_WAITALL) if n else b''
     return struct.unpack('<i', data[:4])[0]
-assert ask(1, struct.pack("<I", 4)) == 0  # hello (protocol version 4)
+assert ask(1, struct.pack("<I", 5)) == 0  # hello (protocol version 5)
 PY
   cat >"$WORK/raw.py" <<'PY'
 from wire import *

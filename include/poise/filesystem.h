@@ -213,7 +213,13 @@ class Filesystem {
   virtual Result<void> unmount() = 0;
   // Writes a checkpoint now: the journal is emptied, and the next mount replays
   // nothing. ENOSPC if the device has no room for one (nothing is lost).
-  virtual Result<void> checkpoint() = 0;
+  // Auto writes an incremental checkpoint where it may: the journal since the
+  // last checkpoint is appended to that checkpoint's delta, and its sections are
+  // kept, so the cost is what changed. A full one is written when the delta
+  // would outgrow a quarter of the sections, when metadata memory failed or a
+  // copy was found damaged, and for Full: every structure anew (so that the
+  // checker's refcount records cover all sharing again; see docs/format.md).
+  virtual Result<void> checkpoint(CheckpointMode mode = CheckpointMode::Auto) = 0;
   // Stops at once: waits for operations in flight, then writes nothing more;
   // every later call fails with EIO. What was committed stays, as after a crash.
   // The device stays held until the Filesystem is destroyed.

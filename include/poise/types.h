@@ -95,7 +95,11 @@ enum class MetadataKind : uint8_t {
   ExtentMap = 6,
   BadRangeList = 7,
   RefcountList = 8,
+  CheckpointDelta = 9,  // an incremental checkpoint's journals
 };
+
+// What Filesystem::checkpoint() writes.
+enum class CheckpointMode : uint8_t { Auto = 0, Full = 1 };
 
 const char* to_string(OwnerKind kind);
 const char* to_string(MetadataKind kind);

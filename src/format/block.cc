@@ -29,6 +29,7 @@ const char* block_kind_name(uint32_t kind) {
     case kBlockBadRangeSection: return "bad-range list";
     case kBlockRefcountSection: return "refcount list";
     case kBlockRunList: return "checkpoint run list";
+    case kBlockDelta: return "checkpoint delta";
   }
   return "unknown";
 }

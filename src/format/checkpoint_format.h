@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "format/ondisk.h"
@@ -61,10 +62,19 @@ class RunCursor {
 
 struct CheckpointRootInfo {
   uint64_t generation = 0;
+  // The generation the sections (and their run lists) were written for: this
+  // root's own, or for an incremental checkpoint the base checkpoint's. The
+  // encoder takes zero for "this root's own"; the decoder always fills it in.
+  uint64_t base_generation = 0;
+  // Incremental checkpoints (feature kIncompatDeltas): the journals of the
+  // generations from base_generation on, in delta blocks (records = blocks);
+  // all its runs are in its run list.
+  SectionInfo delta;
   // Set by decode_checkpoint_root: per section, runs still to be read from its
-  // run list, and the chain's first link.
+  // run list, and the chain's first link (the delta's too).
   uint64_t runs_to_read[kSectionCount] = {};
   uint64_t run_list_start[kSectionCount] = {};
+  uint64_t delta_list_start = 0;
   uint64_t next_ino = 0;
   uint64_t inode_count = 0;
   uint64_t dirent_count = 0;
@@ -82,18 +92,43 @@ Result<CheckpointRootInfo> decode_checkpoint_root(const std::byte* block, uint64
                                                   uint64_t data_end);
 
 // Run lists (feature kIncompatRunLists): the RunListBlock links a section of
-// `runs` runs needs beyond the root's kSectionExtentsMax.
-uint64_t run_list_blocks_needed(uint64_t runs);
+// `runs` runs needs beyond the `root_slots` its root lists (kSectionExtentsMax
+// for a section, none for a delta).
+uint64_t run_list_blocks_needed(uint64_t runs, uint64_t root_slots = kSectionExtentsMax);
 // Encodes each link of `section`'s run list (runs past the root's, chained
 // through section.list_blocks) and hands it to `store` with its device block.
-void encode_run_lists(const SectionInfo& section, SectionId id, uint64_t generation,
-                      const std::function<void(uint64_t block, const std::byte* image)>& store);
+// `id` is a SectionId, or kSectionDeltaId for a delta (root_slots 0).
+void encode_run_lists(const SectionInfo& section, uint32_t id, uint64_t generation,
+                      const std::function<void(uint64_t block, const std::byte* image)>& store,
+                      uint64_t root_slots = kSectionExtentsMax);
 using ReadBlock = std::function<Result<void>(uint64_t block, std::byte* out)>;
-// Follows every section's run list of a decoded root, appending the runs and
-// the links (list_blocks). Each link must verify, belong to the section and
-// the generation, lie in the data area, and the chain must hold exactly the
-// runs the root counts.
+// Follows every run list of a decoded root (each section's, sealed for
+// base_generation, and the delta's, sealed for the root's own), appending the
+// runs and the links (list_blocks). Each link must verify, belong to its
+// section and generation, lie in the data area, and the chain must hold
+// exactly the runs (the delta: the blocks) the root counts.
 Result<void> read_run_lists(const ReadBlock& read, CheckpointRootInfo* root, uint64_t data_start, uint64_t data_end);
+
+// Deltas (feature kIncompatDeltas). A delta is a list of segments, oldest
+// first; a segment is the journal of one generation copied verbatim (its
+// sealed transactions, from offset 0), spread over delta blocks sealed for that
+// generation (SectionBlockHeader: the index within the whole delta, records
+// zero). Segments' generations rise, from the base generation to below the
+// root's.
+//
+// The blocks `bytes` of journal need.
+uint64_t delta_blocks_for(uint64_t bytes);
+// Splits one segment into block images, indexed from `first_index`; `emit`
+// seals and stores each (kind kBlockDelta).
+void encode_delta_segment(const std::byte* journal, uint64_t bytes, uint64_t first_index,
+                          const std::function<void(uint32_t index, std::byte* block, uint32_t used_bytes)>& emit);
+// Reads a delta kept in copies (as read_section_copies does) and hands each
+// whole segment to `visit` with its generation. `note` as for sections.
+using CopyNote = std::function<void(uint32_t copy, uint64_t block, const std::string& why)>;
+using VisitSegment = std::function<Result<void>(uint64_t generation, const std::vector<std::byte>& journal)>;
+Result<void> read_delta_copies(const ReadBlock& read, const std::vector<const SectionInfo*>& copies,
+                               uint64_t base_generation, uint64_t generation, const VisitSegment& visit,
+                               const CopyNote& note);
 
 inline constexpr size_t kSectionPayloadBytes = 4096 - sizeof(SectionBlockHeader);
 
@@ -136,7 +171,6 @@ Result<void> read_section(const ReadBlock& read, const SectionInfo& section, Sec
 // too: `note` hears of every damaged copy of a block (the copy, its device
 // block, why), so that redundancy is never lost unnoticed. The copies must list the
 // same number of blocks and records. Fails only where no copy of a block is good.
-using CopyNote = std::function<void(uint32_t copy, uint64_t block, const std::string& why)>;
 Result<void> read_section_copies(const ReadBlock& read, const std::vector<const SectionInfo*>& copies,
                                  SectionId id, uint64_t generation, const VisitPayload& visit,
                                  const CopyNote& note);

@@ -283,4 +283,18 @@ std::optional<TxLocation> find_later_tx(const std::byte* region, uint64_t region
   return std::nullopt;
 }
 
+Result<void> decode_log(const std::vector<std::byte>& log, uint64_t generation,
+                        const std::function<Result<void>(const DecodedTx&)>& visit) {
+  for (uint64_t offset = 0, lsn = 1; offset < log.size(); ++lsn) {
+    auto tx = decode_tx_copy(log.data() + offset, log.size() - offset, offset, generation, lsn);
+    if (!tx.has_value()) {
+      return fail(EUCLEAN, "the journal of generation " + std::to_string(generation) + " does not decode at transaction " +
+                               std::to_string(lsn) + " (offset " + std::to_string(offset) + "): " + tx.error().message);
+    }
+    TRY(visit(*tx));
+    offset += tx->sealed_bytes;
+  }
+  return {};
+}
+
 }  // namespace poise::format

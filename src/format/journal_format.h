@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -57,6 +58,11 @@ Result<DecodedTx> decode_tx(const std::byte* region, uint64_t region_bytes, uint
 // bytes from its header on, and `offset` is where it lay in the region.
 Result<DecodedTx> decode_tx_copy(const std::byte* tx, uint64_t available, uint64_t offset, uint64_t generation,
                                  uint64_t lsn);
+// Decodes a whole log copied out of a journal region (its bytes from offset 0
+// to the end of the last transaction: lsn 1, 2, ... of `generation`), handing
+// each transaction to `visit`. A transaction that does not decode is EUCLEAN.
+Result<void> decode_log(const std::vector<std::byte>& log, uint64_t generation,
+                        const std::function<Result<void>(const DecodedTx&)>& visit);
 // The bytes a transaction takes in the region (header, payload, padding), from
 // its header; 0 when the length is out of range.
 uint64_t tx_sealed_bytes(const TxHeader& h);

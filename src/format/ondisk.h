@@ -76,8 +76,12 @@ inline constexpr uint64_t kIncompatSpecialFiles = 1ull << 3;
 // kSectionExtentsMax runs (free space in small pieces) continues its run list
 // in a chain of RunListBlock. Set by the first checkpoint that needs one.
 inline constexpr uint64_t kIncompatRunLists = 1ull << 4;
-inline constexpr uint64_t kIncompatKnown =
-    kIncompatReflink | kIncompatSymlinks | kIncompatXattrs | kIncompatSpecialFiles | kIncompatRunLists;
+// Incremental checkpoints: a checkpoint root may keep the sections of an
+// earlier (base) checkpoint and add a delta, the journals written since, in
+// blocks of kind kBlockDelta. Set by the first incremental checkpoint.
+inline constexpr uint64_t kIncompatDeltas = 1ull << 5;
+inline constexpr uint64_t kIncompatKnown = kIncompatReflink | kIncompatSymlinks | kIncompatXattrs |
+                                           kIncompatSpecialFiles | kIncompatRunLists | kIncompatDeltas;
 inline constexpr uint64_t kRoCompatKnown = 0;
 
 enum BlockKind : uint32_t {
@@ -89,6 +93,7 @@ enum BlockKind : uint32_t {
   kBlockBadRangeSection = 7,
   kBlockRefcountSection = 8,
   kBlockRunList = 9,  // feature kIncompatRunLists
+  kBlockDelta = 10,   // feature kIncompatDeltas
 };
 
 struct BlockHeader {
@@ -151,7 +156,16 @@ struct CheckpointRoot {
   // kSectionExtentsMax lists its first kSectionExtentsMax runs above and the
   // rest in a chain of RunListBlock starting here (zero: no chain).
   Le64 run_list_block[kSectionCount];
+  // Feature kIncompatDeltas. base_generation: the generation the sections above
+  // were written for (zero: this root's own). delta_blocks: the delta's length
+  // in blocks, listed entirely in the run list at delta_list_block (section
+  // kSectionDeltaId); zero when there is none.
+  Le64 base_generation;
+  Le64 delta_blocks;
+  Le64 delta_list_block;
 };
+// The section number a delta's run-list links carry.
+inline constexpr uint32_t kSectionDeltaId = kSectionCount;
 
 // One link of a section's run list: the runs after those already listed (in
 // the root, then in earlier links), in section order.

@@ -22,7 +22,7 @@ POISE_ONDISK(BlockHeader, 32);
 POISE_ONDISK(Superblock, 152);
 POISE_ONDISK(SectionExtent, 16);
 POISE_ONDISK(SectionDescriptor, 16 + 16 * kSectionExtentsMax);
-POISE_ONDISK(CheckpointRoot, 80 + kSectionCount * (16 + 16 * kSectionExtentsMax) + 8 * kSectionCount);
+POISE_ONDISK(CheckpointRoot, 80 + kSectionCount * (16 + 16 * kSectionExtentsMax) + 8 * kSectionCount + 24);
 POISE_ONDISK(RunListBlock, 48 + 16 * kRunListRunsMax);
 POISE_ONDISK(DiskBadRange, 16);
 POISE_ONDISK(SectionBlockHeader, 40);
@@ -57,6 +57,7 @@ static_assert(offsetof(TxHeader, payload_bytes) == 32);
 static_assert(sizeof(CheckpointRoot) <= 4096);
 static_assert(sizeof(RunListBlock) <= 4096);
 static_assert(offsetof(CheckpointRoot, run_list_block) == 4000);
+static_assert(offsetof(CheckpointRoot, base_generation) == 4040);
 static_assert(kTxBytesMax % kTxAlign == 0);
 
 #undef POISE_ONDISK

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "format/block.h"
+#include "format/journal_format.h"
 #include "fs/fs_impl.h"
 
 namespace poise {
@@ -93,6 +94,15 @@ void claims_of_copy(const format::CheckpointRootInfo& root, uint64_t root_block,
       claims->push_back({DevRun{DevBlock(link), 1}, metadata_owner(MetadataKind::CheckpointRoot, root_offset++)});
     }
   }
+  uint64_t offset = base;
+  for (const BlockRun& run : root.delta.runs) {
+    claims->push_back({DevRun{DevBlock(run.start_block), run.block_count},
+                       metadata_owner(MetadataKind::CheckpointDelta, offset)});
+    offset += run.block_count;
+  }
+  for (uint64_t link : root.delta.list_blocks) {
+    claims->push_back({DevRun{DevBlock(link), 1}, metadata_owner(MetadataKind::CheckpointRoot, root_offset++)});
+  }
 }
 }  // namespace
 
@@ -126,11 +136,119 @@ std::optional<DevRun> FsImpl::allocate_checkpoint_run(uint64_t want, std::option
   return free_.allocate(want, std::nullopt);
 }
 
-Result<void> FsImpl::write_checkpoint() {
+// Half the data area away from copy 1's root (wrapping), or the next free
+// block after that: one failing stretch of memory is unlikely to hold both.
+std::optional<DevBlock> FsImpl::second_copy_hint(uint64_t first_root) const {
+  const uint64_t area = data_end_ - data_start_;
+  uint64_t target = first_root + area / 2;
+  if (target >= data_end_) target -= area;
+  return free_.free_block_from(DevBlock(target));
+}
+
+// An incremental checkpoint keeps the current one's sections (its base) and
+// appends this generation's journal to its delta: it writes what changed since
+// the last checkpoint, not what the filesystem holds. A full one is written
+// instead when one is due (failed or damaged metadata, a format upgrade, a
+// repair), when the delta would outgrow a quarter of its base, or when the
+// space it takes could leave too little for the full checkpoint after it.
+Result<bool> FsImpl::place_delta_checkpoint(uint64_t generation, CheckpointPlacement* placed) {
+  if (full_checkpoint_due_ || !sb_.has_copies() || sb_.version != format::kFormatVersion || !copy_notes_.empty() ||
+      !superblock_notes_.empty() || checkpoint_root_block_ == 0 || checkpoint_copy_root_block_ == 0 ||
+      checkpoint_.base_generation == 0 || journal_->generation() != checkpoint_.generation) {
+    return false;
+  }
+  const uint64_t journal_bytes = journal_->used_bytes();
+  const uint64_t added = format::delta_blocks_for(journal_bytes);
+  uint64_t base_blocks = 0;
+  for (const auto& section : checkpoint_.sections) base_blocks += section.blocks();
+  constexpr uint64_t kDeltaBlocksMin = 64;
+  if (checkpoint_.delta.blocks() + added > std::max(kDeltaBlocksMin, base_blocks / 4)) return false;
+  // The log as it lies in the region, every transaction verified: one that no
+  // longer decodes (damaged since it was replayed or written) must never be
+  // carried into a checkpoint, which a full one (built from memory) avoids.
+  auto journal = journal_->copy_log();
+  if (!journal.has_value() ||
+      !format::decode_log(*journal, checkpoint_.generation, [](const format::DecodedTx&) -> Result<void> { return {}; })
+           .has_value()) {
+    return false;
+  }
+
+  const format::CheckpointRootInfo* current[2] = {&checkpoint_, &checkpoint_copy_};
+  const uint64_t old_blocks = checkpoint_.delta.blocks();
+  std::lock_guard lock(space_mutex_);
+  {
+    // Each copy: a root, the new delta blocks, a run list for the whole delta.
+    const uint64_t links = format::run_list_blocks_needed(checkpoint_.delta.runs.size() + added, 0);
+    const uint64_t need = 2 * (1 + added + links);
+    const uint64_t keep = reserved_blocks_ + 2 * checkpoint_reserve_blocks();
+    if (free_.free_blocks() < need + keep) return false;
+  }
+  placed->copies = 2;
+  auto undo = [&] {
+    for (const DevRun& a : placed->allocated) free_.add(a);
+    placed->allocated.clear();
+    return false;
+  };
+  for (uint32_t c = 0; c < 2; ++c) {
+    format::CheckpointRootInfo& root = placed->roots[c];
+    root = *current[c];
+    root.generation = generation;
+    root.next_ino = next_ino_;
+    root.delta.list_blocks.clear();
+    std::optional<DevBlock> hint = c == 1 ? second_copy_hint(placed->root_blocks[0]) : std::nullopt;
+    auto r = free_.allocate(1, hint);
+    if (!r) return undo();
+    placed->allocated.push_back(*r);
+    placed->root_blocks[c] = r->start.value();
+    hint = r->end();
+    for (uint64_t got = 0; got < added;) {
+      auto run = allocate_checkpoint_run(added - got, hint);
+      if (!run) return undo();
+      placed->allocated.push_back(*run);
+      root.delta.runs.push_back(BlockRun{run->start.value(), run->count});
+      got += run->count;
+      hint = run->end();
+    }
+    root.delta.records = old_blocks + added;
+    for (uint64_t n = format::run_list_blocks_needed(root.delta.runs.size(), 0); n > 0; --n) {
+      auto link = free_.allocate(1, hint);
+      if (!link) return undo();
+      placed->allocated.push_back(*link);
+      root.delta.list_blocks.push_back(link->start.value());
+      hint = link->end();
+    }
+  }
+  // The new delta blocks hold this generation's journal as it lies in the log,
+  // sealed for the generation it was written in.
+  const uint64_t journal_generation = checkpoint_.generation;
+  std::vector<RunCursor> cursors{RunCursor(placed->roots[0].delta.runs), RunCursor(placed->roots[1].delta.runs)};
+  format::encode_delta_segment(journal->data(), journal->size(), old_blocks,
+                               [&](uint32_t index, std::byte* block, uint32_t used) {
+    for (RunCursor& cursor : cursors) {
+      const uint64_t at = cursor.block_at(index);
+      format::seal_block(block, format::kBlockDelta, at, journal_generation, used);
+      device_.write(at * kBlockSize, block, kBlockSize);
+    }
+  });
+  return true;
+}
+
+Result<void> FsImpl::write_checkpoint(CheckpointMode mode) {
   std::shared_lock ns(ns_mutex_);
   const uint64_t generation = checkpoint_.generation + 1;
+  CheckpointPlacement placed;
+  if (mode == CheckpointMode::Auto && TRY(place_delta_checkpoint(generation, &placed))) {
+    return make_checkpoint_current(generation, &placed);
+  }
+  TRY(place_full_checkpoint(generation, &placed));
+  full_checkpoint_due_ = false;
+  return make_checkpoint_current(generation, &placed);
+}
+
+Result<void> FsImpl::place_full_checkpoint(uint64_t generation, CheckpointPlacement* placed) {
   format::CheckpointRootInfo base_root;  // what both copies' roots say, but where their blocks are
   base_root.generation = generation;
+  base_root.base_generation = generation;
   base_root.next_ino = next_ino_;
 
   // Pass 1: how many blocks each section needs.
@@ -176,26 +294,17 @@ Result<void> FsImpl::write_checkpoint() {
   // Allocate each copy's root and sections from free space (the reserve is
   // theirs). The second copy starts from the middle of the data area, so that
   // one failing stretch of memory is unlikely to hold both.
-  const uint32_t copies = metadata_copies();
-  std::vector<DevRun> allocated;
-  auto give_back = [&] {
-    std::lock_guard lock(space_mutex_);
-    for (const DevRun& run : allocated) free_.add(run);
-  };
-  format::CheckpointRootInfo roots[2];
-  uint64_t root_blocks[2] = {0, 0};
+  const uint32_t copies = placed->copies = metadata_copies();
+  std::vector<DevRun>& allocated = placed->allocated;
+  format::CheckpointRootInfo(&roots)[2] = placed->roots;
+  uint64_t(&root_blocks)[2] = placed->root_blocks;
   {
     std::lock_guard lock(space_mutex_);
     for (uint32_t c = 0; c < copies; ++c) {
       format::CheckpointRootInfo& root = roots[c];
       root = base_root;
       std::optional<DevBlock> hint;
-      if (c == 1) {  // half the data area away from copy 1 (wrapping), or the next free block after that
-        const uint64_t area = data_end_ - data_start_;
-        uint64_t target = root_blocks[0] + area / 2;
-        if (target >= data_end_) target -= area;
-        hint = free_.free_block_from(DevBlock(target));
-      }
+      if (c == 1) hint = second_copy_hint(root_blocks[0]);
       auto r = free_.allocate(1, hint);
       if (!r) {
         for (const DevRun& a : allocated) free_.add(a);
@@ -303,17 +412,36 @@ Result<void> FsImpl::write_checkpoint() {
   POISE_ASSERT(inode_writer.blocks() == needed[0]);
   POISE_ASSERT(dirent_writer.blocks() == needed[1]);
   POISE_ASSERT(extent_writer.blocks() == needed[2]);
-  bool run_lists = false;
   for (uint32_t c = 0; c < copies; ++c) {
     for (uint32_t s = 0; s < format::kSectionCount; ++s) {
-      run_lists = run_lists || !roots[c].sections[s].list_blocks.empty();
-      format::encode_run_lists(roots[c].sections[s], SectionId(s), generation, [&](uint64_t at, const std::byte* image) {
+      format::encode_run_lists(roots[c].sections[s], s, generation, [&](uint64_t at, const std::byte* image) {
         device_.write(at * kBlockSize, image, kBlockSize);
       });
     }
   }
+  return {};
+}
+
+// The root of each copy (and the delta's run list): written last, as the
+// superblocks then point at them.
+Result<void> FsImpl::make_checkpoint_current(uint64_t generation, CheckpointPlacement* placed) {
+  const uint32_t copies = placed->copies;
+  std::vector<DevRun>& allocated = placed->allocated;
+  format::CheckpointRootInfo(&roots)[2] = placed->roots;
+  uint64_t(&root_blocks)[2] = placed->root_blocks;
+  auto give_back = [&] {
+    std::lock_guard lock(space_mutex_);
+    for (const DevRun& run : allocated) free_.add(run);
+  };
+  bool run_lists = false;
+  bool delta = false;
   alignas(64) std::byte block[kBlockSize];
   for (uint32_t c = 0; c < copies; ++c) {
+    for (const auto& section : roots[c].sections) run_lists = run_lists || !section.list_blocks.empty();
+    delta = delta || roots[c].base_generation != generation;
+    format::encode_run_lists(roots[c].delta, format::kSectionDeltaId, generation,
+                             [&](uint64_t at, const std::byte* image) { device_.write(at * kBlockSize, image, kBlockSize); },
+                             0);
     format::encode_checkpoint_root(roots[c], root_blocks[c], block);
     device_.write(root_blocks[c] * kBlockSize, block, kBlockSize);
   }
@@ -332,6 +460,7 @@ Result<void> FsImpl::write_checkpoint() {
   // The superblocks that make this checkpoint current say that it needs run lists
   // (the bit stays: a later checkpoint may need them again).
   if (run_lists) sb_.feature_incompat |= format::kIncompatRunLists;
+  if (delta) sb_.feature_incompat |= format::kIncompatDeltas;
   auto switched = write_superblocks(root_blocks[0], root_blocks[1], generation);
   if (!switched.has_value()) {
     // A superblock copy naming the new checkpoint may already be in memory (or on
@@ -347,9 +476,11 @@ Result<void> FsImpl::write_checkpoint() {
     std::vector<DevRun> orphaned;
     std::vector<Claim> old_claims;
     checkpoint_claims(&old_claims);
+    // The new claims first: an incremental checkpoint keeps the old one's
+    // sections and delta blocks, which must never be orphaned on the way.
+    for (uint32_t c = 0; c < copies; ++c) add_checkpoint_owners(roots[c], root_blocks[c], c, &ownership_);
     for (const Claim& c : old_claims) ownership_.remove(c.run, c.owner, &orphaned);
     for (const DevRun& run : orphaned) free_.add(run);
-    for (uint32_t c = 0; c < copies; ++c) add_checkpoint_owners(roots[c], root_blocks[c], c, &ownership_);
   }
   checkpoint_ = std::move(roots[0]);
   checkpoint_root_block_ = root_blocks[0];
@@ -391,7 +522,8 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     const auto& a = *first;
     const auto& b = *second;
     bool same = a.next_ino == b.next_ino && a.inode_count == b.inode_count && a.dirent_count == b.dirent_count &&
-                a.extent_count == b.extent_count && a.bad_range_count == b.bad_range_count;
+                a.extent_count == b.extent_count && a.bad_range_count == b.bad_range_count &&
+                a.base_generation == b.base_generation && a.delta.blocks() == b.delta.blocks();
     for (uint32_t s = 0; s < format::kSectionCount; ++s) {
       same = same && a.sections[s].records == b.sections[s].records && a.sections[s].blocks() == b.sections[s].blocks();
     }
@@ -424,15 +556,15 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   auto read = [this](uint64_t b, std::byte* out) { return read_block(b, out); };
   constexpr uint64_t kBlockNotesMax = 16;  // a badly damaged copy gives a readable report
   uint64_t damaged_blocks = 0;
+  auto note_damage = [&](uint32_t copy, uint64_t b, const std::string& why) {
+    if (++damaged_blocks > kBlockNotesMax) return;
+    copy_notes_.push_back("checkpoint copy " + std::to_string(copy_numbers[copy]) + ": " + why + " (block " +
+                          std::to_string(b) + "); the other copy is used");
+  };
   auto read_copies = [&](SectionId id, const format::VisitPayload& visit) {
     std::vector<const format::SectionInfo*> sections;
     for (const auto* c : copies) sections.push_back(&c->sections[id]);
-    return format::read_section_copies(read, sections, id, known.generation, visit,
-                                       [&](uint32_t copy, uint64_t b, const std::string& why) {
-      if (++damaged_blocks > kBlockNotesMax) return;
-      copy_notes_.push_back("checkpoint copy " + std::to_string(copy_numbers[copy]) + ": " + why + " (block " +
-                            std::to_string(b) + "); the other copy is used");
-    });
+    return format::read_section_copies(read, sections, id, known.base_generation, visit, note_damage);
   };
   TRY(read_fixed_records<format::DiskInode>(read_copies, format::kSectionInodes,
                                             [&](const format::DiskInode& d) -> Result<void> {
@@ -499,8 +631,19 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     recorded.push_back(r);
     return {};
   }));
+  if (sb.version != format::kFormatVersionSingleCopy) compare_sharing(recorded);  // of the base: refcounts are its
+  // An incremental checkpoint's delta: the journals written since the base,
+  // one segment per generation, each replayed as the journal is at mount.
+  std::vector<const format::SectionInfo*> deltas;
+  for (const auto* c : copies) deltas.push_back(&c->delta);
+  TRY(format::read_delta_copies(read, deltas, known.base_generation, known.generation,
+                                [&](uint64_t g, const std::vector<std::byte>& journal) {
+    return format::decode_log(journal, g, [&](const format::DecodedTx& tx) -> Result<void> {
+      for (const auto& record : tx.records) TRY(apply_loaded(record));
+      return {};
+    });
+  }, note_damage));
   note_the_rest();
-  if (sb.version != format::kFormatVersionSingleCopy) compare_sharing(recorded);
   if (known.next_ino < next_ino_) {
     return fail(EUCLEAN, "checkpoint's next inode number is below an inode in use");
   }

@@ -106,6 +106,7 @@ void FsImpl::remember_lost(uint64_t first_block, uint64_t count) {
 Result<void> FsImpl::rewrite_checkpoint() {
   std::unique_lock quiet(gate_);
   if (!mounted_) return fail(EIO, "filesystem has shut down");
+  full_checkpoint_due_ = true;  // every metadata block anew, off the failed memory
   return write_checkpoint();
 }
 

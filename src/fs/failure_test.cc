@@ -246,7 +246,7 @@ TEST_F(FailureTest, OneRangedCallCoversAnyLength) {
 TEST(MetadataFailure, EveryKindIsRewrittenOrShutsDownCleanly) {
   for (MetadataKind kind : {MetadataKind::Superblock, MetadataKind::CheckpointRoot, MetadataKind::InodeTable,
                             MetadataKind::Directory, MetadataKind::ExtentMap, MetadataKind::BadRangeList,
-                            MetadataKind::Journal}) {
+                            MetadataKind::CheckpointDelta, MetadataKind::Journal}) {
     SCOPED_TRACE(static_cast<int>(kind));
     MemoryDevice device(64ull << 20);
     ASSERT_OK(Filesystem::format(device));
@@ -258,7 +258,9 @@ TEST(MetadataFailure, EveryKindIsRewrittenOrShutsDownCleanly) {
       write_file(*fs, "/gone", std::string(4096, 'g'));
       // A recorded bad range, so that the checkpoint has a bad-range section.
       ASSERT_OK(device.notify_failure(device_offset_of(*fs, "/gone", 0), 4096, FailureFlags::None));
-      ASSERT_OK(fs->checkpoint());  // a checkpoint holding every section
+      ASSERT_OK(fs->checkpoint(CheckpointMode::Full));  // a checkpoint holding every section
+      write_file(*fs, "/later", std::string(4096, 'l'));
+      ASSERT_OK(fs->checkpoint());  // and an incremental one on it: a delta
       ASSERT_OK(fs->unmount());
     }
     auto fs = *Filesystem::mount(device);
@@ -285,6 +287,7 @@ TEST(MetadataFailure, EveryKindIsRewrittenOrShutsDownCleanly) {
     fs = *Filesystem::mount(device);
     EXPECT_EQ(read_file(*fs, "/d/a"), std::string(3 * 4096, 'a'));
     EXPECT_EQ(read_file(*fs, "/b"), std::string(4096, 'b'));
+    EXPECT_EQ(read_file(*fs, "/later"), std::string(4096, 'l'));
     ASSERT_OK(fs->lookup("/after"));
     CheckReport report = fs->check();
     for (const auto& p : report.problems) ADD_FAILURE() << p;

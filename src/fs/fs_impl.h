@@ -134,7 +134,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   CheckReport check_locked(bool compare_incremental);
 
   Result<void> unmount() override;
-  Result<void> checkpoint() override;
+  Result<void> checkpoint(CheckpointMode mode = CheckpointMode::Auto) override;
   void shutdown() override;
   Result<InodeNumber> lookup(std::string_view path) override;
   Result<InodeNumber> create(std::string_view path, uint32_t mode = 0644,
@@ -459,7 +459,23 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
       Inode& a, Inode& b);
 
   // checkpoint.cc
-  Result<void> write_checkpoint();
+  // A checkpoint placed and written but not yet current: each copy's root,
+  // where it lies, and every block it took from free space.
+  struct CheckpointPlacement {
+    format::CheckpointRootInfo roots[2];
+    uint64_t root_blocks[2] = {0, 0};
+    uint32_t copies = 1;
+    std::vector<DevRun> allocated;
+  };
+  // Writes an incremental checkpoint where it may (place_delta_checkpoint),
+  // else a full one, then makes it current (superblocks, old blocks freed,
+  // a new journal generation). REQUIRES: the gate held exclusively.
+  Result<void> write_checkpoint(CheckpointMode mode = CheckpointMode::Auto);
+  Result<bool> place_delta_checkpoint(uint64_t generation, CheckpointPlacement* placed);
+  Result<void> place_full_checkpoint(uint64_t generation, CheckpointPlacement* placed);
+  Result<void> make_checkpoint_current(uint64_t generation, CheckpointPlacement* placed);
+  // REQUIRES: space_mutex_.
+  std::optional<DevBlock> second_copy_hint(uint64_t first_root) const;
   void count_checkpoint_blocks();
   // REQUIRES: space_mutex_ held.
   std::optional<DevRun> allocate_checkpoint_run(uint64_t want, std::optional<DevBlock> hint);
@@ -573,6 +589,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   FreeSpace free_;
   uint64_t reserved_blocks_ = 0;  // promised to operations in flight
   uint64_t checkpoint_blocks_ = 0;  // blocks the current checkpoint occupies (space_mutex_)
+  // The next checkpoint must be a full one (metadata memory failed under the
+  // current one; a repair). Under the gate, exclusively.
+  bool full_checkpoint_due_ = false;
 };
 
 }  // namespace poise

@@ -285,6 +285,18 @@ uint64_t Journal::durable_lsn() const {
   return durable_lsn_;
 }
 
+Result<std::vector<std::byte>> Journal::copy_log() const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::byte> log(write_offset_);
+  for (uint64_t at = 0; at < write_offset_; at += kBlockSize) {
+    const uint64_t n = std::min<uint64_t>(kBlockSize, write_offset_ - at);
+    auto got = device_.read(base_offset_ + at, log.data() + at, n);
+    if (!got.has_value() && copy_offset_ != 0) got = device_.read(copy_offset_ + at, log.data() + at, n);
+    if (!got.has_value()) return fail(EIO, "journal bytes " + std::to_string(at) + " read in no copy: " + got.error().message);
+  }
+  return log;
+}
+
 uint64_t Journal::used_bytes() const {
   std::lock_guard lock(mutex_);
   return write_offset_;

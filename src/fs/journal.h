@@ -87,6 +87,11 @@ class Journal {
   // Fences: everything written back before (file data too) is durable.
   uint64_t make_durable();
 
+  // The log so far ([0, used_bytes()): this generation's sealed transactions),
+  // copied out machine-check safe, each block from a copy where it reads. EIO
+  // if a block reads in no copy. REQUIRES: no transaction in flight.
+  Result<std::vector<std::byte>> copy_log() const;
+
   uint64_t generation() const;
   uint64_t committed_lsn() const;
   uint64_t durable_lsn() const;

@@ -446,14 +446,14 @@ bool FsImpl::journal_wants_checkpoint() const {
   return journal_->used_bytes() > journal_->capacity_bytes() / 2;
 }
 
-Result<void> FsImpl::checkpoint() {
+Result<void> FsImpl::checkpoint(CheckpointMode mode) {
   TRY(check_writable());
   for (;;) {  // frozen for a removal: nothing may be written until the thaw (I4)
     TRY(wait_until_thawed());
     std::unique_lock quiet(gate_);
     if (frozen_flag_.load(std::memory_order_acquire)) continue;
     if (!mounted_) return fail(EIO, "filesystem has shut down");
-    return write_checkpoint();
+    return write_checkpoint(mode);
   }
 }
 

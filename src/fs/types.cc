@@ -23,6 +23,7 @@ const char* to_string(MetadataKind kind) {
     case MetadataKind::ExtentMap: return "extent_map";
     case MetadataKind::BadRangeList: return "bad_range_list";
     case MetadataKind::RefcountList: return "refcount_list";
+    case MetadataKind::CheckpointDelta: return "checkpoint_delta";
   }
   return "unknown";
 }

@@ -115,7 +115,9 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     disconnect();
     return {};
   }
-  Result<void> checkpoint() override { return call0(Op::Checkpoint, [](Encoder&) {}); }
+  Result<void> checkpoint(CheckpointMode mode) override {
+    return call0(Op::Checkpoint, [&](Encoder& e) { e.u8(static_cast<uint8_t>(mode)); });
+  }
   void shutdown() override { disconnect(); }
 
   Result<InodeNumber> lookup(std::string_view path) override { return ino_call(Op::Lookup, [&](Encoder& e) { e.string(path); }); }

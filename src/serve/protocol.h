@@ -26,8 +26,8 @@ namespace poise::serve {
 
 // 2: file type 2 (symbolic link), Symlink, Readlink. 3: extended attributes.
 // 4: file types 3..6 (special files), a stat's device number, Mknod,
-// ReportFailure.
-inline constexpr uint32_t kProtocolVersion = 4;
+// ReportFailure. 5: Checkpoint's mode; metadata kind 9 (checkpoint delta).
+inline constexpr uint32_t kProtocolVersion = 5;
 inline constexpr size_t kHeaderBytes = 16;
 // The largest body either side accepts: 1 MiB of file data plus room for fields.
 inline constexpr uint32_t kBodyBytesMax = (1u << 20) + 4096;
@@ -62,7 +62,7 @@ enum class Op : uint16_t {
   Info = 23,
   Check = 24,
   MountWarnings = 25,
-  Checkpoint = 26,
+  Checkpoint = 26,  // u8 mode (CheckpointMode; protocol 5)
   Retain = 27,  // an open File on the client keeps the inode alive
   Release = 28,
   BadRanges = 29,    // the device's own bad-range list

@@ -648,8 +648,11 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     case Op::MountWarnings:
       out.strings(cut(fs_.mount_warnings(), kReplyBudgetBytes));
       return {};
-    case Op::Checkpoint:
-      return fs_.checkpoint();
+    case Op::Checkpoint: {  // u8 mode (protocol 5; absent before: Auto)
+      uint8_t mode = 0;
+      if (!in.done() && (!in.u8(&mode) || mode > static_cast<uint8_t>(CheckpointMode::Full))) return bad();
+      return fs_.checkpoint(static_cast<CheckpointMode>(mode));
+    }
     case Op::Retain: {
       if (!in.u64(&a)) return bad();
       TRY(access_.may_name(InodeNumber(a)));
