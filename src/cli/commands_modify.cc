@@ -169,14 +169,20 @@ int mkdir_p(Filesystem& fs, const std::string& path, uint32_t mode) {
 int remove_contents(Filesystem& fs, InodeNumber top, const std::string& shown) {
   struct Level {
     InodeNumber dir;
-    std::string shown;
+    std::string name;  // in its parent; the top's is how the caller named it
     std::vector<DirEntry> entries;
     size_t next = 0;
   };
   std::vector<Level> stack;
+  // The path of `name` in the deepest directory, spelled out only for a message.
+  auto path_of = [&](const std::string& name) {
+    std::string out;
+    for (const Level& l : stack) out += l.name + "/";
+    return out + name;
+  };
   auto enter = [&](InodeNumber dir, std::string name) -> int {
     auto entries = fs.readdir_at(dir);
-    if (!entries.has_value()) return report("rm " + name, entries.error());
+    if (!entries.has_value()) return report("rm " + path_of(name), entries.error());
     stack.push_back(Level{dir, std::move(name), std::move(*entries)});
     return kExitOk;
   };
@@ -191,16 +197,16 @@ int remove_contents(Filesystem& fs, InodeNumber top, const std::string& shown) {
       Level& parent = stack.back();
       const DirEntry& e = parent.entries[parent.next++];
       auto r = fs.rmdir_at(parent.dir, e.name);
-      if (!r.has_value()) return report("rm " + parent.shown + "/" + e.name, r.error());
+      if (!r.has_value()) return report("rm " + path_of(e.name), r.error());
       continue;
     }
     const DirEntry& e = level.entries[level.next];
     if (e.type == FileType::Directory) {
-      if (int code = enter(e.ino, level.shown + "/" + e.name); code != kExitOk) return code;
+      if (int code = enter(e.ino, e.name); code != kExitOk) return code;
       continue;  // level.next moves on once the child is gone
     }
     auto r = fs.unlink_at(level.dir, e.name);
-    if (!r.has_value()) return report("rm " + level.shown + "/" + e.name, r.error());
+    if (!r.has_value()) return report("rm " + path_of(e.name), r.error());
     ++level.next;
   }
   return kExitOk;

@@ -152,10 +152,20 @@ std::optional<DevBlock> FsImpl::second_copy_hint(uint64_t first_root) const {
 // repair), when the delta would outgrow a quarter of its base, or when the
 // space it takes could leave too little for the full checkpoint after it.
 Result<bool> FsImpl::place_delta_checkpoint(uint64_t generation, CheckpointPlacement* placed) {
-  if (full_checkpoint_due_ || !sb_.has_copies() || sb_.version != format::kFormatVersion || !copy_notes_.empty() ||
+  if (!sb_.has_copies() || sb_.version != format::kFormatVersion || !copy_notes_.empty() ||
       !superblock_notes_.empty() || checkpoint_root_block_ == 0 || checkpoint_copy_root_block_ == 0 ||
-      checkpoint_.base_generation == 0 || journal_->generation() != checkpoint_.generation) {
+      checkpoint_.base_generation == 0 || journal_->generation() != checkpoint_.generation || repairing_) {
     return false;
+  }
+  // Both copies must hold the same base and delta: a delta extends each copy
+  // where it lies, so a copy known only in part is written anew, in full.
+  {
+    bool same = checkpoint_copy_.base_generation == checkpoint_.base_generation &&
+                checkpoint_copy_.delta.blocks() == checkpoint_.delta.blocks();
+    for (uint32_t s = 0; s < format::kSectionCount; ++s) {
+      same = same && checkpoint_copy_.sections[s].blocks() == checkpoint_.sections[s].blocks();
+    }
+    if (!same) return false;
   }
   const uint64_t journal_bytes = journal_->used_bytes();
   const uint64_t added = format::delta_blocks_for(journal_bytes);
@@ -236,13 +246,18 @@ Result<bool> FsImpl::place_delta_checkpoint(uint64_t generation, CheckpointPlace
 Result<void> FsImpl::write_checkpoint(CheckpointMode mode) {
   std::shared_lock ns(ns_mutex_);
   const uint64_t generation = checkpoint_.generation + 1;
+  // Taken now: a range fenced while this checkpoint is built sets it again.
+  const bool due = full_checkpoint_due_.exchange(false, std::memory_order_relaxed);
   CheckpointPlacement placed;
-  if (mode == CheckpointMode::Auto && TRY(place_delta_checkpoint(generation, &placed))) {
+  auto written = [&]() -> Result<void> {
+    if (mode == CheckpointMode::Auto && !due && TRY(place_delta_checkpoint(generation, &placed))) {
+      return make_checkpoint_current(generation, &placed);
+    }
+    TRY(place_full_checkpoint(generation, &placed));
     return make_checkpoint_current(generation, &placed);
-  }
-  TRY(place_full_checkpoint(generation, &placed));
-  full_checkpoint_due_ = false;
-  return make_checkpoint_current(generation, &placed);
+  }();
+  if (!written.has_value() && due) full_checkpoint_due_.store(true, std::memory_order_relaxed);
+  return written;
 }
 
 Result<void> FsImpl::place_full_checkpoint(uint64_t generation, CheckpointPlacement* placed) {
@@ -518,6 +533,7 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     return fail(first.error().code, "no checkpoint root can be read: " + first.error().message +
                                         "; copy 2: " + second.error().message);
   }
+  bool disagrees = false;  // noted where it is found
   if (first.has_value() && second.has_value()) {
     const auto& a = *first;
     const auto& b = *second;
@@ -531,12 +547,13 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
       copy_notes_.push_back("checkpoint root copy 2 (block " + std::to_string(sb.checkpoint_copy_root_block) +
                             ") disagrees with copy 1; copy 1 is used");
       second = fail(EUCLEAN, "disagrees with copy 1");
+      disagrees = true;
     }
   }
   if (!first.has_value()) {
     copy_notes_.push_back("checkpoint root copy 1 (block " + std::to_string(sb.checkpoint_root_block) +
                           ") is bad: " + first.error().message + "; copy 2 is used");
-  } else if (sb.has_copies() && !second.has_value() && second.error().code != EUCLEAN) {
+  } else if (sb.has_copies() && !second.has_value() && !disagrees) {
     copy_notes_.push_back("checkpoint root copy 2 (block " + std::to_string(sb.checkpoint_copy_root_block) +
                           ") is bad: " + second.error().message + "; copy 1 is used");
   }

@@ -4,6 +4,7 @@
 // (which blocks moved, which kinds exist) and what a remount reads back.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <map>
 #include <set>
 
@@ -125,6 +126,44 @@ TEST_F(IncrementalCheckpointTest, ADamagedJournalIsNeverCopiedIntoADelta) {
   remount();
   expect_clean();
   EXPECT_EQ(read_file(*fs_, "/d/f19"), "file 19");
+}
+
+// A copy whose root cannot be read at mount is known only by its root block:
+// its sections are unknown, so no delta may be appended to it. The mount notes
+// it and writes both copies anew, and every later delta extends whole copies.
+TEST_F(IncrementalCheckpointTest, AnUnreadableSecondRootIsRewrittenNotExtended) {
+  make_files("/base", 200);
+  ASSERT_OK(fs_->checkpoint(CheckpointMode::Full));
+  make_files("/delta", 20);
+  ASSERT_OK(fs_->checkpoint());
+  ASSERT_EQ(metadata_blocks().count(MetadataKind::CheckpointDelta), 1u);
+  release_without_unmount();
+  // Not a checksum error: a root overwritten by something else (bad magic).
+  const format::SuperblockInfo damaged = superblock();
+  std::memset(device_->data() + damaged.checkpoint_copy_root_block * kBlockSize, 0x5a, kBlockSize);
+  mount();
+  bool noted = false;
+  for (const auto& n : fs_->check().notes) noted = noted || n.find("root copy 2") != std::string::npos;
+  EXPECT_TRUE(noted) << "the unreadable second root was not reported";
+  make_files("/after", 20);
+  ASSERT_OK(fs_->checkpoint());
+  make_files("/later", 20);
+  ASSERT_OK(fs_->checkpoint());
+  remount();
+  expect_clean();
+  // The second copy alone must now hold everything.
+  release_without_unmount();
+  const format::SuperblockInfo now = superblock();
+  std::memset(device_->data() + now.checkpoint_root_block * kBlockSize, 0x5a, kBlockSize);
+  mount();
+  CheckReport r = fs_->check();
+  for (const auto& p : r.problems) ADD_FAILURE() << "check: " << p;
+  for (const std::string dir : {"/base", "/delta", "/after", "/later"}) {
+    const int last = dir == "/base" ? 199 : 19;
+    EXPECT_EQ(read_file(*fs_, dir + "/f" + std::to_string(last)), "file " + std::to_string(last)) << dir;
+  }
+  remount();
+  expect_clean();
 }
 
 // Random operations with checkpoints of both kinds and crashes between them,

@@ -81,6 +81,8 @@ Result<void> FsImpl::record_bad(uint64_t first_block, uint64_t count) {
     auto op = begin_op(4096, Journal::Use::Freeing);
     if (!op.has_value()) {
       fence_in_memory();  // never allocated in this mount at least; the device list brings it back at the next
+      // mount, and the next checkpoint is a full one, which records it (a delta holds only journals).
+      full_checkpoint_due_.store(true, std::memory_order_relaxed);
       return Unexpected<Error>(std::move(op).error());
     }
     commit(*op, {format::BadRangeRecord{first_block, count}}, {});
@@ -106,7 +108,7 @@ void FsImpl::remember_lost(uint64_t first_block, uint64_t count) {
 Result<void> FsImpl::rewrite_checkpoint() {
   std::unique_lock quiet(gate_);
   if (!mounted_) return fail(EIO, "filesystem has shut down");
-  full_checkpoint_due_ = true;  // every metadata block anew, off the failed memory
+  full_checkpoint_due_.store(true, std::memory_order_relaxed);  // every metadata block anew, off the failed memory
   return write_checkpoint();
 }
 

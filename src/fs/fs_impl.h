@@ -129,7 +129,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<void> format_new(const FormatOptions& options);
   // repair.cc: a read-write load that records, instead of refusing, what it
   // cannot apply (see Filesystem::repair), and the repair after it.
-  void set_repairing() { repairing_ = true; }
+  void set_repairing() {
+    repairing_ = true;
+    full_checkpoint_due_.store(true, std::memory_order_relaxed);  // a repair's checkpoints are built from memory
+  }
   Result<RepairReport> repair_loaded();
   CheckReport check_locked(bool compare_incremental);
 
@@ -589,9 +592,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   FreeSpace free_;
   uint64_t reserved_blocks_ = 0;  // promised to operations in flight
   uint64_t checkpoint_blocks_ = 0;  // blocks the current checkpoint occupies (space_mutex_)
-  // The next checkpoint must be a full one (metadata memory failed under the
-  // current one; a repair). Under the gate, exclusively.
-  bool full_checkpoint_due_ = false;
+  // The next checkpoint must be a full one: metadata memory failed under the
+  // current one, a repair changed what no journal holds, or a failed range
+  // could only be fenced in memory (no journal space for its record).
+  std::atomic<bool> full_checkpoint_due_{false};
 };
 
 }  // namespace poise

@@ -71,7 +71,7 @@ Result<RepairReport> FsImpl::repair_loaded() {
   TRY(repair_extents_past_end(&changes));
   {
     std::unique_lock quiet(gate_);
-    full_checkpoint_due_ = true;  // what was repaired in memory only (and the sharing) is in no journal
+    full_checkpoint_due_.store(true, std::memory_order_relaxed);  // what was repaired in memory only (and the sharing) is in no journal
     TRY(write_checkpoint());
   }
   CheckReport after = check();
