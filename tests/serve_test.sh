@@ -190,16 +190,16 @@ def ask(op, body):
     n = struct.unpack('<I', head[:4])[0]
     data = sock.recv(n, socket.MSG_WAITALL) if n else b''
     return struct.unpack('<i', data[:4])[0]
-assert ask(1, struct.pack("<I", 5)) == 0  # hello (protocol version 5)
+assert ask(1, struct.pack("<I", 6)) == 0  # hello (protocol version 6)
 PY
   cat >"$WORK/raw.py" <<'PY'
 from wire import *
 ino = int(sys.argv[2])
 print(ask(13, struct.pack('<QQQ', ino, 0, 16)), ask(11, struct.pack('<Q', ino)), ask(12, struct.pack('<Q', ino)),
-      ask(32, bytes([0])))
+      ask(32, bytes([0])), ask(51, struct.pack('<QQQ', ino, 0, 16)))
 PY
   "${AS_NOBODY[@]}" /usr/bin/python3 "$WORK/raw.py" "$IMG.sock" "$INNER" >"$WORK/out" 2>"$WORK/err"
-  [ "$(cat "$WORK/out")" = "13 13 13 13" ] && ok || bad "read/stat/path-of by inode number, or the device descriptor, given to another user: $(cat "$WORK/out" "$WORK/err")"
+  [ "$(cat "$WORK/out")" = "13 13 13 13 13" ] && ok || bad "read/stat/path-of by inode number, the device descriptor or a pin, given to another user: $(cat "$WORK/out" "$WORK/err")"
   # A NUL byte in a name is refused (it would make the image unmountable).
   cat >"$WORK/nul.py" <<'PY'
 from wire import *

@@ -13,9 +13,11 @@
 // in messages of up to 1 MiB. map() gives a direct mapping of the device
 // memory, kept safe by a lease the server recalls before it changes the pages
 // (docs/protocol.md); it is for root and the server's own user, since the
-// device descriptor it needs reaches the whole device. pin() is not given out
-// (ENOTSUP). unmount() and shutdown() only disconnect this client (the
-// server's filesystem stays mounted). When the server goes away every mapping
+// device descriptor it needs reaches the whole device. pin() is for them too:
+// the server holds the pin while this client reads the pinned pieces straight
+// from device memory; a write by this same client to a file it has pinned is
+// refused (EDEADLK). unmount() and shutdown() only disconnect this client (the
+// server's filesystem stays mounted); a pin held then keeps what it showed. When the server goes away every mapping
 // is revoked and every later call fails with ESHUTDOWN. MapOwner::on_event is
 // called from a poise thread of this process.
 //

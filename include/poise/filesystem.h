@@ -357,8 +357,10 @@ class Filesystem {
                               std::shared_ptr<MapOwner> owner = nullptr) = 0;
   // Pins file bytes [offset, +length) for a zero-copy reader: see poise/mapping.h.
   virtual Result<Pin> pin(InodeNumber ino, uint64_t offset, uint64_t length) = 0;
-  // Live mappings and pins, for reports and tests.
+  // Live mappings, and pins held, for reports and tests (through a server:
+  // this client's).
   virtual size_t mapping_count() = 0;
+  virtual size_t pin_count() = 0;
 
   // Every owner of every block in [offset, +length) of the device, in device
   // order, free stretches included: one record per owner.

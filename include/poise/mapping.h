@@ -23,7 +23,9 @@
 // zero-copy send, say) whose bytes stay put while it is held: API writes to the
 // range, truncate, punch-hole and every other path that frees blocks wait for it.
 // (Stores through a mapping do not.) A thread must release its pins before it
-// modifies that file.
+// modifies that file. Through poise serve a pin is the connection's rather
+// than the thread's, and a pin held when the connection ends keeps showing
+// what it showed, as a private copy (docs/protocol.md, "Pins").
 #pragma once
 
 #include <cstddef>
@@ -115,26 +117,33 @@ class Mapping {
   std::shared_ptr<mapping::MapState> state_;
 };
 
+// Who gave out a pin, told when it is released: the mapping registry of an
+// in-process filesystem, or a poise serve client library.
+class PinKeeper {
+ public:
+  virtual ~PinKeeper() = default;
+  virtual void unpin(uint64_t id) = 0;
+};
+
 // A read-only view of a file range's device memory, held briefly.
 class Pin {
  public:
   Pin() = default;
-  Pin(std::shared_ptr<mapping::MappingRegistry> registry, uint64_t id,
-      std::vector<std::span<const std::byte>> segments)
-      : registry_(std::move(registry)), id_(id), segments_(std::move(segments)) {}
+  Pin(std::shared_ptr<PinKeeper> keeper, uint64_t id, std::vector<std::span<const std::byte>> segments)
+      : keeper_(std::move(keeper)), id_(id), segments_(std::move(segments)) {}
   Pin(Pin&&) noexcept = default;
   Pin& operator=(Pin&& o) noexcept;
   Pin(const Pin&) = delete;
   Pin& operator=(const Pin&) = delete;
   ~Pin() { release(); }
 
-  bool is_pinned() const { return registry_ != nullptr; }
+  bool is_pinned() const { return keeper_ != nullptr; }
   // The range in order, as pieces of device memory (holes as shared zeros).
   const std::vector<std::span<const std::byte>>& segments() const { return segments_; }
   void release();
 
  private:
-  std::shared_ptr<mapping::MappingRegistry> registry_;
+  std::shared_ptr<PinKeeper> keeper_;
   uint64_t id_ = 0;
   std::vector<std::span<const std::byte>> segments_;
 };

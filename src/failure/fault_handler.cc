@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <utility>
 #include <thread>
 
 #include "base/safe_copy.h"
@@ -325,7 +326,7 @@ void watch_device(Device& device) {
     w.device = &device;
     w.count = 1;
     w.size.store(device.size_bytes(), std::memory_order_release);
-    w.base.store(reinterpret_cast<uintptr_t>(device.data()), std::memory_order_release);
+    w.base.store(reinterpret_cast<uintptr_t>(std::as_const(device).data()), std::memory_order_release);
     return;
   }
   // More devices than slots: machine checks at the others' views go unrouted

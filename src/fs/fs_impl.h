@@ -222,6 +222,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
                       std::shared_ptr<MapOwner> owner) override;
   Result<Pin> pin(InodeNumber ino, uint64_t offset, uint64_t length) override;
   size_t mapping_count() override { return mappings_->mapping_count(); }
+  size_t pin_count() override { return mappings_->pin_count(); }
 
   // mapping_backend.cc: what the mapping layer asks of the filesystem.
   Result<void> with_layout(InodeNumber ino, uint64_t first, uint64_t count, bool writable,

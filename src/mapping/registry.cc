@@ -800,7 +800,7 @@ void Mapping::unmap() {
 Pin& Pin::operator=(Pin&& o) noexcept {
   if (this != &o) {
     release();
-    registry_ = std::move(o.registry_);
+    keeper_ = std::move(o.keeper_);
     id_ = o.id_;
     segments_ = std::move(o.segments_);
   }
@@ -808,9 +808,9 @@ Pin& Pin::operator=(Pin&& o) noexcept {
 }
 
 void Pin::release() {
-  if (!registry_) return;
-  registry_->unpin(id_);
-  registry_.reset();
+  if (!keeper_) return;
+  keeper_->unpin(id_);
+  keeper_.reset();
   segments_.clear();
 }
 

@@ -116,7 +116,9 @@ struct Notice {
 };
 
 
-class MappingRegistry final : public std::enable_shared_from_this<MappingRegistry>, public PoisonListener {
+class MappingRegistry final : public std::enable_shared_from_this<MappingRegistry>,
+                              public PoisonListener,
+                              public PinKeeper {
  public:
   explicit MappingRegistry(Device& device);
   ~MappingRegistry() override;
@@ -149,7 +151,7 @@ class MappingRegistry final : public std::enable_shared_from_this<MappingRegistr
   void follow_death(uint64_t id, MappingCause cause);
   // The owner of mapping `id` (for notices), or nullptr.
   std::shared_ptr<MapOwner> owner_of(uint64_t id) const;
-  void unpin(uint64_t id);
+  void unpin(uint64_t id) override;
 
   // Layout breaking (DESIGN flow 4). REQUIRES: the inode locked exclusively.
   // Revokes file pages [first, +count) in every mapping of the file: the next

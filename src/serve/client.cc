@@ -2,6 +2,7 @@
 #include "poise/client.h"
 
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <mutex>
 #include <thread>
 
+#include "base/safe_copy.h"
 #include "failure/fault_handler.h"
 #include "mapping/registry.h"
 #include "serve/protocol.h"
@@ -45,12 +47,20 @@ class ClientDevice final : public Device {
   void set_fd(int fd, bool writable) { (writable ? rw_ : ro_).store(fd, std::memory_order_release); }
   bool has_fd(bool writable) const { return writable ? rw_.load() >= 0 : map_fd() >= 0; }
 
-  uint64_t size_bytes() const override { return UINT64_MAX; }
+  // The read-only view of the whole device that pins read (set once, by the
+  // first pin); the fault handler turns a machine check in it into a report.
+  void set_view(const std::byte* base, uint64_t size) {
+    view_size_.store(size, std::memory_order_relaxed);
+    view_.store(base, std::memory_order_release);
+  }
+  uint64_t size_bytes() const override {
+    return view_.load(std::memory_order_acquire) != nullptr ? view_size_.load(std::memory_order_relaxed) : UINT64_MAX;
+  }
   PersistenceDomain domain() const override { return PersistenceDomain::PageCache; }
   uint64_t alignment_bytes() const override { return 4096; }
   std::string describe() const override { return name_; }
-  const std::byte* data() const override { return nullptr; }
-  std::byte* data() override { return nullptr; }
+  const std::byte* data() const override { return view_.load(std::memory_order_acquire); }
+  std::byte* data() override { return nullptr; }  // never written
   int map_fd() const override {
     int rw = rw_.load(std::memory_order_acquire);
     return rw >= 0 ? rw : ro_.load(std::memory_order_acquire);
@@ -64,6 +74,83 @@ class ClientDevice final : public Device {
  private:
   std::string name_;
   std::atomic<int> ro_{-1}, rw_{-1};
+  std::atomic<const std::byte*> view_{nullptr};
+  std::atomic<uint64_t> view_size_{0};
+};
+
+// The pins this client holds through the server, and the read-only view of
+// the server's device their pieces lie in. Shared by the pins themselves: the
+// view lives until the last pin goes, even past the connection. While the
+// connection lives, the server's pin keeps the blocks from being freed or
+// rewritten. When it ends (disconnect, or the server died), every pin still
+// held is frozen first: its pages of the view become private copies of what
+// they showed (moved into place in one mremap each), so a pin never shows
+// bytes the blocks hold after their release.
+class RemotePins final : public PinKeeper {
+ public:
+  RemotePins(std::byte* view, uint64_t size) : view_(view), size_(size) {}
+  ~RemotePins() override { ::munmap(view_, size_); }
+  RemotePins(const RemotePins&) = delete;
+  RemotePins& operator=(const RemotePins&) = delete;
+
+  const std::byte* view() const { return view_; }
+  uint64_t size() const { return size_; }
+
+  // Records pin `id` (its pieces: length, device offset), which `release`
+  // gives back to the server. Refused once frozen: the connection is over.
+  Result<void> add(uint64_t id, std::vector<std::pair<uint64_t, uint64_t>> pieces,
+                   std::function<Result<void>(uint64_t)> release) {
+    std::lock_guard lock(mu_);
+    if (frozen_) return fail(ESHUTDOWN, "the poise server went away");
+    if (!release_) release_ = std::move(release);
+    held_[id] = std::move(pieces);
+    return {};
+  }
+  void unpin(uint64_t id) override {
+    std::lock_guard lock(mu_);
+    if (held_.erase(id) == 0) return;
+    if (!frozen_) (void)release_(id);  // the server's pin goes (or already went with the connection)
+  }
+  // Every pin still held becomes a private copy; later releases tell nobody.
+  void freeze() {
+    std::lock_guard lock(mu_);
+    if (frozen_) return;
+    frozen_ = true;
+    release_ = nullptr;
+    for (const auto& [id, pieces] : held_) {
+      (void)id;
+      for (const auto& [length, where] : pieces) {
+        if (where == serve::kPinZeros) continue;
+        const uint64_t first = where / kPageBytes * kPageBytes;
+        const uint64_t end = (where + length + kPageBytes - 1) / kPageBytes * kPageBytes;
+        for (uint64_t at = first; at < end; at += kPageBytes) freeze_page(at);
+      }
+    }
+  }
+  size_t count() const {
+    std::lock_guard lock(mu_);
+    return held_.size();
+  }
+
+ private:
+  static constexpr uint64_t kPageBytes = 4096;
+  // One page of the view becomes a private copy of itself. A page whose
+  // memory fails to read stays as it is (a read of it fails as before).
+  void freeze_page(uint64_t at) {
+    void* copy = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (copy == MAP_FAILED) return;
+    if (copy_or_fault(copy, view_ + at, kPageBytes).has_value() || ::mprotect(copy, kPageBytes, PROT_READ) != 0 ||
+        ::mremap(copy, kPageBytes, kPageBytes, MREMAP_MAYMOVE | MREMAP_FIXED, view_ + at) == MAP_FAILED) {
+      ::munmap(copy, kPageBytes);
+    }
+  }
+
+  std::byte* const view_;
+  const uint64_t size_;
+  mutable std::mutex mu_;
+  bool frozen_ = false;
+  std::function<Result<void>(uint64_t)> release_;  // tells the server (set by the first pin)
+  std::map<uint64_t, std::vector<std::pair<uint64_t, uint64_t>>> held_;  // pin -> (length, device offset)
 };
 
 // A connected stream socket to the server at `path`.
@@ -85,6 +172,9 @@ Result<int> connect_socket(const std::string& path) {
   }
   return fd;
 }
+
+// What a pin shows for a hole.
+alignas(4096) const std::byte kZeroPiece[64 * 1024] = {};
 
 // Set while this thread is inside a request: a fault it takes then (its buffer
 // lies in a poise mapping not shown yet) cannot wait for the connection.
@@ -369,10 +459,55 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     leases_[m.id()] = Lease{lease, ino};
     return m;
   }
-  Result<Pin> pin(InodeNumber, uint64_t, uint64_t) override {
-    return fail(ENOTSUP, "pins are not given out through poise serve: map the range read-only instead");
+  // A pin through the server: the server pins the range and says where its
+  // pieces lie; they are read here through the read-only device descriptor.
+  Result<Pin> pin(InodeNumber ino, uint64_t offset, uint64_t length) override {
+    TRY(start_following());  // the server's death is then noticed at once (and the pins frozen)
+    TRY(get_device_fd(false));
+    uint64_t id = 0, device_bytes = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> pieces;
+    TRY(call(
+        Op::Pin,
+        [&](Encoder& e) {
+          e.u64(ino.value());
+          e.u64(offset);
+          e.u64(length);
+        },
+        [&](Decoder& d) {
+          uint32_t n = 0;
+          if (!d.u64(&id) || !d.u64(&device_bytes) || !d.u32(&n) || n > serve::kPinPiecesMax) return false;
+          pieces.resize(n);
+          for (auto& [len, where] : pieces) {
+            if (!d.u64(&len) || !d.u64(&where)) return false;
+          }
+          return true;
+        }));
+    auto release = [this](uint64_t pin) { return call0(Op::Unpin, [&](Encoder& e) { e.u64(pin); }); };
+    auto given_back = [&](Error e) -> Result<Pin> {
+      (void)release(id);
+      return Unexpected<Error>(std::move(e));
+    };
+    auto pins = view_for(device_bytes);
+    if (!pins.has_value()) return given_back(std::move(pins).error());
+    std::vector<std::span<const std::byte>> segments;
+    for (const auto& [len, where] : pieces) {
+      if (where == serve::kPinZeros) {
+        for (uint64_t at = 0; at < len; at += sizeof kZeroPiece) segments.emplace_back(kZeroPiece, std::min<uint64_t>(sizeof kZeroPiece, len - at));
+      } else if (where > device_bytes || len > device_bytes - where) {
+        return given_back(Error{EPROTO, "the poise server named a pin piece outside its device"});
+      } else {
+        segments.emplace_back((*pins)->view() + where, len);
+      }
+    }
+    // Recorded only while connected: a server that died meanwhile took its pin along.
+    TRY((*pins)->add(id, std::move(pieces), release));
+    return Pin(*pins, id, std::move(segments));
   }
   size_t mapping_count() override { return registry_ ? registry_->mapping_count() : 0; }
+  size_t pin_count() override {
+    auto held = pins();
+    return held ? held->count() : 0;
+  }
 
   // mapping::FaultForwarder: what the follower registry asks of the server.
   mapping::FaultOutcome forward_fault(const mapping::MapState& m, uint64_t page, bool is_write) override {
@@ -673,6 +808,9 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
 
   void disconnect() {
     stop_listening();
+    // Pins still held keep what they show, as private copies: the server
+    // releases its pins when this connection closes.
+    if (auto held = pins()) held->freeze();
     if (device_) device_->unregister_holder(&reporter_);
     // Nothing the server showed may stay reachable from this process.
     if (registry_) {
@@ -688,6 +826,9 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     if (notice_thread_.joinable()) notice_thread_.join();
     if (follow_fd_ >= 0) ::close(follow_fd_);
     follow_fd_ = -1;
+    std::lock_guard lock(follow_start_mu_);
+    if (watching_view_) failure::unwatch_device(*device_);
+    watching_view_ = false;
   }
 
   struct Lease {
@@ -730,6 +871,28 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     follow_thread_ = std::thread([this] { follow_loop(); });
     notice_thread_ = std::thread([this] { notice_loop(); });
     return {};
+  }
+
+  // The read-only view of the whole device that pins read, made once.
+  Result<std::shared_ptr<RemotePins>> view_for(uint64_t device_bytes) {
+    std::lock_guard lock(follow_start_mu_);
+    if (pins_ != nullptr) {
+      if (pins_->size() != device_bytes) return fail(EPROTO, "the poise server's device changed size");
+      return pins_;
+    }
+    if (device_bytes == 0 || device_bytes % 4096 != 0) return fail(EPROTO, "the poise server named no device size");
+    void* view = ::mmap(nullptr, device_bytes, PROT_READ, MAP_SHARED, device_->map_fd(), 0);
+    if (view == MAP_FAILED) return fail(errno, std::string("mapping the server's device for pins: ") + std::strerror(errno));
+    pins_ = std::make_shared<RemotePins>(static_cast<std::byte*>(view), device_bytes);
+    device_->set_view(pins_->view(), device_bytes);
+    failure::start_machine_check_thread();  // it tells the device of a machine check in the view
+    failure::watch_device(*device_);
+    watching_view_ = true;
+    return pins_;
+  }
+  std::shared_ptr<RemotePins> pins() {
+    std::lock_guard lock(follow_start_mu_);
+    return pins_;
   }
 
   Result<void> get_device_fd(bool writable) {
@@ -803,7 +966,8 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
       if (!serve::send_frame(follow_fd_, ack.finish())) break;
     }
     // The server is gone (or this process is leaving): nothing it showed may
-    // be reached any more.
+    // be reached any more, and what pins show is kept as private copies.
+    if (auto held = pins()) held->freeze();
     std::vector<mapping::Notice> notices;
     registry_->kill_all(MappingCause::Shutdown, &notices);
     std::lock_guard lock(notices_mu_);
@@ -867,6 +1031,8 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   };
   FailureReporter reporter_;
   std::unique_ptr<ClientDevice> device_;
+  std::shared_ptr<RemotePins> pins_;  // guarded by follow_start_mu_: made by the first pin
+  bool watching_view_ = false;        // guarded by follow_start_mu_
   std::shared_ptr<mapping::MappingRegistry> registry_;
   int follow_fd_ = -1;
   std::thread follow_thread_;

@@ -61,6 +61,8 @@ const char* op_name(Op op) {
     case Op::RemoveXattr: return "removexattr";
     case Op::Mknod: return "mknod";
     case Op::ReportFailure: return "report-failure";
+    case Op::Pin: return "pin";
+    case Op::Unpin: return "unpin";
   }
   return "unknown";
 }

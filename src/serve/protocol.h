@@ -27,7 +27,8 @@ namespace poise::serve {
 // 2: file type 2 (symbolic link), Symlink, Readlink. 3: extended attributes.
 // 4: file types 3..6 (special files), a stat's device number, Mknod,
 // ReportFailure. 5: Checkpoint's mode; metadata kind 9 (checkpoint delta).
-inline constexpr uint32_t kProtocolVersion = 5;
+// 6: Pin, Unpin.
+inline constexpr uint32_t kProtocolVersion = 6;
 inline constexpr size_t kHeaderBytes = 16;
 // The largest body either side accepts: 1 MiB of file data plus room for fields.
 inline constexpr uint32_t kBodyBytesMax = (1u << 20) + 4096;
@@ -97,8 +98,18 @@ enum class Op : uint16_t {
   // length -> u8 confirmed (1: the server recorded it; 0: it could not confirm
   // an unprivileged client's report by reading the memory itself).
   ReportFailure = 50,
+  // A pin through the server (protocol 6): u64 inode, u64 offset, u64 length
+  // -> u64 pin, u64 device bytes, u32 n, n x (u64 length, u64 device offset or
+  // kPinZeros for a hole). The client reads the pieces through its read-only
+  // device descriptor; the server holds the pin until unpin or the client goes.
+  Pin = 51,
+  Unpin = 52,  // u64 pin
 };
-inline constexpr uint16_t kOpMax = 50;
+inline constexpr uint16_t kOpMax = 52;
+// A pin piece that is a hole (zeros), not device memory.
+inline constexpr uint64_t kPinZeros = UINT64_MAX;
+// The most pieces one pin may have (its answer fits one message).
+inline constexpr uint32_t kPinPiecesMax = 60000;
 
 // The steps of Op::Offline.
 enum class OfflineStep : uint8_t { PreRemove = 0, Cancel = 1, Remove = 2 };

@@ -726,6 +726,65 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       out.u64(lease);
       return {};
     }
+    case Op::Pin: {
+      if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c)) return bad();
+      TRY(may_map());
+      {
+        std::lock_guard lock(c_.leases_mutex);
+        if (c_.leases.size() + c_.pins.size() >= kLeasesPerClientMax) {
+          return fail(EMFILE, "this client holds " + std::to_string(kLeasesPerClientMax) +
+                                  " mappings and pins, the most a client may");
+        }
+      }
+      TRY(access_.may_use(InodeNumber(a), 4));
+      // The server's own pin, held for the client (and counted as this
+      // connection's: a write by the same client to the range is refused, as
+      // an in-process thread's is). The client reads the same device memory
+      // through its descriptor, so the answer says where each piece lies.
+      Pin pin = TRY(fs_.pin(InodeNumber(a), b, c));
+      const std::byte* base = device_.data();
+      const uint64_t size = device_.size_bytes();
+      std::vector<std::pair<uint64_t, uint64_t>> pieces;  // length, device offset or kPinZeros
+      for (std::span<const std::byte> s : pin.segments()) {
+        const bool on_device = base != nullptr && s.data() >= base && s.data() < base + size;
+        const uint64_t where = on_device ? static_cast<uint64_t>(s.data() - base) : kPinZeros;
+        if (!pieces.empty() && where == kPinZeros && pieces.back().second == kPinZeros) {
+          pieces.back().first += s.size();
+        } else {
+          pieces.emplace_back(s.size(), where);
+        }
+      }
+      if (pieces.size() > kPinPiecesMax) {
+        return fail(E2BIG, "the range lies in " + std::to_string(pieces.size()) + " pieces of device memory, more than " +
+                               std::to_string(kPinPiecesMax) + " a pin through a server may have: pin less at a time");
+      }
+      uint64_t id = 0;
+      {
+        std::lock_guard lock(c_.leases_mutex);
+        id = c_.next_pin++;
+        c_.pins.emplace(id, std::move(pin));
+      }
+      out.u64(id);
+      out.u64(size);
+      out.u32(static_cast<uint32_t>(pieces.size()));
+      for (const auto& [length, where] : pieces) {
+        out.u64(length);
+        out.u64(where);
+      }
+      return {};
+    }
+    case Op::Unpin: {
+      if (!in.u64(&a)) return bad();
+      Pin dropped;
+      {
+        std::lock_guard lock(c_.leases_mutex);
+        auto it = c_.pins.find(a);
+        if (it == c_.pins.end()) return fail(EINVAL, "no pin " + std::to_string(a));
+        dropped = std::move(it->second);
+        c_.pins.erase(it);
+      }
+      return {};  // `dropped` releases the server's pin
+    }
     case Op::Unmap: {
       if (!in.u64(&a)) return bad();
       Mapping dropped;

@@ -380,6 +380,15 @@ void Server::drop_leases(Client& client) {
     if (auto* owner = m.owner(); owner != nullptr && owner->mirror) owner->mirror->died(MappingCause::Shutdown);
   }
   leases.clear();
+  // Its pins go with it: the blocks they held may be freed again (a client
+  // that is gone reads nothing more; one that disconnected made its pins
+  // private copies first).
+  std::map<uint64_t, Pin> pins;
+  {
+    std::lock_guard lock(client.leases_mutex);
+    pins.swap(client.pins);
+  }
+  pins.clear();
   std::lock_guard lock(client.follow_mutex);
   if (client.follow_fd >= 0) {
     ::shutdown(client.follow_fd, SHUT_RDWR);

@@ -140,6 +140,8 @@ struct Server::Client {
 
   std::mutex leases_mutex;
   std::map<uint64_t, Mapping> leases;  // guarded by leases_mutex: lease id -> the server's copy
+  std::map<uint64_t, Pin> pins;        // guarded by leases_mutex: pin id -> the server's pin
+  uint64_t next_pin = 1;               // guarded by leases_mutex
 };
 
 // One reply: the frame, and a descriptor to pass with it (-1: none; the caller
