@@ -361,5 +361,44 @@ TEST(DaxServed, AClientsRealMachineCheckReachesTheServer) {
   m->unmap();
 }
 
+// A pin through the server reads the device straight through the client's
+// read-only view of it; a real machine check there is the client's too. The
+// pin shows the file's bytes; the consumer gets EIO in guarded(); the server
+// records the block (pages 2 and 3 of /mapped: the test above took page 1).
+TEST(DaxServed, ARealMachineCheckInAClientsPinReachesTheServer) {
+  NEEDS_DEVICE(socket, "POISE_SOCKET");
+  auto client = connect(socket);
+  ASSERT_TRUE(client.has_value()) << client.error().message;
+  Filesystem& fs = **client;
+  auto ino = fs.lookup("/mapped");
+  ASSERT_TRUE(ino.has_value()) << ino.error().message;
+  std::string before(2 * kPage, '\0');
+  ASSERT_EQ(*fs.read(*ino, 2 * kPage, {reinterpret_cast<std::byte*>(before.data()), before.size()}), before.size());
+  auto pin = fs.pin(*ino, 2 * kPage, 2 * kPage);
+  ASSERT_TRUE(pin.has_value()) << pin.error().message;
+  ASSERT_EQ(pin->segments().size(), 1u);
+  const std::byte* shown = pin->segments()[0].data();
+  ASSERT_EQ(reinterpret_cast<uintptr_t>(shown) % kPage, 0u);
+  ASSERT_EQ(*testing::load(shown, 2 * kPage), before);
+  auto consumed = guarded([&] { ::madvise(const_cast<std::byte*>(shown) + kPage, kPage, MADV_HWPOISON); });
+  ASSERT_FALSE(consumed.has_value()) << "the kernel's SIGBUS in a pinned page never reached the client's machine-check path";
+  EXPECT_EQ(consumed.error().code, EIO);
+  std::printf("# the pin's reader got: %s\n", consumed.error().message.c_str());
+  pin->release();
+  Result<size_t> lost = size_t{0};
+  for (int i = 0; i < 500; ++i) {
+    char byte;
+    lost = fs.read(*ino, 3 * kPage, {reinterpret_cast<std::byte*>(&byte), 1});
+    if (!lost.has_value()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_FALSE(lost.has_value()) << "the server still serves the block that failed under a pin";
+  EXPECT_EQ(lost.error().code, EIO);
+  std::string page2(kPage, '\0');
+  ASSERT_EQ(*fs.read(*ino, 2 * kPage, {reinterpret_cast<std::byte*>(page2.data()), page2.size()}), page2.size());
+  EXPECT_EQ(page2, before.substr(0, kPage));
+  EXPECT_ERRNO(fs.pin(*ino, 3 * kPage, 10), EIO);
+}
+
 }  // namespace
 }  // namespace poise
