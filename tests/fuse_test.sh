@@ -287,6 +287,16 @@ PYEOF
 mkdir "$MNT/sgid" && chgrp 100 "$MNT/sgid" && chmod 2775 "$MNT/sgid" && mkdir "$MNT/sgid/d" && touch "$MNT/sgid/f"
 [ "$(stat -c '%a %g' "$MNT/sgid/d") $(stat -c '%a %g' "$MNT/sgid/f")" = "2755 100 644 100" ] && ok ||
   bad "set-group-ID directory: $(stat -c '%n %a %g' "$MNT/sgid/d" "$MNT/sgid/f" | tr '\n' ' ')"
+# poise ls -l shows the set-ID and sticky bits as ls(1) does (chmod keeps a
+# directory's set-group-ID bit, inherited here).
+touch "$MNT/sgid/suid" "$MNT/sgid/suid-noexec" && chmod 4755 "$MNT/sgid/suid" && chmod 4644 "$MNT/sgid/suid-noexec" &&
+  mkdir "$MNT/sgid/sticky" "$MNT/sgid/sticky-noexec" && chmod 1777 "$MNT/sgid/sticky" && chmod 1770 "$MNT/sgid/sticky-noexec"
+expect 0 "$POISE" ls "$IMG" /sgid -l
+for want in "drwxr-sr-x .* d/" "-rwsr-xr-x .* suid$" "-rwSr--r-- .* suid-noexec$" "drwxrwsrwt .* sticky/" "drwxrws--T .* sticky-noexec/"; do
+  grep -q -- "^$want" "$WORK/out" && ok || bad "ls -l must show $want: $(cat "$WORK/out")"
+done
+expect 0 "$POISE" ls "$IMG" / -l
+grep -q -- "^drwxrwsr-x .* sgid/" "$WORK/out" && ok || bad "ls -l must show the set-group-ID directory: $(cat "$WORK/out")"
 # Symbolic links made on the mount: readlink, lstat, following, removal.
 ln -s ../cp/bin/r5 "$MNT/sgid/to-r5" && ln -s nowhere "$MNT/dangling"
 [ "$(readlink "$MNT/sgid/to-r5")" = ../cp/bin/r5 ] && cmp -s "$MNT/sgid/to-r5" "$SRC/bin/r5" && ok ||

@@ -104,6 +104,15 @@ std::string mode_string(const Stat& st) {
   std::string s(1, kLetters[static_cast<size_t>(st.type) < sizeof kLetters - 1 ? static_cast<size_t>(st.type) : 0]);
   const char* rwx = "rwxrwxrwx";
   for (int i = 0; i < 9; ++i) s += (st.mode & (0400u >> i)) ? rwx[i] : '-';
+  // Set-user-ID, set-group-ID and sticky take the execute letter's place, as
+  // ls(1) shows them: lower case over execute permission, upper case without.
+  auto special = [&](uint32_t bit, size_t at, char letter) {
+    if ((st.mode & bit) == 0) return;
+    s[at] = s[at] == 'x' ? letter : static_cast<char>(letter - 'a' + 'A');
+  };
+  special(04000, 3, 's');
+  special(02000, 6, 's');
+  special(01000, 9, 't');
   return s;
 }
 
