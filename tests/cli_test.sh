@@ -79,6 +79,25 @@ python3 -c "import json; s = json.load(open('$WORK/out')); assert (s['type'], s[
   ok || bad "put -r must copy a symbolic link as a link: $(cat "$WORK/out")"
 expect 0 "$POISE" put -r "$IMG" "$WORK/tree" /t  # into the existing directory: /t/tree
 expect 0 "$POISE" stat "$IMG" /t/tree/sub/deeper/g
+# The same tree again over itself brings it up to date: files, links and FIFOs
+# are replaced (a link that changed shows its new target); nothing is left behind.
+rm "$WORK/tree/link-to-f1" && ln -s sub "$WORK/tree/link-to-f1"
+expect 0 "$POISE" put -r "$IMG" "$WORK/tree/" /t
+expect 0 "$POISE" stat "$IMG" /t/link-to-f1 --json
+python3 -c "import json; s = json.load(open('$WORK/out')); assert s['target'] == 'sub', s" &&
+  ok || bad "put -r again must replace a changed link: $(cat "$WORK/out")"
+expect 0 "$POISE" stat "$IMG" /t/fifo
+expect 0 "$POISE" ls "$IMG" /t
+not_contains "$WORK/out" "poise-put"
+# Something that is not a directory never replaces a directory.
+expect 0 "$POISE" mkdir "$IMG" /t/is-a-dir
+mkfifo "$WORK/tree/is-a-dir"
+expect 7 "$POISE" put -r "$IMG" "$WORK/tree/" /t
+contains "$WORK/err" "/t/is-a-dir"
+expect 0 "$POISE" stat "$IMG" /t/is-a-dir --json
+contains "$WORK/out" '"type": "directory"'
+rm "$WORK/tree/is-a-dir"
+rm "$WORK/tree/link-to-f1" && ln -s f1 "$WORK/tree/link-to-f1"
 expect 0 "$POISE" rm "$IMG" /t -r
 expect 0 "$POISE" rm "$IMG" /many -r
 expect 0 "$POISE" check "$IMG"

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -107,18 +108,43 @@ Result<void> keep_attributes(Filesystem& fs, const std::string& path, InodeNumbe
   return {};
 }
 
-// Creates the hidden file a put writes into, beside PATH. Its name is random, so
-// a file left by a killed put (or one a user made) is never in the way.
-Result<File> create_hidden_beside(Filesystem& fs, const std::string& path, uint32_t mode, std::string* name) {
+// Makes something (`make` of a name) under a hidden name beside PATH. The name
+// is random, so a file left by a killed put (or one a user made) is never in
+// the way.
+template <class Make>
+auto make_hidden_beside(const std::string& path, std::string* name, Make make) {
   constexpr int kAttemptsMax = 16;
   size_t slash = path.find_last_of('/');
   std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
   static std::mt19937 rng{std::random_device{}()};  // a name, not test randomness: no seed to replay
   for (int attempt = 0;; ++attempt) {
     *name = fmt::format("{}.poise-put-{}-{:08x}", dir, ::getpid(), rng());
-    auto file = fs.open(*name, OpenFlags::Create | OpenFlags::Exclusive, mode);
-    if (file.has_value() || file.error().code != EEXIST || attempt + 1 == kAttemptsMax) return file;
+    auto made = make(*name);
+    if (made.has_value() || made.error().code != EEXIST || attempt + 1 == kAttemptsMax) return made;
   }
+}
+
+// Creates the hidden file a put writes into, beside PATH.
+Result<File> create_hidden_beside(Filesystem& fs, const std::string& path, uint32_t mode, std::string* name) {
+  return make_hidden_beside(path, name, [&](const std::string& n) {
+    return fs.open(n, OpenFlags::Create | OpenFlags::Exclusive, mode);
+  });
+}
+
+// Makes a symbolic link or special file at PATH with `make`; one already there
+// (anything but a directory) is replaced in one rename, as a put replaces a
+// regular file, so that putting a tree again brings it up to date.
+int put_node(Filesystem& fs, const std::string& path, const std::function<Result<InodeNumber>(const std::string&)>& make) {
+  auto made = make(path);
+  if (made.has_value()) return kExitOk;
+  if (made.error().code != EEXIST || is_directory(fs, path)) return report("put " + path, made.error());
+  std::string temp;
+  if (auto hidden = make_hidden_beside(path, &temp, make); !hidden.has_value()) return report("put " + path, hidden.error());
+  if (auto renamed = fs.rename(temp, path); !renamed.has_value()) {
+    (void)fs.unlink(temp);  // the destination stays as it was
+    return report("put " + path, renamed.error());
+  }
+  return kExitOk;
 }
 
 // Copies one local file (or stdin) to PATH in the image, all or nothing.
@@ -247,8 +273,9 @@ int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, c
       if (ec) {
         eprint("poise: put: cannot read the link {}: {}\n", entry.path().string(), ec.message());
         note(kExitFailure);
-      } else if (auto made = fs.symlink(link_target.string(), target); !made.has_value()) {
-        note(report("put " + target, made.error()));
+      } else if (int code = put_node(fs, target, [&](const std::string& at) { return fs.symlink(link_target.string(), at); });
+                 code != kExitOk) {
+        note(code);
       }
     } else if (struct stat local_st {}; ::lstat(entry.path().c_str(), &local_st) == 0) {
       const FileType type = S_ISFIFO(local_st.st_mode)  ? FileType::Fifo
@@ -256,9 +283,11 @@ int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, c
                             : S_ISCHR(local_st.st_mode)  ? FileType::CharDevice
                                                          : FileType::BlockDevice;
       const bool device = type == FileType::CharDevice || type == FileType::BlockDevice;
-      if (auto made = fs.mknod(target, type, local_st.st_mode & 07777, device ? local_st.st_rdev : 0);
-          !made.has_value()) {
-        note(report("put " + target, made.error()));
+      if (int code = put_node(fs, target, [&](const std::string& at) {
+            return fs.mknod(at, type, local_st.st_mode & 07777, device ? local_st.st_rdev : 0);
+          });
+          code != kExitOk) {
+        note(code);
       }
     } else {
       eprint("poise: put: cannot stat {}: {}\n", entry.path().string(), std::strerror(errno));
@@ -345,7 +374,8 @@ void add_put_command(CLI::App& app, std::function<int()>* run) {
                   "DST, trees with -r")
       ->required()
       ->expected(2, -1);
-  sub->add_flag("-r,--recursive", args->recursive, "Copy directories and everything in them");
+  sub->add_flag("-r,--recursive", args->recursive,
+                "Copy directories and everything in them (again over an earlier copy: files, links and special files are replaced)");
   sub->footer(
       "Examples:\n"
       "  poise put pool.img ./orders.parquet /db/orders\n"
