@@ -680,6 +680,23 @@ expect 0 "$POISE" cat "$IMG" /term
 [ "$(cat "$WORK/out")" = "$(printf 'a\nb')" ] && ok || bad "the write that waited must be there: '$(cat "$WORK/out")'"
 check_clean
 
+# --- a stopped server: poise umount does not hang; the mount is detached and
+# the server finishes once it runs again, with nothing lost
+mount_img
+echo "before the stop" >"$MNT/stopped" && sync "$MNT/stopped"
+kill -STOP "$SERVER"
+timeout 30 "$POISE" umount "$MNT" >"$WORK/out" 2>"$WORK/err"
+rc=$?
+[ $rc -eq 9 ] && ok || bad "poise umount of a stopped server: exit $rc, expected 9: $(cat "$WORK/err")"
+contains "$WORK/err" "does not answer"
+grep -q " $MNT fuse.poise" /proc/self/mounts && bad "the mount of a stopped server must be detached" || ok
+kill -CONT "$SERVER"
+for _ in $(seq 200); do kill -0 "$SERVER" 2>/dev/null || break; sleep 0.05; done
+kill -0 "$SERVER" 2>/dev/null && bad "the server did not finish after SIGCONT" || ok
+check_clean
+expect 0 "$POISE" cat "$IMG" /stopped
+[ "$(cat "$WORK/out")" = "before the stop" ] && ok || bad "the file written before the stop: '$(cat "$WORK/out")'"
+
 # --- kill -9 of the server: the mount goes away, nothing fsync'd is lost
 mount_img
 head -c 1000000 /dev/urandom >"$WORK/big"

@@ -18,6 +18,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -365,23 +366,100 @@ int unmount_fuse(const std::string& dir, bool lazy) {
   return WEXITSTATUS(status) == 0 ? kExitOk : kExitBusy;
 }
 
-int umount_cmd(const std::string& dir_arg) {
-  char* resolved = ::realpath(dir_arg.c_str(), nullptr);
-  if (resolved == nullptr) {
-    eprint("poise: umount: {}: {}\n", dir_arg, std::strerror(errno));
-    return exit_code_for(errno);
+// How the mount at `dir` answers: 0 it does, ENOTCONN its server is gone,
+// ETIMEDOUT it did not answer within `wait` (its server is stopped, say by
+// SIGSTOP, or stuck). Asked from a child process, since a request to a
+// server that does not run waits until it runs; the child is killed then.
+int probe_mount(const std::string& dir, std::chrono::milliseconds wait) {
+  std::fflush(nullptr);
+  pid_t child = ::fork();
+  if (child == 0) {
+    // A name nobody uses: the kernel has no answer cached for it and must ask.
+    const std::string probe = dir + "/.poise-umount-probe-" + std::to_string(::getpid());
+    struct stat st {};
+    std::_Exit(::lstat(probe.c_str(), &st) == 0 || errno != ENOTCONN ? 0 : 1);
   }
-  std::string dir = resolved;
+  if (child < 0) return 0;  // cannot tell: go on as if it answered
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  int status = 0;
+  for (;;) {
+    pid_t done = ::waitpid(child, &status, WNOHANG);
+    if (done == child) break;
+    if (done < 0 && errno != EINTR) return 0;
+    if (std::chrono::steady_clock::now() > deadline) {
+      // A fatal signal ends a FUSE request's wait, unless the server had
+      // already taken the request: then the child ends when the server answers
+      // (reaped by init once this process exits).
+      ::kill(child, SIGKILL);
+      for (int i = 0; i < 100 && ::waitpid(child, &status, WNOHANG) == 0; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      return ETIMEDOUT;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return WIFEXITED(status) && WEXITSTATUS(status) == 1 ? ENOTCONN : 0;
+}
+
+namespace stdfs = std::filesystem;
+
+// The absolute path of `dir_arg` without asking the mount itself: its parent
+// is resolved, its last name kept as it is (a stat of the mount point would
+// wait for a server that does not run).
+Result<std::string> mount_point_path(const std::string& dir_arg) {
+  stdfs::path given = stdfs::path(dir_arg).lexically_normal();
+  if (given.has_filename() == false && given.has_parent_path()) given = given.parent_path();  // "dir/" -> "dir"
+  const std::string name = given.filename().string();
+  if (name.empty() || name == "." || name == ".." || given == given.root_path()) {
+    char* resolved = ::realpath(dir_arg.c_str(), nullptr);  // an unusual spelling: resolved as it is
+    if (resolved == nullptr) return fail(errno, dir_arg + ": " + std::strerror(errno));
+    std::string out = resolved;
+    std::free(resolved);
+    return out;
+  }
+  const std::string parent = given.has_parent_path() ? given.parent_path().string() : ".";
+  char* resolved = ::realpath(parent.c_str(), nullptr);
+  if (resolved == nullptr) return fail(errno, dir_arg + ": " + std::strerror(errno));
+  std::string out = resolved;
   std::free(resolved);
+  return (out == "/" ? out : out + "/") + name;
+}
+
+int umount_cmd(const std::string& dir_arg) {
+  auto where = mount_point_path(dir_arg);
+  if (!where.has_value()) {
+    eprint("poise: umount: {}\n", where.error().message);
+    return exit_code_for(where.error().code);
+  }
+  std::string dir = *where;
   auto image = poise_mount_source(dir);
+  if (!image) {  // a symbolic link to the mount point, say: resolved whole
+    if (char* resolved = ::realpath(dir_arg.c_str(), nullptr); resolved != nullptr) {
+      dir = resolved;
+      std::free(resolved);
+      image = poise_mount_source(dir);
+    }
+  }
   if (!image) {
     eprint("poise: umount: {}: not a poise mount\n", dir_arg);
     return kExitInvalid;
   }
   // A mount whose server is gone answers ENOTCONN: nothing can be lost by
-  // detaching it at once, even while programs hold files there.
-  struct stat st {};
-  const bool server_gone = ::stat(dir.c_str(), &st) != 0 && errno == ENOTCONN;
+  // detaching it at once, even while programs hold files there. One whose
+  // server does not answer (stopped) is detached too: the server still holds
+  // everything, and finishes the unmount once it runs again.
+  const int probe = probe_mount(dir, std::chrono::seconds(3));
+  const bool server_gone = probe == ENOTCONN;
+  if (probe == ETIMEDOUT) {
+    if (int code = unmount_fuse(dir, true); code != kExitOk) {
+      eprint("poise: umount: {}: its server does not answer, and the unmount failed\n", dir_arg);
+      return kExitFailure;
+    }
+    eprint("poise: umount: {}: its server does not answer within 3 s (stopped, by SIGSTOP or a debugger?): the "
+           "mount is detached, and the server lets go of {} once it runs again (kill -CONT it)\n",
+           dir_arg, *image);
+    return kExitBusy;
+  }
   if (int code = unmount_fuse(dir, server_gone); code != kExitOk) {
     if (code == kExitBusy) {
       eprint("poise: umount: {}: busy: programs still use it (close them, or stop its server with SIGTERM, which "

@@ -28,6 +28,7 @@ Result<void> FsImpl::reflink(InodeNumber src, InodeNumber dst) {
   if (src == dst) return fail(EINVAL, "reflink of a file onto itself");
   InodePtr s = TRY(writable_file(src));
   InodePtr d = TRY(writable_file(dst));
+  TRY(refuse_own_pins(dst));  // its old blocks go: a pin of this thread would wait for itself
   auto op = TRY(begin_op(format::kTxBytesMax));
   auto locks = lock_in_order(*s, *d);
   if (s->freed || d->freed) return fail(ENOENT, "file was deleted");
@@ -62,6 +63,7 @@ Result<void> FsImpl::clone_range(InodeNumber src, uint64_t src_offset, InodeNumb
   }
   InodePtr s = TRY(writable_file(src));
   InodePtr d = TRY(writable_file(dst));
+  TRY(refuse_own_pins(dst));
   if (length < (1ull << 60) && dst_offset < (1ull << 60)) {
     TRY(zero_eof_tail(dst, dst_offset + length));  // dst may grow: its old tail reads zeros
   }

@@ -370,6 +370,7 @@ void MappingRegistry::flush_writable(std::optional<InodeNumber> ino) {
 
 Result<Pin> MappingRegistry::pin(InodeNumber ino, uint64_t offset, uint64_t length) {
   if (length == 0) return fail(EINVAL, "a pin of zero bytes");
+  if (offset > (1ull << 50) || length > (1ull << 50)) return fail(EFBIG, "pin beyond the 1 PiB file size limit");
   if (device_.state() != DeviceState::Alive) return fail(ENXIO, device_.describe() + ": the device is being removed");
   // Removal waits for every pin to go: none may start once it is announced.
   if (suspended()) return fail(EAGAIN, "the device is about to be removed: no new pins");

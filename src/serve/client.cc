@@ -82,10 +82,11 @@ class ClientDevice final : public Device {
 // the server's device their pieces lie in. Shared by the pins themselves: the
 // view lives until the last pin goes, even past the connection. While the
 // connection lives, the server's pin keeps the blocks from being freed or
-// rewritten. When it ends (disconnect, or the server died), every pin still
-// held is frozen first: its pages of the view become private copies of what
-// they showed (moved into place in one mremap each), so a pin never shows
-// bytes the blocks hold after their release.
+// rewritten. When it ends (disconnect, the server died, or the server drops
+// this client's pins and says so first), every pin still held is frozen: its
+// pages of the view become private copies of what they showed (each run of
+// pinned pages moved into place in one mremap), so a pin never shows bytes
+// the blocks hold after their release.
 class RemotePins final : public PinKeeper {
  public:
   RemotePins(std::byte* view, uint64_t size) : view_(view), size_(size) {}
@@ -117,13 +118,29 @@ class RemotePins final : public PinKeeper {
     if (frozen_) return;
     frozen_ = true;
     release_ = nullptr;
+    // The pinned pages of the view, merged (two pins may share a page).
+    std::vector<std::pair<uint64_t, uint64_t>> pages;  // [first byte, end byte), page-aligned
     for (const auto& [id, pieces] : held_) {
       (void)id;
       for (const auto& [length, where] : pieces) {
-        if (where == serve::kPinZeros) continue;
-        const uint64_t first = where / kPageBytes * kPageBytes;
-        const uint64_t end = (where + length + kPageBytes - 1) / kPageBytes * kPageBytes;
-        for (uint64_t at = first; at < end; at += kPageBytes) freeze_page(at);
+        if (where == serve::kPinZeros || length == 0) continue;
+        pages.emplace_back(where / kPageBytes * kPageBytes, (where + length + kPageBytes - 1) / kPageBytes * kPageBytes);
+      }
+    }
+    std::sort(pages.begin(), pages.end());
+    std::vector<std::pair<uint64_t, uint64_t>> runs;
+    for (const auto& p : pages) {
+      if (!runs.empty() && p.first <= runs.back().second) {
+        runs.back().second = std::max(runs.back().second, p.second);
+      } else {
+        runs.push_back(p);
+      }
+    }
+    for (const auto& [first, end] : runs) {
+      if (!freeze_run(first, end - first)) {
+        // Memory that fails to read (or no memory for a copy): page by page,
+        // so that only what cannot be copied stays as it is.
+        for (uint64_t at = first; at < end; at += kPageBytes) (void)freeze_run(at, kPageBytes);
       }
     }
   }
@@ -134,15 +151,18 @@ class RemotePins final : public PinKeeper {
 
  private:
   static constexpr uint64_t kPageBytes = 4096;
-  // One page of the view becomes a private copy of itself. A page whose
-  // memory fails to read stays as it is (a read of it fails as before).
-  void freeze_page(uint64_t at) {
-    void* copy = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (copy == MAP_FAILED) return;
-    if (copy_or_fault(copy, view_ + at, kPageBytes).has_value() || ::mprotect(copy, kPageBytes, PROT_READ) != 0 ||
-        ::mremap(copy, kPageBytes, kPageBytes, MREMAP_MAYMOVE | MREMAP_FIXED, view_ + at) == MAP_FAILED) {
-      ::munmap(copy, kPageBytes);
+  // Bytes [at, +length) of the view (whole pages) become a private copy of
+  // themselves, moved into place in one mremap: a reader sees the device's
+  // bytes or the identical copy, never a gap. False if nothing changed.
+  bool freeze_run(uint64_t at, uint64_t length) {
+    void* copy = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (copy == MAP_FAILED) return false;
+    if (copy_or_fault(copy, view_ + at, length).has_value() || ::mprotect(copy, length, PROT_READ) != 0 ||
+        ::mremap(copy, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, view_ + at) == MAP_FAILED) {
+      ::munmap(copy, length);
+      return false;
     }
+    return true;
   }
 
   std::byte* const view_;
@@ -462,7 +482,16 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   // A pin through the server: the server pins the range and says where its
   // pieces lie; they are read here through the read-only device descriptor.
   Result<Pin> pin(InodeNumber ino, uint64_t offset, uint64_t length) override {
+    {
+      std::lock_guard lock(mu_);
+      if (fd_ < 0) return fail(ESHUTDOWN, "not connected to the poise server");
+    }
+    if (length > serve::kPinBytesMax) {
+      return fail(EFBIG, "a pin through a server covers at most " + std::to_string(serve::kPinBytesMax >> 30) +
+                             " GiB: pin less at a time");
+    }
     TRY(start_following());  // the server's death is then noticed at once (and the pins frozen)
+    TRY(open_release_channel());
     TRY(get_device_fd(false));
     uint64_t id = 0, device_bytes = 0;
     std::vector<std::pair<uint64_t, uint64_t>> pieces;
@@ -482,7 +511,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
           }
           return true;
         }));
-    auto release = [this](uint64_t pin) { return call0(Op::Unpin, [&](Encoder& e) { e.u64(pin); }); };
+    auto release = [this](uint64_t pin) { return unpin_call(pin); };
     auto given_back = [&](Error e) -> Result<Pin> {
       (void)release(id);
       return Unexpected<Error>(std::move(e));
@@ -499,8 +528,11 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
         segments.emplace_back((*pins)->view() + where, len);
       }
     }
-    // Recorded only while connected: a server that died meanwhile took its pin along.
-    TRY((*pins)->add(id, std::move(pieces), release));
+    // Recorded only while connected (a server that died meanwhile took its
+    // pin along; one that lives gets it back).
+    if (auto added = (*pins)->add(id, std::move(pieces), release); !added.has_value()) {
+      return given_back(std::move(added).error());
+    }
     return Pin(*pins, id, std::move(segments));
   }
   size_t mapping_count() override { return registry_ ? registry_->mapping_count() : 0; }
@@ -826,6 +858,11 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     if (notice_thread_.joinable()) notice_thread_.join();
     if (follow_fd_ >= 0) ::close(follow_fd_);
     follow_fd_ = -1;
+    {
+      std::lock_guard lock(release_mu_);
+      if (release_fd_ >= 0) ::close(release_fd_);
+      release_fd_ = -1;
+    }
     std::lock_guard lock(follow_start_mu_);
     if (watching_view_) failure::unwatch_device(*device_);
     watching_view_ = false;
@@ -876,23 +913,62 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   // The read-only view of the whole device that pins read, made once.
   Result<std::shared_ptr<RemotePins>> view_for(uint64_t device_bytes) {
     std::lock_guard lock(follow_start_mu_);
-    if (pins_ != nullptr) {
-      if (pins_->size() != device_bytes) return fail(EPROTO, "the poise server's device changed size");
-      return pins_;
+    if (auto held = pins()) {
+      if (held->size() != device_bytes) return fail(EPROTO, "the poise server's device changed size");
+      return held;
     }
     if (device_bytes == 0 || device_bytes % 4096 != 0) return fail(EPROTO, "the poise server named no device size");
     void* view = ::mmap(nullptr, device_bytes, PROT_READ, MAP_SHARED, device_->map_fd(), 0);
     if (view == MAP_FAILED) return fail(errno, std::string("mapping the server's device for pins: ") + std::strerror(errno));
-    pins_ = std::make_shared<RemotePins>(static_cast<std::byte*>(view), device_bytes);
-    device_->set_view(pins_->view(), device_bytes);
+    auto made = std::make_shared<RemotePins>(static_cast<std::byte*>(view), device_bytes);
+    device_->set_view(made->view(), device_bytes);
     failure::start_machine_check_thread();  // it tells the device of a machine check in the view
     failure::watch_device(*device_);
     watching_view_ = true;
-    return pins_;
+    std::lock_guard pins_lock(pins_mu_);
+    pins_ = made;
+    return made;
   }
   std::shared_ptr<RemotePins> pins() {
-    std::lock_guard lock(follow_start_mu_);
+    std::lock_guard lock(pins_mu_);
     return pins_;
+  }
+
+  // The release channel: a second connection on which this client gives pins
+  // back, served by another server thread, so that an unpin never waits
+  // behind a request of this client (one that may itself wait for a pin).
+  Result<void> open_release_channel() {
+    std::lock_guard lock(release_mu_);
+    if (release_fd_ >= 0) return {};
+    int fd = TRY(open_connection());
+    Encoder attach(Op::ReleasePins, 1);
+    attach.u64(token_);
+    serve::Header h;
+    std::vector<std::byte> body;
+    int32_t status = -1;
+    if (!serve::send_frame(fd, attach.finish()) || !serve::receive_frame(fd, &h, &body) || h.op != Op::ReleasePins ||
+        h.id != 1 || !Decoder(body).i32(&status) || status != 0) {
+      ::close(fd);
+      return fail(EPROTO, "the poise server refused the release channel");
+    }
+    release_fd_ = fd;
+    return {};
+  }
+  Result<void> unpin_call(uint64_t pin) {
+    std::lock_guard lock(release_mu_);
+    if (release_fd_ < 0) return fail(ESHUTDOWN, "not connected to the poise server");
+    Encoder request(Op::Unpin, ++release_next_);
+    request.u64(pin);
+    serve::Header h;
+    std::vector<std::byte> body;
+    int32_t status = -1;
+    if (!serve::send_frame(release_fd_, request.finish()) || !serve::receive_frame(release_fd_, &h, &body) ||
+        h.op != Op::Unpin || h.id != release_next_ || !Decoder(body).i32(&status)) {
+      ::close(release_fd_);
+      release_fd_ = -1;
+      return fail(ESHUTDOWN, "the poise server went away");
+    }
+    return status == 0 ? Result<void>{} : fail(status, "unpin refused");
   }
 
   Result<void> get_device_fd(bool writable) {
@@ -928,6 +1004,12 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
             // Pages that cannot be shown are not acknowledged: the server then
             // treats this process as one that did not follow.
             understood = shown.has_value();
+          }
+          break;
+        case Op::PinsReleased:  // the server lets this client's pins go next: keep copies
+          understood = d.done();
+          if (understood) {
+            if (auto held = pins()) held->freeze();
           }
           break;
         case Op::MappingDied:
@@ -1003,6 +1085,9 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     }
   }
   void close_locked() {
+    // Pins still held keep what they show, as private copies, before the
+    // server may let their blocks go (it does once this connection closes).
+    if (auto held = pins()) held->freeze();
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
   }
@@ -1031,8 +1116,12 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   };
   FailureReporter reporter_;
   std::unique_ptr<ClientDevice> device_;
-  std::shared_ptr<RemotePins> pins_;  // guarded by follow_start_mu_: made by the first pin
+  std::mutex pins_mu_;                // a leaf: taken under any other lock
+  std::shared_ptr<RemotePins> pins_;  // guarded by pins_mu_: made by the first pin
   bool watching_view_ = false;        // guarded by follow_start_mu_
+  std::mutex release_mu_;             // one unpin at a time on the release channel
+  int release_fd_ = -1;               // guarded by release_mu_
+  uint64_t release_next_ = 0;         // guarded by release_mu_
   std::shared_ptr<mapping::MappingRegistry> registry_;
   int follow_fd_ = -1;
   std::thread follow_thread_;

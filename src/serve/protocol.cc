@@ -63,6 +63,8 @@ const char* op_name(Op op) {
     case Op::ReportFailure: return "report-failure";
     case Op::Pin: return "pin";
     case Op::Unpin: return "unpin";
+    case Op::ReleasePins: return "release-pins";
+    case Op::PinsReleased: return "pins-released";
   }
   return "unknown";
 }

@@ -27,7 +27,7 @@ namespace poise::serve {
 // 2: file type 2 (symbolic link), Symlink, Readlink. 3: extended attributes.
 // 4: file types 3..6 (special files), a stat's device number, Mknod,
 // ReportFailure. 5: Checkpoint's mode; metadata kind 9 (checkpoint delta).
-// 6: Pin, Unpin.
+// 6: Pin, Unpin, ReleasePins, PinsReleased.
 inline constexpr uint32_t kProtocolVersion = 6;
 inline constexpr size_t kHeaderBytes = 16;
 // The largest body either side accepts: 1 MiB of file data plus room for fields.
@@ -104,8 +104,17 @@ enum class Op : uint16_t {
   // device descriptor; the server holds the pin until unpin or the client goes.
   Pin = 51,
   Unpin = 52,  // u64 pin
+  // u64 token: this connection gives back the pins of the client `hello` gave
+  // the token to (the same process): an unpin never waits behind that
+  // client's own requests.
+  ReleasePins = 53,
+  // Server to client on the follow channel: every pin of this client is let go
+  // once this is acknowledged (the client keeps private copies of them).
+  PinsReleased = 54,
 };
-inline constexpr uint16_t kOpMax = 52;
+inline constexpr uint16_t kOpMax = 54;
+// The most bytes one pin through a server covers.
+inline constexpr uint64_t kPinBytesMax = 1ull << 30;
 // A pin piece that is a hole (zeros), not device memory.
 inline constexpr uint64_t kPinZeros = UINT64_MAX;
 // The most pieces one pin may have (its answer fits one message).

@@ -708,8 +708,9 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       }
       {
         std::lock_guard lock(c_.leases_mutex);
-        if (c_.leases.size() >= kLeasesPerClientMax) {
-          return fail(EMFILE, "this client holds " + std::to_string(kLeasesPerClientMax) + " mappings, the most a client may");
+        if (c_.leases.size() + c_.pins.size() >= kLeasesPerClientMax) {
+          return fail(EMFILE, "this client holds " + std::to_string(kLeasesPerClientMax) +
+                                  " mappings and pins, the most a client may");
         }
       }
       TRY(access_.may_use(InodeNumber(a), writable ? 6 : 4));
@@ -729,6 +730,10 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     case Op::Pin: {
       if (!in.u64(&a) || !in.u64(&b) || !in.u64(&c)) return bad();
       TRY(may_map());
+      if (c > kPinBytesMax) {
+        return fail(EFBIG, "a pin through a server covers at most " + std::to_string(kPinBytesMax >> 30) +
+                               " GiB: pin less at a time");
+      }
       {
         std::lock_guard lock(c_.leases_mutex);
         if (c_.leases.size() + c_.pins.size() >= kLeasesPerClientMax) {
@@ -775,13 +780,16 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     }
     case Op::Unpin: {
       if (!in.u64(&a)) return bad();
+      // On a release channel, the pins are its owner's (still connected).
+      std::shared_ptr<Server::Client> owner = c_.releases_for.lock();
+      Server::Client& holder = owner != nullptr ? *owner : c_;
       Pin dropped;
       {
-        std::lock_guard lock(c_.leases_mutex);
-        auto it = c_.pins.find(a);
-        if (it == c_.pins.end()) return fail(EINVAL, "no pin " + std::to_string(a));
+        std::lock_guard lock(holder.leases_mutex);
+        auto it = holder.pins.find(a);
+        if (it == holder.pins.end()) return fail(EINVAL, "no pin " + std::to_string(a));
         dropped = std::move(it->second);
-        c_.pins.erase(it);
+        holder.pins.erase(it);
       }
       return {};  // `dropped` releases the server's pin
     }
@@ -828,6 +836,8 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
     case Op::Subscribe:
     case Op::Event:
     case Op::Follow:
+    case Op::ReleasePins:
+    case Op::PinsReleased:
     case Op::PagesChanged:
     case Op::MappingDied:
     case Op::Notice:

@@ -292,6 +292,23 @@ void Server::serve(const std::shared_ptr<Client>& client) {
       why = "sent a follow request nobody was waiting for: disconnected";
       break;
     }
+    if (header.op == Op::ReleasePins) {  // this connection gives back another client's pins
+      Decoder in(body);
+      uint64_t token = 0;
+      if (!in.u64(&token) || !in.done()) {
+        why = "sent a malformed release-pins message: disconnected";
+        break;
+      }
+      Encoder reply(Op::ReleasePins, header.id);
+      if (attach_releaser(token, *client)) {
+        reply.i32(0);
+      } else {
+        reply.i32(EINVAL);
+        reply.string("no client of this process has that token");
+      }
+      if (!send_frame(client->fd, reply.finish())) break;
+      continue;
+    }
     if (header.op == Op::Subscribe) {  // this connection becomes an event stream
       Encoder reply(Op::Subscribe, header.id);
       if (!body.empty()) {
@@ -366,6 +383,19 @@ bool Server::attach_follower(uint64_t token, Client& from, uint64_t request_id) 
   return false;
 }
 
+bool Server::attach_releaser(uint64_t token, Client& from) {
+  if (token == 0) return false;
+  std::lock_guard lock(clients_mutex_);
+  for (const auto& c : clients_) {
+    if (c->token != token || c.get() == &from) continue;
+    // Only the process that was given the token may give back its pins.
+    if (c->peer.pid != from.peer.pid || c->peer.uid != from.peer.uid) return false;
+    from.releases_for = c;
+    return true;
+  }
+  return false;
+}
+
 void Server::drop_leases(Client& client) {
   std::map<uint64_t, Mapping> leases;
   {
@@ -388,6 +418,9 @@ void Server::drop_leases(Client& client) {
     std::lock_guard lock(client.leases_mutex);
     pins.swap(client.pins);
   }
+  // A client still running is told first, and copies what its pins show
+  // before their blocks may change (one that does not answer is killed).
+  if (!pins.empty()) push(client, Encoder(Op::PinsReleased, 0).finish(), true);
   pins.clear();
   std::lock_guard lock(client.follow_mutex);
   if (client.follow_fd >= 0) {

@@ -93,6 +93,8 @@ class Server {
   // Makes `connection` the follow channel of the client that was given
   // `token`, sending `reply` on it first (so no push can come before it).
   bool attach_follower(uint64_t token, Client& from, uint64_t request_id);
+  // Makes `from` the release channel of the client with `token` (same pid and uid).
+  bool attach_releaser(uint64_t token, Client& from);
   // The client's mappings (the server's copies) are revoked in it and dropped.
   void drop_leases(Client& client);
   bool settle_locked(Client& client);        // REQUIRES: client.follow_mutex held
@@ -142,6 +144,9 @@ struct Server::Client {
   std::map<uint64_t, Mapping> leases;  // guarded by leases_mutex: lease id -> the server's copy
   std::map<uint64_t, Pin> pins;        // guarded by leases_mutex: pin id -> the server's pin
   uint64_t next_pin = 1;               // guarded by leases_mutex
+  // Set on a release channel (ReleasePins): the client whose pins its Unpin
+  // requests give back. Read and written by this connection's thread only.
+  std::weak_ptr<Client> releases_for;
 };
 
 // One reply: the frame, and a descriptor to pass with it (-1: none; the caller
