@@ -688,7 +688,7 @@ kill -STOP "$SERVER"
 timeout 30 "$POISE" umount "$MNT" >"$WORK/out" 2>"$WORK/err"
 rc=$?
 [ $rc -eq 9 ] && ok || bad "poise umount of a stopped server: exit $rc, expected 9: $(cat "$WORK/err")"
-contains "$WORK/err" "does not answer"
+contains "$WORK/err" "is stopped"
 grep -q " $MNT fuse.poise" /proc/self/mounts && bad "the mount of a stopped server must be detached" || ok
 kill -CONT "$SERVER"
 for _ in $(seq 200); do kill -0 "$SERVER" 2>/dev/null || break; sleep 0.05; done

@@ -86,6 +86,20 @@ for c in "ls $IMG /d -l" "ls $IMG / --json" "stat $IMG /d/copy" "cat $IMG /d/hi"
   same "$f" "$f.direct" "'poise $c' through the server differs from the image itself: $(diff "$f" "$f.direct" | head -5)"
 done
 
+serve "$IMG"
+# rm -r through the server removes a tree that mv made deeper than any path
+# a message can carry (it names entries by directory inode).
+deep_a=/deep$(printf '/dddd%.0s' $(seq 700))
+deep_b=/other$(printf '/eeee%.0s' $(seq 700))
+expect 0 "$POISE" mkdir "$IMG" -p "$deep_a"
+expect 0 "$POISE" mkdir "$IMG" -p "$deep_b"
+expect 0 "$POISE" put "$IMG" "$WORK/hello" "$deep_b/leaf"
+expect 0 "$POISE" mv "$IMG" /other "$deep_a/other"
+expect 8 "$POISE" stat "$IMG" "$deep_a/other${deep_b#/other}/leaf"
+expect 0 "$POISE" rm "$IMG" /deep -r
+expect 3 "$POISE" stat "$IMG" /deep
+stop
+
 # --- poison injected through the server reaches the running filesystem at once,
 # and the event stream names every owner
 serve "$IMG"
@@ -215,6 +229,21 @@ PY
   [ $? -ne 0 ] && ok || bad "a sticky directory let another user remove root's file"
   expect 0 "$POISE" stat "$IMG" /pub/roots
   expect 0 "${AS_NOBODY[@]}" "$POISE" rm "$IMG" /pub/theirs
+  # rm -r removes by directory inode through the server, with the same rules:
+  # nothing in root's directory, and in a sticky directory only one's own.
+  expect 0 "$POISE" mkdir "$IMG" -p /rootdir/sub
+  expect 0 "$POISE" put "$IMG" "$WORK/hello" /rootdir/sub/f
+  expect 11 "${AS_NOBODY[@]}" "$POISE" rm "$IMG" /rootdir -r
+  expect 0 "$POISE" stat "$IMG" /rootdir/sub/f
+  expect 0 "${AS_NOBODY[@]}" "$POISE" mkdir "$IMG" /pub/mixed
+  expect 0 "$POISE" mkdir "$IMG" /pub/mixed/sticky --mode 1777
+  expect 0 "$POISE" put "$IMG" "$WORK/hello" /pub/mixed/sticky/roots
+  expect 8 "${AS_NOBODY[@]}" "$POISE" rm "$IMG" /pub/mixed -r
+  contains "$WORK/err" "sticky"
+  expect 0 "$POISE" stat "$IMG" /pub/mixed/sticky/roots
+  expect 0 "$POISE" rm "$IMG" /pub/mixed/sticky/roots
+  expect 0 "${AS_NOBODY[@]}" "$POISE" rm "$IMG" /pub/mixed -r
+  expect 3 "$POISE" stat "$IMG" /pub/mixed
   # Root's 0644 file is readable but not writable by others.
   expect 0 "$POISE" put "$IMG" "$WORK/data" /readable
   expect 0 "${AS_NOBODY[@]}" "$POISE" cat "$IMG" /readable

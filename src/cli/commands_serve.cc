@@ -10,16 +10,19 @@
 #include <sys/mount.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -403,6 +406,36 @@ int probe_mount(const std::string& dir, std::chrono::milliseconds wait) {
 
 namespace stdfs = std::filesystem;
 
+// The process holding the image's lock (its server), from /proc/locks; 0 if
+// none is found.
+pid_t image_lock_holder(const std::string& image) {
+  struct stat st {};
+  if (::stat(image.c_str(), &st) != 0) return 0;
+  std::ifstream locks("/proc/locks");
+  std::string line;
+  while (std::getline(locks, line)) {
+    // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; waiters have "->".
+    std::istringstream fields(line);
+    std::string id, kind, advisory, access, where;
+    long pid = 0;
+    if (line.find("->") != std::string::npos || !(fields >> id >> kind >> advisory >> access >> pid >> where)) continue;
+    unsigned major_no = 0, minor_no = 0;
+    unsigned long long ino = 0;
+    if (kind != "FLOCK" || pid <= 0 || std::sscanf(where.c_str(), "%x:%x:%llu", &major_no, &minor_no, &ino) != 3) continue;
+    if (major_no == major(st.st_dev) && minor_no == minor(st.st_dev) && ino == st.st_ino) return static_cast<pid_t>(pid);
+  }
+  return 0;
+}
+
+// Whether process `pid` is stopped (SIGSTOP, a debugger): state T or t.
+bool is_stopped(pid_t pid) {
+  std::ifstream stat_file("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat_file)), std::istreambuf_iterator<char>());
+  const size_t paren = text.rfind(')');  // the name may hold spaces and parentheses
+  if (paren == std::string::npos || paren + 2 >= text.size()) return false;
+  return text[paren + 2] == 'T' || text[paren + 2] == 't';
+}
+
 // The absolute path of `dir_arg` without asking the mount itself: its parent
 // is resolved, its last name kept as it is (a stat of the mount point would
 // wait for a server that does not run).
@@ -446,18 +479,20 @@ int umount_cmd(const std::string& dir_arg) {
   }
   // A mount whose server is gone answers ENOTCONN: nothing can be lost by
   // detaching it at once, even while programs hold files there. One whose
-  // server does not answer (stopped) is detached too: the server still holds
-  // everything, and finishes the unmount once it runs again.
+  // server is stopped is detached too: the server still holds everything,
+  // and finishes the unmount once it runs again. A server that is only slow
+  // to answer (busy) is unmounted as usual.
   const int probe = probe_mount(dir, std::chrono::seconds(3));
   const bool server_gone = probe == ENOTCONN;
-  if (probe == ETIMEDOUT) {
+  const pid_t server = probe == ETIMEDOUT ? image_lock_holder(*image) : 0;
+  if (server > 0 && is_stopped(server)) {
     if (int code = unmount_fuse(dir, true); code != kExitOk) {
       eprint("poise: umount: {}: its server does not answer, and the unmount failed\n", dir_arg);
       return kExitFailure;
     }
-    eprint("poise: umount: {}: its server does not answer within 3 s (stopped, by SIGSTOP or a debugger?): the "
-           "mount is detached, and the server lets go of {} once it runs again (kill -CONT it)\n",
-           dir_arg, *image);
+    eprint("poise: umount: {}: its server (pid {}) is stopped (SIGSTOP or a debugger): the mount is detached, "
+           "and the server lets go of {} once it runs again (kill -CONT {})\n",
+           dir_arg, server, *image, server);
     return kExitBusy;
   }
   if (int code = unmount_fuse(dir, server_gone); code != kExitOk) {

@@ -108,9 +108,15 @@ class RemotePins final : public PinKeeper {
     return {};
   }
   void unpin(uint64_t id) override {
-    std::lock_guard lock(mu_);
-    if (held_.erase(id) == 0) return;
-    if (!frozen_) (void)release_(id);  // the server's pin goes (or already went with the connection)
+    std::function<Result<void>(uint64_t)> release;
+    {
+      std::lock_guard lock(mu_);
+      if (held_.erase(id) == 0) return;
+      if (!frozen_) release = release_;
+    }
+    // Told without the lock: a freeze (which must answer the server in time)
+    // never waits for this round trip; the pin is no longer frozen by it.
+    if (release) (void)release(id);  // the server's pin goes (or already went with the connection)
   }
   // Every pin still held becomes a private copy; later releases tell nobody.
   void freeze() {
@@ -138,9 +144,15 @@ class RemotePins final : public PinKeeper {
     }
     for (const auto& [first, end] : runs) {
       if (!freeze_run(first, end - first)) {
-        // Memory that fails to read (or no memory for a copy): page by page,
-        // so that only what cannot be copied stays as it is.
-        for (uint64_t at = first; at < end; at += kPageBytes) (void)freeze_run(at, kPageBytes);
+        // No memory for one copy of it all, or memory that fails to read: in
+        // 2 MiB pieces, and a piece that still fails page by page, so that
+        // only what cannot be copied stays as it is.
+        constexpr uint64_t kPiece = 2ull << 20;
+        for (uint64_t at = first; at < end; at += kPiece) {
+          const uint64_t n = std::min(kPiece, end - at);
+          if (n > kPageBytes && freeze_run(at, n)) continue;
+          for (uint64_t page = at; page < at + n; page += kPageBytes) (void)freeze_run(page, kPageBytes);
+        }
       }
     }
   }
@@ -199,6 +211,79 @@ alignas(4096) const std::byte kZeroPiece[64 * 1024] = {};
 // Set while this thread is inside a request: a fault it takes then (its buffer
 // lies in a poise mapping not shown yet) cannot wait for the connection.
 thread_local bool in_request = false;
+
+// The release channel: a second connection on which this client gives pins
+// back, served by another server thread, so that an unpin never waits behind a
+// request of this client (one that may itself wait for a pin). Shared with the
+// pins' release calls, so a release racing the client's end finds it closed.
+class ReleaseChannel {
+ public:
+  ReleaseChannel(std::string socket_path, uint64_t token) : socket_path_(std::move(socket_path)), token_(token) {}
+  ~ReleaseChannel() { close(); }
+  ReleaseChannel(const ReleaseChannel&) = delete;
+  ReleaseChannel& operator=(const ReleaseChannel&) = delete;
+
+  Result<void> open() {
+    std::lock_guard lock(mu_);
+    return open_locked();
+  }
+  // Gives pin `id` back; a channel that broke is opened again once.
+  Result<void> unpin(uint64_t id) {
+    std::lock_guard lock(mu_);
+    if (closed_) return fail(ESHUTDOWN, "not connected to the poise server");
+    auto sent = unpin_locked(id);
+    if (sent.has_value() || sent.error().code != ESHUTDOWN) return sent;
+    TRY(open_locked());
+    return unpin_locked(id);
+  }
+  void close() {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  Result<void> open_locked() {
+    if (closed_) return fail(ESHUTDOWN, "not connected to the poise server");
+    if (fd_ >= 0) return {};
+    int fd = TRY(connect_socket(socket_path_));
+    Encoder attach(Op::ReleasePins, 1);
+    attach.u64(token_);
+    serve::Header h;
+    std::vector<std::byte> body;
+    int32_t status = -1;
+    if (!serve::send_frame(fd, attach.finish()) || !serve::receive_frame(fd, &h, &body) || h.op != Op::ReleasePins ||
+        h.id != 1 || !Decoder(body).i32(&status) || status != 0) {
+      ::close(fd);
+      return fail(EPROTO, "the poise server refused the release channel");
+    }
+    fd_ = fd;
+    return {};
+  }
+  Result<void> unpin_locked(uint64_t id) {
+    if (fd_ < 0) return fail(ESHUTDOWN, "not connected to the poise server");
+    Encoder request(Op::Unpin, ++next_);
+    request.u64(id);
+    serve::Header h;
+    std::vector<std::byte> body;
+    int32_t status = -1;
+    if (!serve::send_frame(fd_, request.finish()) || !serve::receive_frame(fd_, &h, &body) || h.op != Op::Unpin ||
+        h.id != next_ || !Decoder(body).i32(&status)) {
+      ::close(fd_);
+      fd_ = -1;
+      return fail(ESHUTDOWN, "the poise server went away");
+    }
+    return status == 0 ? Result<void>{} : fail(status, "unpin refused");
+  }
+
+  const std::string socket_path_;
+  const uint64_t token_;
+  std::mutex mu_;  // one unpin at a time
+  int fd_ = -1;
+  uint64_t next_ = 0;
+  bool closed_ = false;
+};
 
 class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
  public:
@@ -308,13 +393,32 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   }
 
   Result<std::vector<DirEntry>> readdir(std::string_view path) override {
+    return readdir_pages(Op::Readdir, [&](Encoder& e) { e.string(path); });
+  }
+  // By directory inode: these reach names below any path a message can carry.
+  Result<std::vector<DirEntry>> readdir_at(InodeNumber dir) override {
+    return readdir_pages(Op::ReaddirAt, [&](Encoder& e) { e.u64(dir.value()); });
+  }
+  Result<void> unlink_at(InodeNumber dir, std::string_view name) override {
+    return call0(Op::UnlinkAt, [&](Encoder& e) {
+      e.u64(dir.value());
+      e.string(name);
+    });
+  }
+  Result<void> rmdir_at(InodeNumber dir, std::string_view name) override {
+    return call0(Op::RmdirAt, [&](Encoder& e) {
+      e.u64(dir.value());
+      e.string(name);
+    });
+  }
+  Result<std::vector<DirEntry>> readdir_pages(Op op, const std::function<void(Encoder&)>& which) {
     std::vector<DirEntry> all;
     for (uint8_t more = 1; more != 0;) {
       const uint64_t from = all.size();
       TRY(call(
-          Op::Readdir,
+          op,
           [&](Encoder& e) {
-            e.string(path);
+            which(e);
             e.u64(from);
           },
           [&](Decoder& d) {
@@ -491,7 +595,13 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
                              " GiB: pin less at a time");
     }
     TRY(start_following());  // the server's death is then noticed at once (and the pins frozen)
-    TRY(open_release_channel());
+    std::shared_ptr<ReleaseChannel> channel;
+    {
+      std::lock_guard lock(follow_start_mu_);
+      if (release_ == nullptr) release_ = std::make_shared<ReleaseChannel>(socket_path_, token_);
+      channel = release_;
+    }
+    TRY(channel->open());
     TRY(get_device_fd(false));
     uint64_t id = 0, device_bytes = 0;
     std::vector<std::pair<uint64_t, uint64_t>> pieces;
@@ -511,7 +621,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
           }
           return true;
         }));
-    auto release = [this](uint64_t pin) { return unpin_call(pin); };
+    auto release = [channel](uint64_t pin) { return channel->unpin(pin); };
     auto given_back = [&](Error e) -> Result<Pin> {
       (void)release(id);
       return Unexpected<Error>(std::move(e));
@@ -858,11 +968,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     if (notice_thread_.joinable()) notice_thread_.join();
     if (follow_fd_ >= 0) ::close(follow_fd_);
     follow_fd_ = -1;
-    {
-      std::lock_guard lock(release_mu_);
-      if (release_fd_ >= 0) ::close(release_fd_);
-      release_fd_ = -1;
-    }
+    if (auto channel = release_channel()) channel->close();
     std::lock_guard lock(follow_start_mu_);
     if (watching_view_) failure::unwatch_device(*device_);
     watching_view_ = false;
@@ -933,43 +1039,11 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     std::lock_guard lock(pins_mu_);
     return pins_;
   }
+  std::shared_ptr<ReleaseChannel> release_channel() {
+    std::lock_guard lock(follow_start_mu_);
+    return release_;
+  }
 
-  // The release channel: a second connection on which this client gives pins
-  // back, served by another server thread, so that an unpin never waits
-  // behind a request of this client (one that may itself wait for a pin).
-  Result<void> open_release_channel() {
-    std::lock_guard lock(release_mu_);
-    if (release_fd_ >= 0) return {};
-    int fd = TRY(open_connection());
-    Encoder attach(Op::ReleasePins, 1);
-    attach.u64(token_);
-    serve::Header h;
-    std::vector<std::byte> body;
-    int32_t status = -1;
-    if (!serve::send_frame(fd, attach.finish()) || !serve::receive_frame(fd, &h, &body) || h.op != Op::ReleasePins ||
-        h.id != 1 || !Decoder(body).i32(&status) || status != 0) {
-      ::close(fd);
-      return fail(EPROTO, "the poise server refused the release channel");
-    }
-    release_fd_ = fd;
-    return {};
-  }
-  Result<void> unpin_call(uint64_t pin) {
-    std::lock_guard lock(release_mu_);
-    if (release_fd_ < 0) return fail(ESHUTDOWN, "not connected to the poise server");
-    Encoder request(Op::Unpin, ++release_next_);
-    request.u64(pin);
-    serve::Header h;
-    std::vector<std::byte> body;
-    int32_t status = -1;
-    if (!serve::send_frame(release_fd_, request.finish()) || !serve::receive_frame(release_fd_, &h, &body) ||
-        h.op != Op::Unpin || h.id != release_next_ || !Decoder(body).i32(&status)) {
-      ::close(release_fd_);
-      release_fd_ = -1;
-      return fail(ESHUTDOWN, "the poise server went away");
-    }
-    return status == 0 ? Result<void>{} : fail(status, "unpin refused");
-  }
 
   Result<void> get_device_fd(bool writable) {
     std::lock_guard lock(follow_start_mu_);
@@ -1119,9 +1193,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   std::mutex pins_mu_;                // a leaf: taken under any other lock
   std::shared_ptr<RemotePins> pins_;  // guarded by pins_mu_: made by the first pin
   bool watching_view_ = false;        // guarded by follow_start_mu_
-  std::mutex release_mu_;             // one unpin at a time on the release channel
-  int release_fd_ = -1;               // guarded by release_mu_
-  uint64_t release_next_ = 0;         // guarded by release_mu_
+  std::shared_ptr<ReleaseChannel> release_;  // guarded by follow_start_mu_: made by the first pin
   std::shared_ptr<mapping::MappingRegistry> registry_;
   int follow_fd_ = -1;
   std::thread follow_thread_;

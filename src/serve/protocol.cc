@@ -65,6 +65,9 @@ const char* op_name(Op op) {
     case Op::Unpin: return "unpin";
     case Op::ReleasePins: return "release-pins";
     case Op::PinsReleased: return "pins-released";
+    case Op::ReaddirAt: return "readdir-at";
+    case Op::UnlinkAt: return "unlink-at";
+    case Op::RmdirAt: return "rmdir-at";
   }
   return "unknown";
 }

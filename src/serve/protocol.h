@@ -27,7 +27,7 @@ namespace poise::serve {
 // 2: file type 2 (symbolic link), Symlink, Readlink. 3: extended attributes.
 // 4: file types 3..6 (special files), a stat's device number, Mknod,
 // ReportFailure. 5: Checkpoint's mode; metadata kind 9 (checkpoint delta).
-// 6: Pin, Unpin, ReleasePins, PinsReleased.
+// 6: Pin, Unpin, ReleasePins, PinsReleased, ReaddirAt, UnlinkAt, RmdirAt.
 inline constexpr uint32_t kProtocolVersion = 6;
 inline constexpr size_t kHeaderBytes = 16;
 // The largest body either side accepts: 1 MiB of file data plus room for fields.
@@ -111,8 +111,12 @@ enum class Op : uint16_t {
   // Server to client on the follow channel: every pin of this client is let go
   // once this is acknowledged (the client keeps private copies of them).
   PinsReleased = 54,
+  // By directory inode (protocol 6), for trees deeper than a path can name:
+  ReaddirAt = 55,  // u64 dir, u64 first entry -> as Readdir
+  UnlinkAt = 56,   // u64 dir, string name
+  RmdirAt = 57,    // u64 dir, string name
 };
-inline constexpr uint16_t kOpMax = 54;
+inline constexpr uint16_t kOpMax = 57;
 // The most bytes one pin through a server covers.
 inline constexpr uint64_t kPinBytesMax = 1ull << 30;
 // A pin piece that is a hole (zeros), not device memory.

@@ -141,6 +141,24 @@ class Access {
     return {};
   }
 
+  // Removing NAME from directory DIR (named by number): as may_change_name.
+  Result<void> may_remove_at(InodeNumber dir, std::string_view name) const {
+    TRY(may_name(dir));
+    if (c_.privileged) return {};
+    const Stat st = TRY(fs_.stat(dir));
+    if (!permits(st, 3)) return fail(EACCES, "inode " + std::to_string(dir.value()) + ": permission denied (cannot write it)");
+    if ((st.mode & S_ISVTX) != 0) {
+      auto victim = fs_.lookup_at(dir, name);
+      if (victim.has_value()) {
+        auto vst = fs_.stat(*victim);
+        if (vst.has_value() && vst->uid != c_.peer.uid && st.uid != c_.peer.uid) {
+          return fail(EPERM, std::string(name) + ": operation not permitted (sticky directory)");
+        }
+      }
+    }
+    return {};
+  }
+
   // Who may read or change an extended attribute, as the kernel decides:
   // trusted. is root's (others neither see nor read it); security. reads for
   // anyone and changes for root; an ACL changes by its file's owner; user.
@@ -420,6 +438,13 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       if (!in.string(&path)) return bad();
       TRY(access_.may_change_name(path, true));
       return op == Op::Unlink ? fs_.unlink(path) : fs_.rmdir(path);
+    case Op::UnlinkAt:
+    case Op::RmdirAt:
+      // By directory inode: a name below any path a message could carry (a
+      // tree moved under a deep directory) can still be removed.
+      if (!in.u64(&a) || !in.string(&path)) return bad();
+      TRY(access_.may_remove_at(InodeNumber(a), path));
+      return op == Op::UnlinkAt ? fs_.unlink_at(InodeNumber(a), path) : fs_.rmdir_at(InodeNumber(a), path);
     case Op::Rename:
       if (!in.string(&path) || !in.string(&other)) return bad();
       TRY(access_.may_change_name(path, true));
@@ -510,13 +535,23 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       TRY(access_.may_change_name(other, false));
       return fs_.link(path, other);
     }
-    case Op::Readdir: {
-      if (!in.string(&path) || !in.u64(&a)) return bad();
-      TRY(access_.may_use(path, 4));
-      auto entries = TRY(fs_.readdir(path));
-      // One who may also search the directory reaches each entry by its path
-      // (stat of DIR/NAME): it may then name them by number too, as `ls -l` does.
-      const bool searchable = access_.may_use(path, 1).has_value();
+    case Op::Readdir:
+    case Op::ReaddirAt: {
+      std::vector<DirEntry> entries;
+      bool searchable = false;
+      if (op == Op::Readdir) {
+        if (!in.string(&path) || !in.u64(&a)) return bad();
+        TRY(access_.may_use(path, 4));
+        entries = TRY(fs_.readdir(path));
+        // One who may also search the directory reaches each entry by its path
+        // (stat of DIR/NAME): it may then name them by number too, as `ls -l` does.
+        searchable = access_.may_use(path, 1).has_value();
+      } else {
+        if (!in.u64(&b) || !in.u64(&a)) return bad();
+        const Stat dir = TRY(access_.may_use(InodeNumber(b), 4));
+        entries = TRY(fs_.readdir_at(InodeNumber(b)));
+        searchable = access_.permits(dir, 1);
+      }
       uint32_t n = 0;
       size_t bytes = 0;
       Encoder page(Op::Readdir, 0);
@@ -746,6 +781,15 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       // connection's: a write by the same client to the range is refused, as
       // an in-process thread's is). The client reads the same device memory
       // through its descriptor, so the answer says where each piece lies.
+      // All of a client's pins are copied when the server lets them go while it
+      // runs (pins-released), within the recall timeout: at most 1 GiB at once.
+      {
+        std::lock_guard lock(c_.leases_mutex);
+        if (c > kPinBytesMax - std::min(kPinBytesMax, c_.pinned_bytes)) {
+          return fail(EAGAIN, "this client has " + std::to_string(c_.pinned_bytes) + " bytes pinned; a client may pin " +
+                                  std::to_string(kPinBytesMax >> 30) + " GiB at once: release some first");
+        }
+      }
       Pin pin = TRY(fs_.pin(InodeNumber(a), b, c));
       const std::byte* base = device_.data();
       const uint64_t size = device_.size_bytes();
@@ -767,7 +811,8 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       {
         std::lock_guard lock(c_.leases_mutex);
         id = c_.next_pin++;
-        c_.pins.emplace(id, std::move(pin));
+        c_.pinned_bytes += c;
+        c_.pins.emplace(id, Server::Client::PinnedRange{std::move(pin), c});
       }
       out.u64(id);
       out.u64(size);
@@ -788,7 +833,8 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
         std::lock_guard lock(holder.leases_mutex);
         auto it = holder.pins.find(a);
         if (it == holder.pins.end()) return fail(EINVAL, "no pin " + std::to_string(a));
-        dropped = std::move(it->second);
+        dropped = std::move(it->second.pin);
+        holder.pinned_bytes -= it->second.bytes;
         holder.pins.erase(it);
       }
       return {};  // `dropped` releases the server's pin

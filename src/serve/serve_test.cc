@@ -175,6 +175,23 @@ TEST(Serve, TheClientAnswersAsTheInProcessApiDoes) {
           results[side] = outcome(i) + outcome(n) + (n ? buf.substr(0, *n) : "");
           break;
         }
+        case 10: {  // the directory-inode calls: remove a name, then list the directory
+          const size_t slash = p.rfind('/');
+          const std::string dir = slash == 0 ? "/" : p.substr(0, slash), name = p.substr(slash + 1);
+          what = std::string(also_remove ? "rmdir_at " : "unlink_at ") + dir + " " + name;
+          auto d = ino(dir);
+          if (!d) {
+            results[side] = outcome(d);
+            break;
+          }
+          results[side] = outcome(also_remove ? fs.rmdir_at(*d, name) : fs.unlink_at(*d, name));
+          auto listed = fs.readdir_at(*d);
+          results[side] += outcome(listed);
+          if (listed) {
+            for (const auto& e : *listed) results[side] += " " + e.name + ":" + std::to_string(static_cast<int>(e.type));
+          }
+          break;
+        }
         case 11: what = "symlink " + p + " -> " + q; results[side] = outcome(fs.symlink(q, p)); break;
         case 12: {
           what = "readlink " + p;
@@ -224,6 +241,9 @@ TEST(Serve, TheClientAnswersAsTheInProcessApiDoes) {
   auto listed = remote->readdir("/many");
   ASSERT_OK(listed);
   EXPECT_EQ(listed->size(), 4000u);
+  auto listed_at = remote->readdir_at(*remote->lookup("/many"));
+  ASSERT_OK(listed_at);
+  EXPECT_EQ(listed_at->size(), 4000u);
   auto served_map = served.fs().fsmap(0, 64ull << 20);
   auto remote_map = remote->fsmap(0, 64ull << 20);
   ASSERT_OK(remote_map);
@@ -504,6 +524,14 @@ TEST(Serve, APinThroughTheServerShowsTheBytesAndHoldsThem) {
   // What a pin may not cover, as in-process.
   EXPECT_ERRNO(pinner->pin(ino, 0, 4096), EINVAL);  // past the end of the (now empty) file
   EXPECT_ERRNO(pinner->pin(ino, 0, 0), EINVAL);
+  // At most 1 GiB pinned by one client at once (a sparse file here).
+  ASSERT_OK(served.fs().truncate(ino, 2ull << 30));
+  EXPECT_ERRNO(pinner->pin(ino, 0, (1ull << 30) + 1), EFBIG);
+  auto big = pinner->pin(ino, 0, 1ull << 30);
+  ASSERT_OK(big);
+  EXPECT_ERRNO(pinner->pin(ino, 1ull << 30, 4096), EAGAIN);
+  big->release();
+  EXPECT_TRUE(pinner->pin(ino, 1ull << 30, 4096).has_value());
 }
 
 // When the connection ends (the client disconnects, or the server goes away)
@@ -747,6 +775,7 @@ class Child {
     return status;
   }
   pid_t pid() const { return pid_; }
+  void forget() { reaped_ = true; }  // reaped by the test itself
 
  private:
   pid_t pid_ = -1;
@@ -821,6 +850,36 @@ TEST(ServeMapping, AKilledClientsPinIsReleased) {
   t.join();  // returns once the server has dropped the dead client's pin
   EXPECT_TRUE(truncated.load());
   EXPECT_EQ(served.fs().pin_count(), 0u);
+}
+
+// A live client that does not acknowledge pins-released (stopped here) is
+// killed before the server lets its pins go, as for a recall.
+TEST(ServeMapping, AClientThatDoesNotAnswerPinsReleasedIsKilledFirst) {
+  SKIP_UNDER_TSAN();
+  Served served(300);
+  write_file(served.fs(), "/held", std::string(2 * 4096, 'h'));
+  Child child([&](Child& me) {
+    auto fs = connect(served.socket());
+    CHILD_CHECK(fs.has_value());
+    auto pin = (*fs)->pin(*(*fs)->lookup("/held"), 0, 2 * 4096);
+    CHILD_CHECK(pin.has_value());
+    me.ready();
+    for (;;) ::pause();
+  });
+  ASSERT_TRUE(child.wait_until_ready());
+  ASSERT_EQ(served.fs().pin_count(), 1u);
+  ::kill(child.pid(), SIGSTOP);
+  served.stop();  // drops every client's pins: this one's only once it is dead
+  EXPECT_EQ(served.fs().pin_count(), 0u);
+  int status = 0;
+  bool dead = false;
+  for (int i = 0; i < 500 && !dead; ++i) {
+    dead = ::waitpid(child.pid(), &status, WNOHANG) == child.pid();
+    if (!dead) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(dead) << "the stopped client was not killed before its pins were let go";
+  EXPECT_EQ(exit_code(status), 128 + SIGKILL);
+  child.forget();
 }
 
 TEST(ServeMapping, TruncateRecallsTheClientsPagesBeforeFreeingThem) {

@@ -413,10 +413,11 @@ void Server::drop_leases(Client& client) {
   // Its pins go with it: the blocks they held may be freed again (a client
   // that is gone reads nothing more; one that disconnected made its pins
   // private copies first).
-  std::map<uint64_t, Pin> pins;
+  std::map<uint64_t, Client::PinnedRange> pins;
   {
     std::lock_guard lock(client.leases_mutex);
     pins.swap(client.pins);
+    client.pinned_bytes = 0;
   }
   // A client still running is told first, and copies what its pins show
   // before their blocks may change (one that does not answer is killed).

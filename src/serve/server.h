@@ -142,8 +142,13 @@ struct Server::Client {
 
   std::mutex leases_mutex;
   std::map<uint64_t, Mapping> leases;  // guarded by leases_mutex: lease id -> the server's copy
-  std::map<uint64_t, Pin> pins;        // guarded by leases_mutex: pin id -> the server's pin
-  uint64_t next_pin = 1;               // guarded by leases_mutex
+  struct PinnedRange {
+    Pin pin;
+    uint64_t bytes = 0;  // as asked
+  };
+  std::map<uint64_t, PinnedRange> pins;  // guarded by leases_mutex: pin id -> the server's pin
+  uint64_t pinned_bytes = 0;             // guarded by leases_mutex: the sum of their bytes
+  uint64_t next_pin = 1;                 // guarded by leases_mutex
   // Set on a release channel (ReleasePins): the client whose pins its Unpin
   // requests give back. Read and written by this connection's thread only.
   std::weak_ptr<Client> releases_for;
