@@ -244,6 +244,35 @@ PY
   expect 0 "$POISE" rm "$IMG" /pub/mixed/sticky/roots
   expect 0 "${AS_NOBODY[@]}" "$POISE" rm "$IMG" /pub/mixed -r
   expect 3 "$POISE" stat "$IMG" /pub/mixed
+  # A directory reached once is not reachable for good: moved where the user
+  # cannot search, it can no longer be listed or changed by inode number.
+  expect 0 "${AS_NOBODY[@]}" "$POISE" mkdir "$IMG" -p /pub/walk/inner
+  expect 0 "${AS_NOBODY[@]}" "$POISE" put "$IMG" "$WORK/data" /pub/walk/inner/f
+  cat >"$WORK/walk.py" <<'PY'
+import os, time
+from wire import *
+def ask_body(op, body):
+    sock.sendall(frame(op, body))
+    head = sock.recv(16, socket.MSG_WAITALL)
+    n = struct.unpack('<I', head[:4])[0]
+    return sock.recv(n, socket.MSG_WAITALL) if n else b''
+reply = ask_body(2, string(b'/pub/walk/inner'))       # lookup
+assert struct.unpack('<i', reply[:4])[0] == 0, reply
+ino = struct.unpack('<Q', reply[4:12])[0]
+print(ask(55, struct.pack('<QQ', ino, 0)), flush=True)  # readdir-at while reachable
+while not os.path.exists(sys.argv[2]): time.sleep(0.02)
+print(ask(55, struct.pack('<QQ', ino, 0)), ask(56, struct.pack('<Q', ino) + string(b'f')), flush=True)
+PY
+  rm -f "$WORK/walk.go"
+  "${AS_NOBODY[@]}" /usr/bin/python3 "$WORK/walk.py" "$IMG.sock" "$WORK/walk.go" >"$WORK/walk.out" 2>"$WORK/walk.err" &
+  WALKER=$!
+  for _ in $(seq 200); do [ -s "$WORK/walk.out" ] && break; sleep 0.05; done
+  expect 0 "$POISE" mv "$IMG" /pub/walk /closed/walk
+  touch "$WORK/walk.go"
+  wait "$WALKER"
+  [ "$(tr '\n' ' ' <"$WORK/walk.out")" = "0 13 13 " ] && ok ||
+    bad "a directory moved out of reach was still usable by inode number: $(cat "$WORK/walk.out" "$WORK/walk.err")"
+  expect 0 "$POISE" stat "$IMG" /closed/walk/inner/f
   # Root's 0644 file is readable but not writable by others.
   expect 0 "$POISE" put "$IMG" "$WORK/data" /readable
   expect 0 "${AS_NOBODY[@]}" "$POISE" cat "$IMG" /readable

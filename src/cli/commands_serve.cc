@@ -26,6 +26,7 @@
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "cli/cli.h"
 #include "cli/exit_codes.h"
@@ -406,11 +407,24 @@ int probe_mount(const std::string& dir, std::chrono::milliseconds wait) {
 
 namespace stdfs = std::filesystem;
 
-// The process holding the image's lock (its server), from /proc/locks; 0 if
-// none is found.
-pid_t image_lock_holder(const std::string& image) {
+// Whether process `pid` has the file `st` open (its descriptors, followed).
+bool has_open(pid_t pid, const struct stat& st) {
+  std::error_code ec;
+  for (const auto& entry : stdfs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    struct stat fd_st {};
+    if (::stat(entry.path().c_str(), &fd_st) == 0 && fd_st.st_dev == st.st_dev && fd_st.st_ino == st.st_ino) return true;
+  }
+  return false;
+}
+
+// The processes holding a lock on the image (its server), from /proc/locks.
+// Matched by inode number and confirmed by the process having the image open
+// (the device number /proc/locks prints is the superblock's, which stat(2)
+// may not report, as on btrfs subvolumes).
+std::vector<pid_t> image_lock_holders(const std::string& image) {
+  std::vector<pid_t> out;
   struct stat st {};
-  if (::stat(image.c_str(), &st) != 0) return 0;
+  if (::stat(image.c_str(), &st) != 0) return out;
   std::ifstream locks("/proc/locks");
   std::string line;
   while (std::getline(locks, line)) {
@@ -422,9 +436,9 @@ pid_t image_lock_holder(const std::string& image) {
     unsigned major_no = 0, minor_no = 0;
     unsigned long long ino = 0;
     if (kind != "FLOCK" || pid <= 0 || std::sscanf(where.c_str(), "%x:%x:%llu", &major_no, &minor_no, &ino) != 3) continue;
-    if (major_no == major(st.st_dev) && minor_no == minor(st.st_dev) && ino == st.st_ino) return static_cast<pid_t>(pid);
+    if (ino == st.st_ino && has_open(static_cast<pid_t>(pid), st)) out.push_back(static_cast<pid_t>(pid));
   }
-  return 0;
+  return out;
 }
 
 // Whether process `pid` is stopped (SIGSTOP, a debugger): state T or t.
@@ -484,8 +498,13 @@ int umount_cmd(const std::string& dir_arg) {
   // to answer (busy) is unmounted as usual.
   const int probe = probe_mount(dir, std::chrono::seconds(3));
   const bool server_gone = probe == ENOTCONN;
-  const pid_t server = probe == ETIMEDOUT ? image_lock_holder(*image) : 0;
-  if (server > 0 && is_stopped(server)) {
+  pid_t server = 0;
+  if (probe == ETIMEDOUT) {
+    for (pid_t holder : image_lock_holders(*image)) {
+      if (is_stopped(holder)) server = holder;
+    }
+  }
+  if (server > 0) {
     if (int code = unmount_fuse(dir, true); code != kExitOk) {
       eprint("poise: umount: {}: its server does not answer, and the unmount failed\n", dir_arg);
       return kExitFailure;

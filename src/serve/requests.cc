@@ -100,6 +100,27 @@ class Access {
     return {};
   }
 
+  // Directory DIR (by number) can be walked to now: search permission on
+  // every directory above it, up to the root, as may_walk checks a path's.
+  // (Reaching it once is not enough: a chmod or a move may have closed the way
+  // since.) Followed by "..", so it works below any path length.
+  Result<void> may_walk_to(InodeNumber dir) const {
+    if (c_.privileged) return {};
+    constexpr int kDepthMax = 1 << 20;  // a cycle would be refused at mount; bounded all the same
+    InodeNumber at = dir;
+    for (int depth = 0; at != kRootInode; ++depth) {
+      if (depth == kDepthMax) return fail(ELOOP, "inode " + std::to_string(dir.value()) + ": no way up to the root");
+      const InodeNumber parent = TRY(fs_.lookup_at(at, ".."));
+      const Stat st = TRY(fs_.stat(parent));
+      if (!permits(st, 1)) {
+        return fail(EACCES, "inode " + std::to_string(dir.value()) + ": permission denied (no search permission on "
+                            "a directory above it)");
+      }
+      at = parent;
+    }
+    return {};
+  }
+
   // The file at PATH (walked to) allows `want`.
   Result<Stat> may_use(std::string_view path, uint32_t want) const {
     TRY(may_walk(path));
@@ -129,6 +150,10 @@ class Access {
     auto parts = components(path);
     if (parts.empty()) return fail(EBUSY, "the root cannot be changed");
     TRY(may_walk(path));
+    // A name that exists is EEXIST for whoever may search its directory, as
+    // the kernel answers before it checks write permission (mkdir -p walks
+    // through directories it may not write).
+    if (!removes && fs_.stat(path).has_value()) return fail(EEXIST, std::string(path) + ": already exists");
     std::string parent = join(parts, parts.size() - 1);
     auto dir = TRY(fs_.stat(parent));
     if (!permits(dir, 3)) return fail(EACCES, std::string(path) + ": permission denied (cannot write " + parent + ")");
@@ -145,6 +170,7 @@ class Access {
   Result<void> may_remove_at(InodeNumber dir, std::string_view name) const {
     TRY(may_name(dir));
     if (c_.privileged) return {};
+    TRY(may_walk_to(dir));
     const Stat st = TRY(fs_.stat(dir));
     if (!permits(st, 3)) return fail(EACCES, "inode " + std::to_string(dir.value()) + ": permission denied (cannot write it)");
     if ((st.mode & S_ISVTX) != 0) {
@@ -549,6 +575,8 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       } else {
         if (!in.u64(&b) || !in.u64(&a)) return bad();
         const Stat dir = TRY(access_.may_use(InodeNumber(b), 4));
+        if (dir.type != FileType::Directory) return fail(ENOTDIR, "inode " + std::to_string(b) + " is not a directory");
+        TRY(access_.may_walk_to(InodeNumber(b)));
         entries = TRY(fs_.readdir_at(InodeNumber(b)));
         searchable = access_.permits(dir, 1);
       }
