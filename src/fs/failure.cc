@@ -141,12 +141,22 @@ void FsImpl::freeze() {
 }
 
 void FsImpl::thaw() {
+  std::vector<InodeNumber> released;
   {
     std::lock_guard lock(freeze_mutex_);
     frozen_ = false;
     frozen_flag_.store(false);
+    released.swap(released_while_frozen_);
   }
   thawed_.notify_all();
+  for (InodeNumber ino : released) {  // their last reference went meanwhile
+    InodePtr inode;
+    {
+      std::shared_lock ns(ns_mutex_);
+      inode = find_inode(ino);
+    }
+    if (inode != nullptr) free_if_unreferenced(inode);
+  }
 }
 
 Result<void> FsImpl::sync_frozen() {

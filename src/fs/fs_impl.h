@@ -216,6 +216,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
     change_listening_.store(static_cast<bool>(change_listener_));
   }
   void release(InodeNumber ino) override;
+  // Frees an inode no name and no open file holds any more (a transaction).
+  void free_if_unreferenced(const InodePtr& inode);
   Result<void> retain(InodeNumber ino) override;
 
   Result<Mapping> map(InodeNumber ino, uint64_t offset, uint64_t length, MapAccess access,
@@ -581,6 +583,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   std::mutex freeze_mutex_;
   std::condition_variable thawed_;
   bool frozen_ = false;                // guarded by freeze_mutex_
+  // Inodes whose last reference went while frozen: freed at the thaw (or, if
+  // the device goes instead, left as orphans that the next mount frees).
+  std::vector<InodeNumber> released_while_frozen_;  // guarded by freeze_mutex_
   std::atomic<bool> frozen_flag_{false};  // frozen_, for the lock-free check
   bool replaying_ = false;
   mutable std::vector<BadRange> failed_at_load_;  // machine checks under metadata reads at load

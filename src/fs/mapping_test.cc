@@ -821,6 +821,31 @@ TEST_F(MappingTest, CancelledRemovalThawsAndBlockedWritersResume) {
   expect_clean();
 }
 
+// The last pin of an unlinked file, let go while a removal is pending, never
+// waits for the thaw (the thread letting it go may be the one that removes
+// the device next); the file is freed at the thaw.
+TEST_F(MappingTest, APinLetGoDuringAPendingRemovalDoesNotWaitAndFreesAtTheThaw) {
+  write_file(*fs_, "/gone", pattern('g', 8 * kPage));
+  const uint64_t free_before_unlink = fs_->info().free_bytes;
+  auto pin = fs_->pin(ino("/gone"), 0, 8 * kPage);
+  ASSERT_OK(pin);
+  ASSERT_OK(fs_->unlink("/gone"));  // the pin keeps it
+  ASSERT_OK(device_->pre_remove());
+  std::atomic<bool> released{false};
+  std::thread t([&] {
+    pin->release();
+    released = true;
+  });
+  for (int i = 0; i < 500 && !released.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(released.load()) << "letting a pin go waited for the thaw";
+  if (!released.load()) device_->cancel_removal();  // let it end
+  t.join();
+  EXPECT_LT(fs_->info().free_bytes, free_before_unlink + 8 * kPage) << "freed while frozen";
+  device_->cancel_removal();
+  EXPECT_GE(fs_->info().free_bytes, free_before_unlink + 8 * kPage) << "the released file was not freed at the thaw";
+  expect_clean();
+}
+
 // I1 under races: readers through a mapping and a pinned zero-copy reader while
 // another thread truncates, punches, reuses the freed blocks and regrows the
 // file. No reader may ever see the reuse pattern. Run under ASan and TSan too.

@@ -741,11 +741,24 @@ void FsImpl::release(InodeNumber ino) {
   }
   if (inode->open_count.fetch_sub(1) != 1) return;
   if (!mounted_ || options_.mode == MountMode::ReadOnly) return;
+  if (frozen_flag_.load(std::memory_order_acquire)) {
+    // A removal is under way: never wait for it here. The last pin of a file
+    // may be let go by the very thread that goes on to remove the device.
+    std::lock_guard lock(freeze_mutex_);
+    if (frozen_) {
+      released_while_frozen_.push_back(ino);
+      return;
+    }
+  }
+  free_if_unreferenced(inode);
+}
+
+void FsImpl::free_if_unreferenced(const InodePtr& inode) {
   auto op = begin_op(kNamespaceTxBytes, Journal::Use::Freeing);
   if (!op.has_value()) return;  // left as an orphan; the next mount frees it
   std::unique_lock ns(ns_mutex_);
   std::unique_lock lock(inode->lock);
-  if (inode->freed) return;
+  if (inode->freed || inode->open_count.load() != 0) return;
   Records records;
   free_inode_records(*inode, inode->core.nlink, &records);
   commit(*op, records, {inode.get()});

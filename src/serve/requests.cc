@@ -941,6 +941,9 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
         case OfflineStep::Remove:
           if (device_.state() != DeviceState::Alive) return fail(ENXIO, device_.describe() + ": already removed");
           TRY(device_.pre_remove());  // frozen and synced first (again, if it was: nothing new to sync)
+          // The removal waits for every pin: clients' pins become their own
+          // private copies first, so that none holds it up.
+          if (server_ != nullptr) server_->release_all_pins();
           TRY(device_.remove());
           say("removed: waiting writers got an error, every later access in every process fails; the image "
               "mounts again where the memory now lives");

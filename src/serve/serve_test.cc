@@ -640,6 +640,37 @@ TEST(Serve, PinsOfTwoClientsNeverWaitForEachOtherForGood) {
   EXPECT_EQ(read_file(served.fs(), "/x"), "");
 }
 
+// Device removal waits for every pin; a client's pins are let go first (the
+// client keeps private copies), so a client that holds on does not hold the
+// removal up, and no pin reads the device afterwards.
+TEST(Serve, RemovalLetsClientPinsGoAsPrivateCopies) {
+  Served served;
+  const std::string data(3 * 4096, 'r');
+  write_file(served.fs(), "/r", data);
+  auto pinner = served.client();
+  auto operator_fs = served.client();
+  ASSERT_NE(pinner, nullptr);
+  ASSERT_NE(operator_fs, nullptr);
+  const InodeNumber ino = *pinner->lookup("/r");
+  auto pin = pinner->pin(ino, 0, data.size());
+  ASSERT_OK(pin);
+  const uint64_t at = device_offset_of(served.fs(), "/r", 0);
+  std::atomic<bool> removed{false};
+  std::thread remover([&] {
+    EXPECT_TRUE(operator_fs->offline(static_cast<uint8_t>(OfflineStep::PreRemove)).has_value());
+    EXPECT_TRUE(operator_fs->offline(static_cast<uint8_t>(OfflineStep::Remove)).has_value());
+    removed = true;
+  });
+  for (int i = 0; i < 1000 && !removed.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(removed.load()) << "the removal waited for a client's pin";
+  if (!removed.load()) pin->release();  // let it end
+  remover.join();
+  EXPECT_EQ(served.fs().pin_count(), 0u);
+  std::memset(served.device().data() + at, 'X', data.size());  // the memory now holds something else
+  EXPECT_EQ(pinned_bytes(*pin), data);
+  EXPECT_FALSE(pinner->pin(ino, 0, 10).has_value()) << "a pin after the removal";
+}
+
 // A machine check in a pinned piece (read by the client straight from device
 // memory) is an error in guarded(), and the server records the memory. The
 // signal is crafted here, as for a mapping above.

@@ -383,6 +383,26 @@ bool Server::attach_follower(uint64_t token, Client& from, uint64_t request_id) 
   return false;
 }
 
+void Server::release_all_pins() {
+  std::vector<std::shared_ptr<Client>> clients;
+  {
+    std::lock_guard lock(clients_mutex_);
+    clients = clients_;
+  }
+  for (const auto& c : clients) {
+    std::map<uint64_t, Client::PinnedRange> pins;
+    {
+      std::lock_guard lock(c->leases_mutex);
+      pins.swap(c->pins);
+      c->pinned_bytes = 0;
+    }
+    if (pins.empty()) continue;
+    push(*c, Encoder(Op::PinsReleased, 0).finish(), true);
+    log(fmt::format("client pid {}: its {} pin(s) let go for the removal (it keeps private copies)", c->peer.pid,
+                    pins.size()));
+  }
+}
+
 bool Server::attach_releaser(uint64_t token, Client& from) {
   if (token == 0) return false;
   std::lock_guard lock(clients_mutex_);

@@ -71,6 +71,9 @@ class Server {
   void push(Client& client, const std::vector<std::byte>& frame, bool wait);
   // Waits for every acknowledgement still owed, by every client.
   void settle_all();
+  // Lets every client's pins go, each client told first (pins-released: it
+  // keeps private copies) or killed: device removal waits for no client.
+  void release_all_pins();
   uint32_t recall_timeout_ms() const { return options_.recall_timeout_ms; }
   // Sends one event to every subscriber, with its time added; a subscriber
   // that cannot take it within a second is dropped.
