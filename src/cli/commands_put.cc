@@ -245,7 +245,12 @@ int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, c
   auto note = [&](int code) {
     if (first == kExitOk) first = code;
   };
-  if (auto made = fs.mkdir(dst); !made.has_value() && !(made.error().code == EEXIST && is_directory(fs, dst))) {
+  // A new directory takes the local one's permission bits and sticky bit, as
+  // files take theirs (a private 0700 directory stays private); one that
+  // exists keeps its own.
+  struct stat local_dir {};
+  const uint32_t mode = ::stat(local.c_str(), &local_dir) == 0 ? (local_dir.st_mode & 01777) : 0755;
+  if (auto made = fs.mkdir(dst, mode); !made.has_value() && !(made.error().code == EEXIST && is_directory(fs, dst))) {
     return report("put " + dst, made.error());
   }
   std::error_code ec;
