@@ -100,15 +100,20 @@ rm "$WORK/tree/is-a-dir"
 rm "$WORK/tree/link-to-f1" && ln -s f1 "$WORK/tree/link-to-f1"
 # New directories keep the local ones' permissions and sticky bit (a private
 # directory must not become readable by others); existing ones keep theirs.
-mkdir -p "$WORK/modes/private" "$WORK/modes/shared"
-chmod 700 "$WORK/modes/private" && chmod 1777 "$WORK/modes/shared" && chmod 750 "$WORK/modes"
+mkdir -p "$WORK/modes/private" "$WORK/modes/shared" "$WORK/modes/readonly"
+echo inside >"$WORK/modes/readonly/f"
+chmod 700 "$WORK/modes/private" && chmod 1777 "$WORK/modes/shared" && chmod 750 "$WORK/modes" &&
+  chmod 500 "$WORK/modes/readonly"
 expect 0 "$POISE" put -r "$IMG" "$WORK/modes" /modes
 expect 0 "$POISE" ls "$IMG" /modes -l
-grep -q -- "^drwx------ .* private/" "$WORK/out" && grep -q -- "^drwxrwxrwt .* shared/" "$WORK/out" && ok ||
+grep -q -- "^drwx------ .* private/" "$WORK/out" && grep -q -- "^drwxrwxrwt .* shared/" "$WORK/out" &&
+  grep -q -- "^dr-x------ .* readonly/" "$WORK/out" && ok ||
   bad "put -r must keep directory modes: $(cat "$WORK/out")"
 expect 0 "$POISE" stat "$IMG" /modes --json
 python3 -c "import json; m = json.load(open('$WORK/out'))['mode']; assert int(m, 8) & 0o7777 == 0o750, m" &&
   ok || bad "put -r must keep the top directory's mode: $(cat "$WORK/out")"
+expect 0 "$POISE" cat "$IMG" /modes/readonly/f  # a read-only directory is filled before it gets its mode
+chmod 700 "$WORK/modes/readonly"
 expect 0 "$POISE" rm "$IMG" /modes -r
 expect 0 "$POISE" rm "$IMG" /t -r
 expect 0 "$POISE" rm "$IMG" /many -r

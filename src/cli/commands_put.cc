@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -248,11 +249,25 @@ int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, c
   // A new directory takes the local one's permission bits and sticky bit, as
   // files take theirs (a private 0700 directory stays private); one that
   // exists keeps its own.
+  // It is made with the owner's rwx (so that it can be filled, as cp does) and
+  // given its own mode once filled.
   struct stat local_dir {};
   const uint32_t mode = ::stat(local.c_str(), &local_dir) == 0 ? (local_dir.st_mode & 01777) : 0755;
-  if (auto made = fs.mkdir(dst, mode); !made.has_value() && !(made.error().code == EEXIST && is_directory(fs, dst))) {
+  auto made = fs.mkdir(dst, mode | 0700);
+  if (!made.has_value() && !(made.error().code == EEXIST && is_directory(fs, dst))) {
     return report("put " + dst, made.error());
   }
+  struct FinalMode {  // on every way out
+    Filesystem& fs;
+    std::optional<InodeNumber> dir;
+    uint32_t mode;
+    ~FinalMode() {
+      if (!dir || (mode | 0700) == mode) return;
+      SetAttributes final_mode;
+      final_mode.mode = mode;
+      (void)fs.set_attributes(*dir, final_mode);  // through a server: not offered; it keeps the owner's rwx
+    }
+  } final_mode{fs, made.has_value() ? std::optional<InodeNumber>(*made) : std::nullopt, mode};
   std::error_code ec;
   stdfs::directory_iterator it(local, ec);
   if (ec) {
