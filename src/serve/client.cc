@@ -212,6 +212,23 @@ alignas(4096) const std::byte kZeroPiece[64 * 1024] = {};
 // lies in a poise mapping not shown yet) cannot wait for the connection.
 thread_local bool in_request = false;
 
+// Another connection to the server, attached to the client `token` names
+// with `op` (Follow, ReleasePins): its descriptor once the server said yes.
+Result<int> open_side_connection(const std::string& socket_path, Op op, uint64_t token, const std::string& what) {
+  int fd = TRY(connect_socket(socket_path));
+  Encoder attach(op, 1);
+  attach.u64(token);
+  serve::Header h;
+  std::vector<std::byte> body;
+  int32_t status = -1;
+  if (!serve::send_frame(fd, attach.finish()) || !serve::receive_frame(fd, &h, &body) || h.op != op || h.id != 1 ||
+      !Decoder(body).i32(&status) || status != 0) {
+    ::close(fd);
+    return fail(EPROTO, "the poise server refused " + what);
+  }
+  return fd;
+}
+
 // The release channel: a second connection on which this client gives pins
 // back, served by another server thread, so that an unpin never waits behind a
 // request of this client (one that may itself wait for a pin). Shared with the
@@ -247,18 +264,7 @@ class ReleaseChannel {
   Result<void> open_locked() {
     if (closed_) return fail(ESHUTDOWN, "not connected to the poise server");
     if (fd_ >= 0) return {};
-    int fd = TRY(connect_socket(socket_path_));
-    Encoder attach(Op::ReleasePins, 1);
-    attach.u64(token_);
-    serve::Header h;
-    std::vector<std::byte> body;
-    int32_t status = -1;
-    if (!serve::send_frame(fd, attach.finish()) || !serve::receive_frame(fd, &h, &body) || h.op != Op::ReleasePins ||
-        h.id != 1 || !Decoder(body).i32(&status) || status != 0) {
-      ::close(fd);
-      return fail(EPROTO, "the poise server refused the release channel");
-    }
-    fd_ = fd;
+    fd_ = TRY(open_side_connection(socket_path_, Op::ReleasePins, token_, "the release channel"));
     return {};
   }
   Result<void> unpin_locked(uint64_t id) {
@@ -994,17 +1000,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     std::lock_guard lock(follow_start_mu_);
     if (follow_thread_.joinable()) return {};
     failure::install_fault_handler();
-    int fd = TRY(open_connection());
-    Encoder follow(Op::Follow, 1);
-    follow.u64(token_);
-    serve::Header h;
-    std::vector<std::byte> body;
-    int32_t status = -1;
-    if (!serve::send_frame(fd, follow.finish()) || !serve::receive_frame(fd, &h, &body) || h.op != Op::Follow ||
-        h.id != 1 || !Decoder(body).i32(&status) || status != 0) {
-      ::close(fd);
-      return fail(EPROTO, "the poise server refused the follow channel");
-    }
+    int fd = TRY(open_side_connection(socket_path_, Op::Follow, token_, "the follow channel"));
     device_ = std::make_unique<ClientDevice>("the device of the poise server on " + socket_path_);
     registry_ = std::make_shared<mapping::MappingRegistry>(*device_);
     registry_->set_forwarder(this);
