@@ -14,29 +14,13 @@
 #include "format/checkpoint_format.h"
 
 #include <functional>
+
+#include "image_surgery.h"
 #include "poise/filesystem.h"
 
 namespace poise {
 namespace {
-
-constexpr uint64_t kBytes = 32ull << 20;
-constexpr uint64_t kBlocks = kBytes / kBlockSize;
-
-std::unique_ptr<MemoryDevice> formatted_with_a_file() {
-  auto device = std::make_unique<MemoryDevice>(kBytes);
-  EXPECT_TRUE(Filesystem::format(*device).has_value());
-  auto fs = Filesystem::mount(*device);
-  EXPECT_TRUE(fs.has_value());
-  auto ino = (*fs)->create("/kept");
-  std::string data = "committed data";
-  EXPECT_TRUE((*fs)->write(*ino, 0, {reinterpret_cast<const std::byte*>(data.data()), data.size()}).has_value());
-  EXPECT_TRUE((*fs)->checkpoint(CheckpointMode::Full).has_value());  // every section of the checkpoint has a block
-  EXPECT_TRUE((*fs)->mkdir("/in-delta").has_value());
-  EXPECT_TRUE((*fs)->checkpoint().has_value());         // an incremental one on it: a delta block
-  EXPECT_TRUE((*fs)->mkdir("/journaled").has_value());  // and the journal a transaction
-  EXPECT_TRUE((*fs)->unmount().has_value());
-  return device;
-}
+using namespace surgery;  // NOLINT(google-build-using-namespace)
 
 // The metadata blocks of the current checkpoint, found through the reverse map
 // of a read-only mount (which writes nothing, so they stay current).
@@ -52,13 +36,6 @@ std::vector<FsmapRecord> metadata_records(Device& device) {
     if (r.owner == OwnerKind::Metadata) out.push_back(r);
   }
   return out;
-}
-
-std::string mount_error(Device& device, int* code) {
-  auto fs = Filesystem::mount(device);
-  if (fs.has_value()) return "";
-  *code = fs.error().code;
-  return fs.error().message;
 }
 
 TEST(Corruption, OneDamagedSuperblockCopyIsSurvivedAndRepaired) {
@@ -113,16 +90,6 @@ TEST(Corruption, TooSmallDevice) {
   ASSERT_FALSE(formatted.has_value());
   EXPECT_EQ(formatted.error().code, EINVAL);
   EXPECT_NE(formatted.error().message.find("16 MiB"), std::string::npos);
-}
-
-std::string read_kept(Filesystem& fs) {
-  auto ino = fs.lookup("/kept");
-  if (!ino.has_value()) return "(missing: " + ino.error().message + ")";
-  std::string out(64, '\0');
-  auto n = fs.read(*ino, 0, {reinterpret_cast<std::byte*>(out.data()), out.size()});
-  if (!n.has_value()) return "(unreadable: " + n.error().message + ")";
-  out.resize(*n);
-  return out;
 }
 
 TEST(Corruption, ADamagedCheckpointBlockInOneCopyIsSurvivedAndRewritten) {
@@ -225,62 +192,7 @@ TEST(Corruption, AnySingleDamagedMetadataBlockIsSurvivedAndTwoNeverCrash) {
 
 namespace poise {
 namespace {
-
-// The device offsets of the journal's copies.
-std::vector<uint64_t> journal_copies(Filesystem& fs) {
-  std::vector<uint64_t> out;
-  for (const auto& r : *fs.fsmap(0, kBytes)) {
-    if (r.owner == OwnerKind::Metadata && r.metadata_kind == MetadataKind::Journal) out.push_back(r.device_offset_bytes);
-  }
-  EXPECT_EQ(out.size(), 2u);
-  return out;
-}
-
-// A device whose journal holds `ops` committed transactions (one mkdir each)
-// that no checkpoint has absorbed: the filesystem stopped as if the power went.
-std::unique_ptr<MemoryDevice> journal_with_transactions(int ops, std::vector<uint64_t>* journals) {
-  auto device = std::make_unique<MemoryDevice>(kBytes);
-  EXPECT_TRUE(Filesystem::format(*device).has_value());
-  auto fs = Filesystem::mount(*device);
-  EXPECT_TRUE(fs.has_value());
-  *journals = journal_copies(**fs);
-  for (int i = 1; i <= ops; ++i) EXPECT_TRUE((*fs)->mkdir("/d" + std::to_string(i)).has_value());
-  (*fs)->shutdown();  // no checkpoint: the journal is all there is
-  return device;
-}
-
-// A device on which `ops` ran and the filesystem then stopped as if the power
-// went: everything they did is in the journal only.
-std::unique_ptr<MemoryDevice> journaled_image(const std::function<void(Filesystem&)>& ops,
-                                              std::vector<uint64_t>* journals) {
-  auto device = std::make_unique<MemoryDevice>(kBytes);
-  EXPECT_TRUE(Filesystem::format(*device).has_value());
-  auto fs = Filesystem::mount(*device);
-  EXPECT_TRUE(fs.has_value());
-  *journals = journal_copies(**fs);
-  ops(**fs);
-  (*fs)->shutdown();
-  return device;
-}
-
-// The byte offset (in the device) of the sealed transaction with this lsn.
-uint64_t transaction_at(const MemoryDevice& device, uint64_t journal_offset, uint64_t lsn) {
-  for (uint64_t at = 0; at < (1u << 20); at += format::kTxAlign) {
-    format::TxHeader h;
-    std::memcpy(&h, device.data() + journal_offset + at, sizeof h);
-    if (h.magic.get() == format::kTxMagic && h.self_offset.get() == at && h.lsn.get() == lsn) return journal_offset + at;
-  }
-  ADD_FAILURE() << "no transaction " << lsn;
-  return 0;
-}
-
-// Flips one bit of the payload of transaction `lsn` in each of these copies.
-void damage_transaction(MemoryDevice& device, const std::vector<uint64_t>& copies, uint64_t lsn) {
-  for (uint64_t journal : copies) {
-    uint64_t tx = transaction_at(device, journal, lsn);
-    device.data()[tx + sizeof(format::TxHeader) + 3] ^= std::byte{0x40};
-  }
-}
+using namespace surgery;  // NOLINT(google-build-using-namespace)
 
 TEST(Corruption, ADamagedTransactionInOneJournalCopyIsReadFromTheOther) {
   std::vector<uint64_t> journals;
@@ -338,21 +250,7 @@ TEST(Corruption, OnlyTheLastTransactionMayBeTorn) {
 
 namespace poise {
 namespace {
-
-// Appends a well-formed, checksummed transaction after the journal's last one:
-// damage that no checksum can see, as a bug or a hostile writer would leave it.
-void append_transaction(MemoryDevice& device, const std::vector<uint64_t>& journals, uint64_t last_lsn,
-                        const format::TxEncoder& tx) {
-  for (uint64_t journal : journals) {
-    uint64_t at = transaction_at(device, journal, last_lsn);
-    format::TxHeader h;
-    std::memcpy(&h, device.data() + at, sizeof h);
-    uint64_t next =
-        at - journal + (sizeof h + h.payload_bytes.get() + format::kTxAlign - 1) / format::kTxAlign * format::kTxAlign;
-    std::vector<std::byte> image = tx.seal(h.generation.get(), last_lsn + 1, next);
-    device.write(journal + next, image.data(), image.size());
-  }
-}
+using namespace surgery;  // NOLINT(google-build-using-namespace)
 
 // /d1 (inode 2) moved under /d2 (inode 3) and /d2 under /d1 by a checksummed
 // transaction: a loop that no path from the root reaches.
@@ -408,6 +306,7 @@ TEST(Corruption, ALinkCountBelowTheNamesIsRefused) {
 
 namespace poise {
 namespace {
+using namespace surgery;  // NOLINT(google-build-using-namespace)
 
 // On an emulated device a torn transaction followed by valid ones is what a
 // machine crash before a sync leaves: the log ends there with a note that check
@@ -447,6 +346,7 @@ TEST(Corruption, AJournalGapOnAnEmulatedDeviceEndsTheLogWithANoteAndStaysEnded) 
 
 namespace poise {
 namespace {
+using namespace surgery;  // NOLINT(google-build-using-namespace)
 
 // Memory failed (poison) under any one metadata block at rest: check, fsmap and
 // a read-only mount work and lose nothing; a read-write mount fences the block,
@@ -494,12 +394,6 @@ TEST(Corruption, AnyPoisonedMetadataBlockIsSurvived) {
     EXPECT_TRUE(after.clean()) << after.problems.front();
     EXPECT_GE(after.bad_blocks, 1u) << "the failed block stays fenced off";
   }
-}
-
-format::SuperblockInfo superblock_of(const MemoryDevice& device) {
-  auto sb = format::decode_superblock(device.data(), 0, "primary superblock");
-  EXPECT_TRUE(sb.has_value());
-  return sb.has_value() ? *sb : format::SuperblockInfo{};
 }
 
 // A version 1 image (one copy of everything) with files in its checkpoint and
@@ -583,106 +477,6 @@ TEST(Corruption, AFullVersionOneImageStaysVersionOneAndMounts) {
   EXPECT_TRUE((*again)->check().clean());
 }
 
-// Rewrites both checkpoint roots of an unmounted image through `edit` (sealed
-// again: damage no checksum can see).
-void edit_checkpoint_roots(MemoryDevice& device, const std::function<void(format::CheckpointRootInfo*)>& edit) {
-  format::SuperblockInfo sb = superblock_of(device);
-  for (uint64_t at : {sb.checkpoint_root_block, sb.checkpoint_copy_root_block}) {
-    auto root = format::decode_checkpoint_root(device.data() + at * kBlockSize, at, sb.checkpoint_generation,
-                                               sb.journal_start_block + sb.journal_blocks, sb.size_blocks - 1);
-    ASSERT_TRUE(root.has_value()) << root.error().message;
-    edit(&*root);
-    alignas(64) std::byte block[kBlockSize];
-    format::encode_checkpoint_root(*root, at, block);
-    device.write(at * kBlockSize, block, kBlockSize);
-  }
-}
-
-// Rewrites, in both checkpoint copies, the extent records of inode `ino` in the
-// extent section's first block through `edit`, and seals the blocks again
-// (damage no checksum can see). Returns how many records were edited.
-int edit_extent_records(MemoryDevice& device, uint64_t ino, const std::function<void(format::DiskExtent*)>& edit) {
-  format::SuperblockInfo sb = superblock_of(device);
-  int edited = 0;
-  for (uint64_t at : {sb.checkpoint_root_block, sb.checkpoint_copy_root_block}) {
-    auto root = format::decode_checkpoint_root(device.data() + at * kBlockSize, at, sb.checkpoint_generation,
-                                               sb.journal_start_block + sb.journal_blocks, sb.size_blocks - 1);
-    EXPECT_TRUE(root.has_value());
-    if (!root.has_value()) return 0;
-    const uint64_t extents = root->sections[format::kSectionExtents].runs.at(0).start_block;
-    std::byte* block = device.data() + extents * kBlockSize;
-    format::SectionBlockHeader h;
-    std::memcpy(&h, block, sizeof h);
-    for (uint32_t i = 0; i < h.records.get(); ++i) {
-      format::DiskExtent e;
-      std::memcpy(&e, block + sizeof h + i * sizeof e, sizeof e);
-      if (e.ino.get() != ino) continue;
-      edit(&e);
-      std::memcpy(block + sizeof h + i * sizeof e, &e, sizeof e);
-      ++edited;
-    }
-    format::seal_block(block, h.header.kind.get(), extents, h.header.generation.get(), h.header.used_bytes.get());
-  }
-  return edited;
-}
-
-std::unique_ptr<MemoryDevice> image_with_a_reflink() {
-  auto device = std::make_unique<MemoryDevice>(kBytes);
-  EXPECT_TRUE(Filesystem::format(*device).has_value());
-  auto fs = Filesystem::mount(*device);
-  EXPECT_TRUE(fs.has_value());
-  auto a = (*fs)->create("/a");
-  std::string data(8192, 'a');
-  EXPECT_TRUE((*fs)->write(*a, 0, {reinterpret_cast<const std::byte*>(data.data()), data.size()}).has_value());
-  auto b = (*fs)->create("/b");
-  EXPECT_TRUE((*fs)->reflink(*a, *b).has_value());
-  EXPECT_TRUE((*fs)->checkpoint(CheckpointMode::Full).has_value());  // the sharing in the refcount records
-  EXPECT_TRUE((*fs)->unmount().has_value());
-  return device;
-}
-
-// Two files claiming one block with valid checksums everywhere: a reflink has a
-// refcount record, a misdirected extent has none. The checker tells them apart.
-TEST(Corruption, ACrossLinkWithoutARefcountRecordIsFound) {
-  auto device = image_with_a_reflink();
-  auto clean = Filesystem::check_device(*device);
-  ASSERT_TRUE(clean.has_value());
-  EXPECT_TRUE(clean->clean()) << "a reflink is recorded sharing: " << clean->problems.front();
-  EXPECT_EQ(clean->shared_blocks, 2u);
-  edit_checkpoint_roots(*device, [](format::CheckpointRootInfo* root) {
-    root->refcount_count = 0;
-    root->sections[format::kSectionRefcounts] = format::SectionInfo{};
-  });
-  auto report = Filesystem::check_device(*device);
-  ASSERT_TRUE(report.has_value());
-  ASSERT_FALSE(report->clean()) << "two owners and no refcount record is a cross-link";
-  EXPECT_NE(report->problems[0].find("cross-link"), std::string::npos) << report->problems[0];
-  EXPECT_NE(report->problems[0].find("inode 2"), std::string::npos) << report->problems[0];
-  EXPECT_NE(report->problems[0].find("inode 3"), std::string::npos) << report->problems[0];
-  int code = 0;
-  std::string message = mount_error(*device, &code);
-  EXPECT_EQ(code, EUCLEAN) << message;
-  EXPECT_NE(message.find("cross-link"), std::string::npos) << message;
-  MountOptions ro;
-  ro.mode = MountMode::ReadOnly;
-  auto fs = Filesystem::mount(*device, ro);
-  ASSERT_TRUE(fs.has_value()) << "read-only, the data can be copied out: " << fs.error().message;
-}
-
-TEST(Corruption, ARefcountRecordWithoutSharingIsFound) {
-  auto device = image_with_a_reflink();
-  // Point /b's extent elsewhere (both copies, sealed again): /a alone holds the
-  // blocks the refcount record says two files share.
-  ASSERT_EQ(edit_extent_records(*device, 3, [](format::DiskExtent* e) { e->dev_block.set(e->dev_block.get() + 1000); }),
-            2);
-  auto report = Filesystem::check_device(*device);
-  ASSERT_TRUE(report.has_value());
-  ASSERT_FALSE(report->clean());
-  bool named = false;
-  for (const auto& p : report->problems) named |= p.find("refcount") != std::string::npos;
-  EXPECT_TRUE(named) << report->problems[0];
-}
-
 }  // namespace
 }  // namespace poise
 
@@ -690,19 +484,7 @@ TEST(Corruption, ARefcountRecordWithoutSharingIsFound) {
 // clean, a read-write mount works and nothing intact is lost.
 namespace poise {
 namespace {
-
-void expect_clean_and_mountable(MemoryDevice& device) {
-  auto report = Filesystem::check_device(device);
-  ASSERT_TRUE(report.has_value()) << report.error().message;
-  EXPECT_TRUE(report->clean()) << report->problems.front();
-  auto fs = Filesystem::mount(device);
-  ASSERT_TRUE(fs.has_value()) << fs.error().message;
-  EXPECT_TRUE((*fs)->check().clean());
-}
-
-bool mentions(const std::vector<std::string>& lines, const std::string& what) {
-  return std::any_of(lines.begin(), lines.end(), [&](const std::string& l) { return l.find(what) != std::string::npos; });
-}
+using namespace surgery;  // NOLINT(google-build-using-namespace)
 
 TEST(Repair, ACleanImageNeedsNothing) {
   auto device = formatted_with_a_file();
@@ -752,28 +534,6 @@ TEST(Repair, LinkCountsAreSetToTheNamesAndANamelessFileIsAdopted) {
   auto fs = Filesystem::mount(*device);
   EXPECT_EQ((*fs)->stat("/f")->nlink, 2u);
   EXPECT_TRUE((*fs)->stat("/lost+found/#3").has_value());
-}
-
-TEST(Repair, ACrossLinkIsKeptAsCopyOnWriteSharing) {
-  auto device = image_with_a_reflink();
-  edit_checkpoint_roots(*device, [](format::CheckpointRootInfo* root) {
-    root->refcount_count = 0;
-    root->sections[format::kSectionRefcounts] = format::SectionInfo{};
-  });
-  ASSERT_FALSE(Filesystem::mount(*device).has_value());
-  auto r = Filesystem::repair(*device);
-  ASSERT_TRUE(r.has_value()) << r.error().message;
-  EXPECT_TRUE(r->clean()) << r->problems.front();
-  EXPECT_TRUE(mentions(r->changes, "copy-on-write"));
-  expect_clean_and_mountable(*device);
-  auto fs = Filesystem::mount(*device);
-  ASSERT_TRUE(fs.has_value());
-  auto a = *(*fs)->lookup("/a");
-  std::string x(4096, 'x');
-  ASSERT_TRUE((*fs)->write(a, 0, {reinterpret_cast<const std::byte*>(x.data()), x.size()}).has_value());
-  std::string b(8192, '\0');
-  ASSERT_TRUE((*fs)->read(*(*fs)->lookup("/b"), 0, {reinterpret_cast<std::byte*>(b.data()), b.size()}).has_value());
-  EXPECT_EQ(b, std::string(8192, 'a')) << "a write to one file no longer reaches the other";
 }
 
 TEST(Repair, AJournalGapEndsTheLogAndNamesWhatWasLost) {
@@ -853,40 +613,6 @@ TEST(Repair, ADirectoryWithMoreNamesThanOneTransactionHolds) {
   EXPECT_TRUE(r->clean()) << r->problems.front();
   EXPECT_TRUE(mentions(r->changes, "1101 names; removed all but one"));
   expect_clean_and_mountable(*device);
-}
-
-TEST(Repair, ACrossLinkBesideAReflinkIsNamedAtItsOwnBlock) {
-  auto device = std::make_unique<MemoryDevice>(kBytes);
-  ASSERT_TRUE(Filesystem::format(*device).has_value());
-  uint64_t a_third = 0;
-  {
-    auto fs = Filesystem::mount(*device);
-    auto a = *(*fs)->create("/a");  // inode 2: three blocks
-    std::string data(3 * 4096, 'a');
-    ASSERT_TRUE((*fs)->write(a, 0, {reinterpret_cast<const std::byte*>(data.data()), data.size()}).has_value());
-    auto b = *(*fs)->create("/b");  // inode 3 shares the first two by clone
-    ASSERT_TRUE((*fs)->clone_range(a, 0, b, 0, 8192).has_value());
-    auto c = *(*fs)->create("/c");  // inode 4: one block of its own
-    ASSERT_TRUE((*fs)->write(c, 0, {reinterpret_cast<const std::byte*>(data.data()), 4096}).has_value());
-    for (const auto& rec : *(*fs)->fsmap(0, kBytes)) {
-      if (rec.owner == OwnerKind::File && rec.ino == a && rec.file_offset_bytes <= 8192 &&
-          rec.file_offset_bytes + rec.length_bytes > 8192) {
-        a_third = (rec.device_offset_bytes + (8192 - rec.file_offset_bytes)) / kBlockSize;
-      }
-    }
-    ASSERT_TRUE((*fs)->checkpoint(CheckpointMode::Full).has_value());
-    ASSERT_TRUE((*fs)->unmount().has_value());
-  }
-  ASSERT_NE(a_third, 0u);
-  // /c's extent now points at /a's third block, beside the shared two (both copies, sealed again).
-  ASSERT_EQ(edit_extent_records(*device, 4, [&](format::DiskExtent* e) { e->dev_block.set(a_third); }), 2);
-  auto report = Filesystem::check_device(*device);
-  ASSERT_TRUE(report.has_value());
-  ASSERT_FALSE(report->clean());
-  const std::string& p = report->problems[0];
-  EXPECT_NE(p.find("device block " + std::to_string(a_third)), std::string::npos) << p;
-  EXPECT_NE(p.find("cross-link"), std::string::npos) << p;
-  EXPECT_NE(p.find("inode 4"), std::string::npos) << p;
 }
 
 // The two copies of the checkpoint lie half the data area apart, and damage to

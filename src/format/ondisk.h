@@ -80,8 +80,15 @@ inline constexpr uint64_t kIncompatRunLists = 1ull << 4;
 // earlier (base) checkpoint and add a delta, the journals written since, in
 // blocks of kind kBlockDelta. Set by the first incremental checkpoint.
 inline constexpr uint64_t kIncompatDeltas = 1ull << 5;
+// Sharing marks: every journal extent record that maps blocks another extent
+// maps (reflink, clone) carries kExtentShares, so that an unmarked record landing
+// on another owner's block is known for a cross-link. Set by a full checkpoint
+// (its journal starts empty and its delta is none, so every record after it is
+// written so); mkfs writes one.
+inline constexpr uint64_t kIncompatSharingMarks = 1ull << 6;
 inline constexpr uint64_t kIncompatKnown = kIncompatReflink | kIncompatSymlinks | kIncompatXattrs |
-                                           kIncompatSpecialFiles | kIncompatRunLists | kIncompatDeltas;
+                                           kIncompatSpecialFiles | kIncompatRunLists | kIncompatDeltas |
+                                           kIncompatSharingMarks;
 inline constexpr uint64_t kRoCompatKnown = 0;
 
 enum BlockKind : uint32_t {
@@ -199,7 +206,11 @@ struct DiskInode {
 };
 
 inline constexpr uint32_t kExtentUnwritten = 1u << 0;  // allocated, reads as zeros
-inline constexpr uint32_t kExtentFlagsKnown = kExtentUnwritten;
+// Journal records only (feature kIncompatSharingMarks): the record maps blocks
+// another extent already maps (a reflink or clone), so replay takes the sharing
+// it makes as meant. Never in a checkpoint's extent section, never in memory.
+inline constexpr uint32_t kExtentShares = 1u << 1;
+inline constexpr uint32_t kExtentFlagsKnown = kExtentUnwritten | kExtentShares;
 
 struct DiskExtent {
   Le64 ino;

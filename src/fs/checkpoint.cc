@@ -476,6 +476,9 @@ Result<void> FsImpl::make_checkpoint_current(uint64_t generation, CheckpointPlac
   // (the bit stays: a later checkpoint may need them again).
   if (run_lists) sb_.feature_incompat |= format::kIncompatRunLists;
   if (delta) sb_.feature_incompat |= format::kIncompatDeltas;
+  // The journal starts empty and there is no delta: every extent record from
+  // here on is written with its sharing mark, so replay may check them.
+  if (!delta && copies == 2) sb_.feature_incompat |= format::kIncompatSharingMarks;
   auto switched = write_superblocks(root_blocks[0], root_blocks[1], generation);
   if (!switched.has_value()) {
     // A superblock copy naming the new checkpoint may already be in memory (or on
@@ -617,6 +620,10 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   TRY(read_fixed_records<format::DiskExtent>(read_copies, format::kSectionExtents,
                                              [&](const format::DiskExtent& d) -> Result<void> {
     auto extent = TRY(format::decode_extent(d));
+    if ((extent.flags & format::kExtentShares) != 0) {
+      return fail(EUCLEAN, "extent of inode " + std::to_string(extent.ino) + " at file block " +
+                               std::to_string(extent.file_block) + " carries the journal's sharing mark");
+    }
     // A checkpoint holds each file's extents once, in file order: a record that
     // starts before the end of the ones already read overlaps them (or is out of
     // order). That is damage, never merged away.
@@ -649,6 +656,7 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
     return {};
   }));
   if (sb.version != format::kFormatVersionSingleCopy) compare_sharing(recorded);  // of the base: refcounts are its
+  expect_replayed_sharing(recorded);
   // An incremental checkpoint's delta: the journals written since the base,
   // one segment per generation, each replayed as the journal is at mount.
   std::vector<const format::SectionInfo*> deltas;
@@ -656,7 +664,7 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   TRY(format::read_delta_copies(read, deltas, known.base_generation, known.generation,
                                 [&](uint64_t g, const std::vector<std::byte>& journal) {
     return format::decode_log(journal, g, [&](const format::DecodedTx& tx) -> Result<void> {
-      for (const auto& record : tx.records) TRY(apply_loaded(record));
+      for (const auto& record : tx.records) TRY(replay_record(record));
       return {};
     });
   }, note_damage));
@@ -666,97 +674,6 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
   }
   next_ino_ = known.next_ino;
   return {};
-}
-
-namespace {
-// Appends a run of `count` sharers, merged with the one before when they touch
-// and have the same count.
-void append_shared(std::vector<format::RefcountRecord>* out, uint64_t start, uint64_t blocks, uint64_t count) {
-  if (count < 2 || blocks == 0) return;
-  if (!out->empty()) {
-    auto& last = out->back();
-    if (last.start_block + last.block_count == start && last.refcount == count) {
-      last.block_count += blocks;
-      return;
-    }
-  }
-  out->push_back({start, blocks, count});
-}
-}  // namespace
-
-std::vector<format::RefcountRecord> FsImpl::shared_runs() const {
-  std::vector<format::RefcountRecord> out;
-  std::lock_guard lock(space_mutex_);
-  ownership_.visit(DevRun{DevBlock(0), sb_.size_blocks}, [&](DevRun r, const std::vector<Owner>& owners) {
-    append_shared(&out, r.start.value(), r.count,
-                  std::count_if(owners.begin(), owners.end(), [](const Owner& o) { return o.is_file(); }));
-  });
-  return out;
-}
-
-std::vector<format::RefcountRecord> FsImpl::shared_runs_of_extents() const {
-  // A sweep over the extents' starts and ends, in device order.
-  std::vector<std::pair<uint64_t, int64_t>> edges;
-  edges.reserve(2 * extent_count_.load());
-  for (const auto& [ino, inode] : inodes_) {
-    inode->extents.for_each([&](const Extent& m) {
-      edges.emplace_back(m.dev_block.value(), 1);
-      edges.emplace_back(m.dev_block.value() + m.block_count, -1);
-    });
-  }
-  std::sort(edges.begin(), edges.end());
-  std::vector<format::RefcountRecord> out;
-  int64_t depth = 0;
-  for (size_t i = 0; i < edges.size();) {
-    const uint64_t at = edges[i].first;
-    while (i < edges.size() && edges[i].first == at) depth += edges[i++].second;
-    if (i < edges.size()) append_shared(&out, at, edges[i].first - at, static_cast<uint64_t>(depth));
-  }
-  return out;
-}
-
-void FsImpl::compare_sharing(const std::vector<format::RefcountRecord>& recorded) {
-  const std::vector<format::RefcountRecord> derived = shared_runs_of_extents();
-  if (derived == recorded) return;
-  // The first block whose count differs (the lists merge adjacent runs of one
-  // count, so compare them as functions of the block, not record by record).
-  auto count_at = [](const std::vector<format::RefcountRecord>& v, uint64_t block) -> uint64_t {
-    auto it = std::upper_bound(v.begin(), v.end(), block,
-                               [](uint64_t b, const format::RefcountRecord& r) { return b < r.start_block; });
-    if (it == v.begin()) return 1;
-    --it;
-    return block < it->start_block + it->block_count ? it->refcount : 1;
-  };
-  std::vector<uint64_t> edges;
-  for (const auto* v : {&derived, &recorded}) {
-    for (const auto& r : *v) edges.insert(edges.end(), {r.start_block, r.start_block + r.block_count});
-  }
-  std::sort(edges.begin(), edges.end());
-  uint64_t block = edges.empty() ? 0 : edges.front();
-  for (uint64_t e : edges) {
-    if (count_at(derived, e) != count_at(recorded, e)) {
-      block = e;
-      break;
-    }
-  }
-  std::string claimants;
-  for (const auto& [ino, inode] : inodes_) {
-    const uint64_t owner = inode->ino.value();  // (clang 14 cannot capture a structured binding)
-    inode->extents.for_each([&](const Extent& m) {
-      if (m.dev_block.value() <= block && block < m.dev_block.value() + m.block_count) {
-        claimants += (claimants.empty() ? "" : ", ") + std::string("inode ") + std::to_string(owner) + " at file block " +
-                     std::to_string(m.file_block.value() + (block - m.dev_block.value()));
-      }
-    });
-  }
-  const uint64_t files = count_at(derived, block);
-  const uint64_t recorded_count = count_at(recorded, block);
-  sharing_problems_.push_back(
-      "device block " + std::to_string(block) + " is claimed by " + std::to_string(files) +
-      (files == 1 ? " file" : " files") + (claimants.empty() ? "" : " (" + claimants + ")") +
-      " but the checkpoint's refcount records say " + std::to_string(recorded_count) +
-      (files > recorded_count ? ": a cross-link (a misdirected extent), not a reflink"
-                              : ": a refcount record without the sharing it records"));
 }
 
 Result<void> FsImpl::rebuild_space(OwnershipMap* ownership, FreeSpace* free,

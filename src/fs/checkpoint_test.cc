@@ -199,13 +199,26 @@ TEST_F(IncrementalCheckpointTest, RandomWorkWithCheckpointsAndCrashesMatchesAMod
       ASSERT_OK(fs_->rename(path, to));
       model[to] = model[path];
       model.erase(path);
-    } else if (op < 80 && exists) {
+    } else if (op < 75 && exists) {
       const std::string to = name();
       if (to == path) continue;
       auto dst = fs_->lookup(to);
       InodeNumber ino = dst.has_value() ? *dst : *fs_->create(to);
       ASSERT_OK(fs_->reflink(*fs_->lookup(path), ino));
       model[to] = model[path];
+    } else if (op < 80 && exists) {  // whole blocks of one file cloned into another
+      const std::string to = name();
+      const uint64_t blocks = model[path].size() / kBlockSize;
+      if (to == path || blocks == 0) continue;
+      const uint64_t from = rng.below(blocks);
+      const uint64_t count = 1 + rng.below(blocks - from);
+      const uint64_t at = rng.below(4);
+      auto dst = fs_->lookup(to);
+      InodeNumber ino = dst.has_value() ? *dst : *fs_->create(to);
+      ASSERT_OK(fs_->clone_range(*fs_->lookup(path), from * kBlockSize, ino, at * kBlockSize, count * kBlockSize));
+      std::string& m = model[to];
+      if (m.size() < (at + count) * kBlockSize) m.resize((at + count) * kBlockSize, '\0');
+      m.replace(at * kBlockSize, count * kBlockSize, model[path].substr(from * kBlockSize, count * kBlockSize));
     } else if (op < 90) {
       ASSERT_OK(fs_->checkpoint(rng.chance(5) ? CheckpointMode::Full : CheckpointMode::Auto));
       deltas += metadata_blocks().count(MetadataKind::CheckpointDelta);

@@ -117,7 +117,9 @@ void check_xattrs(const Inode& inode, bool feature_bit, const std::string& who,
 FileType file_type_of(uint32_t mode);
 
 // Appends extent records for a mapping, split to fit the 32-bit on-media count.
-void append_extent_records(InodeNumber ino, const Extent& m, Records* out);
+// `mark`: format::kExtentShares where the records map blocks that stay mapped
+// by another extent too (reflink, clone), else 0.
+void append_extent_records(InodeNumber ino, const Extent& m, Records* out, uint32_t mark = 0);
 
 class FsImpl final : public Filesystem, public mapping::MappingBackend, public failure::FailureTarget {
  public:
@@ -503,6 +505,22 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Compares the sharing the extent maps show with the refcount records read;
   // the first difference (a cross-link, or a lost record) as a problem.
   void compare_sharing(const std::vector<format::RefcountRecord>& recorded);
+  // "inode I at file block F, ..." for every extent that maps `block`.
+  std::string claimants_of(uint64_t block) const;
+  // Sharing made since the base (feature kIncompatSharingMarks): at load, the
+  // base's refcount records start what sharing is meant; each delta and journal
+  // record goes through replay_record(), which adds what its sharing marks say;
+  // once the reverse map is built, check_replayed_sharing() finds blocks that an
+  // unmarked record mapped and that are shared without being meant (a
+  // cross-link), as a problem.
+  void expect_replayed_sharing(const std::vector<format::RefcountRecord>& recorded);
+  Result<void> replay_record(const format::JournalRecord& record);
+  // The flag a reflink's or clone's extent records carry: format::kExtentShares
+  // once the image has sharing marks, else none. REQUIRES: an Op (the gate).
+  uint32_t sharing_mark() const {
+    return (sb_.feature_incompat & format::kIncompatSharingMarks) != 0 ? format::kExtentShares : 0;
+  }
+  void check_replayed_sharing();
   // Derives ownership and free space from the superblocks, journal, checkpoint
   // and every extent map; EUCLEAN if a file claims metadata blocks.
   Result<void> rebuild_space(OwnershipMap* ownership, FreeSpace* free,
@@ -540,6 +558,11 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Sharing without a refcount record (a cross-link) or the reverse, found at
   // load: check() reports it, a read-write mount refuses, repair resolves it.
   std::vector<std::string> sharing_problems_;
+  struct ReplayedSharing {
+    RangeSet meant;     // refcount records, and blocks that marked records map
+    RangeSet unmarked;  // blocks that unmarked records map
+  };
+  std::unique_ptr<ReplayedSharing> replayed_sharing_;  // during load only
   std::vector<std::string> superblock_notes_;  // a stale or damaged copy, for check(); a checkpoint repairs it
   std::vector<std::string> mount_notes_;       // what this mount found and left as it is (a journal gap)
   std::vector<std::string> mount_warnings_;    // of those, what was not applied (mount_warnings())

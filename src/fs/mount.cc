@@ -216,7 +216,7 @@ Result<void> FsImpl::load() {
   uint64_t replayed = TRY(journal_->replay(
       sb_.checkpoint_generation,
       [&](const format::DecodedTx& tx) -> Result<void> {
-        for (const auto& record : tx.records) TRY(apply_loaded(record));
+        for (const auto& record : tx.records) TRY(replay_record(record));
         return {};
       },
       replay_options));
@@ -239,14 +239,15 @@ Result<void> FsImpl::load() {
   if (auto tree = verify_tree(); !tree.has_value() && options_.mode == MountMode::ReadWrite && !repairing_) {
     return fail(EUCLEAN, tree.error().message + "; mount read-only to copy the data out (poise check lists all)");
   }
-  // Two files writing one block each believing it their own would corrupt both.
-  if (!sharing_problems_.empty() && options_.mode == MountMode::ReadWrite && !repairing_) {
-    return fail(EUCLEAN, sharing_problems_.front() + "; mount read-only to copy the data out");
-  }
   if (repairing_) {
     TRY(rebuild_space_dropping_conflicts());
   } else {
     TRY(rebuild_space(&ownership_, &free_));
+  }
+  check_replayed_sharing();
+  // Two files writing one block each believing it their own would corrupt both.
+  if (!sharing_problems_.empty() && options_.mode == MountMode::ReadWrite && !repairing_) {
+    return fail(EUCLEAN, sharing_problems_.front() + "; mount read-only to copy the data out");
   }
   mounted_ = true;
   mappings_->attach(this);

@@ -45,7 +45,8 @@ Result<void> FsImpl::reflink(InodeNumber src, InodeNumber dst) {
   if (!d->extents.empty()) {
     records.push_back(format::ExtentClearRecord{dst.value(), 0, d->extents.end().value()});
   }
-  s->extents.for_each([&](const Extent& m) { append_extent_records(dst, m, &records); });
+  const uint32_t mark = sharing_mark();
+  s->extents.for_each([&](const Extent& m) { append_extent_records(dst, m, &records, mark); });
   format::InodeCore core = d->core;
   core.size_bytes = s->core.size_bytes;
   core.mtime_ns = core.ctime_ns = now();
@@ -95,9 +96,10 @@ Result<void> FsImpl::clone_range(InodeNumber src, uint64_t src_offset, InodeNumb
   TRY(expect_space(checkpoint_blocks_for_extents(pieces.size()), "clone"));
   mappings_->write_protect(src, src_offset / kBlockSize, blocks);  // these blocks become shared
   Records records{format::ExtentClearRecord{dst.value(), dst_offset / kBlockSize, blocks}};
+  const uint32_t mark = sharing_mark();
   for (Extent m : pieces) {
     m.file_block = FileBlock(dst_offset / kBlockSize + (m.file_block.value() - src_offset / kBlockSize));
-    append_extent_records(dst, m, &records);
+    append_extent_records(dst, m, &records, mark);
   }
   format::InodeCore core = d->core;
   core.size_bytes = std::max(core.size_bytes, dst_offset + length);

@@ -11,12 +11,12 @@ namespace {
 constexpr int kCheckpointAttemptsMax = 4;
 }  // namespace
 
-void append_extent_records(InodeNumber ino, const Extent& m, Records* out) {
+void append_extent_records(InodeNumber ino, const Extent& m, Records* out, uint32_t mark) {
   constexpr uint64_t kExtentRecordBlocksMax = 1ull << 31;
   for (uint64_t done = 0; done < m.block_count;) {
     uint64_t n = std::min(kExtentRecordBlocksMax, m.block_count - done);
     out->push_back(format::ExtentRecord{ino.value(), m.file_block.value() + done,
-                                        m.dev_block.value() + done, static_cast<uint32_t>(n), m.flags});
+                                        m.dev_block.value() + done, static_cast<uint32_t>(n), m.flags | mark});
     done += n;
   }
 }
@@ -286,7 +286,7 @@ Result<void> FsImpl::apply_extent_set(Inode& inode, const format::ExtentRecord& 
   }
   std::vector<Extent> removed;
   uint64_t before = inode.extents.extent_count();
-  Extent m{FileBlock(r.file_block), DevBlock(r.dev_block), r.block_count, r.flags};
+  Extent m{FileBlock(r.file_block), DevBlock(r.dev_block), r.block_count, r.flags & ~format::kExtentShares};
   inode.extents.set(m, &removed);
   extent_count_ += inode.extents.extent_count();
   extent_count_ -= before;
