@@ -61,6 +61,24 @@ LONG=$(printf '/aaaaaaaaaa%.0s' $(seq 420))
 expect 8 "$POISE" mkdir "$IMG" "$LONG"
 contains "$WORK/err" "path longer than 4096 bytes"
 expect 0 "$POISE" ls "$IMG" /d
+# A put killed mid-way through the server: its bytes were in an unnamed file,
+# so no name is left, and the server frees it as soon as the client is gone.
+used_bytes() { "$POISE" info "$IMG" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["used_bytes"])'; }
+used_before=$(used_bytes)
+{ head -c 3000000 /dev/urandom; sleep 30; } | "$POISE" put "$IMG" - /d/killed 2>/dev/null &
+put_pid=$!
+for _ in $(seq 200); do  # until it has taken the first megabyte and waits for more
+  case "$(cat "/proc/$put_pid/syscall" 2>/dev/null)" in "0 0x0 "*) break ;; esac
+  sleep 0.05
+done
+[ "$(used_bytes)" -gt "$used_before" ] && ok || bad "the put under way took no space (the test did not catch it mid-way)"
+kill -9 "$put_pid" 2>/dev/null
+wait "$put_pid" 2>/dev/null
+expect 0 "$POISE" ls "$IMG" /d
+not_contains "$WORK/out" "poise-put"
+not_contains "$WORK/out" "killed"
+for _ in $(seq 50); do [ "$(used_bytes)" = "$used_before" ] && break; sleep 0.1; done
+[ "$(used_bytes)" = "$used_before" ] && ok || bad "the killed put's blocks stay taken: $used_before before, $(used_bytes) after"
 for c in "ls $IMG /d -l" "ls $IMG / --json" "stat $IMG /d/copy" "cat $IMG /d/hi" "fsmap $IMG" "check $IMG"; do
   "$POISE" $c >"$WORK/served.$(echo "$c" | tr ' /' '__')" 2>&1
   echo $? >>"$WORK/served.$(echo "$c" | tr ' /' '__')"
@@ -204,7 +222,7 @@ def ask(op, body):
     n = struct.unpack('<I', head[:4])[0]
     data = sock.recv(n, socket.MSG_WAITALL) if n else b''
     return struct.unpack('<i', data[:4])[0]
-assert ask(1, struct.pack("<I", 6)) == 0  # hello (protocol version 6)
+assert ask(1, struct.pack("<I", 7)) == 0  # hello (protocol version 7)
 PY
   cat >"$WORK/raw.py" <<'PY'
 from wire import *
@@ -222,6 +240,26 @@ print(ask(3, string(name) + struct.pack('<I', 0o644)), ask(4, string(name) + str
 PY
   "${AS_NOBODY[@]}" /usr/bin/python3 "$WORK/nul.py" "$IMG.sock" >"$WORK/out" 2>"$WORK/err"
   [ "$(cat "$WORK/out")" = "22 22" ] && ok || bad "a name with a NUL byte was not refused: $(cat "$WORK/out" "$WORK/err")"
+  # Unnamed files (O_TMPFILE): made only where the caller may make a name, and
+  # linked only by the client that made them, only where it may make a name.
+  cat >"$WORK/tmpfile.py" <<'PY'
+from wire import *
+def ask_ino(op, body):
+    sock.sendall(frame(op, body))
+    head = sock.recv(16, socket.MSG_WAITALL)
+    data = sock.recv(struct.unpack('<I', head[:4])[0], socket.MSG_WAITALL)
+    status = struct.unpack('<i', data[:4])[0]
+    return status, struct.unpack('<Q', data[4:12])[0] if status == 0 else 0
+mode = struct.pack('<I', 0o644)
+denied, _ = ask_ino(58, string(b'/') + mode)
+made, ino = ask_ino(58, string(b'/pub') + mode)
+print(denied, made, ask(59, struct.pack('<Q', int(sys.argv[2])) + string(b'/pub/not-mine')),
+      ask(59, struct.pack('<Q', ino) + string(b'/not-here')), ask(59, struct.pack('<Q', ino) + string(b'/pub/tmp-linked')))
+PY
+  "${AS_NOBODY[@]}" /usr/bin/python3 "$WORK/tmpfile.py" "$IMG.sock" "$INNER" >"$WORK/out" 2>"$WORK/err"
+  [ "$(cat "$WORK/out")" = "13 0 9 13 0" ] && ok || bad "unnamed files through the server: $(cat "$WORK/out" "$WORK/err")"
+  expect 0 "$POISE" stat "$IMG" /pub/tmp-linked
+  contains "$WORK/out" "uid: 65534"
   # Hard links as the kernel with fs.protected_hardlinks: not to another user's 0600 file.
   expect 8 "${AS_NOBODY[@]}" "$POISE" ln "$IMG" /secret /pub/stolen-link
   # The sticky bit: nobody may remove root's file in /pub, only its own.

@@ -264,6 +264,14 @@ class Filesystem {
                                  std::string_view to_name, RenameFlags flags = RenameFlags::None);
   // Gives the file `ino` one more name (ENOENT if its last name is gone).
   virtual Result<void> link_at(InodeNumber ino, InodeNumber dir, std::string_view name);
+  // An unnamed regular file in directory `dir`, open (as open(2) with
+  // O_TMPFILE): it is in no directory until link_tmpfile() gives it its first
+  // name (EEXIST if that name is taken). Closed before that, or left by a crash
+  // or a killed client, it is freed and nothing of it remains. The defaults
+  // here are ENOTSUP (a server older than protocol 7).
+  virtual Result<File> open_tmpfile(std::string_view dir, uint32_t mode = 0600,
+                                    std::optional<Credentials> owner = std::nullopt);
+  virtual Result<void> link_tmpfile(const File& file, std::string_view new_path);
   // chmod, chown and utimens in one journaled change; returns the new attributes.
   // The caller checks who may do it (the filesystem trusts its caller). The
   // default is ENOTSUP.

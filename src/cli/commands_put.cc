@@ -4,12 +4,15 @@
 //   poise put IMAGE LOCAL... DIR         several files into an existing directory
 //   poise put -r IMAGE LOCALDIR... DST   whole trees, as cp -r does
 //
-// Every file is all-or-nothing: its bytes go into a hidden file beside the
-// destination, which is renamed over it (one journal transaction) only once
-// every byte is in. A failure (unreadable input, a full device, a kill) leaves
-// the destination as it was; a killed put may leave its hidden .poise-put-* file,
-// which `rm` removes. A failed file does not stop the others: put goes on and
-// exits with the first failure's code, as cp does.
+// Every file is all-or-nothing: its bytes go into an unnamed file (as
+// O_TMPFILE), which gets its name only once every byte is in: a new file's in
+// one step, an existing one's by a hidden name and a rename over it (one
+// journal transaction each). A failure (unreadable input, a full device, a
+// kill) leaves the destination as it was, and the unnamed file is freed (at
+// the latest by the next read-write mount). Only a kill in the instant between
+// that link and the rename leaves a hidden .poise-put-* file, which `rm`
+// removes. A failed file does not stop the others: put goes on and exits with
+// the first failure's code, as cp does.
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -125,6 +128,15 @@ auto make_hidden_beside(const std::string& path, std::string* name, Make make) {
   }
 }
 
+// The directory PATH is in ("/" for a name without one).
+std::string parent_of(const std::string& path) {
+  size_t end = path.size();
+  while (end > 1 && path[end - 1] == '/') --end;
+  const size_t slash = path.rfind('/', end - 1);
+  if (slash == std::string::npos || slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
 // Creates the hidden file a put writes into, beside PATH.
 Result<File> create_hidden_beside(Filesystem& fs, const std::string& path, uint32_t mode, std::string* name) {
   return make_hidden_beside(path, name, [&](const std::string& n) {
@@ -185,8 +197,13 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
     close_in();
     return report("put " + path, old.error());
   }
+  // The bytes go into an unnamed file (O_TMPFILE), named only once complete, so
+  // a put killed on the way leaves nothing behind. A server without unnamed
+  // files gets a hidden name beside the destination instead, from the start.
   std::string temp;
-  auto file = create_hidden_beside(fs, path, mode, &temp);
+  auto file = fs.open_tmpfile(parent_of(path), mode);
+  const bool unnamed = file.has_value();
+  if (!unnamed && file.error().code == ENOTSUP) file = create_hidden_beside(fs, path, mode, &temp);
   if (!file.has_value()) {
     close_in();
     return report("put " + path, file.error());
@@ -223,12 +240,21 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
   if (code == kExitOk && replacing) {
     if (auto synced = file->fsync(); !synced.has_value()) code = report("put " + path, synced.error());
   }
-  file->close();
-  if (code == kExitOk) {
+  if (code == kExitOk && unnamed) {
+    // A new name in one step; over an existing file, a hidden name for the
+    // moment before the rename below replaces the old file with it.
+    auto linked = fs.link_tmpfile(*file, path);
+    if (!linked.has_value() && linked.error().code == EEXIST) {
+      linked = make_hidden_beside(path, &temp, [&](const std::string& n) { return fs.link_tmpfile(*file, n); });
+    }
+    if (!linked.has_value()) code = report("put " + path, linked.error());
+  }
+  file->close();  // unnamed and not linked (a failure): freed here
+  if (code == kExitOk && !temp.empty()) {
     if (auto renamed = fs.rename(temp, path); !renamed.has_value()) code = report("put " + path, renamed.error());
   }
   if (code != kExitOk) {
-    (void)fs.unlink(temp);  // the destination keeps its old content
+    if (!temp.empty()) (void)fs.unlink(temp);  // the destination keeps its old content
     return code;
   }
   progress->file_done(offset);

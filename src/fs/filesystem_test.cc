@@ -177,6 +177,60 @@ TEST_F(FsTest, PathFallbacksOfTheDirectoryCallsAgree) {
   expect_clean();
 }
 
+// open_tmpfile (O_TMPFILE): a file in no directory until it is linked, freed
+// whole if it never is (closed, or left by a crash).
+TEST_F(FsTest, AnUnnamedFileIsInNoDirectoryUntilItIsLinked) {
+  ASSERT_OK(fs_->mkdir("/d"));
+  ASSERT_OK(fs_->create("/d/taken"));
+  auto f = fs_->open_tmpfile("/d", 0640);
+  ASSERT_OK(f);
+  ASSERT_OK(f->write(0, as_bytes(std::string("unnamed bytes"))));
+  EXPECT_EQ(fs_->readdir("/d")->size(), 1u) << "it has no name";
+  EXPECT_EQ(fs_->stat(f->ino())->nlink, 0u);
+  EXPECT_EQ(fs_->stat(f->ino())->mode, 0640u);
+  EXPECT_ERRNO(fs_->link_tmpfile(*f, "/d/taken"), EEXIST);
+  ASSERT_OK(fs_->link_tmpfile(*f, "/d/named"));
+  EXPECT_EQ(fs_->stat("/d/named")->ino, f->ino());
+  EXPECT_EQ(fs_->stat("/d/named")->nlink, 1u);
+  EXPECT_EQ(read_file(*fs_, "/d/named"), "unnamed bytes");
+  // Once named it is an ordinary file: unlinked while open, it gets no name again.
+  ASSERT_OK(fs_->unlink("/d/named"));
+  EXPECT_ERRNO(fs_->link_tmpfile(*f, "/d/again"), ENOENT);
+  EXPECT_ERRNO(fs_->open_tmpfile("/d/taken"), ENOTDIR);
+  EXPECT_ERRNO(fs_->open_tmpfile("/missing"), ENOENT);
+  EXPECT_ERRNO(fs_->open_tmpfile(""), EINVAL);
+  File closed;
+  EXPECT_ERRNO(fs_->link_tmpfile(closed, "/d/x"), EBADF);
+  f->close();
+  remount();
+  EXPECT_EQ(fs_->readdir("/d")->size(), 1u);
+  expect_clean();
+}
+
+TEST_F(FsTest, AnUnnamedFileThatIsNeverLinkedIsFreed) {
+  const FsInfo before = fs_->info();
+  const std::string mib(1 << 20, 'u');
+  {
+    auto f = fs_->open_tmpfile("/");
+    ASSERT_OK(f);
+    ASSERT_OK(f->write(0, as_bytes(mib)));
+    EXPECT_LT(fs_->info().free_bytes, before.free_bytes);
+  }  // closed
+  EXPECT_EQ(fs_->info().free_bytes, before.free_bytes);
+  EXPECT_EQ(fs_->info().files, before.files);
+  auto f = fs_->open_tmpfile("/");
+  ASSERT_OK(f);
+  ASSERT_OK(f->write(0, as_bytes(mib)));
+  ASSERT_OK(f->fsync());
+  fs_->shutdown();  // a crash with the file open: nothing more is written
+  f->close();       // (the release of a shut-down filesystem writes nothing)
+  fs_.reset();
+  mount();  // the next mount frees it
+  EXPECT_EQ(fs_->info().free_bytes, before.free_bytes);
+  EXPECT_EQ(fs_->info().files, before.files);
+  expect_clean();
+}
+
 // A set-group-ID directory gives its group to new files and directories, and
 // its bit to new directories; elsewhere the creator's group stays.
 TEST_F(FsTest, ASetGroupIdDirectoryGivesItsGroup) {

@@ -82,6 +82,9 @@ struct Inode {
   std::unique_ptr<Xattrs> xattrs;
   std::atomic<uint32_t> open_count{0};
   bool freed = false;  // guarded by `lock`
+  // Made by open_tmpfile and not linked yet: the one file with no link that may
+  // get a name. Guarded by `lock` and ns_mutex_ (both held to change it).
+  bool linkable = false;
   FileType kind = FileType::Regular;  // set when the inode is made, never changed
   // Bumped by every record applied to the inode (its attributes, its extents):
   // what a restore compares with the count when the block failed.
@@ -161,6 +164,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<void> rename_at(InodeNumber from_dir, std::string_view from_name, InodeNumber to_dir,
                          std::string_view to_name, RenameFlags flags) override;
   Result<void> link_at(InodeNumber ino, InodeNumber dir, std::string_view name) override;
+  Result<File> open_tmpfile(std::string_view dir, uint32_t mode, std::optional<Credentials> owner) override;
+  Result<void> link_tmpfile(const File& file, std::string_view new_path) override;
   Result<Stat> set_attributes(InodeNumber ino, const SetAttributes& attrs) override;
   void note_access(InodeNumber ino) override;
   Result<InodeNumber> symlink(std::string_view target, std::string_view link_path,
@@ -337,8 +342,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   InodePtr find_inode(InodeNumber ino) const;
   Result<InodePtr> get_inode(InodeNumber ino);
   // `target`: a symbolic link's (type Symlink); `rdev`: a device node's number.
+  // `unnamed` (open_tmpfile): a regular file with no link, made in the directory
+  // place.path, returned open (its open_count taken) and linkable.
   Result<InodeNumber> make_node(const Place& place, uint32_t mode, FileType type, std::optional<Credentials> owner,
-                                std::string_view target = {}, uint64_t rdev = 0);
+                                std::string_view target = {}, uint64_t rdev = 0, bool unnamed = false);
   // Marks an image made before a feature (kIncompatSymlinks, kIncompatXattrs)
   // before the first record that needs it is written.
   Result<void> enable_feature(uint64_t incompat_bit);

@@ -201,7 +201,8 @@ Result<InodeNumber> FsImpl::lookup_at(InodeNumber dir, std::string_view name) {
 }
 
 Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileType type,
-                                      std::optional<Credentials> owner, std::string_view target, uint64_t rdev) {
+                                      std::optional<Credentials> owner, std::string_view target, uint64_t rdev,
+                                      bool unnamed) {
   if (type == FileType::Symlink) {
     TRY(check_link_target(target));
     TRY(enable_feature(format::kIncompatSymlinks));
@@ -213,12 +214,19 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
   auto op = TRY(begin_op(kNamespaceTxBytes + 2 * kAclRecordBytesMax));
   std::unique_lock ns(ns_mutex_);
   std::string leaf;
-  InodePtr parent = TRY(resolve_parent(place, &leaf));
-  if (parent->entries->count(leaf) != 0) return fail(EEXIST, place.shown() + ": already exists");
-  if (type != FileType::Directory && place.names_a_directory()) {
-    return fail(EISDIR, place.shown() + ": a file's name cannot end in '/'");
+  InodePtr parent;
+  if (unnamed) {  // place.path is the directory the file is made in
+    if (place.path.empty()) return fail(EINVAL, "empty path (the root is \"/\")");
+    parent = TRY(resolve(place.path));
+    if (!parent->is_dir()) return fail(ENOTDIR, place.shown() + ": not a directory");
+  } else {
+    parent = TRY(resolve_parent(place, &leaf));
+    if (parent->entries->count(leaf) != 0) return fail(EEXIST, place.shown() + ": already exists");
+    if (type != FileType::Directory && place.names_a_directory()) {
+      return fail(EISDIR, place.shown() + ": a file's name cannot end in '/'");
+    }
+    if (parent->entries->size() >= kDirEntriesMax) return fail(ENOSPC, "directory is full");
   }
-  if (parent->entries->size() >= kDirEntriesMax) return fail(ENOSPC, "directory is full");
   if (type == FileType::Directory && parent->core.nlink >= kLinksMax) {
     return fail(EMLINK, "too many subdirectories");
   }
@@ -233,7 +241,7 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
   }
   if (type == FileType::Symlink) perm = 0777;  // a link's own bits are never checked
   // A device node keeps its number where a file keeps its size.
-  format::InodeCore core{next_ino_, type_bits(type) | perm, type == FileType::Directory ? 2u : 1u,
+  format::InodeCore core{next_ino_, type_bits(type) | perm, type == FileType::Directory ? 2u : unnamed ? 0u : 1u,
                          owner ? owner->uid : options_.uid, gid, device_node ? rdev : target.size(), t, t, t};
   Records acls;
   if (type != FileType::Symlink && !inherit_acls(*parent, core, &acls) && owner) {
@@ -250,7 +258,10 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
   format::InodeCore parent_core = parent->core;
   parent_core.mtime_ns = parent_core.ctime_ns = t;
   if (type == FileType::Directory) ++parent_core.nlink;
-  Records records{core, format::DirentRecord{parent->ino.value(), core.ino, leaf}, parent_core};
+  // An unnamed file is an orphan from the start: the directory does not change,
+  // and a crash before it is linked leaves it for the next mount to free.
+  Records records = unnamed ? Records{core}
+                            : Records{core, format::DirentRecord{parent->ino.value(), core.ino, leaf}, parent_core};
   records.insert(records.end(), acls.begin(), acls.end());
   if (type == FileType::Symlink) {
     // The target is the link's data: one block, stored and fenced before the
@@ -275,7 +286,22 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
     if (fresh) device_.drain();
   }
   commit(op, records, {});
+  if (unnamed) {  // open before the namespace lock goes: nothing may free it meanwhile
+    InodePtr made = find_inode(InodeNumber(core.ino));
+    made->open_count.fetch_add(1);
+    made->linkable = true;
+  }
   return InodeNumber(core.ino);
+}
+
+Result<File> FsImpl::open_tmpfile(std::string_view dir, uint32_t mode, std::optional<Credentials> owner) {
+  const InodeNumber ino = TRY(make_node(Place{dir}, mode, FileType::Regular, owner, {}, 0, true));
+  return File(this, ino);
+}
+
+Result<void> FsImpl::link_tmpfile(const File& file, std::string_view new_path) {
+  if (!file.is_open()) return fail(EBADF, "link of a closed file");
+  return link_place({}, file.ino(), Place{new_path});
 }
 
 Result<void> FsImpl::enable_feature(uint64_t incompat_bit) {
@@ -570,8 +596,11 @@ Result<void> FsImpl::link_place(std::string_view existing, InodeNumber ino, cons
   if (place.names_a_directory()) return fail(ENOTDIR, place.shown() + ": a file's name cannot end in '/'");
   TRY(expect_space(1, "link"));  // room for the new name in the next checkpoint
   std::unique_lock file_lock(target->lock);
-  // A file whose last name is gone (open but unlinked) cannot get a new one.
-  if (target->core.nlink == 0 || target->freed) return fail(ENOENT, shown + ": the file has been removed");
+  // A file whose last name is gone (open but unlinked) cannot get a new one;
+  // one made unnamed (open_tmpfile) gets its first.
+  if ((target->core.nlink == 0 && !target->linkable) || target->freed) {
+    return fail(ENOENT, shown + ": the file has been removed");
+  }
   if (target->core.nlink >= kLinksMax) return fail(EMLINK, shown + ": too many links");
   int64_t t = now();
   format::InodeCore core = target->core;
@@ -581,6 +610,7 @@ Result<void> FsImpl::link_place(std::string_view existing, InodeNumber ino, cons
   dir_core.mtime_ns = dir_core.ctime_ns = t;
   commit(op, {format::DirentRecord{dir->ino.value(), target->ino.value(), leaf}, core, dir_core},
          {target.get()});
+  target->linkable = false;  // as Linux's I_LINKABLE: once named, it is an ordinary file
   return {};
 }
 

@@ -42,6 +42,12 @@ Result<void> Filesystem::rename_at(InodeNumber from_dir, std::string_view from_n
 Result<void> Filesystem::link_at(InodeNumber ino, InodeNumber dir, std::string_view name) {
   return link(TRY(path_of(ino)), TRY(child_path(*this, dir, name)));
 }
+Result<File> Filesystem::open_tmpfile(std::string_view, uint32_t, std::optional<Credentials>) {
+  return fail(ENOTSUP, "unnamed files need the mounted filesystem or a newer server");
+}
+Result<void> Filesystem::link_tmpfile(const File&, std::string_view) {
+  return fail(ENOTSUP, "unnamed files need the mounted filesystem or a newer server");
+}
 Result<Stat> Filesystem::set_attributes(InodeNumber, const SetAttributes&) {
   return fail(ENOTSUP, "changing attributes needs the mounted filesystem");
 }

@@ -391,6 +391,20 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
       e.string(name);
     });
   }
+  Result<File> open_tmpfile(std::string_view dir, uint32_t mode, std::optional<Credentials>) override {
+    const InodeNumber ino = TRY(ino_call(Op::OpenTmpfile, [&](Encoder& e) {
+      e.string(dir);
+      e.u32(mode);
+    }));
+    return File(this, ino);  // the server holds it open for this client until the File's release
+  }
+  Result<void> link_tmpfile(const File& file, std::string_view new_path) override {
+    if (!file.is_open()) return fail(EBADF, "link of a closed file");
+    return call0(Op::LinkTmpfile, [&](Encoder& e) {
+      e.u64(file.ino().value());
+      e.string(new_path);
+    });
+  }
   Result<void> link(std::string_view existing, std::string_view new_path) override {
     return call0(Op::Link, [&](Encoder& e) {
       e.string(existing);

@@ -68,6 +68,8 @@ const char* op_name(Op op) {
     case Op::ReaddirAt: return "readdir-at";
     case Op::UnlinkAt: return "unlink-at";
     case Op::RmdirAt: return "rmdir-at";
+    case Op::OpenTmpfile: return "open-tmpfile";
+    case Op::LinkTmpfile: return "link-tmpfile";
   }
   return "unknown";
 }

@@ -28,7 +28,8 @@ namespace poise::serve {
 // 4: file types 3..6 (special files), a stat's device number, Mknod,
 // ReportFailure. 5: Checkpoint's mode; metadata kind 9 (checkpoint delta).
 // 6: Pin, Unpin, ReleasePins, PinsReleased, ReaddirAt, UnlinkAt, RmdirAt.
-inline constexpr uint32_t kProtocolVersion = 6;
+// 7: OpenTmpfile, LinkTmpfile.
+inline constexpr uint32_t kProtocolVersion = 7;
 inline constexpr size_t kHeaderBytes = 16;
 // The largest body either side accepts: 1 MiB of file data plus room for fields.
 inline constexpr uint32_t kBodyBytesMax = (1u << 20) + 4096;
@@ -115,8 +116,12 @@ enum class Op : uint16_t {
   ReaddirAt = 55,  // u64 dir, u64 first entry -> as Readdir
   UnlinkAt = 56,   // u64 dir, string name
   RmdirAt = 57,    // u64 dir, string name
+  // Unnamed files (protocol 7), as O_TMPFILE: string dir, u32 mode -> u64 inode,
+  // open for this client (Release closes it; unlinked, it is then freed).
+  OpenTmpfile = 58,
+  LinkTmpfile = 59,  // u64 inode (made by this client's OpenTmpfile), string path
 };
-inline constexpr uint16_t kOpMax = 57;
+inline constexpr uint16_t kOpMax = 59;
 // The most bytes one pin through a server covers.
 inline constexpr uint64_t kPinBytesMax = 1ull << 30;
 // A pin piece that is a hole (zeros), not device memory.

@@ -459,6 +459,34 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       out.u64(made);
       return {};
     }
+    case Op::OpenTmpfile: {
+      if (!in.string(&path) || !in.u32(&mode)) return bad();
+      // Write and search permission on the directory, as for a name made in it.
+      const Stat dir = TRY(access_.may_use(path, 3));
+      if (dir.type != FileType::Directory) return fail(ENOTDIR, std::string(path) + ": not a directory");
+      mode &= 07777u;
+      if ((mode & S_ISGID) != 0 && !access_.in_group_of_new_file(std::string(path) + "/f")) {
+        mode &= ~static_cast<uint32_t>(S_ISGID);
+      }
+      File file = TRY(fs_.open_tmpfile(path, mode, Credentials{c_.peer.uid, c_.peer.gid}));
+      const uint64_t made = file.ino().value();
+      TRY(fs_.retain(file.ino()));  // the client's, until its Release (or its end); `file` closes here
+      ++c_.retained[made];
+      c_.tmpfiles.insert(made);
+      c_.reached.insert(made);
+      out.u64(made);
+      return {};
+    }
+    case Op::LinkTmpfile: {
+      if (!in.u64(&a) || !in.string(&path)) return bad();
+      if (c_.tmpfiles.count(a) == 0 || c_.retained.count(a) == 0) {
+        return fail(EBADF, "inode " + std::to_string(a) + " is no unnamed file this client has open");
+      }
+      TRY(access_.may_change_name(path, false));
+      TRY(fs_.retain(InodeNumber(a)));
+      File file(&fs_, InodeNumber(a));  // balances the retain when it closes
+      return fs_.link_tmpfile(file, path);
+    }
     case Op::Unlink:
     case Op::Rmdir:
       if (!in.string(&path)) return bad();

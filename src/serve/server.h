@@ -130,6 +130,7 @@ struct Server::Client {
   uint64_t token = 0;                     // names it on its follow connection
   bool privileged = false;                // root, or the server's own user
   std::map<uint64_t, uint64_t> retained;  // inode -> Retain count, released when the client goes
+  std::set<uint64_t> tmpfiles;            // made unnamed by this client: the ones it may link
   // Inodes this client reached through a path it was allowed to walk: the only
   // ones it may name by number (the kernel's by-handle opens need a capability).
   std::set<uint64_t> reached;
