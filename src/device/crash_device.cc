@@ -1,19 +1,43 @@
 #include "device/crash_device.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include "base/random.h"
+#include "device/backends.h"
 
 namespace poise {
 
-CrashDevice::CrashDevice(uint64_t size_bytes, Model model)
+namespace {
+// Zeroed memory in a memfd, mapped shared; its descriptor in *fd.
+std::byte* map_shareable(uint64_t size_bytes, int* fd) {
+  *fd = ::memfd_create("poise-crash-device", MFD_CLOEXEC);
+  POISE_ASSERT(*fd >= 0);
+  POISE_ASSERT(::ftruncate(*fd, static_cast<off_t>(size_bytes)) == 0);
+  void* p = ::mmap(nullptr, size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, *fd, 0);
+  POISE_ASSERT(p != MAP_FAILED);
+  keep_from_children(p, size_bytes);
+  return static_cast<std::byte*>(p);
+}
+}  // namespace
+
+CrashDevice::CrashDevice(uint64_t size_bytes, Model model, bool shareable)
     : model_(model),
-      size_(size_bytes), live_(map_anonymous(size_bytes)), durable_(map_anonymous(size_bytes)) {
+      size_(size_bytes),
+      live_(shareable ? map_shareable(size_bytes, &fd_) : map_anonymous(size_bytes)),
+      durable_(map_anonymous(size_bytes)) {
   POISE_ASSERT(size_bytes % 4096 == 0);
 }
 
 CrashDevice::~CrashDevice() {
-  unmap_anonymous(live_, size_);
+  if (fd_ >= 0) {
+    ::munmap(live_, size_);
+    ::close(fd_);
+  } else {
+    unmap_anonymous(live_, size_);
+  }
   unmap_anonymous(durable_, size_);
   if (captured_ != nullptr) unmap_anonymous(captured_, size_);
 }

@@ -34,7 +34,11 @@ namespace poise {
 class CrashDevice final : public Device {
  public:
   enum class Model : uint8_t { CacheLines, PageCache };
-  explicit CrashDevice(uint64_t size_bytes, Model model = Model::CacheLines);
+  // `shareable`: the live image is a memfd that files can be mapped from
+  // (map_fd(), as MemoryDevice's Shared backing), for mappings in other
+  // processes. Their stores reach the durable image only through flush(), as
+  // on persistent memory (CacheLines; the PageCache model sees only write()).
+  explicit CrashDevice(uint64_t size_bytes, Model model = Model::CacheLines, bool shareable = false);
   ~CrashDevice() override;
 
   // Capture the crash state at the `flush_point`-th drain (1-based).
@@ -53,6 +57,7 @@ class CrashDevice final : public Device {
   }
   uint64_t alignment_bytes() const override { return 4096; }
   std::string describe() const override { return "crash-simulating memory device"; }
+  int map_fd() const override { return fd_; }
   const std::byte* data() const override { return live_; }
   std::byte* data() override { return live_; }
   void write(uint64_t offset, const void* src, size_t length) override;
@@ -80,6 +85,7 @@ class CrashDevice final : public Device {
 
   Model model_;
   uint64_t size_;
+  int fd_ = -1;  // the memfd of a shareable live image
   std::byte* live_;
   std::byte* durable_;
   mutable std::mutex mutex_;

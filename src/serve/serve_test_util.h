@@ -22,9 +22,11 @@ namespace poise::serve {
 
 class Served {
  public:
-  explicit Served(uint32_t recall_timeout_ms = 1000) : device_(64ull << 20, MemoryDevice::Backing::Shared) {
-    EXPECT_TRUE(Filesystem::format(device_).has_value());
-    fs_ = std::move(*Filesystem::mount(device_));
+  // On `device` (which files can be mapped from), or a 64 MiB shared MemoryDevice.
+  explicit Served(uint32_t recall_timeout_ms = 1000, std::unique_ptr<Device> device = nullptr)
+      : device_(device ? std::move(device) : std::make_unique<MemoryDevice>(64ull << 20, MemoryDevice::Backing::Shared)) {
+    EXPECT_TRUE(Filesystem::format(*device_).has_value());
+    fs_ = std::move(*Filesystem::mount(*device_));
     char dir[] = "/tmp/poise-serve-test.XXXXXX";
     dir_ = ::mkdtemp(dir);
     ServerOptions options;
@@ -32,7 +34,7 @@ class Served {
     options.socket_path = dir_ + "/s.sock";
     options.log = nullptr;
     options.recall_timeout_ms = recall_timeout_ms;
-    server_ = std::move(*Server::listen(*fs_, device_, options));
+    server_ = std::move(*Server::listen(*fs_, *device_, options));
     EXPECT_EQ(::pipe(stop_), 0);
     thread_ = std::thread([this] { server_->run(stop_[0]); });
   }
@@ -53,7 +55,12 @@ class Served {
     return c.has_value() ? std::move(*c) : nullptr;
   }
   Filesystem& fs() { return *fs_; }
-  MemoryDevice& device() { return device_; }
+  // The default device (a test that passed its own keeps its own pointer).
+  MemoryDevice& device() {
+    auto* memory = dynamic_cast<MemoryDevice*>(device_.get());
+    POISE_ASSERT(memory != nullptr);
+    return *memory;
+  }
   // Returns once `n` event streams are attached (or after 10 s).
   void wait_for_subscribers(size_t n) {
     for (int i = 0; i < 1000 && server_->subscriber_count() < n; ++i) {
@@ -62,7 +69,7 @@ class Served {
   }
 
  private:
-  MemoryDevice device_;
+  std::unique_ptr<Device> device_;
   std::unique_ptr<Filesystem> fs_;
   std::string dir_;
   std::unique_ptr<Server> server_;
