@@ -87,6 +87,8 @@ contains "$WORK/err" "unknown option 'bogus'"
 expect 2 "$POISE" mount "$IMG" "$MNT" -o cache=-1
 expect 8 "$POISE" umount "$WORK"
 contains "$WORK/err" "not a poise mount"
+expect 3 "$POISE" umount "$WORK/no-such-dir"
+contains "$WORK/err" "no such file or directory"
 expect 2 "$POISE" serve "$IMG" -o ro
 
 # --- real programs. Names and attributes are cached for an hour: whatever the

@@ -488,6 +488,11 @@ int umount_cmd(const std::string& dir_arg) {
     }
   }
   if (!image) {
+    struct stat st {};
+    if (::stat(dir_arg.c_str(), &st) != 0 && errno == ENOENT) {
+      eprint("poise: umount: {}: no such file or directory\n", dir_arg);
+      return kExitNotFound;
+    }
     eprint("poise: umount: {}: not a poise mount\n", dir_arg);
     return kExitInvalid;
   }
