@@ -341,6 +341,51 @@ TEST(Corruption, AJournalGapOnAnEmulatedDeviceEndsTheLogWithANoteAndStaysEnded) 
   EXPECT_TRUE((*again)->check().clean());
 }
 
+// A gap is a crash's lost page only if that page had never been written back to
+// the image: a later transaction that says the log had been written back past
+// the bad one proves damage, which is refused on an emulated device too, never
+// taken for the end of the log.
+TEST(Corruption, AGapBeforeTheLogWasWrittenBackIsDamageOnAnEmulatedDeviceToo) {
+  auto make = [](std::vector<uint64_t>* journals) {
+    auto memory = std::make_unique<MemoryDevice>(kBytes);
+    EXPECT_TRUE(Filesystem::format(*memory).has_value());
+    auto device = MemoryDevice::copy_of(memory->data(), kBytes, PersistenceDomain::PageCache);
+    auto fs = Filesystem::mount(*device);
+    EXPECT_TRUE(fs.has_value());
+    *journals = journal_copies(**fs);
+    EXPECT_TRUE((*fs)->mkdir("/d1").has_value());  // lsn 1
+    EXPECT_TRUE((*fs)->mkdir("/d2").has_value());  // lsn 2
+    EXPECT_TRUE((*fs)->sync().has_value());        // 1 and 2 are on the image
+    EXPECT_TRUE((*fs)->mkdir("/d3").has_value());  // lsn 3, which says so
+    EXPECT_TRUE((*fs)->mkdir("/d4").has_value());  // lsn 4
+    (*fs)->shutdown();
+    return device;
+  };
+  std::vector<uint64_t> journals;
+  auto device = make(&journals);
+  damage_transaction(*device, journals, 2);
+  int code = 0;
+  std::string message = mount_error(*device, &code);
+  EXPECT_EQ(code, EUCLEAN) << message;
+  EXPECT_NE(message.find("transaction 3 says it had been written back"), std::string::npos) << message;
+  auto report = Filesystem::check_device(*device);
+  ASSERT_TRUE(report.has_value());
+  EXPECT_FALSE(report->clean()) << "check must not call this image clean";
+  auto repaired = Filesystem::repair(*device);
+  ASSERT_TRUE(repaired.has_value()) << repaired.error().message;
+  EXPECT_TRUE(mentions(repaired->lost, "journal transaction 3 lies past the damage"))
+      << (repaired->lost.empty() ? "nothing lost" : repaired->lost.front());
+  // Damage past the last write-back is what a crash can leave: the log ends
+  // there, with the note.
+  auto crashed = make(&journals);
+  damage_transaction(*crashed, journals, 3);
+  auto fs = Filesystem::mount(*crashed);
+  ASSERT_TRUE(fs.has_value()) << fs.error().message;
+  EXPECT_TRUE((*fs)->stat("/d2").has_value());
+  EXPECT_FALSE((*fs)->stat("/d4").has_value());
+  ASSERT_EQ((*fs)->mount_warnings().size(), 1u);
+}
+
 }  // namespace
 }  // namespace poise
 

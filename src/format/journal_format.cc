@@ -111,6 +111,10 @@ Result<JournalRecord> decode_record(uint16_t type, const unsigned char* body, ui
       if (used != length || !r.value.empty()) return fail(EUCLEAN, "journal extended-attribute removal is malformed");
       return JournalRecord(XattrRemoveRecord{r.ino, std::move(r.name)});
     }
+    case kRecordWrittenBack: {
+      auto d = TRY(body_as<DiskWrittenBack>(body, length, "written-back"));
+      return JournalRecord(WrittenBackRecord{d.lsn.get()});
+    }
     case kRecordExtentClear: {
       auto d = TRY(body_as<DiskExtentClear>(body, length, "extent-clear"));
       ExtentClearRecord r{d.ino.get(), d.file_block.get(), d.block_count.get()};
@@ -159,6 +163,10 @@ void TxEncoder::add(const JournalRecord& record) {
           append_xattr_record(payload_, kRecordXattrSet, r);
         } else if constexpr (std::is_same_v<T, XattrRemoveRecord>) {
           append_xattr_record(payload_, kRecordXattrRemove, XattrRecord{r.ino, r.name, {}});
+        } else if constexpr (std::is_same_v<T, WrittenBackRecord>) {
+          DiskWrittenBack d;
+          d.lsn.set(r.lsn);
+          append_record(payload_, kRecordWrittenBack, &d, sizeof d);
         } else {
           static_assert(std::is_same_v<T, ExtentClearRecord>);
           DiskExtentClear d;

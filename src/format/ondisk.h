@@ -86,9 +86,16 @@ inline constexpr uint64_t kIncompatDeltas = 1ull << 5;
 // (its journal starts empty and its delta is none, so every record after it is
 // written so); mkfs writes one.
 inline constexpr uint64_t kIncompatSharingMarks = 1ull << 6;
+// Write-back marks: on an emulated device (whose persistence is the host's page
+// cache) a transaction may carry a kRecordWrittenBack record, the lsn through
+// which the journal had been written back to the backing file when it was
+// written; a transaction bad in every copy that a later one says was written
+// back is damage, never a crash's lost page. Set by mkfs, or on an older
+// image by its first read-write mount on an emulated device.
+inline constexpr uint64_t kIncompatWrittenBackMarks = 1ull << 7;
 inline constexpr uint64_t kIncompatKnown = kIncompatReflink | kIncompatSymlinks | kIncompatXattrs |
                                            kIncompatSpecialFiles | kIncompatRunLists | kIncompatDeltas |
-                                           kIncompatSharingMarks;
+                                           kIncompatSharingMarks | kIncompatWrittenBackMarks;
 inline constexpr uint64_t kRoCompatKnown = 0;
 
 enum BlockKind : uint32_t {
@@ -271,6 +278,7 @@ enum RecordType : uint16_t {
   kRecordBadRange = 7,
   kRecordXattrSet = 8,     // feature kIncompatXattrs
   kRecordXattrRemove = 9,  // feature kIncompatXattrs
+  kRecordWrittenBack = 10,  // feature kIncompatWrittenBackMarks
 };
 
 // Each record: this header, then `length` bytes of body, then zeros to 8 bytes.
@@ -282,6 +290,10 @@ struct RecordHeader {
 
 struct DiskInodeFree {
   Le64 ino;
+};
+
+struct DiskWrittenBack {
+  Le64 lsn;  // transactions 1..lsn of this generation were on the backing file
 };
 
 // Device blocks whose memory failed: never allocated again; reads of file data

@@ -36,6 +36,7 @@ static_assert(offsetof(DiskDirent, kind) == 18 && offsetof(DiskXattr, kind) == 1
 POISE_ONDISK(TxHeader, 40);
 POISE_ONDISK(RecordHeader, 8);
 POISE_ONDISK(DiskInodeFree, 8);
+POISE_ONDISK(DiskWrittenBack, 8);
 POISE_ONDISK(DiskExtentClear, 24);
 
 static_assert(offsetof(BlockHeader, crc) == 4);

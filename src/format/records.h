@@ -91,10 +91,18 @@ struct XattrRemoveRecord {
   bool operator==(const XattrRemoveRecord&) const = default;
 };
 
+// Changes nothing: the journal had been written back to the backing file
+// through transaction `lsn` when the transaction holding this was written
+// (kIncompatWrittenBackMarks).
+struct WrittenBackRecord {
+  uint64_t lsn = 0;
+  bool operator==(const WrittenBackRecord&) const = default;
+};
+
 // One journal record: what a transaction changes, replayed in order at mount.
 using JournalRecord = std::variant<InodeCore, InodeFreeRecord, DirentRecord, DirentRemoveRecord,
                                    ExtentRecord, ExtentClearRecord, BadRangeRecord, XattrRecord,
-                                   XattrRemoveRecord>;
+                                   XattrRemoveRecord, WrittenBackRecord>;
 
 constexpr uint32_t kModeTypeMask = 0170000;
 constexpr uint32_t kModeRegular = 0100000;

@@ -774,14 +774,17 @@ Result<void> FsImpl::fsync(InodeNumber ino) {
     });
   }
   for (const DevRun& run : runs) TRY(device_.sync_range(run.start.value() * kBlockSize, run.count * kBlockSize));
-  return device_.sync_range(sb_.journal_start_block * kBlockSize, journal_->used_bytes());
+  return journal_->write_back();
 }
 
 Result<void> FsImpl::sync() {
   TRY(check_writable());
   mappings_->flush_writable(std::nullopt);
-  journal_->make_durable();
-  return device_.sync();
+  const uint64_t generation = journal_->generation();
+  const uint64_t through = journal_->make_durable();
+  TRY(device_.sync());
+  journal_->written_back_through(generation, through);
+  return {};
 }
 
 }  // namespace poise

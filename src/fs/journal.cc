@@ -136,13 +136,34 @@ Result<uint64_t> Journal::replay(uint64_t generation,
         }
       }
       if (later) {
+        // A later transaction that says this one had reached the backing file:
+        // no machine crash loses a page written back, so this is damage.
+        std::optional<uint64_t> marked_by;
+        if (options.gap_note != nullptr) {
+          std::vector<format::DecodedTx> after;
+          collect_lost(copies, generation, &after);
+          for (const auto& t : after) {
+            for (const auto& r : t.records) {
+              const auto* mark = std::get_if<format::WrittenBackRecord>(&r);
+              if (mark != nullptr && mark->lsn >= next_lsn_ && !marked_by) marked_by = t.lsn;
+            }
+          }
+        }
+        if (marked_by && !options.gap_even_if_written_back) {
+          return fail(EUCLEAN, "journal transaction " + std::to_string(next_lsn_) + " at byte " +
+                                   std::to_string(write_offset_) + " is damaged in every copy, and transaction " +
+                                   std::to_string(*marked_by) + " says it had been written back to the image " +
+                                   "(so no crash lost it): replaying only the ones before would lose acknowledged work");
+        }
         if (options.gap_note != nullptr) {
           if (options.lost != nullptr) collect_lost(copies, generation, options.lost);
           *options.gap_note = "journal transactions from " + std::to_string(next_lsn_) + " on were not applied: " +
                               "transaction " + std::to_string(next_lsn_) + " is torn in every copy while " +
-                              "transaction " + std::to_string(later->lsn) + " follows; on an emulated device " +
-                              "this is a machine crash before a sync (the page cache wrote back out of order), " +
-                              "or damage";
+                              "transaction " + std::to_string(later->lsn) + " follows; " +
+                              (marked_by ? "transaction " + std::to_string(*marked_by) +
+                                               " says it had been written back to the image, so this is damage"
+                                         : std::string("on an emulated device this is a machine crash before a sync "
+                                                       "(the page cache wrote back out of order), or damage"));
           break;
         }
         return fail(EUCLEAN, "journal transaction " + std::to_string(next_lsn_) + " at byte " +
@@ -223,10 +244,12 @@ void Journal::reset(uint64_t generation) {
   next_lsn_ = 1;
   write_offset_ = 0;
   durable_lsn_ = 0;
+  written_back_lsn_ = marked_lsn_ = 0;
 }
 
 bool Journal::reserve(uint64_t bytes, Use use, bool* in_reserve) {
   POISE_ASSERT(bytes <= format::kTxBytesMax);
+  bytes += kMarkBytes;  // room for a write-back mark
   std::lock_guard lock(mutex_);
   const uint64_t normal_limit = capacity_ - capacity_ / 8;
   const uint64_t limit = use == Use::Freeing ? capacity_ : normal_limit;
@@ -238,29 +261,61 @@ bool Journal::reserve(uint64_t bytes, Use use, bool* in_reserve) {
 
 void Journal::unreserve(uint64_t bytes) {
   std::lock_guard lock(mutex_);
-  POISE_ASSERT(reserved_ >= bytes);
-  reserved_ -= bytes;
+  POISE_ASSERT(reserved_ >= bytes + kMarkBytes);
+  reserved_ -= bytes + kMarkBytes;
 }
 
-uint64_t Journal::commit(const format::TxEncoder& tx, uint64_t reserved_bytes, WriteBack write_back) {
+uint64_t Journal::commit(format::TxEncoder& tx, uint64_t reserved_bytes, WriteBack write_back) {
   POISE_ASSERT(tx.sealed_bytes() <= reserved_bytes);
   std::lock_guard lock(mutex_);
-  POISE_ASSERT(reserved_ >= reserved_bytes);
+  POISE_ASSERT(reserved_ >= reserved_bytes + kMarkBytes);
+  // The mark rides along when the reservation's slack and the size limit allow
+  // (else the next transaction carries it).
+  if (marks_ && written_back_lsn_ > marked_lsn_ &&
+      tx.sealed_bytes() + kMarkBytes <= std::min<uint64_t>(reserved_bytes + kMarkBytes, format::kTxBytesMax)) {
+    tx.add(format::WrittenBackRecord{written_back_lsn_});
+    marked_lsn_ = written_back_lsn_;
+  }
   POISE_ASSERT(write_offset_ + tx.sealed_bytes() <= capacity_);
   uint64_t lsn = next_lsn_++;
   tx.seal(generation_, lsn, write_offset_, &image_);
   store(write_offset_, image_.data(), image_.size());
   write_offset_ += image_.size();
-  reserved_ -= reserved_bytes;
+  reserved_ -= reserved_bytes + kMarkBytes;
   device_.drain();
   if (write_back == WriteBack::ToMedia) {
     // A failed write-back is the host's I/O error, reported by the next sync/fsync
     // as well; the transaction itself is in the page cache and replays after a
     // process crash.
-    (void)sync_copies(0, write_offset_);
+    if (sync_copies(0, write_offset_).has_value()) written_back_lsn_ = lsn;
   }
   durable_lsn_ = lsn;
   return lsn;
+}
+
+void Journal::enable_written_back_marks() {
+  std::lock_guard lock(mutex_);
+  marks_ = true;
+}
+
+Result<void> Journal::write_back() {
+  uint64_t bytes = 0, through = 0, generation = 0;
+  {
+    std::lock_guard lock(mutex_);
+    bytes = write_offset_;
+    through = next_lsn_ - 1;
+    generation = generation_;
+  }
+  // Without the lock: commits go on meanwhile (what they add is not claimed).
+  TRY(device_.sync_range(base_offset_, bytes));
+  written_back_through(generation, through);
+  return {};
+}
+
+void Journal::written_back_through(uint64_t generation, uint64_t lsn) {
+  std::lock_guard lock(mutex_);
+  // A checkpoint in between started a new generation: that lsn is not of it.
+  if (generation == generation_) written_back_lsn_ = std::max(written_back_lsn_, lsn);
 }
 
 uint64_t Journal::make_durable() {

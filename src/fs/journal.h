@@ -42,7 +42,12 @@ class Journal {
     std::string* gap_note = nullptr;
     // Told of each transaction a copy could not give (taken from the other one).
     std::vector<std::string>* copy_notes = nullptr;
-    // With gap_note: the sealed transactions found past the gap, not applied.
+    // With gap_note: a gap that a later transaction's write-back mark shows was
+  // not a crash's lost page (the bad one had been written back) is EUCLEAN
+  // all the same, unless `gap_even_if_written_back` (a repair, which ends the
+  // log there and reports what lies past it).
+  bool gap_even_if_written_back = false;
+  // With gap_note: the sealed transactions found past the gap, not applied.
     std::vector<format::DecodedTx>* lost = nullptr;
     // Device ranges that failed under replay's own copies (a machine check):
     // that copy's transaction is taken from the other, and the caller reports them.
@@ -83,9 +88,23 @@ class Journal {
   // blocks) the log so far is also written back to the backing file, so that a
   // freed block is never reused while a machine crash could bring back its old owner.
   enum class WriteBack : uint8_t { Fence, ToMedia };
-  uint64_t commit(const format::TxEncoder& tx, uint64_t reserved_bytes, WriteBack write_back = WriteBack::Fence);
+  // With write-back marks on, `tx` may gain a WrittenBackRecord (a reservation
+  // holds room for one).
+  uint64_t commit(format::TxEncoder& tx, uint64_t reserved_bytes, WriteBack write_back = WriteBack::Fence);
   // Fences: everything written back before (file data too) is durable.
   uint64_t make_durable();
+
+  // Write-back marks (format::kIncompatWrittenBackMarks; an emulated device):
+  // the next transaction after the log was written back to the backing file
+  // carries the lsn it was written back through, which tells replay a lost
+  // page of a machine crash (never written back) from damage.
+  void enable_written_back_marks();
+  // Writes the log so far back to the backing file (copy 1, which a crash then
+  // cannot lose), as fsync needs, and notes it for the next mark.
+  Result<void> write_back();
+  // The whole device was written back (sync) after transaction `lsn` of
+  // `generation` was committed.
+  void written_back_through(uint64_t generation, uint64_t lsn);
 
   // The log so far ([0, used_bytes()): this generation's sealed transactions),
   // copied out machine-check safe, each block from a copy where it reads. EIO
@@ -117,6 +136,10 @@ class Journal {
   void store(uint64_t offset, const void* src, uint64_t length);
   Result<void> sync_copies(uint64_t offset, uint64_t length);
 
+  // Room a reservation keeps for a write-back mark: the record (16 bytes) and
+  // the padding it may add to the transaction.
+  static constexpr uint64_t kMarkBytes = 64;
+
   Device& device_;
   const uint64_t base_offset_;
   const uint64_t capacity_;
@@ -127,6 +150,9 @@ class Journal {
   uint64_t write_offset_ = 0;
   uint64_t reserved_ = 0;
   uint64_t durable_lsn_ = 0;
+  bool marks_ = false;
+  uint64_t written_back_lsn_ = 0;  // the log is on the backing file through this lsn
+  uint64_t marked_lsn_ = 0;        // the last lsn a mark said so of
   std::vector<std::byte> image_;    // the sealed transaction being stored, reused
   std::vector<std::byte> scratch_;  // a transaction being replayed, copied out
 };

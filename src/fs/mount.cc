@@ -85,7 +85,7 @@ Result<void> FsImpl::format_new(const FormatOptions& options) {
   sb_.version = version;
   sb_.size_blocks = blocks;
   sb_.feature_incompat = format::kIncompatReflink | format::kIncompatSymlinks | format::kIncompatXattrs |
-                         format::kIncompatSpecialFiles;
+                         format::kIncompatSpecialFiles | format::kIncompatWrittenBackMarks;
   fill_random(sb_.uuid.data(), sb_.uuid.size());
   sb_.journal_start_block = 1;
   sb_.journal_blocks = journal_blocks;
@@ -211,7 +211,10 @@ Result<void> FsImpl::load() {
   TRY(load_checkpoint(sb_));
   // A repair ends the log at damage in mid-log too, and reports what lies past it.
   if (device_.domain() == PersistenceDomain::PageCache || repairing_) replay_options.gap_note = &gap_note;
-  if (repairing_) replay_options.lost = &lost_transactions_;
+  if (repairing_) {
+    replay_options.lost = &lost_transactions_;
+    replay_options.gap_even_if_written_back = true;
+  }
   replay_options.machine_checks = &failed_at_load_;  // fed to the failure flow with the device's list
   uint64_t replayed = TRY(journal_->replay(
       sb_.checkpoint_generation,
@@ -272,10 +275,19 @@ Result<void> FsImpl::load() {
     return {};
   }
   if (!gap_note.empty()) TRY(journal_->erase_tail());  // before anything new is committed
+  if (device_.domain() == PersistenceDomain::PageCache) {
+    // What was replayed reaches the backing file now; from here on each
+    // transaction may say how far the log had been written back (the gap rule).
+    TRY(journal_->write_back());
+  }
   TRY(device_.register_holder(failure_handler_.get()));
   device_.set_poison_listener(mappings_.get());
   holder_registered_ = true;
   TRY(take_in_device_bad_ranges());  // flow 2: before the mount completes
+  if (device_.domain() == PersistenceDomain::PageCache) {
+    TRY(enable_feature(format::kIncompatWrittenBackMarks));
+    journal_->enable_written_back_marks();
+  }
   {
     auto lost = bad_overlap(DevBlock(sb_.journal_start_block), sb_.journal_blocks);
     if (lost && sb_.has_copies()) lost = bad_overlap(DevBlock(sb_.journal_copy_start_block), sb_.journal_blocks);

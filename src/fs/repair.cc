@@ -20,7 +20,8 @@ std::string describe_lost(const format::DecodedTx& tx) {
           if constexpr (std::is_same_v<T, format::DirentRecord> || std::is_same_v<T, format::DirentRemoveRecord>) {
             inodes.insert(r.dir);
             if constexpr (std::is_same_v<T, format::DirentRecord>) inodes.insert(r.child);
-          } else if constexpr (!std::is_same_v<T, format::BadRangeRecord>) {
+          } else if constexpr (!std::is_same_v<T, format::BadRangeRecord> &&
+                               !std::is_same_v<T, format::WrittenBackRecord>) {
             inodes.insert(r.ino);
           }
         },
