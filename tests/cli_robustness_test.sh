@@ -27,14 +27,23 @@ head -c 300000 /dev/urandom >"$WORK/new"
 
 # --- 1. closed standard streams never turn into the image
 cp "$IMG" "$WORK/before.img"
-"$POISE" cat "$IMG" /f >&-
-[ $? -eq 0 ] && ok || bad "cat with stdout closed"
+# Output to a closed stdout is a write error (exit 1, as GNU cat), never lost
+# with exit 0; a command with nothing to write succeeds.
+"$POISE" cat "$IMG" /f >&- 2>"$WORK/err"
+[ $? -eq 1 ] && ok || bad "cat with stdout closed must fail (exit 1)"
+contains "$WORK/err" "standard output is closed"
 same "$IMG" "$WORK/before.img" "cat with stdout closed changed the image"
+"$POISE" get "$IMG" /f - >&- 2>/dev/null
+[ $? -eq 1 ] && ok || bad "get to a closed stdout must fail (exit 1)"
+"$POISE" mkdir "$IMG" /made-with-stdout-closed >&-
+[ $? -eq 0 ] && ok || bad "mkdir (no output) with stdout closed must succeed"
+"$POISE" rm "$IMG" /made-with-stdout-closed -r >/dev/null
+cp "$IMG" "$WORK/before.img"
 "$POISE" ls "$IMG" /missing 2>&-
 [ $? -eq 3 ] && ok || bad "ls /missing with stderr closed should exit 3"
 same "$IMG" "$WORK/before.img" "an error message with stderr closed changed the image"
 "$POISE" info "$IMG" >&- 2>&- <&-
-[ $? -eq 0 ] && ok || bad "info with every stream closed"
+[ $? -eq 1 ] && ok || bad "info with every stream closed: its output cannot be written (exit 1)"
 same "$IMG" "$WORK/before.img" "info with every stream closed changed the image"
 "$POISE" put "$IMG" - /keep <&- 2>"$WORK/err"
 [ $? -eq 2 ] && ok || bad "put from a closed stdin must be refused (exit 2), not store an empty file"

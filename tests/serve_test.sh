@@ -103,6 +103,13 @@ for c in "ls $IMG /d -l" "ls $IMG / --json" "stat $IMG /d/copy" "cat $IMG /d/hi"
   echo $? >>"$f.direct"
   same "$f" "$f.direct" "'poise $c' through the server differs from the image itself: $(diff "$f" "$f.direct" | head -5)"
 done
+# A caller that captures the output ($(...)) gets it once the server is ready:
+# the server keeps none of the caller's descriptors (its log has a file).
+captured=$(timeout 30 "$POISE" serve "$IMG" --background --log "$WORK/serve.log" 2>&1)
+[ $? -eq 0 ] && [ "$captured" = "$IMG.sock" ] && ok || bad "serve --background --log held the caller's output open: '$captured'"
+SERVER=$(grep -o 'serving .* (pid [0-9]*)' "$WORK/serve.log" | tail -1 | sed 's/.*(pid \([0-9]*\))/\1/')
+SERVER_PIDS+=("$SERVER")
+stop && ok || bad "the server did not stop on SIGTERM"
 
 serve "$IMG"
 # rm -r through the server removes a tree that mv made deeper than any path

@@ -184,7 +184,11 @@ int serve_foreground(const Args& a, const serve::ServerOptions& base,
     if (null >= 0) {  // the caller's terminal or pipe is let go
       ::dup2(null, STDIN_FILENO);
       ::dup2(null, STDOUT_FILENO);
-      if (a.quiet_ready && a.log.empty()) ::dup2(null, STDERR_FILENO);  // poise mount: no --log, no log
+      // The log goes to its file (--log), or nowhere (poise mount without
+      // --log): the caller's stderr is let go too, so that a caller capturing
+      // it ($(...), a pipe) is not held open by the server. Without --log the
+      // log is the caller's stderr, as the help says.
+      if (!a.log.empty() || a.quiet_ready) ::dup2(null, STDERR_FILENO);
       ::close(null);
     }
     tell_caller(kExitOk);

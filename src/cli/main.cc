@@ -18,13 +18,18 @@ namespace {
 
 // A caller may start poise with standard input, output or error closed. The
 // next file opened would then take that number, and the output meant for the
-// terminal would land in it — in the image. Each closed one is opened on
-// /dev/null before anything else is opened.
+// terminal would land in it — in the image. Each closed one is opened before
+// anything else is: input and error on /dev/null, output on /dev/full, so that
+// output written to a closed stream fails as a write to it would (as GNU cat
+// does), instead of vanishing with exit 0.
+bool stdout_was_closed = false;
 bool open_standard_streams() {
   for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; ++fd) {
     if (::fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
     if (fd == STDIN_FILENO) poise::cli::stdin_was_closed = true;
-    int opened = ::open("/dev/null", fd == STDIN_FILENO ? O_RDONLY : O_WRONLY);
+    if (fd == STDOUT_FILENO) stdout_was_closed = true;
+    int opened = ::open(fd == STDOUT_FILENO ? "/dev/full" : "/dev/null", fd == STDIN_FILENO ? O_RDONLY : O_WRONLY);
+    if (opened < 0 && fd == STDOUT_FILENO) opened = ::open("/dev/null", O_WRONLY);
     if (opened != fd) return false;  // the lowest free number is fd, unless /dev/null is missing
   }
   return true;
@@ -36,7 +41,8 @@ bool open_standard_streams() {
 int finish_output(int code) {
   if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return code;
   int e = errno;
-  std::fprintf(stderr, "poise: cannot write the output: %s\n", std::strerror(e != 0 ? e : EIO));
+  std::fprintf(stderr, "poise: cannot write the output: %s\n",
+               stdout_was_closed ? "standard output is closed" : std::strerror(e != 0 ? e : EIO));
   return code != poise::cli::kExitOk ? code : poise::cli::kExitFailure;
 }
 
