@@ -360,9 +360,14 @@ head -c 20000000 /dev/urandom >"$WORK/data.bin"
 cp "$WORK/data.bin" "$WORK/data.orig"
 expect 7 "$POISE" mkfs "$WORK/data.bin"
 same "$WORK/data.bin" "$WORK/data.orig" "mkfs overwrote a file of other data"
+expect 0 "$POISE" check "$IMG" --strict  # a healthy image has no notes
 cp "$IMG" "$WORK/damaged.img"
 printf 'XXXX' | dd of="$WORK/damaged.img" conv=notrunc status=none  # the primary magic is gone
 expect 0 "$POISE" ls "$WORK/damaged.img" /  # the secondary superblock still mounts it
+# check: clean (nothing is lost), with a note; --strict fails on the note.
+expect 0 "$POISE" check "$WORK/damaged.img"
+contains "$WORK/out" "note: primary superblock"
+expect 5 "$POISE" check "$WORK/damaged.img" --strict
 expect 7 "$POISE" mkfs "$WORK/damaged.img"
 contains "$WORK/err" "poise filesystem"
 expect 0 "$POISE" ls "$WORK/damaged.img" /
