@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "base/random.h"
+#include "device/crash_device.h"
 #include "device/memory_device.h"
 #include "format/journal_format.h"
 #include "format/ondisk.h"
@@ -339,6 +340,31 @@ TEST(Corruption, AJournalGapOnAnEmulatedDeviceEndsTheLogWithANoteAndStaysEnded) 
     EXPECT_FALSE((*again)->stat(gone).has_value()) << gone << " came back from beyond the gap";
   }
   EXPECT_TRUE((*again)->check().clean());
+}
+
+// fsync on an emulated device writes the journal back in both copies: a power
+// cut right after it, then damage to copy 1, still finds the transaction in
+// copy 2 (and the write-back marks claim nothing only one copy holds).
+TEST(Corruption, FsyncWritesBothJournalCopiesBack) {
+  CrashDevice crash(kBytes, CrashDevice::Model::PageCache);
+  ASSERT_TRUE(Filesystem::format(crash).has_value());
+  std::vector<uint64_t> journals;
+  std::unique_ptr<MemoryDevice> image;
+  {
+    auto fs = Filesystem::mount(crash);
+    ASSERT_TRUE(fs.has_value()) << fs.error().message;
+    journals = journal_copies(**fs);
+    auto f = (*fs)->open("/fsynced", OpenFlags::Create);
+    ASSERT_TRUE(f.has_value());
+    ASSERT_TRUE(f->fsync().has_value());
+    image = crash.durable_image();  // the power goes now
+    f->close();
+    (*fs)->shutdown();
+  }
+  damage_transaction(*image, {journals[0]}, 1);
+  auto fs = Filesystem::mount(*image);
+  ASSERT_TRUE(fs.has_value()) << fs.error().message;
+  EXPECT_TRUE((*fs)->stat("/fsynced").has_value()) << "copy 2 of the fsynced transaction was not on the image";
 }
 
 // A gap is a crash's lost page only if that page had never been written back to

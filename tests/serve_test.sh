@@ -65,9 +65,13 @@ expect 0 "$POISE" ls "$IMG" /d
 # so no name is left, and the server frees it as soon as the client is gone.
 used_bytes() { "$POISE" info "$IMG" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["used_bytes"])'; }
 used_before=$(used_bytes)
-{ head -c 3000000 /dev/urandom; sleep 30; } | "$POISE" put "$IMG" - /d/killed 2>/dev/null &
+rm -f "$WORK/fed"
+{ head -c 3000000 /dev/urandom; touch "$WORK/fed"; sleep 30; } | "$POISE" put "$IMG" - /d/killed 2>/dev/null &
 put_pid=$!
-for _ in $(seq 200); do  # until it has taken the first megabyte and waits for more
+# Until all its input is in (at most a pipe's 64 KiB short of it: two full
+# megabytes were read) and it waits to read more: both are written by then.
+for _ in $(seq 600); do [ -e "$WORK/fed" ] && break; sleep 0.05; done
+for _ in $(seq 200); do
   case "$(cat "/proc/$put_pid/syscall" 2>/dev/null)" in "0 0x0 "*) break ;; esac
   sleep 0.05
 done

@@ -186,9 +186,14 @@ int serve_foreground(const Args& a, const serve::ServerOptions& base,
       ::dup2(null, STDOUT_FILENO);
       // The log goes to its file (--log), or nowhere (poise mount without
       // --log): the caller's stderr is let go too, so that a caller capturing
-      // it ($(...), a pipe) is not held open by the server. Without --log the
-      // log is the caller's stderr, as the help says.
-      if (!a.log.empty() || a.quiet_ready) ::dup2(null, STDERR_FILENO);
+      // it ($(...), a pipe) is not held open by the server; what would still go
+      // to stderr goes to the log. Without --log the log is the caller's
+      // stderr, as the help says.
+      if (!a.log.empty() && options.log != nullptr) {
+        ::dup2(::fileno(options.log), STDERR_FILENO);
+      } else if (a.quiet_ready) {
+        ::dup2(null, STDERR_FILENO);
+      }
       ::close(null);
     }
     tell_caller(kExitOk);

@@ -783,6 +783,7 @@ Result<void> FsImpl::sync() {
   const uint64_t generation = journal_->generation();
   const uint64_t through = journal_->make_durable();
   TRY(device_.sync());
+  TRY(journal_->write_back_error());
   journal_->written_back_through(generation, through);
   return {};
 }

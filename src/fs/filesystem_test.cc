@@ -193,7 +193,9 @@ TEST_F(FsTest, AnUnnamedFileIsInNoDirectoryUntilItIsLinked) {
   EXPECT_EQ(fs_->stat("/d/named")->ino, f->ino());
   EXPECT_EQ(fs_->stat("/d/named")->nlink, 1u);
   EXPECT_EQ(read_file(*fs_, "/d/named"), "unnamed bytes");
-  // Once named it is an ordinary file: unlinked while open, it gets no name again.
+  // Once named it is an ordinary file: linked again only by its path, and
+  // unlinked while open, it gets no name again.
+  EXPECT_ERRNO(fs_->link_tmpfile(*f, "/d/second"), EINVAL);
   ASSERT_OK(fs_->unlink("/d/named"));
   EXPECT_ERRNO(fs_->link_tmpfile(*f, "/d/again"), ENOENT);
   EXPECT_ERRNO(fs_->open_tmpfile("/d/taken"), ENOTDIR);

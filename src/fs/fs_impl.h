@@ -377,7 +377,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<void> exchange_names(Op& op, const InodePtr& a_dir, const std::string& a_leaf, const InodePtr& a,
                               const InodePtr& b_dir, const std::string& b_leaf, const InodePtr& b);
   // `existing` names the file, or (empty) `ino` does.
-  Result<void> link_place(std::string_view existing, InodeNumber ino, const Place& place);
+  // `first_name`: only a file made unnamed and never linked (link_tmpfile).
+  Result<void> link_place(std::string_view existing, InodeNumber ino, const Place& place, bool first_name = false);
   // Records that free the inode once its link count is nlink_after, if that is
   // zero and nobody has it open.
   void free_inode_records(const Inode& inode, uint32_t nlink_after, Records* records);

@@ -287,7 +287,13 @@ uint64_t Journal::commit(format::TxEncoder& tx, uint64_t reserved_bytes, WriteBa
     // A failed write-back is the host's I/O error, reported by the next sync/fsync
     // as well; the transaction itself is in the page cache and replays after a
     // process crash.
-    if (sync_copies(0, write_offset_).has_value()) written_back_lsn_ = lsn;
+    if (sync_copies(0, write_offset_).has_value()) {
+      written_back_lsn_ = lsn;
+    } else {
+      // The host reports a write-back error once: kept, so that no later
+      // write-back claims (or an fsync reports) past it.
+      write_back_failed_ = true;
+    }
   }
   durable_lsn_ = lsn;
   return lsn;
@@ -302,20 +308,32 @@ Result<void> Journal::write_back() {
   uint64_t bytes = 0, through = 0, generation = 0;
   {
     std::lock_guard lock(mutex_);
+    if (write_back_failed_) return fail(EIO, "an earlier write-back of the journal to the image failed");
     bytes = write_offset_;
     through = next_lsn_ - 1;
     generation = generation_;
   }
   // Without the lock: commits go on meanwhile (what they add is not claimed).
-  TRY(device_.sync_range(base_offset_, bytes));
+  // Both copies: either one may be the one replay can read after a crash.
+  if (auto synced = sync_copies(0, bytes); !synced.has_value()) {
+    std::lock_guard lock(mutex_);
+    write_back_failed_ = true;
+    return synced;
+  }
   written_back_through(generation, through);
+  return {};
+}
+
+Result<void> Journal::write_back_error() const {
+  std::lock_guard lock(mutex_);
+  if (write_back_failed_) return fail(EIO, "an earlier write-back of the journal to the image failed");
   return {};
 }
 
 void Journal::written_back_through(uint64_t generation, uint64_t lsn) {
   std::lock_guard lock(mutex_);
   // A checkpoint in between started a new generation: that lsn is not of it.
-  if (generation == generation_) written_back_lsn_ = std::max(written_back_lsn_, lsn);
+  if (generation == generation_ && !write_back_failed_) written_back_lsn_ = std::max(written_back_lsn_, lsn);
 }
 
 uint64_t Journal::make_durable() {

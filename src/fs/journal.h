@@ -99,9 +99,12 @@ class Journal {
   // carries the lsn it was written back through, which tells replay a lost
   // page of a machine crash (never written back) from damage.
   void enable_written_back_marks();
-  // Writes the log so far back to the backing file (copy 1, which a crash then
-  // cannot lose), as fsync needs, and notes it for the next mark.
+  // Writes the log so far back to the backing file (both copies), as fsync
+  // needs, and notes it for the next mark. A failed write-back is kept: every
+  // later write_back() (and write_back_error()) is EIO, and nothing is marked
+  // past it, since the host reports such an error only once.
   Result<void> write_back();
+  Result<void> write_back_error() const;
   // The whole device was written back (sync) after transaction `lsn` of
   // `generation` was committed.
   void written_back_through(uint64_t generation, uint64_t lsn);
@@ -151,6 +154,7 @@ class Journal {
   uint64_t reserved_ = 0;
   uint64_t durable_lsn_ = 0;
   bool marks_ = false;
+  bool write_back_failed_ = false;
   uint64_t written_back_lsn_ = 0;  // the log is on the backing file through this lsn
   uint64_t marked_lsn_ = 0;        // the last lsn a mark said so of
   std::vector<std::byte> image_;    // the sealed transaction being stored, reused

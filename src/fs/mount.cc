@@ -437,6 +437,7 @@ Result<void> FsImpl::add_second_copies() {
   TRY(device_.sync_range(run->start.value() * kBlockSize, want * kBlockSize));
   auto single = std::move(journal_);
   journal_ = std::make_unique<Journal>(device_, sb_.journal_start_block, want, run->start.value());
+  if (device_.domain() == PersistenceDomain::PageCache) journal_->enable_written_back_marks();
   sb_.journal_copy_start_block = run->start.value();
   {
     std::lock_guard lock(space_mutex_);

@@ -301,7 +301,7 @@ Result<File> FsImpl::open_tmpfile(std::string_view dir, uint32_t mode, std::opti
 
 Result<void> FsImpl::link_tmpfile(const File& file, std::string_view new_path) {
   if (!file.is_open()) return fail(EBADF, "link of a closed file");
-  return link_place({}, file.ino(), Place{new_path});
+  return link_place({}, file.ino(), Place{new_path}, true);
 }
 
 Result<void> FsImpl::enable_feature(uint64_t incompat_bit) {
@@ -578,7 +578,7 @@ Result<void> FsImpl::link_at(InodeNumber ino, InodeNumber dir, std::string_view 
   return link_place({}, ino, Place{{}, dir, name});
 }
 
-Result<void> FsImpl::link_place(std::string_view existing, InodeNumber ino, const Place& place) {
+Result<void> FsImpl::link_place(std::string_view existing, InodeNumber ino, const Place& place, bool first_name) {
   auto op = TRY(begin_op(kNamespaceTxBytes));
   std::unique_lock ns(ns_mutex_);
   InodePtr target;
@@ -601,6 +601,8 @@ Result<void> FsImpl::link_place(std::string_view existing, InodeNumber ino, cons
   if ((target->core.nlink == 0 && !target->linkable) || target->freed) {
     return fail(ENOENT, shown + ": the file has been removed");
   }
+  // link_tmpfile names a file made unnamed once; a named one is linked by its path.
+  if (first_name && !target->linkable) return fail(EINVAL, shown + ": the file already has a name");
   if (target->core.nlink >= kLinksMax) return fail(EMLINK, shown + ": too many links");
   int64_t t = now();
   format::InodeCore core = target->core;

@@ -268,7 +268,9 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       TRY(access_.may_change_name(path, false));
       TRY(fs_.retain(InodeNumber(a)));
       File file(&fs_, InodeNumber(a));  // balances the retain when it closes
-      return fs_.link_tmpfile(file, path);
+      TRY(fs_.link_tmpfile(file, path));
+      c_.tmpfiles.erase(a);  // named now: linked again only by its path, with Link's checks
+      return {};
     }
     case Op::Unlink:
     case Op::Rmdir:
@@ -542,7 +544,10 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       if (!in.u64(&a)) return bad();
       auto it = c_.retained.find(a);
       if (it == c_.retained.end()) return fail(EINVAL, "inode " + std::to_string(a) + " is not open by this client");
-      if (--it->second == 0) c_.retained.erase(it);
+      if (--it->second == 0) {
+        c_.retained.erase(it);
+        c_.tmpfiles.erase(a);
+      }
       fs_.release(InodeNumber(a));
       return {};
     }
