@@ -244,7 +244,7 @@ void Journal::reset(uint64_t generation) {
   next_lsn_ = 1;
   write_offset_ = 0;
   durable_lsn_ = 0;
-  written_back_lsn_ = marked_lsn_ = 0;
+  written_back_lsn_ = 0;
 }
 
 bool Journal::reserve(uint64_t bytes, Use use, bool* in_reserve) {
@@ -269,12 +269,12 @@ uint64_t Journal::commit(format::TxEncoder& tx, uint64_t reserved_bytes, WriteBa
   POISE_ASSERT(tx.sealed_bytes() <= reserved_bytes);
   std::lock_guard lock(mutex_);
   POISE_ASSERT(reserved_ >= reserved_bytes + kMarkBytes);
-  // The mark rides along when the reservation's slack and the size limit allow
-  // (else the next transaction carries it).
-  if (marks_ && written_back_lsn_ > marked_lsn_ &&
+  // Every transaction after a write-back says how far it went (so that one lost
+  // mark does not hide it), when the size limit allows (the reservation keeps
+  // room for it).
+  if (marks_ && written_back_lsn_ > 0 &&
       tx.sealed_bytes() + kMarkBytes <= std::min<uint64_t>(reserved_bytes + kMarkBytes, format::kTxBytesMax)) {
     tx.add(format::WrittenBackRecord{written_back_lsn_});
-    marked_lsn_ = written_back_lsn_;
   }
   POISE_ASSERT(write_offset_ + tx.sealed_bytes() <= capacity_);
   uint64_t lsn = next_lsn_++;

@@ -95,7 +95,7 @@ class Journal {
   uint64_t make_durable();
 
   // Write-back marks (format::kIncompatWrittenBackMarks; an emulated device):
-  // the next transaction after the log was written back to the backing file
+  // every transaction after the log was written back to the backing file
   // carries the lsn it was written back through, which tells replay a lost
   // page of a machine crash (never written back) from damage.
   void enable_written_back_marks();
@@ -156,7 +156,6 @@ class Journal {
   bool marks_ = false;
   bool write_back_failed_ = false;
   uint64_t written_back_lsn_ = 0;  // the log is on the backing file through this lsn
-  uint64_t marked_lsn_ = 0;        // the last lsn a mark said so of
   std::vector<std::byte> image_;    // the sealed transaction being stored, reused
   std::vector<std::byte> scratch_;  // a transaction being replayed, copied out
 };
