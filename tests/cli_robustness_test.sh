@@ -405,5 +405,28 @@ contains "$WORK/out" "written back"
 "$POISE" put "$WORK/mid-log.img" "$WORK/mid0" /after 2>"$WORK/err"
 [ $? -ne 0 ] && ok || bad "a read-write command went on past damage in the middle of the journal"
 expect 5 "$POISE" check "$WORK/mid-log.img"
+# The last command's own last transaction is covered too: each command ends by
+# marking the log written back.
+expect 0 "$POISE" mkfs "$WORK/last-tx.img" --size 16M
+expect 0 "$POISE" mkdir "$WORK/last-tx.img" /d
+expect 0 "$POISE" put "$WORK/last-tx.img" "$WORK/mid1" /d/f
+expect 0 "$POISE" fsmap "$WORK/last-tx.img" --json
+python3 - "$WORK/last-tx.img" "$WORK/out" <<'PY' && ok || bad "could not damage the put's last transaction"
+import json, struct, sys
+img, records = sys.argv[1], json.load(open(sys.argv[2]))
+with open(img, "r+b") as f:
+    for r in records:
+        if r.get("kind") != "journal":
+            continue
+        f.seek(r["device_offset"]); region = f.read(r["length"])
+        # The transactions (magic "JPTX"): the last one is the end mark; the one
+        # before it is the put naming its file.
+        starts = [o for o in range(0, len(region), 64) if region[o:o + 4] == struct.pack("<I", 0x5854504A)
+                  and struct.unpack_from("<Q", region, o + 24)[0] == o]
+        f.seek(r["device_offset"] + starts[-2] + 48); b = f.read(1)
+        f.seek(r["device_offset"] + starts[-2] + 48); f.write(bytes([b[0] ^ 0x5A]))
+PY
+expect 5 "$POISE" check "$WORK/last-tx.img"
+contains "$WORK/out" "written back"
 
 finish robustness

@@ -401,6 +401,26 @@ TEST(Corruption, AGapBeforeTheLogWasWrittenBackIsDamageOnAnEmulatedDeviceToo) {
   ASSERT_TRUE(repaired.has_value()) << repaired.error().message;
   EXPECT_TRUE(mentions(repaired->lost, "journal transaction 3 lies past the damage"))
       << (repaired->lost.empty() ? "nothing lost" : repaired->lost.front());
+  // An unmount writes everything back and marks the log's end: damage to its
+  // last real transaction is refused too, never taken for a torn tail.
+  {
+    auto memory = std::make_unique<MemoryDevice>(kBytes);
+    ASSERT_TRUE(Filesystem::format(*memory).has_value());
+    auto unmounted = MemoryDevice::copy_of(memory->data(), kBytes, PersistenceDomain::PageCache);
+    {
+      auto fs = Filesystem::mount(*unmounted);
+      ASSERT_TRUE(fs.has_value()) << fs.error().message;
+      journals = journal_copies(**fs);
+      ASSERT_TRUE((*fs)->mkdir("/u1").has_value());  // lsn 1
+      ASSERT_TRUE((*fs)->mkdir("/u2").has_value());  // lsn 2, the last real one
+      ASSERT_TRUE((*fs)->unmount().has_value());     // lsn 3: the mark
+    }
+    damage_transaction(*unmounted, journals, 2);
+    code = 0;
+    message = mount_error(*unmounted, &code);
+    EXPECT_EQ(code, EUCLEAN) << message;
+    EXPECT_NE(message.find("transaction 3 says it had been written back"), std::string::npos) << message;
+  }
   // Damage past the last write-back is what a crash can leave: the log ends
   // there, with the note.
   auto crashed = make(&journals);

@@ -264,11 +264,13 @@ def ask_ino(op, body):
 mode = struct.pack('<I', 0o644)
 denied, _ = ask_ino(58, string(b'/') + mode)
 made, ino = ask_ino(58, string(b'/pub') + mode)
-print(denied, made, ask(59, struct.pack('<Q', int(sys.argv[2])) + string(b'/pub/not-mine')),
-      ask(59, struct.pack('<Q', ino) + string(b'/not-here')), ask(59, struct.pack('<Q', ino) + string(b'/pub/tmp-linked')))
+print(denied, made, ask(59, struct.pack('<Q', int(sys.argv[2])) + string(b'/pub/not-mine') + b'\0'),
+      ask(59, struct.pack('<Q', ino) + string(b'/not-here') + b'\0'),
+      ask(59, struct.pack('<Q', ino) + string(b'/pub/roots') + b'\1'),  # root's file in the sticky /pub
+      ask(59, struct.pack('<Q', ino) + string(b'/pub/tmp-linked') + b'\0'))
 PY
   "${AS_NOBODY[@]}" /usr/bin/python3 "$WORK/tmpfile.py" "$IMG.sock" "$INNER" >"$WORK/out" 2>"$WORK/err"
-  [ "$(cat "$WORK/out")" = "13 0 9 13 0" ] && ok || bad "unnamed files through the server: $(cat "$WORK/out" "$WORK/err")"
+  [ "$(cat "$WORK/out")" = "13 0 9 13 1 0" ] && ok || bad "unnamed files through the server: $(cat "$WORK/out" "$WORK/err")"
   expect 0 "$POISE" stat "$IMG" /pub/tmp-linked
   contains "$WORK/out" "uid: 65534"
   # Hard links as the kernel with fs.protected_hardlinks: not to another user's 0600 file.

@@ -266,12 +266,13 @@ class Filesystem {
   virtual Result<void> link_at(InodeNumber ino, InodeNumber dir, std::string_view name);
   // An unnamed regular file in directory `dir`, open (as open(2) with
   // O_TMPFILE): it is in no directory until link_tmpfile() gives it its first
-  // name (EEXIST if that name is taken). Closed before that, or left by a crash
-  // or a killed client, it is freed and nothing of it remains. The defaults
-  // here are ENOTSUP (a server older than protocol 7).
+  // name (EEXIST if that name is taken; with `replace`, a file there is
+  // replaced in the same transaction, as rename(2) replaces it; EISDIR for a
+  // directory). Closed before that, or left by a crash or a killed client, it
+  // is freed and nothing of it remains. The defaults here are ENOTSUP.
   virtual Result<File> open_tmpfile(std::string_view dir, uint32_t mode = 0600,
                                     std::optional<Credentials> owner = std::nullopt);
-  virtual Result<void> link_tmpfile(const File& file, std::string_view new_path);
+  virtual Result<void> link_tmpfile(const File& file, std::string_view new_path, bool replace = false);
   // chmod, chown and utimens in one journaled change; returns the new attributes.
   // The caller checks who may do it (the filesystem trusts its caller). The
   // default is ENOTSUP.

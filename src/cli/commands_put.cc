@@ -5,14 +5,12 @@
 //   poise put -r IMAGE LOCALDIR... DST   whole trees, as cp -r does
 //
 // Every file is all-or-nothing: its bytes go into an unnamed file (as
-// O_TMPFILE), which gets its name only once every byte is in: a new file's in
-// one step, an existing one's by a hidden name and a rename over it (one
-// journal transaction each). A failure (unreadable input, a full device, a
-// kill) leaves the destination as it was, and the unnamed file is freed (at
-// the latest by the next read-write mount). Only a kill in the instant between
-// that link and the rename leaves a hidden .poise-put-* file, which `rm`
-// removes. A failed file does not stop the others: put goes on and exits with
-// the first failure's code, as cp does.
+// O_TMPFILE), which gets its name only once every byte is in, in one journal
+// transaction that also replaces the file there (as rename does). A failure
+// (unreadable input, a full device, a kill) leaves the destination as it was
+// and no other name, and the unnamed file is freed (at the latest by the next
+// read-write mount). A failed file does not stop the others: put goes on and
+// exits with the first failure's code, as cp does.
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -241,13 +239,10 @@ int put_file(Filesystem& fs, const std::string& local, const std::string& path, 
     if (auto synced = file->fsync(); !synced.has_value()) code = report("put " + path, synced.error());
   }
   if (code == kExitOk && unnamed) {
-    // A new name in one step; over an existing file, a hidden name for the
-    // moment before the rename below replaces the old file with it.
-    auto linked = fs.link_tmpfile(*file, path);
-    if (!linked.has_value() && linked.error().code == EEXIST) {
-      linked = make_hidden_beside(path, &temp, [&](const std::string& n) { return fs.link_tmpfile(*file, n); });
+    // Named in one transaction, which replaces a file already there.
+    if (auto linked = fs.link_tmpfile(*file, path, true); !linked.has_value()) {
+      code = report("put " + path, linked.error());
     }
-    if (!linked.has_value()) code = report("put " + path, linked.error());
   }
   file->close();  // unnamed and not linked (a failure): freed here
   if (code == kExitOk && !temp.empty()) {

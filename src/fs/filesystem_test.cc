@@ -189,6 +189,7 @@ TEST_F(FsTest, AnUnnamedFileIsInNoDirectoryUntilItIsLinked) {
   EXPECT_EQ(fs_->stat(f->ino())->nlink, 0u);
   EXPECT_EQ(fs_->stat(f->ino())->mode, 0640u);
   EXPECT_ERRNO(fs_->link_tmpfile(*f, "/d/taken"), EEXIST);
+  EXPECT_ERRNO(fs_->link_tmpfile(*f, "/d", true), EISDIR);  // (the root's entry "d")
   ASSERT_OK(fs_->link_tmpfile(*f, "/d/named"));
   EXPECT_EQ(fs_->stat("/d/named")->ino, f->ino());
   EXPECT_EQ(fs_->stat("/d/named")->nlink, 1u);
@@ -206,6 +207,32 @@ TEST_F(FsTest, AnUnnamedFileIsInNoDirectoryUntilItIsLinked) {
   f->close();
   remount();
   EXPECT_EQ(fs_->readdir("/d")->size(), 1u);
+  expect_clean();
+}
+
+// With `replace`, the name is taken over in one transaction, as rename does:
+// the old file goes with its last name, another hard link keeps it.
+TEST_F(FsTest, AnUnnamedFileReplacesAFileInOneStep) {
+  write_file(*fs_, "/old", "old bytes");
+  ASSERT_OK(fs_->link("/old", "/other-name"));
+  write_file(*fs_, "/lonely", "lonely bytes");
+  const FsInfo before = fs_->info();
+  for (const char* path : {"/old", "/lonely"}) {
+    auto f = fs_->open_tmpfile("/");
+    ASSERT_OK(f);
+    ASSERT_OK(f->write(0, as_bytes(std::string("new bytes"))));
+    ASSERT_OK(fs_->link_tmpfile(*f, path, true));
+    EXPECT_EQ(fs_->stat(path)->ino, f->ino());
+  }
+  EXPECT_EQ(read_file(*fs_, "/old"), "new bytes");
+  EXPECT_EQ(read_file(*fs_, "/other-name"), "old bytes");
+  EXPECT_EQ(fs_->stat("/other-name")->nlink, 1u);
+  EXPECT_EQ(read_file(*fs_, "/lonely"), "new bytes");
+  EXPECT_EQ(fs_->info().files, before.files + 1) << "/lonely's old inode went with its last name";
+  crash_and_mount();
+  EXPECT_EQ(read_file(*fs_, "/old"), "new bytes");
+  EXPECT_EQ(read_file(*fs_, "/lonely"), "new bytes");
+  EXPECT_EQ(read_file(*fs_, "/other-name"), "old bytes");
   expect_clean();
 }
 

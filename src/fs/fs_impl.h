@@ -165,7 +165,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
                          std::string_view to_name, RenameFlags flags) override;
   Result<void> link_at(InodeNumber ino, InodeNumber dir, std::string_view name) override;
   Result<File> open_tmpfile(std::string_view dir, uint32_t mode, std::optional<Credentials> owner) override;
-  Result<void> link_tmpfile(const File& file, std::string_view new_path) override;
+  Result<void> link_tmpfile(const File& file, std::string_view new_path, bool replace) override;
   Result<Stat> set_attributes(InodeNumber ino, const SetAttributes& attrs) override;
   void note_access(InodeNumber ino) override;
   Result<InodeNumber> symlink(std::string_view target, std::string_view link_path,
@@ -377,8 +377,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<void> exchange_names(Op& op, const InodePtr& a_dir, const std::string& a_leaf, const InodePtr& a,
                               const InodePtr& b_dir, const std::string& b_leaf, const InodePtr& b);
   // `existing` names the file, or (empty) `ino` does.
-  // `first_name`: only a file made unnamed and never linked (link_tmpfile).
-  Result<void> link_place(std::string_view existing, InodeNumber ino, const Place& place, bool first_name = false);
+  // `first_name`: only a file made unnamed and never linked (link_tmpfile);
+  // `replace`: a file already at `place` is replaced, as by rename(2).
+  Result<void> link_place(std::string_view existing, InodeNumber ino, const Place& place, bool first_name = false,
+                          bool replace = false);
   // Records that free the inode once its link count is nlink_after, if that is
   // zero and nobody has it open.
   void free_inode_records(const Inode& inode, uint32_t nlink_after, Records* records);

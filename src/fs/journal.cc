@@ -174,6 +174,7 @@ Result<uint64_t> Journal::replay(uint64_t generation,
       break;
     }
     TRY(apply(*tx));
+    ends_in_mark_ = tx->records.size() == 1 && std::holds_alternative<format::WrittenBackRecord>(tx->records[0]);
     write_offset_ += tx->sealed_bytes;
     ++next_lsn_;
     ++replayed;
@@ -245,6 +246,7 @@ void Journal::reset(uint64_t generation) {
   write_offset_ = 0;
   durable_lsn_ = 0;
   written_back_lsn_ = 0;
+  ends_in_mark_ = false;
 }
 
 bool Journal::reserve(uint64_t bytes, Use use, bool* in_reserve) {
@@ -277,6 +279,7 @@ uint64_t Journal::commit(format::TxEncoder& tx, uint64_t reserved_bytes, WriteBa
     tx.add(format::WrittenBackRecord{written_back_lsn_});
   }
   POISE_ASSERT(write_offset_ + tx.sealed_bytes() <= capacity_);
+  ends_in_mark_ = false;
   uint64_t lsn = next_lsn_++;
   tx.seal(generation_, lsn, write_offset_, &image_);
   store(write_offset_, image_.data(), image_.size());
@@ -321,6 +324,29 @@ Result<void> Journal::write_back() {
     return synced;
   }
   written_back_through(generation, through);
+  return {};
+}
+
+Result<void> Journal::seal_written_back() {
+  std::lock_guard lock(mutex_);
+  if (!marks_ || write_back_failed_ || ends_in_mark_ || written_back_lsn_ == 0 ||
+      written_back_lsn_ != next_lsn_ - 1) {
+    return {};
+  }
+  format::TxEncoder tx;
+  tx.add(format::WrittenBackRecord{written_back_lsn_});
+  if (write_offset_ + reserved_ + tx.sealed_bytes() > capacity_) return {};  // best effort: no room
+  const uint64_t at = write_offset_;
+  tx.seal(generation_, next_lsn_++, at, &image_);
+  store(at, image_.data(), image_.size());
+  write_offset_ += image_.size();
+  device_.drain();
+  ends_in_mark_ = true;
+  if (auto synced = sync_copies(at, image_.size()); !synced.has_value()) {
+    write_back_failed_ = true;
+    return synced;
+  }
+  written_back_lsn_ = next_lsn_ - 1;
   return {};
 }
 

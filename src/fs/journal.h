@@ -108,6 +108,11 @@ class Journal {
   // The whole device was written back (sync) after transaction `lsn` of
   // `generation` was committed.
   void written_back_through(uint64_t generation, uint64_t lsn);
+  // At unmount, once all is written back: a last transaction holding only the
+  // mark, written back too, so that the log's last real transactions are
+  // known written back as well (damage to them is then never taken for a torn
+  // tail). Nothing when the log ends in such a mark already, or has no room.
+  Result<void> seal_written_back();
 
   // The log so far ([0, used_bytes()): this generation's sealed transactions),
   // copied out machine-check safe, each block from a copy where it reads. EIO
@@ -155,6 +160,7 @@ class Journal {
   uint64_t durable_lsn_ = 0;
   bool marks_ = false;
   bool write_back_failed_ = false;
+  bool ends_in_mark_ = false;  // the last transaction holds only a written-back mark
   uint64_t written_back_lsn_ = 0;  // the log is on the backing file through this lsn
   std::vector<std::byte> image_;    // the sealed transaction being stored, reused
   std::vector<std::byte> scratch_;  // a transaction being replayed, copied out

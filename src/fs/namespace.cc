@@ -299,9 +299,9 @@ Result<File> FsImpl::open_tmpfile(std::string_view dir, uint32_t mode, std::opti
   return File(this, ino);
 }
 
-Result<void> FsImpl::link_tmpfile(const File& file, std::string_view new_path) {
+Result<void> FsImpl::link_tmpfile(const File& file, std::string_view new_path, bool replace) {
   if (!file.is_open()) return fail(EBADF, "link of a closed file");
-  return link_place({}, file.ino(), Place{new_path}, true);
+  return link_place({}, file.ino(), Place{new_path}, true, replace);
 }
 
 Result<void> FsImpl::enable_feature(uint64_t incompat_bit) {
@@ -578,7 +578,8 @@ Result<void> FsImpl::link_at(InodeNumber ino, InodeNumber dir, std::string_view 
   return link_place({}, ino, Place{{}, dir, name});
 }
 
-Result<void> FsImpl::link_place(std::string_view existing, InodeNumber ino, const Place& place, bool first_name) {
+Result<void> FsImpl::link_place(std::string_view existing, InodeNumber ino, const Place& place, bool first_name,
+                               bool replace) {
   auto op = TRY(begin_op(kNamespaceTxBytes));
   std::unique_lock ns(ns_mutex_);
   InodePtr target;
@@ -592,10 +593,21 @@ Result<void> FsImpl::link_place(std::string_view existing, InodeNumber ino, cons
   if (target->is_dir()) return fail(EPERM, shown + ": cannot hard-link a directory");
   std::string leaf;
   InodePtr dir = TRY(resolve_parent(place, &leaf));
-  if (dir->entries->count(leaf) != 0) return fail(EEXIST, place.shown() + ": already exists");
+  InodePtr victim;  // what `replace` replaces, as rename(2) would
+  if (auto it = dir->entries->find(leaf); it != dir->entries->end()) {
+    if (!replace) return fail(EEXIST, place.shown() + ": already exists");
+    victim = find_inode(it->second->ino);
+    if (victim->is_dir()) return fail(EISDIR, place.shown() + ": is a directory");
+    if (victim->ino == target->ino) return {};  // the name links it already
+  }
   if (place.names_a_directory()) return fail(ENOTDIR, place.shown() + ": a file's name cannot end in '/'");
   TRY(expect_space(1, "link"));  // room for the new name in the next checkpoint
-  std::unique_lock file_lock(target->lock);
+  // The files whose attributes change, locked in inode order.
+  std::vector<Inode*> files{target.get()};
+  if (victim) files.push_back(victim.get());
+  std::sort(files.begin(), files.end(), [](Inode* a, Inode* b) { return a->ino < b->ino; });
+  std::vector<std::unique_lock<std::shared_mutex>> locks;
+  for (Inode* f : files) locks.emplace_back(f->lock);
   // A file whose last name is gone (open but unlinked) cannot get a new one;
   // one made unnamed (open_tmpfile) gets its first.
   if ((target->core.nlink == 0 && !target->linkable) || target->freed) {
@@ -610,8 +622,17 @@ Result<void> FsImpl::link_place(std::string_view existing, InodeNumber ino, cons
   core.ctime_ns = t;
   format::InodeCore dir_core = dir->core;
   dir_core.mtime_ns = dir_core.ctime_ns = t;
-  commit(op, {format::DirentRecord{dir->ino.value(), target->ino.value(), leaf}, core, dir_core},
-         {target.get()});
+  Records records;
+  if (victim) {  // its name goes in the same transaction, and the file with its last name
+    records.push_back(format::DirentRemoveRecord{dir->ino.value(), leaf});
+    format::InodeCore vcore = victim->core;
+    --vcore.nlink;
+    vcore.ctime_ns = t;
+    records.push_back(vcore);
+    free_inode_records(*victim, vcore.nlink, &records);
+  }
+  records.insert(records.end(), {format::DirentRecord{dir->ino.value(), target->ino.value(), leaf}, core, dir_core});
+  commit_with_files(op, records, files);
   target->linkable = false;  // as Linux's I_LINKABLE: once named, it is an ordinary file
   return {};
 }

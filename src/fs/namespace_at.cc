@@ -45,7 +45,7 @@ Result<void> Filesystem::link_at(InodeNumber ino, InodeNumber dir, std::string_v
 Result<File> Filesystem::open_tmpfile(std::string_view, uint32_t, std::optional<Credentials>) {
   return fail(ENOTSUP, "unnamed files need the mounted filesystem or a newer server");
 }
-Result<void> Filesystem::link_tmpfile(const File&, std::string_view) {
+Result<void> Filesystem::link_tmpfile(const File&, std::string_view, bool) {
   return fail(ENOTSUP, "unnamed files need the mounted filesystem or a newer server");
 }
 Result<Stat> Filesystem::set_attributes(InodeNumber, const SetAttributes&) {

@@ -153,11 +153,12 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     }));
     return File(this, ino);  // the server holds it open for this client until the File's release
   }
-  Result<void> link_tmpfile(const File& file, std::string_view new_path) override {
+  Result<void> link_tmpfile(const File& file, std::string_view new_path, bool replace) override {
     if (!file.is_open()) return fail(EBADF, "link of a closed file");
     return call0(Op::LinkTmpfile, [&](Encoder& e) {
       e.u64(file.ino().value());
       e.string(new_path);
+      e.u8(replace ? 1 : 0);
     });
   }
   Result<void> link(std::string_view existing, std::string_view new_path) override {

@@ -119,7 +119,7 @@ enum class Op : uint16_t {
   // Unnamed files (protocol 7), as O_TMPFILE: string dir, u32 mode -> u64 inode,
   // open for this client (Release closes it; unlinked, it is then freed).
   OpenTmpfile = 58,
-  LinkTmpfile = 59,  // u64 inode (made by this client's OpenTmpfile), string path
+  LinkTmpfile = 59,  // u64 inode (made by this client's OpenTmpfile), string path, u8 replace
 };
 inline constexpr uint16_t kOpMax = 59;
 // The most bytes one pin through a server covers.

@@ -261,14 +261,15 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       return {};
     }
     case Op::LinkTmpfile: {
-      if (!in.u64(&a) || !in.string(&path)) return bad();
+      uint8_t replace = 0;
+      if (!in.u64(&a) || !in.string(&path) || !in.u8(&replace) || replace > 1) return bad();
       if (c_.tmpfiles.count(a) == 0 || c_.retained.count(a) == 0) {
         return fail(EBADF, "inode " + std::to_string(a) + " is no unnamed file this client has open");
       }
-      TRY(access_.may_change_name(path, false));
+      TRY(access_.may_change_name(path, replace != 0));  // replacing removes a name: the sticky rule too
       TRY(fs_.retain(InodeNumber(a)));
       File file(&fs_, InodeNumber(a));  // balances the retain when it closes
-      TRY(fs_.link_tmpfile(file, path));
+      TRY(fs_.link_tmpfile(file, path, replace != 0));
       c_.tmpfiles.erase(a);  // named now: linked again only by its path, with Link's checks
       return {};
     }
