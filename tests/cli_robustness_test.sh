@@ -32,6 +32,7 @@ cp "$IMG" "$WORK/before.img"
 "$POISE" cat "$IMG" /f >&- 2>"$WORK/err"
 [ $? -eq 1 ] && ok || bad "cat with stdout closed must fail (exit 1)"
 contains "$WORK/err" "standard output is closed"
+[ "$(wc -l <"$WORK/err")" -eq 1 ] && ok || bad "one message for one failed output, got: $(cat "$WORK/err")"
 same "$IMG" "$WORK/before.img" "cat with stdout closed changed the image"
 "$POISE" get "$IMG" /f - >&- 2>/dev/null
 [ $? -eq 1 ] && ok || bad "get to a closed stdout must fail (exit 1)"

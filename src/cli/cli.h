@@ -72,6 +72,12 @@ void eprint(fmt::format_string<Args...> format, Args&&... args) {
 // Set by main when standard input was closed at startup (it then reads as
 // /dev/null): `put -` refuses it instead of storing an empty file.
 extern bool stdin_was_closed;
+// Set by main when standard output was closed at startup (it then writes to
+// /dev/full, so output fails as a write to a closed stream would).
+extern bool stdout_was_closed;
+// Set once a command has told of an output write failure itself: main's own
+// check of the output then stays quiet (one message, not two).
+extern bool output_error_reported;
 
 // Refuses an empty PATH argument (a usage error: an empty path is never "/").
 extern const CLI::Validator kNonEmptyPath;

@@ -260,7 +260,9 @@ int copy_out(Filesystem& fs, const std::string& path, uint64_t offset, std::opti
     }
     if (*n == 0) break;
     if (std::fwrite(buf.data(), 1, *n, out) != *n) {
-      eprint("poise: writing output failed: {}\n", std::strerror(errno));
+      eprint("poise: cannot write the output: {}\n",
+             out == stdout && stdout_was_closed ? "standard output is closed" : std::strerror(errno));
+      if (out == stdout) output_error_reported = true;
       return kExitFailure;
     }
     pos += *n;

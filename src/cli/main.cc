@@ -22,12 +22,11 @@ namespace {
 // anything else is: input and error on /dev/null, output on /dev/full, so that
 // output written to a closed stream fails as a write to it would (as GNU cat
 // does), instead of vanishing with exit 0.
-bool stdout_was_closed = false;
 bool open_standard_streams() {
   for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; ++fd) {
     if (::fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
     if (fd == STDIN_FILENO) poise::cli::stdin_was_closed = true;
-    if (fd == STDOUT_FILENO) stdout_was_closed = true;
+    if (fd == STDOUT_FILENO) poise::cli::stdout_was_closed = true;
     int opened = ::open(fd == STDOUT_FILENO ? "/dev/full" : "/dev/null", fd == STDIN_FILENO ? O_RDONLY : O_WRONLY);
     if (opened < 0 && fd == STDOUT_FILENO) opened = ::open("/dev/null", O_WRONLY);
     if (opened != fd) return false;  // the lowest free number is fd, unless /dev/null is missing
@@ -41,8 +40,10 @@ bool open_standard_streams() {
 int finish_output(int code) {
   if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return code;
   int e = errno;
-  std::fprintf(stderr, "poise: cannot write the output: %s\n",
-               stdout_was_closed ? "standard output is closed" : std::strerror(e != 0 ? e : EIO));
+  if (!poise::cli::output_error_reported) {
+    std::fprintf(stderr, "poise: cannot write the output: %s\n",
+                 poise::cli::stdout_was_closed ? "standard output is closed" : std::strerror(e != 0 ? e : EIO));
+  }
   return code != poise::cli::kExitOk ? code : poise::cli::kExitFailure;
 }
 

@@ -47,6 +47,8 @@ bool stream_is_the_image(int fd, const std::string& image) {
 }
 
 bool stdin_was_closed = false;
+bool stdout_was_closed = false;
+bool output_error_reported = false;
 
 int report(const Error& error) {
   std::string text = fmt::format("poise: {}\n", error.message);
