@@ -67,25 +67,10 @@ head -c 80000000 /dev/zero | tr '\0' 'x' >"$WORK/too-big"
 expect 6 "$POISE" put "$IMG" "$WORK/too-big" /f
 content "$IMG" /f "$WORK/old"
 # Killed in the middle: the new bytes are half in when the process dies.
-used_bytes() { "$POISE" info "$IMG" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["used_bytes"])'; }
 used_before=$(used_bytes)
-rm -f "$WORK/fed"
-{ head -c 3000000 /dev/urandom; touch "$WORK/fed"; sleep 30; } | "$POISE" put "$IMG" - /f 2>/dev/null &
-put_pid=$!
-for _ in $(seq 100); do
-  "$POISE" ls "$IMG" / >/dev/null 2>&1 || break  # busy (exit 9) once the put holds the image
-  sleep 0.05
-done
-# Wait until all its input is in (at most a pipe's 64 KiB short of it: two
-# full megabytes were read) and it blocks reading stdin for more (syscall 0,
-# read, on descriptor 0): both megabytes are written by then.
-for _ in $(seq 600); do [ -e "$WORK/fed" ] && break; sleep 0.05; done
-for _ in $(seq 200); do
-  case "$(cat "/proc/$put_pid/syscall" 2>/dev/null)" in "0 0x0 "*) break ;; esac
-  sleep 0.05
-done
-kill -9 "$put_pid" 2>/dev/null
-wait "$put_pid" 2>/dev/null
+slow_put /f
+kill -9 "$PUT_PID" 2>/dev/null
+wait "$PUT_PID" 2>/dev/null
 content "$IMG" /f "$WORK/old"
 clean "$IMG"
 # Its bytes were in an unnamed file: no name is left behind, and the next

@@ -63,21 +63,11 @@ contains "$WORK/err" "path longer than 4096 bytes"
 expect 0 "$POISE" ls "$IMG" /d
 # A put killed mid-way through the server: its bytes were in an unnamed file,
 # so no name is left, and the server frees it as soon as the client is gone.
-used_bytes() { "$POISE" info "$IMG" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["used_bytes"])'; }
 used_before=$(used_bytes)
-rm -f "$WORK/fed"
-{ head -c 3000000 /dev/urandom; touch "$WORK/fed"; sleep 30; } | "$POISE" put "$IMG" - /d/killed 2>/dev/null &
-put_pid=$!
-# Until all its input is in (at most a pipe's 64 KiB short of it: two full
-# megabytes were read) and it waits to read more: both are written by then.
-for _ in $(seq 600); do [ -e "$WORK/fed" ] && break; sleep 0.05; done
-for _ in $(seq 200); do
-  case "$(cat "/proc/$put_pid/syscall" 2>/dev/null)" in "0 0x0 "*) break ;; esac
-  sleep 0.05
-done
+slow_put /d/killed
 [ "$(used_bytes)" -gt "$used_before" ] && ok || bad "the put under way took no space (the test did not catch it mid-way)"
-kill -9 "$put_pid" 2>/dev/null
-wait "$put_pid" 2>/dev/null
+kill -9 "$PUT_PID" 2>/dev/null
+wait "$PUT_PID" 2>/dev/null
 expect 0 "$POISE" ls "$IMG" /d
 not_contains "$WORK/out" "poise-put"
 not_contains "$WORK/out" "killed"

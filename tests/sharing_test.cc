@@ -29,6 +29,28 @@ std::unique_ptr<MemoryDevice> image_with_a_reflink() {
   return device;
 }
 
+// Check's first problem is a cross-link naming each of `named`; a read-write
+// mount refuses the image (EUCLEAN, naming the cross-link); a read-only one
+// mounts, so that the data can be copied out (*read_only).
+void expect_cross_link(MemoryDevice& device, const std::string& why, const std::vector<std::string>& named,
+                       std::unique_ptr<Filesystem>* read_only) {
+  auto report = Filesystem::check_device(device);
+  ASSERT_TRUE(report.has_value()) << report.error().message;
+  ASSERT_FALSE(report->clean()) << why;
+  const std::string& p = report->problems[0];
+  EXPECT_NE(p.find("cross-link"), std::string::npos) << p;
+  for (const std::string& n : named) EXPECT_NE(p.find(n), std::string::npos) << p;
+  int code = 0;
+  std::string message = mount_error(device, &code);
+  EXPECT_EQ(code, EUCLEAN) << message;
+  EXPECT_NE(message.find("cross-link"), std::string::npos) << message;
+  MountOptions ro;
+  ro.mode = MountMode::ReadOnly;
+  auto fs = Filesystem::mount(device, ro);
+  ASSERT_TRUE(fs.has_value()) << "read-only, the data can be copied out: " << fs.error().message;
+  *read_only = std::move(*fs);
+}
+
 // Two files claiming one block with valid checksums everywhere: a reflink has a
 // refcount record, a misdirected extent has none. The checker tells them apart.
 TEST(Corruption, ACrossLinkWithoutARefcountRecordIsFound) {
@@ -41,20 +63,8 @@ TEST(Corruption, ACrossLinkWithoutARefcountRecordIsFound) {
     root->refcount_count = 0;
     root->sections[format::kSectionRefcounts] = format::SectionInfo{};
   });
-  auto report = Filesystem::check_device(*device);
-  ASSERT_TRUE(report.has_value());
-  ASSERT_FALSE(report->clean()) << "two owners and no refcount record is a cross-link";
-  EXPECT_NE(report->problems[0].find("cross-link"), std::string::npos) << report->problems[0];
-  EXPECT_NE(report->problems[0].find("inode 2"), std::string::npos) << report->problems[0];
-  EXPECT_NE(report->problems[0].find("inode 3"), std::string::npos) << report->problems[0];
-  int code = 0;
-  std::string message = mount_error(*device, &code);
-  EXPECT_EQ(code, EUCLEAN) << message;
-  EXPECT_NE(message.find("cross-link"), std::string::npos) << message;
-  MountOptions ro;
-  ro.mode = MountMode::ReadOnly;
-  auto fs = Filesystem::mount(*device, ro);
-  ASSERT_TRUE(fs.has_value()) << "read-only, the data can be copied out: " << fs.error().message;
+  std::unique_ptr<Filesystem> read_only;
+  expect_cross_link(*device, "two owners and no refcount record is a cross-link", {"inode 2", "inode 3"}, &read_only);
 }
 
 TEST(Corruption, ARefcountRecordWithoutSharingIsFound) {
@@ -168,24 +178,12 @@ TEST(Sharing, AJournaledExtentOnAnotherFilesBlockIsACrossLink) {
   uint64_t a_block = 0;
   auto device = journaled_image([&](Filesystem& fs) { make_two_files(fs, &a_block); }, &journals);
   map_c_onto_a(*device, journals, a_block, 0);
-  auto report = Filesystem::check_device(*device);
-  ASSERT_TRUE(report.has_value()) << report.error().message;
-  ASSERT_FALSE(report->clean()) << "an unmarked record landing on another file's block is no reflink";
-  const std::string& p = report->problems[0];
-  EXPECT_NE(p.find("device block " + std::to_string(a_block)), std::string::npos) << p;
-  EXPECT_NE(p.find("cross-link"), std::string::npos) << p;
-  EXPECT_NE(p.find("inode 2"), std::string::npos) << p;
-  EXPECT_NE(p.find("inode 3"), std::string::npos) << p;
-  int code = 0;
-  std::string message = mount_error(*device, &code);
-  EXPECT_EQ(code, EUCLEAN) << message;
-  EXPECT_NE(message.find("cross-link"), std::string::npos) << message;
   {
-    MountOptions ro;
-    ro.mode = MountMode::ReadOnly;
-    auto fs = Filesystem::mount(*device, ro);
-    ASSERT_TRUE(fs.has_value()) << "read-only, the data can be copied out: " << fs.error().message;
-    EXPECT_EQ(read_all(**fs, "/c", 4096), std::string(4096, 'a'));
+    std::unique_ptr<Filesystem> read_only;
+    expect_cross_link(*device, "an unmarked record landing on another file's block is no reflink",
+                      {"device block " + std::to_string(a_block), "inode 2", "inode 3"}, &read_only);
+    ASSERT_NE(read_only, nullptr);
+    EXPECT_EQ(read_all(*read_only, "/c", 4096), std::string(4096, 'a'));
   }
   auto r = Filesystem::repair(*device);
   ASSERT_TRUE(r.has_value()) << r.error().message;

@@ -780,10 +780,15 @@ Result<void> FsImpl::fsync(InodeNumber ino) {
 Result<void> FsImpl::sync() {
   TRY(check_writable());
   mappings_->flush_writable(std::nullopt);
+  journal_->make_durable();
+  return sync_device();
+}
+
+Result<void> FsImpl::sync_device() {
   const uint64_t generation = journal_->generation();
-  const uint64_t through = journal_->make_durable();
+  const uint64_t through = journal_->committed_lsn();
   TRY(device_.sync());
-  TRY(journal_->write_back_error());
+  TRY(journal_->write_back_error());  // an earlier write-back the host failed is reported here too
   journal_->written_back_through(generation, through);
   return {};
 }

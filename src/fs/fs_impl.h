@@ -545,6 +545,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   void checkpoint_claims(std::vector<Claim>* claims) const;
   Result<void> read_block(uint64_t block, std::byte* out) const;
   Result<void> write_superblocks(uint64_t root_block, uint64_t copy_root_block, uint64_t generation);
+  // Writes the whole device back (sync) and notes the journal written back
+  // through what was committed before; EIO for a write-back the host failed.
+  Result<void> sync_device();
   // Copies of metadata this filesystem keeps: 2 from format version 2, 1 before.
   uint32_t metadata_copies() const { return sb_.has_copies() ? 2 : 1; }
   // Version 1 to 2: places the journal's second copy in free space, after which

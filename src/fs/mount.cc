@@ -486,16 +486,10 @@ Result<void> FsImpl::unmount() {
     if (journal_wants_checkpoint()) {
       if (auto written = write_checkpoint(); !written.has_value() && written.error().code != ENOSPC) return written;
     }
-    const uint64_t generation = journal_->generation();
-    const uint64_t through = journal_->committed_lsn();
-    TRY(device_.sync());
-    if (device_.domain() == PersistenceDomain::PageCache) {
-      // The log's end is marked written back too (the gap rule then covers
-      // this session's last transactions).
-      TRY(journal_->write_back_error());
-      journal_->written_back_through(generation, through);
-      TRY(journal_->seal_written_back());
-    }
+    TRY(sync_device());
+    // The log's end is marked written back too (the gap rule then covers this
+    // session's last transactions; a mark only on an emulated device).
+    TRY(journal_->seal_written_back());
   }
   stop_accepting();
   let_go_of_device();

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "device/backends.h"
+#include "fs/mapping_test_util.h"
 #include "fs/test_util.h"
 #include "poise/client.h"
 #include "poise/filesystem.h"
@@ -85,25 +86,7 @@ uint64_t frame_of(const void* addr) {
   return entry & ((1ull << 55) - 1);
 }
 
-// A collecting owner for mapping events.
-struct Inbox {
-  std::mutex mu;
-  std::vector<MappingEvent> events;
-  std::shared_ptr<MapOwner> owner(const std::string& name) {
-    return std::make_shared<MapOwner>(MapOwner{name, [this](const MappingEvent& e) {
-      std::lock_guard lock(mu);
-      events.push_back(e);
-    }});
-  }
-  std::vector<MappingEvent> of(const std::string& name) {
-    std::lock_guard lock(mu);
-    std::vector<MappingEvent> out;
-    for (const auto& e : events) {
-      if (e.owner == name) out.push_back(e);
-    }
-    return out;
-  }
-};
+using testing::Inbox;  // a collecting owner for mapping events
 
 // --- the device itself ------------------------------------------------------
 
