@@ -3,6 +3,7 @@
 // whole if never named, whether closed or left by a crash.
 #include <gtest/gtest.h>
 
+#include "fs/mapping_test_util.h"
 #include "fs/test_util.h"
 
 namespace poise {
@@ -89,6 +90,34 @@ TEST_F(FsTest, AnUnnamedFileThatIsNeverLinkedIsFreed) {
   mount();  // the next mount frees it
   EXPECT_EQ(fs_->info().free_bytes, before.free_bytes);
   EXPECT_EQ(fs_->info().files, before.files);
+  expect_clean();
+}
+
+// Two features at once: the replaced file is open and mapped. Its reader and
+// its mapping keep the old bytes (an open file outlives its last name), and
+// its blocks come back only once both are gone.
+class TmpfileMappingTest : public MappingTest {};
+
+TEST_F(TmpfileMappingTest, AReplacedFileThatIsOpenAndMappedKeepsItsBytesUntilLetGo) {
+  write_file(*fs_, "/f", pattern('o', 2 * kPage));
+  const FsInfo before = fs_->info();
+  auto old = fs_->open("/f");
+  ASSERT_OK(old);
+  Mapping m = map("/f", 0, 2 * kPage, MapAccess::Read);
+  auto f = fs_->open_tmpfile("/");
+  ASSERT_OK(f);
+  ASSERT_OK(f->write(0, as_bytes(pattern('n', kPage))));
+  ASSERT_OK(fs_->link_tmpfile(*f, "/f", true));
+  EXPECT_EQ(read_file(*fs_, "/f"), pattern('n', kPage));
+  std::string kept(2 * kPage, '\0');
+  ASSERT_OK(old->read(0, {reinterpret_cast<std::byte*>(kept.data()), kept.size()}));
+  EXPECT_EQ(kept, pattern('o', 2 * kPage)) << "the open file lost its bytes with its name";
+  EXPECT_EQ(*load(m.data(), 2 * kPage), pattern('o', 2 * kPage)) << "the mapping shows other bytes";
+  EXPECT_EQ(fs_->info().free_bytes, before.free_bytes - kPage) << "the old file's blocks went while it was open";
+  old->close();
+  EXPECT_EQ(fs_->info().free_bytes, before.free_bytes - kPage) << "the old file's blocks went while it was mapped";
+  m = Mapping();
+  EXPECT_EQ(fs_->info().free_bytes, before.free_bytes + kPage) << "the old file's two blocks did not come back";
   expect_clean();
 }
 
