@@ -415,4 +415,48 @@ PY
 expect 5 "$POISE" check "$WORK/last-tx.img"
 contains "$WORK/out" "written back"
 
+# --- 11. the newest checkpoint lost in both copies: the previous one stands in
+# Two bulk puts, each filling the journal (a checkpoint each): the older
+# checkpoint is kept, with the journal written between the two.
+mkdir -p "$WORK/fb-tree"
+for i in $(seq 1 1500); do echo "file $i" >"$WORK/fb-tree/f$i"; done
+expect 0 "$POISE" mkfs "$WORK/fb.img" --size 64M
+expect 0 "$POISE" put -r "$WORK/fb.img" "$WORK/fb-tree" /t1
+expect 0 "$POISE" put -r "$WORK/fb.img" "$WORK/fb-tree" /t2
+expect 0 "$POISE" mkdir "$WORK/fb.img" /in-journal
+expect 0 "$POISE" fsmap "$WORK/fb.img" --json
+contains "$WORK/out" '"previous_checkpoint"'
+contains "$WORK/out" '"carried_journal"'
+roots=$(python3 -c 'import json,sys; print(" ".join(str(r["device_offset"]) for r in json.load(open(sys.argv[1])) if r.get("kind") == "checkpoint_root"))' "$WORK/out")
+[ "$(echo $roots | wc -w)" = 2 ] && ok || bad "fsmap names two checkpoint roots: '$roots'"
+for at in $roots; do printf '\x5a' | dd of="$WORK/fb.img" bs=1 seek=$((at + 100)) conv=notrunc status=none; done
+expect 0 "$POISE" check "$WORK/fb.img"
+contains "$WORK/out" "stand in"
+expect 0 "$POISE" ls "$WORK/fb.img" /t2
+[ "$(wc -l <"$WORK/out")" = 1500 ] && ok || bad "ls /t2 after the fallback: $(wc -l <"$WORK/out") names"
+expect 0 "$POISE" cat "$WORK/fb.img" /t2/f1234
+contains "$WORK/out" "file 1234"
+expect 0 "$POISE" stat "$WORK/fb.img" /in-journal
+expect 0 "$POISE" repair "$WORK/fb.img" --dry-run
+contains "$WORK/out" "stand in"
+expect 0 "$POISE" mkdir "$WORK/fb.img" /after-fallback  # read-write: a new checkpoint, both copies whole
+expect 0 "$POISE" check "$WORK/fb.img"
+not_contains "$WORK/out" "stand in"
+# Both checkpoints lost: refused, as a corrupt image.
+expect 0 "$POISE" put -r "$WORK/fb.img" "$WORK/fb-tree" /t3
+expect 0 "$POISE" fsmap "$WORK/fb.img" --json
+python3 - "$WORK/fb.img" "$WORK/out" <<'PY' && ok || bad "could not damage both checkpoints"
+import json, sys
+img, records = sys.argv[1], json.load(open(sys.argv[2]))
+with open(img, "r+b") as f:
+    for r in records:
+        if r.get("kind") not in ("checkpoint_root", "previous_checkpoint", "carried_journal"):
+            continue
+        for at in range(r["device_offset"], r["device_offset"] + r["length"], 4096):
+            f.seek(at + 100); b = f.read(1)
+            f.seek(at + 100); f.write(bytes([b[0] ^ 0x5A]))
+PY
+expect 5 "$POISE" ls "$WORK/fb.img" /
+contains "$WORK/err" "cannot stand in"
+
 finish robustness

@@ -163,6 +163,14 @@ inline void edit_superblocks(MemoryDevice& device, const std::function<void(form
   }
 }
 
+// The superblocks stop naming a previous checkpoint: the newest is all there is.
+inline void forget_previous_checkpoint(MemoryDevice& device) {
+  edit_superblocks(device, [](format::SuperblockInfo* sb) {
+    sb->previous_root_block = sb->previous_copy_root_block = 0;
+    sb->carry_block = sb->carry_copy_block = sb->carry_blocks = 0;
+  });
+}
+
 inline void edit_checkpoint_roots(MemoryDevice& device, const std::function<void(format::CheckpointRootInfo*)>& edit) {
   format::SuperblockInfo sb = superblock_of(device);
   for (uint64_t at : {sb.checkpoint_root_block, sb.checkpoint_copy_root_block}) {

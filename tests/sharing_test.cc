@@ -229,6 +229,18 @@ TEST(Sharing, TheMarkNeverStandsInACheckpointsExtents) {
   ASSERT_EQ(edit_extent_records(*device, 3, [](format::DiskExtent* e) {
     e->flags.set(e->flags.get() | format::kExtentShares);
   }), 2);
+  // The newest checkpoint is refused; the previous one and the journal carried
+  // with the newest stand in for it, and say why.
+  auto report = Filesystem::check_device(*device);
+  ASSERT_TRUE(report.has_value()) << report.error().message;
+  EXPECT_TRUE(report->clean()) << report->problems.front();
+  bool noted = false;
+  for (const std::string& n : report->notes) {
+    noted = noted || (n.find("sharing mark") != std::string::npos && n.find("stand in") != std::string::npos);
+  }
+  EXPECT_TRUE(noted) << "no note says the newest checkpoint was refused for the mark";
+  // With no previous checkpoint kept, the mount fails.
+  forget_previous_checkpoint(*device);
   int code = 0;
   std::string message = mount_error(*device, &code);
   EXPECT_EQ(code, EUCLEAN) << message;

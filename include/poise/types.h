@@ -96,6 +96,8 @@ enum class MetadataKind : uint8_t {
   BadRangeList = 7,
   RefcountList = 8,
   CheckpointDelta = 9,  // an incremental checkpoint's journals
+  PreviousCheckpoint = 10,  // the checkpoint before the current one, kept for a fallback
+  CarriedJournal = 11,      // the journal written between the two, carried for that fallback
 };
 
 // What Filesystem::checkpoint() writes.

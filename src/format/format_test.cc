@@ -69,6 +69,54 @@ TEST(Superblock, VersionOneHasOneCopyAndVersionTwoNeedsBoth) {
   }
 }
 
+// The previous checkpoint and the carried journal (compatible bit 0): kept
+// through a round trip, checked for place, and ignored in the shorter
+// superblock an older release writes (which keeps the bit but not the fields).
+TEST(Superblock, NamesThePreviousCheckpointAndTheCarriedJournal) {
+  alignas(64) std::byte block[kBlockSize];
+  SuperblockInfo sb = sample_superblock();
+  sb.feature_compat |= kCompatPreviousCheckpoint;
+  sb.previous_root_block = 310;
+  sb.previous_copy_root_block = 4010;
+  sb.carry_block = 320;
+  sb.carry_copy_block = 4020;
+  sb.carry_blocks = 3;
+  encode_superblock(sb, 0, block);
+  auto decoded = decode_superblock(block, 0, "primary superblock");
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().message;
+  EXPECT_TRUE(decoded->has_previous());
+  EXPECT_EQ(decoded->previous_copy_root_block, 4010u);
+  EXPECT_EQ(decoded->carry_copy_block, 4020u);
+  EXPECT_EQ(decoded->carry_blocks, 3u);
+
+  for (auto breaks : {+[](SuperblockInfo* s) { s->previous_root_block = 300; },        // the current root
+                      +[](SuperblockInfo* s) { s->previous_copy_root_block = 310; },   // the other previous root
+                      +[](SuperblockInfo* s) { s->previous_root_block = 100; },        // in the journal
+                      +[](SuperblockInfo* s) { s->carry_block = 4000 - 1; },           // over the copy root
+                      +[](SuperblockInfo* s) { s->carry_copy_block = 321; },           // over the other copy
+                      +[](SuperblockInfo* s) { s->carry_blocks = 1000; },              // more than a journal
+                      +[](SuperblockInfo* s) { s->carry_copy_block = 8192 - 256 - 2; },  // into the journal copy
+                      +[](SuperblockInfo* s) { s->checkpoint_generation = 1; },        // none before the first
+                      +[](SuperblockInfo* s) { s->previous_root_block = 0; }}) {       // a carry with no previous
+    SuperblockInfo bad = sb;
+    breaks(&bad);
+    encode_superblock(bad, 0, block);
+    auto refused = decode_superblock(block, 0, "primary superblock");
+    ASSERT_FALSE(refused.has_value());
+    EXPECT_EQ(refused.error().code, EUCLEAN) << refused.error().message;
+  }
+
+  // As an older release writes it: 152 bytes used, the bit kept.
+  encode_superblock(sb, 0, block);
+  std::memset(block + offsetof(Superblock, previous_root_block), 0x5A,
+              sizeof(Superblock) - offsetof(Superblock, previous_root_block));
+  seal_block(block, kBlockSuperblock, 0, sb.checkpoint_generation, offsetof(Superblock, previous_root_block));
+  auto older = decode_superblock(block, 0, "primary superblock");
+  ASSERT_TRUE(older.has_value()) << older.error().message;
+  EXPECT_FALSE(older->has_previous());
+  EXPECT_EQ(older->carry_blocks, 0u);
+}
+
 TEST(Superblock, NamesWhatIsWrong) {
   alignas(64) std::byte block[kBlockSize];
   encode_superblock(sample_superblock(), 0, block);

@@ -97,6 +97,11 @@ inline constexpr uint64_t kIncompatKnown = kIncompatReflink | kIncompatSymlinks 
                                            kIncompatSpecialFiles | kIncompatRunLists | kIncompatDeltas |
                                            kIncompatSharingMarks | kIncompatWrittenBackMarks;
 inline constexpr uint64_t kRoCompatKnown = 0;
+// Compatible features (an older reader ignores them, and drops them when it
+// writes the superblock). Bit 0: the superblock names the previous checkpoint,
+// kept one more generation, and the journal carried with the newest, so that a
+// mount can fall back to them where the newest cannot be read in either copy.
+inline constexpr uint64_t kCompatPreviousCheckpoint = 1ull << 0;
 
 enum BlockKind : uint32_t {
   kBlockSuperblock = 1,
@@ -138,6 +143,14 @@ struct Superblock {
   // (journal_blocks long). Zero in version 1.
   Le64 checkpoint_copy_root_block;
   Le64 journal_copy_start_block;
+  // kCompatPreviousCheckpoint: the previous checkpoint's roots (generation one
+  // below the header's; zero: none kept), and where each copy of the journal
+  // carried with the newest lies (one run of carry_blocks delta blocks each).
+  Le64 previous_root_block;
+  Le64 previous_copy_root_block;
+  Le64 carry_block;
+  Le64 carry_copy_block;
+  Le64 carry_blocks;
 };
 
 // The checkpoint: a root block naming where its sections live.

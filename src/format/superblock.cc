@@ -6,6 +6,7 @@
 #include <string>
 
 #include "format/block.h"
+#include "format/checkpoint_format.h"
 #include "format/ondisk.h"
 #include "poise/types.h"
 
@@ -34,8 +35,14 @@ void encode_superblock(const SuperblockInfo& in, uint64_t self_block, std::byte*
   sb.written_ns.set(static_cast<uint64_t>(in.written_ns));
   sb.checkpoint_copy_root_block.set(in.checkpoint_copy_root_block);
   sb.journal_copy_start_block.set(in.journal_copy_start_block);
-  const uint32_t used = in.version == kFormatVersionSingleCopy ? offsetof(Superblock, checkpoint_copy_root_block)
-                                                               : sizeof sb;
+  sb.previous_root_block.set(in.previous_root_block);
+  sb.previous_copy_root_block.set(in.previous_copy_root_block);
+  sb.carry_block.set(in.carry_block);
+  sb.carry_copy_block.set(in.carry_copy_block);
+  sb.carry_blocks.set(in.carry_blocks);
+  const uint32_t used = in.version == kFormatVersionSingleCopy    ? offsetof(Superblock, checkpoint_copy_root_block)
+                        : (in.feature_compat & kCompatPreviousCheckpoint) ? sizeof sb
+                                                                        : offsetof(Superblock, previous_root_block);
   std::memcpy(block, &sb, sizeof sb);
   seal_block(block, kBlockSuperblock, self_block, in.checkpoint_generation, used);
 }
@@ -62,6 +69,18 @@ Result<SuperblockInfo> decode_superblock(const std::byte* block, uint64_t self_b
   if (out.version != kFormatVersionSingleCopy) {
     out.checkpoint_copy_root_block = sb.checkpoint_copy_root_block.get();
     out.journal_copy_start_block = sb.journal_copy_start_block.get();
+  }
+  // An older release that wrote this superblock kept the compatible bit but
+  // not the fields (its superblock is shorter): then nothing is named.
+  const bool previous = out.version != kFormatVersionSingleCopy &&
+                        (out.feature_compat & kCompatPreviousCheckpoint) != 0 &&
+                        sb.header.used_bytes.get() >= sizeof sb;
+  if (previous) {
+    out.previous_root_block = sb.previous_root_block.get();
+    out.previous_copy_root_block = sb.previous_copy_root_block.get();
+    out.carry_block = sb.carry_block.get();
+    out.carry_copy_block = sb.carry_copy_block.get();
+    out.carry_blocks = sb.carry_blocks.get();
   }
 
   std::string w = std::string(which) + ": ";
@@ -98,7 +117,9 @@ Result<SuperblockInfo> decode_superblock(const std::byte* block, uint64_t self_b
   }
   if (out.checkpoint_generation == 0) return fail(EUCLEAN, w + "checkpoint generation 0");
   if (out.version != kFormatVersionSingleCopy) {
-    if (sb.header.used_bytes.get() < sizeof sb) return fail(EUCLEAN, w + "used_bytes below the version 2 superblock");
+    if (sb.header.used_bytes.get() < offsetof(Superblock, previous_root_block)) {
+      return fail(EUCLEAN, w + "used_bytes below the version 2 superblock");
+    }
     const uint64_t data_end = out.size_blocks - 1;
     if (out.journal_copy_start_block < data_start || out.journal_copy_start_block > data_end ||
         out.journal_blocks > data_end - out.journal_copy_start_block) {
@@ -114,6 +135,38 @@ Result<SuperblockInfo> decode_superblock(const std::byte* block, uint64_t self_b
       if (root >= out.journal_copy_start_block && root < out.journal_copy_start_block + out.journal_blocks) {
         return fail(EUCLEAN, w + "checkpoint root block " + std::to_string(root) + " lies in the journal copy");
       }
+    }
+    // The previous checkpoint and the carried journal: blocks of the data area,
+    // clear of the journal copy and of the current roots.
+    auto outside = [&](uint64_t start, uint64_t count) {
+      return start < data_start || start >= data_end || count > data_end - start ||
+             (start < out.journal_copy_start_block + out.journal_blocks &&
+              out.journal_copy_start_block < start + count);
+    };
+    auto on_current = [&](uint64_t start, uint64_t count) {
+      return (out.checkpoint_root_block >= start && out.checkpoint_root_block < start + count) ||
+             (copy_root >= start && copy_root < start + count);
+    };
+    if (out.has_previous()) {
+      const uint64_t a = out.previous_root_block;
+      const uint64_t b = out.previous_copy_root_block;
+      if (outside(a, 1) || outside(b, 1) || a == b || on_current(a, 1) || on_current(b, 1) ||
+          out.checkpoint_generation < 2) {
+        return fail(EUCLEAN, w + "previous checkpoint roots " + std::to_string(a) + " and " + std::to_string(b) +
+                                 " lie outside the data area, on each other or on the current roots");
+      }
+      // The carried journal is at most one journal's worth of delta blocks.
+      const uint64_t most = delta_blocks_for(out.journal_blocks * kBlockSize);
+      const uint64_t n = out.carry_blocks;
+      if (n > most || (n != 0 && (outside(out.carry_block, n) || outside(out.carry_copy_block, n) ||
+                                  on_current(out.carry_block, n) || on_current(out.carry_copy_block, n) ||
+                                  (out.carry_block < out.carry_copy_block + n && out.carry_copy_block < out.carry_block + n)))) {
+        return fail(EUCLEAN, w + "the carried journal (" + std::to_string(n) + " blocks at " +
+                                 std::to_string(out.carry_block) + " and " + std::to_string(out.carry_copy_block) +
+                                 ") lies outside the data area or over other metadata");
+      }
+    } else if (out.previous_copy_root_block != 0 || out.carry_blocks != 0) {
+      return fail(EUCLEAN, w + "a carried journal or a second previous root without a previous checkpoint");
     }
   }
   return out;

@@ -28,6 +28,15 @@ struct SuperblockInfo {
   uint64_t checkpoint_copy_root_block = 0;
   uint64_t journal_copy_start_block = 0;
   bool has_copies() const { return journal_copy_start_block != 0; }
+  // kCompatPreviousCheckpoint (zero without it): the checkpoint of generation
+  // checkpoint_generation - 1, kept for a fallback, and the journal of that
+  // generation, carried in one run per copy (carry_blocks may be zero).
+  uint64_t previous_root_block = 0;
+  uint64_t previous_copy_root_block = 0;
+  uint64_t carry_block = 0;
+  uint64_t carry_copy_block = 0;
+  uint64_t carry_blocks = 0;
+  bool has_previous() const { return previous_root_block != 0; }
   int64_t created_ns = 0;
   int64_t written_ns = 0;
 };

@@ -186,6 +186,9 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
       const uint32_t copy = o.offset_blocks >= kSecondCopyOffset ? 2 : 1;
       if (kind == MetadataKind::Superblock) {
         report.notes.push_back(where + " failed under one superblock copy; the other copy is in use");
+      } else if (kind == MetadataKind::PreviousCheckpoint || kind == MetadataKind::CarriedJournal) {
+        report.notes.push_back(where + " failed under the " + std::string(to_string(kind)) +
+                               ", kept for a fallback; the next checkpoint lets it go");
       } else if (metadata_copies() == 1) {
         problem(where + " failed under the " + std::string(to_string(kind)));
       } else if (kind == MetadataKind::Journal) {
@@ -220,16 +223,15 @@ CheckReport FsImpl::check_locked(bool compare_incremental) {
 Result<CheckReport> Filesystem::check_device(Device& device) {
   MountOptions options;
   options.mode = MountMode::ReadOnly;
-  FsImpl fs(device, options);
-  auto loaded = fs.load();
-  if (!loaded.has_value()) {
-    const Error& e = loaded.error();
+  auto fs = FsImpl::open(device, options);
+  if (!fs.has_value()) {
+    const Error& e = fs.error();
     if (e.code != EUCLEAN && e.code != EBADMSG) return Unexpected<Error>(e);
     CheckReport report;
     report.problems.push_back(e.message);
     return report;
   }
-  return fs.check_locked(false);
+  return (*fs)->check_locked(false);
 }
 
 }  // namespace poise

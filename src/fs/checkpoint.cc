@@ -56,6 +56,10 @@ Result<void> FsImpl::read_block(uint64_t block, std::byte* out) const {
 
 Result<void> FsImpl::write_superblocks(uint64_t root_block, uint64_t copy_root_block, uint64_t generation) {
   alignas(64) std::byte block[kBlockSize];
+  {
+    std::lock_guard lock(space_mutex_);
+    if (previous_released_) name_previous_in_superblock(std::nullopt, std::nullopt);
+  }
   sb_.sequence += 1;
   sb_.checkpoint_root_block = root_block;
   sb_.checkpoint_copy_root_block = copy_root_block;
@@ -73,10 +77,11 @@ Result<void> FsImpl::write_superblocks(uint64_t root_block, uint64_t copy_root_b
   TRY(device_.sync_range(secondary * kBlockSize, kBlockSize));
   for (const std::string& note : superblock_notes_) mount_notes_.push_back(note + " [both copies rewritten]");
   superblock_notes_.clear();
+  std::lock_guard lock(space_mutex_);
+  previous_released_ = false;
   return {};
 }
 
-namespace {
 // The claims of one copy of a checkpoint: its root and every section run.
 void claims_of_copy(const format::CheckpointRootInfo& root, uint64_t root_block, uint32_t copy,
                     std::vector<Claim>* claims) {
@@ -104,7 +109,6 @@ void claims_of_copy(const format::CheckpointRootInfo& root, uint64_t root_block,
     claims->push_back({DevRun{DevBlock(link), 1}, metadata_owner(MetadataKind::CheckpointRoot, root_offset++)});
   }
 }
-}  // namespace
 
 void FsImpl::add_checkpoint_owners(const format::CheckpointRootInfo& root, uint64_t root_block, uint32_t copy,
                                    OwnershipMap* ownership) const {
@@ -248,14 +252,39 @@ Result<void> FsImpl::write_checkpoint(CheckpointMode mode) {
   const uint64_t generation = checkpoint_.generation + 1;
   // Taken now: a range fenced while this checkpoint is built sets it again.
   const bool due = full_checkpoint_due_.exchange(false, std::memory_order_relaxed);
-  CheckpointPlacement placed;
-  auto written = [&]() -> Result<void> {
+  // The current checkpoint may be kept as the previous one only where it and
+  // this generation's journal say all that memory holds: not when something
+  // was changed in memory only (a repair, a fence without a journal record, an
+  // upgrade: `due`), nor when a copy of it or of the superblock was found bad
+  // or it was itself loaded in a fallback.
+  const bool may_keep = !due && !repairing_ && copy_notes_.empty() && superblock_notes_.empty() &&
+                        sb_.version == format::kFormatVersion && sb_.has_copies() && checkpoint_root_block_ != 0 &&
+                        checkpoint_copy_root_block_ != 0 && fallback_reason_.empty() &&
+                        journal_->generation() == checkpoint_.generation;
+  {
+    // The kept checkpoint goes first when space is short.
+    std::lock_guard lock(space_mutex_);
+    if (free_.free_blocks() < reserved_blocks_ + 2 * checkpoint_reserve_blocks()) release_previous_locked();
+  }
+  auto attempt = [&]() -> Result<void> {
+    CheckpointPlacement placed;
+    placed.may_keep_previous = may_keep;
     if (mode == CheckpointMode::Auto && !due && TRY(place_delta_checkpoint(generation, &placed))) {
       return make_checkpoint_current(generation, &placed);
     }
     TRY(place_full_checkpoint(generation, &placed));
     return make_checkpoint_current(generation, &placed);
-  }();
+  };
+  auto written = attempt();
+  if (!written.has_value() && written.error().code == ENOSPC) {
+    bool released = false;
+    {
+      std::lock_guard lock(space_mutex_);
+      released = previous_.has_value();
+      release_previous_locked();
+    }
+    if (released) written = attempt();
+  }
   if (!written.has_value() && due) full_checkpoint_due_.store(true, std::memory_order_relaxed);
   return written;
 }
@@ -460,6 +489,22 @@ Result<void> FsImpl::make_checkpoint_current(uint64_t generation, CheckpointPlac
     format::encode_checkpoint_root(roots[c], root_blocks[c], block);
     device_.write(root_blocks[c] * kBlockSize, block, kBlockSize);
   }
+  // The current checkpoint stays as the previous one, with this generation's
+  // journal carried, where it may (its blocks are then made durable with ours).
+  std::optional<CarriedJournal> carry;
+  if (placed->may_keep_previous && copies == 2) {
+    CarriedJournal c;
+    if (place_carried_journal(placed, &c)) carry = c;
+  }
+  std::optional<KeptCheckpoint> kept;
+  if (carry) {
+    kept.emplace();
+    kept->roots[0] = checkpoint_;
+    kept->roots[1] = checkpoint_copy_;
+    kept->root_blocks[0] = checkpoint_root_block_;
+    kept->root_blocks[1] = checkpoint_copy_root_block_;
+    kept->read[0] = kept->read[1] = true;
+  }
   device_.drain();
   if (device_.domain() == PersistenceDomain::PageCache) {  // the checkpoint is on the backing file first
     auto synced = [&]() -> Result<void> {
@@ -479,6 +524,11 @@ Result<void> FsImpl::make_checkpoint_current(uint64_t generation, CheckpointPlac
   // The journal starts empty and there is no delta: every extent record from
   // here on is written with its sharing mark, so replay may check them.
   if (!delta && copies == 2) sb_.feature_incompat |= format::kIncompatSharingMarks;
+  {
+    std::lock_guard lock(space_mutex_);
+    previous_released_ = false;  // what follows names what this checkpoint keeps
+  }
+  name_previous_in_superblock(kept, carry);
   auto switched = write_superblocks(root_blocks[0], root_blocks[1], generation);
   if (!switched.has_value()) {
     // A superblock copy naming the new checkpoint may already be in memory (or on
@@ -488,23 +538,31 @@ Result<void> FsImpl::make_checkpoint_current(uint64_t generation, CheckpointPlac
     return switched;
   }
 
-  // The new checkpoint is current: retire the old one and start a new journal.
+  // The new checkpoint is current: retire the old one (or keep it as the
+  // previous one) and start a new journal.
   {
     std::lock_guard lock(space_mutex_);
     std::vector<DevRun> orphaned;
     std::vector<Claim> old_claims;
     checkpoint_claims(&old_claims);
+    previous_claims(&old_claims);
+    checkpoint_ = std::move(roots[0]);
+    checkpoint_root_block_ = root_blocks[0];
+    checkpoint_copy_ = copies == 2 ? std::move(roots[1]) : format::CheckpointRootInfo{};
+    checkpoint_copy_root_block_ = root_blocks[1];
+    previous_ = std::move(kept);
+    carried_ = carry;
+    fallback_reason_.clear();
+    std::vector<Claim> new_claims;
+    checkpoint_claims(&new_claims);
+    previous_blocks_ = previous_claims(&new_claims);
     // The new claims first: an incremental checkpoint keeps the old one's
     // sections and delta blocks, which must never be orphaned on the way.
-    for (uint32_t c = 0; c < copies; ++c) add_checkpoint_owners(roots[c], root_blocks[c], c, &ownership_);
+    for (const Claim& c : new_claims) ownership_.add(c.run, c.owner);
     for (const Claim& c : old_claims) ownership_.remove(c.run, c.owner, &orphaned);
     for (const DevRun& run : orphaned) free_.add(run);
   }
-  checkpoint_ = std::move(roots[0]);
-  checkpoint_root_block_ = root_blocks[0];
-  checkpoint_copy_ = copies == 2 ? std::move(roots[1]) : format::CheckpointRootInfo{};
   generation_shown_.store(checkpoint_.generation, std::memory_order_relaxed);
-  checkpoint_copy_root_block_ = root_blocks[1];
   // Every damaged copy met at mount has just been written anew; check() still
   // says what was found.
   for (const std::string& note : copy_notes_) mount_notes_.push_back(note + " [rewritten by a checkpoint]");
@@ -514,23 +572,26 @@ Result<void> FsImpl::make_checkpoint_current(uint64_t generation, CheckpointPlac
   return {};
 }
 
-Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
+Result<format::CheckpointRootInfo> FsImpl::read_checkpoint_root(uint64_t at, uint64_t generation) const {
+  alignas(64) std::byte block[kBlockSize];
+  TRY(read_block(at, block));
+  auto root = TRY(format::decode_checkpoint_root(block, at, generation, data_start_, data_end_));
+  TRY(format::read_run_lists([this](uint64_t b, std::byte* out) { return read_block(b, out); }, &root, data_start_,
+                             data_end_));
+  return root;
+}
+
+Result<void> FsImpl::load_checkpoint(uint64_t root_block, uint64_t copy_root_block, uint64_t generation) {
+  const format::SuperblockInfo& sb = sb_;
   // Both copies' roots: a root that cannot be read leaves its copy out (noted;
   // a read-write mount writes a new checkpoint at once), and two readable roots
   // must describe the same checkpoint.
-  alignas(64) std::byte block[kBlockSize];
-  auto read_root = [&](uint64_t at) -> Result<format::CheckpointRootInfo> {
-    TRY(read_block(at, block));
-    auto root = TRY(format::decode_checkpoint_root(block, at, sb.checkpoint_generation, data_start_, data_end_));
-    TRY(format::read_run_lists([this](uint64_t b, std::byte* out) { return read_block(b, out); }, &root, data_start_,
-                               data_end_));
-    return root;
-  };
-  checkpoint_root_block_ = sb.checkpoint_root_block;
-  checkpoint_copy_root_block_ = sb.checkpoint_copy_root_block;
-  auto first = read_root(sb.checkpoint_root_block);
+  auto read_root = [&](uint64_t at) { return read_checkpoint_root(at, generation); };
+  checkpoint_root_block_ = root_block;
+  checkpoint_copy_root_block_ = copy_root_block;
+  auto first = read_root(root_block);
   Result<format::CheckpointRootInfo> second = fail(ENOENT, "no second copy (format version 1)");
-  if (sb.has_copies()) second = read_root(sb.checkpoint_copy_root_block);
+  if (sb.has_copies()) second = read_root(copy_root_block);
   if (!first.has_value() && !second.has_value()) {
     if (!sb.has_copies()) return Unexpected<Error>(first.error());
     return fail(first.error().code, "no checkpoint root can be read: " + first.error().message +
@@ -547,24 +608,24 @@ Result<void> FsImpl::load_checkpoint(const format::SuperblockInfo& sb) {
       same = same && a.sections[s].records == b.sections[s].records && a.sections[s].blocks() == b.sections[s].blocks();
     }
     if (!same) {
-      copy_notes_.push_back("checkpoint root copy 2 (block " + std::to_string(sb.checkpoint_copy_root_block) +
+      copy_notes_.push_back("checkpoint root copy 2 (block " + std::to_string(copy_root_block) +
                             ") disagrees with copy 1; copy 1 is used");
       second = fail(EUCLEAN, "disagrees with copy 1");
       disagrees = true;
     }
   }
   if (!first.has_value()) {
-    copy_notes_.push_back("checkpoint root copy 1 (block " + std::to_string(sb.checkpoint_root_block) +
+    copy_notes_.push_back("checkpoint root copy 1 (block " + std::to_string(root_block) +
                           ") is bad: " + first.error().message + "; copy 2 is used");
   } else if (sb.has_copies() && !second.has_value() && !disagrees) {
-    copy_notes_.push_back("checkpoint root copy 2 (block " + std::to_string(sb.checkpoint_copy_root_block) +
+    copy_notes_.push_back("checkpoint root copy 2 (block " + std::to_string(copy_root_block) +
                           ") is bad: " + second.error().message + "; copy 1 is used");
   }
   // A copy whose root cannot be read claims its root block only: its sections are unknown.
   checkpoint_ = first.has_value() ? *first : format::CheckpointRootInfo{};
   checkpoint_copy_ = second.has_value() ? *second : format::CheckpointRootInfo{};
-  checkpoint_.generation = checkpoint_copy_.generation = sb.checkpoint_generation;
-  generation_shown_.store(sb.checkpoint_generation, std::memory_order_relaxed);
+  checkpoint_.generation = checkpoint_copy_.generation = generation;
+  generation_shown_.store(generation, std::memory_order_relaxed);
   const format::CheckpointRootInfo& known = first.has_value() ? *first : *second;
   count_checkpoint_blocks();
 
@@ -690,6 +751,7 @@ Result<void> FsImpl::rebuild_space(OwnershipMap* ownership, FreeSpace* free,
                       metadata_owner(MetadataKind::Journal, kSecondCopyOffset)});
   }
   checkpoint_claims(&claims);
+  previous_claims(&claims);
   // File extents may share blocks with each other (reflink), never with metadata.
   for (const auto& [ino, inode] : inodes_) {
     const InodeNumber owner = inode->ino;

@@ -123,6 +123,10 @@ FileType file_type_of(uint32_t mode);
 // `mark`: format::kExtentShares where the records map blocks that stay mapped
 // by another extent too (reflink, clone), else 0.
 void append_extent_records(InodeNumber ino, const Extent& m, Records* out, uint32_t mark = 0);
+// The claims of one copy (0 or 1) of a checkpoint: its root, run lists,
+// sections and delta (checkpoint.cc).
+void claims_of_copy(const format::CheckpointRootInfo& root, uint64_t root_block, uint32_t copy,
+                    std::vector<Claim>* claims);
 
 class FsImpl final : public Filesystem, public mapping::MappingBackend, public failure::FailureTarget {
  public:
@@ -131,6 +135,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
 
   // Mount steps (mount.cc).
   Result<void> load();
+  // A filesystem loaded from `device`; where the newest checkpoint cannot be
+  // read in either copy and the superblocks name the one before it, loaded from
+  // that one and the journal carried with the newest (previous_checkpoint.cc).
+  static Result<std::unique_ptr<FsImpl>> open(Device& device, const MountOptions& options, bool repairing = false);
   Result<void> format_new(const FormatOptions& options);
   // repair.cc: a read-write load that records, instead of refusing, what it
   // cannot apply (see Filesystem::repair), and the repair after it.
@@ -484,6 +492,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
     uint64_t root_blocks[2] = {0, 0};
     uint32_t copies = 1;
     std::vector<DevRun> allocated;
+    // The current checkpoint may stay as the previous one (nothing in memory
+    // differs from it and its journal), with this generation's journal carried.
+    bool may_keep_previous = false;
   };
   // Writes an incremental checkpoint where it may (place_delta_checkpoint),
   // else a full one, then makes it current (superblocks, old blocks freed,
@@ -505,7 +516,48 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<void> verify_tree() const;
   // Checkpoint blocks (in every copy) that `extents` more extent records may need.
   uint64_t checkpoint_blocks_for_extents(uint64_t extents) const;
-  Result<void> load_checkpoint(const format::SuperblockInfo& sb);
+  // Loads the checkpoint whose roots are at `root_block` and `copy_root_block`
+  // (zero: none), of `generation`.
+  Result<void> load_checkpoint(uint64_t root_block, uint64_t copy_root_block, uint64_t generation);
+  // One copy's root of `generation`, with its run lists.
+  Result<format::CheckpointRootInfo> read_checkpoint_root(uint64_t at, uint64_t generation) const;
+
+  // The previous checkpoint (previous_checkpoint.cc). At a checkpoint the current
+  // one is kept one more generation, with the journal written since it carried
+  // in blocks of its own, when nothing in memory differs from what the two say
+  // and space allows; the next checkpoint lets both go. A mount that cannot read
+  // the newest checkpoint loads them and replays the journal on top: nothing is
+  // lost. Their blocks are held while kept, but count as free space: an
+  // operation that needs them lets them go (release_previous_locked).
+  struct KeptCheckpoint {
+    format::CheckpointRootInfo roots[2];
+    uint64_t root_blocks[2] = {0, 0};
+    bool read[2] = {false, false};  // a root that could not be read holds its block only
+  };
+  struct CarriedJournal {
+    uint64_t start[2] = {0, 0};
+    uint64_t blocks = 0;
+  };
+  // The kept checkpoint's blocks that the current one does not use, and the
+  // carried journal's, as claims; returns how many blocks they hold that may be
+  // let go (none in a fallback mount). REQUIRES: checkpoint_ stable (the gate).
+  uint64_t previous_claims(std::vector<Claim>* claims) const;
+  // Writes this generation's journal to a run of free blocks in each copy for
+  // the placed checkpoint; false (nothing kept) where the journal does not
+  // decode, no run is free or space is short.
+  bool place_carried_journal(CheckpointPlacement* placed, CarriedJournal* carry);
+  // Sets the superblock fields that name what is kept (none: zero).
+  void name_previous_in_superblock(const std::optional<KeptCheckpoint>& kept,
+                                   const std::optional<CarriedJournal>& carry);
+  // Reads the kept checkpoint's roots at a normal mount, so its blocks stay held.
+  void read_previous_roots();
+  // Loads the previous checkpoint and replays the carried journal, in place of
+  // the newest (open() decided); the current journal follows as usual.
+  Result<void> load_previous_checkpoint();
+  // Lets the kept checkpoint and carried journal go: their blocks are free and
+  // the superblocks stop naming them at their next write. REQUIRES: space_mutex_.
+  void release_previous_locked();
+  uint64_t previous_blocks_locked() const { return previous_blocks_; }
   // The runs of device blocks that several file extents share, with their
   // counts, adjacent runs of one count merged: from the ownership map (for the
   // checkpoint's refcount section), or from the extent maps alone (at load, to
@@ -545,6 +597,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   void checkpoint_claims(std::vector<Claim>* claims) const;
   Result<void> read_block(uint64_t block, std::byte* out) const;
   Result<void> write_superblocks(uint64_t root_block, uint64_t copy_root_block, uint64_t generation);
+  // Both superblocks as they are (a feature bit, a kept checkpoint let go).
+  Result<void> rewrite_superblocks() {
+    return write_superblocks(sb_.checkpoint_root_block, sb_.checkpoint_copy_root_block, sb_.checkpoint_generation);
+  }
   // Writes the whole device back (sync) and notes the journal written back
   // through what was committed before; EIO for a write-back the host failed.
   Result<void> sync_device();
@@ -568,6 +624,10 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   format::CheckpointRootInfo checkpoint_copy_;
   uint64_t checkpoint_copy_root_block_ = 0;
   std::vector<std::string> copy_notes_;  // damaged copies met at mount, for check(); a checkpoint rewrites them
+  std::optional<KeptCheckpoint> previous_;  // the checkpoint before checkpoint_, while kept
+  std::optional<CarriedJournal> carried_;   // the journal between the two (a fallback mount: between it and the newest)
+  std::string fallback_reason_;             // loading from the previous checkpoint: why the newest could not be read
+  bool newest_unreadable_ = false;          // load() failed in the newest checkpoint
   // Sharing without a refcount record (a cross-link) or the reverse, found at
   // load: check() reports it, a read-write mount refuses, repair resolves it.
   std::vector<std::string> sharing_problems_;
@@ -634,6 +694,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   FreeSpace free_;
   uint64_t reserved_blocks_ = 0;  // promised to operations in flight
   uint64_t checkpoint_blocks_ = 0;  // blocks the current checkpoint occupies (space_mutex_)
+  uint64_t previous_blocks_ = 0;  // blocks the kept checkpoint and carried journal hold (space_mutex_)
+  bool previous_released_ = false;  // let go for space; the superblocks still name it (space_mutex_)
   // The next checkpoint must be a full one: metadata memory failed under the
   // current one, a repair changed what no journal holds, or a failed range
   // could only be fenced in memory (no journal space for its record).

@@ -43,9 +43,7 @@ void FsImpl::let_go_of_device() {
 }
 
 Result<std::unique_ptr<Filesystem>> Filesystem::mount(Device& device, const MountOptions& options) {
-  auto fs = std::make_unique<FsImpl>(device, options);
-  TRY(fs->load());
-  return std::unique_ptr<Filesystem>(std::move(fs));
+  return std::unique_ptr<Filesystem>(TRY(FsImpl::open(device, options)));
 }
 
 Result<void> Filesystem::format(Device& device, const FormatOptions& options) {
@@ -208,7 +206,14 @@ Result<void> FsImpl::load() {
   }
   replaying_ = true;
   std::string gap_note;
-  TRY(load_checkpoint(sb_));
+  if (!fallback_reason_.empty()) {
+    TRY(load_previous_checkpoint());
+  } else if (auto loaded = load_checkpoint(sb_.checkpoint_root_block, sb_.checkpoint_copy_root_block,
+                                           sb_.checkpoint_generation);
+             !loaded.has_value()) {
+    newest_unreadable_ = true;  // open() may fall back to the previous checkpoint
+    return loaded;
+  }
   // A repair ends the log at damage in mid-log too, and reports what lies past it.
   if (device_.domain() == PersistenceDomain::PageCache || repairing_) replay_options.gap_note = &gap_note;
   if (repairing_) {
@@ -228,6 +233,7 @@ Result<void> FsImpl::load() {
     mount_notes_.push_back(gap_note);
     mount_warnings_.push_back(gap_note);
   }
+  if (fallback_reason_.empty()) read_previous_roots();  // its blocks stay held
   constexpr size_t kCopyNotesMax = 8;
   if (journal_copy_notes.size() > kCopyNotesMax) {
     const size_t more = journal_copy_notes.size() - kCopyNotesMax;
@@ -244,8 +250,23 @@ Result<void> FsImpl::load() {
   }
   if (repairing_) {
     TRY(rebuild_space_dropping_conflicts());
-  } else {
+  } else if (auto built = rebuild_space(&ownership_, &free_); !built.has_value()) {
+    // A kept checkpoint let go for space before a crash may lie under new data:
+    // it is let go again. Anything else is damage.
+    if (!previous_ || !fallback_reason_.empty()) return built;
+    mount_notes_.push_back("the previous checkpoint, kept for a fallback, overlaps what is in use (" +
+                           built.error().message + "); it is let go");
+    previous_.reset();
+    carried_.reset();
+    previous_released_ = true;
+    ownership_ = OwnershipMap{};
+    free_ = FreeSpace{};
     TRY(rebuild_space(&ownership_, &free_));
+  }
+  {
+    std::vector<Claim> held;
+    std::lock_guard lock(space_mutex_);
+    previous_blocks_ = previous_claims(&held);
   }
   check_replayed_sharing();
   // Two files writing one block each believing it their own would corrupt both.
@@ -487,6 +508,12 @@ Result<void> FsImpl::unmount() {
       if (auto written = write_checkpoint(); !written.has_value() && written.error().code != ENOSPC) return written;
     }
     TRY(sync_device());
+    bool released = false;
+    {
+      std::lock_guard lock(space_mutex_);
+      released = previous_released_;
+    }
+    if (released) TRY(rewrite_superblocks());  // stop naming a kept checkpoint whose blocks were let go
     // The log's end is marked written back too (the gap rule then covers this
     // session's last transactions; a mark only on an emulated device).
     TRY(journal_->seal_written_back());

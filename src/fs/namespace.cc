@@ -319,7 +319,7 @@ Result<void> FsImpl::enable_feature(uint64_t incompat_bit) {
     if (frozen_flag_.load(std::memory_order_acquire)) continue;
     if ((sb_.feature_incompat & incompat_bit) != 0) return {};
     sb_.feature_incompat |= incompat_bit;
-    auto written = write_superblocks(checkpoint_root_block_, checkpoint_copy_root_block_, sb_.checkpoint_generation);
+    auto written = rewrite_superblocks();
     if (!written.has_value()) sb_.feature_incompat &= ~incompat_bit;  // no record needs it until it is on media
     return written;
   }

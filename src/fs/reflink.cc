@@ -165,7 +165,7 @@ FsInfo FsImpl::info() {
   i.size_bytes = sb_.size_blocks * kBlockSize;
   {
     std::lock_guard lock(space_mutex_);
-    i.free_bytes = free_.free_blocks() * kBlockSize;
+    i.free_bytes = (free_.free_blocks() + previous_blocks_) * kBlockSize;  // a kept checkpoint goes when space is needed
   }
   i.used_bytes = i.size_bytes - i.free_bytes;
   i.files = inode_count_.load();

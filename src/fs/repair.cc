@@ -39,10 +39,8 @@ Result<RepairReport> Filesystem::repair(Device& device, const RepairOptions& opt
   std::unique_ptr<MemoryDevice> view;
   if (options.dry_run) view = TRY(MemoryDevice::private_view_of(device));
   MountOptions mount_options;  // read-write, so that the load may rewrite; the view absorbs it
-  FsImpl fs(view != nullptr ? *view : device, mount_options);
-  fs.set_repairing();
-  TRY(fs.load());
-  return fs.repair_loaded();
+  auto fs = TRY(FsImpl::open(view != nullptr ? *view : device, mount_options, /*repairing=*/true));
+  return fs->repair_loaded();
 }
 
 Result<void> FsImpl::commit_repair(const Records& records) {

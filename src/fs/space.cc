@@ -62,12 +62,14 @@ uint64_t FsImpl::checkpoint_blocks_for_extents(uint64_t extents) const {
 // to write one now, `estimate` blocks must be free; for the one after it too,
 // 2 * estimate - (the current checkpoint's blocks). Operations never eat into
 // the larger of the two, so a checkpoint can always be written (no ENOSPC wedge).
+// The kept previous checkpoint's blocks count as free: they are let go first.
 uint64_t FsImpl::available_blocks_locked() const {
   const uint64_t estimate = checkpoint_reserve_blocks();
   const uint64_t current = checkpoint_blocks_;
   const uint64_t two_ahead = 2 * estimate > current ? 2 * estimate - current : 0;
   uint64_t held = reserved_blocks_ + std::max(estimate, two_ahead);
-  return free_.free_blocks() > held ? free_.free_blocks() - held : 0;
+  const uint64_t free = free_.free_blocks() + previous_blocks_;
+  return free > held ? free - held : 0;
 }
 
 Result<void> FsImpl::expect_space(uint64_t count, const char* what) {
@@ -88,6 +90,8 @@ Result<void> FsImpl::reserve_blocks(uint64_t count) {
     return fail(ENOSPC, "no space: need " + std::to_string(count) + " blocks, " +
                             std::to_string(available) + " are free");
   }
+  // Promised blocks must be free ones: the kept checkpoint goes if they are not.
+  if (count > available - std::min(available, previous_blocks_)) release_previous_locked();
   reserved_blocks_ += count;
   return {};
 }

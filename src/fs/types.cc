@@ -24,6 +24,8 @@ const char* to_string(MetadataKind kind) {
     case MetadataKind::BadRangeList: return "bad_range_list";
     case MetadataKind::RefcountList: return "refcount_list";
     case MetadataKind::CheckpointDelta: return "checkpoint_delta";
+    case MetadataKind::PreviousCheckpoint: return "previous_checkpoint";
+    case MetadataKind::CarriedJournal: return "carried_journal";
   }
   return "unknown";
 }

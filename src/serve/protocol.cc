@@ -222,7 +222,7 @@ bool Decoder::fsmap_record(FsmapRecord* r) {
   uint64_t ino = 0;
   bool read = u64(&r->device_offset_bytes) && u64(&r->length_bytes) && u8(&owner) && u8(&kind) && u64(&ino) &&
               u64(&r->file_offset_bytes) && u32(&r->refcount);
-  if (!read || owner > static_cast<uint8_t>(OwnerKind::Bad) || kind > static_cast<uint8_t>(MetadataKind::CheckpointDelta)) {
+  if (!read || owner > static_cast<uint8_t>(OwnerKind::Bad) || kind > static_cast<uint8_t>(MetadataKind::CarriedJournal)) {
     return ok_ = false;
   }
   r->owner = static_cast<OwnerKind>(owner);

@@ -1,0 +1,201 @@
+// The previous checkpoint, kept one more generation, and the journal carried
+// with the newest. Two copies survive any one bad block; where the same block
+// is lost in both copies of the newest checkpoint, a mount loads the previous
+// one, replays the carried journal (what was written between the two), then the
+// current journal: the same state, nothing lost.
+#include "base/range_set.h"
+#include "format/block.h"
+#include "format/journal_format.h"
+#include "fs/fs_impl.h"
+
+namespace poise {
+
+uint64_t FsImpl::previous_claims(std::vector<Claim>* claims) const {
+  uint64_t blocks = 0;
+  if (previous_) {
+    // What the current checkpoint shares with it (an incremental checkpoint
+    // keeps its base and delta) is the current one's.
+    std::vector<Claim> kept;
+    for (uint32_t c = 0; c < 2; ++c) {
+      if (previous_->read[c]) claims_of_copy(previous_->roots[c], previous_->root_blocks[c], c, &kept);
+    }
+    RangeSet held;
+    for (const Claim& k : kept) held.add(Range{k.run.start.value(), k.run.count});
+    std::vector<Claim> current;
+    checkpoint_claims(&current);
+    for (const Claim& c : current) held.remove(Range{c.run.start.value(), c.run.count});
+    for (const Range& r : held.ranges()) {  // the offset is the block itself: pieces merge as they lie
+      claims->push_back({DevRun{DevBlock(r.start), r.length}, metadata_owner(MetadataKind::PreviousCheckpoint, r.start)});
+      blocks += r.length;
+    }
+  }
+  if (carried_ && carried_->blocks != 0) {
+    for (uint32_t c = 0; c < 2; ++c) {
+      claims->push_back({DevRun{DevBlock(carried_->start[c]), carried_->blocks},
+                         metadata_owner(MetadataKind::CarriedJournal, c == 0 ? 0 : kSecondCopyOffset)});
+    }
+    if (previous_) blocks += 2 * carried_->blocks;  // a fallback mount needs its own until its checkpoint
+  }
+  return blocks;
+}
+
+bool FsImpl::place_carried_journal(CheckpointPlacement* placed, CarriedJournal* carry) {
+  // The log as it lies in the region, every transaction verified (as for a delta).
+  const uint64_t journal_generation = checkpoint_.generation;
+  auto journal = journal_->copy_log();
+  if (!journal.has_value() ||
+      !format::decode_log(*journal, journal_generation, [](const format::DecodedTx&) -> Result<void> { return {}; })
+           .has_value()) {
+    return false;
+  }
+  const uint64_t blocks = format::delta_blocks_for(journal->size());
+  {
+    std::lock_guard lock(space_mutex_);
+    // After the switch the kept checkpoint holds what the new one does not use,
+    // and the one kept until now is freed: keep only with room for two more
+    // checkpoints beside it (operations let it go when they need its blocks).
+    const uint64_t free_after = free_.free_blocks() + previous_blocks_;
+    if (free_after < reserved_blocks_ + 2 * checkpoint_reserve_blocks() + 2 * blocks) return false;
+    std::vector<DevRun> taken;
+    auto give_back = [&] {
+      for (const DevRun& run : taken) free_.add(run);
+      return false;
+    };
+    for (uint32_t c = 0; c < 2 && blocks != 0; ++c) {
+      // One run each, after its copy's root (the copies lie apart as the roots do).
+      auto run = allocate_checkpoint_run(blocks, DevBlock(placed->root_blocks[c]));
+      if (run && run->count != blocks) {
+        free_.add(*run);
+        run.reset();
+      }
+      if (!run) return give_back();
+      taken.push_back(*run);
+      carry->start[c] = run->start.value();
+    }
+    placed->allocated.insert(placed->allocated.end(), taken.begin(), taken.end());
+  }
+  carry->blocks = blocks;
+  format::encode_delta_segment(journal->data(), journal->size(), 0,
+                               [&](uint32_t index, std::byte* block, uint32_t used) {
+    for (uint64_t start : carry->start) {
+      const uint64_t at = start + index;
+      format::seal_block(block, format::kBlockDelta, at, journal_generation, used);
+      device_.write(at * kBlockSize, block, kBlockSize);
+    }
+  });
+  return true;
+}
+
+void FsImpl::name_previous_in_superblock(const std::optional<KeptCheckpoint>& kept,
+                                         const std::optional<CarriedJournal>& carry) {
+  sb_.previous_root_block = kept ? kept->root_blocks[0] : 0;
+  sb_.previous_copy_root_block = kept ? kept->root_blocks[1] : 0;
+  sb_.carry_block = kept && carry ? carry->start[0] : 0;
+  sb_.carry_copy_block = kept && carry ? carry->start[1] : 0;
+  sb_.carry_blocks = kept && carry ? carry->blocks : 0;
+  if (kept) sb_.feature_compat |= format::kCompatPreviousCheckpoint;
+}
+
+void FsImpl::read_previous_roots() {
+  if (!sb_.has_previous() || repairing_) return;  // a repair writes a checkpoint of its own, keeping none
+  KeptCheckpoint kept;
+  std::string why;
+  for (uint32_t c = 0; c < 2; ++c) {
+    const uint64_t at = c == 0 ? sb_.previous_root_block : sb_.previous_copy_root_block;
+    auto root = read_checkpoint_root(at, sb_.checkpoint_generation - 1);
+    if (root.has_value()) {
+      kept.roots[c] = *root;
+      kept.root_blocks[c] = at;
+      kept.read[c] = true;
+    } else {
+      why += (why.empty() ? "" : "; ") + std::string("root copy ") + std::to_string(c + 1) + " (block " +
+             std::to_string(at) + "): " + root.error().message;
+    }
+  }
+  if (!kept.read[0] && !kept.read[1]) {
+    // Let go for space before a crash, or damaged: nothing to fall back to.
+    mount_notes_.push_back("the previous checkpoint, kept for a fallback, cannot be read (" + why +
+                           "); it is let go");
+    previous_released_ = true;
+    return;
+  }
+  previous_ = kept;
+  carried_ = CarriedJournal{{sb_.carry_block, sb_.carry_copy_block}, sb_.carry_blocks};
+}
+
+Result<void> FsImpl::load_previous_checkpoint() {
+  const uint64_t generation = sb_.checkpoint_generation;
+  const uint64_t previous_generation = generation - 1;
+  TRY(load_checkpoint(sb_.previous_root_block, sb_.previous_copy_root_block, previous_generation));
+  // The journal of the previous generation, carried with the newest checkpoint:
+  // one segment, each block from the copy where it verifies.
+  carried_ = CarriedJournal{{sb_.carry_block, sb_.carry_copy_block}, sb_.carry_blocks};
+  if (carried_->blocks != 0) {
+    format::SectionInfo copies[2];
+    for (uint32_t c = 0; c < 2; ++c) {
+      copies[c].records = carried_->blocks;
+      copies[c].runs.push_back(format::BlockRun{carried_->start[c], carried_->blocks});
+    }
+    auto read = [this](uint64_t b, std::byte* out) { return read_block(b, out); };
+    auto replay = [&](uint64_t g, const std::vector<std::byte>& journal) {
+      return format::decode_log(journal, g, [&](const format::DecodedTx& tx) -> Result<void> {
+        for (const auto& record : tx.records) TRY(replay_record(record));
+        return {};
+      });
+    };
+    auto note = [&](uint32_t copy, uint64_t block, const std::string& why) {
+      copy_notes_.push_back("carried journal copy " + std::to_string(copy + 1) + ": " + why + " (block " +
+                            std::to_string(block) + "); the other copy is used");
+    };
+    auto replayed = format::read_delta_copies(read, {&copies[0], &copies[1]}, previous_generation, generation, replay,
+                                              note);
+    if (!replayed.has_value()) {
+      return fail(replayed.error().code, "the journal carried with the newest checkpoint: " + replayed.error().message);
+    }
+  }
+  // The journal goes on in the newest checkpoint's generation; the next
+  // checkpoint (a full one, at once for a read-write mount) follows it.
+  checkpoint_.generation = checkpoint_copy_.generation = generation;
+  generation_shown_.store(generation, std::memory_order_relaxed);
+  full_checkpoint_due_.store(true, std::memory_order_relaxed);
+  copy_notes_.push_back("the newest checkpoint (generation " + std::to_string(generation) + ") cannot be read: " +
+                        fallback_reason_ + "; the previous one (generation " + std::to_string(previous_generation) +
+                        ") and the journal carried with the newest stand in, and nothing is lost");
+  return {};
+}
+
+void FsImpl::release_previous_locked() {
+  if (!previous_) return;
+  std::vector<Claim> claims;
+  previous_claims(&claims);
+  std::vector<DevRun> orphaned;
+  for (const Claim& c : claims) ownership_.remove(c.run, c.owner, &orphaned);
+  for (const DevRun& run : orphaned) free_.add(run);
+  previous_.reset();
+  carried_.reset();
+  previous_blocks_ = 0;
+  previous_released_ = true;
+}
+
+Result<std::unique_ptr<FsImpl>> FsImpl::open(Device& device, const MountOptions& options, bool repairing) {
+  auto fs = std::make_unique<FsImpl>(device, options);
+  if (repairing) fs->set_repairing();
+  auto loaded = fs->load();
+  if (loaded.has_value()) return fs;
+  if (!fs->newest_unreadable_ || !fs->sb_.has_previous()) return Unexpected<Error>(loaded.error());
+  // A fresh load, from the previous checkpoint: nothing of the failed one stays
+  // in memory but the machine checks it met (still to be fenced).
+  auto again = std::make_unique<FsImpl>(device, options);
+  if (repairing) again->set_repairing();
+  again->fallback_reason_ = loaded.error().message;
+  again->failed_at_load_ = fs->failed_at_load_;
+  fs.reset();
+  auto second = again->load();
+  if (!second.has_value()) {
+    return fail(loaded.error().code, loaded.error().message + "; the previous checkpoint cannot stand in: " +
+                                         second.error().message);
+  }
+  return again;
+}
+
+}  // namespace poise
