@@ -292,6 +292,35 @@ TEST(FallbackSections, BothCheckpointsLostFailTheMountCleanly) {
   EXPECT_NE(carried.find("carried"), std::string::npos) << carried;
 }
 
+// check loads the previous checkpoint too: a fallback that could no longer
+// stand in (its carried journal lost, its roots lost) is reported as a note, so
+// that a lost redundancy is known before it is needed.
+TEST(FallbackSections, CheckSaysWhenTheFallbackIsLost) {
+  Model m;
+  auto device = three_generations(CheckpointMode::Full, CheckpointMode::Auto, &m, 11);
+  auto clean = Filesystem::check_device(*device);
+  ASSERT_TRUE(clean.has_value());
+  EXPECT_TRUE(clean->clean() && clean->notes.empty()) << "the fallback stands in: nothing to say";
+  const format::SuperblockInfo sb = superblock_of(*device);
+  ASSERT_GT(sb.carry_blocks, 0u);
+  auto carried = MemoryDevice::copy_of(device->data(), kBytes);
+  damage_block(*carried, sb.carry_block);
+  damage_block(*carried, sb.carry_copy_block);
+  auto report = Filesystem::check_device(*carried);
+  ASSERT_TRUE(report.has_value());
+  EXPECT_TRUE(report->clean()) << "the newest is whole: " << report->problems.front();
+  EXPECT_TRUE(noted(*report, "could not stand in")) << "the lost fallback is told";
+  damage_block(*device, sb.previous_root_block);
+  damage_block(*device, sb.previous_copy_root_block);
+  report = Filesystem::check_device(*device);
+  ASSERT_TRUE(report.has_value());
+  EXPECT_TRUE(report->clean()) << report->problems.front();
+  EXPECT_TRUE(noted(*report, "previous checkpoint, kept for a fallback, cannot be read")) << "the lost fallback is told";
+  auto fs = Filesystem::mount(*device);
+  ASSERT_TRUE(fs.has_value()) << fs.error().message;
+  expect_model(**fs, m);
+}
+
 // The kept checkpoint never costs the user space: data that needs its blocks
 // takes them, and the superblocks stop naming it.
 TEST(FallbackSpace, AKeptCheckpointGivesWayToData) {

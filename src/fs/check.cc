@@ -231,7 +231,9 @@ Result<CheckReport> Filesystem::check_device(Device& device) {
     report.problems.push_back(e.message);
     return report;
   }
-  return (*fs)->check_locked(false);
+  CheckReport report = (*fs)->check_locked(false);
+  FsImpl::check_previous_stands_in(std::move(*fs), &report);
+  return report;
 }
 
 }  // namespace poise

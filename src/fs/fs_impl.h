@@ -139,6 +139,11 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // read in either copy and the superblocks name the one before it, loaded from
   // that one and the journal carried with the newest (previous_checkpoint.cc).
   static Result<std::unique_ptr<FsImpl>> open(Device& device, const MountOptions& options, bool repairing = false);
+  // check_device(): where `fs` (loaded from its newest checkpoint) keeps a
+  // previous one, loads that one with the carried journal in its place and
+  // compares the two states. One that cannot be loaded is a note (the fallback
+  // is lost); a different state is a problem. `fs` is let go first.
+  static void check_previous_stands_in(std::unique_ptr<FsImpl> fs, CheckReport* report);
   Result<void> format_new(const FormatOptions& options);
   // repair.cc: a read-write load that records, instead of refusing, what it
   // cannot apply (see Filesystem::repair), and the repair after it.
@@ -557,7 +562,11 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Lets the kept checkpoint and carried journal go: their blocks are free and
   // the superblocks stop naming them at their next write. REQUIRES: space_mutex_.
   void release_previous_locked();
-  uint64_t previous_blocks_locked() const { return previous_blocks_; }
+  // One hash per inode of all the metadata says of it (attributes, extents,
+  // names, extended attributes), sorted by inode number, and one (inode 0) of
+  // the failed ranges: two loads of one state give equal lists.
+  std::vector<std::pair<uint64_t, uint64_t>> state_digest() const;
+
   // The runs of device blocks that several file extents share, with their
   // counts, adjacent runs of one count merged: from the ownership map (for the
   // checkpoint's refcount section), or from the extent maps alone (at load, to

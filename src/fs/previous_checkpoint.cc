@@ -3,6 +3,9 @@
 // is lost in both copies of the newest checkpoint, a mount loads the previous
 // one, replays the carried journal (what was written between the two), then the
 // current journal: the same state, nothing lost.
+#include <algorithm>
+#include <functional>
+
 #include "base/range_set.h"
 #include "format/block.h"
 #include "format/journal_format.h"
@@ -175,6 +178,83 @@ void FsImpl::release_previous_locked() {
   carried_.reset();
   previous_blocks_ = 0;
   previous_released_ = true;
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> FsImpl::state_digest() const {
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  std::string bytes;
+  auto put = [&](const auto& v) { bytes.append(reinterpret_cast<const char*>(&v), sizeof v); };
+  auto put_named = [&](const std::string& name, uint64_t n) {
+    put(name.size());
+    bytes += name;
+    put(n);
+  };
+  for (const auto& [ino, inode] : inodes_) {
+    bytes.clear();
+    const format::InodeCore& c = inode->core;
+    put(c.ino), put(c.mode), put(c.nlink), put(c.uid), put(c.gid), put(c.size_bytes);
+    put(c.atime_ns), put(c.mtime_ns), put(c.ctime_ns);
+    // Extents merged where they continue: how a map is cut is not state.
+    std::optional<Extent> run;
+    auto flush = [&] {
+      if (run) put(run->file_block.value()), put(run->dev_block.value()), put(run->block_count), put(run->flags);
+    };
+    inode->extents.for_each([&](const Extent& m) {
+      if (run && run->file_block.value() + run->block_count == m.file_block.value() &&
+          run->dev_block.value() + run->block_count == m.dev_block.value() && run->flags == m.flags) {
+        run->block_count += m.block_count;
+        return;
+      }
+      flush();
+      run = m;
+    });
+    flush();
+    if (inode->entries) {
+      std::vector<std::pair<std::string, uint64_t>> names;
+      for (const auto& [name, child] : *inode->entries) names.emplace_back(name, child->ino.value());
+      std::sort(names.begin(), names.end());
+      for (const auto& [name, child] : names) put_named(name, child);
+    }
+    if (inode->xattrs) {
+      for (const auto& [name, value] : *inode->xattrs) {
+        put_named(name, value.size());
+        bytes += value;
+      }
+    }
+    out.emplace_back(inode->ino.value(), std::hash<std::string>{}(bytes));
+  }
+  bytes.clear();
+  for (const Range& r : bad_blocks_.ranges()) put(r.start), put(r.length);
+  out.emplace_back(0, std::hash<std::string>{}(bytes));
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void FsImpl::check_previous_stands_in(std::unique_ptr<FsImpl> fs, CheckReport* report) {
+  if (!fs->fallback_reason_.empty() || !fs->previous_) return;
+  const auto newest = fs->state_digest();
+  Device& device = fs->device_;
+  const MountOptions options = fs->options_;
+  fs.reset();  // one load in memory at a time
+  FsImpl previous(device, options);
+  previous.fallback_reason_ = "(not read: poise check loads the previous checkpoint to see that it could stand in)";
+  if (auto loaded = previous.load(); !loaded.has_value()) {
+    report->notes.push_back("the previous checkpoint, kept for a fallback, could not stand in for the newest: " +
+                            loaded.error().message);
+    return;
+  }
+  const auto fallen_back = previous.state_digest();
+  if (fallen_back == newest) return;
+  uint64_t first = 0;
+  for (size_t i = 0; i < std::max(newest.size(), fallen_back.size()); ++i) {
+    if (i >= newest.size() || i >= fallen_back.size() || newest[i] != fallen_back[i]) {
+      first = i < newest.size() ? newest[i].first : fallen_back[i].first;
+      break;
+    }
+  }
+  report->problems.push_back("the previous checkpoint with the journal carried with the newest gives another state "
+                             "than the newest checkpoint (first at inode " + std::to_string(first) +
+                             "): a fallback would not give what was committed");
 }
 
 Result<std::unique_ptr<FsImpl>> FsImpl::open(Device& device, const MountOptions& options, bool repairing) {
