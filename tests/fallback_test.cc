@@ -321,6 +321,68 @@ TEST(FallbackSections, CheckSaysWhenTheFallbackIsLost) {
   expect_model(**fs, m);
 }
 
+// An image from before sharing marks: the checkpoint that turns them on keeps
+// no previous one (the journal it would carry has reflinks without their marks,
+// which a fallback would take for cross-links); the next one does.
+TEST(FallbackSections, TheCheckpointThatTurnsOnSharingMarksKeepsNone) {
+  auto device = std::make_unique<MemoryDevice>(kBytes);
+  ASSERT_TRUE(Filesystem::format(*device).has_value());
+  edit_superblocks(*device, [](format::SuperblockInfo* sb) { sb->feature_incompat &= ~format::kIncompatSharingMarks; });
+  Model m;
+  {
+    auto fs = Filesystem::mount(*device);
+    ASSERT_TRUE(fs.has_value());
+    auto a = (*fs)->create("/a");
+    ASSERT_TRUE((*fs)->write(*a, 0, bytes_of(std::string(8192, 'a'))).has_value());
+    ASSERT_TRUE((*fs)->reflink(*a, *(*fs)->create("/b")).has_value());  // unmarked
+    ASSERT_TRUE((*fs)->checkpoint(CheckpointMode::Full).has_value());
+    EXPECT_NE(superblock_of(*device).feature_incompat & format::kIncompatSharingMarks, 0u);
+    EXPECT_FALSE(superblock_of(*device).has_previous());
+    ASSERT_TRUE((*fs)->reflink(*a, *(*fs)->create("/c")).has_value());  // marked
+    ASSERT_TRUE((*fs)->checkpoint(CheckpointMode::Full).has_value());
+    EXPECT_TRUE(superblock_of(*device).has_previous());
+    ASSERT_TRUE((*fs)->unmount().has_value());
+  }
+  for (const char* name : {"/a", "/b", "/c"}) m.files[name] = std::string(8192, 'a');
+  damage_newest_roots(*device);
+  auto report = Filesystem::check_device(*device);
+  ASSERT_TRUE(report.has_value());
+  EXPECT_TRUE(report->clean()) << report->problems.front();
+  auto fs = Filesystem::mount(*device);
+  ASSERT_TRUE(fs.has_value()) << fs.error().message;
+  expect_model(**fs, m);
+}
+
+// Memory that fails under the kept checkpoint lets it go at once: it could not
+// stand in, and its blocks no longer count as free space.
+TEST(FallbackSections, FailedMemoryUnderTheKeptCheckpointLetsItGo) {
+  Model m;
+  auto device = three_generations(CheckpointMode::Full, CheckpointMode::Full, &m, 31);
+  for (MountMode mode : {MountMode::ReadOnly, MountMode::ReadWrite}) {
+    SCOPED_TRACE(mode == MountMode::ReadOnly ? "read-only" : "read-write");
+    auto copy = MemoryDevice::copy_of(device->data(), kBytes);
+    MountOptions options;
+    options.mode = mode;
+    auto fs = Filesystem::mount(*copy, options);
+    ASSERT_TRUE(fs.has_value());
+    const auto kept = blocks_of(**fs, MetadataKind::PreviousCheckpoint);
+    ASSERT_FALSE(kept.empty());
+    const uint64_t free_before = (*fs)->info().free_bytes;
+    ASSERT_TRUE(copy->inject_poison(kept.front() * kBlockSize, kBlockSize).has_value());
+    ASSERT_TRUE(copy->notify_failure(kept.front() * kBlockSize, kBlockSize, FailureFlags::None).has_value());
+    EXPECT_TRUE(blocks_of(**fs, MetadataKind::PreviousCheckpoint).empty()) << "let go";
+    if (mode == MountMode::ReadOnly) {  // (read-write also writes a new checkpoint, with the bad range in it)
+      EXPECT_EQ((*fs)->info().free_bytes, free_before - kBlockSize) << "only the failed block is lost to free space";
+    }
+    EXPECT_TRUE((*fs)->check().clean()) << (*fs)->check().problems.front();
+    ASSERT_TRUE((*fs)->unmount().has_value());
+    if (mode == MountMode::ReadWrite) EXPECT_FALSE(superblock_of(*copy).has_previous());
+    auto again = Filesystem::mount(*copy);
+    ASSERT_TRUE(again.has_value());
+    expect_model(**again, m);
+  }
+}
+
 // The kept checkpoint never costs the user space: data that needs its blocks
 // takes them, and the superblocks stop naming it.
 TEST(FallbackSpace, AKeptCheckpointGivesWayToData) {
@@ -358,6 +420,106 @@ TEST(FallbackSpace, AKeptCheckpointGivesWayToData) {
   auto report = Filesystem::check_device(*device);
   ASSERT_TRUE(report.has_value());
   EXPECT_TRUE(report->clean()) << report->problems.front();
+}
+
+// The kept checkpoint let go for space, its blocks reused by data, and then a
+// crash before any superblock stopped naming it: where the newest is lost too,
+// the stale previous checkpoint either still loads from what is left of its
+// copies (blocks under files are not claimed for it) or is refused; files are
+// never cut to make room for it.
+TEST(FallbackSpace, AStaleKeptCheckpointNeverCostsFileData) {
+  auto device = std::make_unique<MemoryDevice>(kBytes);
+  ASSERT_TRUE(Filesystem::format(*device).has_value());
+  Model m;
+  {
+    auto fs = Filesystem::mount(*device);
+    ASSERT_TRUE(fs.has_value());
+    for (int i = 0; i < 3000; ++i) {
+      ASSERT_TRUE((*fs)->create("/f" + std::to_string(i)).has_value());
+      m.files["/f" + std::to_string(i)] = "";
+    }
+    ASSERT_TRUE((*fs)->checkpoint(CheckpointMode::Full).has_value());
+    ASSERT_TRUE((*fs)->checkpoint(CheckpointMode::Full).has_value());
+    auto big = (*fs)->create("/big");
+    ASSERT_TRUE(big.has_value());
+    std::string& data = m.files["/big"];
+    const std::string chunk(64 << 10, 'x');
+    for (;;) {
+      auto n = (*fs)->write(*big, data.size(), bytes_of(chunk));
+      if (!n.has_value() || *n == 0) break;
+      data.append(chunk, 0, *n);
+    }
+    EXPECT_TRUE(blocks_of(**fs, MetadataKind::PreviousCheckpoint).empty()) << "the kept checkpoint gave way";
+    (*fs)->shutdown();  // a crash: the superblocks still name it
+  }
+  ASSERT_TRUE(superblock_of(*device).has_previous());
+  damage_newest_roots(*device);
+  auto repaired = Filesystem::repair(*device, RepairOptions{.dry_run = true});
+  if (repaired.has_value()) {
+    for (const std::string& lost : repaired->lost) {
+      EXPECT_EQ(lost.find("unmapped file blocks"), std::string::npos) << lost;
+    }
+  }
+  MountOptions ro;
+  ro.mode = MountMode::ReadOnly;
+  auto fs = Filesystem::mount(*device, ro);
+  if (!fs.has_value()) {
+    std::fprintf(stderr, "the stale previous checkpoint is refused: %s\n", fs.error().message.c_str());
+    EXPECT_NE(fs.error().message.find("cannot stand in"), std::string::npos) << fs.error().message;
+    return;
+  }
+  std::fprintf(stderr, "the stale previous checkpoint stood in\n");
+  expect_model(**fs, m);
+  EXPECT_TRUE((*fs)->check().clean()) << (*fs)->check().problems.front();
+}
+
+// The same, made exactly: a block of the previous checkpoint's copy 2 taken by
+// a file (a journaled extent and the file's bytes over it), then the newest
+// lost. The previous checkpoint loads from copy 1, the block stays the file's.
+TEST(FallbackSpace, AKeptBlockTakenByAFileStaysTheFiles) {
+  Model m;
+  auto device = three_generations(CheckpointMode::Full, CheckpointMode::Full, &m, 21);
+  std::vector<uint64_t> journals;
+  uint64_t taken = 0;
+  format::InodeCore core;
+  {
+    auto fs = Filesystem::mount(*device);
+    ASSERT_TRUE(fs.has_value());
+    auto ino = (*fs)->create("/taker");
+    ASSERT_TRUE(ino.has_value());
+    auto st = (*fs)->stat(*ino);
+    core = format::InodeCore{ino->value(), format::kModeRegular | (st->mode & 07777), st->nlink, st->uid, st->gid, kBlockSize,
+                             st->atime_ns, st->mtime_ns, st->ctime_ns};
+    journals = journal_copies(**fs);
+    const auto kept = blocks_of(**fs, MetadataKind::PreviousCheckpoint);
+    ASSERT_FALSE(kept.empty());
+    taken = kept.back();  // the copy placed from the middle of the data area on
+    ASSERT_TRUE((*fs)->unmount().has_value());
+  }
+  ASSERT_EQ(superblock_of(*device).previous_copy_root_block < taken, true) << "a block of copy 2";
+  format::TxEncoder tx;
+  tx.add(format::ExtentRecord{core.ino, 0, taken, 1, 0});
+  tx.add(core);
+  append_transaction(*device, journals, last_lsn(*device, journals[0]), tx);
+  const std::string bytes(kBlockSize, 'z');
+  device->write(taken * kBlockSize, bytes.data(), bytes.size());
+  m.files["/taker"] = bytes;
+  damage_newest_roots(*device);
+
+  auto report = Filesystem::check_device(*device);
+  ASSERT_TRUE(report.has_value());
+  EXPECT_TRUE(report->clean()) << report->problems.front();
+  EXPECT_TRUE(noted(*report, "lie under files now"));
+  auto fs = Filesystem::mount(*device);
+  ASSERT_TRUE(fs.has_value()) << fs.error().message;
+  expect_model(**fs, m);
+  ASSERT_TRUE((*fs)->unmount().has_value());
+  auto after = Filesystem::check_device(*device);
+  ASSERT_TRUE(after.has_value());
+  EXPECT_TRUE(after->clean()) << after->problems.front();
+  auto repaired = Filesystem::repair(*device, RepairOptions{.dry_run = true});
+  ASSERT_TRUE(repaired.has_value()) << repaired.error().message;
+  for (const std::string& lost : repaired->lost) EXPECT_EQ(lost.find("unmapped"), std::string::npos) << lost;
 }
 
 // Random workloads with checkpoints of both kinds and remounts; at random

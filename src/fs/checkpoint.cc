@@ -257,7 +257,11 @@ Result<void> FsImpl::write_checkpoint(CheckpointMode mode) {
   // was changed in memory only (a repair, a fence without a journal record, an
   // upgrade: `due`), nor when a copy of it or of the superblock was found bad
   // or it was itself loaded in a fallback.
+  // An image gaining sharing marks now keeps none: the journal it would carry
+  // has reflinks without their marks, which a fallback would take for
+  // cross-links.
   const bool may_keep = !due && !repairing_ && copy_notes_.empty() && superblock_notes_.empty() &&
+                        (sb_.feature_incompat & format::kIncompatSharingMarks) != 0 &&
                         sb_.version == format::kFormatVersion && sb_.has_copies() && checkpoint_root_block_ != 0 &&
                         checkpoint_copy_root_block_ != 0 && fallback_reason_.empty() &&
                         journal_->generation() == checkpoint_.generation;
@@ -545,7 +549,8 @@ Result<void> FsImpl::make_checkpoint_current(uint64_t generation, CheckpointPlac
     std::vector<DevRun> orphaned;
     std::vector<Claim> old_claims;
     checkpoint_claims(&old_claims);
-    previous_claims(&old_claims);
+    old_claims.insert(old_claims.end(), previous_held_.begin(), previous_held_.end());
+    drop_stale_previous(&old_claims);
     checkpoint_ = std::move(roots[0]);
     checkpoint_root_block_ = root_blocks[0];
     checkpoint_copy_ = copies == 2 ? std::move(roots[1]) : format::CheckpointRootInfo{};
@@ -555,11 +560,12 @@ Result<void> FsImpl::make_checkpoint_current(uint64_t generation, CheckpointPlac
     fallback_reason_.clear();
     std::vector<Claim> new_claims;
     checkpoint_claims(&new_claims);
-    previous_blocks_ = previous_claims(&new_claims);
     // The new claims first: an incremental checkpoint keeps the old one's
     // sections and delta blocks, which must never be orphaned on the way.
     for (const Claim& c : new_claims) ownership_.add(c.run, c.owner);
+    hold_previous_locked();
     for (const Claim& c : old_claims) ownership_.remove(c.run, c.owner, &orphaned);
+    stale_previous_ = RangeSet{};
     for (const DevRun& run : orphaned) free_.add(run);
   }
   generation_shown_.store(checkpoint_.generation, std::memory_order_relaxed);
@@ -750,8 +756,13 @@ Result<void> FsImpl::rebuild_space(OwnershipMap* ownership, FreeSpace* free,
     claims.push_back({DevRun{DevBlock(sb_.journal_copy_start_block), sb_.journal_blocks},
                       metadata_owner(MetadataKind::Journal, kSecondCopyOffset)});
   }
-  checkpoint_claims(&claims);
-  previous_claims(&claims);
+  {
+    std::vector<Claim> checkpoints;
+    checkpoint_claims(&checkpoints);
+    previous_claims(&checkpoints);
+    drop_stale_previous(&checkpoints);
+    claims.insert(claims.end(), checkpoints.begin(), checkpoints.end());
+  }
   // File extents may share blocks with each other (reflink), never with metadata.
   for (const auto& [ino, inode] : inodes_) {
     const InodeNumber owner = inode->ino;

@@ -562,6 +562,14 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Lets the kept checkpoint and carried journal go: their blocks are free and
   // the superblocks stop naming them at their next write. REQUIRES: space_mutex_.
   void release_previous_locked();
+  // Claims what is kept (previous_claims) in ownership_, and counts it.
+  // REQUIRES: space_mutex_, ownership_ without them.
+  void hold_previous_locked();
+  // A fallback mount: the blocks of the loaded checkpoint and carried journal
+  // that files map now go to stale_previous_ (before the reverse map is built).
+  void find_stale_previous();
+  // Cuts stale_previous_ out of checkpoint and carried-journal claims.
+  void drop_stale_previous(std::vector<Claim>* claims) const;
   // One hash per inode of all the metadata says of it (attributes, extents,
   // names, extended attributes), sorted by inode number, and one (inode 0) of
   // the failed ranges: two loads of one state give equal lists.
@@ -704,6 +712,11 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   uint64_t reserved_blocks_ = 0;  // promised to operations in flight
   uint64_t checkpoint_blocks_ = 0;  // blocks the current checkpoint occupies (space_mutex_)
   uint64_t previous_blocks_ = 0;  // blocks the kept checkpoint and carried journal hold (space_mutex_)
+  std::vector<Claim> previous_held_;  // their claims in ownership_, as made (space_mutex_)
+  // A fallback mount: blocks of the checkpoint it loaded (or of the carried
+  // journal) that files now map, let go for space before a crash; they are
+  // not claimed for it (space_mutex_).
+  RangeSet stale_previous_;
   bool previous_released_ = false;  // let go for space; the superblocks still name it (space_mutex_)
   // The next checkpoint must be a full one: metadata memory failed under the
   // current one, a repair changed what no journal holds, or a failed range

@@ -248,6 +248,7 @@ Result<void> FsImpl::load() {
   if (auto tree = verify_tree(); !tree.has_value() && options_.mode == MountMode::ReadWrite && !repairing_) {
     return fail(EUCLEAN, tree.error().message + "; mount read-only to copy the data out (poise check lists all)");
   }
+  if (!fallback_reason_.empty()) find_stale_previous();
   if (repairing_) {
     TRY(rebuild_space_dropping_conflicts());
   } else if (auto built = rebuild_space(&ownership_, &free_); !built.has_value()) {
@@ -264,9 +265,10 @@ Result<void> FsImpl::load() {
     TRY(rebuild_space(&ownership_, &free_));
   }
   {
-    std::vector<Claim> held;
     std::lock_guard lock(space_mutex_);
-    previous_blocks_ = previous_claims(&held);
+    previous_held_.clear();
+    previous_blocks_ = previous_claims(&previous_held_);
+    drop_stale_previous(&previous_held_);
   }
   check_replayed_sharing();
   // Two files writing one block each believing it their own would corrupt both.

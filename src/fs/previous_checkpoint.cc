@@ -167,13 +167,65 @@ Result<void> FsImpl::load_previous_checkpoint() {
   return {};
 }
 
+void FsImpl::find_stale_previous() {
+  RangeSet mapped;
+  for (const auto& [ino, inode] : inodes_) {
+    inode->extents.for_each([&](const Extent& m) { mapped.add(Range{m.dev_block.value(), m.block_count}); });
+  }
+  std::vector<Claim> loaded;
+  checkpoint_claims(&loaded);
+  previous_claims(&loaded);
+  uint64_t blocks = 0;
+  for (const Claim& c : loaded) {
+    for (uint64_t at = c.run.start.value(); at < c.run.end().value();) {
+      auto hit = mapped.first_overlap(Range{at, c.run.end().value() - at});
+      if (!hit) break;
+      const uint64_t from = std::max(at, hit->start);
+      const uint64_t to = std::min(c.run.end().value(), hit->end());
+      for (const Range& fresh : stale_previous_.add(Range{from, to - from})) blocks += fresh.length;
+      at = to;
+    }
+  }
+  if (blocks != 0) {
+    mount_notes_.push_back(std::to_string(blocks) + " blocks of the previous checkpoint (or of the journal carried "
+                           "with the newest) lie under files now: it was let go for space before a crash, and the "
+                           "copy that was read stood in");
+  }
+}
+
+void FsImpl::drop_stale_previous(std::vector<Claim>* claims) const {
+  if (stale_previous_.empty()) return;
+  std::vector<Claim> kept;
+  for (const Claim& c : *claims) {
+    uint64_t at = c.run.start.value();
+    const uint64_t end = c.run.end().value();
+    auto keep = [&](uint64_t from, uint64_t to) {
+      if (from < to) kept.push_back({DevRun{DevBlock(from), to - from}, Owner{c.owner.id, c.owner.offset_blocks + (from - c.run.start.value())}});
+    };
+    while (at < end) {
+      auto hit = stale_previous_.first_overlap(Range{at, end - at});
+      if (!hit) break;
+      keep(at, std::max(at, hit->start));
+      at = std::min(end, hit->end());
+    }
+    keep(at, end);
+  }
+  *claims = std::move(kept);
+}
+
+void FsImpl::hold_previous_locked() {
+  previous_held_.clear();
+  previous_blocks_ = previous_claims(&previous_held_);
+  for (const Claim& c : previous_held_) ownership_.add(c.run, c.owner);
+}
+
 void FsImpl::release_previous_locked() {
   if (!previous_) return;
-  std::vector<Claim> claims;
-  previous_claims(&claims);
+  // The claims as they were made: the current checkpoint may be changing.
   std::vector<DevRun> orphaned;
-  for (const Claim& c : claims) ownership_.remove(c.run, c.owner, &orphaned);
+  for (const Claim& c : previous_held_) ownership_.remove(c.run, c.owner, &orphaned);
   for (const DevRun& run : orphaned) free_.add(run);
+  previous_held_.clear();
   previous_.reset();
   carried_.reset();
   previous_blocks_ = 0;

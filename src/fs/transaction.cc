@@ -325,6 +325,13 @@ void FsImpl::fence_off_locked(DevRun run) {
   free_.visit(run, [&](DevRun f) { was_free.push_back(f); });
   for (const DevRun& f : was_free) free_.remove(f);
   ownership_.add(run, bad_owner(run.start));
+  // Failed memory under the kept checkpoint: it can stand in no more.
+  for (const Claim& c : previous_held_) {
+    if (c.run.start.value() < run.end().value() && run.start.value() < c.run.end().value()) {
+      release_previous_locked();
+      break;
+    }
+  }
 }
 
 void FsImpl::release_blocks(Inode& inode, const std::vector<Extent>& removed) {
