@@ -537,7 +537,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   struct KeptCheckpoint {
     format::CheckpointRootInfo roots[2];
     uint64_t root_blocks[2] = {0, 0};
-    bool read[2] = {false, false};  // a root that could not be read holds its block only
+    bool read[2] = {false, false};  // a copy whose root could not be read is not held
   };
   struct CarriedJournal {
     uint64_t start[2] = {0, 0};
