@@ -128,6 +128,18 @@ void append_extent_records(InodeNumber ino, const Extent& m, Records* out, uint3
 void claims_of_copy(const format::CheckpointRootInfo& root, uint64_t root_block, uint32_t copy,
                     std::vector<Claim>* claims);
 
+// The checkpoint kept one more generation for a fallback (previous_checkpoint.cc).
+struct KeptCheckpoint {
+  format::CheckpointRootInfo roots[2];
+  uint64_t root_blocks[2] = {0, 0};
+  bool read[2] = {false, false};  // a copy whose root could not be read is not held
+};
+// The journal written between it and the newest, one run of delta blocks per copy.
+struct CarriedJournal {
+  uint64_t start[2] = {0, 0};
+  uint64_t blocks = 0;
+};
+
 class FsImpl final : public Filesystem, public mapping::MappingBackend, public failure::FailureTarget {
  public:
   FsImpl(Device& device, MountOptions options);
@@ -534,15 +546,6 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // the newest checkpoint loads them and replays the journal on top: nothing is
   // lost. Their blocks are held while kept, but count as free space: an
   // operation that needs them lets them go (release_previous_locked).
-  struct KeptCheckpoint {
-    format::CheckpointRootInfo roots[2];
-    uint64_t root_blocks[2] = {0, 0};
-    bool read[2] = {false, false};  // a copy whose root could not be read is not held
-  };
-  struct CarriedJournal {
-    uint64_t start[2] = {0, 0};
-    uint64_t blocks = 0;
-  };
   // The kept checkpoint's blocks that the current one does not use, and the
   // carried journal's, as claims; returns how many blocks they hold that may be
   // let go (none in a fallback mount). REQUIRES: checkpoint_ stable (the gate).
