@@ -434,6 +434,7 @@ expect 0 "$POISE" check "$WORK/fb.img"
 contains "$WORK/out" "stand in"
 expect 0 "$POISE" ls "$WORK/fb.img" /t2
 [ "$(wc -l <"$WORK/out")" = 1500 ] && ok || bad "ls /t2 after the fallback: $(wc -l <"$WORK/out") names"
+contains "$WORK/err" "the previous one stood in"  # every command warns: redundancy was used up
 expect 0 "$POISE" cat "$WORK/fb.img" /t2/f1234
 contains "$WORK/out" "file 1234"
 expect 0 "$POISE" stat "$WORK/fb.img" /in-journal
@@ -458,5 +459,9 @@ with open(img, "r+b") as f:
 PY
 expect 5 "$POISE" ls "$WORK/fb.img" /
 contains "$WORK/err" "cannot stand in"
+expect 5 "$POISE" check "$WORK/fb.img" --json
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if not r["clean"] and r["problems"] else 1)' "$WORK/out" \
+  && ok || bad "check --json of an image with both checkpoints lost: $(head -c 300 "$WORK/out")"
+contains "$WORK/out" "cannot stand in"
 
 finish robustness

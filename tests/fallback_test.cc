@@ -278,6 +278,14 @@ TEST(FallbackSections, BothCheckpointsLostFailTheMountCleanly) {
   auto report = Filesystem::check_device(*device);
   ASSERT_TRUE(report.has_value()) << report.error().message;
   EXPECT_FALSE(report->clean());
+  // Failed memory instead of damaged bytes under the newest roots: still a
+  // report with the problem, not an I/O error of check itself.
+  for (uint64_t root : {sb.checkpoint_root_block, sb.checkpoint_copy_root_block}) {
+    ASSERT_TRUE(device->inject_poison(root * kBlockSize, kBlockSize).has_value());
+  }
+  auto poisoned = Filesystem::check_device(*device);
+  ASSERT_TRUE(poisoned.has_value()) << poisoned.error().message;
+  EXPECT_FALSE(poisoned->clean());
   // The carried journal damaged instead (in both copies): refused as well.
   Model m2;
   auto other = three_generations(CheckpointMode::Full, CheckpointMode::Full, &m2, 8);
@@ -310,6 +318,13 @@ TEST(FallbackSections, CheckSaysWhenTheFallbackIsLost) {
   ASSERT_TRUE(report.has_value());
   EXPECT_TRUE(report->clean()) << "the newest is whole: " << report->problems.front();
   EXPECT_TRUE(noted(*report, "could not stand in")) << "the lost fallback is told";
+  // repair says what check says: letting the lost fallback go is a change it makes.
+  auto repaired = Filesystem::repair(*carried, RepairOptions{.dry_run = true});
+  ASSERT_TRUE(repaired.has_value()) << repaired.error().message;
+  EXPECT_TRUE(mentions(repaired->changes, "could not stand in")) << "repair -n lists letting it go";
+  auto untouched = Filesystem::repair(*device, RepairOptions{.dry_run = true});
+  ASSERT_TRUE(untouched.has_value());
+  EXPECT_TRUE(untouched->changes.empty()) << untouched->changes.front();
   damage_block(*device, sb.previous_root_block);
   damage_block(*device, sb.previous_copy_root_block);
   report = Filesystem::check_device(*device);

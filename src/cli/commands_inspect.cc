@@ -449,7 +449,8 @@ int check(const Args& a) {
     for (const auto& p : r.problems) fmt::print("problem: {}\n", p);
     for (const auto& n : r.notes) fmt::print("note: {}\n", n);
     fmt::print("{}: {} inodes ({} directories), {} extents, {} blocks used ({} shared), {} free\n",
-               r.clean() ? "clean" : fmt::format("{} problems", r.problems.size()), r.inodes, r.directories,
+               r.clean() ? "clean" : fmt::format("{} problem{}", r.problems.size(), r.problems.size() == 1 ? "" : "s"),
+               r.inodes, r.directories,
                r.extents, r.used_blocks, r.shared_blocks, r.free_blocks);
   }
   // --strict: a note (a damaged copy read from the other, a journal gap of a

@@ -226,7 +226,9 @@ Result<CheckReport> Filesystem::check_device(Device& device) {
   auto fs = FsImpl::open(device, options);
   if (!fs.has_value()) {
     const Error& e = fs.error();
-    if (e.code != EUCLEAN && e.code != EBADMSG) return Unexpected<Error>(e);
+    // Damage, or failed memory under metadata that both copies (and the
+    // previous checkpoint) needed: a problem, reported like any other.
+    if (e.code != EUCLEAN && e.code != EBADMSG && e.code != EIO) return Unexpected<Error>(e);
     CheckReport report;
     report.problems.push_back(e.message);
     return report;

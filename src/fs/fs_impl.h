@@ -156,6 +156,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // compares the two states. One that cannot be loaded is a note (the fallback
   // is lost); a different state is a problem. `fs` is let go first.
   static void check_previous_stands_in(std::unique_ptr<FsImpl> fs, CheckReport* report);
+  const std::vector<std::string>& previous_notes() const { return previous_notes_; }
   Result<void> format_new(const FormatOptions& options);
   // repair.cc: a read-write load that records, instead of refusing, what it
   // cannot apply (see Filesystem::repair), and the repair after it.
@@ -647,6 +648,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   std::optional<KeptCheckpoint> previous_;  // the checkpoint before checkpoint_, while kept
   std::optional<CarriedJournal> carried_;   // the journal between the two (a fallback mount: between it and the newest)
   std::string fallback_reason_;             // loading from the previous checkpoint: why the newest could not be read
+  std::vector<std::string> previous_notes_;  // the kept checkpoint found unusable at load (also in mount_notes_)
   bool newest_unreadable_ = false;          // load() failed in the newest checkpoint
   // Sharing without a refcount record (a cross-link) or the reverse, found at
   // load: check() reports it, a read-write mount refuses, repair resolves it.

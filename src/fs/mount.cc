@@ -255,8 +255,9 @@ Result<void> FsImpl::load() {
     // A kept checkpoint let go for space before a crash may lie under new data:
     // it is let go again. Anything else is damage.
     if (!previous_ || !fallback_reason_.empty()) return built;
-    mount_notes_.push_back("the previous checkpoint, kept for a fallback, overlaps what is in use (" +
-                           built.error().message + "); it is let go");
+    previous_notes_.push_back("the previous checkpoint, kept for a fallback, overlaps what is in use (" +
+                              built.error().message + ")");
+    mount_notes_.push_back(previous_notes_.back() + "; it is let go");
     previous_.reset();
     carried_.reset();
     previous_released_ = true;

@@ -117,8 +117,8 @@ void FsImpl::read_previous_roots() {
   }
   if (!kept.read[0] && !kept.read[1]) {
     // Let go for space before a crash, or damaged: nothing to fall back to.
-    mount_notes_.push_back("the previous checkpoint, kept for a fallback, cannot be read (" + why +
-                           "); it is let go");
+    previous_notes_.push_back("the previous checkpoint, kept for a fallback, cannot be read (" + why + ")");
+    mount_notes_.push_back(previous_notes_.back() + "; it is let go");
     previous_released_ = true;
     return;
   }
@@ -164,6 +164,9 @@ Result<void> FsImpl::load_previous_checkpoint() {
   copy_notes_.push_back("the newest checkpoint (generation " + std::to_string(generation) + ") cannot be read: " +
                         fallback_reason_ + "; the previous one (generation " + std::to_string(previous_generation) +
                         ") and the journal carried with the newest stand in, and nothing is lost");
+  // Every command says so (a fallback is redundancy used up), as for a journal gap.
+  mount_warnings_.push_back("the newest checkpoint could not be read; the previous one stood in (nothing is lost; "
+                            "poise check says more)");
   return {};
 }
 
@@ -187,9 +190,10 @@ void FsImpl::find_stale_previous() {
     }
   }
   if (blocks != 0) {
-    mount_notes_.push_back(std::to_string(blocks) + " blocks of the previous checkpoint (or of the journal carried "
-                           "with the newest) lie under files now: it was let go for space before a crash, and the "
-                           "copy that was read stood in");
+    previous_notes_.push_back(std::to_string(blocks) + " blocks of the previous checkpoint (or of the journal "
+                              "carried with the newest) lie under files now: it was let go for space before a "
+                              "crash, and the copy that was read stood in");
+    mount_notes_.push_back(previous_notes_.back());
   }
 }
 

@@ -39,8 +39,30 @@ Result<RepairReport> Filesystem::repair(Device& device, const RepairOptions& opt
   std::unique_ptr<MemoryDevice> view;
   if (options.dry_run) view = TRY(MemoryDevice::private_view_of(device));
   MountOptions mount_options;  // read-write, so that the load may rewrite; the view absorbs it
+  // What check would say of the kept previous checkpoint (unreadable, let go
+  // for space, or one that would not give the newest state): the repair's
+  // checkpoint keeps none, so each is a change it makes.
+  std::vector<std::string> previous;
+  {
+    MountOptions read_only;
+    read_only.mode = MountMode::ReadOnly;
+    if (auto ro = FsImpl::open(device, read_only); ro.has_value()) {
+      previous = (*ro)->previous_notes();
+      CheckReport found;
+      FsImpl::check_previous_stands_in(std::move(*ro), &found);
+      previous.insert(previous.end(), found.problems.begin(), found.problems.end());
+      previous.insert(previous.end(), found.notes.begin(), found.notes.end());
+    }
+  }
   auto fs = TRY(FsImpl::open(view != nullptr ? *view : device, mount_options, /*repairing=*/true));
-  return fs->repair_loaded();
+  RepairReport report = TRY(fs->repair_loaded());
+  for (const std::string& p : previous) {
+    auto said = [&](const std::string& c) { return c.rfind(p, 0) == 0; };  // the repair's own load met it too
+    if (std::none_of(report.changes.begin(), report.changes.end(), said)) {
+      report.changes.push_back(p + "; the previous checkpoint is let go (the next checkpoint keeps one again)");
+    }
+  }
+  return report;
 }
 
 Result<void> FsImpl::commit_repair(const Records& records) {
