@@ -47,7 +47,7 @@ void io_bench(const Options& o, Table* t) {
     }
     device = std::move(*opened);
     (void)Filesystem::format(*device);
-    fs = std::move(*Filesystem::mount(*device));
+    fs = *Filesystem::mount(*device);
     ino = *fs->create("/seq");
     double t0 = now_seconds();
     for (uint64_t c = 0; c < chunks; ++c) (void)fs->write(ino, c * kChunk, buf);
