@@ -424,6 +424,11 @@ expect 0 "$POISE" mkfs "$WORK/fb.img" --size 64M
 expect 0 "$POISE" put -r "$WORK/fb.img" "$WORK/fb-tree" /t1
 expect 0 "$POISE" put -r "$WORK/fb.img" "$WORK/fb-tree" /t2
 expect 0 "$POISE" mkdir "$WORK/fb.img" /in-journal
+expect 0 "$POISE" info "$WORK/fb.img" --json
+python3 -c 'import json,sys; i=json.load(open(sys.argv[1])); sys.exit(0 if i["previous_checkpoint_generation"] == i["checkpoint_generation"] - 1 and i["previous_checkpoint_bytes"] > 0 else 1)' "$WORK/out" \
+  && ok || bad "info names the kept checkpoint: $(cat "$WORK/out")"
+expect 0 "$POISE" info "$WORK/fb.img"
+contains "$WORK/out" "fallback:   generation"
 expect 0 "$POISE" fsmap "$WORK/fb.img" --json
 contains "$WORK/out" '"previous_checkpoint"'
 contains "$WORK/out" '"carried_journal"'
@@ -441,6 +446,8 @@ expect 0 "$POISE" stat "$WORK/fb.img" /in-journal
 expect 0 "$POISE" repair "$WORK/fb.img" --dry-run
 contains "$WORK/out" "stand in"
 expect 0 "$POISE" mkdir "$WORK/fb.img" /after-fallback  # read-write: a new checkpoint, both copies whole
+expect 0 "$POISE" info "$WORK/fb.img"
+contains "$WORK/out" "fallback:   none kept"
 expect 0 "$POISE" check "$WORK/fb.img"
 not_contains "$WORK/out" "stand in"
 # Both checkpoints lost: refused, as a corrupt image.

@@ -177,11 +177,15 @@ TEST_P(Fallback, TheNewestRootsLostInBothCopiesLoseNothing) {
     ASSERT_TRUE(fs.has_value()) << fs.error().message;
     expect_model(**fs, m);
     EXPECT_FALSE(superblock_of(*device).has_previous()) << "no fallback to a checkpoint the newest was not built on";
+    EXPECT_EQ((*fs)->info().previous_generation, 0u);
     Rng rng(seed + 1);
     uint64_t serial = 1000;
     for (int i = 0; i < 20; ++i) random_op(**fs, &m, rng, &serial);
     ASSERT_TRUE((*fs)->checkpoint().has_value());
     EXPECT_TRUE(superblock_of(*device).has_previous()) << "the next checkpoint keeps one again";
+    const FsInfo info = (*fs)->info();
+    EXPECT_EQ(info.previous_generation, info.checkpoint_generation - 1);
+    EXPECT_GT(info.previous_bytes, 0u);
     ASSERT_TRUE((*fs)->unmount().has_value());
   }
   auto after = Filesystem::check_device(*device);

@@ -223,7 +223,7 @@ def ask(op, body):
     n = struct.unpack('<I', head[:4])[0]
     data = sock.recv(n, socket.MSG_WAITALL) if n else b''
     return struct.unpack('<i', data[:4])[0]
-assert ask(1, struct.pack("<I", 7)) == 0  # hello (protocol version 7)
+assert ask(1, struct.pack("<I", 8)) == 0  # hello (protocol version 8)
 PY
   cat >"$WORK/raw.py" <<'PY'
 from wire import *

@@ -127,6 +127,10 @@ struct FsInfo {
   uint64_t files = 0;        // inodes of every type, the root included
   uint64_t journal_bytes = 0;
   uint64_t checkpoint_generation = 0;
+  // The checkpoint kept one more generation as a fallback (0: none kept), and
+  // the bytes it and the journal carried beside it hold (counted as free).
+  uint64_t previous_generation = 0;
+  uint64_t previous_bytes = 0;
 };
 
 }  // namespace poise

@@ -159,13 +159,21 @@ int info(const Args& a) {
       fmt::print("{}\n", json_text(json{{"size_bytes", i.size_bytes}, {"block_size", i.block_size},
                                          {"used_bytes", i.used_bytes}, {"free_bytes", i.free_bytes},
                                          {"files", i.files}, {"journal_bytes", i.journal_bytes},
-                                         {"checkpoint_generation", i.checkpoint_generation}}));
+                                         {"checkpoint_generation", i.checkpoint_generation},
+                                         {"previous_checkpoint_generation", i.previous_generation},
+                                         {"previous_checkpoint_bytes", i.previous_bytes}}));
       return int(kExitOk);
     }
     fmt::print("size:       {} ({} bytes)\nblock size: {}\nused:       {} ({} bytes)\nfree:       {} ({} bytes)\n"
                "files:      {} (directories included)\njournal:    {}\ncheckpoint: generation {}\n",
                human_size(i.size_bytes), i.size_bytes, i.block_size, human_size(i.used_bytes), i.used_bytes,
                human_size(i.free_bytes), i.free_bytes, i.files, human_size(i.journal_bytes), i.checkpoint_generation);
+    if (i.previous_generation != 0) {
+      fmt::print("fallback:   generation {} kept, with the journal since ({}, counted as free)\n",
+                 i.previous_generation, human_size(i.previous_bytes));
+    } else {
+      fmt::print("fallback:   none kept (the next checkpoint keeps one)\n");
+    }
     return int(kExitOk);
   });
 }

@@ -166,6 +166,8 @@ FsInfo FsImpl::info() {
   {
     std::lock_guard lock(space_mutex_);
     i.free_bytes = (free_.free_blocks() + previous_blocks_) * kBlockSize;  // a kept checkpoint goes when space is needed
+    i.previous_bytes = previous_blocks_ * kBlockSize;
+    i.previous_generation = previous_ ? generation_shown_.load(std::memory_order_relaxed) - 1 : 0;
   }
   i.used_bytes = i.size_bytes - i.free_bytes;
   i.files = inode_count_.load();

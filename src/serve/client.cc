@@ -494,7 +494,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     TRY(call(Op::Info, [](Encoder&) {}, [&](Decoder& d) {
       return d.u64(&info.size_bytes) && d.u32(&info.block_size) && d.u64(&info.used_bytes) &&
              d.u64(&info.free_bytes) && d.u64(&info.files) && d.u64(&info.journal_bytes) &&
-             d.u64(&info.checkpoint_generation);
+             d.u64(&info.checkpoint_generation) && d.u64(&info.previous_generation) && d.u64(&info.previous_bytes);
     }));
     return info;
   }

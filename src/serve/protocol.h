@@ -29,7 +29,7 @@ namespace poise::serve {
 // ReportFailure. 5: Checkpoint's mode; metadata kind 9 (checkpoint delta).
 // 6: Pin, Unpin, ReleasePins, PinsReleased, ReaddirAt, UnlinkAt, RmdirAt.
 // 7: OpenTmpfile, LinkTmpfile.
-inline constexpr uint32_t kProtocolVersion = 7;
+inline constexpr uint32_t kProtocolVersion = 8;
 inline constexpr size_t kHeaderBytes = 16;
 // The largest body either side accepts: 1 MiB of file data plus room for fields.
 inline constexpr uint32_t kBodyBytesMax = (1u << 20) + 4096;

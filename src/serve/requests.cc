@@ -509,6 +509,8 @@ Result<void> Handler::run(Op op, Decoder& in, Encoder& out) {
       out.u64(info.files);
       out.u64(info.journal_bytes);
       out.u64(info.checkpoint_generation);
+      out.u64(info.previous_generation);
+      out.u64(info.previous_bytes);
       return {};
     }
     case Op::Check: {

@@ -223,6 +223,26 @@ bool closed_by_server(int fd) {
   }
 }
 
+// info through the server is the server's own, the checkpoint kept as a
+// fallback included.
+TEST(Serve, InfoThroughTheServerIsTheServersOwn) {
+  Served served;
+  auto remote = served.client();
+  ASSERT_NE(remote, nullptr);
+  ASSERT_OK(remote->create("/f"));
+  ASSERT_OK(served.fs().checkpoint(CheckpointMode::Full));
+  ASSERT_OK(remote->create("/g"));
+  ASSERT_OK(served.fs().checkpoint(CheckpointMode::Full));
+  const FsInfo local = served.fs().info();
+  auto got = remote->info();
+  EXPECT_NE(local.previous_generation, 0u) << "a checkpoint is kept";
+  EXPECT_EQ(got.previous_generation, local.previous_generation);
+  EXPECT_EQ(got.previous_bytes, local.previous_bytes);
+  EXPECT_EQ(got.checkpoint_generation, local.checkpoint_generation);
+  EXPECT_EQ(got.free_bytes, local.free_bytes);
+  EXPECT_EQ(got.files, local.files);
+}
+
 TEST(Serve, AMalformedMessageDropsOnlyItsSender) {
   Served served;
   auto good = served.client();
