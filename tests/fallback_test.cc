@@ -126,11 +126,19 @@ void damage_newest_roots(MemoryDevice& device) {
   damage_block(device, sb.checkpoint_copy_root_block);
 }
 
-bool noted(const CheckReport& report, const std::string& what) {
-  for (const std::string& n : report.notes) {
-    if (n.find(what) != std::string::npos) return true;
-  }
-  return false;
+// check finds no problem and notes `note` (when given); a read-write mount
+// then holds exactly the model. Returns that mount.
+std::unique_ptr<Filesystem> expect_clean_holding(MemoryDevice& device, const Model& m, const std::string& note = "") {
+  auto report = Filesystem::check_device(device);
+  EXPECT_TRUE(report.has_value()) << report.error().message;
+  if (!report.has_value()) return nullptr;
+  EXPECT_TRUE(report->clean()) << report->problems.front();
+  if (!note.empty()) EXPECT_TRUE(mentions(report->notes, note)) << "no note says: " << note;
+  auto fs = Filesystem::mount(device);
+  EXPECT_TRUE(fs.has_value()) << fs.error().message;
+  if (!fs.has_value()) return nullptr;
+  expect_model(**fs, m);
+  return std::move(*fs);
 }
 
 // format, a workload, a checkpoint of `older`, more, the newest checkpoint of
@@ -163,7 +171,7 @@ TEST_P(Fallback, TheNewestRootsLostInBothCopiesLoseNothing) {
   auto report = Filesystem::check_device(*device);
   ASSERT_TRUE(report.has_value()) << report.error().message;
   EXPECT_TRUE(report->clean()) << report->problems.front();
-  EXPECT_TRUE(noted(*report, "stand in")) << "check says which checkpoint stood in";
+  EXPECT_TRUE(mentions(report->notes, "stand in")) << "check says which checkpoint stood in";
   {
     MountOptions ro;
     ro.mode = MountMode::ReadOnly;
@@ -228,13 +236,7 @@ TEST(FallbackSections, AnInodeTableBlockLostInBothCopiesLosesNothing) {
   }
   ASSERT_EQ(inode_blocks.size(), 2u) << "one inode-table block per copy";
   for (uint64_t b : inode_blocks) damage_block(*device, b);
-  auto report = Filesystem::check_device(*device);
-  ASSERT_TRUE(report.has_value()) << report.error().message;
-  EXPECT_TRUE(report->clean()) << report->problems.front();
-  EXPECT_TRUE(noted(*report, "inode table")) << "the note says what was lost";
-  auto fs = Filesystem::mount(*device);
-  ASSERT_TRUE(fs.has_value()) << fs.error().message;
-  expect_model(**fs, m);
+  expect_clean_holding(*device, m, "inode table");  // the note says what was lost
 }
 
 // Failed memory (poison) under both roots of the newest: check works, the
@@ -321,7 +323,7 @@ TEST(FallbackSections, CheckSaysWhenTheFallbackIsLost) {
   auto report = Filesystem::check_device(*carried);
   ASSERT_TRUE(report.has_value());
   EXPECT_TRUE(report->clean()) << "the newest is whole: " << report->problems.front();
-  EXPECT_TRUE(noted(*report, "could not stand in")) << "the lost fallback is told";
+  EXPECT_TRUE(mentions(report->notes, "could not stand in")) << "the lost fallback is told";
   // repair says what check says: letting the lost fallback go is a change it makes.
   auto repaired = Filesystem::repair(*carried, RepairOptions{.dry_run = true});
   ASSERT_TRUE(repaired.has_value()) << repaired.error().message;
@@ -331,13 +333,7 @@ TEST(FallbackSections, CheckSaysWhenTheFallbackIsLost) {
   EXPECT_TRUE(untouched->changes.empty()) << untouched->changes.front();
   damage_block(*device, sb.previous_root_block);
   damage_block(*device, sb.previous_copy_root_block);
-  report = Filesystem::check_device(*device);
-  ASSERT_TRUE(report.has_value());
-  EXPECT_TRUE(report->clean()) << report->problems.front();
-  EXPECT_TRUE(noted(*report, "previous checkpoint, kept for a fallback, cannot be read")) << "the lost fallback is told";
-  auto fs = Filesystem::mount(*device);
-  ASSERT_TRUE(fs.has_value()) << fs.error().message;
-  expect_model(**fs, m);
+  expect_clean_holding(*device, m, "previous checkpoint, kept for a fallback, cannot be read");  // the lost fallback is told
 }
 
 // An image from before sharing marks: the checkpoint that turns them on keeps
@@ -364,12 +360,7 @@ TEST(FallbackSections, TheCheckpointThatTurnsOnSharingMarksKeepsNone) {
   }
   for (const char* name : {"/a", "/b", "/c"}) m.files[name] = std::string(8192, 'a');
   damage_newest_roots(*device);
-  auto report = Filesystem::check_device(*device);
-  ASSERT_TRUE(report.has_value());
-  EXPECT_TRUE(report->clean()) << report->problems.front();
-  auto fs = Filesystem::mount(*device);
-  ASSERT_TRUE(fs.has_value()) << fs.error().message;
-  expect_model(**fs, m);
+  expect_clean_holding(*device, m);
 }
 
 // Memory that fails under the kept checkpoint lets it go at once: it could not
@@ -525,14 +516,9 @@ TEST(FallbackSpace, AKeptBlockTakenByAFileStaysTheFiles) {
   m.files["/taker"] = bytes;
   damage_newest_roots(*device);
 
-  auto report = Filesystem::check_device(*device);
-  ASSERT_TRUE(report.has_value());
-  EXPECT_TRUE(report->clean()) << report->problems.front();
-  EXPECT_TRUE(noted(*report, "lie under files now"));
-  auto fs = Filesystem::mount(*device);
-  ASSERT_TRUE(fs.has_value()) << fs.error().message;
-  expect_model(**fs, m);
-  ASSERT_TRUE((*fs)->unmount().has_value());
+  auto fs = expect_clean_holding(*device, m, "lie under files now");
+  ASSERT_NE(fs, nullptr);
+  ASSERT_TRUE(fs->unmount().has_value());
   auto after = Filesystem::check_device(*device);
   ASSERT_TRUE(after.has_value());
   EXPECT_TRUE(after->clean()) << after->problems.front();

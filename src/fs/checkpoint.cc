@@ -110,13 +110,6 @@ void claims_of_copy(const format::CheckpointRootInfo& root, uint64_t root_block,
   }
 }
 
-void FsImpl::add_checkpoint_owners(const format::CheckpointRootInfo& root, uint64_t root_block, uint32_t copy,
-                                   OwnershipMap* ownership) const {
-  std::vector<Claim> claims;
-  claims_of_copy(root, root_block, copy, &claims);
-  for (const Claim& c : claims) ownership->add(c.run, c.owner);
-}
-
 void FsImpl::checkpoint_claims(std::vector<Claim>* claims) const {
   if (checkpoint_root_block_ != 0) claims_of_copy(checkpoint_, checkpoint_root_block_, 0, claims);
   if (checkpoint_copy_root_block_ != 0) claims_of_copy(checkpoint_copy_, checkpoint_copy_root_block_, 1, claims);
@@ -155,6 +148,19 @@ std::optional<DevBlock> FsImpl::second_copy_hint(uint64_t first_root) const {
 // instead when one is due (failed or damaged metadata, a format upgrade, a
 // repair), when the delta would outgrow a quarter of its base, or when the
 // space it takes could leave too little for the full checkpoint after it.
+const std::vector<std::byte>* FsImpl::verified_log(CheckpointPlacement* placed) {
+  if (!placed->log_read) {
+    placed->log_read = true;
+    auto log = journal_->copy_log();
+    auto verified = [this](const std::vector<std::byte>& l) {
+      return format::decode_log(l, checkpoint_.generation, [](const format::DecodedTx&) -> Result<void> { return {}; })
+          .has_value();
+    };
+    if (log.has_value() && verified(*log)) placed->log = std::move(*log);
+  }
+  return placed->log ? &*placed->log : nullptr;
+}
+
 Result<bool> FsImpl::place_delta_checkpoint(uint64_t generation, CheckpointPlacement* placed) {
   if (!sb_.has_copies() || sb_.version != format::kFormatVersion || !copy_notes_.empty() ||
       !superblock_notes_.empty() || checkpoint_root_block_ == 0 || checkpoint_copy_root_block_ == 0 ||
@@ -177,15 +183,9 @@ Result<bool> FsImpl::place_delta_checkpoint(uint64_t generation, CheckpointPlace
   for (const auto& section : checkpoint_.sections) base_blocks += section.blocks();
   constexpr uint64_t kDeltaBlocksMin = 64;
   if (checkpoint_.delta.blocks() + added > std::max(kDeltaBlocksMin, base_blocks / 4)) return false;
-  // The log as it lies in the region, every transaction verified: one that no
-  // longer decodes (damaged since it was replayed or written) must never be
-  // carried into a checkpoint, which a full one (built from memory) avoids.
-  auto journal = journal_->copy_log();
-  if (!journal.has_value() ||
-      !format::decode_log(*journal, checkpoint_.generation, [](const format::DecodedTx&) -> Result<void> { return {}; })
-           .has_value()) {
-    return false;
-  }
+  // A log that no longer decodes takes a full checkpoint (built from memory).
+  const std::vector<std::byte>* journal = verified_log(placed);
+  if (journal == nullptr) return false;
 
   const format::CheckpointRootInfo* current[2] = {&checkpoint_, &checkpoint_copy_};
   const uint64_t old_blocks = checkpoint_.delta.blocks();
@@ -563,7 +563,8 @@ Result<void> FsImpl::make_checkpoint_current(uint64_t generation, CheckpointPlac
     // The new claims first: an incremental checkpoint keeps the old one's
     // sections and delta blocks, which must never be orphaned on the way.
     for (const Claim& c : new_claims) ownership_.add(c.run, c.owner);
-    hold_previous_locked();
+    note_previous_held_locked();
+    for (const Claim& c : previous_held_) ownership_.add(c.run, c.owner);
     for (const Claim& c : old_claims) ownership_.remove(c.run, c.owner, &orphaned);
     stale_previous_ = RangeSet{};
     for (const DevRun& run : orphaned) free_.add(run);

@@ -513,7 +513,16 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
     // The current checkpoint may stay as the previous one (nothing in memory
     // differs from it and its journal), with this generation's journal carried.
     bool may_keep_previous = false;
+    // This generation's log as it lies in the region, once verified (for a
+    // delta and for the carried journal alike); see verified_log().
+    std::optional<std::vector<std::byte>> log;
+    bool log_read = false;
   };
+  // The current generation's log as it lies in the region, every transaction
+  // verified: one that no longer decodes (damaged since it was replayed or
+  // written) is never carried into a checkpoint. nullptr then. Read once per
+  // placement.
+  const std::vector<std::byte>* verified_log(CheckpointPlacement* placed);
   // Writes an incremental checkpoint where it may (place_delta_checkpoint),
   // else a full one, then makes it current (superblocks, old blocks freed,
   // a new journal generation). REQUIRES: the gate held exclusively.
@@ -566,9 +575,9 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // Lets the kept checkpoint and carried journal go: their blocks are free and
   // the superblocks stop naming them at their next write. REQUIRES: space_mutex_.
   void release_previous_locked();
-  // Claims what is kept (previous_claims) in ownership_, and counts it.
-  // REQUIRES: space_mutex_, ownership_ without them.
-  void hold_previous_locked();
+  // Records what is kept (previous_claims, less what is stale) as
+  // previous_held_, and counts what may be let go. REQUIRES: space_mutex_.
+  void note_previous_held_locked();
   // A fallback mount: the blocks of the loaded checkpoint and carried journal
   // that files map now go to stale_previous_ (before the reverse map is built).
   void find_stale_previous();
@@ -611,9 +620,6 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   // A repair's load: file extents on metadata blocks are dropped (logged) until
   // the reverse map builds.
   Result<void> rebuild_space_dropping_conflicts();
-  // `copy` 0 or 1: which of the two copies (their owners differ by kSecondCopyOffset).
-  void add_checkpoint_owners(const format::CheckpointRootInfo& root, uint64_t root_block, uint32_t copy,
-                             OwnershipMap* ownership) const;
   // Both copies of the current checkpoint, as claims (those whose root was read).
   void checkpoint_claims(std::vector<Claim>* claims) const;
   Result<void> read_block(uint64_t block, std::byte* out) const;

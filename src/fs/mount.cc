@@ -267,9 +267,7 @@ Result<void> FsImpl::load() {
   }
   {
     std::lock_guard lock(space_mutex_);
-    previous_held_.clear();
-    previous_blocks_ = previous_claims(&previous_held_);
-    drop_stale_previous(&previous_held_);
+    note_previous_held_locked();  // rebuild_space claimed them
   }
   check_replayed_sharing();
   // Two files writing one block each believing it their own would corrupt both.

@@ -43,14 +43,9 @@ uint64_t FsImpl::previous_claims(std::vector<Claim>* claims) const {
 }
 
 bool FsImpl::place_carried_journal(CheckpointPlacement* placed, CarriedJournal* carry) {
-  // The log as it lies in the region, every transaction verified (as for a delta).
   const uint64_t journal_generation = checkpoint_.generation;
-  auto journal = journal_->copy_log();
-  if (!journal.has_value() ||
-      !format::decode_log(*journal, journal_generation, [](const format::DecodedTx&) -> Result<void> { return {}; })
-           .has_value()) {
-    return false;
-  }
+  const std::vector<std::byte>* journal = verified_log(placed);  // the delta's own, when there is one
+  if (journal == nullptr) return false;
   const uint64_t blocks = format::delta_blocks_for(journal->size());
   {
     std::lock_guard lock(space_mutex_);
@@ -217,10 +212,10 @@ void FsImpl::drop_stale_previous(std::vector<Claim>* claims) const {
   *claims = std::move(kept);
 }
 
-void FsImpl::hold_previous_locked() {
+void FsImpl::note_previous_held_locked() {
   previous_held_.clear();
   previous_blocks_ = previous_claims(&previous_held_);
-  for (const Claim& c : previous_held_) ownership_.add(c.run, c.owner);
+  drop_stale_previous(&previous_held_);
 }
 
 void FsImpl::release_previous_locked() {
@@ -301,13 +296,8 @@ void FsImpl::check_previous_stands_in(std::unique_ptr<FsImpl> fs, CheckReport* r
   }
   const auto fallen_back = previous.state_digest();
   if (fallen_back == newest) return;
-  uint64_t first = 0;
-  for (size_t i = 0; i < std::max(newest.size(), fallen_back.size()); ++i) {
-    if (i >= newest.size() || i >= fallen_back.size() || newest[i] != fallen_back[i]) {
-      first = i < newest.size() ? newest[i].first : fallen_back[i].first;
-      break;
-    }
-  }
+  const auto [a, b] = std::mismatch(newest.begin(), newest.end(), fallen_back.begin(), fallen_back.end());
+  const uint64_t first = a != newest.end() ? a->first : b->first;
   report->problems.push_back("the previous checkpoint with the journal carried with the newest gives another state "
                              "than the newest checkpoint (first at inode " + std::to_string(first) +
                              "): a fallback would not give what was committed");
