@@ -32,5 +32,26 @@ TEST(Crc32c, HardwareMatchesPortableAndExtends) {
             crc32c(buf.data(), buf.size()));
 }
 
+// Long buffers go three lanes at a time (1,360 bytes each) and are joined;
+// lengths around and past each multiple of the three lanes, from a nonzero
+// CRC, and split at random, give the table's answer.
+TEST(Crc32c, ThreeLanesMatchTheTableAcrossTheirJoins) {
+  Rng rng(test_seed("Crc32c.ThreeLanesMatchTheTableAcrossTheirJoins"));
+  std::vector<uint8_t> buf(3 * 4080 + 200);
+  for (auto& b : buf) b = static_cast<uint8_t>(rng.next());
+  for (size_t len : {4079u, 4080u, 4081u, 4087u, 4088u, 4096u, 8159u, 8160u, 8168u, 8192u, 12240u, 12440u}) {
+    EXPECT_EQ(crc32c(buf.data(), len), crc32c_extend_portable(0, buf.data(), len)) << len;
+    const uint32_t start = static_cast<uint32_t>(rng.next());
+    EXPECT_EQ(crc32c_extend(start, buf.data() + 1, len), crc32c_extend_portable(start, buf.data() + 1, len)) << len;
+  }
+  for (int round = 0; round < 50; ++round) {
+    const size_t from = rng.below(64), len = rng.below(buf.size() - from);
+    const size_t split = rng.below(len + 1);
+    const uint32_t whole = crc32c_extend_portable(0, buf.data() + from, len);
+    EXPECT_EQ(crc32c_extend(crc32c(buf.data() + from, split), buf.data() + from + split, len - split), whole)
+        << "from " << from << " length " << len << " split " << split;
+  }
+}
+
 }  // namespace
 }  // namespace poise
