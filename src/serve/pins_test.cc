@@ -247,18 +247,20 @@ TEST(Serve, AMachineCheckInAPinnedPieceIsEIOAndReachesTheServer) {
 
 // A client killed while it holds a pin gives it back: a truncate waiting for
 // the pinned blocks goes on once the process is dead.
+// args: socket, path, bytes to pin from the start.
+POISE_CHILD_MAIN(pins_and_waits) {
+  auto fs = connect(args.at(0));
+  CHILD_CHECK(fs.has_value());
+  auto pin = (*fs)->pin(*(*fs)->lookup(args.at(1)), 0, std::stoull(args.at(2)));
+  CHILD_CHECK(pin.has_value());
+  me.ready();
+  for (;;) ::pause();
+}
+
 TEST(ServeMapping, AKilledClientsPinIsReleased) {
-  SKIP_UNDER_TSAN();
   Served served;
   write_file(served.fs(), "/pinned", std::string(3 * 4096, 'q'));
-  Child child([&](Child& me) {
-    auto fs = connect(served.socket());
-    CHILD_CHECK(fs.has_value());
-    auto pin = (*fs)->pin(*(*fs)->lookup("/pinned"), 0, 3 * 4096);
-    CHILD_CHECK(pin.has_value());
-    me.ready();
-    for (;;) ::pause();
-  });
+  Child child("pins_and_waits", {served.socket(), "/pinned", std::to_string(3 * 4096)});
   ASSERT_TRUE(child.wait_until_ready());
   EXPECT_EQ(served.fs().pin_count(), 1u);
   std::atomic<bool> truncated{false};
@@ -278,17 +280,9 @@ TEST(ServeMapping, AKilledClientsPinIsReleased) {
 // A live client that does not acknowledge pins-released (stopped here) is
 // killed before the server lets its pins go, as for a recall.
 TEST(ServeMapping, AClientThatDoesNotAnswerPinsReleasedIsKilledFirst) {
-  SKIP_UNDER_TSAN();
   Served served(300);
   write_file(served.fs(), "/held", std::string(2 * 4096, 'h'));
-  Child child([&](Child& me) {
-    auto fs = connect(served.socket());
-    CHILD_CHECK(fs.has_value());
-    auto pin = (*fs)->pin(*(*fs)->lookup("/held"), 0, 2 * 4096);
-    CHILD_CHECK(pin.has_value());
-    me.ready();
-    for (;;) ::pause();
-  });
+  Child child("pins_and_waits", {served.socket(), "/held", std::to_string(2 * 4096)});
   ASSERT_TRUE(child.wait_until_ready());
   ASSERT_EQ(served.fs().pin_count(), 1u);
   ASSERT_TRUE(child.stop()) << "the client did not stop";

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -302,39 +303,34 @@ TEST(Serve, AMalformedMessageDropsOnlyItsSender) {
 
 // A client process killed with -9 while it holds a file open: the server
 // releases it, so the unlinked file's blocks are freed.
+POISE_CHILD_MAIN(holds_a_file_open) {
+  auto holder = connect(args.at(0));
+  CHILD_CHECK(holder.has_value());
+  auto f = (*holder)->open("/held", OpenFlags::Create);
+  CHILD_CHECK(f.has_value());
+  std::string data(1 << 20, 'h');
+  CHILD_CHECK(f->write(0, as_bytes(data)).has_value());
+  me.ready();
+  for (;;) ::pause();
+}
+
 TEST(Serve, AKilledClientReleasesWhatItHeldOpen) {
   Served served;
   auto other = served.client();
   ASSERT_NE(other, nullptr);
   const uint64_t free_at_start = other->info().free_bytes;
-  int ready[2];
-  ASSERT_EQ(::pipe(ready), 0);
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    auto holder = connect(served.socket());
-    if (!holder) std::_Exit(1);
-    auto f = (*holder)->open("/held", OpenFlags::Create);
-    if (!f) std::_Exit(2);
-    std::string data(1 << 20, 'h');
-    if (!f->write(0, as_bytes(data))) std::_Exit(3);
-    (void)!::write(ready[1], "r", 1);
-    for (;;) ::pause();
-  }
-  char byte = 0;
-  ASSERT_EQ(::read(ready[0], &byte, 1), 1);
+  Child child("holds_a_file_open", {served.socket()});
+  ASSERT_TRUE(child.wait_until_ready());
   ASSERT_OK(other->unlink("/held"));
   EXPECT_LT(other->info().free_bytes, free_at_start) << "an unlinked file open in another process lost its blocks";
-  ::kill(child, SIGKILL);
-  ::waitpid(child, nullptr, 0);
+  ::kill(child.pid(), SIGKILL);
+  EXPECT_EQ(exit_code(child.wait()), 128 + SIGKILL);
   bool released = false;
   for (int i = 0; i < 500 && !released; ++i) {
     released = other->info().free_bytes == free_at_start;
     if (!released) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_TRUE(released) << "a killed client still holds its open file's blocks";
-  ::close(ready[0]);
-  ::close(ready[1]);
 }
 
 TEST(Serve, WhenTheServerGoesAwayEveryCallFailsInsteadOfHanging) {
@@ -482,23 +478,26 @@ TEST(Serve, AnUnprivilegedFailureReportIsConfirmedByTheServersOwnRead) {
 
 // --- direct mappings across processes ---------------------------------------
 
+// The client processes' programs (Child): args[0] is always the socket.
+
+POISE_CHILD_MAIN(maps_zero_copy) {
+  auto fs = connect(args.at(0));
+  CHILD_CHECK(fs.has_value());
+  auto m = (*fs)->map(*(*fs)->lookup("/f"), 0, 8192, MapAccess::ReadWrite);
+  CHILD_CHECK(m.has_value());
+  CHILD_CHECK(store(m->data(), "from the child").has_value());
+  me.ready();
+  CHILD_CHECK(me.wait_for_go());
+  auto seen = load(m->data() + 4096, 15);
+  CHILD_CHECK(seen.has_value() && *seen == "from the server");
+  CHILD_CHECK((*fs)->mapping_count() == 1);
+  return 0;
+}
+
 TEST(ServeMapping, AClientMapsZeroCopyBothWays) {
-  SKIP_UNDER_TSAN();
   Served served;
   write_file(served.fs(), "/f", std::string(8192, '.'));
-  Child child([&](Child& me) {
-    auto fs = connect(served.socket());
-    CHILD_CHECK(fs.has_value());
-    auto m = (*fs)->map(*(*fs)->lookup("/f"), 0, 8192, MapAccess::ReadWrite);
-    CHILD_CHECK(m.has_value());
-    CHILD_CHECK(store(m->data(), "from the child").has_value());
-    me.ready();
-    CHILD_CHECK(me.wait_for_go());
-    auto seen = load(m->data() + 4096, 15);
-    CHILD_CHECK(seen.has_value() && *seen == "from the server");
-    CHILD_CHECK((*fs)->mapping_count() == 1);
-    return 0;
-  });
+  Child child("maps_zero_copy", {served.socket()});
   ASSERT_TRUE(child.wait_until_ready());
   EXPECT_EQ(read_file(served.fs(), "/f").substr(0, 14), "from the child") << "a client's store did not reach the file";
   write_file(served.fs(), "/f", "from the server", 4096);
@@ -540,23 +539,24 @@ TEST(ServeMapping, AClientsMappingSyncIsDurableAcrossAPowerCut) {
   EXPECT_EQ(after.substr(4096, 12), std::string(12, '.'));
 }
 
+POISE_CHILD_MAIN(maps_what_is_truncated) {
+  auto fs = connect(args.at(0));
+  CHILD_CHECK(fs.has_value());
+  auto m = (*fs)->map(*(*fs)->lookup("/t"), 0, 8192, MapAccess::Read);
+  CHILD_CHECK(m.has_value());
+  CHILD_CHECK(load(m->data() + 4096, 4).value_or("") == "tttt");
+  me.ready();
+  CHILD_CHECK(me.wait_for_go());
+  auto beyond = load(m->data() + 4096, 4);
+  CHILD_CHECK(!beyond.has_value() && beyond.error().code == EFAULT);
+  CHILD_CHECK(load(m->data(), 4).value_or("") == "tttt");
+  return 0;
+}
+
 TEST(ServeMapping, TruncateRecallsTheClientsPagesBeforeFreeingThem) {
-  SKIP_UNDER_TSAN();
   Served served;
   write_file(served.fs(), "/t", std::string(8192, 't'));
-  Child child([&](Child& me) {
-    auto fs = connect(served.socket());
-    CHILD_CHECK(fs.has_value());
-    auto m = (*fs)->map(*(*fs)->lookup("/t"), 0, 8192, MapAccess::Read);
-    CHILD_CHECK(m.has_value());
-    CHILD_CHECK(load(m->data() + 4096, 4).value_or("") == "tttt");
-    me.ready();
-    CHILD_CHECK(me.wait_for_go());
-    auto beyond = load(m->data() + 4096, 4);
-    CHILD_CHECK(!beyond.has_value() && beyond.error().code == EFAULT);
-    CHILD_CHECK(load(m->data(), 4).value_or("") == "tttt");
-    return 0;
-  });
+  Child child("maps_what_is_truncated", {served.socket()});
   ASSERT_TRUE(child.wait_until_ready());
   ASSERT_OK(served.fs().truncate(*served.fs().lookup("/t"), 4096));
   // The freed block is reused at once: the client must not see these bytes.
@@ -565,45 +565,48 @@ TEST(ServeMapping, TruncateRecallsTheClientsPagesBeforeFreeingThem) {
   EXPECT_EQ(exit_code(child.wait()), 0);
 }
 
+// args: socket, path, "loses" or "keeps" its first page.
+POISE_CHILD_MAIN(maps_for_a_failure) {
+  const std::string& path = args.at(1);
+  const bool expect_loss = args.at(2) == "loses";
+  auto fs = connect(args.at(0));
+  CHILD_CHECK(fs.has_value());
+  std::atomic<int> told{0};
+  std::atomic<uint64_t> told_offset{UINT64_MAX};
+  auto owner = std::make_shared<MapOwner>(MapOwner{"p", [&](const MappingEvent& e) {
+                                                     told_offset = e.file_offset;
+                                                     ++told;
+                                                   }, nullptr});
+  auto m = (*fs)->map(*(*fs)->lookup(path), 0, 8192, MapAccess::Read, owner);
+  CHILD_CHECK(m.has_value());
+  CHILD_CHECK(load(m->data(), 4).has_value());
+  me.ready();
+  CHILD_CHECK(me.wait_for_go());
+  // Early notice: the sink is called (on a poise thread, soon after the
+  // failure), without any access to the page.
+  for (int i = 0; i < 500 && expect_loss && told.load() == 0; ++i) ::usleep(10000);
+  if (!expect_loss) ::usleep(100000);  // a stray notice would have come by now
+  CHILD_CHECK(told.load() == (expect_loss ? 1 : 0));
+  auto first = load(m->data(), 4);
+  if (expect_loss) {
+    CHILD_CHECK(told_offset.load() == 0);
+    CHILD_CHECK(!first.has_value() && first.error().code == EIO);
+  } else {
+    CHILD_CHECK(first.has_value());
+  }
+  CHILD_CHECK(load(m->data() + 4096, 4).has_value());  // only the lost page
+  return 0;
+}
+
 TEST(ServeMapping, APoisonedSharedBlockTellsExactlyTheProcessesThatMapIt) {
-  SKIP_UNDER_TSAN();
   Served served;
   write_file(served.fs(), "/a", std::string(8192, 'a'));
   ASSERT_OK(served.fs().create("/b"));
   ASSERT_OK(served.fs().reflink(*served.fs().lookup("/a"), *served.fs().lookup("/b")));
   write_file(served.fs(), "/c", std::string(8192, 'c'));
-  auto mapper = [&](const std::string& path, bool expect_loss) {
-    return [&served, path, expect_loss](Child& me) {
-      auto fs = connect(served.socket());
-      CHILD_CHECK(fs.has_value());
-      std::atomic<int> told{0};
-      std::atomic<uint64_t> told_offset{UINT64_MAX};
-      auto owner = std::make_shared<MapOwner>(MapOwner{"p", [&](const MappingEvent& e) {
-                                                         told_offset = e.file_offset;
-                                                         ++told;
-                                                       }, nullptr});
-      auto m = (*fs)->map(*(*fs)->lookup(path), 0, 8192, MapAccess::Read, owner);
-      CHILD_CHECK(m.has_value());
-      CHILD_CHECK(load(m->data(), 4).has_value());
-      me.ready();
-      CHILD_CHECK(me.wait_for_go());
-      // Early notice: the sink is called (on a poise thread, soon after the
-      // failure), without any access to the page.
-      for (int i = 0; i < 500 && expect_loss && told.load() == 0; ++i) ::usleep(10000);
-      if (!expect_loss) ::usleep(100000);  // a stray notice would have come by now
-      CHILD_CHECK(told.load() == (expect_loss ? 1 : 0));
-      auto first = load(m->data(), 4);
-      if (expect_loss) {
-        CHILD_CHECK(told_offset.load() == 0);
-        CHILD_CHECK(!first.has_value() && first.error().code == EIO);
-      } else {
-        CHILD_CHECK(first.has_value());
-      }
-      CHILD_CHECK(load(m->data() + 4096, 4).has_value());  // only the lost page
-      return 0;
-    };
-  };
-  Child p1(mapper("/a", true)), p2(mapper("/b", true)), p3(mapper("/c", false));
+  Child p1("maps_for_a_failure", {served.socket(), "/a", "loses"});
+  Child p2("maps_for_a_failure", {served.socket(), "/b", "loses"});
+  Child p3("maps_for_a_failure", {served.socket(), "/c", "keeps"});
   for (Child* c : {&p1, &p2, &p3}) ASSERT_TRUE(c->wait_until_ready());
   uint64_t off = device_offset_of(served.fs(), "/a", 0);
   ASSERT_OK(served.device().inject_poison(off, 4096));
@@ -614,23 +617,24 @@ TEST(ServeMapping, APoisonedSharedBlockTellsExactlyTheProcessesThatMapIt) {
   EXPECT_EQ(exit_code(p3.wait()), 0) << "the process mapping an unrelated file";
 }
 
+POISE_CHILD_MAIN(stores_across_a_reflink) {
+  auto fs = connect(args.at(0));
+  CHILD_CHECK(fs.has_value());
+  auto m = (*fs)->map(*(*fs)->lookup("/s"), 0, 4096, MapAccess::ReadWrite);
+  CHILD_CHECK(m.has_value());
+  CHILD_CHECK(store(m->data(), "one").has_value());
+  me.ready();
+  CHILD_CHECK(me.wait_for_go());
+  CHILD_CHECK(store(m->data(), "two").has_value());
+  me.ready();
+  CHILD_CHECK(me.wait_for_go());
+  return 0;
+}
+
 TEST(ServeMapping, AStoreToAReflinkedPageInAClientCopiesOnWrite) {
-  SKIP_UNDER_TSAN();
   Served served;
   write_file(served.fs(), "/s", std::string(4096, 's'));
-  Child child([&](Child& me) {
-    auto fs = connect(served.socket());
-    CHILD_CHECK(fs.has_value());
-    auto m = (*fs)->map(*(*fs)->lookup("/s"), 0, 4096, MapAccess::ReadWrite);
-    CHILD_CHECK(m.has_value());
-    CHILD_CHECK(store(m->data(), "one").has_value());
-    me.ready();
-    CHILD_CHECK(me.wait_for_go());
-    CHILD_CHECK(store(m->data(), "two").has_value());
-    me.ready();
-    CHILD_CHECK(me.wait_for_go());
-    return 0;
-  });
+  Child child("stores_across_a_reflink", {served.socket()});
   ASSERT_TRUE(child.wait_until_ready());
   ASSERT_OK(served.fs().create("/clone"));
   ASSERT_OK(served.fs().reflink(*served.fs().lookup("/s"), *served.fs().lookup("/clone")));
@@ -643,19 +647,20 @@ TEST(ServeMapping, AStoreToAReflinkedPageInAClientCopiesOnWrite) {
   EXPECT_TRUE(served.fs().check().clean());
 }
 
+POISE_CHILD_MAIN(maps_and_waits) {
+  auto fs = connect(args.at(0));
+  CHILD_CHECK(fs.has_value());
+  auto m = (*fs)->map(*(*fs)->lookup("/k"), 0, 8192, MapAccess::Read);
+  CHILD_CHECK(m.has_value());
+  CHILD_CHECK(load(m->data() + 4096, 1).has_value());
+  me.ready();
+  for (;;) ::pause();
+}
+
 TEST(ServeMapping, AClientThatDoesNotAnswerARecallIsKilledBeforeTheBlockIsFreed) {
-  SKIP_UNDER_TSAN();
   Served served(300);
   write_file(served.fs(), "/k", std::string(8192, 'k'));
-  Child child([&](Child& me) {
-    auto fs = connect(served.socket());
-    CHILD_CHECK(fs.has_value());
-    auto m = (*fs)->map(*(*fs)->lookup("/k"), 0, 8192, MapAccess::Read);
-    CHILD_CHECK(m.has_value());
-    CHILD_CHECK(load(m->data() + 4096, 1).has_value());
-    me.ready();
-    for (;;) ::pause();
-  });
+  Child child("maps_and_waits", {served.socket()});
   ASSERT_TRUE(child.wait_until_ready());
   // An operator's event stream, through the client library.
   auto watcher_fs = served.client();
@@ -694,18 +699,19 @@ TEST(ServeMapping, AClientThatDoesNotAnswerARecallIsKilledBeforeTheBlockIsFreed)
 // A store to a read-only mapping kills the client with SIGSEGV, as the kernel
 // would, and never reaches the server (whose copy would take it as its own
 // stray store).
+POISE_CHILD_MAIN(stores_to_a_read_only_mapping) {
+  auto fs = connect(args.at(0));
+  CHILD_CHECK(fs.has_value());
+  auto m = (*fs)->map(*(*fs)->lookup("/ro"), 0, 4096, MapAccess::Read);
+  CHILD_CHECK(m.has_value());
+  *reinterpret_cast<volatile char*>(m->data()) = 'w';
+  return 0;
+}
+
 TEST(ServeMapping, AStoreToAReadOnlyMappingKillsOnlyTheClient) {
-  SKIP_UNDER_TSAN();
   Served served;
   write_file(served.fs(), "/ro", std::string(4096, 'r'));
-  Child child([&](Child&) {
-    auto fs = connect(served.socket());
-    CHILD_CHECK(fs.has_value());
-    auto m = (*fs)->map(*(*fs)->lookup("/ro"), 0, 4096, MapAccess::Read);
-    CHILD_CHECK(m.has_value());
-    *reinterpret_cast<volatile char*>(m->data()) = 'w';
-    return 0;
-  });
+  Child child("stores_to_a_read_only_mapping", {served.socket()});
   int status = child.wait();
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   // The sanitizer's own SIGSEGV handler reports the signal and stops the process.
@@ -724,51 +730,56 @@ TEST(ServeMapping, AStoreToAReadOnlyMappingKillsOnlyTheClient) {
 // removal the device memory is overwritten from outside, and no process may
 // see the new bytes; every write the API acknowledged is in the image, which
 // mounts again and checks clean.
+// args: socket, "read" or "write".
+POISE_CHILD_MAIN(maps_through_a_removal) {
+  const MapAccess access = args.at(1) == "write" ? MapAccess::ReadWrite : MapAccess::Read;
+  auto fs = connect(args.at(0));
+  CHILD_CHECK(fs.has_value());
+  std::atomic<int> removal_notices{0};
+  auto owner = std::make_shared<MapOwner>(MapOwner{"m", [&](const MappingEvent& e) {
+                                                     if (e.cause == MappingCause::DeviceRemoval) ++removal_notices;
+                                                   }, nullptr});
+  auto m = (*fs)->map(*(*fs)->lookup("/w"), 0, 8192, access, owner);
+  CHILD_CHECK(m.has_value());
+  if (access == MapAccess::ReadWrite) CHILD_CHECK(store(m->data() + 4096, "mapped store").has_value());
+  CHILD_CHECK(load(m->data(), 1).value_or("") == "w");
+  me.ready();
+  CHILD_CHECK(me.wait_for_go());  // pre-removed
+  for (int i = 0; i < 500 && removal_notices.load() == 0; ++i) ::usleep(10000);
+  CHILD_CHECK(removal_notices.load() == 1);
+  me.ready();
+  CHILD_CHECK(me.wait_for_go());  // removed, and the memory overwritten from outside
+  auto after = load(m->data(), 8);
+  CHILD_CHECK(!after.has_value());
+  CHILD_CHECK(!store(m->data(), "late").has_value());
+  return 0;
+}
+
+// Writes block after block until a write fails, telling each acknowledged
+// write's number on its extra descriptor.
+POISE_CHILD_MAIN(writes_through_a_removal) {
+  auto fs = connect(args.at(0));
+  CHILD_CHECK(fs.has_value());
+  auto f = (*fs)->open("/api", OpenFlags::Create);
+  CHILD_CHECK(f.has_value());
+  me.ready();
+  for (uint32_t i = 0;; ++i) {  // until the removal fails a write
+    std::string block(4096, static_cast<char>('a' + i % 26));
+    if (!f->write(uint64_t(i) * 4096, as_bytes(block)).has_value()) break;
+    (void)!::write(Child::kExtraFd, &i, sizeof(i));
+  }
+  return 0;
+}
+
 TEST(ServeMapping, RemovalUnderLoadLosesNothingAcknowledgedAndShowsNothingAfter) {
-  SKIP_UNDER_TSAN();
   Served served;
   write_file(served.fs(), "/w", std::string(8192, 'w'));
   const uint64_t w_off = device_offset_of(served.fs(), "/w", 0);
-  auto mapper = [&](MapAccess access) {
-    return [&served, access](Child& me) {
-      auto fs = connect(served.socket());
-      CHILD_CHECK(fs.has_value());
-      std::atomic<int> removal_notices{0};
-      auto owner = std::make_shared<MapOwner>(MapOwner{"m", [&](const MappingEvent& e) {
-                                                         if (e.cause == MappingCause::DeviceRemoval) ++removal_notices;
-                                                       }, nullptr});
-      auto m = (*fs)->map(*(*fs)->lookup("/w"), 0, 8192, access, owner);
-      CHILD_CHECK(m.has_value());
-      if (access == MapAccess::ReadWrite) CHILD_CHECK(store(m->data() + 4096, "mapped store").has_value());
-      CHILD_CHECK(load(m->data(), 1).value_or("") == "w");
-      me.ready();
-      CHILD_CHECK(me.wait_for_go());  // pre-removed
-      for (int i = 0; i < 500 && removal_notices.load() == 0; ++i) ::usleep(10000);
-      CHILD_CHECK(removal_notices.load() == 1);
-      me.ready();
-      CHILD_CHECK(me.wait_for_go());  // removed, and the memory overwritten from outside
-      auto after = load(m->data(), 8);
-      CHILD_CHECK(!after.has_value());
-      CHILD_CHECK(!store(m->data(), "late").has_value());
-      return 0;
-    };
-  };
-  Child reader(mapper(MapAccess::Read)), writer(mapper(MapAccess::ReadWrite));
+  Child reader("maps_through_a_removal", {served.socket(), "read"});
+  Child writer("maps_through_a_removal", {served.socket(), "write"});
   int acked_pipe[2];
-  ASSERT_EQ(::pipe(acked_pipe), 0);
-  Child api([&](Child& me) {
-    auto fs = connect(served.socket());
-    CHILD_CHECK(fs.has_value());
-    auto f = (*fs)->open("/api", OpenFlags::Create);
-    CHILD_CHECK(f.has_value());
-    me.ready();
-    for (uint32_t i = 0;; ++i) {  // until the removal fails a write
-      std::string block(4096, static_cast<char>('a' + i % 26));
-      if (!f->write(uint64_t(i) * 4096, as_bytes(block)).has_value()) break;
-      (void)!::write(acked_pipe[1], &i, sizeof(i));
-    }
-    return 0;
-  });
+  ASSERT_EQ(::pipe2(acked_pipe, O_CLOEXEC), 0);
+  Child api("writes_through_a_removal", {served.socket()}, acked_pipe[1]);
   ::close(acked_pipe[1]);
   for (Child* c : {&reader, &writer, &api}) ASSERT_TRUE(c->wait_until_ready());
   std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the API writer writes meanwhile
@@ -805,23 +816,24 @@ TEST(ServeMapping, RemovalUnderLoadLosesNothingAcknowledgedAndShowsNothingAfter)
   EXPECT_EQ(read_file(**fs, "/w").substr(4096, 12), "mapped store");
 }
 
+POISE_CHILD_MAIN(maps_while_the_server_stops) {
+  auto fs = connect(args.at(0));
+  CHILD_CHECK(fs.has_value());
+  auto m = (*fs)->map(*(*fs)->lookup("/x"), 0, 4096, MapAccess::ReadWrite);
+  CHILD_CHECK(m.has_value());
+  CHILD_CHECK(load(m->data(), 1).has_value());
+  me.ready();
+  CHILD_CHECK(me.wait_for_go());
+  auto after = load(m->data(), 1);
+  CHILD_CHECK(!after.has_value() && after.error().code == ESHUTDOWN);
+  CHILD_CHECK(!store(m->data(), "late").has_value());
+  return 0;
+}
+
 TEST(ServeMapping, WhenTheServerStopsEveryClientMappingIsRevoked) {
-  SKIP_UNDER_TSAN();
   auto served = std::make_unique<Served>();
   write_file(served->fs(), "/x", std::string(4096, 'x'));
-  Child child([&](Child& me) {
-    auto fs = connect(served->socket());
-    CHILD_CHECK(fs.has_value());
-    auto m = (*fs)->map(*(*fs)->lookup("/x"), 0, 4096, MapAccess::ReadWrite);
-    CHILD_CHECK(m.has_value());
-    CHILD_CHECK(load(m->data(), 1).has_value());
-    me.ready();
-    CHILD_CHECK(me.wait_for_go());
-    auto after = load(m->data(), 1);
-    CHILD_CHECK(!after.has_value() && after.error().code == ESHUTDOWN);
-    CHILD_CHECK(!store(m->data(), "late").has_value());
-    return 0;
-  });
+  Child child("maps_while_the_server_stops", {served->socket()});
   ASSERT_TRUE(child.wait_until_ready());
   served->stop();
   child.go();

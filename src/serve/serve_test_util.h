@@ -1,8 +1,9 @@
 // Helpers for the poise serve tests: a server on a real Unix socket over an
-// in-process filesystem (Served), a forked child process that is told when to
-// go (Child) and its checks, and a look at the filesystem's bad-range record.
+// in-process filesystem (Served), a client process that is told when to go
+// (Child) and its checks, and a look at the filesystem's bad-range record.
 #pragma once
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,7 +13,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "fs/test_util.h"
 #include "poise/client.h"
@@ -87,57 +91,98 @@ inline bool recorded_bad(Filesystem& fs, uint64_t device_offset) {
 }
 
 
-// A child process and two one-byte channels: the child says "ready", the
-// parent says "go". The child's exit code is its verdict (0: every check held).
-// The sanitizers cannot follow a child of a multi-threaded process that starts
-// threads of its own (a client's follow thread): ThreadSanitizer refuses it,
-// and under AddressSanitizer such a child now and then dies silently before
-// it is ready (seen in CI, not reproduced alone). These tests run in the
-// release build; the server's and the client's threads are checked under both
-// sanitizers by Serve.AClientInThisProcessFollowsRecallsFailuresAndEvents.
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define SKIP_UNDER_TSAN() GTEST_SKIP() << "forked clients that start threads: not followed by the sanitizers"
-#else
-#define SKIP_UNDER_TSAN() (void)0
-#endif
+// A client process: this test binary started again (fork, then exec of
+// /proc/self/exe) as `--poise-child NAME ARGS...`, which runs the function
+// registered under NAME with POISE_CHILD_MAIN instead of the tests. The exec
+// gives the child a fresh, single-threaded start, so both sanitizers follow
+// it like any other process (neither supports a child that goes on running in
+// a fork of this multi-threaded process: ThreadSanitizer refuses it, and
+// under AddressSanitizer such a child now and then died before it was ready).
+// Between the fork and the exec the child makes only async-signal-safe calls.
+// Two one-byte channels: the child says "ready", the parent says "go". The
+// child's exit code is its verdict (0: every check held).
+class Child;
+using ChildMain = int (*)(Child& me, const std::vector<std::string>& args);
+
+inline std::map<std::string, ChildMain>& child_mains() {
+  static std::map<std::string, ChildMain> mains;
+  return mains;
+}
+
+struct ChildMainRegistrar {
+  ChildMainRegistrar(const char* name, ChildMain main) { child_mains()[name] = main; }
+};
+
+// Defines a child's program: POISE_CHILD_MAIN(name) { ... return 0; }, with
+// `me` (its Child) and `args` (the strings the parent gave) in scope.
+#define POISE_CHILD_MAIN(name)                                        \
+  int name(Child& me, const std::vector<std::string>& args);          \
+  const ChildMainRegistrar name##_registrar(#name, name);             \
+  int name([[maybe_unused]] Child& me, [[maybe_unused]] const std::vector<std::string>& args)
 
 class Child {
  public:
-  template <class Fn>
-  explicit Child(Fn fn) {
-    EXPECT_EQ(::pipe(up_), 0);
-    EXPECT_EQ(::pipe(down_), 0);
+  // The descriptors the child finds its channels (and an optional extra
+  // descriptor from the parent) on.
+  static constexpr int kUpFd = 100, kDownFd = 101, kExtraFd = 102;
+
+  // In the parent: starts `--poise-child name args...`; `extra_fd`, if given,
+  // is the child's kExtraFd.
+  Child(const std::string& name, const std::vector<std::string>& args, int extra_fd = -1) {
+    int up[2] = {-1, -1}, down[2] = {-1, -1};
+    EXPECT_EQ(::pipe2(up, O_CLOEXEC), 0);
+    EXPECT_EQ(::pipe2(down, O_CLOEXEC), 0);
+    std::vector<std::string> words{"/proc/self/exe", "--poise-child", name};
+    words.insert(words.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& w : words) argv.push_back(w.data());
+    argv.push_back(nullptr);
     pid_ = ::fork();
     if (pid_ == 0) {
-      ::close(up_[0]);
-      ::close(down_[1]);
-      int code = fn(*this);
-      std::fflush(nullptr);
-      std::_Exit(code);
+      // Above every descriptor the targets could clash with, then onto them
+      // (dup2 clears close-on-exec on the copies).
+      int from_up = ::fcntl(up[1], F_DUPFD, 200), from_down = ::fcntl(down[0], F_DUPFD, 200);
+      int from_extra = extra_fd >= 0 ? ::fcntl(extra_fd, F_DUPFD, 200) : -1;
+      if (from_up < 0 || from_down < 0 || (extra_fd >= 0 && from_extra < 0)) ::_exit(126);
+      if (::dup2(from_up, kUpFd) < 0 || ::dup2(from_down, kDownFd) < 0 ||
+          (from_extra >= 0 && ::dup2(from_extra, kExtraFd) < 0)) {
+        ::_exit(126);
+      }
+      ::execv("/proc/self/exe", argv.data());
+      ::_exit(127);
     }
-    ::close(up_[1]);
-    ::close(down_[0]);
+    ::close(up[1]);
+    ::close(down[0]);
+    up_ = up[0];
+    down_ = down[1];
   }
+  // In the child: its ends of the channels.
+  struct Attached {};
+  explicit Child(Attached) : pid_(::getpid()), up_(kUpFd), down_(kDownFd), reaped_(true) {}
+
   ~Child() {
     if (pid_ > 0 && !reaped_) {
       ::kill(pid_, SIGKILL);
       (void)wait();
     }
-    ::close(up_[0]);
-    ::close(down_[1]);
+    ::close(up_);
+    ::close(down_);
   }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
   // In the child.
-  void ready() { (void)!::write(up_[1], "r", 1); }
+  void ready() { (void)!::write(up_, "r", 1); }
   bool wait_for_go() {
     char c;
-    return ::read(down_[0], &c, 1) == 1;
+    return ::read(down_, &c, 1) == 1;
   }
   // In the parent.
   bool wait_until_ready() {
     char c;
-    return ::read(up_[0], &c, 1) == 1;
+    return ::read(up_, &c, 1) == 1;
   }
-  void go() { (void)!::write(down_[1], "g", 1); }
+  void go() { (void)!::write(down_, "g", 1); }
   int wait() {
     int status = 0;
     ::waitpid(pid_, &status, 0);
@@ -156,9 +201,29 @@ class Child {
 
  private:
   pid_t pid_ = -1;
-  int up_[2] = {-1, -1}, down_[2] = {-1, -1};
+  int up_ = -1, down_ = -1;
   bool reaped_ = false;
 };
+
+// The test binary's main: a child's program when started as one, else the tests.
+inline int child_or_tests_main(int argc, char** argv) {
+  if (argc >= 3 && std::string(argv[1]) == "--poise-child") {
+    auto found = child_mains().find(argv[2]);
+    if (found == child_mains().end()) {
+      std::fprintf(stderr, "no child program named %s\n", argv[2]);
+      return 125;
+    }
+    int code = 0;
+    {
+      Child me{Child::Attached{}};
+      code = found->second(me, std::vector<std::string>(argv + 3, argv + argc));
+    }
+    std::fflush(nullptr);
+    std::_Exit(code);  // (no static destructors while a client's threads may still run)
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
 
 
 // The child's checks: each failed one is printed and makes the exit code 1.
