@@ -392,11 +392,14 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_
     m.invalidate(ino);
   } else if (!n.has_value()) {
     m.served().drop(ino, at, size);
-  } else {  // the kernel keeps the whole pages it wrote; a partly written one is its own mix
-    m.served().record(ino, at, bytes.first(*n), false, epoch);
   }
   if (!n.has_value()) return reply_error(req, n.error());
   fuse_reply_write(req, *n);
+  // The kernel keeps the whole pages it wrote (a partly written one is its own
+  // mix). Their checksums are taken after the reply, off the writer's wait
+  // (the bytes stay this worker's until it returns): a change in between
+  // moved the epoch, and then nothing is recorded.
+  if (!moved) m.served().record(ino, at, bytes.first(*n), false, epoch);
 }
 
 
