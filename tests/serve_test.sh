@@ -460,6 +460,25 @@ done <"$WORK/acked"
 # A new server replaces the dead one's socket.
 serve "$IMG" && ok || bad "a server could not start over a dead server's socket: $(cat "$WORK/err")"
 expect 0 "$POISE" ls "$IMG" /
+
+# --- put -r through a server killed partway: it stops at the first failure and
+# tells it once, not once for every file left.
+mkdir "$WORK/many"
+for i in $(seq 1 2000); do echo "$i" >"$WORK/many/f$i"; done
+"$POISE" put -r "$IMG" "$WORK/many" /many >"$WORK/many.out" 2>"$WORK/many.err" &
+PUT_MANY=$!
+for _ in $(seq 500); do
+  [ "$("$POISE" ls "$IMG" /many 2>/dev/null | wc -l)" -ge 20 ] && break
+  sleep 0.01
+done
+kill -STOP "$PUT_MANY"  # (so that files are left whatever the machine's speed)
+kill -9 "$SERVER"
+sleep 0.2
+kill -CONT "$PUT_MANY"
+wait "$PUT_MANY" && bad "put -r must fail when its server is killed" || ok
+[ "$(wc -l <"$WORK/many.err")" -eq 1 ] && ok || bad "put -r through a killed server must tell it once: $(head -3 "$WORK/many.err") ... ($(wc -l <"$WORK/many.err") lines)"
+contains "$WORK/many.err" "server"
+serve "$IMG" && ok || bad "a server could not start after put -r lost its server: $(cat "$WORK/err")"
 stop
 
 # --- poise offline: pre-remove, cancel, remove

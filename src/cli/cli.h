@@ -60,6 +60,10 @@ int with_mounted(const std::string& image, MountMode mode, const std::function<i
 int report(const std::string& context, const Error& error);
 // Prints "poise: <message>" (an error that already names its subject).
 int report(const Error& error);
+// The error number of the latest report (0 before any): a command working
+// through many files stops at ESHUTDOWN (its server went away) instead of
+// telling it once per file left.
+extern int last_reported_error;
 
 // Writes to stderr without ever throwing: a full or closed stderr must not turn
 // a warning into an exception that stops the work (the message is simply lost).

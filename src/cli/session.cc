@@ -14,6 +14,7 @@ int report(const std::string& context, const Error& error) {
   // Plain stdio: a failing stderr must not turn an error report into an exception.
   std::string text = fmt::format("poise: {}: {}\n", context, error.message);
   std::fputs(text.c_str(), stderr);
+  last_reported_error = error.code;
   return exit_code_for(error.code);
 }
 
@@ -49,10 +50,12 @@ bool stream_is_the_image(int fd, const std::string& image) {
 bool stdin_was_closed = false;
 bool stdout_was_closed = false;
 bool output_error_reported = false;
+int last_reported_error = 0;
 
 int report(const Error& error) {
   std::string text = fmt::format("poise: {}\n", error.message);
   std::fputs(text.c_str(), stderr);
+  last_reported_error = error.code;
   return exit_code_for(error.code);
 }
 
