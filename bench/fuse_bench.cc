@@ -107,7 +107,7 @@ Figures measure(const std::string& dir, const Options& o, const std::string& tar
 
   f.untar = tar_files / best_of(3, [&] {
     std::string into = dir + "/untar";
-    (void)!std::system(fmt::format("rm -rf '{0}' && mkdir '{0}' && tar -C '{0}' -xf '{1}'", into, tarball).c_str());
+    POISE_ASSERT(std::system(fmt::format("rm -rf '{0}' && mkdir '{0}' && tar -C '{0}' -xf '{1}'", into, tarball).c_str()) == 0);
   });
   return f;
 }

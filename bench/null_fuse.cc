@@ -67,6 +67,10 @@ void null_init(void* userdata, fuse_conn_info* conn) {  // poise's settings (src
   conn->max_readahead = std::min<unsigned>(conn->max_readahead, 1 << 20);
   conn->time_gran = 1;
   conn->want &= ~(FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_AUTO_INVAL_DATA);
+  if (conn->capable & FUSE_CAP_EXPORT_SUPPORT) conn->want |= FUSE_CAP_EXPORT_SUPPORT;
+  if ((conn->capable & FUSE_CAP_POSIX_ACL) != 0 && (conn->capable & FUSE_CAP_DONT_MASK) != 0) {
+    conn->want |= FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;  // (then the kernel asks for directories' ACLs)
+  }
   constexpr unsigned kSplice = FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
   conn->want = s.splice ? conn->want | (conn->capable & kSplice) : conn->want & ~kSplice;
 }
@@ -166,8 +170,8 @@ void remove_name(fuse_req_t req, fuse_ino_t parent, const char* name, bool direc
     error = ENOENT;
   } else if (directory && !s.nodes[it->second].children.empty()) {
     error = ENOTEMPTY;
-  } else {
-    s.nodes.erase(it->second);
+  } else {  // the node stays: an open file keeps its attributes
+    s.nodes[it->second].attr.st_nlink = 0;
     children.erase(it);
   }
   lock.unlock();
@@ -255,6 +259,7 @@ std::unique_ptr<NullFuse> NullFuse::start(const std::string& dir, unsigned threa
   const int fd = fuse_session_fd(s.session);
   ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
   s.stop_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (s.stop_fd < 0) return nullptr;  // (the destructor unmounts)
   for (unsigned i = 0; i < threads; ++i) s.workers.emplace_back(serve, &s);
   return nf;
 }

@@ -44,6 +44,7 @@ __attribute__((target("sse4.2"))) uint64_t advance_one_lane(uint64_t state, cons
 // bytes is a linear map of it (precomputed below), so
 //   crc(s, A B C) = zeros(zeros(crc(s, A)) ^ crc(0, B)) ^ crc(0, C).
 constexpr size_t kLane = 1360;  // three lanes and a 16-byte tail make a 4 KiB block
+static_assert(kLane % 8 == 0, "a lane is whole 8-byte words");
 
 // The register run over kLane zero bytes, as four byte-indexed tables.
 struct LaneShift {

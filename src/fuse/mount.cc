@@ -394,12 +394,14 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_
     m.served().drop(ino, at, size);
   }
   if (!n.has_value()) return reply_error(req, n.error());
-  fuse_reply_write(req, *n);
   // The kernel keeps the whole pages it wrote (a partly written one is its own
-  // mix). Their checksums are taken after the reply, off the writer's wait
-  // (the bytes stay this worker's until it returns): a change in between
-  // moved the epoch, and then nothing is recorded.
-  if (!moved) m.served().record(ino, at, bytes.first(*n), false, epoch);
+  // mix). They are marked before the reply, while the kernel holds the inode
+  // and sends no other write to it, so marks follow the writes in order; their
+  // checksums are taken after it, off the writer's wait (the bytes stay this
+  // worker's until it returns), and kept where no later change took the mark.
+  const uint64_t ticket = moved ? 0 : m.served().reserve(ino, at, *n, false, epoch);
+  fuse_reply_write(req, *n);
+  if (ticket != 0) m.served().fill(ino, at, bytes.first(*n), false, ticket);
 }
 
 

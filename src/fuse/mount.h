@@ -81,7 +81,7 @@ struct MountOptions {
   bool writeback = false;
   // The benchmark's switch: move data between the kernel and the server by
   // splice(2) where libfuse can (FUSE_CAP_SPLICE_*). Measured, not offered:
-  // neither way was faster from run to run.
+  // for writes neither way was faster from run to run.
   bool splice = false;
   double cache_seconds = 1.0;  // how long the kernel trusts names and attributes
   unsigned threads = 4;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <iterator>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include "base/crc32c.h"
 
@@ -13,34 +15,68 @@ uint64_t ServedPages::epoch() const {
   return epoch_;
 }
 
-void ServedPages::record(uint64_t ino, uint64_t offset, std::span<const std::byte> bytes, bool to_end,
-                         uint64_t since) {
-  if (bytes.empty()) return;
-  const uint64_t end = offset + bytes.size();
-  std::lock_guard lock(mutex_);
-  const bool current = epoch_ == since;
-  auto& pages = files_[ino];
+template <class Fn>
+void ServedPages::for_each_page(uint64_t offset, uint64_t length, bool to_end, Fn fn) {
+  const uint64_t end = offset + length;
   for (uint64_t page = offset / kPageBytes; page * kPageBytes < end; ++page) {
     const uint64_t from = page * kPageBytes;
-    const bool whole = current && from >= offset && (from + kPageBytes <= end || to_end);
+    const bool whole = from >= offset && (from + kPageBytes <= end || to_end);
+    fn(page, from, whole ? static_cast<size_t>(std::min<uint64_t>(kPageBytes, end - from)) : size_t{0});
+  }
+}
+
+void ServedPages::record(uint64_t ino, uint64_t offset, std::span<const std::byte> bytes, bool to_end,
+                         uint64_t since) {
+  if (uint64_t ticket = reserve(ino, offset, bytes.size(), to_end, since); ticket != 0) {
+    fill(ino, offset, bytes, to_end, ticket);
+  }
+}
+
+uint64_t ServedPages::reserve(uint64_t ino, uint64_t offset, uint64_t length, bool to_end, uint64_t since) {
+  if (length == 0) return 0;
+  std::lock_guard lock(mutex_);
+  const bool current = epoch_ == since;
+  const uint64_t ticket = ++tickets_;
+  bool marked = false;
+  auto& pages = files_[ino];
+  for_each_page(offset, length, to_end, [&](uint64_t page, uint64_t, size_t whole_length) {
     auto it = pages.find(page);
-    if (!whole) {
+    if (!current || whole_length == 0) {  // the kernel's page mixes old and new bytes, or a change came in between
       if (it != pages.end()) {
         pages.erase(it);
         --pages_;
       }
-      continue;
+      return;
     }
-    const size_t length = static_cast<size_t>(std::min<uint64_t>(kPageBytes, end - from));
-    const Sum sum{crc32c(bytes.data() + (from - offset), length), static_cast<uint32_t>(length)};
     if (it != pages.end()) {
-      it->second = sum;
+      it->second = Sum{0, 0, ticket};
     } else if (pages_ < max_pages_) {
-      pages.emplace(page, sum);
+      pages.emplace(page, Sum{0, 0, ticket});
       ++pages_;
+    } else {
+      return;
     }
-  }
+    marked = true;
+  });
   if (pages.empty()) files_.erase(ino);
+  return marked ? ticket : 0;
+}
+
+void ServedPages::fill(uint64_t ino, uint64_t offset, std::span<const std::byte> bytes, bool to_end,
+                       uint64_t ticket) {
+  // The checksums first, outside the lock.
+  std::vector<std::pair<uint64_t, Sum>> sums;
+  for_each_page(offset, bytes.size(), to_end, [&](uint64_t page, uint64_t from, size_t length) {
+    if (length == 0) return;
+    sums.emplace_back(page, Sum{crc32c(bytes.data() + (from - offset), length), static_cast<uint32_t>(length), 0});
+  });
+  std::lock_guard lock(mutex_);
+  auto file = files_.find(ino);
+  if (file == files_.end()) return;
+  for (const auto& [page, sum] : sums) {
+    auto it = file->second.find(page);
+    if (it != file->second.end() && it->second.pending == ticket) it->second = sum;
+  }
 }
 
 void ServedPages::drop(uint64_t ino, uint64_t offset, uint64_t length) {
@@ -76,7 +112,7 @@ bool ServedPages::vouches(uint64_t ino, uint64_t offset, std::span<const std::by
   auto file = files_.find(ino);
   if (file == files_.end()) return false;
   auto it = file->second.find(offset / kPageBytes);
-  return it != file->second.end() && it->second.length == cached.size() &&
+  return it != file->second.end() && it->second.pending == 0 && it->second.length == cached.size() &&
          it->second.crc == crc32c(cached.data(), cached.size());
 }
 

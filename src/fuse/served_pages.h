@@ -34,6 +34,15 @@ class ServedPages {
   // in part loses its record (the kernel's page mixes old and new bytes), and
   // so does every page they cover if the epoch moved since.
   void record(uint64_t ino, uint64_t offset, std::span<const std::byte> bytes, bool to_end, uint64_t since);
+  // record() in two steps, for a write whose checksums are taken after its
+  // reply (off the writer's wait). reserve() applies record()'s rules to the
+  // `length` bytes at `offset` but only marks the whole pages pending (they
+  // vouch for nothing yet) and returns the mark's ticket (0: none marked).
+  // fill() then checksums `bytes` and stores each page's sum where that mark
+  // still stands: a later write's reserve, a drop or a forget in between
+  // replaced or removed it, and then that page stays as they left it.
+  uint64_t reserve(uint64_t ino, uint64_t offset, uint64_t length, bool to_end, uint64_t since);
+  void fill(uint64_t ino, uint64_t offset, std::span<const std::byte> bytes, bool to_end, uint64_t ticket);
   // Pages [offset, +length) (length 0: to the end of file) may hold other bytes now.
   void drop(uint64_t ino, uint64_t offset, uint64_t length);
   // The kernel forgot the inode: it caches none of its pages any more.
@@ -45,15 +54,22 @@ class ServedPages {
 
  private:
   struct Sum {
-    uint32_t crc;
-    uint32_t length;
+    uint32_t crc = 0;
+    uint32_t length = 0;
+    uint64_t pending = 0;  // the ticket of a reserve() whose fill() has not come yet
   };
+  // Calls fn(page, from, length) for each page that `length` bytes at `offset`
+  // cover whole (the last one also in part if `to_end`), and
+  // fn(page, from, 0) for each they cover in part.
+  template <class Fn>
+  static void for_each_page(uint64_t offset, uint64_t length, bool to_end, Fn fn);
   const size_t max_pages_;
   mutable std::mutex mutex_;
   // inode -> page -> sum; pages in order, so a drop costs what it removes.
   std::unordered_map<uint64_t, std::map<uint64_t, Sum>> files_;
   size_t pages_ = 0;
   uint64_t epoch_ = 0;
+  uint64_t tickets_ = 0;
 };
 
 }  // namespace poise::fusemount

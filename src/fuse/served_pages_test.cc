@@ -53,6 +53,40 @@ TEST(ServedPages, APartlyCoveredPageIsNotVouchedFor) {
   EXPECT_FALSE(served.vouches(2, 4096, page(data, 1, 904)));
 }
 
+// A write's checksums come after its reply (reserve, then fill): until the
+// fill its pages vouch for nothing, and a later write, a drop or the kernel
+// forgetting the inode in between wins over the late fill.
+TEST(ServedPages, ALateFillKeepsOnlyTheMarksStillStanding) {
+  ServedPages served;
+  const auto first = bytes_of(2 * 4096, 10), second = bytes_of(4096, 11);
+  const uint64_t t1 = served.reserve(3, 0, first.size(), false, served.epoch());
+  ASSERT_NE(t1, 0u);
+  EXPECT_FALSE(served.vouches(3, 0, page(first, 0))) << "a page whose checksum is pending vouched";
+  const uint64_t t2 = served.reserve(3, 0, second.size(), false, served.epoch());  // the next write, page 0
+  served.fill(3, 0, second, false, t2);
+  served.fill(3, 0, first, false, t1);  // the first write's late fill
+  EXPECT_TRUE(served.vouches(3, 0, page(second, 0))) << "a late fill overwrote the later write's page";
+  EXPECT_FALSE(served.vouches(3, 0, page(first, 0)));
+  EXPECT_TRUE(served.vouches(3, 4096, page(first, 1))) << "the page only the first write had";
+
+  const uint64_t t3 = served.reserve(4, 0, first.size(), false, served.epoch());
+  served.drop(4, 4096, 1);
+  served.fill(4, 0, first, false, t3);
+  EXPECT_TRUE(served.vouches(4, 0, page(first, 0)));
+  EXPECT_FALSE(served.vouches(4, 4096, page(first, 1))) << "a fill recorded a page dropped after its mark";
+
+  const uint64_t before = served.pages();
+  const uint64_t t4 = served.reserve(5, 0, first.size(), false, served.epoch());
+  served.forget(5);
+  served.fill(5, 0, first, false, t4);
+  EXPECT_FALSE(served.vouches(5, 0, page(first, 0)));
+  EXPECT_EQ(served.pages(), before) << "a fill after the kernel forgot the inode left records for it";
+
+  const uint64_t stale = served.epoch();
+  served.drop(9, 0, 0);  // a change anywhere between the epoch and the mark
+  EXPECT_EQ(served.reserve(6, 0, first.size(), false, stale), 0u);
+}
+
 TEST(ServedPages, DropAndForgetEndTheRecords) {
   ServedPages served;
   const auto data = bytes_of(10 * 4096, 4);

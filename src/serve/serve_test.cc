@@ -704,6 +704,7 @@ POISE_CHILD_MAIN(stores_to_a_read_only_mapping) {
   CHILD_CHECK(fs.has_value());
   auto m = (*fs)->map(*(*fs)->lookup("/ro"), 0, 4096, MapAccess::Read);
   CHILD_CHECK(m.has_value());
+  me.ready();  // mapped: what follows is the store
   *reinterpret_cast<volatile char*>(m->data()) = 'w';
   return 0;
 }
@@ -712,6 +713,7 @@ TEST(ServeMapping, AStoreToAReadOnlyMappingKillsOnlyTheClient) {
   Served served;
   write_file(served.fs(), "/ro", std::string(4096, 'r'));
   Child child("stores_to_a_read_only_mapping", {served.socket()});
+  ASSERT_TRUE(child.wait_until_ready()) << "the client did not map the file";
   int status = child.wait();
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   // The sanitizer's own SIGSEGV handler reports the signal and stops the process.

@@ -39,7 +39,7 @@ class Served {
     options.log = nullptr;
     options.recall_timeout_ms = recall_timeout_ms;
     server_ = std::move(*Server::listen(*fs_, *device_, options));
-    EXPECT_EQ(::pipe(stop_), 0);
+    EXPECT_EQ(::pipe2(stop_, O_CLOEXEC), 0);
     thread_ = std::thread([this] { server_->run(stop_[0]); });
   }
   ~Served() { stop(); }
@@ -141,8 +141,8 @@ class Child {
     if (pid_ == 0) {
       // Above every descriptor the targets could clash with, then onto them
       // (dup2 clears close-on-exec on the copies).
-      int from_up = ::fcntl(up[1], F_DUPFD, 200), from_down = ::fcntl(down[0], F_DUPFD, 200);
-      int from_extra = extra_fd >= 0 ? ::fcntl(extra_fd, F_DUPFD, 200) : -1;
+      int from_up = ::fcntl(up[1], F_DUPFD_CLOEXEC, 200), from_down = ::fcntl(down[0], F_DUPFD_CLOEXEC, 200);
+      int from_extra = extra_fd >= 0 ? ::fcntl(extra_fd, F_DUPFD_CLOEXEC, 200) : -1;
       if (from_up < 0 || from_down < 0 || (extra_fd >= 0 && from_extra < 0)) ::_exit(126);
       if (::dup2(from_up, kUpFd) < 0 || ::dup2(from_down, kDownFd) < 0 ||
           (from_extra >= 0 && ::dup2(from_extra, kExtraFd) < 0)) {
