@@ -134,7 +134,9 @@ std::unique_ptr<Filesystem> expect_clean_holding(MemoryDevice& device, const Mod
   EXPECT_TRUE(report.has_value()) << report.error().message;
   if (!report.has_value()) return nullptr;
   EXPECT_TRUE(report->clean()) << report->problems.front();
-  if (!note.empty()) EXPECT_TRUE(mentions(report->notes, note)) << "no note says: " << note;
+  if (!note.empty()) {
+    EXPECT_TRUE(mentions(report->notes, note)) << "no note says: " << note;
+  }
   auto fs = Filesystem::mount(device);
   EXPECT_TRUE(fs.has_value()) << fs.error().message;
   if (!fs.has_value()) return nullptr;
@@ -387,7 +389,9 @@ TEST(FallbackSections, FailedMemoryUnderTheKeptCheckpointLetsItGo) {
     }
     EXPECT_TRUE((*fs)->check().clean()) << (*fs)->check().problems.front();
     ASSERT_TRUE((*fs)->unmount().has_value());
-    if (mode == MountMode::ReadWrite) EXPECT_FALSE(superblock_of(*copy).has_previous());
+    if (mode == MountMode::ReadWrite) {
+      EXPECT_FALSE(superblock_of(*copy).has_previous());
+    }
     auto again = Filesystem::mount(*copy);
     ASSERT_TRUE(again.has_value());
     expect_model(**again, m);

@@ -45,6 +45,12 @@ check_clean() {
   expect 0 "$POISE" check "$IMG"
   contains "$WORK/out" "clean"
 }
+eventually() {  # eventually DESCRIPTION COMMAND...: the command succeeds within 2 s
+  local what=$1 i
+  shift
+  for i in $(seq 40); do "$@" && { ok; return; }; sleep 0.05; done
+  bad "$what"
+}
 same_files() {  # same_files A B: the same regular files, contents, modes and times, and links
   if diff -r --no-dereference "$1" "$2" >"$WORK/diff" 2>&1; then ok; else bad "diff -r $1 $2: $(head -5 "$WORK/diff")"; fi
   (cd "$1" && find . -type l -printf '%P -> %l %T@\n' | sort) >"$WORK/links.a"
@@ -160,6 +166,56 @@ special_types "$MNT/special" | sed "s/^sock socket [0-7]* /sock socket 755 /" | 
 head -c 1 "$MNT/special/null" >/dev/null && ok || bad "with -o dev a device node opens (here /dev/null's 1,3)"
 umount_img
 mount_img -o cache=3600
+check_clean
+
+# --- O_TMPFILE: an unnamed file, in no directory until linkat(2) names it;
+# with O_EXCL never; closed unnamed, or left by a killed process, it is freed.
+mkdir "$MNT/tmpdir"
+cat >"$WORK/tmpfile.py" <<'PYEOF'
+import ctypes, os, sys, time
+d = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+def link_fd(fd, path):  # linkat(AT_FDCWD, "/proc/self/fd/N", AT_FDCWD, path, AT_SYMLINK_FOLLOW)
+    if libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, path.encode(), 0x400) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+if len(sys.argv) > 2:  # hold one open, written, until killed
+    fd = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o600)
+    os.write(fd, b"y" * 2000000)
+    open(sys.argv[2], "w").close()
+    time.sleep(60)
+fd = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o640)
+os.write(fd, b"unnamed bytes\n")
+st = os.fstat(fd)
+print("open nlink", st.st_nlink, "mode", oct(st.st_mode & 0o7777), "listed", sorted(os.listdir(d)))
+link_fd(fd, d + "/named")
+print("linked", open(d + "/named").read().strip(), "nlink", os.fstat(fd).st_nlink)
+os.close(fd)
+fd = os.open(d, os.O_TMPFILE | os.O_RDWR | os.O_EXCL, 0o600)
+os.write(fd, b"x" * 2000000)
+try:
+    link_fd(fd, d + "/excl")
+    print("excl linked")
+except OSError as e:
+    print("excl errno", e.errno)
+os.close(fd)
+PYEOF
+$PY "$WORK/tmpfile.py" "$MNT/tmpdir" >"$WORK/tmpfile.out" 2>&1
+[ "$(cat "$WORK/tmpfile.out")" = "open nlink 0 mode 0o640 listed []
+linked unnamed bytes nlink 1
+excl errno 2" ] && ok || bad "O_TMPFILE through the mount: $(cat "$WORK/tmpfile.out")"
+[ "$(ls "$MNT/tmpdir")" = named ] && ok || bad "only the linked file may have a name: $(ls "$MNT/tmpdir")"
+expect 0 "$POISE" cat "$IMG" /tmpdir/named
+contains "$WORK/out" "unnamed bytes"
+used_tmp=$(used_bytes)
+$PY "$WORK/tmpfile.py" "$MNT/tmpdir" "$WORK/tmpfile.held" >/dev/null 2>&1 &
+HOLDER=$!
+for _ in $(seq 100); do [ -e "$WORK/tmpfile.held" ] && break; sleep 0.05; done
+held_tmp=$(used_bytes)
+[ "$held_tmp" -ge $((used_tmp + 2000000)) ] && ok || bad "an open unnamed file's 2 MB are not in use ($used_tmp -> $held_tmp)"
+kill -9 "$HOLDER"; wait "$HOLDER" 2>/dev/null
+back_to_before() { [ "$(used_bytes)" -le $((used_tmp + 8192)) ]; }
+eventually "a killed process's unnamed file must be freed ($used_tmp bytes were in use before it)" back_to_before
 check_clean
 # --- extended attributes and POSIX ACLs: setfattr/getfattr, setfacl/getfacl,
 # the umask left to poise and default ACLs inherited, rsync -aHAX twice
@@ -363,12 +419,6 @@ df -B4096 "$MNT" | tail -1 | awk '{exit !($2 == 65536)}' && ok || bad "statfs: $
 # the kernel caches pages across opens, names and attributes for an hour here,
 # so only poise's invalidations can make a held descriptor or a path see them.
 # Invalidations are sent asynchronously: each check waits up to 2 s.
-eventually() {  # eventually DESCRIPTION COMMAND...: the command succeeds within 2 s
-  local what=$1 i
-  shift
-  for i in $(seq 40); do "$@" && { ok; return; }; sleep 0.05; done
-  bad "$what"
-}
 printf 'first version, 32 bytes long...\n' >"$MNT/coh" && printf 'other' >"$MNT/coh-src"
 exec 8<"$MNT/coh"
 [ "$(cat "$MNT/coh")" = "first version, 32 bytes long..." ] && ok || bad "coherence: first read"

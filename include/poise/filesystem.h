@@ -273,6 +273,12 @@ class Filesystem {
   virtual Result<File> open_tmpfile(std::string_view dir, uint32_t mode = 0600,
                                     std::optional<Credentials> owner = std::nullopt);
   virtual Result<void> link_tmpfile(const File& file, std::string_view new_path, bool replace = false);
+  // The same unnamed file for a caller that holds files by inode number (the
+  // FUSE mount, for open(2) with O_TMPFILE): made in directory `dir` and
+  // returned open once, as retain() leaves a file (release() closes it);
+  // link_at() gives it its first name. The default is ENOTSUP.
+  virtual Result<InodeNumber> create_unnamed_at(InodeNumber dir, uint32_t mode = 0600,
+                                                std::optional<Credentials> owner = std::nullopt);
   // chmod, chown and utimens in one journaled change; returns the new attributes.
   // The caller checks who may do it (the filesystem trusts its caller). The
   // default is ENOTSUP.

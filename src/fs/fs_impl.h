@@ -191,6 +191,7 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
                          std::string_view to_name, RenameFlags flags) override;
   Result<void> link_at(InodeNumber ino, InodeNumber dir, std::string_view name) override;
   Result<File> open_tmpfile(std::string_view dir, uint32_t mode, std::optional<Credentials> owner) override;
+  Result<InodeNumber> create_unnamed_at(InodeNumber dir, uint32_t mode, std::optional<Credentials> owner) override;
   Result<void> link_tmpfile(const File& file, std::string_view new_path, bool replace) override;
   Result<Stat> set_attributes(InodeNumber ino, const SetAttributes& attrs) override;
   void note_access(InodeNumber ino) override;
@@ -369,7 +370,8 @@ class FsImpl final : public Filesystem, public mapping::MappingBackend, public f
   Result<InodePtr> get_inode(InodeNumber ino);
   // `target`: a symbolic link's (type Symlink); `rdev`: a device node's number.
   // `unnamed` (open_tmpfile): a regular file with no link, made in the directory
-  // place.path, returned open (its open_count taken) and linkable.
+  // place.path (or the inode place.dir), returned open (its open_count taken)
+  // and linkable.
   Result<InodeNumber> make_node(const Place& place, uint32_t mode, FileType type, std::optional<Credentials> owner,
                                 std::string_view target = {}, uint64_t rdev = 0, bool unnamed = false);
   // Marks an image made before a feature (kIncompatSymlinks, kIncompatXattrs)

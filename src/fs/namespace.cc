@@ -215,9 +215,14 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
   std::unique_lock ns(ns_mutex_);
   std::string leaf;
   InodePtr parent;
-  if (unnamed) {  // place.path is the directory the file is made in
-    if (place.path.empty()) return fail(EINVAL, "empty path (the root is \"/\")");
-    parent = TRY(resolve(place.path));
+  if (unnamed) {  // place.path, or the inode place.dir, is the directory the file is made in
+    if (place.dir != InodeNumber{}) {
+      parent = find_inode(place.dir);
+      if (parent == nullptr) return fail(ENOENT, "inode " + std::to_string(place.dir.value()) + ": no such directory");
+    } else {
+      if (place.path.empty()) return fail(EINVAL, "empty path (the root is \"/\")");
+      parent = TRY(resolve(place.path));
+    }
     if (!parent->is_dir()) return fail(ENOTDIR, place.shown() + ": not a directory");
   } else {
     parent = TRY(resolve_parent(place, &leaf));
@@ -297,6 +302,10 @@ Result<InodeNumber> FsImpl::make_node(const Place& place, uint32_t mode, FileTyp
 Result<File> FsImpl::open_tmpfile(std::string_view dir, uint32_t mode, std::optional<Credentials> owner) {
   const InodeNumber ino = TRY(make_node(Place{dir}, mode, FileType::Regular, owner, {}, 0, true));
   return File(this, ino);
+}
+
+Result<InodeNumber> FsImpl::create_unnamed_at(InodeNumber dir, uint32_t mode, std::optional<Credentials> owner) {
+  return make_node(Place{{}, dir, {}}, mode, FileType::Regular, owner, {}, 0, true);
 }
 
 Result<void> FsImpl::link_tmpfile(const File& file, std::string_view new_path, bool replace) {

@@ -45,6 +45,9 @@ Result<void> Filesystem::link_at(InodeNumber ino, InodeNumber dir, std::string_v
 Result<File> Filesystem::open_tmpfile(std::string_view, uint32_t, std::optional<Credentials>) {
   return fail(ENOTSUP, "unnamed files need the mounted filesystem or a newer server");
 }
+Result<InodeNumber> Filesystem::create_unnamed_at(InodeNumber, uint32_t, std::optional<Credentials>) {
+  return fail(ENOTSUP, "unnamed files need the mounted filesystem");
+}
 Result<void> Filesystem::link_tmpfile(const File&, std::string_view, bool) {
   return fail(ENOTSUP, "unnamed files need the mounted filesystem or a newer server");
 }

@@ -121,5 +121,38 @@ TEST_F(TmpfileMappingTest, AReplacedFileThatIsOpenAndMappedKeepsItsBytesUntilLet
   expect_clean();
 }
 
+// create_unnamed_at: the same file for a caller that holds inodes by number
+// (the FUSE mount's O_TMPFILE): open once, named by link_at, freed by release.
+TEST_F(FsTest, AnUnnamedFileMadeByInodeNumberIsNamedByLinkAtOrFreedByRelease) {
+  auto d = fs_->mkdir("/d");
+  ASSERT_OK(d);
+  auto file = fs_->create("/d/file");
+  ASSERT_OK(file);
+  const FsInfo before = fs_->info();
+  auto kept = fs_->create_unnamed_at(*d, 0600, Credentials{1000, 1000, 022});
+  ASSERT_OK(kept);
+  ASSERT_OK(fs_->write(*kept, 0, as_bytes(std::string("linked by number"))));
+  EXPECT_EQ(fs_->stat(*kept)->nlink, 0u);
+  EXPECT_EQ(fs_->stat(*kept)->uid, 1000u);
+  EXPECT_EQ(fs_->readdir("/d")->size(), 1u) << "it has no name";
+  ASSERT_OK(fs_->link_at(*kept, *d, "named"));
+  EXPECT_EQ(fs_->stat("/d/named")->ino, *kept);
+  fs_->release(*kept);
+  EXPECT_EQ(read_file(*fs_, "/d/named"), "linked by number") << "release freed a named file";
+
+  auto dropped = fs_->create_unnamed_at(*d, 0600);
+  ASSERT_OK(dropped);
+  ASSERT_OK(fs_->write(*dropped, 0, as_bytes(std::string(1 << 20, 'u'))));
+  EXPECT_LT(fs_->info().free_bytes, before.free_bytes - (1 << 20));
+  fs_->release(*dropped);  // its only reference, never named: freed
+  EXPECT_ERRNO(fs_->stat(*dropped), ENOENT);
+  EXPECT_ERRNO(fs_->link_at(*dropped, *d, "late"), ENOENT);
+  EXPECT_ERRNO(fs_->create_unnamed_at(*file), ENOTDIR);
+  EXPECT_ERRNO(fs_->create_unnamed_at(InodeNumber(987654)), ENOENT);
+  remount();
+  EXPECT_EQ(read_file(*fs_, "/d/named"), "linked by number");
+  expect_clean();
+}
+
 }  // namespace
 }  // namespace poise

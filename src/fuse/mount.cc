@@ -291,12 +291,21 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   if (!S_ISREG(mode)) return reply_errno(req, EPERM);
   Mount& m = mount_of(req);
   Filesystem& fs = m.fs();
-  auto ino = fs.create_at(InodeNumber(parent), name, mode & 07777, caller(req));
+  // The name "/" (which no real name can be) marks an open with O_TMPFILE
+  // (Mount::serve_requests): an unnamed file, which comes open already.
+  const bool unnamed = std::strcmp(name, "/") == 0;
+  auto ino = unnamed ? fs.create_unnamed_at(InodeNumber(parent), mode & 07777, caller(req))
+                     : fs.create_at(InodeNumber(parent), name, mode & 07777, caller(req));
   if (!ino.has_value()) return reply_error(req, ino.error());
+  if (!unnamed) {
+    auto kept = fs.retain(*ino);
+    if (!kept.has_value()) return reply_error(req, kept.error());
+  }
   auto st = fs.stat(*ino);
-  if (!st.has_value()) return reply_error(req, st.error());
-  auto kept = fs.retain(*ino);
-  if (!kept.has_value()) return reply_error(req, kept.error());
+  if (!st.has_value()) {
+    fs.release(*ino);
+    return reply_error(req, st.error());
+  }
   fuse_entry_param e = entry_of(m, *st);
   if (fuse_reply_create(req, &e, fi) != 0) {
     m.forget(ino->value(), 1);
@@ -697,6 +706,19 @@ void Mount::serve_requests() {
     if (fds[1].revents != 0) break;
     int got = fuse_session_receive_buf(session_, &buf);
     if (got == -EINTR || got == -EAGAIN) continue;  // another worker took it
+    // libfuse 3.14 (Debian bookworm's) has no tmpfile request, which the
+    // kernel sends for open(2) with O_TMPFILE (FUSE_TMPFILE, opcode 51, kernel
+    // ABI 7.37). On the wire it is a create request (FUSE_CREATE, 35) whose
+    // name is the placeholder "/", and it is answered as one: it goes to
+    // op_create as a create, which tells it by that name. (The opcode is the
+    // second 32-bit field of the request header.)
+    constexpr uint32_t kFuseCreate = 35, kFuseTmpfile = 51;
+    if (got >= 8 && (buf.flags & FUSE_BUF_IS_FD) == 0) {
+      auto* opcode = static_cast<char*>(buf.mem) + 4;
+      uint32_t op = 0;
+      std::memcpy(&op, opcode, sizeof(op));
+      if (op == kFuseTmpfile) std::memcpy(opcode, &kFuseCreate, sizeof(kFuseCreate));
+    }
     if (got <= 0) {
       // ENODEV: the kernel unmounted (umount, fusermount3 -u). The first worker
       // to see it stops the others and tells the server.
