@@ -461,23 +461,29 @@ done <"$WORK/acked"
 serve "$IMG" && ok || bad "a server could not start over a dead server's socket: $(cat "$WORK/err")"
 expect 0 "$POISE" ls "$IMG" /
 
-# --- put -r through a server killed partway: it stops at the first failure and
-# tells it once, not once for every file left.
+# --- put -r through a server killed partway, on a terminal (Python's pty), so
+# that its progress line shows: it stops at the first failure and tells it
+# once, on a line of its own, not once for every file left.
 mkdir "$WORK/many"
 for i in $(seq 1 2000); do echo "$i" >"$WORK/many/f$i"; done
-"$POISE" put -r "$IMG" "$WORK/many" /many >"$WORK/many.out" 2>"$WORK/many.err" &
-PUT_MANY=$!
+python3 -c 'import pty, sys; sys.exit(1 if pty.spawn(sys.argv[1:]) else 0)' \
+  "$POISE" put -r "$IMG" "$WORK/many" /many >"$WORK/many.tty" 2>&1 &
+TTY_PID=$!
 for _ in $(seq 500); do
   [ "$("$POISE" ls "$IMG" /many 2>/dev/null | wc -l)" -ge 20 ] && break
   sleep 0.01
 done
+PUT_MANY=$(pgrep -n -f "put -r $IMG $WORK/many")
 kill -STOP "$PUT_MANY"  # (so that files are left whatever the machine's speed)
 kill -9 "$SERVER"
 sleep 0.2
 kill -CONT "$PUT_MANY"
-wait "$PUT_MANY" && bad "put -r must fail when its server is killed" || ok
-[ "$(wc -l <"$WORK/many.err")" -eq 1 ] && ok || bad "put -r through a killed server must tell it once: $(head -3 "$WORK/many.err") ... ($(wc -l <"$WORK/many.err") lines)"
-contains "$WORK/many.err" "server"
+wait "$TTY_PID" && bad "put -r must fail when its server is killed" || ok
+[ "$(grep -ac 'poise: ' "$WORK/many.tty")" -eq 1 ] && ok ||
+  bad "put -r through a killed server must tell it once: $(grep -a 'poise: ' "$WORK/many.tty" | head -3) ... ($(grep -ac 'poise: ' "$WORK/many.tty") lines)"
+contains "$WORK/many.tty" "server went away"
+contains "$WORK/many.tty" "put: "  # (the progress line was shown)
+grep -aq 'MiBpoise' "$WORK/many.tty" && bad "the error must start a line of its own: $(grep -a 'MiBpoise' "$WORK/many.tty" | head -c 200)" || ok
 serve "$IMG" && ok || bad "a server could not start after put -r lost its server: $(cat "$WORK/err")"
 stop
 

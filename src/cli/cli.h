@@ -65,11 +65,20 @@ int report(const Error& error);
 // telling it once per file left.
 extern int last_reported_error;
 
+// True while a progress line (put's "put: N files, X MiB", rewritten in place
+// on a terminal) ends without a newline: a message ends it first.
+extern bool progress_line_open;
+inline void end_progress_line() {
+  if (progress_line_open) std::fputs("\n", stderr);
+  progress_line_open = false;
+}
+
 // Writes to stderr without ever throwing: a full or closed stderr must not turn
 // a warning into an exception that stops the work (the message is simply lost).
 template <class... Args>
 void eprint(fmt::format_string<Args...> format, Args&&... args) {
   std::string text = fmt::format(format, std::forward<Args>(args)...);
+  end_progress_line();
   std::fputs(text.c_str(), stderr);
 }
 

@@ -45,9 +45,7 @@ struct Args {
 class Progress {
  public:
   Progress() : shown_(::isatty(STDERR_FILENO) == 1) {}
-  ~Progress() {
-    if (shown_ && printed_) std::fputs("\n", stderr);
-  }
+  ~Progress() { end_progress_line(); }
   void file_done(uint64_t bytes) {
     ++files_;
     bytes_ += bytes;
@@ -58,6 +56,7 @@ class Progress {
     printed_ = true;
     std::fprintf(stderr, "\rput: %llu files, %.1f MiB", static_cast<unsigned long long>(files_),
                  static_cast<double>(bytes_) / (1 << 20));
+    progress_line_open = true;
   }
 
  private:

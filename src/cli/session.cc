@@ -13,6 +13,7 @@ namespace poise::cli {
 int report(const std::string& context, const Error& error) {
   // Plain stdio: a failing stderr must not turn an error report into an exception.
   std::string text = fmt::format("poise: {}: {}\n", context, error.message);
+  end_progress_line();
   std::fputs(text.c_str(), stderr);
   last_reported_error = error.code;
   return exit_code_for(error.code);
@@ -51,9 +52,11 @@ bool stdin_was_closed = false;
 bool stdout_was_closed = false;
 bool output_error_reported = false;
 int last_reported_error = 0;
+bool progress_line_open = false;
 
 int report(const Error& error) {
   std::string text = fmt::format("poise: {}\n", error.message);
+  end_progress_line();
   std::fputs(text.c_str(), stderr);
   last_reported_error = error.code;
   return exit_code_for(error.code);

@@ -364,7 +364,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
   Result<Pin> pin(InodeNumber ino, uint64_t offset, uint64_t length) override {
     {
       std::lock_guard lock(mu_);
-      if (fd_ < 0) return fail(ESHUTDOWN, "not connected to the poise server");
+      if (fd_ < 0) return fail(ESHUTDOWN, "the poise server went away (not connected)");
     }
     if (length > serve::kPinBytesMax) {
       return fail(EFBIG, "a pin through a server covers at most " + std::to_string(serve::kPinBytesMax >> 30) +
@@ -675,7 +675,7 @@ class Remote final : public RemoteFilesystem, public mapping::FaultForwarder {
     struct Leave {
       ~Leave() { in_request = false; }
     } leave;
-    if (fd_ < 0) return fail(ESHUTDOWN, "not connected to the poise server");
+    if (fd_ < 0) return fail(ESHUTDOWN, "the poise server went away (not connected)");
     const uint64_t id = ++next_id_;
     request.set_id(id);
     if (request.body().size() > serve::kBodyBytesMax) return fail(ENAMETOOLONG, "request too large");

@@ -205,7 +205,7 @@ class ReleaseChannel {
   // Gives pin `id` back; a channel that broke is opened again once.
   Result<void> unpin(uint64_t id) {
     std::lock_guard lock(mu_);
-    if (closed_) return fail(ESHUTDOWN, "not connected to the poise server");
+    if (closed_) return fail(ESHUTDOWN, "the poise server went away (not connected)");
     auto sent = unpin_locked(id);
     if (sent.has_value() || sent.error().code != ESHUTDOWN) return sent;
     TRY(open_locked());
@@ -220,13 +220,13 @@ class ReleaseChannel {
 
  private:
   Result<void> open_locked() {
-    if (closed_) return fail(ESHUTDOWN, "not connected to the poise server");
+    if (closed_) return fail(ESHUTDOWN, "the poise server went away (not connected)");
     if (fd_ >= 0) return {};
     fd_ = TRY(open_side_connection(socket_path_, Op::ReleasePins, token_, "the release channel"));
     return {};
   }
   Result<void> unpin_locked(uint64_t id) {
-    if (fd_ < 0) return fail(ESHUTDOWN, "not connected to the poise server");
+    if (fd_ < 0) return fail(ESHUTDOWN, "the poise server went away (not connected)");
     Encoder request(Op::Unpin, ++next_);
     request.u64(id);
     Header h;
