@@ -210,26 +210,27 @@ void fuse_bench(const Options& o, Table* t) {
   // throws data away, with the same settings, against tmpfs; and poise
   // against it (the share of the transport's best that poise reaches).
   if (null_figures) {
-    const Figures& n = *null_figures;
-    auto report = [&](const std::string& what, double a, double b, const std::string& fa, const std::string& fb) {
-      t->add({what, fa, fb, fmt::format("{:.0f}%", 100 * a / b), "(report)", true});
+    struct Row {
+      std::string what;
+      double Figures::*figure;
+      std::function<std::string(double)> shown;
     };
-    report("null FUSE filesystem create vs tmpfs (the ceiling)", n.create, peer.create, rate(n.create, "/s"),
-           rate(peer.create, "/s"));
-    report("null FUSE filesystem unlink vs tmpfs (the ceiling)", n.unlink, peer.unlink, rate(n.unlink, "/s"),
-           rate(peer.unlink, "/s"));
-    report("null FUSE filesystem sequential 1 MiB writes vs tmpfs (the ceiling)", n.write_gbs, peer.write_gbs,
-           gbs(n.write_gbs), gbs(peer.write_gbs));
-    report(fmt::format("null FUSE filesystem untar of {} small files vs tmpfs (the ceiling)", tar_files), n.untar,
-           peer.untar, rate(n.untar, "files/s"), rate(peer.untar, "files/s"));
-    report("FUSE create: poise vs the null FUSE filesystem", mine.create, n.create, rate(mine.create, "/s"),
-           rate(n.create, "/s"));
-    report("FUSE unlink: poise vs the null FUSE filesystem", mine.unlink, n.unlink, rate(mine.unlink, "/s"),
-           rate(n.unlink, "/s"));
-    report("FUSE sequential 1 MiB writes: poise vs the null FUSE filesystem", mine.write_gbs, n.write_gbs,
-           gbs(mine.write_gbs), gbs(n.write_gbs));
-    report(fmt::format("FUSE untar of {} small files: poise vs the null FUSE filesystem", tar_files), mine.untar,
-           n.untar, rate(mine.untar, "files/s"), rate(n.untar, "files/s"));
+    const std::vector<Row> rows = {
+        {"create", &Figures::create, [&](double v) { return rate(v, "/s"); }},
+        {"unlink", &Figures::unlink, [&](double v) { return rate(v, "/s"); }},
+        {"sequential 1 MiB writes", &Figures::write_gbs, gbs},
+        {fmt::format("untar of {} small files", tar_files), &Figures::untar, [&](double v) { return rate(v, "files/s"); }},
+    };
+    auto report = [&](const std::string& what, const Row& row, const Figures& a, const Figures& b) {
+      t->add({what, row.shown(a.*row.figure), row.shown(b.*row.figure),
+              fmt::format("{:.0f}%", 100 * a.*row.figure / b.*row.figure), "(report)", true});
+    };
+    for (const Row& row : rows) {
+      report("null FUSE filesystem " + row.what + " vs tmpfs (the ceiling)", row, *null_figures, peer);
+    }
+    for (const Row& row : rows) {
+      report("FUSE " + row.what + ": poise vs the null FUSE filesystem", row, mine, *null_figures);
+    }
   }
   // The same rows that writeback and splice could change, with each change.
   for (const auto& [variant, figures] : {std::pair{"-o writeback", writeback}, std::pair{"splice", spliced}}) {

@@ -1,9 +1,10 @@
 #define FUSE_USE_VERSION 314
 #include "bench/null_fuse.h"
 
+#include "fuse/mount.h"
+
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
-#include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -61,18 +62,10 @@ namespace {
 using State = NullFuse::State;
 State& state_of(fuse_req_t req) { return *static_cast<State*>(fuse_req_userdata(req)); }
 
-void null_init(void* userdata, fuse_conn_info* conn) {  // poise's settings (src/fuse/mount.cc)
-  const State& s = *static_cast<State*>(userdata);
-  conn->max_write = 1 << 20;
-  conn->max_readahead = std::min<unsigned>(conn->max_readahead, 1 << 20);
-  conn->time_gran = 1;
-  conn->want &= ~(FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_AUTO_INVAL_DATA);
-  if (conn->capable & FUSE_CAP_EXPORT_SUPPORT) conn->want |= FUSE_CAP_EXPORT_SUPPORT;
-  if ((conn->capable & FUSE_CAP_POSIX_ACL) != 0 && (conn->capable & FUSE_CAP_DONT_MASK) != 0) {
-    conn->want |= FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;  // (then the kernel asks for directories' ACLs)
-  }
-  constexpr unsigned kSplice = FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
-  conn->want = s.splice ? conn->want | (conn->capable & kSplice) : conn->want & ~kSplice;
+void null_init(void* userdata, fuse_conn_info* conn) {
+  fusemount::MountOptions options;
+  options.splice = static_cast<State*>(userdata)->splice;
+  fusemount::configure_connection(conn, options);
 }
 
 void null_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -200,21 +193,6 @@ void null_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_f
 
 void null_getxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) { fuse_reply_err(req, ENODATA); }
 
-void serve(State* s) {  // the worker loop of src/fuse/mount.cc
-  fuse_buf buf{};
-  const int fd = fuse_session_fd(s->session);
-  while (!fuse_session_exited(s->session)) {
-    pollfd fds[2] = {{fd, POLLIN, 0}, {s->stop_fd, POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0 && errno != EINTR) break;
-    if (fds[1].revents != 0) break;
-    int got = fuse_session_receive_buf(s->session, &buf);
-    if (got == -EINTR || got == -EAGAIN) continue;
-    if (got <= 0) break;
-    fuse_session_process_buf(s->session, &buf);
-  }
-  std::free(buf.mem);
-}
-
 }  // namespace
 
 std::unique_ptr<NullFuse> NullFuse::start(const std::string& dir, unsigned threads, bool splice,
@@ -260,7 +238,7 @@ std::unique_ptr<NullFuse> NullFuse::start(const std::string& dir, unsigned threa
   ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
   s.stop_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (s.stop_fd < 0) return nullptr;  // (the destructor unmounts)
-  for (unsigned i = 0; i < threads; ++i) s.workers.emplace_back(serve, &s);
+  for (unsigned i = 0; i < threads; ++i) s.workers.emplace_back([&s] { fusemount::serve_requests(s.session, s.stop_fd); });
   return nf;
 }
 

@@ -1,10 +1,11 @@
 // A FUSE filesystem that does as little as one can: names and attributes in a
 // map, file contents thrown away (reads give zeros). The FUSE benchmark runs
 // the same calls through it as through poise's mount, with the same settings
-// (default_permissions, 1 MiB requests, names and attributes cached, the
-// cached pages kept across opens, the same worker loop): what it
-// reaches is what any FUSE filesystem can reach on this kernel and machine,
-// the round trips between the kernel and the server with nothing behind them.
+// (default_permissions, the connection settings and worker loop of
+// src/fuse/mount.cc, names and attributes cached, the cached pages kept
+// across opens): what it reaches is what any FUSE filesystem can reach on
+// this kernel and machine, the round trips between the kernel and the server
+// with nothing behind them.
 #pragma once
 
 #include <memory>

@@ -72,6 +72,31 @@ void stop_mappers(const std::vector<pid_t>& pids) {
   for (pid_t p : pids) ::waitpid(p, nullptr, 0);
 }
 
+// A server for `fs` on `socket_path`, on a thread of this process until it goes.
+class ServingThread {
+ public:
+  ServingThread(Filesystem& fs, Device& device, const std::string& socket_path) {
+    serve::ServerOptions options;
+    options.socket_path = socket_path;
+    options.log = nullptr;
+    server_ = std::move(*serve::Server::listen(fs, device, options));
+    POISE_ASSERT(::pipe(stop_) == 0);
+    thread_ = std::thread([this] { server_->run(stop_[0]); });
+  }
+  ~ServingThread() {
+    (void)!::write(stop_[1], "x", 1);
+    thread_.join();
+    server_.reset();
+    ::close(stop_[0]);
+    ::close(stop_[1]);
+  }
+
+ private:
+  std::unique_ptr<serve::Server> server_;
+  int stop_[2] = {-1, -1};
+  std::thread thread_;
+};
+
 }  // namespace
 
 void serve_bench(const Options& o, Table* t) {
@@ -81,14 +106,9 @@ void serve_bench(const Options& o, Table* t) {
   auto fs = std::move(*Filesystem::mount(device));
   std::string dir = fmt::format("/dev/shm/poise-serve-bench-{}", ::getpid());
   ::mkdir(dir.c_str(), 0700);
-  serve::ServerOptions options;
-  options.socket_path = dir + "/s.sock";
-  options.log = nullptr;
-  auto server = std::move(*serve::Server::listen(*fs, device, options));
-  int stop[2];
-  POISE_ASSERT(::pipe(stop) == 0);
-  std::thread serving([&] { server->run(stop[0]); });
-  auto client = std::move(*connect(options.socket_path));
+  const std::string socket_path = dir + "/s.sock";
+  auto serving = std::make_unique<ServingThread>(*fs, device, socket_path);
+  auto client = std::move(*connect(socket_path));
 
   // --- a 4 KiB read and a stat
   std::vector<std::byte> block(4096, std::byte{7});
@@ -151,7 +171,7 @@ void serve_bench(const Options& o, Table* t) {
   {
     auto shared = *fs->create("/shared");
     POISE_ASSERT(fs->write(shared, 0, block).has_value());
-    auto pids = start_mappers(options.socket_path, processes, 1, "/shared", 4096);
+    auto pids = start_mappers(socket_path, processes, 1, "/shared", 4096);
     auto owners = *fs->fsmap(0, device.size_bytes());
     uint64_t off = 0;
     for (const auto& r : owners) {
@@ -176,26 +196,17 @@ void serve_bench(const Options& o, Table* t) {
                                                      Backing::Sparse}));
     POISE_ASSERT(Filesystem::format(*big_device).has_value());
     auto big_fs = std::move(*Filesystem::mount(*big_device));
-    serve::ServerOptions big_options;
-    big_options.socket_path = dir + "/big.sock";
-    big_options.log = nullptr;
-    auto big_server = std::move(*serve::Server::listen(*big_fs, *big_device, big_options));
-    int big_stop[2];
-    POISE_ASSERT(::pipe(big_stop) == 0);
-    std::thread big_serving([&] { big_server->run(big_stop[0]); });
+    const std::string big_socket = dir + "/big.sock";
+    auto big_serving = std::make_unique<ServingThread>(*big_fs, *big_device, big_socket);
     auto spread = *big_fs->create("/spread");
     POISE_ASSERT(big_fs->fallocate(spread, 0, uint64_t(maps) * 65536, FallocateMode::ExtendSize).has_value());
-    auto pids = start_mappers(big_options.socket_path, processes, maps, "/spread", 65536);
+    auto pids = start_mappers(big_socket, processes, maps, "/spread", 65536);
     double t0 = now_seconds();
     POISE_ASSERT(big_device->pre_remove().has_value());
     double pre_remove = now_seconds() - t0;
     big_device->cancel_removal();
     stop_mappers(pids);
-    (void)!::write(big_stop[1], "x", 1);
-    big_serving.join();
-    big_server.reset();
-    ::close(big_stop[0]);
-    ::close(big_stop[1]);
+    big_serving.reset();
     (void)big_fs->unmount();
     big_fs.reset();
     big_device.reset();
@@ -208,11 +219,7 @@ void serve_bench(const Options& o, Table* t) {
   }
 
   client.reset();
-  (void)!::write(stop[1], "x", 1);
-  serving.join();
-  server.reset();
-  ::close(stop[0]);
-  ::close(stop[1]);
+  serving.reset();
   (void)fs->unmount();
   ::unlink((dir + "/small").c_str());
   ::rmdir(dir.c_str());

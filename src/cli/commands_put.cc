@@ -67,6 +67,10 @@ class Progress {
   std::chrono::steady_clock::time_point last_{};
 };
 
+// A server that went away fails every later file alike: after the first
+// failure that says so, one report is enough.
+bool server_went_away(int first_failure) { return first_failure != kExitOk && last_reported_error == ESHUTDOWN; }
+
 std::string join(const std::string& dir, const std::string& name) {
   return dir.ends_with('/') ? dir + name : dir + "/" + name;
 }
@@ -266,8 +270,6 @@ int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, c
   auto note = [&](int code) {
     if (first == kExitOk) first = code;
   };
-  // A server that went away fails every later file alike: one report is enough.
-  auto connection_lost = [&] { return first != kExitOk && last_reported_error == ESHUTDOWN; };
   // A new directory takes the local one's permission bits and sticky bit, as
   // files take theirs (a private 0700 directory stays private); one that
   // exists keeps its own.
@@ -299,7 +301,7 @@ int put_tree(Filesystem& fs, const stdfs::path& local, const std::string& dst, c
   std::vector<stdfs::directory_entry> entries(it, stdfs::directory_iterator());
   std::sort(entries.begin(), entries.end());  // a stable order: same tree, same layout
   for (const auto& entry : entries) {
-    if (connection_lost()) break;
+    if (server_went_away(first)) break;
     std::string target = join(dst, entry.path().filename().string());
     auto status = entry.symlink_status(ec);
     if (ec) {
@@ -383,7 +385,7 @@ int put(const Args& a) {
     }
     int first = kExitOk;
     for (const std::string& local : locals) {
-      if (first != kExitOk && last_reported_error == ESHUTDOWN) break;  // the server went away
+      if (server_went_away(first)) break;
       std::string name = stdfs::path(local).lexically_normal().filename().string();
       if (name.empty() || name == "." || name == "..") name = stdfs::absolute(local).lexically_normal().filename().string();
       std::string target = into_directory ? join(dst, name) : dst;

@@ -123,32 +123,7 @@ Credentials caller(fuse_req_t req) {
 // --- the request handlers ----------------------------------------------------------
 
 void op_init(void* userdata, fuse_conn_info* conn) {
-  const MountOptions& options = static_cast<Mount*>(userdata)->options();
-  conn->max_write = kIoBytesMax;
-  conn->max_readahead = std::min<unsigned>(conn->max_readahead, kIoBytesMax);
-  conn->time_gran = 1;  // nanosecond timestamps
-  conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;  // O_TRUNC arrives as a setattr of the size
-  // No dropping of every cached page whenever the kernel sees a new mtime (which
-  // its own writes make): changes by other paths are invalidated exactly.
-  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
-  // File handles (name_to_handle_at, an NFS export of the mount) stay valid
-  // across the kernel forgetting an inode and across remounts: the kernel asks
-  // for "." of the inode number in the handle, and inode numbers are never
-  // reused (so the generation is always 0).
-  if (conn->capable & FUSE_CAP_EXPORT_SUPPORT) conn->want |= FUSE_CAP_EXPORT_SUPPORT;
-  // POSIX ACLs: the kernel enforces and caches them; poise keeps them as
-  // attributes, in step with the mode, and gives a directory's default ACL to
-  // what is made in it. The kernel then leaves the umask to poise (below).
-  if ((conn->capable & FUSE_CAP_POSIX_ACL) != 0 && (conn->capable & FUSE_CAP_DONT_MASK) != 0) {
-    conn->want |= FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
-  }
-  if (options.writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE) != 0) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
-  constexpr unsigned kSplice = FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
-  if (options.splice) {
-    conn->want |= conn->capable & kSplice;
-  } else {
-    conn->want &= ~kSplice;
-  }
+  configure_connection(conn, static_cast<Mount*>(userdata)->options());
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -292,7 +267,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   Mount& m = mount_of(req);
   Filesystem& fs = m.fs();
   // The name "/" (which no real name can be) marks an open with O_TMPFILE
-  // (Mount::serve_requests): an unnamed file, which comes open already.
+  // (serve_requests): an unnamed file, which comes open already.
   const bool unnamed = std::strcmp(name, "/") == 0;
   auto ino = unnamed ? fs.create_unnamed_at(InodeNumber(parent), mode & 07777, caller(req))
                      : fs.create_at(InodeNumber(parent), name, mode & 07777, caller(req));
@@ -620,6 +595,77 @@ std::string escape_option(const std::string& value) {
 
 }  // namespace
 
+// --- the session: settings and workers ---------------------------------------------
+
+void configure_connection(fuse_conn_info* conn, const MountOptions& options) {
+  conn->max_write = kIoBytesMax;
+  conn->max_readahead = std::min<unsigned>(conn->max_readahead, kIoBytesMax);
+  conn->time_gran = 1;  // nanosecond timestamps
+  conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;  // O_TRUNC arrives as a setattr of the size
+  // No dropping of every cached page whenever the kernel sees a new mtime (which
+  // its own writes make): changes by other paths are invalidated exactly.
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  // File handles (name_to_handle_at, an NFS export of the mount) stay valid
+  // across the kernel forgetting an inode and across remounts: the kernel asks
+  // for "." of the inode number in the handle, and inode numbers are never
+  // reused (so the generation is always 0).
+  if (conn->capable & FUSE_CAP_EXPORT_SUPPORT) conn->want |= FUSE_CAP_EXPORT_SUPPORT;
+  // POSIX ACLs: the kernel enforces and caches them; poise keeps them as
+  // attributes, in step with the mode, and gives a directory's default ACL to
+  // what is made in it. The kernel then leaves the umask to poise (below).
+  if ((conn->capable & FUSE_CAP_POSIX_ACL) != 0 && (conn->capable & FUSE_CAP_DONT_MASK) != 0) {
+    conn->want |= FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
+  }
+  if (options.writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE) != 0) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+  constexpr unsigned kSplice = FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+  if (options.splice) {
+    conn->want |= conn->capable & kSplice;
+  } else {
+    conn->want &= ~kSplice;
+  }
+}
+
+bool serve_requests(fuse_session* session, int stop_fd) {
+  fuse_buf buf{};
+  const int fd = fuse_session_fd(session);
+  bool ended_by_kernel = false;
+  while (!fuse_session_exited(session)) {
+    pollfd fds[2] = {{fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (fds[1].revents != 0) break;
+    int got = fuse_session_receive_buf(session, &buf);
+    if (got == -EINTR || got == -EAGAIN) continue;  // another worker took it
+    if (got <= 0) {
+      // ENODEV: the kernel unmounted (umount, fusermount3 -u). The first worker
+      // to see it stops the others.
+      fuse_session_exit(session);
+      uint64_t one = 1;
+      (void)!::write(stop_fd, &one, sizeof(one));
+      ended_by_kernel = true;
+      break;
+    }
+    // libfuse 3.14 (Debian bookworm's) has no tmpfile request, which the
+    // kernel sends for open(2) with O_TMPFILE (FUSE_TMPFILE, opcode 51, kernel
+    // ABI 7.37). On the wire it is a create request (FUSE_CREATE, 35) whose
+    // name is the placeholder "/", and it is answered as one: it goes to
+    // op_create as a create, which tells it by that name. (The opcode is the
+    // second 32-bit field of the request header.)
+    constexpr uint32_t kFuseCreate = 35, kFuseTmpfile = 51;
+    if (got >= 8 && (buf.flags & FUSE_BUF_IS_FD) == 0) {
+      auto* opcode = static_cast<char*>(buf.mem) + 4;
+      uint32_t op = 0;
+      std::memcpy(&op, opcode, sizeof(op));
+      if (op == kFuseTmpfile) std::memcpy(opcode, &kFuseCreate, sizeof(kFuseCreate));
+    }
+    fuse_session_process_buf(session, &buf);
+  }
+  std::free(buf.mem);
+  return ended_by_kernel;
+}
+
 // --- the mount -------------------------------------------------------------------
 
 Result<std::unique_ptr<Mount>> Mount::start(Filesystem& fs, MountOptions options) {
@@ -695,42 +741,9 @@ Mount::~Mount() {
 
 void Mount::serve_requests() {
   t_serving_requests = true;
-  fuse_buf buf{};
-  const int fd = fuse_session_fd(session_);
-  while (!fuse_session_exited(session_)) {
-    pollfd fds[2] = {{fd, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    if (fds[1].revents != 0) break;
-    int got = fuse_session_receive_buf(session_, &buf);
-    if (got == -EINTR || got == -EAGAIN) continue;  // another worker took it
-    // libfuse 3.14 (Debian bookworm's) has no tmpfile request, which the
-    // kernel sends for open(2) with O_TMPFILE (FUSE_TMPFILE, opcode 51, kernel
-    // ABI 7.37). On the wire it is a create request (FUSE_CREATE, 35) whose
-    // name is the placeholder "/", and it is answered as one: it goes to
-    // op_create as a create, which tells it by that name. (The opcode is the
-    // second 32-bit field of the request header.)
-    constexpr uint32_t kFuseCreate = 35, kFuseTmpfile = 51;
-    if (got >= 8 && (buf.flags & FUSE_BUF_IS_FD) == 0) {
-      auto* opcode = static_cast<char*>(buf.mem) + 4;
-      uint32_t op = 0;
-      std::memcpy(&op, opcode, sizeof(op));
-      if (op == kFuseTmpfile) std::memcpy(opcode, &kFuseCreate, sizeof(kFuseCreate));
-    }
-    if (got <= 0) {
-      // ENODEV: the kernel unmounted (umount, fusermount3 -u). The first worker
-      // to see it stops the others and tells the server.
-      fuse_session_exit(session_);
-      uint64_t one = 1;
-      (void)!::write(stop_fd_, &one, sizeof(one));
-      if (!ended_by_kernel_.exchange(true) && options_.on_unmounted) options_.on_unmounted();
-      break;
-    }
-    fuse_session_process_buf(session_, &buf);
+  if (fusemount::serve_requests(session_, stop_fd_) && !ended_by_kernel_.exchange(true) && options_.on_unmounted) {
+    options_.on_unmounted();
   }
-  std::free(buf.mem);
 }
 
 void Mount::remember(uint64_t ino, bool special) {

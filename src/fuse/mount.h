@@ -61,6 +61,7 @@
 #include "poise/filesystem.h"
 
 struct fuse_session;
+struct fuse_conn_info;
 
 namespace poise::fusemount {
 
@@ -89,6 +90,18 @@ struct MountOptions {
   // fusermount3 -u), from a worker thread: the server then stops.
   std::function<void()> on_unmounted;
 };
+
+// What every poise mount asks of the kernel when the session starts (request
+// sizes, timestamps, caching, ACLs, export, writeback and splice as
+// `options` say): called from the session's init, and by the benchmark's
+// null filesystem so that it runs with the same settings.
+void configure_connection(fuse_conn_info* conn, const MountOptions& options);
+
+// One worker thread of a session whose channel is non-blocking: takes and
+// answers requests until `stop_fd` (an eventfd) is readable or the kernel ends
+// the session. Returns true in the last case, having made `stop_fd` readable
+// for the other workers.
+bool serve_requests(fuse_session* session, int stop_fd);
 
 class Mount {
  public:
