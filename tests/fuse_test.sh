@@ -758,6 +758,27 @@ ln -s synced "$MNT/synced-link" && echo one >"$MNT/x1" && echo two >"$MNT/x2"
 $PY -c "import ctypes; assert ctypes.CDLL(None).renameat2(-100, b'$MNT/x1', -100, b'$MNT/x2', 2) == 0"
 sleep 1000 <"$MNT/synced" &   # a program holding a file open
 HOLDER=$!
+# And one holding an unnamed file (O_TMPFILE) of 2 MB, fsync'd, beside one it
+# fsync'd and named: the named one survives, the unnamed one's space comes back.
+used_before_unnamed=$(used_bytes)
+cat >"$WORK/unnamed-held.py" <<'PYEOF'
+import ctypes, os, sys, time
+d, ready = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+named = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o644)
+os.write(named, b"named after fsync\n")
+os.fsync(named)
+assert libc.linkat(-100, f"/proc/self/fd/{named}".encode(), -100, (d + "/tmp-named").encode(), 0x400) == 0
+unnamed = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o600)
+os.write(unnamed, b"u" * 2000000)
+os.fsync(unnamed)
+open(ready, "w").close()
+time.sleep(1000)
+PYEOF
+$PY "$WORK/unnamed-held.py" "$MNT" "$WORK/unnamed-ready" &
+UNNAMED_HOLDER=$!
+for _ in $(seq 100); do [ -e "$WORK/unnamed-ready" ] && break; sleep 0.05; done
+[ -e "$WORK/unnamed-ready" ] && ok || bad "the unnamed files were not made"
 kill -9 "$SERVER"
 for _ in $(seq 100); do kill -0 "$SERVER" 2>/dev/null || break; sleep 0.05; done
 ls "$MNT" >/dev/null 2>"$WORK/ls.err" && bad "the mount of a killed server must fail" || ok
@@ -768,8 +789,15 @@ contains "$WORK/err" "poise umount"
 expect 0 "$POISE" umount "$MNT"
 contains "$WORK/err" "detached"
 grep -q " $MNT fuse.poise" /proc/self/mounts && bad "the dead mount must be gone" || ok
-kill "$HOLDER" 2>/dev/null
-wait "$HOLDER" 2>/dev/null
+kill "$HOLDER" "$UNNAMED_HOLDER" 2>/dev/null
+wait "$HOLDER" "$UNNAMED_HOLDER" 2>/dev/null
+check_clean
+expect 0 "$POISE" cat "$IMG" /tmp-named
+contains "$WORK/out" "named after fsync"
+expect 0 "$POISE" mkdir "$IMG" /after-kill   # a read-write mount frees what the dead server left unnamed
+used_after_unnamed=$(used_bytes)
+[ "$used_after_unnamed" -le $((used_before_unnamed + 65536)) ] && ok ||
+  bad "an unnamed file open when the server was killed must be freed ($used_before_unnamed -> $used_after_unnamed bytes in use)"
 check_clean
 expect 0 "$POISE" cat "$IMG" /synced
 cmp -s "$WORK/out" "$WORK/big" && ok || bad "an fsync'd file must survive kill -9 of the server"
